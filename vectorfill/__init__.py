@@ -1,0 +1,1 @@
+"""vectorfill: keep pgvector embeddings in step with the text in Postgres."""
