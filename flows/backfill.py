@@ -1,0 +1,133 @@
+"""The backfill flow: embed every queued row of a job, then report.
+
+``concurrency`` lanes run side by side, each a loop of claim -> embed -> store, so that
+requests stay in flight while vectors are written. The flow holds no transaction and no
+secret: the database URL and the API key come from the environment of the process that
+runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from prefect import flow
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+from vectorfill.client import EmbeddingsClient
+from vectorfill.config import read_api_key
+from vectorfill.errors import stops_run
+from vectorfill.tasks import (
+    Work,
+    claim_rows,
+    embed_batch,
+    prepare_run,
+    release_rows,
+    report_run,
+    store_batch,
+)
+from vectorfill.tasks.report import RunSummary
+
+__all__ = ["backfill"]
+
+
+@dataclass
+class _Tally:
+    """Counts shared by the lanes of one run (asyncio: one thread, no locks needed)."""
+
+    budget: int | None
+    pending: int
+    done: int = 0
+    progress_id: object = None
+    totals: dict = field(
+        default_factory=lambda: dict(
+            embedded=0, unchanged=0, deleted=0, failed=0, stale=0, requests=0, tokens=0
+        )
+    )
+
+    def take(self, want: int) -> int:
+        if self.budget is None:
+            return want
+        n = min(want, self.budget)
+        self.budget -= n
+        return n
+
+
+async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally) -> None:
+    embed = embed_batch.with_options(retries=work.settings.retries)
+    while (limit := tally.take(work.settings.max_inputs)) > 0:
+        claim = await claim_rows(work, limit)
+        if claim.claimed == 0:
+            return
+        for key in ("unchanged", "deleted", "failed"):
+            tally.totals[key] += getattr(claim, key)
+        batches = list(claim.batches)
+        while batches:
+            batch = batches[0]
+            try:
+                embedded = await embed(work, client, batch)
+            except BaseException as exc:
+                await asyncio.shield(release_rows(work, batches, _reason(exc)))
+                raise
+            stored = await store_batch(work, batch, embedded)
+            batches.pop(0)
+            tally.totals["embedded"] += stored.written
+            tally.totals["stale"] += stored.stale
+            tally.totals["failed"] += stored.failed
+            tally.totals["requests"] += stored.requests
+            tally.totals["tokens"] += stored.tokens
+        tally.done += claim.claimed
+        if tally.progress_id is not None and tally.pending:
+            await aupdate_progress_artifact(
+                tally.progress_id, progress=min(100.0, 100.0 * tally.done / tally.pending)
+            )
+
+
+def _reason(exc: BaseException) -> str:
+    return "run cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc) or type(exc).__name__
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from the lanes: one that stopped the run, else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(g):
+        for e in g.exceptions:
+            walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
+
+    walk(group)
+    return next((e for e in leaves if stops_run(e)), leaves[0])
+
+
+@flow(name="vectorfill-backfill", persist_result=False, log_prints=False)
+async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
+    """Embed every pending row of ``job`` (or at most ``max_rows`` of them)."""
+    started = time.monotonic()
+    prepared = await asyncio.to_thread(prepare_run, job)
+    tally = _Tally(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
+    if tally.pending:
+        tally.progress_id = await acreate_progress_artifact(
+            progress=0.0, description=f"vectorfill backfill of {job}"
+        )
+    for work in prepared.works:
+        version = work.version
+        async with EmbeddingsClient(
+            base_url=version.base_url,
+            model=version.model,
+            api_key=read_api_key(version.api_key_env, job=job),
+            key_hint=version.api_key_env,
+            dimensions=version.dimensions,
+            expected_dims=version.vector_dims,
+            encoding_format=work.settings.encoding_format,
+            timeout_s=work.settings.timeout_s,
+            job=job,
+            max_connections=max(8, work.settings.concurrency * 2),
+        ) as client:
+            try:
+                async with asyncio.TaskGroup() as lanes:
+                    for _ in range(work.settings.concurrency):
+                        lanes.create_task(_lane(work, client, tally))
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+    return await asyncio.to_thread(report_run, job, tally.totals, time.monotonic() - started)

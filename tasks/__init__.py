@@ -1,0 +1,29 @@
+"""The backfill's stage tasks, one module per stage.
+
+``prepare`` (load the job, check its source) -> ``claim`` (lease queued rows, read their
+text, pack requests) -> ``embed`` (one API request per batch) -> ``store`` (write vectors
+and failures) -> ``report`` (the run summary artifact). Each returns a typed result.
+"""
+
+from .claim import Batch, Claim, Item, claim_rows, release_rows
+from .common import Work
+from .embed import Embedded, embed_batch
+from .prepare import prepare_run
+from .report import RunSummary, report_run
+from .store import Stored, store_batch
+
+__all__ = [
+    "Work",
+    "prepare_run",
+    "claim_rows",
+    "release_rows",
+    "embed_batch",
+    "store_batch",
+    "report_run",
+    "Item",
+    "Batch",
+    "Claim",
+    "Embedded",
+    "Stored",
+    "RunSummary",
+]

@@ -1,0 +1,189 @@
+"""Stage 1: lease queued rows, read their current text, and pack them into requests.
+
+Rows that need no request are settled here, before anything is paid for: rows deleted
+from the source, rows whose text still hashes to the stored vector's input (unchanged),
+rows with no text (recorded as failures) and rows that ran out of attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import psycopg
+from prefect import task
+
+from vectorfill import sql
+from vectorfill.db import aconnect
+from vectorfill.tokens import counter_for
+
+from .common import TASK_OPTIONS, Work, database_url
+
+__all__ = ["Item", "Batch", "Claim", "claim_rows", "release_rows", "pack"]
+
+
+@dataclass(frozen=True)
+class Item:
+    key: tuple
+    seq: int
+    text: str
+    input_hash: bytes
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The inputs of one API request."""
+
+    items: tuple[Item, ...]
+
+    @property
+    def tokens(self) -> int:
+        return sum(i.tokens for i in self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class Claim:
+    batches: tuple[Batch, ...]
+    claimed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: int = 0
+    failures: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def key_arrays(work: Work, keys: list[tuple]) -> list[list]:
+    """Column-wise key lists, for ``unnest(%s::t1[], ...)`` parameters."""
+    return [list(col) for col in zip(*keys)] if keys else [[] for _ in work.job.key_columns]
+
+
+def pack(items: list[Item], max_inputs: int, max_tokens: int) -> list[Batch]:
+    """Greedy packing in claim order, bounded by input count and by tokens per request."""
+    batches: list[Batch] = []
+    current: list[Item] = []
+    tokens = 0
+    for item in items:
+        if current and (len(current) >= max_inputs or tokens + item.tokens > max_tokens):
+            batches.append(Batch(tuple(current)))
+            current, tokens = [], 0
+        current.append(item)
+        tokens += item.tokens
+    if current:
+        batches.append(Batch(tuple(current)))
+    return batches
+
+
+async def _fail(conn, js: sql.JobSQL, work: Work, rows: list[tuple[tuple, int, str, int | None, str]]) -> None:
+    """Record rows as failed. rows: (key, seq, reason, HTTP status or None, message)."""
+    if not rows:
+        return
+    keys = [r[0] for r in rows]
+    params = key_arrays(work, keys) + [
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+        work.job.id,
+        work.version.version,
+    ]
+    await conn.execute(js.fail(), params)
+
+
+@task(name="claim", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
+async def claim_rows(work: Work, limit: int) -> Claim:
+    """Lease up to ``limit`` rows of ``work``'s queue and return them packed into batches."""
+    js = sql.JobSQL(work.job, work.version)
+    s = work.settings
+    async with aconnect(database_url()) as conn:
+        try:
+            async with conn.transaction():
+                claimed = await (
+                    await conn.execute(js.claim(), {"limit": limit, "lease_s": s.lease_s})
+                ).fetchall()
+                if not claimed:
+                    return Claim(batches=())
+                n = len(work.job.key_columns)
+                keys = [tuple(r[:n]) for r in claimed]
+                seqs = [r[n] for r in claimed]
+                attempts = {tuple(r[:n]): r[n + 1] for r in claimed}
+                rows = await (await conn.execute(js.read_texts(), key_arrays(work, keys) + [seqs])).fetchall()
+        except psycopg.OperationalError as exc:
+            from vectorfill.errors import DatabaseError
+
+            raise DatabaseError(f"claiming rows failed: {exc}", job=work.job.name) from None
+
+        gone: list[tuple] = []
+        unchanged: list[tuple] = []
+        failed: list[tuple[tuple, int, str, int | None, str]] = []
+        todo: list[tuple[tuple, int, str, bytes]] = []
+        for row in rows:
+            key, seq, present, text, stored_hash = tuple(row[:n]), row[n], row[n + 1], row[n + 2], row[n + 3]
+            if not present:
+                gone.append((key, seq))
+                continue
+            if text is None or not text.strip():
+                what = "NULL" if text is None else "empty" if not text else "whitespace-only"
+                failed.append(
+                    (key, seq, "empty_text", None,
+                     f"row {_show(key)} of {work.job.source} has {what} text in "
+                     f"{', '.join(work.job.text_columns)}; it gets no vector until the text is filled")
+                )
+                continue
+            if attempts[key] > s.max_attempts:
+                failed.append(
+                    (key, seq, "max_attempts", None,
+                     f"row {_show(key)} failed {s.max_attempts} attempts; see its last error in the "
+                     f"queue, then `vectorfill retry {work.job.name}`")
+                )
+                continue
+            digest = hashlib.sha256(text.encode("utf-8")).digest()
+            if stored_hash is not None and bytes(stored_hash) == digest:
+                unchanged.append((key, seq))
+                continue
+            todo.append((key, seq, text, digest))
+
+        async with conn.transaction():
+            for group, stmt in ((gone, js.finish_without_vector()), (unchanged, js.dequeue())):
+                if group:
+                    await conn.execute(stmt, key_arrays(work, [g[0] for g in group]) + [[g[1] for g in group]])
+            await _fail(conn, js, work, failed)
+
+    counter = counter_for(work.version.model)
+    tokens = counter.count([t[2] for t in todo])
+    items = [Item(k, seq, text, digest, tok) for (k, seq, text, digest), tok in zip(todo, tokens)]
+    return Claim(
+        batches=tuple(pack(items, s.max_inputs, s.max_request_tokens)),
+        claimed=len(claimed),
+        unchanged=len(unchanged),
+        deleted=len(gone),
+        failed=len(failed),
+        failures=tuple(f[4] for f in failed[:20]),
+    )
+
+
+def _show(key: tuple) -> str:
+    return repr(key[0]) if len(key) == 1 else repr(key)
+
+
+@task(name="release", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
+async def release_rows(work: Work, batches: list[Batch], error: str) -> int:
+    """Give the leases of unfinished batches back, noting the error, so that the next run (or
+    another worker) takes them at once instead of waiting for the lease to expire."""
+    items = [i for b in batches for i in b.items]
+    if not items:
+        return 0
+    js = sql.JobSQL(work.job, work.version)
+    async with aconnect(database_url()) as conn:
+        async with conn.transaction():
+            await conn.execute(
+                js.release(),
+                [error[:2000]] + key_arrays(work, [i.key for i in items]) + [[i.seq for i in items]],
+            )
+    return len(items)

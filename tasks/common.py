@@ -1,0 +1,51 @@
+"""What every stage task shares: the unit of work and the retry policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect.cache_policies import NO_CACHE
+
+from vectorfill.config import JobSettings
+from vectorfill.db import resolve_database_url
+from vectorfill.errors import is_transient
+from vectorfill.model import Job, Version
+
+__all__ = ["Work", "retry_transient", "TASK_OPTIONS", "database_url"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """One job version being filled by one run."""
+
+    job: Job
+    version: Version
+
+    @property
+    def settings(self) -> JobSettings:
+        return self.job.settings
+
+    @property
+    def label(self) -> str:
+        return f"{self.job.name} v{self.version.version}"
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only errors marked transient."""
+    return isinstance(state.data, BaseException) and is_transient(state.data)
+
+
+def database_url() -> str:
+    """The run's database, from ``VECTORFILL_DATABASE_URL`` (the CLI sets it); never a parameter,
+    so a password in the URL never reaches Prefect's run records."""
+    return resolve_database_url(None, start_embedded=True)
+
+
+#: Options every stage task shares: no caching, no result persistence (results are large
+#: arrays that live only in memory for the next stage), retries only for transient errors.
+TASK_OPTIONS = dict(
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=retry_transient,
+    retry_jitter_factor=0.5,
+)

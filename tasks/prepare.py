@@ -1,0 +1,45 @@
+"""Stage 0: load the job, check that its source and key are usable, list the work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import task
+
+from vectorfill import sql
+from vectorfill.config import read_api_key
+from vectorfill.db import connect
+from vectorfill.errors import SourceError
+from vectorfill.jobs import load_job
+
+from .common import TASK_OPTIONS, Work, database_url
+
+__all__ = ["Prepared", "prepare_run"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    works: tuple[Work, ...]
+    pending: int
+    """Rows queued across those versions when the run started."""
+
+
+@task(name="prepare", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
+def prepare_run(job_name: str) -> Prepared:
+    with connect(database_url()) as conn:
+        job = load_job(conn, job_name)
+        if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone() is None:
+            raise SourceError(
+                f"source table {job.source} no longer exists (renamed or dropped?). Restore it, or "
+                f"`vectorfill job drop {job.name}` and create the job again on the new table",
+                job=job.name,
+            )
+        works = tuple(Work(job, v) for v in job.versions if v.state in ("active", "filling"))
+        pending = 0
+        for work in works:
+            read_api_key(work.version.api_key_env, job=job.name)  # fail early if the key is missing
+            js = sql.JobSQL(job, work.version)
+            pending += conn.execute(
+                js.counts(), {"job_id": job.id, "version": work.version.version}
+            ).fetchone()[2]
+    return Prepared(works=works, pending=pending)

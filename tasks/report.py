@@ -1,0 +1,69 @@
+"""Stage 4: the run summary, as a typed result and a Prefect markdown artifact."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from vectorfill import sql
+from vectorfill.db import connect
+from vectorfill.jobs import load_job
+
+from .common import TASK_OPTIONS, database_url
+
+__all__ = ["RunSummary", "report_run"]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    job: str
+    embedded: int
+    """Vectors written."""
+    unchanged: int
+    """Queued rows whose text was unchanged: nothing sent."""
+    deleted: int
+    failed: int
+    stale: int
+    """Rows edited while in flight: their old vector was discarded, they stay queued."""
+    requests: int
+    tokens: int
+    duration_s: float
+    pending: int
+    """Rows still queued after the run (all versions)."""
+    failed_total: int
+    """Rows in the failures table after the run."""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.embedded / self.duration_s if self.duration_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rows_per_s": round(self.rows_per_s, 1)}
+
+    def markdown(self) -> str:
+        d = self.as_dict()
+        rows = "\n".join(f"| {k.replace('_', ' ')} | {v} |" for k, v in d.items() if k != "job")
+        return f"# vectorfill backfill: `{self.job}`\n\n| | |\n|---|---|\n{rows}\n"
+
+
+@task(name="report", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
+def report_run(job_name: str, totals: dict, duration_s: float) -> RunSummary:
+    pending = failed = 0
+    with connect(database_url()) as conn:
+        job = load_job(conn, job_name)
+        for version in job.live_versions:
+            counts = conn.execute(
+                sql.JobSQL(job, version).counts(), {"job_id": job.id, "version": version.version}
+            ).fetchone()
+            pending += counts[2]
+            failed += counts[3]
+    summary = RunSummary(job=job_name, duration_s=round(duration_s, 3), pending=pending, failed_total=failed, **totals)
+    create_markdown_artifact(
+        markdown=summary.markdown(),
+        key="backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name),
+        description=f"vectorfill backfill summary for job {job_name}",
+    )
+    return summary

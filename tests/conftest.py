@@ -1,0 +1,189 @@
+"""Shared fixtures, one section per concern."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+# --- Postgres ---------------------------------------------------------------------------------
+# Tests run against a real Postgres with pgvector: a throwaway embedded server for the session,
+# or the server named by VECTORFILL_TEST_DATABASE_URL (a postgresql:// URL; its role needs
+# CREATEDB for `fresh_db`, and the vector extension must be installable or installed).
+
+TEST_DATABASE_URL_ENV = "VECTORFILL_TEST_DATABASE_URL"
+
+
+def database_url(url: str, dbname: str) -> str:
+    """``url`` pointing at database ``dbname`` instead (path replaced, query kept)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a database with the vector extension, for the whole test session."""
+    url = os.environ.get(TEST_DATABASE_URL_ENV)
+    if url:
+        if not url.startswith(("postgresql://", "postgres://")):
+            pytest.exit(f"{TEST_DATABASE_URL_ENV} must be a postgresql:// URL", returncode=4)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        yield url
+        return
+
+    from vectorfill import pgembedded
+
+    # mkdtemp in /tmp keeps the socket path short; pytest's tmp dirs are removed only later
+    root = Path(tempfile.mkdtemp(prefix="vectorfill-test-pg-"))
+    data_dir = root / "pgdata"
+    try:
+        yield pgembedded.start(data_dir)
+    finally:
+        pgembedded.stop(data_dir)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_db(pg_url: str) -> Iterator[str]:
+    """URL of a new, empty database (with the vector extension), dropped after the test."""
+    name = f"vf_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = database_url(pg_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        yield url
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+# --- Prefect ----------------------------------------------------------------------------------
+# One temporary Prefect server for the whole session; flows run through it for real.
+
+from vectorfill.runtime import prefect_defaults  # noqa: E402
+
+prefect_defaults()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+# --- Fake provider ----------------------------------------------------------------------------
+
+API_KEY = "sk-test-" + "k3y" * 8  # looks like a real key, so that leak checks can grep for it
+
+
+@pytest.fixture
+def provider():
+    from fake_provider import FakeProvider
+
+    with FakeProvider(dimensions=32, api_key=API_KEY) as fake:
+        yield fake
+
+
+# --- vectorfill on a fresh database -----------------------------------------------------------
+
+
+class Env:
+    """A migrated database, the fake provider and the API key in the environment."""
+
+    def __init__(self, url: str, provider) -> None:
+        self.url = url
+        self.provider = provider
+
+    def connect(self):
+        from vectorfill.db import connect
+
+        return connect(self.url)
+
+    def make_table(self, n: int, *, table: str = "articles", start: int = 1) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (id bigint PRIMARY KEY, title text, body text, views int DEFAULT 0)"
+                ).format(sql.Identifier(table))
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (id, title, body) SELECT g, 'Title ' || g, 'Body of row ' || g || ' about ' || md5(g::text) "
+                    "FROM generate_series(%s::int, %s::int) g"
+                ).format(sql.Identifier(table)),
+                (start, start + n - 1),
+            )
+
+    def create_job(self, name: str = "docs", *, table: str = "articles", **kw):
+        from vectorfill.config import JobSettings
+        from vectorfill.jobs import create_job
+
+        settings = kw.pop("settings", None) or JobSettings(**kw.pop("settings_kw", {"retries": 1}))
+        args = dict(
+            name=name,
+            table=table,
+            text_columns=None,
+            template="{title}\n\n{body}",
+            key_columns=None,
+            model="fake-embed",
+            base_url=self.provider.base_url,
+            api_key_env="VF_TEST_API_KEY",
+            settings=settings,
+        )
+        args.update(kw)
+        with self.connect() as conn:
+            return create_job(conn, **args)
+
+    def backfill(self, job: str = "docs", **kw):
+        import asyncio
+
+        from vectorfill.flows.backfill import backfill
+
+        return asyncio.run(backfill(job, **kw))
+
+    def status(self, job: str = "docs"):
+        from vectorfill.jobs import job_status
+
+        with self.connect() as conn:
+            return job_status(conn, job)
+
+    def vectors(self, job: str = "docs") -> dict:
+        import numpy as np
+
+        with self.connect() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT id, embedding FROM {}").format(sql.Identifier("vectorfill", job))
+            ).fetchall()
+        return {r[0]: np.asarray(r[1].to_numpy()) for r in rows}
+
+    def texts(self, table: str = "articles") -> dict:
+        with self.connect() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT id, concat(title, E'\\n\\n', body) FROM {}").format(sql.Identifier(table))
+            ).fetchall()
+        return dict(rows)
+
+
+@pytest.fixture
+def env(fresh_db, provider, prefect_server, monkeypatch) -> Env:
+    from vectorfill.db import migrate
+
+    migrate(fresh_db)
+    monkeypatch.setenv("VECTORFILL_DATABASE_URL", fresh_db)
+    monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
+    return Env(fresh_db, provider)

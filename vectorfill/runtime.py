@@ -1,0 +1,91 @@
+"""Running flows from the CLI: Prefect settings that suit vectorfill, and a progress bar.
+
+With no ``PREFECT_API_URL`` set, Prefect starts a temporary local server for the run; these
+defaults make that reliable (a generous start-up timeout, task-run history kept, no
+telemetry). Any value already in the environment wins: point ``PREFECT_API_URL`` at a real
+Prefect server to keep run history there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+from .config import DATABASE_URL_ENV
+
+__all__ = ["prefect_defaults", "run_backfill"]
+
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+}
+
+
+def prefect_defaults(*, verbose: bool = False) -> None:
+    """Set vectorfill's Prefect defaults for this process (call before importing prefect)."""
+    for key, value in PREFECT_DEFAULTS.items():
+        if key == "PREFECT_LOGGING_LEVEL" and verbose:
+            value = "INFO"
+        os.environ.setdefault(key, value)
+
+
+def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
+    """A progress bar fed by the job's exact counts in Postgres (the source of truth)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .db import connect
+    from .jobs import job_status
+
+    try:
+        with connect(url, autocommit=True) as conn:
+            first = job_status(conn, job)
+            total = first.embedded + first.pending
+            with Progress(
+                TextColumn(f"[bold]{job}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as bar:
+                task = bar.add_task("embedding", total=max(total, 1), completed=first.embedded, rate="")
+                started, base = time.monotonic(), first.embedded
+                while True:
+                    done = stop.wait(0.5)
+                    now = job_status(conn, job)
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    bar.update(
+                        task,
+                        total=max(now.embedded + now.pending, 1),
+                        completed=now.embedded,
+                        rate=f"{(now.embedded - base) / elapsed:,.0f} rows/s",
+                    )
+                    if done:
+                        break
+    except Exception:  # the bar is a convenience; the flow reports its own errors
+        return
+
+
+def run_backfill(url: str, job: str, *, max_rows: int | None = None, progress: bool = True, console=None):
+    """Run the backfill flow in this process and return its :class:`RunSummary`."""
+    os.environ[DATABASE_URL_ENV] = url
+    from vectorfill.flows.backfill import backfill
+
+    stop = threading.Event()
+    poller = None
+    if progress:
+        poller = threading.Thread(target=_poll_progress, args=(url, job, stop, console), daemon=True)
+        poller.start()
+    try:
+        return asyncio.run(backfill(job, max_rows=max_rows))
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join(timeout=5)
