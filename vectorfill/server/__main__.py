@@ -1,0 +1,5 @@
+import sys
+
+from vectorfill.server.serve import main
+
+sys.exit(main())
