@@ -130,4 +130,4 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
                         lanes.create_task(_lane(work, client, tally))
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
-    return await asyncio.to_thread(report_run, job, tally.totals, time.monotonic() - started)
+    return await report_run(job, tally.totals, time.monotonic() - started)

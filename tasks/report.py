@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import asdict, dataclass
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact
 
 from vectorfill import sql
 from vectorfill.db import connect
@@ -50,7 +51,19 @@ class RunSummary:
 
 
 @task(name="report", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
-def report_run(job_name: str, totals: dict, duration_s: float) -> RunSummary:
+async def report_run(job_name: str, totals: dict, duration_s: float) -> RunSummary:
+    pending, failed = await asyncio.to_thread(_counts, job_name)
+    summary = RunSummary(job=job_name, duration_s=round(duration_s, 3), pending=pending, failed_total=failed, **totals)
+    await acreate_markdown_artifact(
+        markdown=summary.markdown(),
+        key="backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name),
+        description=f"vectorfill backfill summary for job {job_name}",
+    )
+    return summary
+
+
+def _counts(job_name: str) -> tuple[int, int]:
+    """Rows still queued and rows failed, over the job's live versions."""
     pending = failed = 0
     with connect(database_url()) as conn:
         job = load_job(conn, job_name)
@@ -60,10 +73,4 @@ def report_run(job_name: str, totals: dict, duration_s: float) -> RunSummary:
             ).fetchone()
             pending += counts[2]
             failed += counts[3]
-    summary = RunSummary(job=job_name, duration_s=round(duration_s, 3), pending=pending, failed_total=failed, **totals)
-    create_markdown_artifact(
-        markdown=summary.markdown(),
-        key="backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name),
-        description=f"vectorfill backfill summary for job {job_name}",
-    )
-    return summary
+    return pending, failed

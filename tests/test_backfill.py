@@ -165,7 +165,7 @@ def test_shuffled_responses_are_put_back_in_index_order(env):
 @pytest.mark.parametrize("mode", ["short", "nan", "wrong_dims"])
 def test_a_malformed_response_stores_nothing_and_the_retry_gets_it_right(env, mode):
     env.make_table(30)
-    env.create_job(dimensions=32)
+    env.create_job(dimensions=32, settings_kw={"concurrency": 1, "retries": 1})  # one batch
     env.provider.corrupt_next(1, mode)
     summary = env.backfill()
     assert summary.embedded == 30
@@ -176,7 +176,7 @@ def test_a_malformed_response_stores_nothing_and_the_retry_gets_it_right(env, mo
 @pytest.mark.parametrize("mode", ["no_index", "floats_when_base64"])
 def test_tolerated_quirks_are_accepted_in_one_request(env, mode):
     env.make_table(30)
-    env.create_job()
+    env.create_job(settings_kw={"concurrency": 1, "retries": 1})
     env.provider.corrupt_next(1, mode)
     env.backfill()
     assert env.provider.requests == 1

@@ -1,0 +1,76 @@
+"""The `vectorfill` command as a user runs it: separate processes, real Prefect, real Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import API_KEY
+
+from vectorfill.db import connect
+
+
+def vf(*args, env=None, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "vectorfill.cli", *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vectorfill {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli_env(fresh_db, provider, tmp_path):
+    env = dict(os.environ)
+    env.update(
+        VECTORFILL_DATABASE_URL=fresh_db,
+        VF_KEY=API_KEY,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        VECTORFILL_HOME=str(tmp_path / "home"),
+    )
+    env.pop("PREFECT_API_URL", None)
+    with connect(fresh_db) as conn:
+        conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
+        conn.execute("INSERT INTO articles SELECT g, 'T' || g, 'B' || g FROM generate_series(1, 300) g")
+    return env
+
+
+def test_migrate_create_backfill_status_through_the_cli(cli_env, provider):
+    vf("migrate", env=cli_env)
+    out = vf("job", "create", "docs", "--table", "public.articles", "--template", "{title}\\n\\n{body}",
+             "--model", "fake-embed", "--base-url", provider.base_url, "--api-key-env", "VF_KEY",
+             "--max-inputs", "50", env=cli_env).stdout
+    assert "300 rows of public.articles queued" in out
+    summary = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
+    assert summary["embedded"] == 300 and summary["pending"] == 0 and summary["requests"] == 6
+    status = json.loads(vf("status", "docs", "--json", env=cli_env).stdout)
+    assert status["total"] == status["embedded"] == 300
+    assert status["target"] == "vectorfill.docs"
+    assert provider.inputs[0].startswith("T1\n\nB1"), "the \\n in --template is a newline"
+    again = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
+    assert again["embedded"] == 0 and provider.requests == 6
+
+
+def test_errors_are_one_clear_line_and_exit_1(cli_env, provider):
+    vf("migrate", env=cli_env)
+    proc = vf("job", "create", "docs", "--table", "public.nope", "--text", "body", "--model", "m",
+              "--base-url", provider.base_url, env=cli_env, check=False)
+    assert proc.returncode == 1
+    assert "job 'docs': source table public.nope does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = vf("status", "ghost", env=cli_env, check=False)
+    assert proc.returncode == 1 and "no job named 'ghost'" in proc.stderr
+
+
+def test_a_missing_api_key_variable_is_named(cli_env, provider):
+    vf("migrate", env=cli_env)
+    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
+       "--base-url", provider.base_url, "--api-key-env", "NOT_SET_ANYWHERE", env=cli_env)
+    proc = vf("backfill", "docs", env=cli_env, check=False)
+    assert proc.returncode == 1
+    assert "NOT_SET_ANYWHERE is not set" in proc.stderr
+    assert provider.requests == 0
