@@ -1,0 +1,74 @@
+"""Semantic search over a job's vectors, and the HNSW index that makes it fast."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from . import sql
+from .client import EmbeddingsClient
+from .config import read_api_key
+from .errors import JobError
+from .jobs import load_job
+
+__all__ = ["Hit", "search", "create_index", "INDEX_SUGGESTION_ROWS"]
+
+#: Above this many vectors, a backfill suggests `vectorfill index`.
+INDEX_SUGGESTION_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: object
+    distance: float
+    text: str | None
+
+
+def _embed_query(version, job_name: str, query: str) -> np.ndarray:
+    async def run() -> np.ndarray:
+        async with EmbeddingsClient(
+            base_url=version.base_url,
+            model=version.model,
+            api_key=read_api_key(version.api_key_env, job=job_name),
+            key_hint=version.api_key_env,
+            dimensions=version.dimensions,
+            expected_dims=version.vector_dims,
+            job=job_name,
+        ) as client:
+            return (await client.embed([query])).vectors[0]
+
+    return asyncio.run(run())
+
+
+def search(conn: psycopg.Connection, job_name: str, query: str, k: int = 10) -> list[Hit]:
+    """Embed ``query`` with the job's active model and return the ``k`` nearest rows."""
+    if not query.strip():
+        raise JobError("the search query is empty; pass some text to search for", job=job_name)
+    job = load_job(conn, job_name)
+    version = job.active
+    if version is None or version.vector_dims is None:
+        raise JobError(f"has no vectors yet; run `vectorfill backfill {job_name}` first", job=job_name)
+    vector = _embed_query(version, job_name, query)
+    js = sql.JobSQL(job, version)
+    n = len(job.key_columns)
+    rows = conn.execute(js.search(), {"q": vector, "k": k}).fetchall()
+    return [
+        Hit(id=r[0] if n == 1 else tuple(r[:n]), distance=float(r[n]), text=r[n + 1]) for r in rows
+    ]
+
+
+def create_index(url: str, job_name: str) -> str:
+    """Build the HNSW index of the job's active vectors; returns its name."""
+    with psycopg.connect(url, autocommit=True) as conn:  # CONCURRENTLY needs autocommit
+        job = load_job(conn, job_name)
+        version = job.active
+        if version is None or version.vector_dims is None:
+            raise JobError(
+                f"has no typed vectors yet; run `vectorfill backfill {job_name}` first", job=job_name
+            )
+        js = sql.JobSQL(job, version)
+        conn.execute(js.create_index())
+        return f"vectorfill.{js.index_name()}"
