@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from .config import JobSettings
 from .db import connect, migrate, resolve_database_url
 from .errors import ConfigError, JobError
 from .jobs import create_job, job_status, load_job
@@ -29,6 +30,19 @@ DEMO_QUERIES = (
 #: (the endpoint rejects longer inputs instead of truncating them silently).
 DEMO_BODY_CHARS = 600
 LOCAL_PORT = 8000
+
+
+def sample_docs(docs: list, n: int | None) -> list:
+    """``n`` rows that cover the whole standard library: every module's own docstring first,
+    then evenly spaced members (the corpus is in alphabetical order)."""
+    if n is None or n >= len(docs):
+        return docs
+    modules = [d for d in docs if "." not in d.id][:n]
+    members = [d for d in docs if "." in d.id]
+    want = n - len(modules)
+    step = len(members) / want if want > 0 else 0
+    picked = [members[int(i * step)] for i in range(want)]
+    return sorted(modules + picked, key=lambda d: d.id)
 
 
 def _find_endpoint(model: str, err):
@@ -72,7 +86,7 @@ def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> N
     prefect_defaults()
     url = resolve_database_url(db_url, announce=lambda m: err.print(f"[dim]{m}[/]"))
     migrate(url)
-    docs = load_stdlib_docs(rows)
+    docs = sample_docs(load_stdlib_docs(), rows)
     written = write_corpus(
         url,
         [DocRow(d.id, d.title, d.body[:DEMO_BODY_CHARS]) for d in docs],
@@ -106,6 +120,8 @@ def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> N
                     model=model,
                     base_url=endpoint,
                     api_key_env=None,
+                    # a CPU model answers ~100-200 texts/s: small requests keep the bar moving
+                    settings=JobSettings(max_inputs=64, concurrency=2),
                 )
             before = job_status(conn, DEMO_JOB)
         if before.pending == 0:
