@@ -1,0 +1,66 @@
+"""Crashes: a worker killed mid-batch loses nothing; its leases expire and another run finishes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+from conftest import API_KEY
+
+
+def leased_rows(env) -> int:
+    with env.connect() as conn:
+        return conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, tmp_path):
+    env.make_table(600)
+    env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "lease_s": 10, "retries": 1})
+    env.provider.latency_s = 0.3  # slow enough that the kill lands while requests are in flight
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent("""
+        import asyncio
+        from vectorfill.runtime import prefect_defaults
+        prefect_defaults()
+        from vectorfill.flows.backfill import backfill
+        asyncio.run(backfill("docs"))
+    """))
+    child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
+                     PREFECT_HOME=str(tmp_path / "prefect"))
+    child_env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server
+    proc = subprocess.Popen([sys.executable, str(script)], env=child_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while env.status().embedded < 100 or leased_rows(env) == 0:  # well into the work, mid-batch
+            assert proc.poll() is None, "the worker ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    st = env.status()
+    assert st.embedded + st.pending == 600, "nothing lost: every row is embedded or still queued"
+    assert leased_rows(env) > 0, f"the kill landed while rows were claimed ({st})"
+
+    env.provider.latency_s = 0
+    env.backfill()  # takes the free rows now, and the dead worker's once their lease expires
+    while env.status().pending:
+        time.sleep(1)
+        env.backfill()
+    st = env.status()
+    assert (st.embedded, st.pending, st.failed) == (600, 0, 0)
+    texts = env.texts()
+    for key, vector in env.vectors().items():
+        np.testing.assert_allclose(vector, env.provider.expected_vector(texts[key]), atol=1e-6)
+    # Paid twice at most: what the dead worker had in flight (2 lanes x 50 rows).
+    resent = len(env.provider.inputs) - len(set(env.provider.inputs))
+    assert resent <= 100, f"{resent} texts were sent twice"
