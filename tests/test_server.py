@@ -485,6 +485,7 @@ def test_public_api_is_exactly_this():
             "create_app",
             "run_server",
             "main",
+            "ServerThread",
             "Encoder",
             "HashEncoder",
             "SentenceTransformerEncoder",
