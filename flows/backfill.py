@@ -42,7 +42,7 @@ class _Tally:
     progress_id: object = None
     totals: dict = field(
         default_factory=lambda: dict(
-            embedded=0, unchanged=0, deleted=0, failed=0, stale=0, requests=0, tokens=0
+            embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0
         )
     )
 
@@ -60,7 +60,7 @@ async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally) -> None:
         claim = await claim_rows(work, limit)
         if claim.claimed == 0:
             return
-        for key in ("unchanged", "deleted", "failed"):
+        for key in ("unchanged", "deleted", "failed", "truncated"):
             tally.totals[key] += getattr(claim, key)
         batches = list(claim.batches)
         while batches:
@@ -77,6 +77,7 @@ async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally) -> None:
             tally.totals["failed"] += stored.failed
             tally.totals["requests"] += stored.requests
             tally.totals["tokens"] += stored.tokens
+            tally.totals["truncated"] += stored.truncated
         tally.done += claim.claimed
         if tally.progress_id is not None and tally.pending:
             await aupdate_progress_artifact(

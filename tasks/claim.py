@@ -15,7 +15,7 @@ from prefect import task
 
 from vectorfill import sql
 from vectorfill.db import aconnect
-from vectorfill.tokens import counter_for
+from vectorfill.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
 
 from .common import TASK_OPTIONS, Work, database_url
 
@@ -52,6 +52,7 @@ class Claim:
     unchanged: int = 0
     deleted: int = 0
     failed: int = 0
+    truncated: int = 0
     failures: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -149,21 +150,36 @@ async def claim_rows(work: Work, limit: int) -> Claim:
                 continue
             todo.append((key, seq, text, digest))
 
+        counter = counter_for(work.version.model)
+        limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
+        tokens = counter.count([t[2] for t in todo])
+        items: list[Item] = []
+        truncated = 0
+        for (key, seq, text, digest), tok in zip(todo, tokens):
+            if limit and counter.exact and tok > limit:
+                if s.on_too_long == "fail":
+                    failed.append(
+                        (key, seq, "too_long", None,
+                         f"row {_show(key)} of {work.job.source} has {tok} tokens, over the model's "
+                         f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate)")
+                    )
+                    continue
+                text, tok, truncated = counter.truncate(text, limit), limit, truncated + 1
+            items.append(Item(key, seq, text, digest, tok))
+
         async with conn.transaction():
             for group, stmt in ((gone, js.finish_without_vector()), (unchanged, js.dequeue())):
                 if group:
                     await conn.execute(stmt, key_arrays(work, [g[0] for g in group]) + [[g[1] for g in group]])
             await _fail(conn, js, work, failed)
 
-    counter = counter_for(work.version.model)
-    tokens = counter.count([t[2] for t in todo])
-    items = [Item(k, seq, text, digest, tok) for (k, seq, text, digest), tok in zip(todo, tokens)]
     return Claim(
         batches=tuple(pack(items, s.max_inputs, s.max_request_tokens)),
         claimed=len(claimed),
         unchanged=len(unchanged),
         deleted=len(gone),
         failed=len(failed),
+        truncated=truncated,
         failures=tuple(f[4] for f in failed[:20]),
     )
 

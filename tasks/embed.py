@@ -10,6 +10,8 @@ after honouring the provider's Retry-After.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,19 +40,42 @@ class Embedded:
     tokens: int
     requests: int
     rejected: tuple[tuple[Item, int | None, str], ...] = field(default_factory=tuple)
+    truncated: int = 0
+    """Inputs shortened after the provider said they were too long."""
 
 
-async def _embed(client: EmbeddingsClient, items: tuple[Item, ...]) -> Embedded:
+_TOO_LONG = re.compile(r"context.length|too long|maximum.*tokens|tokens.*maximum|exceeds", re.I)
+
+
+def _too_long(exc: TerminalProviderError) -> bool:
+    return exc.code == "context_length_exceeded" or bool(_TOO_LONG.search(str(exc)))
+
+
+def _shorter(text: str, message: str) -> str:
+    """Cut ``text`` by the ratio of the limit to the count the provider names ("maximum
+    context length is 256 tokens, however input[0] has 300"), or by half."""
+    numbers = sorted(int(a or b) for a, b in re.findall(r"(\d+) tokens|has (\d+)", message))
+    ratio = numbers[0] / numbers[-1] if len(numbers) >= 2 and numbers[-1] else 0.5
+    return text[: max(1, int(len(text) * min(ratio, 0.95) * 0.9))]
+
+
+async def _embed(client: EmbeddingsClient, items: tuple[Item, ...], truncate: bool) -> Embedded:
     try:
         result = await client.embed([i.text for i in items])
     except TerminalProviderError as exc:
         if stops_run(exc):
             raise
         if len(items) == 1:
-            return Embedded((), np.zeros((0, 0), np.float32), client.model, 0, 1, ((items[0], exc.status, str(exc)),))
+            item = items[0]
+            if truncate and _too_long(exc) and len(item.text) > 1:
+                # the tokenizer is not known here: shorten as the provider's message says, retry
+                shorter = dataclasses.replace(item, text=_shorter(item.text, str(exc)))
+                retried = await _embed(client, (shorter,), truncate)
+                return dataclasses.replace(retried, requests=retried.requests + 1, truncated=retried.truncated + 1)
+            return Embedded((), np.zeros((0, 0), np.float32), client.model, 0, 1, ((item, exc.status, str(exc)),))
         mid = len(items) // 2
-        left = await _embed(client, items[:mid])
-        right = await _embed(client, items[mid:])
+        left = await _embed(client, items[:mid], truncate)
+        right = await _embed(client, items[mid:], truncate)
         parts = [e for e in (left, right) if len(e.items)]
         vectors = np.vstack([e.vectors for e in parts]) if parts else np.zeros((0, 0), np.float32)
         return Embedded(
@@ -60,6 +85,7 @@ async def _embed(client: EmbeddingsClient, items: tuple[Item, ...]) -> Embedded:
             left.tokens + right.tokens,
             left.requests + right.requests + 1,
             left.rejected + right.rejected,
+            left.truncated + right.truncated,
         )
     tokens = result.prompt_tokens if result.prompt_tokens is not None else sum(i.tokens for i in items)
     return Embedded(items, result.vectors, result.model, tokens, 1)
@@ -69,7 +95,7 @@ async def _embed(client: EmbeddingsClient, items: tuple[Item, ...]) -> Embedded:
 async def embed_batch(work: Work, client: EmbeddingsClient, batch: Batch) -> Embedded:
     """Embed one batch with one request (more only when bisecting a rejected batch)."""
     try:
-        return await _embed(client, batch.items)
+        return await _embed(client, batch.items, work.settings.on_too_long == "truncate")
     except TransientProviderError as exc:
         if exc.retry_after:
             await asyncio.sleep(min(exc.retry_after, MAX_RETRY_AFTER_S))

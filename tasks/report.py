@@ -27,6 +27,8 @@ class RunSummary:
     """Queued rows whose text was unchanged: nothing sent."""
     deleted: int
     failed: int
+    truncated: int
+    """Inputs cut to the model's limit (job setting on_too_long=truncate)."""
     stale: int
     """Rows edited while in flight: their old vector was discarded, they stay queued."""
     requests: int

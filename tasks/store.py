@@ -33,6 +33,7 @@ class Stored:
     failed: int
     tokens: int
     requests: int
+    truncated: int = 0
 
 
 async def _type_oids(conn, work: Work) -> list[int]:
@@ -85,6 +86,7 @@ async def store_batch(work: Work, batch: Batch, embedded: Embedded) -> Stored:
         failed=len(embedded.rejected),
         tokens=embedded.tokens,
         requests=embedded.requests,
+        truncated=embedded.truncated,
     )
 
 

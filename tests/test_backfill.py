@@ -303,3 +303,45 @@ def test_composite_keys_and_several_text_columns(env):
             "SELECT tenant, n, concat_ws(E'\\n\\n', a, b) FROM notes"))
     for t, n, emb in rows:
         np.testing.assert_allclose(emb.to_numpy(), env.provider.expected_vector(texts[(t, n)]), atol=1e-6)
+
+
+def test_inputs_over_the_model_limit_are_truncated_token_exactly_by_default(env):
+    env.make_table(3)
+    long_body = "lorem ipsum dolor sit amet " * 40  # ~200 cl100k tokens
+    with env.connect() as conn:
+        conn.execute("UPDATE articles SET body = %s WHERE id = 2", (long_body,))
+    env.create_job(settings_kw={"max_input_tokens": 50, "retries": 1})
+    summary = env.backfill()
+    assert summary.embedded == 3 and summary.truncated == 1 and summary.failed == 0
+    from vectorfill.tokens import Cl100k
+
+    sent = [t for t in env.provider.inputs if t.startswith("Title 2")]
+    assert len(sent) == 1 and Cl100k().count(sent)[0] == 50
+    np.testing.assert_allclose(env.vectors()[2], env.provider.expected_vector(sent[0]), atol=1e-6)
+    # the stored hash is of the source text: the next run sends nothing
+    assert env.backfill().requests == 0
+
+
+def test_inputs_over_the_limit_fail_with_the_reason_when_asked(env):
+    env.make_table(3)
+    with env.connect() as conn:
+        conn.execute("UPDATE articles SET body = repeat('word ', 500) WHERE id = 2")
+    env.create_job(settings_kw={"max_input_tokens": 50, "on_too_long": "fail", "retries": 1})
+    summary = env.backfill()
+    assert summary.embedded == 2 and summary.failed == 1
+    with env.connect() as conn:
+        reason, message = conn.execute("SELECT reason, message FROM vectorfill.failures").fetchone()
+    assert reason == "too_long" and "over the model's limit of 50" in message
+
+
+def test_a_provider_that_refuses_a_long_input_gets_a_shorter_one(env):
+    """Unknown tokenizer: the provider's 400 says how long is too long; the input is cut to fit."""
+    env.make_table(4)
+    with env.connect() as conn:
+        conn.execute("UPDATE articles SET body = repeat('word ', 2000) WHERE id = 3")
+    env.create_job(model="fake-embed", settings_kw={"max_input_tokens": 10_000, "retries": 1})
+    env.provider.encoder.max_tokens = 300  # the server's own limit, unknown to vectorfill
+    summary = env.backfill()
+    assert summary.embedded == 4 and summary.failed == 0 and summary.truncated == 1
+    sent = env.provider.embedded
+    assert any(t.startswith("Title 3") and len(t) < 2000 for t in sent)

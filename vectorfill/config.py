@@ -58,6 +58,11 @@ class JobSettings(BaseModel):
     """Seconds a claimed row stays reserved for its worker; after that any worker may take it."""
     retries: int = Field(4, ge=0, le=20)
     """Task-level retries for transient errors (with exponential backoff and jitter)."""
+    max_input_tokens: int | None = Field(None, ge=1, le=10_000_000)
+    """Most tokens in one input; default: the model's known limit (8191 for OpenAI's)."""
+    on_too_long: Literal["truncate", "fail"] = "truncate"
+    """An input over the limit is cut to fit (token-exact where the tokenizer is known),
+    or recorded as a failure."""
 
 
 def validate_job_name(name: str) -> str:

@@ -14,19 +14,24 @@ import functools
 import math
 from typing import Protocol
 
-__all__ = ["TokenCounter", "Cl100k", "ByteEstimate", "counter_for"]
+__all__ = ["TokenCounter", "Cl100k", "ByteEstimate", "counter_for", "KNOWN_MAX_INPUT_TOKENS"]
 
 
 class TokenCounter(Protocol):
     name: str
+    exact: bool
+    """True when counts are the provider's own (so truncation can be token-exact)."""
 
     def count(self, texts: list[str]) -> list[int]: ...
+
+    def truncate(self, text: str, max_tokens: int) -> str: ...
 
 
 class Cl100k:
     """Exact counts for OpenAI embedding models."""
 
     name = "cl100k_base"
+    exact = True
 
     def __init__(self) -> None:
         self._enc = _cl100k()
@@ -35,11 +40,27 @@ class Cl100k:
         # encode_ordinary_batch runs in tiktoken's Rust threads; special tokens are plain text.
         return [len(t) for t in self._enc.encode_ordinary_batch(texts)]
 
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of whole tokens that fits (never more than ``max_tokens``)."""
+        tokens = self._enc.encode_ordinary(text)
+        n = max_tokens
+        while n > 0:
+            cut = self._enc.decode(tokens[:n])
+            if len(self._enc.encode_ordinary(cut)) <= max_tokens:
+                return cut
+            n -= 1  # the cut split a character; drop one more token
+        return ""
+
 
 class ByteEstimate:
     """A conservative estimate for models whose tokenizer is not known here."""
 
     name = "bytes/3"
+    exact = False
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """A prefix of about ``max_tokens`` tokens (an estimate; the provider has the last word)."""
+        return text.encode("utf-8", "surrogatepass")[: max_tokens * 3].decode("utf-8", "ignore")
 
     def count(self, texts: list[str]) -> list[int]:
         return [max(1, math.ceil(len(t.encode("utf-8", "surrogatepass")) / 3)) for t in texts]
@@ -53,6 +74,15 @@ def _cl100k():
 
 
 _CL100K_PREFIXES = ("text-embedding-3", "text-embedding-ada-002", "fake-embed")
+
+#: Per-input token limits of well-known models (the provider's own counting).
+KNOWN_MAX_INPUT_TOKENS = {
+    "text-embedding-3-small": 8191,
+    "text-embedding-3-large": 8191,
+    "text-embedding-ada-002": 8191,
+    "fake-embed": 8191,
+    "all-MiniLM-L6-v2": 256,
+}
 
 
 def counter_for(model: str) -> TokenCounter:
