@@ -75,6 +75,8 @@ def job_create(
     encoding_format: str = typer.Option("base64", help="base64 or float (for servers without base64)"),
     concurrency: int = typer.Option(4, help="Requests in flight per run"),
     timeout: float = typer.Option(60.0, help="Seconds to wait for one response"),
+    max_input_tokens: Optional[int] = typer.Option(None, help="Most tokens per input (default: the model's known limit)"),
+    on_too_long: str = typer.Option("truncate", help="truncate (token-exact where known) or fail"),
     db: Optional[str] = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows."""
@@ -93,6 +95,8 @@ def job_create(
             encoding_format=encoding_format,
             concurrency=concurrency,
             timeout_s=timeout,
+            max_input_tokens=max_input_tokens,
+            on_too_long=on_too_long,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
