@@ -64,3 +64,56 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     # Paid twice at most: what the dead worker had in flight (2 lanes x 50 rows).
     resent = len(env.provider.inputs) - len(set(env.provider.inputs))
     assert resent <= 100, f"{resent} texts were sent twice"
+
+
+def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(provider, prefect_server, monkeypatch, tmp_path):
+    """A server of its own, so that restarting it disturbs no other test."""
+    import threading
+
+    from conftest import Env
+
+    from vectorfill import pgembedded
+    from vectorfill.db import migrate
+
+    data_dir = tmp_path / "pg"
+    url = pgembedded.start(data_dir)
+    try:
+        migrate(url)
+        monkeypatch.setenv("VECTORFILL_DATABASE_URL", url)
+        monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
+        env = Env(url, provider)
+        env.make_table(2000)
+        env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "lease_s": 10, "retries": 2})
+        provider.latency_s = 0.05
+        outcome = {}
+
+        def run():
+            try:
+                outcome["summary"] = env.backfill()
+            except Exception as exc:  # a clean failure is allowed; a rerun must finish the job
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while env.status().embedded < 300:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pgembedded.stop(data_dir)
+        time.sleep(0.5)
+        pgembedded.start(data_dir)
+        worker.join(180)
+        assert not worker.is_alive()
+        provider.latency_s = 0
+        while env.status().pending:
+            time.sleep(1)
+            env.backfill()
+        st = env.status()
+        assert (st.embedded, st.pending, st.failed) == (2000, 0, 0)
+        texts = env.texts()
+        for key, vector in env.vectors().items():
+            np.testing.assert_allclose(vector, provider.expected_vector(texts[key]), atol=1e-6)
+        resent = len(provider.inputs) - len(set(provider.inputs))
+        assert resent <= 100, f"{resent} texts sent twice (at most the batches in flight at the restart)"
+    finally:
+        pgembedded.stop(data_dir)
