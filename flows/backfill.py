@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from prefect import flow
@@ -54,24 +55,17 @@ class _Tally:
         return n
 
 
-async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally) -> None:
+async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally, token: uuid.UUID) -> None:
     embed = embed_batch.with_options(retries=work.settings.retries)
     while (limit := tally.take(work.settings.max_inputs)) > 0:
-        claim = await claim_rows(work, limit)
+        claim = await claim_rows(work, limit, token)
         if claim.claimed == 0:
             return
         for key in ("unchanged", "deleted", "failed", "truncated"):
             tally.totals[key] += getattr(claim, key)
-        batches = list(claim.batches)
-        while batches:
-            batch = batches[0]
-            try:
-                embedded = await embed(work, client, batch)
-            except BaseException as exc:
-                await asyncio.shield(release_rows(work, batches, _reason(exc)))
-                raise
+        for batch in claim.batches:
+            embedded = await embed(work, client, batch)
             stored = await store_batch(work, batch, embedded)
-            batches.pop(0)
             tally.totals["embedded"] += stored.written
             tally.totals["stale"] += stored.stale
             tally.totals["failed"] += stored.failed
@@ -86,7 +80,11 @@ async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    return "run cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc) or type(exc).__name__
+    if isinstance(exc, BaseExceptionGroup):
+        exc = _first_error(exc)
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "run interrupted"
+    return str(exc) or type(exc).__name__
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -125,10 +123,16 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
             job=job,
             max_connections=max(8, work.settings.concurrency * 2),
         ) as client:
+            token = uuid.uuid4()  # marks this run's claims, so that it can give them back
             try:
                 async with asyncio.TaskGroup() as lanes:
                     for _ in range(work.settings.concurrency):
-                        lanes.create_task(_lane(work, client, tally))
-            except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+                        lanes.create_task(_lane(work, client, tally, token))
+            except BaseException as exc:
+                # stopped early (an error, Ctrl-C, a cancellation): give the claims back now;
+                # .fn, not the task, because the run may be shutting down
+                await asyncio.shield(release_rows.fn(work, token, _reason(exc)))
+                if isinstance(exc, BaseExceptionGroup):
+                    raise _first_error(exc) from None
+                raise
     return await report_run(job, tally.totals, time.monotonic() - started)

@@ -8,6 +8,7 @@ rows with no text (recorded as failures) and rows that ran out of attempts.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 
 import psycopg
@@ -98,15 +99,16 @@ async def _fail(conn, js: sql.JobSQL, work: Work, rows: list[tuple[tuple, int, s
 
 
 @task(name="claim", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
-async def claim_rows(work: Work, limit: int) -> Claim:
-    """Lease up to ``limit`` rows of ``work``'s queue and return them packed into batches."""
+async def claim_rows(work: Work, limit: int, token: uuid.UUID) -> Claim:
+    """Lease up to ``limit`` rows of ``work``'s queue for the run ``token`` and return them
+    packed into batches."""
     js = sql.JobSQL(work.job, work.version)
     s = work.settings
     async with aconnect(database_url()) as conn:
         try:
             async with conn.transaction():
                 claimed = await (
-                    await conn.execute(js.claim(), {"limit": limit, "lease_s": s.lease_s})
+                    await conn.execute(js.claim(), {"limit": limit, "lease_s": s.lease_s, "token": token})
                 ).fetchall()
                 if not claimed:
                     return Claim(batches=())
@@ -189,17 +191,10 @@ def _show(key: tuple) -> str:
 
 
 @task(name="release", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
-async def release_rows(work: Work, batches: list[Batch], error: str) -> int:
-    """Give the leases of unfinished batches back, noting the error, so that the next run (or
-    another worker) takes them at once instead of waiting for the lease to expire."""
-    items = [i for b in batches for i in b.items]
-    if not items:
-        return 0
+async def release_rows(work: Work, token: uuid.UUID, error: str) -> int:
+    """Give back every row the run ``token`` still holds, noting why, so that the next run
+    takes them at once instead of waiting for their leases to expire."""
     js = sql.JobSQL(work.job, work.version)
     async with aconnect(database_url()) as conn:
-        async with conn.transaction():
-            await conn.execute(
-                js.release(),
-                [error[:2000]] + key_arrays(work, [i.key for i in items]) + [[i.seq for i in items]],
-            )
-    return len(items)
+        cur = await conn.execute(js.release(), (error[:2000], token))
+        return cur.rowcount

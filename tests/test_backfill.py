@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import threading
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_row_edited_during_embedding_ends_with_the_vector_of_its_new_text(env):
     work = Work(job, job.active)
 
     async def one_pass_with_an_edit_in_flight():
-        claim = await claim_rows.fn(work, 100)
+        claim = await claim_rows.fn(work, 100, uuid.uuid4())
         with env.connect() as conn:  # the edit commits while the old text is "at the provider"
             conn.execute("UPDATE articles SET body = 'rewritten while in flight' WHERE id = 3")
         async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",
@@ -120,7 +121,7 @@ def test_row_deleted_during_embedding_leaves_no_vector(env):
     work = Work(job, job.active)
 
     async def run():
-        claim = await claim_rows.fn(work, 100)
+        claim = await claim_rows.fn(work, 100, uuid.uuid4())
         with env.connect() as conn:
             conn.execute("DELETE FROM articles WHERE id = 4")
         async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",

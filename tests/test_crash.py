@@ -117,3 +117,36 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(provid
         assert resent <= 100, f"{resent} texts sent twice (at most the batches in flight at the restart)"
     finally:
         pgembedded.stop(data_dir)
+
+
+def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_path):
+    env.make_table(400)
+    env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1})
+    env.provider.latency_s = 1.0
+    child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
+                     PREFECT_HOME=str(tmp_path / "prefect"))
+    child_env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "vectorfill.cli", "backfill", "docs"], env=child_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while leased_rows(env) == 0:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        proc.wait(30)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert stopped_after < 10, f"took {stopped_after:.1f} s to stop"
+    output = proc.stdout.read()
+    assert proc.returncode != 0, output
+    st = env.status()
+    assert st.embedded + st.pending == 400
+    assert leased_rows(env) == 0, "claims are given back, not left to expire"
+    env.provider.latency_s = 0
+    env.backfill()
+    assert env.status().embedded == 400

@@ -314,7 +314,7 @@ def db_url() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # returns the exit code of Exit/Ctrl-C
     except VectorfillError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
@@ -333,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:
+        err.print("interrupted; claimed rows were given back or expire with their lease")
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

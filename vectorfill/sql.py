@@ -206,6 +206,7 @@ class JobSQL:
                 seq bigint NOT NULL,
                 queued_at timestamptz NOT NULL DEFAULT now(),
                 lease_until timestamptz,
+                claimed_by uuid,
                 attempts integer NOT NULL DEFAULT 0,
                 last_error text,
                 PRIMARY KEY ({k})
@@ -262,6 +263,7 @@ class JobSQL:
                     FOR UPDATE SKIP LOCKED)
                UPDATE {q} AS q
                   SET lease_until = now() + make_interval(secs => %(lease_s)s),
+                      claimed_by = %(token)s,
                       attempts = q.attempts + 1
                  FROM picked
                 WHERE {match}
@@ -352,15 +354,17 @@ class JobSQL:
                    RETURNING f.row_key)
                INSERT INTO {q} ({k}, seq)
                SELECT {keys}, nextval('vectorfill.queue_seq') FROM gone f
-               ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, lease_until = NULL, attempts = 0"""
+               ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, lease_until = NULL, claimed_by = NULL,
+                   attempts = 0"""
         ).format(q=self.q, k=self._cols(), keys=keys)
 
     def release(self) -> sql.Composable:
-        """Give claimed rows back (lease cleared, error noted) after a failed attempt."""
+        """Give back every row a run still holds (lease cleared, error noted) when it stops
+        early. Parameters: error, run token."""
         return sql.SQL(
-            """UPDATE {q} q SET lease_until = NULL, last_error = %s
-                 FROM {unnest} WHERE {match} AND q.seq = c.seq"""
-        ).format(q=self.q, unnest=self._unnest([("seq", "bigint")]), match=self._match("q", "c"))
+            """UPDATE {q} SET lease_until = NULL, claimed_by = NULL, last_error = %s
+                WHERE claimed_by = %s"""
+        ).format(q=self.q)
 
     def create_staging(self) -> sql.Composable:
         """A temporary table the batch's vectors are COPYed into (dropped at commit)."""
@@ -489,7 +493,7 @@ def create_trigger_function(job: Job) -> sql.Composable:
             sql.SQL(
                 """INSERT INTO {q} ({k}, seq, queued_at) VALUES ({nk}, nextval('vectorfill.queue_seq'), now())
                    ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
-                       lease_until = NULL, attempts = 0, last_error = NULL;"""
+                       lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
             ).format(q=js.q, k=js._cols(), nk=keys_new)
         )
     failure_key_old = sql.SQL("jsonb_build_array({})").format(
