@@ -206,12 +206,20 @@ def failures(job: str, limit: int = typer.Option(50), db: Optional[str] = DbOpt)
 
 
 @app.command()
-def retry(job: str, db: Optional[str] = DbOpt) -> None:
-    """Queue every failed row of JOB again (attempts reset)."""
+def retry(
+    job: str,
+    ids: Optional[list[str]] = typer.Argument(None, help="Keys of the rows to retry ([1,2] for a composite key)"),
+    all_rows: bool = typer.Option(False, "--all", help="Retry every failed row"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Queue failed rows of JOB again (attempts reset): --all, or the rows named by key."""
+    from .errors import ConfigError
     from .jobs import retry_failures
 
+    if bool(ids) == all_rows:
+        raise ConfigError("name the rows to retry by key, or pass --all (not both)", job=job)
     with _conn(db) as conn:
-        n = retry_failures(conn, job)
+        n = retry_failures(conn, job, None if all_rows else ids)
     out.print(f"{n} failed rows of {job} queued again; run `vectorfill backfill {job}`")
 
 

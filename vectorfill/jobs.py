@@ -6,6 +6,7 @@ or not at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import psycopg
@@ -227,13 +228,17 @@ def list_failures(conn: psycopg.Connection, name: str, limit: int = 50) -> list[
     return [dict(zip(cols, r)) for r in cur]
 
 
-def retry_failures(conn: psycopg.Connection, name: str) -> int:
-    """Queue every failed row of every live version again; returns how many."""
+def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None = None) -> int:
+    """Queue failed rows of every live version again, all of them or those whose key is in
+    ``keys`` (a single key as written, or a composite one as a JSON array); returns how many."""
     job = load_job(conn, name)
+    rows = [Jsonb(json.loads(k)) for k in keys or [] if k.startswith("[")]
+    ids = [k for k in keys or [] if not k.startswith("[")]
     total = 0
     for version in job.live_versions:
         cur = conn.execute(
-            sql.JobSQL(job, version).requeue_failures(), {"job_id": job.id, "version": version.version}
+            sql.JobSQL(job, version).requeue_failures(),
+            {"job_id": job.id, "version": version.version, "all": keys is None, "rows": rows, "ids": ids},
         )
         total += cur.rowcount
     return total

@@ -343,7 +343,8 @@ class JobSQL:
         )
 
     def requeue_failures(self) -> sql.Composable:
-        """Queue the failed rows again (fresh seq, attempts reset) and clear their records."""
+        """Queue failed rows again (fresh seq, attempts reset) and clear their records: all of
+        them, or those named by key (``ids``: single keys as text; ``rows``: JSON arrays)."""
         keys = sql.SQL(", ").join(
             sql.SQL("(f.row_key->>{})::{}").format(sql.Literal(i), t) for i, t in enumerate(self.types)
         )
@@ -351,6 +352,8 @@ class JobSQL:
             """WITH gone AS (
                    DELETE FROM vectorfill.failures f
                     WHERE f.job_id = %(job_id)s AND f.version = %(version)s
+                      AND (%(all)s OR f.row_key = ANY(%(rows)s::jsonb[])
+                           OR (jsonb_array_length(f.row_key) = 1 AND f.row_key->>0 = ANY(%(ids)s::text[])))
                    RETURNING f.row_key)
                INSERT INTO {q} ({k}, seq)
                SELECT {keys}, nextval('vectorfill.queue_seq') FROM gone f

@@ -1,0 +1,544 @@
+"""Client-side rate limiting: stay inside an endpoint's per-minute budgets.
+
+Providers such as OpenAI enforce requests per minute (RPM) and tokens per minute (TPM) as
+token buckets: the capacity is the per-minute limit, it refills continuously at limit/60
+per second, and a request that does not fit gets a 429. :class:`RateLimiter` keeps the
+same two buckets on the client, so that requests wait here instead of being refused:
+
+* before a request, :meth:`RateLimiter.acquire` waits, first come first served, until one
+  request and the request's tokens (counted with :mod:`vectorfill.tokens`) are available,
+  and charges them;
+* after the response, :meth:`Permit.settle` corrects the charge with the tokens the
+  provider billed (``usage.prompt_tokens``) and lowers the buckets to the provider's own
+  view (``x-ratelimit-remaining-*``, else ``x-ratelimit-reset-*``) when that is lower,
+  because another process may be spending the same budget. A lower
+  ``x-ratelimit-limit-*`` than the configured one (or a limit where none is configured)
+  becomes the budget;
+* after a 429 anyway, :meth:`RateLimiter.on_429` pauses *every* acquirer until the
+  provider's ``Retry-After``.
+
+:class:`Concurrency` decides how many requests are in flight, additive increase and
+multiplicative decrease (AIMD): one more slot per round of requests that found budget to
+spare while other requests were waiting for a slot (latency, not budget, was the
+bottleneck), half the slots after a 429.
+
+Usage::
+
+    limiter = RateLimiter(rpm=3_000, tpm=1_000_000, job="docs")
+    slots = Concurrency(initial=4, max_limit=32)
+
+    async with slots.slot() as slot:
+        permit = await limiter.acquire(tokens)
+        try:
+            result = await client.embed(texts)
+        except TransientProviderError as exc:
+            permit.settle()                    # keep the charge: providers count failures
+            if exc.status == 429:
+                limiter.on_429(exc.retry_after)
+                slot.throttled(waited=permit.waited)
+            raise
+        permit.settle(result.prompt_tokens, result.headers)
+        slot.succeeded(waited=permit.waited)
+
+Time is injectable (``clock``, ``sleep``) so that tests move a fake clock instead of
+sleeping.
+
+One limiter belongs to one run and one endpoint (it is not a module-level singleton):
+every lane and every job of the run that talks to that endpoint shares it. Other
+processes spending the same budget show up in the provider's headers and lower the
+buckets, but each process still refills at the full rate; processes that share an
+endpoint should each be given their share of the budget (``bench/bench_ratelimit.py
+--runs 2`` shows what happens otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = ["RateLimiter", "Permit", "LimiterStats", "Concurrency", "Slot", "parse_duration"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[object]]
+
+#: Waits shorter than this are rounding noise, not waits.
+_EPSILON_S = 1e-9
+#: Issued charges remembered for header syncing, at most (permits never settled age out).
+_HISTORY = 4096
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration as rate-limit headers write it: ``6m0s``, ``1s``, ``20ms``,
+    ``1h2m3.5s``, or a bare number of seconds (``0.5``). Raises ValueError otherwise."""
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"not a duration: {text!r}")
+        return seconds
+    total, pos = 0.0, 0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(value):
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+class _Bucket:
+    """A continuous token bucket: ``capacity`` per minute, refilling at capacity/60 per second.
+
+    ``level`` may go negative (a correction after the fact); it then takes longer to refill.
+    """
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = self.capacity / 60.0
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        if now > self.updated:
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def wait_for(self, amount: float) -> float:
+        missing = amount - self.level
+        return 0.0 if missing <= _EPSILON_S * self.rate else missing / self.rate
+
+    def set_limit(self, per_minute: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = self.capacity / 60.0
+        self.level = min(self.level, self.capacity)
+
+
+@dataclass(frozen=True)
+class LimiterStats:
+    """What a :class:`RateLimiter` did so far."""
+
+    acquired: int
+    """Permits handed out."""
+    waited_s: float
+    """Seconds acquirers spent waiting for budget or a pause, summed over acquirers."""
+    throttled: int
+    """429s reported with :meth:`RateLimiter.on_429`."""
+    synced: int
+    """Times the provider's headers lowered a bucket."""
+    tokens_corrected: int
+    """Billed minus estimated tokens, summed over settled permits."""
+
+
+class Permit:
+    """One request's admission: ``tokens`` were charged after waiting ``waited`` seconds.
+
+    Call :meth:`settle` once, when the request is over, whatever its outcome.
+    """
+
+    __slots__ = ("tokens", "waited", "_limiter", "_seq", "_settled")
+
+    def __init__(self, limiter: RateLimiter, seq: int, tokens: int, waited: float) -> None:
+        self.tokens = tokens
+        self.waited = waited
+        self._limiter = limiter
+        self._seq = seq
+        self._settled = False
+
+    def settle(self, actual_tokens: int | None = None, headers: Mapping[str, str] | None = None) -> None:
+        """Correct the charge to ``actual_tokens`` (the response's ``usage``; None keeps the
+        estimate, as for a failed request) and sync to the provider's ``headers``."""
+        if self._settled:
+            return
+        self._settled = True
+        self._limiter._settle(self, actual_tokens, headers)
+
+    def __repr__(self) -> str:
+        return f"Permit(tokens={self.tokens}, waited={self.waited:.3f})"
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute budgets for one endpoint.
+
+    ``rpm``/``tpm`` None (or 0) means no budget of that kind, unless the provider's
+    ``x-ratelimit-limit-*`` headers announce one and ``learn_limits`` is true.
+    ``max_pause_s`` caps one 429 pause (longer waits are left to the task's retries).
+    """
+
+    def __init__(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        *,
+        job: str | None = None,
+        learn_limits: bool = True,
+        max_pause_s: float = 120.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        for name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be a positive number per minute, not {value}", job=job)
+        self.job = job
+        self.learn_limits = learn_limits
+        self.max_pause_s = max_pause_s
+        self._clock = clock
+        self._sleep = sleep
+        now = clock()
+        self._buckets: dict[str, _Bucket | None] = {
+            "requests": _Bucket(rpm, now) if rpm else None,
+            "tokens": _Bucket(tpm, now) if tpm else None,
+        }
+        self._paused_until = now
+        self._lock = asyncio.Lock()  # FIFO: the head acquirer waits, the others queue behind it
+        self._seq = 0
+        self._issued: collections.deque[tuple[int, int]] = collections.deque(maxlen=_HISTORY)
+        self._open: set[int] = set()
+        self._acquired = 0
+        self._waited = 0.0
+        self._throttled = 0
+        self._synced = 0
+        self._corrected = 0
+
+    # ------------------------------------------------------------------ budgets
+
+    @property
+    def rpm(self) -> int | None:
+        """The requests-per-minute budget in force (configured or learned), or None."""
+        b = self._buckets["requests"]
+        return int(b.capacity) if b else None
+
+    @property
+    def tpm(self) -> int | None:
+        """The tokens-per-minute budget in force (configured or learned), or None."""
+        b = self._buckets["tokens"]
+        return int(b.capacity) if b else None
+
+    def available(self) -> tuple[float | None, float | None]:
+        """(requests, tokens) the buckets hold now; None for a kind without a budget."""
+        now = self._clock()
+        out = []
+        for kind in ("requests", "tokens"):
+            b = self._buckets[kind]
+            if b is not None:
+                b.refill(now)
+            out.append(b.level if b is not None else None)
+        return out[0], out[1]
+
+    def stats(self) -> LimiterStats:
+        return LimiterStats(self._acquired, self._waited, self._throttled, self._synced, self._corrected)
+
+    # ------------------------------------------------------------------ acquiring
+
+    async def acquire(self, tokens: int) -> Permit:
+        """Wait until one request and ``tokens`` fit both budgets, then charge them.
+
+        Raises :class:`~vectorfill.errors.ConfigError` for a request larger than the whole
+        tokens-per-minute budget: it could never be sent.
+        """
+        tokens = max(0, int(tokens))
+        self._check_fits(tokens)
+        start = self._clock()
+        async with self._lock:
+            while True:
+                now = self._clock()
+                wait = self._paused_until - now
+                for kind, amount in (("requests", 1), ("tokens", tokens)):
+                    bucket = self._buckets[kind]
+                    if bucket is not None:
+                        bucket.refill(now)
+                        wait = max(wait, bucket.wait_for(amount))
+                if wait <= _EPSILON_S:
+                    break
+                await self._sleep(wait)
+                self._check_fits(tokens)  # a learned limit may have shrunk meanwhile
+            for kind, amount in (("requests", 1), ("tokens", tokens)):
+                bucket = self._buckets[kind]
+                if bucket is not None:
+                    bucket.level -= amount
+            self._seq += 1
+            seq = self._seq
+            self._issued.append((seq, tokens))
+            self._open.add(seq)
+        waited = max(0.0, now - start)
+        self._acquired += 1
+        self._waited += waited
+        return Permit(self, seq, tokens, waited)
+
+    def _check_fits(self, tokens: int) -> None:
+        bucket = self._buckets["tokens"]
+        if bucket is not None and tokens > bucket.capacity:
+            raise ConfigError(
+                f"a request of {tokens:,} tokens can never fit the endpoint's budget of "
+                f"{int(bucket.capacity):,} tokens per minute; lower the job's max_request_tokens "
+                f"setting to at most {int(bucket.capacity):,} (or its tpm, if the account allows more)",
+                job=self.job,
+            )
+
+    def on_429(self, retry_after: float | None, *, default_s: float = 1.0) -> float:
+        """The provider refused a request: pause every acquirer for ``retry_after`` seconds
+        (``default_s`` when the 429 said nothing, at most ``max_pause_s``). Returns the pause."""
+        pause = min(self.max_pause_s, retry_after if retry_after is not None else default_s)
+        pause = max(0.0, pause)
+        self._paused_until = max(self._paused_until, self._clock() + pause)
+        self._throttled += 1
+        return pause
+
+    # ------------------------------------------------------------------ settling
+
+    def _settle(self, permit: Permit, actual: int | None, headers: Mapping[str, str] | None) -> None:
+        now = self._clock()
+        self._open.discard(permit._seq)
+        tokens = self._buckets["tokens"]
+        if actual is not None and actual >= 0:
+            delta = int(actual) - permit.tokens
+            self._corrected += delta
+            if tokens is not None and delta:
+                tokens.refill(now)
+                tokens.level = min(tokens.capacity, tokens.level - delta)
+            self._amend(permit._seq, int(actual))
+        if headers:
+            self._sync(permit._seq, {k.lower(): v for k, v in headers.items()}, now)
+        self._prune()
+
+    def _amend(self, seq: int, actual: int) -> None:
+        for i in range(len(self._issued) - 1, -1, -1):
+            if self._issued[i][0] == seq:
+                self._issued[i] = (seq, actual)
+                return
+            if self._issued[i][0] < seq:
+                return
+
+    def _prune(self) -> None:
+        oldest = min(self._open, default=self._seq + 1)
+        while self._issued and self._issued[0][0] < oldest:
+            self._issued.popleft()
+
+    def _sync(self, seq: int, headers: dict[str, str], now: float) -> None:
+        """Lower the buckets to the provider's view, never raise them.
+
+        The provider's ``remaining`` counts every request it admitted up to this one. The
+        requests issued after this one are not in it (most arrive later), so they are
+        subtracted; one that overtook this one is counted twice, which errs on the safe
+        side, as does taking the count as of now rather than as of its admission.
+        """
+        later_requests = later_tokens = 0
+        for s, t in reversed(self._issued):
+            if s <= seq:
+                break
+            later_requests += 1
+            later_tokens += t
+        for kind, later in (("requests", later_requests), ("tokens", later_tokens)):
+            limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            reset = _seconds(headers.get(f"x-ratelimit-reset-{kind}"))
+            bucket = self._buckets[kind]
+            if limit and limit > 0 and self.learn_limits and (bucket is None or limit < bucket.capacity):
+                if bucket is None:
+                    bucket = self._buckets[kind] = _Bucket(limit, now)
+                else:
+                    bucket.refill(now)
+                    bucket.set_limit(limit)
+            if bucket is None:
+                continue
+            if remaining is not None:
+                estimate = remaining - later
+            elif reset is not None and reset <= 60.0:
+                # time until the bucket is full again; longer resets belong to longer windows
+                estimate = bucket.capacity - reset * bucket.rate - later
+            else:
+                continue
+            bucket.refill(now)
+            if estimate < bucket.level:
+                bucket.level = estimate
+                self._synced += 1
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+class Slot:
+    """One request's place among those in flight; report how it went before leaving."""
+
+    __slots__ = ("_owner", "_started", "_reported")
+
+    def __init__(self, owner: Concurrency) -> None:
+        self._owner = owner
+        self._started = owner._clock()
+        self._reported = False
+
+    def succeeded(self, *, waited: float = 0.0) -> None:
+        """The request succeeded after waiting ``waited`` seconds for budget (``Permit.waited``)."""
+        if not self._reported:
+            self._reported = True
+            self._owner._succeeded(waited, self._owner._clock() - self._started - waited)
+
+    def throttled(self, *, waited: float = 0.0) -> None:
+        """The request, sent after waiting ``waited`` seconds for budget, got a 429."""
+        if not self._reported:
+            self._reported = True
+            self._owner._throttled(sent_at=self._started + waited)
+
+    async def __aenter__(self) -> Slot:
+        await self._owner._enter()
+        self._started = self._owner._clock()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._owner._release()
+
+
+class Concurrency:
+    """How many requests are in flight, adapted AIMD-style between ``min_limit`` and ``max_limit``.
+
+    * A request that succeeds while others wait for a slot, having found budget to spare
+      (it waited at most ``spare_wait_s`` for the rate limiter, less than its latency), adds
+      ``1/limit``: about one slot per round of requests. Latency, not budget, held it back.
+    * A 429 halves the limit, once per round: a 429 for a request sent before the limit was
+      last cut does not cut it again.
+
+    Usage::
+
+        slots = Concurrency(initial=4, max_limit=32)
+        async with slots.slot() as slot:
+            ...
+            slot.succeeded(waited=permit.waited)   # or slot.throttled(waited=...) after a 429
+    """
+
+    def __init__(
+        self,
+        initial: int = 4,
+        *,
+        min_limit: int = 1,
+        max_limit: int = 64,
+        spare_wait_s: float = 0.001,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not 1 <= min_limit <= max_limit:
+            raise ConfigError(f"concurrency bounds must satisfy 1 <= min <= max, not {min_limit}..{max_limit}")
+        self.min_limit = min_limit
+        self.max_limit = max_limit
+        self.spare_wait_s = spare_wait_s
+        self._clock = clock
+        self._limit = float(min(max(initial, min_limit), max_limit))
+        self._in_flight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._started = clock()
+        self._cut_at = -math.inf
+        self._mark = self._started
+        self._area = 0.0
+        self._peak = 0
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed in flight now."""
+        return int(self._limit)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return sum(1 for f in self._waiters if not f.done())
+
+    @property
+    def peak(self) -> int:
+        """Most requests in flight at once so far."""
+        return self._peak
+
+    def mean_in_flight(self) -> float:
+        """Requests in flight, averaged over time since this controller was made."""
+        now = self._clock()
+        area = self._area + self._in_flight * (now - self._mark)
+        return area / (now - self._started) if now > self._started else float(self._in_flight)
+
+    def slot(self) -> Slot:
+        """An async context manager holding one in-flight slot."""
+        return Slot(self)
+
+    # ------------------------------------------------------------------ internals
+
+    def _account(self) -> None:
+        now = self._clock()
+        self._area += self._in_flight * (now - self._mark)
+        self._mark = now
+
+    def _take(self) -> None:
+        self._account()
+        self._in_flight += 1
+        self._peak = max(self._peak, self._in_flight)
+
+    async def _enter(self) -> None:
+        if self._in_flight < self.limit and not self.waiting:
+            self._take()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release()  # granted as we were cancelled: hand it on
+            raise
+        finally:
+            try:
+                self._waiters.remove(future)
+            except ValueError:
+                pass
+
+    def _release(self) -> None:
+        self._account()
+        self._in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        for future in list(self._waiters):
+            if self._in_flight >= self.limit:
+                break
+            if not future.done():
+                self._take()
+                future.set_result(None)
+
+    def _succeeded(self, waited: float, latency: float) -> None:
+        if self.waiting and waited <= self.spare_wait_s and latency > waited:
+            self._limit = min(float(self.max_limit), self._limit + 1.0 / self._limit)
+            self._wake()
+
+    def _throttled(self, sent_at: float) -> None:
+        if sent_at >= self._cut_at:
+            self._limit = max(float(self.min_limit), self._limit / 2.0)
+            self._cut_at = self._clock()
