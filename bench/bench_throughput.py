@@ -1,0 +1,1053 @@
+"""Throughput: how close does a vectorfill backfill come to the physical limits?
+
+Everything below is measured in one run, on one machine, against the same texts:
+
+* **A, provider**: :class:`vectorfill.client.EmbeddingsClient` posting ``--max-inputs``
+  texts per request to the fake provider (``tests/fake_provider.py``, run as its own
+  process), ``--concurrency`` requests in flight, no database; once with base64 and once
+  with ``encoding_format="float"``.
+* **B, database**: psycopg binary COPY of precomputed float32 vectors into a table
+  ``(id bigint PRIMARY KEY, embedding vector(d))``, one transaction per ``--max-inputs``
+  rows, one connection, no HTTP. A second row does the same with the column's storage set
+  to ``EXTERNAL`` (by default pgvector values are offered to pglz first, which fails on
+  float noise; the second row shows whether skipping that attempt matters).
+* **vectorfill**: ``asyncio.run(backfill(job))``, the real Prefect flow, in this process,
+  on a job of ``--rows`` rows of ~100-token (cl100k) English-like texts. Prefect's
+  temporary server is started beforehand by a warm-up backfill of a small job, so the timed
+  run excludes its start-up (and the imports, the tokenizer load and the first
+  connections).
+* **vectorfill without Prefect**: the same flow body and lanes, on a fresh job of the
+  same texts, with every task replaced by its plain function (``task.fn``) and the
+  progress and summary artifacts by no-ops (transient errors are retried at once, where
+  Prefect would retry after its delay).
+
+Prefect's share of wall time is estimated two ways:
+
+1. **A/B**: ``1 - T(without Prefect) / T(with Prefect)``, both wall times of
+   ``asyncio.run(...)`` on an identical job. This is the end-to-end cost, whatever it is
+   made of (task-run bookkeeping on the event loop, events and log threads competing for
+   the GIL, the temporary server's CPU competing for the machine's cores).
+2. **Instrumented**: in the Prefect run, each task's ``.fn`` is wrapped to time its body
+   ("inner"), and each call site in the flow module is wrapped to time the whole task call
+   as the lane sees it ("outer"); the flow's ``.fn`` and the progress-artifact calls are
+   timed the same way. Then ``prefect_time = (flow wall - flow body) + (outer - inner of
+   prepare and report, which the flow runs alone) + (sum of outer - inner of the lane
+   tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow wall``.
+   Dividing lane time by ``concurrency`` assumes the lanes' overheads overlap evenly, and
+   the CPU Prefect takes from the task bodies themselves (they share the event loop and
+   the GIL) is not counted: it is a lower estimate; the A/B number is the one to hold the
+   goal against.
+
+Both runs also report seconds per stage (sum of task bodies; the lanes overlap, so the sum
+can exceed the wall time), and CPU seconds per process over each timed window (this
+process and its threads, Prefect's server, the fake provider, Postgres, and everything
+else on the machine), which on a small machine shows who competes for the cores. A large
+"other processes" figure means someone else's load skewed that phase: run again.
+
+Peak RSS: ``ru_maxrss`` of this process right after the vectorfill runs (they run first,
+before any baseline allocates, and the texts are streamed into Postgres, never held), the
+RSS before the timed run for comparison, and ``VmHWM`` of each fake-provider process (it
+keeps every text it was sent, so it grows with ``--rows``). ``--profile`` wraps the timed Prefect backfill
+in pyinstrument (main thread, ``async_mode="disabled"``: idle time shows as the event
+loop's ``select``), prints the top functions by cumulative and by self time and saves
+HTML and text reports and the session (for ``pyinstrument --load``) under ``/tmp``; the
+profiled run is slower than an unprofiled one.
+
+Before each timed phase that writes to Postgres the database is settled (``VACUUM
+(ANALYZE)`` and ``CHECKPOINT``), so that no phase pays for the previous one's writes.
+
+``--quote-params`` is an experiment, not a measurement of the core as it is: the flow's
+task calls wrap their arguments in Prefect's ``quote()``, so that Prefect neither walks
+nor rebuilds them (``visit_collection`` over every ``Item`` of a batch is the largest
+Prefect cost the profile shows); it previews that fix without editing the core.
+
+Usage::
+
+    python bench/bench_throughput.py                         # 20,000 rows, 1536 dims
+    python bench/bench_throughput.py --latency-ms 200
+    python bench/bench_throughput.py --rows 5000 --profile
+    python bench/bench_throughput.py --db postgresql://...   # instead of an embedded Postgres
+
+It starts and stops an embedded Postgres in a temporary directory (unless ``--db``), the
+fake provider (restarted before each phase, so every phase meets full rate-limit buckets)
+and Prefect's temporary server (with ``PREFECT_HOME`` in the temporary directory unless
+``PREFECT_API_URL`` is set); everything is stopped and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import inspect
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_PROVIDER = REPO / "tests" / "fake_provider.py"
+MODEL = "fake-embed"  # cl100k token counting in vectorfill.tokens, like OpenAI's models
+
+try:
+    import psutil
+except ImportError:  # CPU-by-process numbers are skipped
+    psutil = None
+
+
+# --------------------------------------------------------------------------- texts
+
+_SUBJECTS = (
+    "the committee", "our team", "the city council", "a local farmer", "the new manager",
+    "the research group", "every student", "the small bakery", "the library", "a young engineer",
+    "the hospital", "the museum", "the railway company", "most customers", "the old harbour",
+    "the school board", "a careful reader", "the regional office", "the weather service", "the author",
+)
+_VERBS = (
+    "announced", "reviewed", "described", "questioned", "improved", "recorded", "planned",
+    "delayed", "explained", "supported", "measured", "compared", "repaired", "published",
+    "discussed", "rejected", "tested", "shared", "organised", "studied",
+)
+_OBJECTS = (
+    "the annual budget", "a detailed report", "the morning schedule", "several new rules",
+    "the water supply", "a long list of complaints", "the results of the survey",
+    "the price of bread", "the plans for the bridge", "a series of short lectures",
+    "the safety checks", "the summer festival", "the repairs to the roof", "a map of the valley",
+    "the cost of heating", "the opening hours", "a set of photographs", "the traffic data",
+    "the harvest figures", "a draft of the letter",
+)
+_TAILS = (
+    "after a long meeting", "before the end of the month", "with some hesitation",
+    "in front of a large crowd", "for the second time this year", "without much discussion",
+    "despite the heavy rain", "on a quiet Tuesday afternoon", "as expected", "at short notice",
+    "in the northern district", "with the help of volunteers", "during the winter",
+    "for reasons nobody explained", "in great detail", "over several weeks",
+)
+_CONNECTORS = (
+    "However,", "Later,", "Meanwhile,", "In the end,", "As a result,", "At first,",
+    "According to witnesses,", "Surprisingly,", "Once again,", "For now,",
+)
+_TOPICS = (
+    "Budget", "Harbour", "Weather", "Transport", "Schools", "Health", "Housing", "Farming",
+    "Culture", "Energy", "Water", "Tourism", "Markets", "Libraries", "Roads", "Parks",
+)
+
+
+def _sentence(rng: random.Random) -> str:
+    s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TAILS)}"
+    if rng.random() < 0.35:
+        s = f"{rng.choice(_CONNECTORS)} {s}"
+    if rng.random() < 0.3:
+        s += f", and {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}"
+    return s[0].upper() + s[1:] + "."
+
+
+def iter_texts(n: int, tokens: int = 100, seed: int = 20_000, stats: dict | None = None, block: int = 2000):
+    """``n`` deterministic news-like paragraphs of about ``tokens`` cl100k tokens each (cut
+    at the last whole word within the limit), made ``block`` at a time so that a large
+    ``n`` never sits in memory (this process's peak RSS is one of the results). ``stats``,
+    when given, receives the token counts' ``count``, ``sum``, ``min`` and ``max``."""
+    from vectorfill.tokens import Cl100k
+
+    counter = Cl100k()
+    enc = counter._enc
+    rng = random.Random(seed)
+    for first in range(0, n, block):
+        drafts = []
+        for i in range(first, min(n, first + block)):
+            parts = [f"{rng.choice(_TOPICS)} note {i + 1}: {_sentence(rng)}"]
+            words = len(parts[0].split())
+            while words < tokens * 0.95:  # ~1.1 tokens per word here; trimmed below
+                parts.append(_sentence(rng))
+                words += len(parts[-1].split())
+            drafts.append(" ".join(parts))
+        texts = []
+        for draft, ids in zip(drafts, enc.encode_ordinary_batch(drafts)):
+            if len(ids) > tokens:
+                cut = enc.decode(ids[:tokens])
+                draft = cut.rsplit(" ", 1)[0] if " " in cut else cut
+            texts.append(draft)
+        if stats is not None:
+            counts = counter.count(texts)
+            stats["count"] = stats.get("count", 0) + len(counts)
+            stats["sum"] = stats.get("sum", 0) + sum(counts)
+            stats["min"] = min(stats.get("min", 1 << 30), min(counts))
+            stats["max"] = max(stats.get("max", 0), max(counts))
+        yield from texts
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_vm_hwm(pid: int) -> int | None:
+    """Peak resident set of a live process, in KiB (Linux ``/proc``), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Provider:
+    """The fake provider as its own process, on a fixed port (restartable)."""
+
+    def __init__(self, args: argparse.Namespace, port: int, log_dir: Path) -> None:
+        self.args = args
+        self.port = port
+        self.log_path = log_dir / "fake_provider.log"
+        self.proc: subprocess.Popen | None = None
+        self.peak_rss_kib: list[int] = []  # VmHWM of each process, at its stop
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        import httpx
+
+        cmd = [
+            sys.executable, str(FAKE_PROVIDER), "--port", str(self.port),
+            "--dimensions", str(self.args.dimensions), "--latency-ms", str(self.args.latency_ms),
+        ]
+        if self.args.rpm:
+            cmd += ["--rpm", str(self.args.rpm)]
+        if self.args.tpm:
+            cmd += ["--tpm", str(self.args.tpm)]
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
+        finally:
+            log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    tail = self.log_path.read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"the fake provider did not start:\n{tail}")
+                time.sleep(0.1)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        hwm = read_vm_hwm(proc.pid)
+        if hwm:
+            self.peak_rss_kib.append(hwm)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+
+def _proc_cpu(pid: int | None, *, with_children: bool = False) -> float:
+    """CPU seconds of a process (and, for Postgres, of its exited and live children)."""
+    if psutil is None or pid is None:
+        return 0.0
+    try:
+        p = psutil.Process(pid)
+        t = p.cpu_times()
+        total = t.user + t.system
+        if with_children:
+            total += t.children_user + t.children_system
+            for c in p.children():
+                with contextlib.suppress(psutil.Error):
+                    ct = c.cpu_times()
+                    total += ct.user + ct.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per live thread of this process, by thread name."""
+    if psutil is None:
+        return {}
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = defaultdict(float)
+    for t in psutil.Process().threads():
+        out[names.get(t.id, f"tid {t.id}")] += t.user_time + t.system_time
+    return dict(out)
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all processes), or 0 without psutil."""
+    if psutil is None:
+        return 0.0
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _prefect_server_pid(exclude: set[int]) -> int | None:
+    if psutil is None:
+        return None
+    for c in psutil.Process().children(recursive=True):
+        if c.pid in exclude:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if any("prefect" in part or "uvicorn" in part for part in c.cmdline()):
+                return c.pid
+    return None
+
+
+@dataclass
+class CpuWindow:
+    """CPU seconds spent by each process between ``start()`` and ``stop()``."""
+
+    pids: dict[str, tuple[int | None, bool]]
+    wall: float = 0.0
+    used: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> CpuWindow:
+        self._busy0 = _machine_busy()
+        self._t0 = time.perf_counter()
+        self._self0 = _self_cpu()
+        self._threads0 = _thread_cpu()
+        self._p0 = {k: _proc_cpu(pid, with_children=ch) for k, (pid, ch) in self.pids.items()}
+        return self
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self._t0
+        self.used["this process"] = _self_cpu() - self._self0
+        for k, (pid, ch) in self.pids.items():
+            if pid is not None:
+                self.used[k] = _proc_cpu(pid, with_children=ch) - self._p0[k]
+        busy = _machine_busy() - self._busy0
+        if busy > 0:  # everything else on the machine (other users' work skews the numbers)
+            self.used["other processes"] = max(0.0, busy - sum(self.used.values()))
+        after = _thread_cpu()
+        self.threads = {
+            name: after[name] - self._threads0.get(name, 0.0)
+            for name in after
+            if after[name] - self._threads0.get(name, 0.0) > 0.005
+        }
+
+
+# --------------------------------------------------------------------------- database
+
+
+def fill_source(url: str, table: str, texts) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, body text NOT NULL)").format(sql.Identifier(table))
+        )
+        with conn.cursor().copy(sql.SQL("COPY {} (id, body) FROM STDIN").format(sql.Identifier(table))) as copy:
+            for i, text in enumerate(texts, 1):
+                copy.write_row((i, text))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+
+
+def make_job(url: str, name: str, table: str, texts, args, base_url: str) -> None:
+    from vectorfill.config import JobSettings
+    from vectorfill.db import connect
+    from vectorfill.jobs import create_job
+
+    fill_source(url, table, texts)
+    settings = JobSettings(
+        max_inputs=args.max_inputs,
+        concurrency=args.concurrency,
+        encoding_format="base64",
+        retries=args.retries,
+    )
+    with connect(url) as conn:
+        create_job(
+            conn,
+            name=name,
+            table=table,
+            text_columns=["body"],
+            template=None,
+            key_columns=None,
+            model=MODEL,
+            base_url=base_url,
+            api_key_env=None,
+            dimensions=None if args.dims_unknown else args.dimensions,
+            settings=settings,
+        )
+
+
+def settle(url: str) -> None:
+    """VACUUM ANALYZE and CHECKPOINT, so that a timed run neither pays for the previous run's
+    dirty buffers nor meets autovacuum working on the previous run's tables."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
+
+
+def drop_jobs(url: str, jobs: list[tuple[str, str]]) -> None:
+    import psycopg
+    from psycopg import sql
+
+    from vectorfill.db import connect
+    from vectorfill.jobs import drop_job
+
+    for name, table in jobs:
+        with contextlib.suppress(Exception), connect(url) as conn:
+            drop_job(conn, name)
+        with contextlib.suppress(Exception), psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
+# --------------------------------------------------------------------------- baseline A
+
+
+async def _provider_baseline(base_url: str, texts: list[str], args, fmt: str) -> int:
+    from vectorfill.client import EmbeddingsClient
+    from vectorfill.errors import TransientProviderError
+
+    chunks = iter([texts[i : i + args.max_inputs] for i in range(0, len(texts), args.max_inputs)])
+    done = 0
+    async with EmbeddingsClient(
+        base_url=base_url,
+        model=MODEL,
+        dimensions=args.dimensions,
+        encoding_format=fmt,
+        max_connections=max(8, args.concurrency * 2),
+    ) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            for chunk in chunks:  # one shared iterator: each chunk is taken once
+                for attempt in range(args.retries + 1):
+                    try:
+                        result = await client.embed(chunk)
+                        break
+                    except TransientProviderError as exc:  # rate limits, when --rpm/--tpm
+                        if attempt == args.retries:
+                            raise
+                        await asyncio.sleep(exc.retry_after or 1.0)
+                done += len(result.vectors)
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    return done
+
+
+def bench_provider(provider: Provider, texts: list[str], args, fmt: str, extra_pids) -> dict:
+    provider.restart()
+    asyncio.run(_provider_baseline(provider.base_url, texts[:64], args, fmt))  # connections, imports
+    provider.restart()  # full rate-limit buckets for the timed part
+    window = CpuWindow({"fake provider": (provider.pid, False), **extra_pids}).start()
+    rows = asyncio.run(_provider_baseline(provider.base_url, texts, args, fmt))
+    window.stop()
+    return dict(rows=rows, wall=window.wall, cpu=window.used)
+
+
+# --------------------------------------------------------------------------- baseline B
+
+
+def bench_copy(url: str, args, storage_external: bool, pids: dict) -> dict:
+    import numpy as np
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    rng = np.random.default_rng(7)
+    pool = rng.standard_normal((min(args.rows, 4096), args.dimensions), dtype=np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    table = "bench_copy_external" if storage_external else "bench_copy"
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding vector({args.dimensions}) NOT NULL)")
+        if storage_external:
+            conn.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE EXTERNAL")
+        vec_oid = conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
+        conn.commit()
+        window = CpuWindow(pids).start()
+        for start in range(0, args.rows, args.max_inputs):
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY {table} (id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types([20, vec_oid])
+                    for i in range(start, min(args.rows, start + args.max_inputs)):
+                        copy.write_row((i, pool[i % len(pool)]))
+            conn.commit()
+        window.stop()
+        n = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        conn.execute(f"DROP TABLE {table}")
+        conn.commit()
+    return dict(rows=n, wall=window.wall, cpu=window.used)
+
+
+# --------------------------------------------------------------------------- vectorfill
+
+
+def flow_module():
+    """The module ``vectorfill.flows.backfill`` (the package attribute of that name is the flow)."""
+    import importlib
+
+    return importlib.import_module("vectorfill.flows.backfill")
+
+
+@dataclass
+class StageClock:
+    inner: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    outer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    flow_body: float = 0.0
+
+    def add(self, kind: str, name: str, seconds: float) -> None:
+        getattr(self, kind)[name] += seconds
+        if kind == "inner":
+            self.calls[name] += 1
+
+
+def _timed(fn, record):
+    """``fn`` (sync or async) wrapped so that each call's duration goes to ``record``."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def timed_async(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return await fn(*a, **k)
+            finally:
+                record(time.perf_counter() - t0)
+
+        return timed_async
+
+    @functools.wraps(fn)
+    def timed_sync(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            record(time.perf_counter() - t0)
+
+    return timed_sync
+
+
+class _Outer:
+    """Stands in for a Task at its call site in the flow module: times the whole call."""
+
+    def __init__(self, task, name: str, clock: StageClock, quote_params: bool = False) -> None:
+        self.task, self.name, self.clock, self.quote_params = task, name, clock, quote_params
+
+    def with_options(self, **kw) -> _Outer:
+        return _Outer(self.task.with_options(**kw), self.name, self.clock, self.quote_params)
+
+    def __call__(self, *a, **k):
+        record = functools.partial(self.clock.add, "outer", self.name)
+        if self.quote_params:  # the experiment: Prefect neither walks nor rebuilds the arguments
+            from prefect.utilities.annotations import quote
+
+            a = tuple(x if isinstance(x, (int, float, str, type(None), quote)) else quote(x) for x in a)
+        if self.task.isasync:
+
+            async def call():
+                t0 = time.perf_counter()
+                try:
+                    return await self.task(*a, **k)
+                finally:
+                    record(time.perf_counter() - t0)
+
+            return call()
+        t0 = time.perf_counter()
+        try:
+            return self.task(*a, **k)
+        finally:
+            record(time.perf_counter() - t0)
+
+
+class _Bare:
+    """Stands in for a Task without Prefect: calls its function; retries transient errors."""
+
+    def __init__(self, fn, retries: int) -> None:
+        self.fn, self.retries = fn, retries
+
+    def with_options(self, retries: int | None = None, **kw) -> _Bare:
+        return _Bare(self.fn, self.retries if retries is None else retries)
+
+    def __call__(self, *a, **k):
+        from prefect.utilities.annotations import BaseAnnotation
+
+        from vectorfill.errors import is_transient
+
+        # the flow quote()s its arguments for Prefect; a plain call gets the values
+        a = tuple(x.unwrap() if isinstance(x, BaseAnnotation) else x for x in a)
+        if not inspect.iscoroutinefunction(self.fn):
+            return self.fn(*a, **k)
+
+        async def call():
+            for attempt in range(self.retries + 1):
+                try:
+                    return await self.fn(*a, **k)
+                except Exception as exc:
+                    if attempt == self.retries or not is_transient(exc):
+                        raise
+
+        return call()
+
+
+_TASK_GLOBALS = {
+    "prepare": "prepare_run",
+    "claim": "claim_rows",
+    "embed": "embed_batch",
+    "store": "store_batch",
+    "release": "release_rows",
+    "report": "report_run",
+}
+
+
+def _artifact_functions(module) -> list[str]:
+    """Names of Prefect's artifact functions imported into ``module`` (the core changes)."""
+    return [n for n, v in vars(module).items() if "artifact" in n and callable(v) and n.startswith(("a", "c", "u"))]
+
+
+def _no_op_like(fn):
+    if inspect.iscoroutinefunction(fn):
+
+        async def no_op_async(*a, **k):
+            return None
+
+        return no_op_async
+    return lambda *a, **k: None
+
+
+@contextlib.contextmanager
+def instrumented(mode: str, retries: int, quote_params: bool = False):
+    """Patch the flow module for one run: ``mode`` "prefect" (time bodies and call sites)
+    or "bare" (tasks replaced by their timed functions, artifacts by no-ops)."""
+    import importlib
+
+    fb = flow_module()
+    report_mod = importlib.import_module("vectorfill.tasks.report")
+    clock = StageClock()
+    tasks = {stage: getattr(fb, g) for stage, g in _TASK_GLOBALS.items()}
+    saved: list[tuple[object, str, object]] = []  # (object, attribute, original value)
+
+    def patch(obj, attr: str, value) -> None:
+        saved.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    try:
+        for stage, t in tasks.items():
+            patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", stage)))
+        if mode == "prefect":
+            for stage, g in _TASK_GLOBALS.items():
+                patch(fb, g, _Outer(tasks[stage], stage, clock, quote_params))
+            for name in _artifact_functions(fb):
+                patch(fb, name, _timed(getattr(fb, name), functools.partial(clock.add, "outer", "artifacts")))
+
+            def record_body(s: float) -> None:
+                clock.flow_body = s
+
+            patch(fb.backfill, "fn", _timed(fb.backfill.fn, record_body))
+        else:
+            for stage, g in _TASK_GLOBALS.items():
+                patch(fb, g, _Bare(tasks[stage].fn, retries))
+            for module in (fb, report_mod):  # progress and summary artifacts
+                for name in _artifact_functions(module):
+                    patch(module, name, _no_op_like(getattr(module, name)))
+        yield clock
+    finally:
+        for obj, attr, value in reversed(saved):
+            setattr(obj, attr, value)
+
+
+def run_backfill(job: str, mode: str, args, cpu_pids, profile: bool = False) -> dict:
+    fb = flow_module()
+
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001, async_mode="disabled")
+    rss_before = psutil.Process().memory_info().rss // 1024 if psutil else None
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with instrumented(mode, args.retries, args.quote_params) as clock:
+        window = CpuWindow(cpu_pids).start()
+        if profiler:
+            profiler.start()
+        if mode == "prefect":
+            summary = asyncio.run(fb.backfill(job))
+        else:
+            summary = asyncio.run(fb.backfill.fn(job))
+        if profiler:
+            profiler.stop()
+        window.stop()
+    return dict(
+        summary=summary,
+        rows=summary.embedded,
+        wall=window.wall,
+        cpu=window.used,
+        threads=window.threads,
+        clock=clock,
+        rss_before_kib=rss_before,
+        maxrss_before_kib=maxrss_before,
+        maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        profiler=profiler,
+    )
+
+
+# --------------------------------------------------------------------------- profile report
+
+
+def profile_report(profiler, top: int) -> str:
+    session = profiler.last_session
+    root = session.root_frame()
+    if root is None:
+        return "(no samples)"
+    cumulative: dict[str, float] = defaultdict(float)
+    own: dict[str, float] = defaultdict(float)
+    stack = [(root, frozenset())]
+    while stack:
+        frame, active = stack.pop()
+        key = None
+        if not frame.is_synthetic:
+            key = f"{frame.function}  {frame.file_path_short}:{frame.line_no}"
+            if key not in active:  # count recursion once
+                cumulative[key] += frame.time
+            own[key] += frame.total_self_time
+        for child in frame.children:
+            if frame.is_synthetic or key is None:
+                stack.append((child, active))
+            else:
+                stack.append((child, active | {key}))
+    total = root.time or 1.0
+    lines = [f"pyinstrument, main thread, {total:.2f} s sampled", "", "top by cumulative time:", ""]
+    lines.append("| cumulative s | % | function |")
+    lines.append("|---:|---:|---|")
+    for key, t in sorted(cumulative.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {t:.3f} | {100 * t / total:.1f} | `{key}` |")
+    lines += ["", "top by self time:", "", "| self s | % | function |", "|---:|---:|---|"]
+    for key, t in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {t:.3f} | {100 * t / total:.1f} | `{key}` |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _rate(d: dict) -> float:
+    return d["rows"] / d["wall"] if d["wall"] > 0 else 0.0
+
+
+def _mib(kib: int | None) -> str:
+    return f"{kib / 1024:,.0f} MiB" if kib else "n/a"
+
+
+def core_version() -> str:
+    """The commit measured, and the tracked files changed on top of it (others edit the core)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    except OSError:
+        return "unknown"
+    return head + (f" + uncommitted changes to {', '.join(dirty)}" if dirty else "")
+
+
+def report(args, meta: dict, results: dict) -> str:
+    out: list[str] = []
+    short = {"a_b64": "A base64", "a_float": "A float", "b_copy": "B COPY", "b_copy_ext": "B COPY, EXTERNAL",
+             "vf": "vectorfill (Prefect)", "vf_bare": "vectorfill (no Prefect)"}
+    lat = f"{args.latency_ms:g} ms"
+    out.append(
+        f"## vectorfill throughput: {args.rows:,} rows, ~{meta['tokens_mean']:.0f} tokens "
+        f"(cl100k, {meta['tokens_min']}-{meta['tokens_max']}), {args.dimensions} dims, provider "
+        f"latency {lat}, rpm {args.rpm or '-'}, tpm {args.tpm or '-'}, max_inputs {args.max_inputs}, "
+        f"concurrency {args.concurrency}, {os.cpu_count()} CPUs"
+    )
+    out.append("")
+    out.append(f"core measured: {meta['core']}")
+    out.append("")
+    out.append("| measurement | rows | wall s | rows/s |")
+    out.append("|---|---:|---:|---:|")
+    labels = {
+        "a_b64": f"A: EmbeddingsClient -> fake provider process, base64, {args.concurrency} in flight",
+        "a_float": "A: same, encoding_format=float",
+        "b_copy": "B: psycopg binary COPY -> vector(d) table (default storage)",
+        "b_copy_ext": "B: same, column STORAGE EXTERNAL",
+        "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if args.profile else "")
+        + (", EXPERIMENT: task arguments quote()d" if args.quote_params else ""),
+        "vf_bare": "vectorfill lanes without Prefect (task.fn)",
+    }
+    for key, label in labels.items():
+        if key in results:
+            d = results[key]
+            out.append(f"| {label} | {d['rows']:,} | {d['wall']:.2f} | {_rate(d):,.0f} |")
+
+    vf = results["vf"]
+    r_vf = _rate(vf)
+    out.append("")
+    out.append("| ratio / metric | value | goal |")
+    out.append("|---|---:|---|")
+    for key in ("a_b64", "a_float", "b_copy", "b_copy_ext"):
+        if key in results:
+            out.append(f"| vectorfill / {short[key]} | {100 * r_vf / _rate(results[key]):.0f}% | |")
+    if "a_b64" in results and "b_copy" in results:
+        lower = min(_rate(results["a_b64"]), _rate(results["b_copy"]))
+        goal = ">= 50% (no latency)" if args.latency_ms == 0 else ""
+        out.append(f"| vectorfill / lower of A base64 and B ({lower:,.0f} rows/s) | {100 * r_vf / lower:.0f}% | {goal} |")
+    if args.latency_ms:
+        out.append(f"| vectorfill rows/s at {lat} latency | {r_vf:,.0f} | >= 2,500 at 200 ms |")
+    if "vf_bare" in results:
+        share = 1 - results["vf_bare"]["wall"] / vf["wall"]
+        out.append(f"| Prefect share of wall time, A/B (1 - bare/flow) | {100 * share:.1f}% | <= 5% |")
+    clock: StageClock = vf["clock"]
+    flow_over = max(0.0, vf["wall"] - clock.flow_body)  # creating and finishing the flow run
+
+    def over(stages) -> float:
+        return sum(clock.outer.get(s, 0.0) - clock.inner.get(s, 0.0) for s in stages)
+
+    sequential = over(("prepare", "report"))  # run by the flow body, one at a time
+    in_lanes = over(("claim", "embed", "store", "release"))
+    artifacts = clock.outer.get("artifacts", 0.0)
+    est = flow_over + sequential + (in_lanes + artifacts) / args.concurrency
+    out.append(f"| Prefect share of wall time, instrumented (see docstring) | {100 * est / vf['wall']:.1f}% | <= 5% |")
+    out.append(f"| ... flow-run overhead (wall - flow body) | {flow_over:.2f} s | |")
+    calls = sum(clock.calls.get(s, 0) for s in ("claim", "embed", "store", "release"))
+    if calls:
+        out.append(f"| ... task-run overhead per lane task call (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |")
+    out.append(f"| ... prepare + report task-run overhead | {sequential:.2f} s | |")
+    out.append(f"| ... progress-artifact calls (lane time) | {artifacts:.2f} s | |")
+    out.append(f"| peak RSS of this process after the vectorfill runs (ru_maxrss) | {_mib(vf['maxrss_kib'])} | 200k run within 10% of 20k |")
+    out.append(f"| ... before the timed run: RSS / ru_maxrss (warm-up, imports, Prefect) | "
+               f"{_mib(vf['rss_before_kib'])} / {_mib(vf['maxrss_before_kib'])} | |")
+    out.append(f"| peak RSS of this process at the end (after the baselines) | {_mib(meta['maxrss_end_kib'])} | |")
+    if meta["provider_hwm"]:
+        out.append(f"| peak RSS of the fake provider (VmHWM, max over its processes) | {_mib(max(meta['provider_hwm']))} | |")
+
+    # stages
+    out.append("")
+    out.append("Seconds per stage (sum of task bodies over all lanes; the lanes overlap):")
+    out.append("")
+    out.append("| stage | calls | flow: body s | flow: body ms/call | flow: Prefect ms/call | bare: body s | bare: body ms/call |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    bare_clock: StageClock | None = results.get("vf_bare", {}).get("clock")
+    for s in _TASK_GLOBALS:
+        n = clock.calls.get(s, 0)
+        if not n and not (bare_clock and bare_clock.calls.get(s)):
+            continue
+        inner = clock.inner.get(s, 0.0)
+        over = clock.outer.get(s, 0.0) - inner
+        bn = bare_clock.calls.get(s, 0) if bare_clock else 0
+        bi = bare_clock.inner.get(s, 0.0) if bare_clock else 0.0
+        out.append(
+            f"| {s} | {n} | {inner:.2f} | {1000 * inner / max(n, 1):.1f} | {1000 * over / max(n, 1):.1f} | "
+            f"{bi:.2f} | {1000 * bi / max(bn, 1):.1f} |"
+        )
+
+    # CPU
+    out.append("")
+    out.append("CPU seconds during each timed phase (wall x CPUs is what the machine had; "
+               "'other processes' is load that is not this benchmark's):")
+    out.append("")
+    procs = ["this process", "Prefect server", "fake provider", "Postgres", "other processes"]
+    out.append("| phase | wall s | wall x CPUs | " + " | ".join(procs) + " |")
+    out.append("|---|---:|---:|" + "---:|" * len(procs))
+    for key in ("a_b64", "a_float", "b_copy", "b_copy_ext", "vf", "vf_bare"):
+        if key in results and "cpu" in results[key]:
+            d = results[key]
+            cells = [f"{d['cpu'][p]:.2f}" if p in d["cpu"] else "-" for p in procs]
+            out.append(f"| {short[key]} | {d['wall']:.2f} | {d['wall'] * (os.cpu_count() or 1):.1f} | " + " | ".join(cells) + " |")
+    for key in ("vf", "vf_bare"):
+        if key in results and results[key]["threads"]:
+            threads = sorted(results[key]["threads"].items(), key=lambda kv: -kv[1])[:8]
+            out.append("")
+            out.append(f"Threads of this process, {labels[key]}: " + ", ".join(f"{n} {t:.2f} s" for n, t in threads))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=20_000, help="rows in the backfill (and the baselines)")
+    p.add_argument("--dimensions", type=int, default=1536)
+    p.add_argument("--tokens", type=int, default=100, help="cl100k tokens per text (at most)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="fake provider latency per request")
+    p.add_argument("--rpm", type=int, default=None, help="fake provider requests per minute")
+    p.add_argument("--tpm", type=int, default=None, help="fake provider tokens per minute")
+    p.add_argument("--max-inputs", type=int, default=1024,
+                   help="job setting max_inputs (and the baselines' batch); 1024 gives 20,000 rows "
+                        "5 requests per lane at concurrency 4")
+    p.add_argument("--concurrency", type=int, default=4, help="job setting concurrency (and requests in flight)")
+    p.add_argument("--retries", type=int, default=4, help="job setting retries")
+    p.add_argument("--warmup-rows", type=int, default=300, help="rows of the untimed warm-up backfill")
+    p.add_argument("--dims-unknown", action="store_true",
+                   help="create the jobs without dimensions (the first store types the vector column)")
+    p.add_argument("--no-bare", action="store_true", help="skip the run without Prefect")
+    p.add_argument("--quote-params", action="store_true",
+                   help="experiment: the flow's task calls wrap their arguments in prefect's quote() "
+                        "(previews a fix; the measured core is unchanged)")
+    p.add_argument("--no-baselines", action="store_true", help="skip baselines A and B")
+    p.add_argument("--profile", action="store_true", help="pyinstrument around the timed Prefect backfill")
+    p.add_argument("--profile-top", type=int, default=25)
+    p.add_argument("--db", default=None, help="a postgresql:// URL instead of an embedded Postgres")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="vf-bench-"))
+    data_dir = root / "pgdata"
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_HOME"] = str(root / "prefect")
+    from vectorfill.runtime import prefect_defaults
+
+    prefect_defaults()
+    provider = Provider(args, free_port(), root)
+    jobs: list[tuple[str, str]] = []
+    url = None
+    embedded = False
+    try:
+        stats: dict = {}
+        meta = dict(provider_hwm=provider.peak_rss_kib, core=core_version())
+        sample = next(iter_texts(1, args.tokens))
+        print(f"texts: e.g. {sample[:120]!r}...", flush=True)
+
+        from vectorfill import pgembedded
+        from vectorfill.db import migrate
+
+        if args.db:
+            url = args.db
+        else:
+            url = pgembedded.start(data_dir)
+            embedded = True
+        migrate(url)
+        os.environ["VECTORFILL_DATABASE_URL"] = url
+        pg_pid = None
+        if embedded:
+            pg_pid = pgembedded.status(data_dir).pid
+        elif psutil is not None:
+            import psycopg
+
+            with contextlib.suppress(Exception), psycopg.connect(url) as conn:
+                backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+                pg_pid = psutil.Process(backend).ppid()
+
+        provider.start()
+        print(f"postgres: {'embedded in ' + str(data_dir) if embedded else 'given by --db'}; "
+              f"fake provider: {provider.base_url}", flush=True)
+
+        results: dict[str, dict] = {}
+
+        # vectorfill first, so that ru_maxrss is the backfill's peak and not a baseline's
+        jobs += [("bench_warm", "bench_src_warm"), ("bench_flow", "bench_src_flow")]
+        make_job(url, "bench_warm", "bench_src_warm", iter_texts(args.warmup_rows, args.tokens), args, provider.base_url)
+        t0 = time.perf_counter()
+        asyncio.run(flow_module().backfill("bench_warm"))
+        print(f"warm-up backfill of {args.warmup_rows} rows (Prefect server start-up included): "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        prefect_pid = _prefect_server_pid({provider.pid or -1})
+        t0 = time.perf_counter()
+        make_job(url, "bench_flow", "bench_src_flow", iter_texts(args.rows, args.tokens, stats=stats), args, provider.base_url)
+        meta.update(tokens_mean=stats["sum"] / stats["count"], tokens_min=stats["min"], tokens_max=stats["max"])
+        print(f"source table of {args.rows:,} texts (~{meta['tokens_mean']:.1f} tokens each) made in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        settle(url)
+        provider.restart()
+
+        def pids():
+            return {
+                "Prefect server": (prefect_pid, False),
+                "fake provider": (provider.pid, False),
+                "Postgres": (pg_pid, True),
+            }
+
+        results["vf"] = run_backfill("bench_flow", "prefect", args, pids(), profile=args.profile)
+        print(f"vectorfill (Prefect): {_rate(results['vf']):,.0f} rows/s", flush=True)
+        if results["vf"]["rows"] != args.rows:
+            print(f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}")
+        if not args.no_bare:
+            jobs.append(("bench_bare", "bench_src_bare"))
+            make_job(url, "bench_bare", "bench_src_bare", iter_texts(args.rows, args.tokens), args, provider.base_url)
+            settle(url)
+            provider.restart()
+            results["vf_bare"] = run_backfill("bench_bare", "bare", args, pids())
+            print(f"vectorfill (no Prefect): {_rate(results['vf_bare']):,.0f} rows/s", flush=True)
+            if results["vf_bare"]["rows"] != args.rows:
+                print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")
+
+        if not args.no_baselines:
+            extra = {"Postgres": (pg_pid, True)}
+            texts = list(iter_texts(args.rows, args.tokens))  # only now: after the vectorfill peak
+            results["a_b64"] = bench_provider(provider, texts, args, "base64", extra)
+            print(f"A base64: {_rate(results['a_b64']):,.0f} rows/s", flush=True)
+            results["a_float"] = bench_provider(provider, texts, args, "float", extra)
+            print(f"A float: {_rate(results['a_float']):,.0f} rows/s", flush=True)
+            provider.stop()
+            settle(url)
+            results["b_copy"] = bench_copy(url, args, False, extra)
+            print(f"B COPY: {_rate(results['b_copy']):,.0f} rows/s", flush=True)
+            settle(url)
+            results["b_copy_ext"] = bench_copy(url, args, True, extra)
+            print(f"B COPY (EXTERNAL): {_rate(results['b_copy_ext']):,.0f} rows/s", flush=True)
+        provider.stop()
+        meta["maxrss_end_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        print()
+        print(report(args, meta, results))
+        if args.profile and results["vf"]["profiler"] is not None:
+            profiler = results["vf"]["profiler"]
+            html = Path(tempfile.gettempdir()) / "vectorfill-bench-profile.html"
+            text = Path(tempfile.gettempdir()) / "vectorfill-bench-profile.txt"
+            profiler.last_session.save(str(html.with_suffix(".pyisession")))  # pyinstrument --load
+            html.write_text(profiler.output_html())
+            text.write_text(profiler.output_text(unicode=True, show_all=False))
+            print()
+            print(profile_report(profiler, args.profile_top))
+            print(f"\nprofile saved: {html}, {text} and {html.with_suffix('.pyisession')}")
+        return 0
+    finally:
+        provider.stop()
+        with contextlib.suppress(Exception):
+            from prefect.server.api.server import SubprocessASGIServer
+
+            for server in list(SubprocessASGIServer._instances.values()):
+                server.stop()
+        if url and not embedded:
+            drop_jobs(url, jobs)
+        if embedded:
+            with contextlib.suppress(Exception):
+                pgembedded.stop(data_dir)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
