@@ -9,11 +9,13 @@ runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
 
 from prefect import flow
+from prefect.utilities.annotations import quote
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
 from vectorfill.client import EmbeddingsClient
@@ -28,7 +30,11 @@ from vectorfill.tasks import (
     report_run,
     store_batch,
 )
+from vectorfill.db import LaneConnection
+from vectorfill.tasks.common import database_url
 from vectorfill.tasks.report import RunSummary
+
+PROGRESS_EVERY_S = 2.0
 
 __all__ = ["backfill"]
 
@@ -55,28 +61,45 @@ class _Tally:
         return n
 
 
-async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally, token: uuid.UUID) -> None:
+async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally, token: uuid.UUID, url: str) -> None:
+    """claim -> embed -> store until the queue (or the run's budget) is empty.
+
+    Arguments are ``quote()``d: Prefect would otherwise walk every item of every batch to
+    look for futures, which cost about half the wall time (bench/bench_throughput.py).
+    """
     embed = embed_batch.with_options(retries=work.settings.retries)
-    while (limit := tally.take(work.settings.max_inputs)) > 0:
-        claim = await claim_rows(work, limit, token)
-        if claim.claimed == 0:
-            return
-        for key in ("unchanged", "deleted", "failed", "truncated"):
-            tally.totals[key] += getattr(claim, key)
-        for batch in claim.batches:
-            embedded = await embed(work, client, batch)
-            stored = await store_batch(work, batch, embedded)
-            tally.totals["embedded"] += stored.written
-            tally.totals["stale"] += stored.stale
-            tally.totals["failed"] += stored.failed
-            tally.totals["requests"] += stored.requests
-            tally.totals["tokens"] += stored.tokens
-            tally.totals["truncated"] += stored.truncated
-        tally.done += claim.claimed
-        if tally.progress_id is not None and tally.pending:
-            await aupdate_progress_artifact(
-                tally.progress_id, progress=min(100.0, 100.0 * tally.done / tally.pending)
-            )
+    db = LaneConnection(url)
+    try:
+        while (limit := tally.take(work.settings.max_inputs)) > 0:
+            claim = await claim_rows(quote(work), limit, token, quote(db))
+            if claim.claimed == 0:
+                return
+            for key in ("unchanged", "deleted", "failed", "truncated"):
+                tally.totals[key] += getattr(claim, key)
+            for batch in claim.batches:
+                embedded = await embed(quote(work), client, quote(batch))
+                stored = await store_batch(quote(work), quote(batch), quote(embedded), quote(db))
+                if work.version.vector_dims is None and stored.vector_dims:
+                    # the first store typed the vector column: later batches must match it
+                    work = Work(work.job, dataclasses.replace(work.version, vector_dims=stored.vector_dims))
+                    client.expected_dims = stored.vector_dims
+                for key in ("written", "stale", "failed", "requests", "tokens", "truncated"):
+                    tally.totals["embedded" if key == "written" else key] += getattr(stored, key)
+            tally.done += claim.claimed
+    finally:
+        await db.aclose()
+
+
+async def _report_progress(tally: _Tally) -> None:
+    """Update the run's progress artifact every few seconds (not once per batch: each
+    update is an API round trip)."""
+    last = -1.0
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_S)
+        progress = min(100.0, 100.0 * tally.done / tally.pending) if tally.pending else 100.0
+        if progress != last:
+            await aupdate_progress_artifact(tally.progress_id, progress=progress)
+            last = progress
 
 
 def _reason(exc: BaseException) -> str:
@@ -105,10 +128,24 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
     started = time.monotonic()
     prepared = await asyncio.to_thread(prepare_run, job)
     tally = _Tally(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
+    progress = None
     if tally.pending:
         tally.progress_id = await acreate_progress_artifact(
             progress=0.0, description=f"vectorfill backfill of {job}"
         )
+        progress = asyncio.create_task(_report_progress(tally))
+    try:
+        await _fill(prepared, tally, job)
+    finally:
+        if progress is not None:
+            progress.cancel()
+    if tally.progress_id is not None:
+        await aupdate_progress_artifact(tally.progress_id, progress=100.0 * min(1.0, tally.done / tally.pending))
+    return await report_run(job, tally.totals, time.monotonic() - started)
+
+
+async def _fill(prepared, tally: _Tally, job: str) -> None:
+    """Run the lanes of each version to fill, one version after another."""
     for work in prepared.works:
         version = work.version
         async with EmbeddingsClient(
@@ -124,10 +161,11 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
             max_connections=max(8, work.settings.concurrency * 2),
         ) as client:
             token = uuid.uuid4()  # marks this run's claims, so that it can give them back
+            url = database_url()
             try:
                 async with asyncio.TaskGroup() as lanes:
                     for _ in range(work.settings.concurrency):
-                        lanes.create_task(_lane(work, client, tally, token))
+                        lanes.create_task(_lane(work, client, tally, token, url))
             except BaseException as exc:
                 # stopped early (an error, Ctrl-C, a cancellation): give the claims back now;
                 # .fn, not the task, because the run may be shutting down
@@ -135,4 +173,3 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
                 if isinstance(exc, BaseExceptionGroup):
                     raise _first_error(exc) from None
                 raise
-    return await report_run(job, tally.totals, time.monotonic() - started)

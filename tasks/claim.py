@@ -15,7 +15,8 @@ import psycopg
 from prefect import task
 
 from vectorfill import sql
-from vectorfill.db import aconnect
+from vectorfill.db import LaneConnection, aconnect
+from vectorfill.errors import DatabaseError
 from vectorfill.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
 
 from .common import TASK_OPTIONS, Work, database_url
@@ -99,81 +100,86 @@ async def _fail(conn, js: sql.JobSQL, work: Work, rows: list[tuple[tuple, int, s
 
 
 @task(name="claim", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
-async def claim_rows(work: Work, limit: int, token: uuid.UUID) -> Claim:
+async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnection) -> Claim:
     """Lease up to ``limit`` rows of ``work``'s queue for the run ``token`` and return them
     packed into batches."""
     js = sql.JobSQL(work.job, work.version)
     s = work.settings
-    async with aconnect(database_url()) as conn:
+    try:
+        conn = await db.get()
+        async with conn.transaction():
+            claimed = await (
+                await conn.execute(js.claim(), {"limit": limit, "lease_s": s.lease_s, "token": token})
+            ).fetchall()
+            if not claimed:
+                return Claim(batches=())
+            n = len(work.job.key_columns)
+            keys = [tuple(r[:n]) for r in claimed]
+            seqs = [r[n] for r in claimed]
+            attempts = {tuple(r[:n]): (r[n + 1], r[n + 2]) for r in claimed}
+            rows = await (await conn.execute(js.read_texts(), key_arrays(work, keys) + [seqs])).fetchall()
+    except psycopg.OperationalError as exc:
+        await db.discard()
+        raise DatabaseError(f"claiming rows failed: {str(exc).strip().splitlines()[0]}", job=work.job.name) from None
+
+    gone: list[tuple] = []
+    unchanged: list[tuple] = []
+    failed: list[tuple[tuple, int, str, int | None, str]] = []
+    todo: list[tuple[tuple, int, str, bytes]] = []
+    for row in rows:
+        key, seq, present, text, stored_hash = tuple(row[:n]), row[n], row[n + 1], row[n + 2], row[n + 3]
+        if not present:
+            gone.append((key, seq))
+            continue
+        if text is None or not text.strip():
+            what = "NULL" if text is None else "empty" if not text else "whitespace-only"
+            failed.append(
+                (key, seq, "empty_text", None,
+                 f"row {_show(key)} of {work.job.source} has {what} text in "
+                 f"{', '.join(work.job.text_columns)}; it gets no vector until the text is filled")
+            )
+            continue
+        tries, last_error = attempts[key]
+        if tries > s.max_attempts:
+            failed.append(
+                (key, seq, "max_attempts", None,
+                 f"row {_show(key)} failed {s.max_attempts} attempts (last error: {last_error or 'none recorded'}); "
+                 f"fix the cause, then `vectorfill retry {work.job.name} --all`")
+            )
+            continue
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        if stored_hash is not None and bytes(stored_hash) == digest:
+            unchanged.append((key, seq))
+            continue
+        todo.append((key, seq, text, digest))
+
+    counter = counter_for(work.version.model)
+    limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
+    tokens = counter.count([t[2] for t in todo])
+    items: list[Item] = []
+    truncated = 0
+    for (key, seq, text, digest), tok in zip(todo, tokens):
+        if limit and counter.exact and tok > limit:
+            if s.on_too_long == "fail":
+                failed.append(
+                    (key, seq, "too_long", None,
+                     f"row {_show(key)} of {work.job.source} has {tok} tokens, over the model's "
+                     f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate)")
+                )
+                continue
+            text, tok, truncated = counter.truncate(text, limit), limit, truncated + 1
+        items.append(Item(key, seq, text, digest, tok))
+
+    if gone or unchanged or failed:
         try:
             async with conn.transaction():
-                claimed = await (
-                    await conn.execute(js.claim(), {"limit": limit, "lease_s": s.lease_s, "token": token})
-                ).fetchall()
-                if not claimed:
-                    return Claim(batches=())
-                n = len(work.job.key_columns)
-                keys = [tuple(r[:n]) for r in claimed]
-                seqs = [r[n] for r in claimed]
-                attempts = {tuple(r[:n]): r[n + 1] for r in claimed}
-                rows = await (await conn.execute(js.read_texts(), key_arrays(work, keys) + [seqs])).fetchall()
+                for group, stmt in ((gone, js.finish_without_vector()), (unchanged, js.dequeue())):
+                    if group:
+                        await conn.execute(stmt, key_arrays(work, [g[0] for g in group]) + [[g[1] for g in group]])
+                await _fail(conn, js, work, failed)
         except psycopg.OperationalError as exc:
-            from vectorfill.errors import DatabaseError
-
-            raise DatabaseError(f"claiming rows failed: {exc}", job=work.job.name) from None
-
-        gone: list[tuple] = []
-        unchanged: list[tuple] = []
-        failed: list[tuple[tuple, int, str, int | None, str]] = []
-        todo: list[tuple[tuple, int, str, bytes]] = []
-        for row in rows:
-            key, seq, present, text, stored_hash = tuple(row[:n]), row[n], row[n + 1], row[n + 2], row[n + 3]
-            if not present:
-                gone.append((key, seq))
-                continue
-            if text is None or not text.strip():
-                what = "NULL" if text is None else "empty" if not text else "whitespace-only"
-                failed.append(
-                    (key, seq, "empty_text", None,
-                     f"row {_show(key)} of {work.job.source} has {what} text in "
-                     f"{', '.join(work.job.text_columns)}; it gets no vector until the text is filled")
-                )
-                continue
-            if attempts[key] > s.max_attempts:
-                failed.append(
-                    (key, seq, "max_attempts", None,
-                     f"row {_show(key)} failed {s.max_attempts} attempts; see its last error in the "
-                     f"queue, then `vectorfill retry {work.job.name}`")
-                )
-                continue
-            digest = hashlib.sha256(text.encode("utf-8")).digest()
-            if stored_hash is not None and bytes(stored_hash) == digest:
-                unchanged.append((key, seq))
-                continue
-            todo.append((key, seq, text, digest))
-
-        counter = counter_for(work.version.model)
-        limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
-        tokens = counter.count([t[2] for t in todo])
-        items: list[Item] = []
-        truncated = 0
-        for (key, seq, text, digest), tok in zip(todo, tokens):
-            if limit and counter.exact and tok > limit:
-                if s.on_too_long == "fail":
-                    failed.append(
-                        (key, seq, "too_long", None,
-                         f"row {_show(key)} of {work.job.source} has {tok} tokens, over the model's "
-                         f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate)")
-                    )
-                    continue
-                text, tok, truncated = counter.truncate(text, limit), limit, truncated + 1
-            items.append(Item(key, seq, text, digest, tok))
-
-        async with conn.transaction():
-            for group, stmt in ((gone, js.finish_without_vector()), (unchanged, js.dequeue())):
-                if group:
-                    await conn.execute(stmt, key_arrays(work, [g[0] for g in group]) + [[g[1] for g in group]])
-            await _fail(conn, js, work, failed)
+            await db.discard()  # the claims stay leased; their leases expire or the run gives them back
+            raise DatabaseError(f"settling claimed rows failed: {exc}", job=work.job.name) from None
 
     return Claim(
         batches=tuple(pack(items, s.max_inputs, s.max_request_tokens)),
@@ -193,7 +199,8 @@ def _show(key: tuple) -> str:
 @task(name="release", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
 async def release_rows(work: Work, token: uuid.UUID, error: str) -> int:
     """Give back every row the run ``token`` still holds, noting why, so that the next run
-    takes them at once instead of waiting for their leases to expire."""
+    takes them at once instead of waiting for their leases to expire. Opens its own
+    connection: the lanes' may be what failed."""
     js = sql.JobSQL(work.job, work.version)
     async with aconnect(database_url()) as conn:
         cur = await conn.execute(js.release(), (error[:2000], token))

@@ -11,6 +11,7 @@ import pytest
 from conftest import API_KEY
 from fake_provider import FakeProvider
 
+from vectorfill.db import LaneConnection
 from vectorfill.errors import AuthenticationError, ModelNotFound, TransientProviderError
 
 
@@ -93,15 +94,16 @@ def test_row_edited_during_embedding_ends_with_the_vector_of_its_new_text(env):
     from pydantic import SecretStr
 
     work = Work(job, job.active)
+    db = LaneConnection(env.url)
 
     async def one_pass_with_an_edit_in_flight():
-        claim = await claim_rows.fn(work, 100, uuid.uuid4())
+        claim = await claim_rows.fn(work, 100, uuid.uuid4(), db)
         with env.connect() as conn:  # the edit commits while the old text is "at the provider"
             conn.execute("UPDATE articles SET body = 'rewritten while in flight' WHERE id = 3")
         async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",
                                     api_key=SecretStr(API_KEY)) as client:
             embedded = await embed_batch.fn(work, client, claim.batches[0])
-        return await store_batch.fn(work, claim.batches[0], embedded)
+        return await store_batch.fn(work, claim.batches[0], embedded, db)
 
     stored = asyncio.run(one_pass_with_an_edit_in_flight())
     assert stored.written == 19 and stored.stale == 1
@@ -119,15 +121,16 @@ def test_row_deleted_during_embedding_leaves_no_vector(env):
     from pydantic import SecretStr
 
     work = Work(job, job.active)
+    db = LaneConnection(env.url)
 
     async def run():
-        claim = await claim_rows.fn(work, 100, uuid.uuid4())
+        claim = await claim_rows.fn(work, 100, uuid.uuid4(), db)
         with env.connect() as conn:
             conn.execute("DELETE FROM articles WHERE id = 4")
         async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",
                                     api_key=SecretStr(API_KEY)) as client:
             embedded = await embed_batch.fn(work, client, claim.batches[0])
-        return await store_batch.fn(work, claim.batches[0], embedded)
+        return await store_batch.fn(work, claim.batches[0], embedded, db)
 
     stored = asyncio.run(run())
     assert stored.written == 9

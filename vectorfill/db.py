@@ -24,6 +24,7 @@ __all__ = [
     "migrate",
     "current_revision",
     "redact_url",
+    "LaneConnection",
 ]
 
 def _migrations_dir() -> Path:
@@ -91,6 +92,39 @@ async def aconnect(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
     async with conn:
         await register_vector_async(conn)
         yield conn
+
+
+class LaneConnection:
+    """One autocommit connection that a lane's tasks share for a whole run, reopened after
+    a failure. Transactions are explicit (``async with conn.transaction()``), so the
+    connection never idles inside one.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def get(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as exc:
+                raise _translate(exc, self.url) from None
+            await register_vector_async(conn)
+            self._conn = conn
+        return self._conn
+
+    async def discard(self) -> None:
+        """Drop the connection (after an error); the next :meth:`get` opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except psycopg.Error:
+                pass
+
+    async def aclose(self) -> None:
+        await self.discard()
 
 
 def _alembic_config(url: str):

@@ -22,10 +22,12 @@ multiplicative decrease (AIMD): one more slot per round of requests that found b
 spare while other requests were waiting for a slot (latency, not budget, was the
 bottleneck), half the slots after a 429.
 
-Usage::
+:class:`Throttle` puts the two together around one request::
 
-    limiter = RateLimiter(rpm=3_000, tpm=1_000_000, job="docs")
-    slots = Concurrency(initial=4, max_limit=32)
+    throttle = Throttle(RateLimiter(rpm=3_000, tpm=1_000_000, job="docs"), Concurrency(4, max_limit=16))
+    result = await throttle.send(batch.tokens, lambda: client.embed(texts))
+
+which is, spelled out::
 
     async with slots.slot() as slot:
         permit = await limiter.acquire(tokens)
@@ -36,7 +38,7 @@ Usage::
             if exc.status == 429:
                 limiter.on_429(exc.retry_after)
                 slot.throttled(waited=permit.waited)
-            raise
+            raise                              # (Throttle.send retries a 429 itself)
         permit.settle(result.prompt_tokens, result.headers)
         slot.succeeded(waited=permit.waited)
 
@@ -60,13 +62,15 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, TransientProviderError
 
-__all__ = ["RateLimiter", "Permit", "LimiterStats", "Concurrency", "Slot", "parse_duration"]
+__all__ = ["RateLimiter", "Permit", "LimiterStats", "Concurrency", "Slot", "Throttle", "parse_duration"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
+R = TypeVar("R")
 
 #: Waits shorter than this are rounding noise, not waits.
 _EPSILON_S = 1e-9
@@ -542,3 +546,48 @@ class Concurrency:
         if sent_at >= self._cut_at:
             self._limit = max(float(self.min_limit), self._limit / 2.0)
             self._cut_at = self._clock()
+
+
+# --------------------------------------------------------------------------- both
+
+
+class Throttle:
+    """One run's way to one endpoint: a :class:`RateLimiter` and a :class:`Concurrency`.
+
+    :meth:`send` holds a slot, waits for budget, makes the request, settles the permit with
+    the response's ``prompt_tokens`` and ``headers`` (an :class:`~vectorfill.client.Embeddings`)
+    and reports to the concurrency controller. A rate-limit 429
+    (:class:`~vectorfill.errors.TransientProviderError` with status 429) pauses every
+    request of the throttle and is retried here, through the limiter, up to
+    ``max_429_retries`` times; every other error is raised as it is.
+    """
+
+    def __init__(self, limiter: RateLimiter, slots: Concurrency, *, max_429_retries: int = 8) -> None:
+        self.limiter = limiter
+        self.slots = slots
+        self.max_429_retries = max_429_retries
+
+    async def send(self, tokens: int, request: Callable[[], Awaitable[R]]) -> R:
+        """``await request()`` once the budget allows ``tokens`` more; see the class."""
+        throttled = 0
+        while True:
+            async with self.slots.slot() as slot:
+                permit = await self.limiter.acquire(tokens)
+                try:
+                    result = await request()
+                except TransientProviderError as exc:
+                    permit.settle()
+                    if exc.status != 429:
+                        raise
+                    self.limiter.on_429(exc.retry_after)
+                    slot.throttled(waited=permit.waited)
+                    if throttled >= self.max_429_retries:
+                        raise
+                    throttled += 1
+                    continue
+                except BaseException:
+                    permit.settle()
+                    raise
+                permit.settle(getattr(result, "prompt_tokens", None), getattr(result, "headers", None))
+                slot.succeeded(waited=permit.waited)
+                return result

@@ -28,9 +28,9 @@ How concurrency is made safe (the locking story)
   it saw. The texts are read by a *second* statement (:meth:`JobSQL.read_texts`), whose
   fresh snapshot is at least as new as the claimed ``seq``. The transaction then commits:
   nothing is held open across the HTTP call.
-* **Store** (:meth:`JobSQL.store`) deletes each queue row *only if its seq is still the
-  claimed one* and, in the same statement, upserts the vectors of exactly the rows it
-  deleted. A row edited while its old text was in flight has a new ``seq``: its stale vector
+* **Store** (:meth:`JobSQL.settle`, then :meth:`JobSQL.copy_vectors`, in one
+  transaction) deletes each queue row *only if its seq is still the claimed one* and COPYs
+  the vectors of exactly the rows it deleted. A row edited while its old text was in flight has a new ``seq``: its stale vector
   is discarded and the row stays queued for its new text. Because ``seq`` comes from a
   global sequence, a row that is completed and queued again never reuses a ``seq``.
 * A **delete** of a source row removes its queue row first (waiting for any store that
@@ -247,7 +247,7 @@ class JobSQL:
 
     # -- work
     def claim(self) -> sql.Composable:
-        """Lease up to %(limit)s free queue rows; returns ``k1..kn, seq, attempts``.
+        """Lease up to %(limit)s free queue rows; returns ``k1..kn, seq, attempts, last_error``.
 
         ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim side by side without
         waiting on or double-claiming each other; the lease (``lease_until``) keeps the
@@ -267,7 +267,7 @@ class JobSQL:
                       attempts = q.attempts + 1
                  FROM picked
                 WHERE {match}
-            RETURNING {qk}, q.seq, q.attempts"""
+            RETURNING {qk}, q.seq, q.attempts, q.last_error"""
         ).format(
             k=self._cols(), q=self.q, match=self._match("q", "picked"), qk=self._cols("q")
         )
@@ -369,59 +369,41 @@ class JobSQL:
                 WHERE claimed_by = %s"""
         ).format(q=self.q)
 
-    def create_staging(self) -> sql.Composable:
-        """A temporary table the batch's vectors are COPYed into (dropped at commit)."""
-        key_defs = sql.SQL(", ").join(sql.SQL("{} {}").format(k, t) for k, t in zip(self.k, self.types))
-        return sql.SQL(
-            """CREATE TEMPORARY TABLE IF NOT EXISTS vf_stage (
-                   {key_defs}, seq bigint, input_hash bytea, embedding vector)
-               ON COMMIT DELETE ROWS"""
-        ).format(key_defs=key_defs)
+    def settle(self) -> sql.Composable:
+        """Start storing a batch: delete the queue rows still at their claimed ``seq`` and,
+        for exactly those keys, the old vectors and failure records; return the keys.
 
-    def copy_staging(self) -> sql.Composable:
-        return sql.SQL("COPY vf_stage ({k}, seq, input_hash, embedding) FROM STDIN (FORMAT BINARY)").format(
-            k=self._cols()
-        )
-
-    def store(self) -> sql.Composable:
-        """Write the staged vectors of rows whose queue row still has the claimed seq, and
-        remove those queue rows and any failure records, all in one statement.
-
-        The DELETE locks each queue row (waiting for a concurrent trigger's update of it to
-        commit, then re-checking ``seq``), so a vector is written exactly when its text is
-        still the row's current text. Returns the number of vectors written.
+        The DELETE locks each queue row until the transaction ends (waiting for a
+        concurrent trigger's update of it to commit, then re-checking ``seq``), so the
+        caller COPYs vectors for exactly the rows whose text is still the embedded one,
+        in the same transaction (:meth:`copy_vectors`). Parameters: keys, seqs, job id,
+        version.
         """
-        dims = self.version.vector_dims
-        cast = sql.SQL("::vector({})").format(sql.Literal(dims)) if dims else sql.SQL("")
         return sql.SQL(
             """WITH done AS (
-                   DELETE FROM {q} q USING vf_stage t WHERE {match} AND q.seq = t.seq
+                   DELETE FROM {q} q USING {unnest} WHERE {match} AND q.seq = c.seq
                    RETURNING {qk}),
-               written AS (
-                   INSERT INTO {v} AS v ({k}, chunk_seq, embedding, input_hash, model, embedded_at)
-                   SELECT {tk}, 0, t.embedding{cast}, t.input_hash, %(model)s, now()
-                     FROM vf_stage t JOIN done ON {dmatch}
-                   ON CONFLICT ({k}, chunk_seq) DO UPDATE
-                      SET embedding = EXCLUDED.embedding, input_hash = EXCLUDED.input_hash,
-                          model = EXCLUDED.model, embedded_at = EXCLUDED.embedded_at
-                   RETURNING {vk}),
+               old AS (DELETE FROM {v} v USING done WHERE {vmatch}),
                cleared AS (
-                   DELETE FROM vectorfill.failures f USING written w
-                    WHERE f.job_id = %(job_id)s AND f.version = %(version)s
-                      AND f.row_key = {wkey})
-               SELECT count(*) FROM written"""
+                   DELETE FROM vectorfill.failures f USING done
+                    WHERE f.job_id = %s AND f.version = %s AND f.row_key = {dkey})
+               SELECT {dk} FROM done"""
         ).format(
             q=self.q,
-            match=self._match("q", "t"),
+            unnest=self._unnest([("seq", "bigint")]),
+            match=self._match("q", "c"),
             qk=self._cols("q"),
             v=self.v,
-            k=self._cols(),
-            tk=self._cols("t"),
-            cast=cast,
-            dmatch=self._match("t", "done"),
-            vk=self._cols("v"),
-            wkey=self._failure_key("w"),
+            vmatch=self._match("v", "done"),
+            dkey=self._failure_key("done"),
+            dk=self._cols("done"),
         )
+
+    def copy_vectors(self) -> sql.Composable:
+        """Binary COPY straight into the vector table (after :meth:`settle`)."""
+        return sql.SQL(
+            "COPY {v} ({k}, chunk_seq, embedding, input_hash, model) FROM STDIN (FORMAT BINARY)"
+        ).format(v=self.v, k=self._cols())
 
     # -- reading
     def counts(self) -> sql.Composable:
