@@ -349,3 +349,22 @@ def test_a_provider_that_refuses_a_long_input_gets_a_shorter_one(env):
     assert summary.embedded == 4 and summary.failed == 0 and summary.truncated == 1
     sent = env.provider.embedded
     assert any(t.startswith("Title 3") and len(t) < 2000 for t in sent)
+
+
+@pytest.mark.parametrize("key_type, keys", [
+    ("varchar(20)", ["a", "b", "c"]),        # no fast COPY path: row by row
+    ("uuid", [str(uuid.UUID(int=i)) for i in (1, 2, 3)]),
+    ("text", ["x y", "ünï", "3"]),
+])
+def test_key_types_round_trip_into_the_vector_table(env, key_type, keys):
+    with env.connect() as conn:
+        conn.execute(f"CREATE TABLE keyed (k {key_type} PRIMARY KEY, body text)")
+        for k in keys:
+            conn.execute("INSERT INTO keyed VALUES (%s, %s)", (k, f"text of {k}"))
+    env.create_job("keyed", table="keyed", template=None, text_columns=["body"])
+    assert env.backfill("keyed").embedded == 3
+    with env.connect() as conn:
+        rows = conn.execute("SELECT id::text, embedding FROM vectorfill.keyed").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(keys)
+    for k, emb in rows:
+        np.testing.assert_allclose(emb.to_numpy(), env.provider.expected_vector(f"text of {k}"), atol=1e-6)
