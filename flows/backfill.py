@@ -19,7 +19,6 @@ from prefect.utilities.annotations import quote
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
 from vectorfill.client import EmbeddingsClient
-from vectorfill.config import read_api_key
 from vectorfill.errors import stops_run
 from vectorfill.tasks import (
     Work,
@@ -147,19 +146,7 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
 async def _fill(prepared, tally: _Tally, job: str) -> None:
     """Run the lanes of each version to fill, one version after another."""
     for work in prepared.works:
-        version = work.version
-        async with EmbeddingsClient(
-            base_url=version.base_url,
-            model=version.model,
-            api_key=read_api_key(version.api_key_env, job=job),
-            key_hint=version.api_key_env,
-            dimensions=version.dimensions,
-            expected_dims=version.vector_dims,
-            encoding_format=work.settings.encoding_format,
-            timeout_s=work.settings.timeout_s,
-            job=job,
-            max_connections=max(8, work.settings.concurrency * 2),
-        ) as client:
+        async with EmbeddingsClient.for_version(work.version, job=job, settings=work.settings) as client:
             token = uuid.uuid4()  # marks this run's claims, so that it can give them back
             url = database_url()
             try:

@@ -173,9 +173,12 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     if gone or unchanged or failed:
         try:
             async with conn.transaction():
-                for group, stmt in ((gone, js.finish_without_vector()), (unchanged, js.dequeue())):
-                    if group:
-                        await conn.execute(stmt, key_arrays(work, [g[0] for g in group]) + [[g[1] for g in group]])
+                if gone:  # source row deleted: drop the queue row, its vectors and failure record
+                    await conn.execute(js.settle(), key_arrays(work, [g[0] for g in gone])
+                                       + [[g[1] for g in gone], work.job.id, work.version.version])
+                if unchanged:  # the stored vector is already right
+                    await conn.execute(js.dequeue(), key_arrays(work, [g[0] for g in unchanged])
+                                       + [[g[1] for g in unchanged]])
                 await _fail(conn, js, work, failed)
         except psycopg.OperationalError as exc:
             await db.discard()  # the claims stay leased; their leases expire or the run gives them back

@@ -86,26 +86,39 @@ def test_requeued_rows_with_unchanged_text_are_not_sent_again(env):
     assert summary.unchanged == 40 and env.status().pending == 0
 
 
-def test_row_edited_during_embedding_ends_with_the_vector_of_its_new_text(env):
-    env.make_table(20)
-    job = env.create_job()
-    from vectorfill.tasks import Work, claim_rows, embed_batch, store_batch
-    from vectorfill.client import EmbeddingsClient
+def one_pass_with_a_change_in_flight(env, statement: str):
+    """claim -> (``statement`` commits while the texts are at the provider) -> embed -> store,
+    with the stage functions called directly so that the change lands exactly in between."""
     from pydantic import SecretStr
 
+    from vectorfill.client import EmbeddingsClient
+    from vectorfill.jobs import load_job
+    from vectorfill.tasks import Work, claim_rows, embed_batch, store_batch
+
+    with env.connect() as conn:
+        job = load_job(conn, "docs")
     work = Work(job, job.active)
-    db = LaneConnection(env.url)
 
-    async def one_pass_with_an_edit_in_flight():
-        claim = await claim_rows.fn(work, 100, uuid.uuid4(), db)
-        with env.connect() as conn:  # the edit commits while the old text is "at the provider"
-            conn.execute("UPDATE articles SET body = 'rewritten while in flight' WHERE id = 3")
-        async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",
-                                    api_key=SecretStr(API_KEY)) as client:
-            embedded = await embed_batch.fn(work, client, claim.batches[0])
-        return await store_batch.fn(work, claim.batches[0], embedded, db)
+    async def run():
+        db = LaneConnection(env.url)
+        try:
+            claim = await claim_rows.fn(work, 100, uuid.uuid4(), db)
+            with env.connect() as conn:
+                conn.execute(statement)
+            async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",
+                                        api_key=SecretStr(API_KEY)) as client:
+                embedded = await embed_batch.fn(work, client, claim.batches[0])
+            return await store_batch.fn(work, claim.batches[0], embedded, db)
+        finally:
+            await db.aclose()
 
-    stored = asyncio.run(one_pass_with_an_edit_in_flight())
+    return asyncio.run(run())
+
+
+def test_row_edited_during_embedding_ends_with_the_vector_of_its_new_text(env):
+    env.make_table(20)
+    env.create_job()
+    stored = one_pass_with_a_change_in_flight(env, "UPDATE articles SET body = 'rewritten while in flight' WHERE id = 3")
     assert stored.written == 19 and stored.stale == 1
     assert 3 not in env.vectors(), "the vector of the old text must not be stored"
     assert env.status().pending == 1
@@ -115,24 +128,8 @@ def test_row_edited_during_embedding_ends_with_the_vector_of_its_new_text(env):
 
 def test_row_deleted_during_embedding_leaves_no_vector(env):
     env.make_table(10)
-    job = env.create_job()
-    from vectorfill.tasks import Work, claim_rows, embed_batch, store_batch
-    from vectorfill.client import EmbeddingsClient
-    from pydantic import SecretStr
-
-    work = Work(job, job.active)
-    db = LaneConnection(env.url)
-
-    async def run():
-        claim = await claim_rows.fn(work, 100, uuid.uuid4(), db)
-        with env.connect() as conn:
-            conn.execute("DELETE FROM articles WHERE id = 4")
-        async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",
-                                    api_key=SecretStr(API_KEY)) as client:
-            embedded = await embed_batch.fn(work, client, claim.batches[0])
-        return await store_batch.fn(work, claim.batches[0], embedded, db)
-
-    stored = asyncio.run(run())
+    env.create_job()
+    stored = one_pass_with_a_change_in_flight(env, "DELETE FROM articles WHERE id = 4")
     assert stored.written == 9
     assert set(env.vectors()) == set(range(1, 11)) - {4}
     assert env.status().pending == 0

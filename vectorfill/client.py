@@ -93,6 +93,27 @@ class EmbeddingsClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
 
+    @classmethod
+    def for_version(cls, version, *, job: str, settings=None, **kw) -> "EmbeddingsClient":
+        """The client for a job version (a :class:`vectorfill.model.Version`): its endpoint,
+        model, dimensions, and the API key read now from the version's ``api_key_env``."""
+        from .config import read_api_key
+
+        if settings is not None:
+            kw.setdefault("encoding_format", settings.encoding_format)
+            kw.setdefault("timeout_s", settings.timeout_s)
+            kw.setdefault("max_connections", max(8, settings.concurrency * 2))
+        return cls(
+            base_url=version.base_url,
+            model=version.model,
+            api_key=read_api_key(version.api_key_env, job=job),
+            key_hint=version.api_key_env,
+            dimensions=version.dimensions,
+            expected_dims=version.vector_dims,
+            job=job,
+            **kw,
+        )
+
     async def __aenter__(self) -> "EmbeddingsClient":
         return self
 

@@ -10,7 +10,6 @@ import psycopg
 
 from . import sql
 from .client import EmbeddingsClient
-from .config import read_api_key
 from .errors import JobError
 from .jobs import load_job
 
@@ -29,15 +28,7 @@ class Hit:
 
 def _embed_query(version, job_name: str, query: str) -> np.ndarray:
     async def run() -> np.ndarray:
-        async with EmbeddingsClient(
-            base_url=version.base_url,
-            model=version.model,
-            api_key=read_api_key(version.api_key_env, job=job_name),
-            key_hint=version.api_key_env,
-            dimensions=version.dimensions,
-            expected_dims=version.vector_dims,
-            job=job_name,
-        ) as client:
+        async with EmbeddingsClient.for_version(version, job=job_name) as client:
             return (await client.embed([query])).vectors[0]
 
     return asyncio.run(run())

@@ -189,6 +189,12 @@ class JobSQL:
             sql.SQL(", ").join(arrays), sql.SQL(", ").join(names)
         )
 
+    def _src_match(self, other: str) -> sql.Composable:
+        """``s.<key col> = <other>.k1 AND ...``: the source row of a queue/vector row."""
+        return sql.SQL(" AND ").join(
+            sql.SQL("s.{} = {}.{}").format(sc, sql.Identifier(other), k) for sc, k in zip(self.src_k, self.k)
+        )
+
     def _failure_key(self, alias: str) -> sql.Composable:
         return sql.SQL("jsonb_build_array({})").format(self._cols(alias))
 
@@ -275,9 +281,7 @@ class JobSQL:
     def read_texts(self) -> sql.Composable:
         """The current text of claimed rows, whether the row still exists, and the hash of
         the text its stored vector was made from. Run after :meth:`claim` (fresh snapshot)."""
-        src_match = sql.SQL(" AND ").join(
-            sql.SQL("s.{} = c.{}").format(sc, k) for sc, k in zip(self.src_k, self.k)
-        )
+        src_match = self._src_match("c")
         return sql.SQL(
             """SELECT {ck}, c.seq, (s.ctid IS NOT NULL) AS present, {text} AS text, v.input_hash
                  FROM {unnest}
@@ -291,22 +295,6 @@ class JobSQL:
             src_match=src_match,
             v=self.v,
             vmatch=self._match("v", "c"),
-        )
-
-    def finish_without_vector(self) -> sql.Composable:
-        """Drop queue rows (still at their claimed seq) whose source row is gone, and their vectors."""
-        return sql.SQL(
-            """WITH done AS (
-                   DELETE FROM {q} q USING {unnest} WHERE {match} AND q.seq = c.seq
-                   RETURNING {qk})
-               DELETE FROM {v} v USING done WHERE {vmatch}"""
-        ).format(
-            q=self.q,
-            unnest=self._unnest([("seq", "bigint")]),
-            match=self._match("q", "c"),
-            qk=self._cols("q"),
-            v=self.v,
-            vmatch=self._match("v", "done"),
         )
 
     def dequeue(self) -> sql.Composable:
@@ -421,9 +409,7 @@ class JobSQL:
         """Nearest rows by cosine distance. The ORDER BY ... LIMIT runs on the vector table
         alone so that its HNSW index (``vectorfill index``) serves it; the source is joined
         after, for the text. Parameters: query vector (twice), k."""
-        src_match = sql.SQL(" AND ").join(
-            sql.SQL("s.{} = n.{}").format(sc, k) for sc, k in zip(self.src_k, self.k)
-        )
+        src_match = self._src_match("n")
         return sql.SQL(
             """SELECT {nk}, n.distance, {text} AS text
                  FROM (SELECT {k}, embedding <=> %(q)s AS distance FROM {v}
@@ -446,9 +432,7 @@ class JobSQL:
 
     def pending_texts(self) -> sql.Composable:
         """Texts of every queued row (for estimates); streamed with a server-side cursor."""
-        src_match = sql.SQL(" AND ").join(
-            sql.SQL("s.{} = q.{}").format(sc, k) for sc, k in zip(self.src_k, self.k)
-        )
+        src_match = self._src_match("q")
         return sql.SQL("SELECT {text} FROM {q} q JOIN {src} s ON {m}").format(
             text=text_expression(self.job, "s"), q=self.q, src=self.src, m=src_match
         )
