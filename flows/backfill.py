@@ -20,6 +20,7 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 
 from vectorfill.client import EmbeddingsClient
 from vectorfill.errors import stops_run
+from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle
 from vectorfill.tasks import (
     Work,
     claim_rows,
@@ -60,7 +61,21 @@ class _Tally:
         return n
 
 
-async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally, token: uuid.UUID, url: str) -> None:
+def _throttle(throttles: dict, work: Work) -> Throttle:
+    """The run's throttle for ``work``'s endpoint: versions on one endpoint share one budget."""
+    v, s = work.version, work.settings
+    key = (v.base_url.rstrip("/"), v.model, v.api_key_env)
+    if key not in throttles:
+        throttles[key] = Throttle(
+            RateLimiter(s.rpm, s.tpm, job=work.job.name),
+            Concurrency(min(4, s.concurrency), max_limit=s.concurrency),
+        )
+    return throttles[key]
+
+
+async def _lane(
+    work: Work, client: EmbeddingsClient, tally: _Tally, token: uuid.UUID, url: str, throttle: Throttle
+) -> None:
     """claim -> embed -> store until the queue (or the run's budget) is empty.
 
     Arguments are ``quote()``d: Prefect would otherwise walk every item of every batch to
@@ -76,7 +91,7 @@ async def _lane(work: Work, client: EmbeddingsClient, tally: _Tally, token: uuid
             for key in ("unchanged", "deleted", "failed", "truncated"):
                 tally.totals[key] += getattr(claim, key)
             for batch in claim.batches:
-                embedded = await embed(quote(work), client, quote(batch))
+                embedded = await embed(quote(work), client, quote(batch), quote(throttle))
                 stored = await store_batch(quote(work), quote(batch), quote(embedded), quote(db))
                 if work.version.vector_dims is None and stored.vector_dims:
                     # the first store typed the vector column: later batches must match it
@@ -145,14 +160,16 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
 
 async def _fill(prepared, tally: _Tally, job: str) -> None:
     """Run the lanes of each version to fill, one version after another."""
+    throttles: dict = {}  # per endpoint, for this run only
     for work in prepared.works:
+        throttle = _throttle(throttles, work)
         async with EmbeddingsClient.for_version(work.version, job=job, settings=work.settings) as client:
             token = uuid.uuid4()  # marks this run's claims, so that it can give them back
             url = database_url()
             try:
                 async with asyncio.TaskGroup() as lanes:
                     for _ in range(work.settings.concurrency):
-                        lanes.create_task(_lane(work, client, tally, token, url))
+                        lanes.create_task(_lane(work, client, tally, token, url, throttle))
             except BaseException as exc:
                 # stopped early (an error, Ctrl-C, a cancellation): give the claims back now;
                 # .fn, not the task, because the run may be shutting down

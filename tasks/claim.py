@@ -185,7 +185,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             raise DatabaseError(f"settling claimed rows failed: {exc}", job=work.job.name) from None
 
     return Claim(
-        batches=tuple(pack(items, s.max_inputs, s.max_request_tokens)),
+        batches=tuple(pack(items, s.max_inputs, min(s.max_request_tokens, s.tpm or s.max_request_tokens))),
         claimed=len(claimed),
         unchanged=len(unchanged),
         deleted=len(gone),

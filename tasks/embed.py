@@ -20,6 +20,7 @@ from prefect.tasks import exponential_backoff
 
 from vectorfill.client import EmbeddingsClient
 from vectorfill.errors import TerminalProviderError, TransientProviderError, stops_run
+from vectorfill.ratelimit import Throttle
 
 from .claim import Batch, Item
 from .common import TASK_OPTIONS, Work
@@ -59,9 +60,19 @@ def _shorter(text: str, message: str) -> str:
     return text[: max(1, int(len(text) * min(ratio, 0.95) * 0.9))]
 
 
-async def _embed(client: EmbeddingsClient, items: tuple[Item, ...], truncate: bool) -> Embedded:
+async def _send(client: EmbeddingsClient, items: tuple[Item, ...], throttle: Throttle | None):
+    """One request; through ``throttle`` (counted tokens in, billed tokens and headers out)."""
+    texts = [i.text for i in items]
+    if throttle is None:
+        return await client.embed(texts)
+    return await throttle.send(sum(i.tokens for i in items), lambda: client.embed(texts))
+
+
+async def _embed(
+    client: EmbeddingsClient, items: tuple[Item, ...], truncate: bool, throttle: Throttle | None = None
+) -> Embedded:
     try:
-        result = await client.embed([i.text for i in items])
+        result = await _send(client, items, throttle)
     except TerminalProviderError as exc:
         if stops_run(exc):
             raise
@@ -70,12 +81,12 @@ async def _embed(client: EmbeddingsClient, items: tuple[Item, ...], truncate: bo
             if truncate and _too_long(exc) and len(item.text) > 1:
                 # the tokenizer is not known here: shorten as the provider's message says, retry
                 shorter = dataclasses.replace(item, text=_shorter(item.text, str(exc)))
-                retried = await _embed(client, (shorter,), truncate)
+                retried = await _embed(client, (shorter,), truncate, throttle)
                 return dataclasses.replace(retried, requests=retried.requests + 1, truncated=retried.truncated + 1)
             return Embedded((), np.zeros((0, 0), np.float32), client.model, 0, 1, ((item, exc.status, str(exc)),))
         mid = len(items) // 2
-        left = await _embed(client, items[:mid], truncate)
-        right = await _embed(client, items[mid:], truncate)
+        left = await _embed(client, items[:mid], truncate, throttle)
+        right = await _embed(client, items[mid:], truncate, throttle)
         parts = [e for e in (left, right) if len(e.items)]
         vectors = np.vstack([e.vectors for e in parts]) if parts else np.zeros((0, 0), np.float32)
         return Embedded(
@@ -92,11 +103,15 @@ async def _embed(client: EmbeddingsClient, items: tuple[Item, ...], truncate: bo
 
 
 @task(name="embed", **TASK_OPTIONS, retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2))
-async def embed_batch(work: Work, client: EmbeddingsClient, batch: Batch) -> Embedded:
-    """Embed one batch with one request (more only when bisecting a rejected batch)."""
+async def embed_batch(
+    work: Work, client: EmbeddingsClient, batch: Batch, throttle: Throttle | None = None
+) -> Embedded:
+    """Embed one batch with one request (more only when bisecting a rejected batch), through
+    the run's ``throttle`` for the endpoint when given: it waits for the rate budget and
+    retries 429s itself, after a pause shared by every lane."""
     try:
-        return await _embed(client, batch.items, work.settings.on_too_long == "truncate")
+        return await _embed(client, batch.items, work.settings.on_too_long == "truncate", throttle)
     except TransientProviderError as exc:
-        if exc.retry_after:
+        if exc.retry_after and not (throttle is not None and exc.status == 429):  # paused already
             await asyncio.sleep(min(exc.retry_after, MAX_RETRY_AFTER_S))
         raise

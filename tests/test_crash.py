@@ -33,7 +33,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
                      PREFECT_HOME=str(tmp_path / "prefect"))
     child_env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server
-    proc = subprocess.Popen([sys.executable, str(script)], env=child_env,
+    proc = subprocess.Popen([sys.executable, str(script)], env=child_env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -41,11 +41,11 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
             assert proc.poll() is None, "the worker ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker and its temporary Prefect server
         proc.wait(10)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
 
     st = env.status()
     assert st.embedded + st.pending == 600, "nothing lost: every row is embedded or still queued"

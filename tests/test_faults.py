@@ -98,3 +98,33 @@ def test_unusual_text_is_embedded_as_it_is(env):
     from vectorfill.tokens import Cl100k
 
     assert len(sent) == 1 and Cl100k().count(sent)[0] == 8191
+
+
+def test_a_tpm_budget_is_used_without_meeting_429s(env):
+    """The provider enforces 1,500 tokens/minute; the job knows its budget, so its requests
+    wait for budget instead of being refused (the run needs a little more than the budget)."""
+    import time
+
+    from fake_provider import RateLimiter as ProviderLimits
+
+    env.make_table(60)  # ~1,800 tokens in all
+    env.provider.limiter = ProviderLimits(rpm=None, tpm=1500, model="fake-embed", clock=time.monotonic)
+    env.create_job(settings_kw={"max_inputs": 5, "tpm": 1500, "retries": 2})
+    started = time.monotonic()
+    summary = env.backfill()
+    assert summary.embedded == 60
+    assert env.provider.rate_limited == 0
+    assert summary.tokens > 1500 and time.monotonic() - started > 3, "over budget, so the run had to wait"
+    assert_vectors_match_texts(env)
+
+
+def test_without_a_budget_429s_are_followed_and_the_run_completes(env):
+    import time
+
+    from fake_provider import RateLimiter as ProviderLimits
+
+    env.make_table(40)
+    env.provider.limiter = ProviderLimits(rpm=None, tpm=1200, model="fake-embed", clock=time.monotonic)
+    env.create_job(settings_kw={"max_inputs": 5, "retries": 2})
+    assert env.backfill().embedded == 40
+    assert_vectors_match_texts(env)

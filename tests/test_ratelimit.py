@@ -433,7 +433,6 @@ def conc(initial=2, **kw) -> tuple[Concurrency, FakeTime]:
 def test_concurrency_holds_requests_beyond_the_limit_in_order():
     c, t = conc(2, max_limit=8)
     started: list[int] = []
-    release = asyncio.Event
 
     async def one(i: int, gate: asyncio.Event):
         async with c.slot():
@@ -441,7 +440,7 @@ def test_concurrency_holds_requests_beyond_the_limit_in_order():
             await gate.wait()
 
     async def go():
-        gate = release()
+        gate = asyncio.Event()
         tasks = [asyncio.ensure_future(one(i, gate)) for i in range(5)]
         for _ in range(5):
             await asyncio.sleep(0)
@@ -459,14 +458,12 @@ def test_concurrency_grows_when_budget_was_spare_and_others_waited():
 
     async def go():
         gate = asyncio.Event()
-        results = []
 
         async def one(i):
             async with c.slot() as slot:
                 await gate.wait()
                 await t.sleep(0.5)  # latency
                 slot.succeeded(waited=0.0)
-                results.append(c.limit)
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(12)]
         for _ in range(3):

@@ -77,6 +77,8 @@ def job_create(
     timeout: float = typer.Option(60.0, help="Seconds to wait for one response"),
     max_input_tokens: Optional[int] = typer.Option(None, help="Most tokens per input (default: the model's known limit)"),
     on_too_long: str = typer.Option("truncate", help="truncate (token-exact where known) or fail"),
+    rpm: Optional[int] = typer.Option(None, help="Requests-per-minute budget for this run's endpoint"),
+    tpm: Optional[int] = typer.Option(None, help="Tokens-per-minute budget (counted before sending)"),
     db: Optional[str] = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows."""
@@ -97,6 +99,8 @@ def job_create(
             timeout_s=timeout,
             max_input_tokens=max_input_tokens,
             on_too_long=on_too_long,
+            rpm=rpm,
+            tpm=tpm,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -49,7 +49,14 @@ class JobSettings(BaseModel):
     encoding_format: Literal["base64", "float"] = "base64"
     """``base64`` is ~4x smaller on the wire; use ``float`` for servers that lack it."""
     concurrency: int = Field(4, ge=1, le=256)
-    """Requests in flight at once within one run."""
+    """Most requests in flight at once within one run (the run adapts below it: fewer after
+    429s, more while latency, not the rate budget, holds requests back)."""
+    rpm: int | None = Field(None, ge=1, le=100_000_000)
+    """Requests per minute this job's runs may send to its endpoint; None: what the endpoint
+    announces in ``x-ratelimit-limit-requests``, if anything. Runs that share an endpoint
+    at the same time should each be given their share."""
+    tpm: int | None = Field(None, ge=1, le=10_000_000_000)
+    """Tokens per minute, likewise (``x-ratelimit-limit-tokens``); requests are packed to fit."""
     timeout_s: float = Field(60.0, gt=0, le=3600)
     """Seconds to wait for one response before treating it as a transient failure."""
     max_attempts: int = Field(5, ge=1, le=100)
