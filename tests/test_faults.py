@@ -118,13 +118,15 @@ def test_a_tpm_budget_is_used_without_meeting_429s(env):
     assert_vectors_match_texts(env)
 
 
-def test_without_a_budget_429s_are_followed_and_the_run_completes(env):
+def test_without_a_configured_budget_the_limit_is_learnt_from_headers_and_the_run_completes(env):
     import time
 
     from fake_provider import RateLimiter as ProviderLimits
 
-    env.make_table(40)
-    env.provider.limiter = ProviderLimits(rpm=None, tpm=1200, model="fake-embed", clock=time.monotonic)
+    env.make_table(60)  # over the provider's minute budget
+    env.provider.limiter = ProviderLimits(rpm=None, tpm=1500, model="fake-embed", clock=time.monotonic)
     env.create_job(settings_kw={"max_inputs": 5, "retries": 2})
-    assert env.backfill().embedded == 40
+    summary = env.backfill()
+    assert summary.embedded == 60 and summary.tokens > 1500
+    assert env.provider.rate_limited <= 2, "the announced limit is followed after the first 429 at most"
     assert_vectors_match_texts(env)
