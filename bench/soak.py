@@ -52,9 +52,12 @@ def worker_main() -> None:
 
 
 def inject_faults(provider, stop: threading.Event, rng: random.Random, counts: dict) -> None:
-    """Keep a fault queued at all times; roughly one request in three meets one."""
+    """Queue a fault whenever none is waiting, a few times a second: a steady share of the
+    requests meets one, however fast or slow the workers are."""
     kinds = ["429", "500", "503", "html", "hang", "short", "shuffle", "nan"]
-    while not stop.wait(0.15):
+    while not stop.wait(0.3):
+        if provider.pending_faults():
+            continue
         kind = rng.choice(kinds)
         counts[kind] = counts.get(kind, 0) + 1
         if kind == "429":

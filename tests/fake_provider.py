@@ -406,6 +406,11 @@ class FakeProvider:
         with self._lock:
             self._rules.append(_Rule(predicate, status, body))
 
+    def pending_faults(self) -> int:
+        """Scripted faults (fail, hang, corrupt) not yet met by a request."""
+        with self._lock:
+            return len(self._scripted) + len(self._corrupt)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._scripted.clear()

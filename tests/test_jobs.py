@@ -171,3 +171,31 @@ def test_dropped_source_table_gives_a_clear_error_at_backfill(db, monkeypatch, p
     monkeypatch.setenv("VECTORFILL_DATABASE_URL", db)
     with pytest.raises(SourceError, match="no longer exists"):
         asyncio.run(backfill("docs"))
+
+
+def test_index_is_suggested_for_big_tables_and_search_finds_the_row_through_it(env, monkeypatch):
+    from psycopg import sql as pgsql
+
+    import vectorfill.search as search_mod
+    from vectorfill import sql
+    from vectorfill.jobs import load_job
+
+    env.make_table(300)
+    env.create_job()
+    env.backfill()
+    with env.connect() as conn:
+        assert not search_mod.index_suggested(conn, "docs")  # 300 rows: no index needed
+        monkeypatch.setattr(search_mod, "INDEX_SUGGESTION_ROWS", 100)
+        assert search_mod.index_suggested(conn, "docs")
+    name = search_mod.create_index(env.url, "docs")
+    assert name == "vectorfill._v_1_1_hnsw"
+    text = env.texts()[5]
+    with env.connect() as conn:
+        assert not search_mod.index_suggested(conn, "docs")
+        conn.execute("SET enable_seqscan = off")
+        hits = search_mod.search(conn, "docs", text, k=3)
+        job = load_job(conn, "docs")
+        plan = conn.execute(pgsql.SQL("EXPLAIN ") + sql.JobSQL(job, job.active).search(),
+                            {"q": env.provider.expected_vector(text), "k": 3}).fetchall()
+    assert hits[0].id == 5 and hits[0].distance < 1e-5 and hits[0].text == text
+    assert any("_v_1_1_hnsw" in line for (line,) in plan), "the search's ORDER BY ... LIMIT uses the index"

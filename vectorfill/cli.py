@@ -164,8 +164,14 @@ def backfill(
     summary = run_backfill(_url(db), job, max_rows=max_rows, progress=not json_out, console=err)
     if json_out:
         out.print_json(json.dumps(summary.as_dict()))
-    else:
-        _print_summary(summary)
+        return
+    _print_summary(summary)
+    from .search import index_suggested
+
+    with _conn(db) as conn:
+        if index_suggested(conn, job):
+            out.print(f"Tip: {job} has enough vectors for an HNSW index: `vectorfill index {job}` "
+                      "makes searches fast (it is built without blocking writes).")
 
 
 def _print_summary(s) -> None:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import psycopg
+from psycopg import sql as pgsql
 
 from . import sql
 from .client import EmbeddingsClient
 from .errors import JobError
 from .jobs import load_job
 
-__all__ = ["Hit", "search", "create_index", "INDEX_SUGGESTION_ROWS"]
+__all__ = ["Hit", "search", "create_index", "index_suggested", "INDEX_SUGGESTION_ROWS"]
 
 #: Above this many vectors, a backfill suggests `vectorfill index`.
 INDEX_SUGGESTION_ROWS = 10_000
@@ -49,6 +50,27 @@ def search(conn: psycopg.Connection, job_name: str, query: str, k: int = 10) -> 
     return [
         Hit(id=r[0] if n == 1 else tuple(r[:n]), distance=float(r[n]), text=r[n + 1]) for r in rows
     ]
+
+
+def index_suggested(conn: psycopg.Connection, job_name: str) -> bool:
+    """True when the job's active vectors are many enough to want an HNSW index and have none."""
+    job = load_job(conn, job_name)
+    version = job.active
+    if version is None or version.vector_dims is None:
+        return False
+    js = sql.JobSQL(job, version)
+    has_index = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f"vectorfill.{js.index_name()}",)
+    ).fetchone()[0]
+    if has_index:
+        return False
+    rows = conn.execute(
+        "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (f"vectorfill.{version.vector_table}",)
+    ).fetchone()
+    estimate = rows[0] if rows else 0
+    if estimate < 0:  # never analysed: count
+        estimate = conn.execute(pgsql.SQL("SELECT count(*) FROM {}").format(js.v)).fetchone()[0]
+    return estimate >= INDEX_SUGGESTION_ROWS
 
 
 def create_index(url: str, job_name: str) -> str:
