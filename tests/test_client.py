@@ -173,3 +173,25 @@ def test_base_url_must_be_http():
 
     with pytest.raises(ConfigError, match="must start with http"):
         EmbeddingsClient(base_url="api.openai.com/v1", model="m")
+
+
+def test_read_responses_are_freed_without_waiting_for_the_cyclic_gc():
+    """A response body (megabytes for a big batch) must not wait for a full GC to be freed."""
+    import gc
+
+    import weakref
+
+    refs = []
+
+    def handler(request):
+        response = ok([[1.0] * 8, [2.0] * 8])
+        refs.append(weakref.ref(response))
+        return response
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(handler)
+        assert refs and refs[0]() is None, "the response is still alive: a reference cycle keeps it"
+    finally:
+        gc.enable()

@@ -258,11 +258,14 @@ class JobSQL:
         ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim side by side without
         waiting on or double-claiming each other; the lease (``lease_until``) keeps the
         rows reserved after this short transaction commits, and expires by itself when a
-        worker dies, so that another run takes the rows over.
+        worker dies, so that another run takes the rows over. The UPDATE finds the picked
+        rows by ``ctid`` (stable while they are locked): a join on the key let the planner
+        choose a scan of the whole queue once its statistics saw it full (measured: 60 ms
+        a claim at 200k queued rows, 5-10 ms with the Tid Scan).
         """
         return sql.SQL(
             """WITH picked AS (
-                   SELECT {k} FROM {q}
+                   SELECT ctid FROM {q}
                     WHERE lease_until IS NULL OR lease_until < now()
                     ORDER BY queued_at
                     LIMIT %(limit)s
@@ -271,12 +274,9 @@ class JobSQL:
                   SET lease_until = now() + make_interval(secs => %(lease_s)s),
                       claimed_by = %(token)s,
                       attempts = q.attempts + 1
-                 FROM picked
-                WHERE {match}
+                WHERE q.ctid = ANY(ARRAY(SELECT ctid FROM picked))
             RETURNING {qk}, q.seq, q.attempts, q.last_error"""
-        ).format(
-            k=self._cols(), q=self.q, match=self._match("q", "picked"), qk=self._cols("q")
-        )
+        ).format(q=self.q, qk=self._cols("q"))
 
     def read_texts(self) -> sql.Composable:
         """The current text of claimed rows, whether the row still exists, and the hash of
