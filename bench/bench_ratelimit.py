@@ -109,8 +109,6 @@ class Provider:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Provider:
-        import httpx
-
         cmd = [
             sys.executable, str(FAKE_PROVIDER), "--port", str(self.port),
             "--rpm", str(self.args.rpm), "--tpm", str(self.args.tpm),
@@ -118,16 +116,15 @@ class Provider:
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{self.url}/health", timeout=1).raise_for_status()
-                return self
-            except httpx.HTTPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.__exit__()
-                    raise SystemExit("the fake provider did not start:\n" + self.log_path.read_text()[-2000:])
-                time.sleep(0.1)
+        sys.path.insert(0, str(REPO / "tests"))
+        from fake_provider import wait_until_healthy
+
+        try:
+            wait_until_healthy(self.url, self.proc)
+        except RuntimeError as exc:
+            self.__exit__()
+            raise SystemExit(f"the fake provider did not start ({exc}):\n" + self.log_path.read_text()[-2000:])
+        return self
 
     def __exit__(self, *exc: object) -> None:
         proc, self.proc = self.proc, None

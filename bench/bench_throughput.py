@@ -221,8 +221,6 @@ class Provider:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> None:
-        import httpx
-
         cmd = [
             sys.executable, str(FAKE_PROVIDER), "--port", str(self.port),
             "--dimensions", str(self.args.dimensions), "--latency-ms", str(self.args.latency_ms),
@@ -236,17 +234,15 @@ class Provider:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
         finally:
             log.close()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).raise_for_status()
-                return
-            except httpx.HTTPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    tail = self.log_path.read_text(errors="replace")[-2000:]
-                    raise SystemExit(f"the fake provider did not start:\n{tail}")
-                time.sleep(0.1)
+        sys.path.insert(0, str(REPO / "tests"))
+        from fake_provider import wait_until_healthy
+
+        try:
+            wait_until_healthy(f"http://127.0.0.1:{self.port}", self.proc)
+        except RuntimeError as exc:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"the fake provider did not start ({exc}):\n{tail}")
 
     def restart(self) -> None:
         self.stop()

@@ -46,6 +46,7 @@ import math
 import os
 import random
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -69,12 +70,35 @@ from vectorfill.server.app import (
     render_embeddings,
 )
 
-__all__ = ["FakeProvider", "ServerThread", "RateLimiter", "format_duration", "CORRUPT_MODES"]
+__all__ = ["FakeProvider", "RateLimiter", "format_duration", "wait_until_healthy", "CORRUPT_MODES"]
 
 CORRUPT_MODES = ("shuffle", "short", "wrong_dims", "nan", "no_index", "floats_when_base64")
 
 
 # --------------------------------------------------------------------------- serving
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def wait_until_healthy(url: str, proc: "subprocess.Popen", timeout: float = 60.0) -> None:
+    """Wait until ``GET {url}/health`` answers 200 from a server started as ``proc``.
+
+    Raises RuntimeError when the process ends first or ``timeout`` seconds pass.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server at {url} exited with code {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server at {url} did not answer /health within {timeout:.0f} s") from None
+            time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- rate limits

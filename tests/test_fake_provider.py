@@ -17,23 +17,18 @@ import numpy as np
 import pytest
 import tiktoken
 
-from fake_provider import CORRUPT_MODES, FakeProvider, RateLimiter, format_duration
+from fake_provider import CORRUPT_MODES, FakeProvider, RateLimiter, format_duration, wait_until_healthy
 
 DIMS = 32
 KEY = "sk-fake"
 
 
-@pytest.fixture(scope="module")
-def shared():
+@pytest.fixture()
+def provider():
+    """A provider of its own for each test (~50 ms), so that no stray request from another
+    test can consume a scripted fault."""
     with FakeProvider(DIMS, api_key=KEY) as provider:
         yield provider
-
-
-@pytest.fixture()
-def provider(shared):
-    shared.reset()
-    yield shared
-    shared.reset()
 
 
 @pytest.fixture()
@@ -322,14 +317,7 @@ def test_runs_as_its_own_process_with_stats():
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "fake provider did not start"
-                time.sleep(0.1)
+        wait_until_healthy(url, proc, timeout=20)
         headers = {"Authorization": "Bearer sk-proc"}
         response = httpx.post(url + "/v1/embeddings", json={"model": "fake-embed", "input": ["p", "q"]}, headers=headers)
         assert response.status_code == 200

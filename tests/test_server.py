@@ -17,6 +17,8 @@ import pytest
 import tiktoken
 
 import vectorfill.server
+from fake_provider import wait_until_healthy
+
 from vectorfill.server import ServerThread
 from vectorfill.errors import ConfigError, SecretMissing
 from vectorfill.server import HashEncoder, create_app, expected_vector, run_server
@@ -460,14 +462,7 @@ def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_enviro
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
+        wait_until_healthy(url, proc, timeout=20)
         with openai.OpenAI(base_url=url + "/v1", api_key="sk-from-env", max_retries=0) as c:
             result = c.embeddings.create(model="fake-embed", input="from a process")
         np.testing.assert_array_equal(np.asarray(result.data[0].embedding, np.float32), expected_vector("from a process", 1536))
