@@ -146,9 +146,10 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
         if proc.poll() is None:
             proc.kill()
     output = proc.stdout.read()
-    # The run itself stops at once; the process then also waits for Prefect's temporary
-    # server to shut down, which is Prefect's and can take several seconds on a busy machine.
-    assert released_after < 10, f"claims given back only after {released_after:.1f} s"
+    # Alone this takes ~0.2 s; in the full suite up to ~11 s was seen (the cancelled task runs
+    # report their crash to Prefect first): a bound for "within seconds", not a benchmark.
+    # The process then also waits for Prefect's temporary server to shut down.
+    assert released_after < 30, f"claims given back only after {released_after:.1f} s"
     assert exited_after < 45, f"the process took {exited_after:.1f} s to exit"
     assert env.provider.requests == requests_at_release, "no request is sent after the claims are given back"
     assert proc.returncode != 0, output
