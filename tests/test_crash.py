@@ -126,8 +126,11 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
     child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
                      PREFECT_HOME=str(tmp_path / "prefect"))
     child_env.pop("PREFECT_API_URL", None)
+    # As from a terminal: SIGINT handled by default even if this test process ignores it
+    # (a child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen([sys.executable, "-m", "vectorfill.cli", "backfill", "docs"], env=child_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while leased_rows(env) == 0:
@@ -136,23 +139,18 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        while leased_rows(env) and time.monotonic() - sent < 30:
-            time.sleep(0.05)
-        released_after = time.monotonic() - sent
-        requests_at_release = env.provider.requests
+        requests_at_signal = env.provider.requests
         proc.wait(60)
         exited_after = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
     output = proc.stdout.read()
-    # Alone this takes ~0.2 s; in the full suite up to ~11 s was seen (the cancelled task runs
-    # report their crash to Prefect first): a bound for "within seconds", not a benchmark.
-    # The process then also waits for Prefect's temporary server to shut down.
-    assert released_after < 30, f"claims given back only after {released_after:.1f} s"
-    assert exited_after < 45, f"the process took {exited_after:.1f} s to exit"
-    assert env.provider.requests == requests_at_release, "no request is sent after the claims are given back"
-    assert proc.returncode != 0, output
+    assert proc.returncode == 130, output
+    assert env.provider.requests - requests_at_signal <= 2, "the run went on sending after Ctrl-C"
+    assert env.status().embedded < 400, "the run was stopped, not finished"
+    # the process also waits for Prefect's temporary server to shut down
+    assert exited_after < 30, f"the process took {exited_after:.1f} s to exit"
     st = env.status()
     assert st.embedded + st.pending == 400
     assert leased_rows(env) == 0, "claims are given back, not left to expire"
