@@ -53,6 +53,11 @@ class _Tally:
         )
     )
 
+    @property
+    def progress(self) -> float:
+        """Percent of the rows queued at the start that have been claimed and settled."""
+        return min(100.0, 100.0 * self.done / self.pending) if self.pending else 100.0
+
     def take(self, want: int) -> int:
         if self.budget is None:
             return want
@@ -110,10 +115,9 @@ async def _report_progress(tally: _Tally) -> None:
     last = -1.0
     while True:
         await asyncio.sleep(PROGRESS_EVERY_S)
-        progress = min(100.0, 100.0 * tally.done / tally.pending) if tally.pending else 100.0
-        if progress != last:
-            await aupdate_progress_artifact(tally.progress_id, progress=progress)
-            last = progress
+        if tally.progress != last:
+            last = tally.progress
+            await aupdate_progress_artifact(tally.progress_id, progress=last)
 
 
 def _reason(exc: BaseException) -> str:
@@ -142,19 +146,19 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
     started = time.monotonic()
     prepared = await asyncio.to_thread(prepare_run, job)
     tally = _Tally(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
-    progress = None
+    reporter = None
     if tally.pending:
         tally.progress_id = await acreate_progress_artifact(
             progress=0.0, description=f"vectorfill backfill of {job}"
         )
-        progress = asyncio.create_task(_report_progress(tally))
+        reporter = asyncio.create_task(_report_progress(tally))
     try:
         await _fill(prepared, tally, job)
     finally:
-        if progress is not None:
-            progress.cancel()
+        if reporter is not None:
+            reporter.cancel()
     if tally.progress_id is not None:
-        await aupdate_progress_artifact(tally.progress_id, progress=100.0 * min(1.0, tally.done / tally.pending))
+        await aupdate_progress_artifact(tally.progress_id, progress=tally.progress)
     return await report_run(job, tally.totals, time.monotonic() - started)
 
 

@@ -57,10 +57,6 @@ class Claim:
     truncated: int = 0
     failures: tuple[str, ...] = field(default_factory=tuple)
 
-    @property
-    def rows(self) -> int:
-        return sum(len(b) for b in self.batches)
-
 
 def key_arrays(work: Work, keys: list[tuple]) -> list[list]:
     """Column-wise key lists, for ``unnest(%s::t1[], ...)`` parameters."""

@@ -430,13 +430,6 @@ class JobSQL:
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {v} USING hnsw (embedding vector_cosine_ops)"
         ).format(name=sql.Identifier(self.index_name()), v=self.v)
 
-    def pending_texts(self) -> sql.Composable:
-        """Texts of every queued row (for estimates); streamed with a server-side cursor."""
-        src_match = self._src_match("q")
-        return sql.SQL("SELECT {text} FROM {q} q JOIN {src} s ON {m}").format(
-            text=text_expression(self.job, "s"), q=self.q, src=self.src, m=src_match
-        )
-
 
 # ----------------------------------------------------------------- job-wide objects
 def trigger_function_name(job: Job) -> sql.Identifier:
