@@ -20,6 +20,7 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 
 from vectorfill.client import EmbeddingsClient
 from vectorfill.errors import stops_run
+from vectorfill.prices import price_per_million
 from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle
 from vectorfill.tasks import (
     Work,
@@ -29,6 +30,7 @@ from vectorfill.tasks import (
     release_rows,
     report_run,
     store_batch,
+    switch_versions,
 )
 from vectorfill.db import LaneConnection
 from vectorfill.tasks.common import database_url
@@ -49,9 +51,18 @@ class _Tally:
     progress_id: object = None
     totals: dict = field(
         default_factory=lambda: dict(
-            embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0
+            embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0,
+            cost_usd=0.0,
         )
     )
+
+    def bill(self, tokens: int, price: float | None) -> None:
+        """Add billed tokens at ``price`` (USD per million; None: unknown, so the cost is too)."""
+        self.totals["tokens"] += tokens
+        if price is None or self.totals["cost_usd"] is None:
+            self.totals["cost_usd"] = None
+        else:
+            self.totals["cost_usd"] += tokens * price / 1_000_000
 
     @property
     def progress(self) -> float:
@@ -64,6 +75,11 @@ class _Tally:
         n = min(want, self.budget)
         self.budget -= n
         return n
+
+    def give_back(self, unused: int) -> None:
+        """Return budget taken for rows a claim did not find (so another version gets it)."""
+        if self.budget is not None:
+            self.budget += unused
 
 
 def _throttle(throttles: dict, work: Work) -> Throttle:
@@ -87,10 +103,12 @@ async def _lane(
     look for futures, which cost about half the wall time (bench/bench_throughput.py).
     """
     embed = embed_batch.with_options(retries=work.settings.retries)
+    price = price_per_million(work.version.model, work.settings)
     db = LaneConnection(url)
     try:
         while (limit := tally.take(work.settings.max_inputs)) > 0:
             claim = await claim_rows(quote(work), limit, token, quote(db))
+            tally.give_back(limit - claim.claimed)
             if claim.claimed == 0:
                 return
             for key in ("unchanged", "deleted", "failed", "truncated"):
@@ -102,8 +120,9 @@ async def _lane(
                     # the first store typed the vector column: later batches must match it
                     work = Work(work.job, dataclasses.replace(work.version, vector_dims=stored.vector_dims))
                     client.expected_dims = stored.vector_dims
-                for key in ("written", "stale", "failed", "requests", "tokens", "truncated"):
+                for key in ("written", "stale", "failed", "requests", "truncated"):
                     tally.totals["embedded" if key == "written" else key] += getattr(stored, key)
+                tally.bill(stored.tokens, price)
             tally.done += claim.claimed
     finally:
         await db.aclose()
@@ -142,7 +161,8 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 
 @flow(name="vectorfill-backfill", persist_result=False, log_prints=False)
 async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
-    """Embed every pending row of ``job`` (or at most ``max_rows`` of them)."""
+    """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
+    version and the new model's version, if one is filling; switch to the latter once complete."""
     started = time.monotonic()
     prepared = await asyncio.to_thread(prepare_run, job)
     tally = _Tally(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
@@ -159,7 +179,8 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
             reporter.cancel()
     if tally.progress_id is not None:
         await aupdate_progress_artifact(tally.progress_id, progress=tally.progress)
-    return await report_run(job, tally.totals, time.monotonic() - started)
+    switched = await asyncio.to_thread(switch_versions, job)
+    return await report_run(job, tally.totals, time.monotonic() - started, switched)
 
 
 async def _fill(prepared, tally: _Tally, job: str) -> None:

@@ -2,7 +2,8 @@
 
 ``prepare`` (load the job, check its source) -> ``claim`` (lease queued rows, read their
 text, pack requests) -> ``embed`` (one API request per batch) -> ``store`` (write vectors
-and failures) -> ``report`` (the run summary artifact). Each returns a typed result.
+and failures) -> ``switch`` (to a new model's version, once complete) -> ``report`` (the
+run summary artifact). Each returns a typed result.
 """
 
 from .claim import Batch, Claim, Item, claim_rows, release_rows
@@ -11,6 +12,7 @@ from .embed import Embedded, embed_batch
 from .prepare import prepare_run
 from .report import RunSummary, report_run
 from .store import Stored, store_batch
+from .switch import switch_versions
 
 __all__ = [
     "Work",
@@ -19,6 +21,7 @@ __all__ = [
     "release_rows",
     "embed_batch",
     "store_batch",
+    "switch_versions",
     "report_run",
     "Item",
     "Batch",

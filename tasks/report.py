@@ -33,18 +33,26 @@ class RunSummary:
     """Rows edited while in flight: their old vector was discarded, they stay queued."""
     requests: int
     tokens: int
+    """Tokens billed, as the provider reported them (``usage``), else as counted."""
+    cost_usd: float | None
+    """Those tokens at the model's price (:mod:`vectorfill.prices`); None when unknown."""
     duration_s: float
     pending: int
     """Rows still queued after the run (all versions)."""
     failed_total: int
     """Rows in the failures table after the run."""
+    switched_to: int | None = None
+    """The version this run made active (a new model's, now complete), if any."""
 
     @property
     def rows_per_s(self) -> float:
         return self.embedded / self.duration_s if self.duration_s > 0 else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "rows_per_s": round(self.rows_per_s, 1)}
+        d = {**asdict(self), "rows_per_s": round(self.rows_per_s, 1)}
+        if d["cost_usd"] is not None:
+            d["cost_usd"] = round(d["cost_usd"], 6)
+        return d
 
     def markdown(self) -> str:
         d = self.as_dict()
@@ -53,9 +61,12 @@ class RunSummary:
 
 
 @task(name="report", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
-async def report_run(job_name: str, totals: dict, duration_s: float) -> RunSummary:
+async def report_run(job_name: str, totals: dict, duration_s: float, switched_to: int | None = None) -> RunSummary:
     pending, failed = await asyncio.to_thread(_counts, job_name)
-    summary = RunSummary(job=job_name, duration_s=round(duration_s, 3), pending=pending, failed_total=failed, **totals)
+    summary = RunSummary(
+        job=job_name, duration_s=round(duration_s, 3), pending=pending, failed_total=failed,
+        switched_to=switched_to, **totals,
+    )
     await acreate_markdown_artifact(
         markdown=summary.markdown(),
         key="backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name),

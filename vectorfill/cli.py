@@ -148,6 +148,153 @@ def job_drop(name: str, db: Optional[str] = DbOpt) -> None:
     out.print(f"job {name} dropped")
 
 
+# ------------------------------------------------------------------ model changes
+@job_app.command("set-model")
+def job_set_model(
+    name: str,
+    model: str = typer.Option(..., help="The new embedding model"),
+    dimensions: Optional[int] = typer.Option(None, help="Pass `dimensions` to models that support it"),
+    base_url: Optional[str] = typer.Option(None, help="Endpoint base URL (default: the active version's)"),
+    api_key_env: Optional[str] = typer.Option(
+        None, help="NAME of the env variable holding the key (default: the active version's; '' for none)"
+    ),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Start re-embedding JOB with another model, beside the vectors readers use now.
+
+    Searches keep using the active version until the new one is complete; the backfill
+    that completes it switches the job's view over in one transaction.
+    """
+    from .events import emit_model_changed
+    from .versions import _UNSET, list_versions, set_model
+
+    with _conn(db) as conn:
+        version = set_model(
+            conn, name, model=model, dimensions=dimensions, base_url=base_url,
+            api_key_env=_UNSET if api_key_env is None else api_key_env,
+        )
+        queued = next(v.pending for v in list_versions(conn, name) if v.version == version.version)
+    out.print(
+        f"job [bold]{name}[/]: version {version.version} ({model}) is filling, {queued:,} rows queued; "
+        f"vectorfill.{name} keeps showing the current version until it is complete."
+    )
+    sent = emit_model_changed(name, version)
+    if sent:
+        out.print(f"Event vectorfill.model.changed sent to {sent}: a served re-embed deployment starts it.")
+    else:
+        out.print(f"Next: `vectorfill estimate {name}` for its cost, then `vectorfill backfill {name}`.")
+
+
+@job_app.command("versions")
+def job_versions(name: str, json_out: bool = typer.Option(False, "--json"), db: Optional[str] = DbOpt) -> None:
+    """Show JOB's versions: model, dimensions, rows done / total, state."""
+    from .versions import list_versions
+
+    with _conn(db) as conn:
+        rows = list_versions(conn, name)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    table = Table("version", "model", "dims", "done / total", "pending", "failed", "state", "since")
+    for r in rows:
+        since = r.activated_at or r.created_at
+        table.add_row(
+            str(r.version), r.model, str(r.dimensions or "?"), f"{r.embedded:,} / {r.total:,}",
+            f"{r.pending:,}", f"{r.failed:,}", r.state, since.isoformat(timespec="seconds") if since else "",
+        )
+    out.print(table)
+
+
+@job_app.command("switch")
+def job_switch(
+    name: str,
+    force: bool = typer.Option(False, "--force", help="Switch even with rows still missing"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Make JOB's new version the one readers see now (normally a backfill does it when complete)."""
+    from .versions import switch
+
+    with _conn(db) as conn:
+        version = switch(conn, name, force=force)
+    out.print(f"job {name}: vectorfill.{name} now shows version {version.version} ({version.model})")
+
+
+@job_app.command("pause")
+def job_pause(name: str, db: Optional[str] = DbOpt) -> None:
+    """Pause JOB's re-embed: backfills skip the new version (its queue stays in step)."""
+    from .versions import pause
+
+    with _conn(db) as conn:
+        version = pause(conn, name)
+    out.print(f"job {name}: version {version.version} ({version.model}) paused; `vectorfill job resume {name}`")
+
+
+@job_app.command("resume")
+def job_resume(name: str, db: Optional[str] = DbOpt) -> None:
+    """Resume JOB's paused re-embed."""
+    from .versions import resume
+
+    with _conn(db) as conn:
+        version = resume(conn, name)
+    out.print(f"job {name}: version {version.version} ({version.model}) filling again")
+
+
+@job_app.command("abandon")
+def job_abandon(name: str, db: Optional[str] = DbOpt) -> None:
+    """Drop JOB's new (filling or paused) version and its vectors; the active one stays."""
+    from .versions import abandon
+
+    with _conn(db) as conn:
+        version = abandon(conn, name)
+    out.print(f"job {name}: version {version.version} ({version.model}) abandoned and dropped")
+
+
+@job_app.command("prune")
+def job_prune(name: str, db: Optional[str] = DbOpt) -> None:
+    """Drop JOB's retired versions (the vectors of models it no longer uses)."""
+    from .versions import prune
+
+    with _conn(db) as conn:
+        dropped = prune(conn, name)
+    out.print(f"job {name}: dropped version {', '.join(map(str, dropped))}" if dropped
+              else f"job {name} has no retired version")
+
+
+@app.command()
+def estimate(
+    job: str,
+    model: Optional[str] = typer.Option(None, help="Estimate re-embedding every row with this model"),
+    price: Optional[float] = typer.Option(None, help="USD per million tokens (default: the price table)"),
+    json_out: bool = typer.Option(False, "--json"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Count the tokens the next backfill (or a re-embed with --model) would send, and their cost.
+
+    Nothing is claimed or sent: rows are read and counted with the run's own tokenizer.
+    """
+    from .estimate import estimate as run
+
+    with _conn(db) as conn:
+        rows = run(conn, job, model=model, price=price)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    table = Table("version", "model", "rows to send", "tokens", "USD / 1M", "cost USD", "skipped")
+    for r in rows:
+        skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
+        table.add_row(
+            str(r.version) if r.version is not None else "(new)", r.model, f"{r.rows:,}",
+            f"{r.tokens:,}" + ("" if r.exact else " (est.)"),
+            "?" if r.price_per_million is None else f"{r.price_per_million:g}",
+            "unknown" if r.cost_usd is None else f"{r.cost_usd:,.4f}", skipped,
+        )
+    out.print(table)
+    if any(r.cost_usd is None for r in rows):
+        out.print("No price known for a model here: pass --price USD_PER_1M_TOKENS.")
+    if any(not r.exact for r in rows):
+        out.print("(est.): this model's tokenizer is not known here; tokens are over-counted at 1 per 3 bytes.")
+
+
 # ------------------------------------------------------------------ running
 @app.command()
 def backfill(

@@ -70,6 +70,12 @@ class JobSettings(BaseModel):
     on_too_long: Literal["truncate", "fail"] = "truncate"
     """An input over the limit is cut to fit (token-exact where the tokenizer is known),
     or recorded as a failure."""
+    prune_on_switch: bool = False
+    """Drop the old version's tables as soon as a new model's version replaces it (default:
+    keep them until ``vectorfill job prune``)."""
+    price_per_million_tokens: float | None = Field(None, ge=0)
+    """USD per million input tokens, for estimates and run summaries; default: the price
+    table in :mod:`vectorfill.prices` (0 for unknown models)."""
 
 
 def validate_job_name(name: str) -> str:

@@ -9,12 +9,14 @@ its own queue and vector table. The *active* version is what the job's view
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from .config import JobSettings
 
 __all__ = ["Job", "Version", "VERSION_STATES"]
 
 VERSION_STATES = ("filling", "active", "paused", "retired")
+"""A job has at most one ``active`` version and at most one ``filling``/``paused`` one."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class Version:
     vector_dims: int | None
     """The vector column's size, known once the first batch is stored."""
     state: str
+    """``active`` (what the view shows), ``filling`` (being built beside it), ``paused``
+    (a filling version that runs skip) or ``retired`` (replaced; kept until pruned)."""
+    created_at: datetime | None = None
+    activated_at: datetime | None = None
 
     @property
     def queue_table(self) -> str:
@@ -59,6 +65,11 @@ class Job:
     @property
     def active(self) -> Version | None:
         return next((v for v in self.versions if v.state == "active"), None)
+
+    @property
+    def next(self) -> Version | None:
+        """The version being built to replace the active one (filling or paused), if any."""
+        return next((v for v in self.versions if v.state in ("filling", "paused")), None)
 
     @property
     def live_versions(self) -> tuple[Version, ...]:

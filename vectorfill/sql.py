@@ -58,6 +58,11 @@ __all__ = [
     "LOOKUP_UNIQUE_KEYS",
     "JOB_ROWS",
     "VERSION_ROWS",
+    "LOCK_JOB",
+    "INSERT_VERSION",
+    "SET_VERSION_STATE",
+    "DELETE_VERSION",
+    "lock_source",
 ]
 
 SCHEMA = "vectorfill"
@@ -98,9 +103,46 @@ JOB_ROWS = sql.SQL(
          FROM vectorfill.jobs WHERE name = %(name)s"""
 )
 VERSION_ROWS = sql.SQL(
-    """SELECT job_id, version, model, base_url, api_key_env, dimensions, vector_dims, state
+    """SELECT job_id, version, model, base_url, api_key_env, dimensions, vector_dims, state,
+              created_at, activated_at
          FROM vectorfill.versions WHERE job_id = %(job_id)s ORDER BY version"""
 )
+
+# ----------------------------------------------------------------- versions (blue/green)
+# Every change of a job's versions first takes LOCK_JOB, so that two changes (set-model,
+# cut-over, pause, abandon, prune) of one job never interleave; readers are not blocked.
+LOCK_JOB = sql.SQL("SELECT id FROM vectorfill.jobs WHERE name = %(name)s FOR UPDATE")
+INSERT_VERSION = sql.SQL(
+    """INSERT INTO vectorfill.versions (job_id, version, model, base_url, api_key_env, dimensions,
+                                        vector_dims, state, activated_at)
+       SELECT %(job_id)s, coalesce(max(version), 0) + 1, %(model)s, %(base_url)s, %(api_key_env)s,
+              %(dimensions)s, %(vector_dims)s, %(state)s,
+              CASE WHEN %(state)s = 'active' THEN now() END
+         FROM vectorfill.versions WHERE job_id = %(job_id)s
+    RETURNING version"""
+)
+SET_VERSION_STATE = sql.SQL(
+    """UPDATE vectorfill.versions
+          SET state = %(state)s,
+              activated_at = CASE WHEN %(state)s = 'active' THEN now() ELSE activated_at END
+        WHERE job_id = %(job_id)s AND version = %(version)s"""
+)
+DELETE_VERSION = sql.SQL(  # its failure records go with it (ON DELETE CASCADE)
+    "DELETE FROM vectorfill.versions WHERE job_id = %(job_id)s AND version = %(version)s"
+)
+
+
+def lock_source(job: Job) -> sql.Composable:
+    """Block writes to the source table (not reads) until the transaction ends.
+
+    Taken while a version is added or switched, so that no row can be written between
+    the moment the new trigger function is installed and the moment the new version's
+    queue is filled from a snapshot: such a row would fire the *old* function (the new
+    one is not committed yet) and be missing from the new version's snapshot too.
+    """
+    return sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+        sql.Identifier(job.source_schema, job.source_table)
+    )
 
 
 # ----------------------------------------------------------------- text templates
@@ -404,6 +446,35 @@ class JobSQL:
                       (SELECT count(*) FROM vectorfill.failures f
                         WHERE f.job_id = %(job_id)s AND f.version = %(version)s) AS failed"""
         ).format(src=self.src, v=self.v, q=self.q, match=self._match("q", "v"))
+
+    def pending_texts(self) -> sql.Composable:
+        """The current text of every queued row and the hash its stored vector was made
+        from (for estimates: no lease is taken, nothing changes)."""
+        return sql.SQL(
+            """SELECT {text} AS text, v.input_hash
+                 FROM {q} q
+                 JOIN {src} s ON {src_match}
+                 LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
+        ).format(
+            text=text_expression(self.job, "s"), q=self.q, src=self.src,
+            src_match=self._src_match("q"), v=self.v, vmatch=self._match("v", "q"),
+        )
+
+    def all_texts(self) -> sql.Composable:
+        """The text of every source row (for the estimate of a re-embed with a new model)."""
+        return sql.SQL("SELECT {text} AS text, NULL::bytea FROM {src} s").format(
+            text=text_expression(self.job, "s"), src=self.src
+        )
+
+    def missing(self) -> sql.Composable:
+        """What keeps this version from being complete: rows still queued, and failed rows
+        other than those with no text (which have no vector in any version)."""
+        return sql.SQL(
+            """SELECT (SELECT count(*) FROM {q}) AS pending,
+                      (SELECT count(*) FROM vectorfill.failures f
+                        WHERE f.job_id = %(job_id)s AND f.version = %(version)s
+                          AND f.reason <> 'empty_text') AS failed"""
+        ).format(q=self.q)
 
     def search(self) -> sql.Composable:
         """Nearest rows by cosine distance. The ORDER BY ... LIMIT runs on the vector table

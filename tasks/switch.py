@@ -1,0 +1,35 @@
+"""Stage 4: switch a job to its new model's version once that version is complete.
+
+A run that fills a new version (after ``vectorfill job set-model``) ends here: when no row
+of it is left queued or failed, one transaction retires the old version and points the
+job's view at the new one (:func:`vectorfill.versions.switch`), and the event
+``vectorfill.version.switched`` tells Prefect (automations, the UI) that it happened.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.events import emit_event
+
+from vectorfill.db import connect
+from vectorfill.events import VERSION_SWITCHED, job_resource
+from vectorfill.versions import switch_if_complete
+
+from .common import TASK_OPTIONS, database_url
+
+__all__ = ["switch_versions"]
+
+
+@task(name="switch", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
+def switch_versions(job_name: str) -> int | None:
+    """The version switched to, or None when there was nothing (complete) to switch to."""
+    with connect(database_url()) as conn:
+        version = switch_if_complete(conn, job_name)
+    if version is None:
+        return None
+    emit_event(
+        event=VERSION_SWITCHED,
+        resource=job_resource(job_name),
+        payload={"job": job_name, "version": version.version, "model": version.model},
+    )
+    return version.version
