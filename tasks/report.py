@@ -1,4 +1,8 @@
-"""Stage 4: the run summary, as a typed result and a Prefect markdown artifact."""
+"""Stage 5: the run summary, as a typed result and a Prefect table artifact.
+
+The artifact (key ``backfill-<job>``, one per run) is what the Prefect UI shows for the run
+and what ``vectorfill runs`` reads back: one row per figure, ``{"figure", "value"}``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from prefect import task
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.artifacts import acreate_table_artifact
 
 from vectorfill import sql
 from vectorfill.db import connect
@@ -15,7 +19,7 @@ from vectorfill.jobs import load_job
 
 from .common import TASK_OPTIONS, database_url
 
-__all__ = ["RunSummary", "report_run"]
+__all__ = ["RunSummary", "report_run", "artifact_key"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,9 @@ class RunSummary:
             d["cost_usd"] = round(d["cost_usd"], 6)
         return d
 
-    def markdown(self) -> str:
-        d = self.as_dict()
-        rows = "\n".join(f"| {k.replace('_', ' ')} | {v} |" for k, v in d.items() if k != "job")
-        return f"# vectorfill backfill: `{self.job}`\n\n| | |\n|---|---|\n{rows}\n"
+    def table(self) -> list[dict]:
+        """The figures as artifact rows (``vectorfill runs`` reads them back by name)."""
+        return [{"figure": k, "value": v} for k, v in self.as_dict().items()]
 
 
 @task(name="report", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
@@ -67,12 +70,16 @@ async def report_run(job_name: str, totals: dict, duration_s: float, switched_to
         job=job_name, duration_s=round(duration_s, 3), pending=pending, failed_total=failed,
         switched_to=switched_to, **totals,
     )
-    await acreate_markdown_artifact(
-        markdown=summary.markdown(),
-        key="backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name),
+    await acreate_table_artifact(
+        table=summary.table(),
+        key=artifact_key(job_name),
         description=f"vectorfill backfill summary for job {job_name}",
     )
     return summary
+
+
+def artifact_key(job_name: str) -> str:
+    return "backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name)
 
 
 def _counts(job_name: str) -> tuple[int, int]:

@@ -414,6 +414,54 @@ def index(job: str, db: Optional[str] = DbOpt) -> None:
 
 
 # ------------------------------------------------------------------ local pieces
+# ------------------------------------------------------------------ orchestration
+@app.command()
+def serve(
+    jobs: Optional[list[str]] = typer.Argument(None, help="Jobs to schedule (default: every job)"),
+    cron: str = typer.Option("0 2 * * *", help="Schedule of each job's backfill (cron, UTC); '' for none"),
+    port: int = typer.Option(4200, help="Port of the Prefect server (and its UI)"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Serve vectorfill's deployments from this machine: a scheduled backfill per job and a
+    re-embed triggered by `job set-model`, on a Prefect server that keeps history in Postgres.
+    """
+    from .jobs import list_jobs
+    from .runtime import prefect_defaults
+    from .serve import serve as run
+
+    url = _url(db)
+    with _conn(url) as conn:
+        names = jobs or list_jobs(conn)
+    prefect_defaults(use_served=False)
+    run(url, jobs=names, cron=cron or None, port=port, announce=lambda m: err.print(f"[dim]{m}[/]"))
+
+
+@app.command()
+def runs(
+    job: Optional[str] = typer.Argument(None, help="Only this job's runs"),
+    limit: int = typer.Option(20, help="How many runs"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recent backfill runs from Prefect: start, duration, state, rows, tokens, cost, failures."""
+    from .history import recent_runs
+    from .runtime import prefect_defaults
+
+    prefect_defaults()
+    records = recent_runs(job, limit)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in records]))
+        return
+    table = Table("start", "job", "deployment", "state", "duration s", "rows", "tokens", "cost USD", "failed")
+    for r in records:
+        table.add_row(
+            r.start.isoformat(timespec="seconds") if r.start else "", r.job or "", r.deployment or "",
+            r.state, "" if r.duration_s is None else f"{r.duration_s:,.1f}",
+            "" if r.rows is None else f"{r.rows:,}", "" if r.tokens is None else f"{r.tokens:,}",
+            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}", "" if r.failed is None else str(r.failed),
+        )
+    out.print(table if records else "no backfill runs recorded yet")
+
+
 @app.command("serve-embeddings")
 def serve_embeddings(
     model: str = typer.Option("all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 (needs [local]) or fake-embed"),

@@ -27,8 +27,16 @@ PREFECT_DEFAULTS = {
 }
 
 
-def prefect_defaults(*, verbose: bool = False) -> None:
-    """Set vectorfill's Prefect defaults for this process (call before importing prefect)."""
+def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
+    """Set vectorfill's Prefect defaults for this process (call before importing prefect).
+
+    With no ``PREFECT_API_URL`` set and ``vectorfill serve`` running on this machine, runs
+    go to its Prefect server (so they show up in its history and UI)."""
+    if use_served and not os.environ.get("PREFECT_API_URL"):
+        from .serve import served_api_url
+
+        if api := served_api_url():
+            os.environ["PREFECT_API_URL"] = api
     for key, value in PREFECT_DEFAULTS.items():
         if key == "PREFECT_LOGGING_LEVEL" and verbose:
             value = "INFO"

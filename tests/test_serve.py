@@ -1,0 +1,146 @@
+"""The whole chain, as a user runs it: `vectorfill serve` (Prefect's real server on Postgres,
+deployments served from here) -> `job set-model` -> the event triggers the re-embed flow ->
+the versions switch -> search answers from the new model; run history survives a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest import API_KEY
+from fake_provider import FakeProvider
+from test_cli import vf
+
+from vectorfill.db import connect, migrate
+from vectorfill.search import search
+from vectorfill.versions import list_versions
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """`vectorfill serve` in a subprocess, and its Prefect API."""
+
+    def __init__(self, env: dict, port: int, log) -> None:
+        self.env, self.port, self.log = env, port, log
+        self.api = f"http://127.0.0.1:{port}/api"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vectorfill.cli", "serve", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_for_deployments(self, names: set[str], timeout: float = 400) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "vectorfill serve exited early"
+            try:
+                found = httpx.post(f"{self.api}/deployments/filter", json={}, timeout=5).json()
+                if names <= {d["name"] for d in found}:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        raise AssertionError(f"deployments {names} not served within {timeout} s")
+
+    def stop(self) -> int:
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(1)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_path):
+    env = dict(os.environ)
+    env.update(
+        VECTORFILL_DATABASE_URL=fresh_db,
+        VF_KEY=API_KEY,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        VECTORFILL_HOME=str(tmp_path / "home"),
+    )
+    env.pop("PREFECT_API_URL", None)
+    migrate(fresh_db)
+    with connect(fresh_db) as conn:
+        conn.execute("CREATE TABLE articles (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, 120) g")
+    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
+       "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "40", env=env)
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    served = Served(env, port, log)
+    try:
+        served.wait_for_deployments({"backfill-docs", "reembed"})
+        # a plain CLI backfill finds the served server and records its run there
+        first = json.loads(vf("backfill", "docs", "--json", env=env).stdout)
+        assert first["embedded"] == 120
+
+        with FakeProvider(dimensions=48, api_key=API_KEY, model="fake-embed-v2") as new:
+            out = vf("job", "set-model", "docs", "--model", "fake-embed-v2", "--base-url", new.base_url,
+                     env=env).stdout
+            assert "version 2 (fake-embed-v2) is filling, 120 rows queued" in out
+            assert f"sent to {served.api}" in out
+
+            def switched():
+                with connect(fresh_db) as conn:
+                    return {v.version: v.state for v in list_versions(conn, "docs")} == {1: "retired", 2: "active"}
+
+            wait_until(switched, 240, "the event-triggered re-embed and switch")
+            assert sorted(new.inputs) == sorted(f"article number {i}" for i in range(1, 121))
+            billed_by_run = new.tokens_billed
+            with connect(fresh_db) as conn:
+                rows = dict(conn.execute("SELECT id, embedding FROM vectorfill.docs").fetchall())
+                assert len(rows) == 120
+                np.testing.assert_allclose(rows[7].to_numpy(), new.expected_vector("article number 7"), atol=1e-6)
+                os.environ["VF_KEY"] = API_KEY
+                hits = search(conn, "docs", "article number 7", k=1)
+            assert hits[0].id == 7 and new.requests >= 4  # 3 batches + the query, all to the new model
+
+            def completed():
+                found = json.loads(vf("runs", "docs", "--json", env=env).stdout)
+                done = [r for r in found if r["state"] == "Completed" and r["rows"] is not None]
+                return done if len(done) == 2 else None
+
+            runs = wait_until(completed, 90, "both runs completed in the history")
+            reembed = next(r for r in runs if r["deployment"] == "reembed")
+            assert reembed["rows"] == 120 and reembed["switched_to"] == 2
+            assert reembed["tokens"] == billed_by_run
+            assert reembed["cost_usd"] is None, "no price is known for fake-embed-v2: unknown, never 0"
+    finally:
+        code = served.stop()
+    assert code in (0, 130), (tmp_path / "serve.log").read_text()[-3000:]
+    assert not (tmp_path / "home" / "prefect-server.json").exists()
+
+    # history survives a restart of the whole thing
+    served = Served(env, port, log)
+    try:
+        served.wait_for_deployments({"backfill-docs", "reembed"})
+        again = json.loads(vf("runs", "docs", "--json", env=env).stdout)
+        assert {r["name"] for r in again} >= {r["name"] for r in runs}
+    finally:
+        served.stop()
+        log.close()
