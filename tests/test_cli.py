@@ -74,3 +74,33 @@ def test_a_missing_api_key_variable_is_named(cli_env, provider):
     assert proc.returncode == 1
     assert "NOT_SET_ANYWHERE is not set" in proc.stderr
     assert provider.requests == 0
+
+
+def test_model_change_commands_through_the_cli(cli_env, provider):
+    vf("migrate", env=cli_env)
+    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
+       "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--price", "fake-embed=2.5", env=cli_env)
+    est = json.loads(vf("estimate", "docs", "--json", env=cli_env).stdout)
+    assert est[0]["rows"] == 300 and est[0]["price_per_million"] == 2.5 and provider.requests == 0
+    summary = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
+    assert summary["tokens"] == est[0]["tokens"] == provider.tokens_billed
+    assert summary["cost_usd"] == pytest.approx(summary["tokens"] * 2.5 / 1e6)
+
+    reembed = json.loads(vf("estimate", "docs", "--model", "text-embedding-3-large", "--json", env=cli_env).stdout)
+    assert reembed[0]["rows"] == 300 and reembed[0]["version"] is None
+
+    out = vf("job", "set-model", "docs", "--model", "text-embedding-3-large", env=cli_env).stdout
+    assert "version 2 (text-embedding-3-large) is filling, 300 rows queued" in out
+    assert "vectorfill estimate docs" in out, "no Prefect server here: the next step is spelled out"
+    assert "re-embed: v2 (text-embedding-3-large) filling, 0 of 300 done" in vf("status", "docs", env=cli_env).stdout
+    vf("job", "pause", "docs", env=cli_env)
+    listed = json.loads(vf("job", "versions", "docs", "--json", env=cli_env).stdout)
+    assert [(v["version"], v["state"], v["dimensions"]) for v in listed] == [(1, "active", 32), (2, "paused", 3072)]
+    proc = vf("job", "switch", "docs", env=cli_env, check=False)
+    assert proc.returncode == 1 and "not complete: 300 rows still queued" in proc.stderr
+    vf("job", "abandon", "docs", env=cli_env)
+    listed = json.loads(vf("job", "versions", "docs", "--json", env=cli_env).stdout)
+    assert [v["state"] for v in listed] == ["active"]
+    proc = vf("job", "create", "x", "--table", "articles", "--text", "body", "--model", "m",
+              "--base-url", provider.base_url, "--price", "m:1", env=cli_env, check=False)
+    assert proc.returncode == 1 and "write MODEL=USD_PER_MILLION_TOKENS" in proc.stderr

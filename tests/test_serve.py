@@ -144,3 +144,32 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
     finally:
         served.stop()
         log.close()
+
+
+def test_prefect_yaml_declares_what_serve_serves():
+    """deployments/prefect.yaml (for work pools) and `vectorfill serve` agree: same flow,
+    a scheduled backfill, and the re-embed triggered by the set-model event."""
+    from pathlib import Path
+
+    import yaml
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.utilities.importtools import import_object
+
+    from vectorfill.events import MODEL_CHANGED
+    from vectorfill.flows.backfill import backfill
+    from vectorfill.serve import build_deployments
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert {"backfill-docs", "reembed"} <= set(deployments)
+    for d in deployments.values():
+        assert import_object(d["entrypoint"]) is backfill
+    assert deployments["backfill-docs"]["schedules"][0]["cron"] == "0 2 * * *"
+    (trigger,) = deployments["reembed"]["triggers"]
+    parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
+    served = {d.name: d for d in build_deployments(["docs"])}
+    (served_trigger,) = served["reembed"].triggers
+    assert parsed.expect == served_trigger.expect == {MODEL_CHANGED}
+    assert parsed.parameters == served_trigger.parameters == {"job": "{{ event.payload.job }}"}
+    assert dict(parsed.match) == dict(served_trigger.match)
+    assert served["backfill-docs"].parameters == {"job": "docs"}

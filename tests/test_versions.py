@@ -240,7 +240,7 @@ def test_the_estimate_is_the_tokens_the_provider_then_bills(env):
     with env.connect() as conn:  # a few long and empty texts, to exercise the same rules as a run
         conn.execute("UPDATE articles SET body = repeat('lorem ipsum ', 3000) WHERE id <= 3")
         conn.execute("UPDATE articles SET title = NULL, body = NULL WHERE id = 4")
-    env.create_job(settings_kw={"retries": 1, "price_per_million_tokens": 0.5, "max_input_tokens": 2000})
+    env.create_job(settings_kw={"retries": 1, "prices": {"fake-embed": 0.5}, "max_input_tokens": 2000})
     with env.connect() as conn:
         (before,) = estimate(conn, "docs")
     assert before.rows == 399 and before.empty == 1 and before.too_long == 3 and before.exact

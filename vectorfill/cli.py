@@ -79,6 +79,10 @@ def job_create(
     on_too_long: str = typer.Option("truncate", help="truncate (token-exact where known) or fail"),
     rpm: Optional[int] = typer.Option(None, help="Requests-per-minute budget for this run's endpoint"),
     tpm: Optional[int] = typer.Option(None, help="Tokens-per-minute budget (counted before sending)"),
+    price: Optional[list[str]] = typer.Option(
+        None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
+    ),
+    prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
     db: Optional[str] = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows."""
@@ -101,6 +105,8 @@ def job_create(
             on_too_long=on_too_long,
             rpm=rpm,
             tpm=tpm,
+            prices=_prices(price or [], name),
+            prune_on_switch=prune_on_switch,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -126,6 +132,21 @@ def job_create(
         f"job [bold]{job.name}[/]: {st.pending:,} rows of {job.source} queued for {model}; "
         f"vectors will be readable in {st.target}. Next: `vectorfill backfill {job.name}`"
     )
+
+
+def _prices(items: list[str], job: str) -> dict[str, float]:
+    from .errors import ConfigError
+
+    prices = {}
+    for item in items:
+        model, sep, usd = item.rpartition("=")
+        try:
+            prices[model] = float(usd)
+        except ValueError:
+            sep = ""
+        if not sep or not model:
+            raise ConfigError(f"--price {item!r}: write MODEL=USD_PER_MILLION_TOKENS, e.g. text-embedding-3-small=0.02", job=job)
+    return prices
 
 
 @job_app.command("list")
@@ -335,17 +356,24 @@ def _print_summary(s) -> None:
 def status(job: str, json_out: bool = typer.Option(False, "--json"), db: Optional[str] = DbOpt) -> None:
     """Exact counts for JOB: total / embedded / pending / failed."""
     from .jobs import job_status
+    from .versions import list_versions
 
     with _conn(db) as conn:
         st = job_status(conn, job)
+        building = [v for v in list_versions(conn, job) if v.state in ("filling", "paused")]
     if json_out:
-        out.print_json(json.dumps(st.as_dict()))
+        out.print_json(json.dumps({**st.as_dict(), "next": building[0].as_dict() if building else None}))
         return
     out.print(
         f"{st.job} (v{st.version}, {st.model}, {st.dimensions or '?'} dims) on {st.source}: "
         f"total {st.total:,}  embedded {st.embedded:,}  pending {st.pending:,}  failed {st.failed:,}  "
         f"-> {st.target}"
     )
+    for v in building:
+        out.print(
+            f"  re-embed: v{v.version} ({v.model}) {v.state}, {v.embedded:,} of {v.total:,} done, "
+            f"{v.pending:,} pending, {v.failed:,} failed; readers switch to it when complete"
+        )
 
 
 @app.command()
@@ -529,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False)  # returns the exit code of Exit/Ctrl-C
     except VectorfillError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, greppable
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

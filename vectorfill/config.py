@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -73,9 +73,9 @@ class JobSettings(BaseModel):
     prune_on_switch: bool = False
     """Drop the old version's tables as soon as a new model's version replaces it (default:
     keep them until ``vectorfill job prune``)."""
-    price_per_million_tokens: float | None = Field(None, ge=0)
-    """USD per million input tokens, for estimates and run summaries; default: the price
-    table in :mod:`vectorfill.prices` (0 for unknown models)."""
+    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """USD per million input tokens by model, for estimates and run summaries, over the
+    table in :mod:`vectorfill.prices` (a model in neither has an unknown cost)."""
 
 
 def validate_job_name(name: str) -> str:

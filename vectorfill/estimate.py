@@ -93,7 +93,7 @@ def _count(conn, job: Job, version: Version, model: str, price: float | None, *,
                     n = limit
                 rows += 1
                 tokens += n
-    unit = price_per_million(model, s if model == version.model else None, price)
+    unit = price_per_million(model, s, price)
     return Estimate(
         job=job.name,
         model=model,

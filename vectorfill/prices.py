@@ -1,8 +1,8 @@
 """What embedding tokens cost: a small per-model price table, overridable per job.
 
 Prices are USD per million input tokens, as the providers list them (checked 2026-11).
-A job's ``price_per_million_tokens`` setting (or ``vectorfill estimate --price``) wins over
-the table; a model in neither has no known price and its cost is shown as unknown, never
+A job's ``prices`` setting (``vectorfill job create --price MODEL=USD``, or ``vectorfill
+estimate --price USD``) wins over the table; a model in neither has no known price and its cost is shown as unknown, never
 as zero.
 """
 
@@ -26,8 +26,8 @@ def price_per_million(model: str, settings: JobSettings | None = None, override:
     """USD per million tokens for ``model``: the override, else the job's setting, else the table."""
     if override is not None:
         return override
-    if settings is not None and settings.price_per_million_tokens is not None:
-        return settings.price_per_million_tokens
+    if settings is not None and model in settings.prices:
+        return settings.prices[model]
     return PRICES_PER_MILLION_TOKENS.get(model)
 
 
