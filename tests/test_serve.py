@@ -173,3 +173,62 @@ def test_prefect_yaml_declares_what_serve_serves():
     assert parsed.parameters == served_trigger.parameters == {"job": "{{ event.payload.job }}"}
     assert dict(parsed.match) == dict(served_trigger.match)
     assert served["backfill-docs"].parameters == {"job": "docs"}
+
+
+def test_a_run_cancelled_from_prefect_stops_within_seconds_and_gives_its_claims_back(fresh_db, tmp_path):
+    with FakeProvider(dimensions=32, api_key=API_KEY, latency_s=0.3) as slow:
+        env = dict(os.environ)
+        env.update(VECTORFILL_DATABASE_URL=fresh_db, VF_KEY=API_KEY,
+                   PREFECT_HOME=str(tmp_path / "prefect"), VECTORFILL_HOME=str(tmp_path / "home"))
+        env.pop("PREFECT_API_URL", None)
+        migrate(fresh_db)
+        with connect(fresh_db) as conn:
+            conn.execute("CREATE TABLE articles (id int PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, 4000) g")
+        vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
+           "--base-url", slow.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "20",
+           "--concurrency", "2", env=env)
+        log = open(tmp_path / "serve.log", "wb")
+        served = Served(env, free_port(), log)
+        try:
+            served.wait_for_deployments({"backfill-docs"})
+            dep = next(d for d in httpx.post(f"{served.api}/deployments/filter", json={}).json()
+                       if d["name"] == "backfill-docs")
+            run = httpx.post(f"{served.api}/deployments/{dep['id']}/create_flow_run", json={}).json()
+
+            def embedded():
+                with connect(fresh_db) as conn:
+                    return conn.execute("SELECT count(*) FROM vectorfill.docs").fetchone()[0]
+
+            wait_until(lambda: embedded() >= 100, 180, "the served run to embed some rows")
+            cancelled_at = time.monotonic()
+            httpx.post(f"{served.api}/flow_runs/{run['id']}/set_state",
+                       json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True}).raise_for_status()
+
+            def state():
+                return httpx.get(f"{served.api}/flow_runs/{run['id']}").json()["state"]["type"]
+
+            wait_until(lambda: state() == "CANCELLED", 60, "the run to be cancelled")
+            requests_then = slow.requests
+            time.sleep(3)
+            assert slow.requests == requests_then, "no request after the run was cancelled"
+            stopped_in = time.monotonic() - cancelled_at
+            print(f"cancelled run stopped in {stopped_in:.1f} s")
+            assert stopped_in < 45, f"took {stopped_in:.0f} s to stop"
+            with connect(fresh_db) as conn:
+                held = conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
+                done = embedded()
+            assert held == 0, "the cancelled run gave its claims back"
+            assert 100 <= done < 4000
+        finally:
+            served.stop()
+            log.close()
+        # the queue is consistent: a new run finishes the rest at once, each row right
+        slow.latency_s = 0.0
+        summary = json.loads(vf("backfill", "docs", "--json", env=env).stdout)
+        assert summary["embedded"] == 4000 - done and summary["pending"] == 0
+        with connect(fresh_db) as conn:
+            rows = dict(conn.execute("SELECT id, embedding FROM vectorfill.docs").fetchall())
+        assert len(rows) == 4000
+        for i in (1, 2000, 4000):
+            np.testing.assert_allclose(rows[i].to_numpy(), slow.expected_vector(f"article number {i}"), atol=1e-6)
