@@ -169,24 +169,16 @@ async def _ensure_dims(conn, work: Work, dims: int) -> Version:
     forward, so this runs once per run, not once per batch.
     """
     job, version = work.job, work.version
-    current = (
-        await (
-            await conn.execute(
-                "SELECT vector_dims FROM vectorfill.versions WHERE job_id = %s AND version = %s FOR UPDATE",
-                (job.id, version.version),
-            )
-        ).fetchone()
-    )[0]
+    params = {"job_id": job.id, "version": version.version, "dims": dims}
+    current, state = await (await conn.execute(sql.VERSION_DIMS_FOR_UPDATE, params)).fetchone()
     if current is None:
-        if version.state == "active":
+        # the state now, not at the run's start: a switch may have made this version active
+        if state == "active":
             await conn.execute(pgsql.SQL("DROP VIEW IF EXISTS {}").format(sql.view_name(job)))
         await conn.execute(sql.JobSQL(job, version).set_vector_dims(dims))
-        await conn.execute(
-            "UPDATE vectorfill.versions SET vector_dims = %s WHERE job_id = %s AND version = %s",
-            (dims, job.id, version.version),
-        )
-        updated = Version(**{**asdict(version), "vector_dims": dims})
-        if version.state == "active":
+        await conn.execute(sql.SET_VERSION_DIMS, params)
+        updated = Version(**{**asdict(version), "vector_dims": dims, "state": state})
+        if state == "active":
             await conn.execute(sql.create_view(job, updated))
         return updated
     return Version(**{**asdict(version), "vector_dims": current})

@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from . import sql
 from .config import JobSettings
 from .db import connect, migrate, resolve_database_url
 from .errors import ConfigError, JobError
@@ -99,10 +100,7 @@ def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> N
         with connect(url) as conn:
             try:
                 job = load_job(conn, DEMO_JOB)
-                conn.execute(
-                    "UPDATE vectorfill.versions SET base_url = %s WHERE job_id = %s AND state = 'active'",
-                    (endpoint, job.id),
-                )
+                conn.execute(sql.SET_ACTIVE_BASE_URL, (endpoint, job.id))
                 if job.active.model != model:
                     raise ConfigError(
                         f"the demo job was made with {job.active.model}; `vectorfill job drop "

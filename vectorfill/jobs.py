@@ -51,7 +51,7 @@ def parse_table(table: str) -> tuple[str, str]:
 
 
 def _require_schema(conn: psycopg.Connection) -> None:
-    if conn.execute("SELECT to_regclass('vectorfill.jobs')").fetchone()[0] is None:
+    if conn.execute(sql.SCHEMA_INSTALLED).fetchone()[0] is None:
         raise JobError("vectorfill's schema is not installed in this database: run `vectorfill migrate` first")
 
 
@@ -81,7 +81,7 @@ def create_job(
             job=name,
         )
     _require_schema(conn)
-    if conn.execute("SELECT 1 FROM vectorfill.jobs WHERE name = %s", (name,)).fetchone():
+    if conn.execute(sql.JOB_ROWS, {"name": name}).fetchone():
         raise JobError(
             "exists already; choose another name, or `vectorfill job drop "
             f"{name}` first (that deletes its vectors)",
@@ -121,17 +121,15 @@ def create_job(
 
     settings_json = Jsonb(settings.model_dump())
     job_id = conn.execute(
-        """INSERT INTO vectorfill.jobs (name, source_schema, source_table, key_columns, key_types,
-                                        text_columns, template, settings)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+        sql.INSERT_JOB,
         (name, schema, tname, key_columns, key_types, text_columns, template, settings_json),
     ).fetchone()[0]
-    vector_dims = dimensions or KNOWN_DIMENSIONS.get(model)
     conn.execute(
-        """INSERT INTO vectorfill.versions (job_id, version, model, base_url, api_key_env, dimensions,
-                                            vector_dims, state, activated_at)
-           VALUES (%s, 1, %s, %s, %s, %s, %s, 'active', now())""",
-        (job_id, model, base_url.rstrip("/"), api_key_env, dimensions, vector_dims),
+        sql.INSERT_VERSION,
+        {
+            "job_id": job_id, "model": model, "base_url": base_url.rstrip("/"), "api_key_env": api_key_env,
+            "dimensions": dimensions, "vector_dims": dimensions or KNOWN_DIMENSIONS.get(model), "state": "active",
+        },
     )
     job = load_job(conn, name)
     version = job.version(1)
@@ -178,7 +176,7 @@ def load_job(conn: psycopg.Connection, name: str) -> Job:
     _require_schema(conn)
     row = conn.execute(sql.JOB_ROWS, {"name": name}).fetchone()
     if row is None:
-        names = [r[0] for r in conn.execute("SELECT name FROM vectorfill.jobs ORDER BY name")]
+        names = [r[0] for r in conn.execute(sql.JOB_NAMES)]
         known = f" (jobs here: {', '.join(names)})" if names else " (no jobs yet: `vectorfill job create`)"
         raise JobError(f"no job named {name!r}{known}")
     job_id, name, schema, table, keys, types, text_cols, template, settings = row
@@ -201,7 +199,7 @@ def load_job(conn: psycopg.Connection, name: str) -> Job:
 
 def list_jobs(conn: psycopg.Connection) -> list[str]:
     _require_schema(conn)
-    return [r[0] for r in conn.execute("SELECT name FROM vectorfill.jobs ORDER BY name")]
+    return [r[0] for r in conn.execute(sql.JOB_NAMES)]
 
 
 def drop_job(conn: psycopg.Connection, name: str) -> None:
@@ -214,16 +212,12 @@ def drop_job(conn: psycopg.Connection, name: str) -> None:
     conn.execute(pgsql.SQL("DROP VIEW IF EXISTS {}").format(sql.view_name(job)))
     for version in job.versions:
         conn.execute(sql.JobSQL(job, version).drop_tables())
-    conn.execute("DELETE FROM vectorfill.jobs WHERE id = %s", (job.id,))
+    conn.execute(sql.DELETE_JOB, (job.id,))
 
 
 def list_failures(conn: psycopg.Connection, name: str, limit: int = 50) -> list[dict]:
     job = load_job(conn, name)
-    cur = conn.execute(
-        """SELECT version, row_key, reason, status, message, attempts, failed_at
-             FROM vectorfill.failures WHERE job_id = %s ORDER BY failed_at DESC, row_key LIMIT %s""",
-        (job.id, limit),
-    )
+    cur = conn.execute(sql.FAILURE_ROWS, (job.id, limit))
     cols = [d.name for d in cur.description]
     return [dict(zip(cols, r)) for r in cur]
 

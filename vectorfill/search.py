@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import psycopg
-from psycopg import sql as pgsql
 
 from . import sql
 from .client import EmbeddingsClient
@@ -59,17 +58,11 @@ def index_suggested(conn: psycopg.Connection, job_name: str) -> bool:
     if version is None or version.vector_dims is None:
         return False
     js = sql.JobSQL(job, version)
-    has_index = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f"vectorfill.{js.index_name()}",)
-    ).fetchone()[0]
+    has_index, estimate = conn.execute(js.index_facts()).fetchone()
     if has_index:
         return False
-    rows = conn.execute(
-        "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (f"vectorfill.{version.vector_table}",)
-    ).fetchone()
-    estimate = rows[0] if rows else 0
-    if estimate < 0:  # never analysed: count
-        estimate = conn.execute(pgsql.SQL("SELECT count(*) FROM {}").format(js.v)).fetchone()[0]
+    if estimate is None or estimate < 0:  # never analysed: count
+        estimate = conn.execute(js.count_vectors()).fetchone()[0]
     return estimate >= INDEX_SUGGESTION_ROWS
 
 

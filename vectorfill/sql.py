@@ -1,5 +1,10 @@
 """All of vectorfill's SQL, composed safely with :mod:`psycopg.sql`.
 
+(Except bootstrap statements that belong to their own machinery: the embedded server's
+``CREATE DATABASE`` in :mod:`vectorfill.pgembedded` and :mod:`vectorfill.serve`, Alembic's
+revision check in :mod:`vectorfill.db`, the demo corpus loader in :mod:`vectorfill.corpus`,
+and the migrations themselves.)
+
 User-supplied names (schemas, tables, columns) only ever enter SQL as
 :class:`psycopg.sql.Identifier`; values only as parameters. Column types are read from
 ``pg_catalog.format_type`` and re-used verbatim.
@@ -56,12 +61,20 @@ __all__ = [
     "LOOKUP_COLUMNS",
     "LOOKUP_PRIMARY_KEY",
     "LOOKUP_UNIQUE_KEYS",
+    "SCHEMA_INSTALLED",
+    "JOB_NAMES",
+    "INSERT_JOB",
+    "DELETE_JOB",
+    "FAILURE_ROWS",
+    "SET_ACTIVE_BASE_URL",
     "JOB_ROWS",
     "VERSION_ROWS",
     "LOCK_JOB",
     "INSERT_VERSION",
     "SET_VERSION_STATE",
     "DELETE_VERSION",
+    "VERSION_DIMS_FOR_UPDATE",
+    "SET_VERSION_DIMS",
     "lock_source",
 ]
 
@@ -97,6 +110,21 @@ LOOKUP_UNIQUE_KEYS = sql.SQL(
         GROUP BY i.indexrelid"""
 )
 
+SCHEMA_INSTALLED = sql.SQL("SELECT to_regclass('vectorfill.jobs')")
+JOB_NAMES = sql.SQL("SELECT name FROM vectorfill.jobs ORDER BY name")
+INSERT_JOB = sql.SQL(
+    """INSERT INTO vectorfill.jobs (name, source_schema, source_table, key_columns, key_types,
+                                    text_columns, template, settings)
+       VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
+)
+DELETE_JOB = sql.SQL("DELETE FROM vectorfill.jobs WHERE id = %s")  # versions, failures: ON DELETE CASCADE
+FAILURE_ROWS = sql.SQL(
+    """SELECT version, row_key, reason, status, message, attempts, failed_at
+         FROM vectorfill.failures WHERE job_id = %s ORDER BY failed_at DESC, row_key LIMIT %s"""
+)
+SET_ACTIVE_BASE_URL = sql.SQL(  # the demo's endpoint moves between runs (its port)
+    "UPDATE vectorfill.versions SET base_url = %s WHERE job_id = %s AND state = 'active'"
+)
 JOB_ROWS = sql.SQL(
     """SELECT id, name, source_schema, source_table, key_columns, key_types, text_columns,
               template, settings
@@ -126,6 +154,13 @@ SET_VERSION_STATE = sql.SQL(
           SET state = %(state)s,
               activated_at = CASE WHEN %(state)s = 'active' THEN now() ELSE activated_at END
         WHERE job_id = %(job_id)s AND version = %(version)s"""
+)
+VERSION_DIMS_FOR_UPDATE = sql.SQL(  # the first store of a version types its column, once
+    """SELECT vector_dims, state FROM vectorfill.versions
+        WHERE job_id = %(job_id)s AND version = %(version)s FOR UPDATE"""
+)
+SET_VERSION_DIMS = sql.SQL(
+    "UPDATE vectorfill.versions SET vector_dims = %(dims)s WHERE job_id = %(job_id)s AND version = %(version)s"
 )
 DELETE_VERSION = sql.SQL(  # its failure records go with it (ON DELETE CASCADE)
     "DELETE FROM vectorfill.versions WHERE job_id = %(job_id)s AND version = %(version)s"
@@ -491,6 +526,18 @@ class JobSQL:
             nk=self._cols("n"), k=self._cols(), text=text_expression(self.job, "s"),
             v=self.v, src=self.src, m=src_match,
         )
+
+    def index_facts(self) -> sql.Composable:
+        """Whether the HNSW index exists, and the planner's row estimate (-1: never analysed)."""
+        return sql.SQL(
+            """SELECT to_regclass({idx}) IS NOT NULL,
+                      (SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass({v}))"""
+        ).format(
+            idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"), v=sql.Literal(f"{SCHEMA}.{self.version.vector_table}")
+        )
+
+    def count_vectors(self) -> sql.Composable:
+        return sql.SQL("SELECT count(*) FROM {}").format(self.v)
 
     def index_name(self) -> str:
         return f"{self.version.vector_table}_hnsw"
