@@ -13,7 +13,9 @@ from prefect.events import emit_event
 
 from vectorfill.db import connect
 from vectorfill.events import VERSION_SWITCHED, job_resource
-from vectorfill.versions import switch_if_complete
+from vectorfill.jobs import load_job
+from vectorfill.search import create_index, has_index
+from vectorfill.versions import complete, switch_if_complete
 
 from .common import TASK_OPTIONS, database_url
 
@@ -22,8 +24,20 @@ __all__ = ["switch_versions"]
 
 @task(name="switch", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
 def switch_versions(job_name: str) -> int | None:
-    """The version switched to, or None when there was nothing (complete) to switch to."""
-    with connect(database_url()) as conn:
+    """The version switched to, or None when there was nothing (complete) to switch to.
+
+    When the active version has an HNSW index, the new one gets its own first (built
+    without blocking writes, before the switch), so searches stay fast across it."""
+    url = database_url()
+    with connect(url) as conn:
+        new = complete(conn, job_name)
+        job = load_job(conn, job_name)
+        carry = new is not None and job.active is not None and has_index(conn, job, job.active)
+    if new is None:
+        return None
+    if carry and new.vector_dims:
+        create_index(url, job_name, new.version)
+    with connect(url) as conn:
         version = switch_if_complete(conn, job_name)
     if version is None:
         return None

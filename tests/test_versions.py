@@ -17,7 +17,7 @@ from psycopg import sql
 from vectorfill import versions
 from vectorfill.errors import JobError
 from vectorfill.estimate import estimate
-from vectorfill.search import search
+from vectorfill.search import create_index, search
 
 
 @pytest.fixture
@@ -57,6 +57,7 @@ def test_a_new_model_fills_beside_the_old_and_readers_switch_only_when_complete(
     env.create_job(settings_kw={"max_inputs": 50, "retries": 1})
     env.backfill()
     view_matches(env, env.provider)
+    create_index(env.url, "docs")
 
     v2 = set_model(env, new)
     assert (v2.version, v2.state, v2.model) == (2, "filling", "fake-embed-v2")
@@ -77,6 +78,9 @@ def test_a_new_model_fills_beside_the_old_and_readers_switch_only_when_complete(
     view_matches(env, new)  # every row now shows the new model's vector
     assert states(env) == {1: "retired", 2: "active"}
     assert sorted(new.inputs) == sorted(env.texts().values()), "each row sent to the new model once"
+    with env.connect() as conn:
+        assert conn.execute("SELECT to_regclass('vectorfill._v_1_2_hnsw')").fetchone()[0] is not None, (
+            "the old version's HNSW index was carried over before the switch")
 
     # searches embed the query with the new model and read the new vectors
     before = new.requests

@@ -13,7 +13,7 @@ from .client import EmbeddingsClient
 from .errors import JobError
 from .jobs import load_job
 
-__all__ = ["Hit", "search", "create_index", "index_suggested", "INDEX_SUGGESTION_ROWS"]
+__all__ = ["Hit", "search", "create_index", "has_index", "index_suggested", "INDEX_SUGGESTION_ROWS"]
 
 #: Above this many vectors, a backfill suggests `vectorfill index`.
 INDEX_SUGGESTION_ROWS = 10_000
@@ -66,11 +66,15 @@ def index_suggested(conn: psycopg.Connection, job_name: str) -> bool:
     return estimate >= INDEX_SUGGESTION_ROWS
 
 
-def create_index(url: str, job_name: str) -> str:
-    """Build the HNSW index of the job's active vectors; returns its name."""
+def has_index(conn: psycopg.Connection, job, version) -> bool:
+    return bool(conn.execute(sql.JobSQL(job, version).index_facts()).fetchone()[0])
+
+
+def create_index(url: str, job_name: str, version_number: int | None = None) -> str:
+    """Build the HNSW index of the job's active vectors (or of another version); returns its name."""
     with psycopg.connect(url, autocommit=True) as conn:  # CONCURRENTLY needs autocommit
         job = load_job(conn, job_name)
-        version = job.active
+        version = job.version(version_number) if version_number else job.active
         if version is None or version.vector_dims is None:
             raise JobError(
                 f"has no typed vectors yet; run `vectorfill backfill {job_name}` first", job=job_name

@@ -32,6 +32,7 @@ __all__ = [
     "list_versions",
     "switch",
     "switch_if_complete",
+    "complete",
     "pause",
     "resume",
     "abandon",
@@ -197,11 +198,18 @@ def switch(conn: psycopg.Connection, name: str, *, force: bool = False) -> Versi
     return active
 
 
-def switch_if_complete(conn: psycopg.Connection, name: str) -> Version | None:
-    """Switch to the filling version if nothing is missing from it; else return None."""
+def complete(conn: psycopg.Connection, name: str) -> Version | None:
+    """The job's filling version if nothing is missing from it (ready to switch to), else None."""
     job = load_job(conn, name)
     new = job.next
     if new is None or new.state != "filling" or any(_missing(conn, job, new)):
+        return None
+    return new
+
+
+def switch_if_complete(conn: psycopg.Connection, name: str) -> Version | None:
+    """Switch to the filling version if nothing is missing from it; else return None."""
+    if complete(conn, name) is None:
         return None
     try:
         return switch(conn, name)
