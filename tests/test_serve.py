@@ -35,11 +35,11 @@ def free_port() -> int:
 class Served:
     """`vectorfill serve` in a subprocess, and its Prefect API."""
 
-    def __init__(self, env: dict, port: int, log) -> None:
+    def __init__(self, env: dict, port: int, log, *args: str) -> None:
         self.env, self.port, self.log = env, port, log
         self.api = f"http://127.0.0.1:{port}/api"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vectorfill.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "vectorfill.cli", "serve", "--port", str(port), *args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -92,9 +92,12 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
 
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
-    served = Served(env, port, log)
+    served = Served(env, port, log, "--cron", "30 3 * * *")
     try:
         served.wait_for_deployments({"backfill-docs", "reembed"})
+        deployments = {d["name"]: d for d in httpx.post(f"{served.api}/deployments/filter", json={}).json()}
+        assert [s["schedule"]["cron"] for s in deployments["backfill-docs"]["schedules"]] == ["30 3 * * *"]
+        assert deployments["backfill-docs"]["parameters"] == {"job": "docs"}
         # a plain CLI backfill finds the served server and records its run there
         first = json.loads(vf("backfill", "docs", "--json", env=env).stdout)
         assert first["embedded"] == 120
