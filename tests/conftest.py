@@ -75,7 +75,7 @@ def fresh_db(pg_url: str) -> Iterator[str]:
 
 from vectorfill.runtime import prefect_defaults  # noqa: E402
 
-prefect_defaults()
+prefect_defaults(use_served=False)  # never a developer's running `vectorfill serve`
 
 
 @pytest.fixture(scope="session")
