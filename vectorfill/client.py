@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from .errors import (
     AuthenticationError,
     ConfigError,
+    InputError,
     ModelNotFound,
     QuotaExceeded,
     TerminalProviderError,
@@ -137,7 +138,17 @@ class EmbeddingsClient:
             body["dimensions"] = self.dimensions
         url = f"{self.base_url}/embeddings"
         try:
-            response = await self._http.post(url, content=orjson.dumps(body))
+            content = orjson.dumps(body)
+        except TypeError:  # a lone surrogate (U+D800-U+DFFF): not text, cannot be sent as UTF-8
+            bad = next((i for i, t in enumerate(texts) if not _is_utf8(t)), None)
+            raise InputError(
+                f"input #{bad} contains a lone UTF-16 surrogate, which is not valid Unicode text and "
+                "cannot be sent; fix the text (Postgres itself never stores one)",
+                job=self.job,
+                row=bad,
+            ) from None
+        try:
+            response = await self._http.post(url, content=content)
         except httpx.TimeoutException as exc:
             raise TransientProviderError(
                 f"no answer from {url} within the timeout ({type(exc).__name__}); "
@@ -307,6 +318,14 @@ class EmbeddingsClient:
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+def _is_utf8(text: object) -> bool:
+    try:
+        str(text).encode("utf-8")
+        return isinstance(text, str)
+    except UnicodeEncodeError:
+        return False
 
 
 def _snippet(response: httpx.Response, limit: int = 200) -> str:
