@@ -498,3 +498,42 @@ def test_a_killed_holder_blocks_nobody_and_its_lease_comes_back_with_the_refill(
 
     assert run(other()).tokens == 2_000
 
+
+# --------------------------------------------------------------------------- the flow
+
+
+def test_a_run_with_a_budget_leases_it_by_endpoint_never_by_key_and_gives_back_what_is_left(env, monkeypatch):
+    from conftest import API_KEY
+
+    given_back = []
+    give_back = PostgresBudget.give_back
+
+    async def spy(self, requests, tokens):
+        given_back.append((requests, tokens))
+        await give_back(self, requests, tokens)
+
+    monkeypatch.setattr(PostgresBudget, "give_back", spy)
+    env.make_table(120)
+    env.create_job(settings_kw={"rpm": 3_000, "tpm": 1_000_000, "max_inputs": 20, "retries": 1})
+    summary = env.backfill()
+    assert env.status().embedded == 120
+    with env.connect() as conn:
+        rows = conn.execute("SELECT endpoint, rpm, tpm, requests, tokens, b::text FROM vectorfill.budgets b").fetchall()
+    assert len(rows) == 1
+    endpoint, rpm, tpm, requests, tokens, text = rows[0]
+    assert endpoint == endpoint_key(env.provider.base_url, "fake-embed")
+    assert (rpm, tpm) == (3_000, 1_000_000)
+    assert API_KEY not in text and "VF_TEST_API_KEY" not in text
+    # the rest of the run's last chunk (150 requests, 50,000 tokens) came back
+    assert len(given_back) == 1
+    back_requests, back_tokens = given_back[0]
+    assert 0 < back_requests <= 150 and 0 < back_tokens <= 50_000
+    assert requests >= 3_000 - summary.requests - 1
+    assert tokens >= 1_000_000 - summary.tokens - 1
+
+
+def test_a_job_cannot_be_named_like_the_budgets_table():
+    from vectorfill.config import validate_job_name
+
+    with pytest.raises(ConfigError, match="reserved"):
+        validate_job_name("budgets")
