@@ -186,9 +186,12 @@ class LimiterStats:
     leases: int = 0
     """Round trips to the :class:`SharedBudget` to lease budget (0 without one)."""
     lease_waits: int = 0
-    """Of those, the ones an acquirer had to wait for (the others ran in the background)."""
+    """Permits whose acquirer waited for a lease at least once: the budget it had in hand
+    did not cover it (when the shared budget is drained, most acquirers do)."""
     lease_s: float = 0.0
-    """Seconds spent in lease round trips, summed."""
+    """Seconds spent in lease round trips, summed (in the background or not)."""
+    lease_wait_s: float = 0.0
+    """Seconds acquirers spent waiting for lease round trips (not for the refill), summed."""
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,7 @@ class RateLimiter:
         self._leases = 0
         self._lease_waits = 0
         self._lease_s = 0.0
+        self._lease_wait_s = 0.0
         self._paused_until = now
         self._lock = asyncio.Lock()  # FIFO: the head acquirer waits, the others queue behind it
         self._seq = 0
@@ -356,6 +360,7 @@ class RateLimiter:
             self._leases,
             self._lease_waits,
             self._lease_s,
+            self._lease_wait_s,
         )
 
     # ------------------------------------------------------------------ acquiring
@@ -369,6 +374,7 @@ class RateLimiter:
         tokens = max(0, int(tokens))
         self._check_fits(tokens)
         start = self._clock()
+        leased = False
         async with self._lock:
             while True:
                 now = self._clock()
@@ -387,6 +393,7 @@ class RateLimiter:
                 if wait > _EPSILON_S:
                     await self._sleep(wait)
                 elif short:
+                    leased = True
                     await self._top_up(short)
                 else:
                     break
@@ -402,6 +409,7 @@ class RateLimiter:
         waited = max(0.0, now - start)
         self._acquired += 1
         self._waited += waited
+        self._lease_waits += leased
         self._prefetch()
         return Permit(self, seq, tokens, waited)
 
@@ -482,10 +490,13 @@ class RateLimiter:
                 kind: max(needed.get(kind, 0.0), self._chunk_of(b, kind)) - b.level for kind, b in self._leased()
             }
             task, mine = self._start_lease({kind: max(0.0, w) for kind, w in want.items()}), True
-        self._lease_waits += 1
         # not `await task`: an acquirer cancelled meanwhile must not cancel the lease, whose
         # grant would then be lost; the lease finishes and fills the buckets anyway
-        await asyncio.wait({task})
+        started = time.perf_counter()
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._lease_wait_s += time.perf_counter() - started
         if task.exception() is not None:
             if mine:
                 raise task.exception()
