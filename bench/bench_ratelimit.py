@@ -172,6 +172,7 @@ class Run:
     mark: float = 0.0
     limit_samples: list[int] = field(default_factory=list)
     limiter_stats: object = None
+    refused_at: list[float] = field(default_factory=list)  # times of the 429s
 
     def flight(self, now: float, delta: int) -> None:
         self.area += self.in_flight * (now - self.mark)
@@ -237,7 +238,9 @@ async def drive(
             try:
                 result = await client.embed(chunk)
             except TransientProviderError as exc:
-                run.refused += exc.status == 429
+                if exc.status == 429:
+                    run.refused += 1
+                    run.refused_at.append(time.monotonic() - start)
                 raise
             finally:
                 run.flight(time.monotonic(), -1)
@@ -301,6 +304,8 @@ def merge(name: str, runs: list[Run]) -> Run:
         out.remaining += r.remaining
         out.area += r.area
         out.limit_samples += r.limit_samples
+        out.refused_at += r.refused_at
+    out.refused_at.sort()
     out.done.sort()
     out.remaining.sort()
     return out
@@ -324,6 +329,7 @@ def summarize(run: Run, args) -> dict:
         mean_in_flight=run.area / run.elapsed if run.elapsed else 0.0,
         mean_limit=statistics.fmean(run.limit_samples) if run.limit_samples else None,
         drained_at=drained,
+        refused_at=run.refused_at,
     )
     if drained is not None and run.seconds - drained > 5:
         window = run.seconds - drained
@@ -343,7 +349,11 @@ def summarize(run: Run, args) -> dict:
 
 def print_run(s: dict, args) -> None:
     print(f"\n== {s['name']}: {s['seconds']:.1f} s, {s['sent']:,} requests sent, {s['ok']:,} answered 200")
-    print(f"   429s:                  {s['refused']:,} of {s['sent']:,} requests = {100 * s['refused_share']:.2f}%")
+    when = ", ".join(f"{t:.1f}" for t in s["refused_at"][:8]) + (", ..." if len(s["refused_at"]) > 8 else "")
+    print(
+        f"   429s:                  {s['refused']:,} of {s['sent']:,} requests = {100 * s['refused_share']:.2f}%"
+        + (f" (at t = {when} s)" if s["refused_at"] else "")
+    )
     print(
         f"   whole run:             {s['tokens']:,} tokens = {100 * s['whole_share']:.1f}% of the most the "
         f"provider could admit (TPM + TPM/60 x {s['seconds']:.0f} s, bucket full at start)"

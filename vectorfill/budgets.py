@@ -20,6 +20,13 @@ take 10-13 ms per acquire at the median but 76-104 ms on average, with stalls of
 against about a millisecond for a lease here, which is paid once per chunk rather than
 once per request.
 
+What the shared bucket cannot see: budget leased and not yet spent (each run holds about
+a chunk, more only while it puts together a request bigger than one), and spending by
+anything that does not lease from it (another tool on the same account). After a lull in
+which the buckets filled up, the provider may therefore admit up to a chunk per run less
+than the runs hold; the provider's headers lower what a run holds, and a 429 pauses every
+run and empties the shared buckets.
+
 The endpoint is named by :func:`endpoint_key`: the base URL without user info, query or
 fragment (where a secret could hide) and the model; never an API key. Runs on one
 endpoint share one budget whatever key they use, which errs on the safe side for
