@@ -189,6 +189,7 @@ async def _fill(prepared, tally: _Tally, job: str) -> None:
 
 
 async def _fill_versions(prepared, tally: _Tally, job: str, throttles: dict) -> None:
+    """:func:`_fill`'s loop over the versions, with the run's ``throttles`` (closed by it)."""
     for work in prepared.works:
         throttle = _throttle(throttles, work)
         async with EmbeddingsClient.for_version(work.version, job=job, settings=work.settings) as client:
