@@ -22,9 +22,19 @@ the bucket stayed drained (tokens left in the bucket are budget not used). The w
 is also compared with the most the provider could have admitted, ``TPM + TPM/60 *
 seconds``.
 
-``--runs N`` adds two phases with N limiters on one provider, as N processes would be:
-each configured with the whole budget (they see each other only in the headers), then
-each with 1/N of it.
+The limiter run uses the **shared budget** (:class:`vectorfill.budgets.PostgresBudget`,
+leased from ``vectorfill.budgets`` as a backfill run with ``tpm`` set does) unless
+``--local``; ``--local-seconds`` adds a run of the local-only limiter for comparison.
+
+``--runs N`` adds phases with N processes on one provider, each configured with the whole
+budget: sharing it through Postgres, then (the old behaviour, unless ``--runs-local-seconds
+0``) each with a limiter of its own, seeing the others only in the provider's headers.
+
+The shared budget lives in the database given by ``--db`` or ``VECTORFILL_DATABASE_URL``,
+else the embedded Postgres (started if needed; ``VECTORFILL_HOME`` chooses where). Each
+phase meets a new provider on a new port, hence a new endpoint row, full at start like
+the provider's buckets. The cost of one lease (a round trip to that database, median,
+mean and tail) is measured too, alone and with 16 concurrent leasers on one row.
 
 ``--prefect`` measures what Prefect global concurrency limits would cost as the shared
 budget: the time of one ``rate_limit(name, occupy=n, strict=True)`` and of one
@@ -38,7 +48,7 @@ Usage::
 
     python bench/bench_ratelimit.py                          # ~2.5 minutes
     python bench/bench_ratelimit.py --seconds 60 --baseline-seconds 0
-    python bench/bench_ratelimit.py --seconds 0 --baseline-seconds 0 --runs 2   # ~1.5 minutes
+    python bench/bench_ratelimit.py --seconds 0 --baseline-seconds 0 --runs 2   # ~2 minutes
     python bench/bench_ratelimit.py --seconds 0 --baseline-seconds 0 --prefect  # ~1.5 minutes
 """
 
@@ -46,6 +56,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import random
 import socket
@@ -160,6 +172,7 @@ class Run:
     mark: float = 0.0
     limit_samples: list[int] = field(default_factory=list)
     limiter_stats: object = None
+    refused_at: list[float] = field(default_factory=list)  # times of the 429s
 
     def flight(self, now: float, delta: int) -> None:
         self.area += self.in_flight * (now - self.mark)
@@ -172,8 +185,22 @@ class _Stop(Exception):
 
 
 async def drive(
-    base_url: str, texts, counts, args, seconds: float, limited: bool, *, share: float = 1.0, offset: int = 0
+    base_url: str,
+    texts,
+    counts,
+    args,
+    seconds: float,
+    limited: bool,
+    *,
+    share: float = 1.0,
+    offset: int = 0,
+    shared_db: str | None = None,
+    start_at: float | None = None,
 ) -> Run:
+    """One client on the provider for ``seconds``; its limiter leases from ``shared_db``
+    when given; ``start_at`` (time.monotonic(), one clock for every process on Linux) lines
+    up several processes."""
+    from vectorfill.budgets import PostgresBudget, endpoint_key
     from vectorfill.client import EmbeddingsClient
     from vectorfill.errors import TransientProviderError
     from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle
@@ -185,11 +212,14 @@ async def drive(
     ]
     throttle = None
     if limited:
+        shared = PostgresBudget(shared_db, endpoint_key(base_url, MODEL)) if shared_db else None
         throttle = Throttle(
-            RateLimiter(int(args.rpm * share), int(args.tpm * share), job="bench"),
+            RateLimiter(int(args.rpm * share), int(args.tpm * share), job="bench", shared=shared),
             Concurrency(args.initial, max_limit=args.lanes),
             max_429_retries=10**6,
         )
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     start = time.monotonic()
     run.mark = start
     deadline = start + seconds
@@ -208,7 +238,9 @@ async def drive(
             try:
                 result = await client.embed(chunk)
             except TransientProviderError as exc:
-                run.refused += exc.status == 429
+                if exc.status == 429:
+                    run.refused += 1
+                    run.refused_at.append(time.monotonic() - start)
                 raise
             finally:
                 run.flight(time.monotonic(), -1)
@@ -251,6 +283,8 @@ async def drive(
         for task in queued:
             task.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
+        if throttle is not None:
+            await throttle.aclose()  # gives back the unspent lease
     end = time.monotonic()
     run.flight(end, 0)
     run.elapsed = end - start
@@ -270,6 +304,8 @@ def merge(name: str, runs: list[Run]) -> Run:
         out.remaining += r.remaining
         out.area += r.area
         out.limit_samples += r.limit_samples
+        out.refused_at += r.refused_at
+    out.refused_at.sort()
     out.done.sort()
     out.remaining.sort()
     return out
@@ -293,6 +329,7 @@ def summarize(run: Run, args) -> dict:
         mean_in_flight=run.area / run.elapsed if run.elapsed else 0.0,
         mean_limit=statistics.fmean(run.limit_samples) if run.limit_samples else None,
         drained_at=drained,
+        refused_at=run.refused_at,
     )
     if drained is not None and run.seconds - drained > 5:
         window = run.seconds - drained
@@ -312,7 +349,11 @@ def summarize(run: Run, args) -> dict:
 
 def print_run(s: dict, args) -> None:
     print(f"\n== {s['name']}: {s['seconds']:.1f} s, {s['sent']:,} requests sent, {s['ok']:,} answered 200")
-    print(f"   429s:                  {s['refused']:,} of {s['sent']:,} requests = {100 * s['refused_share']:.2f}%")
+    when = ", ".join(f"{t:.1f}" for t in s["refused_at"][:8]) + (", ..." if len(s["refused_at"]) > 8 else "")
+    print(
+        f"   429s:                  {s['refused']:,} of {s['sent']:,} requests = {100 * s['refused_share']:.2f}%"
+        + (f" (at t = {when} s)" if s["refused_at"] else "")
+    )
     print(
         f"   whole run:             {s['tokens']:,} tokens = {100 * s['whole_share']:.1f}% of the most the "
         f"provider could admit (TPM + TPM/60 x {s['seconds']:.0f} s, bucket full at start)"
@@ -444,12 +485,127 @@ def bench_prefect(args) -> None:
         tmp.cleanup()
 
 
+# --------------------------------------------------------------------------- shared budget
+
+
+def bench_database(args) -> str:
+    """The database that holds the shared budget, migrated."""
+    from vectorfill.db import migrate, resolve_database_url
+
+    url = resolve_database_url(args.db, announce=lambda m: print(f"({m})"))
+    migrate(url)
+    return url
+
+
+def lease_cost(url: str) -> dict:
+    """Seconds per lease: alone, on a budget that never binds, and with 16 leasers on one row."""
+    from vectorfill.budgets import PostgresBudget
+
+    async def measure() -> dict:
+        endpoint = f"bench-lease-cost-{os.getpid()}-{time.time_ns()} m"
+        one = PostgresBudget(url, endpoint)
+        for _ in range(20):  # warm-up: connection, row, prepared statement
+            await one.lease(10**8, 10**10, 1, 1_000)
+        alone = []
+        for _ in range(500):
+            t0 = time.perf_counter()
+            await one.lease(10**8, 10**10, 1, 1_000)
+            alone.append(time.perf_counter() - t0)
+        await one.aclose()
+        leasers = [PostgresBudget(url, endpoint) for _ in range(16)]
+        for b in leasers:
+            await b.lease(10**8, 10**10, 1, 1_000)
+        contended: list[float] = []
+
+        async def leaser(b):
+            for _ in range(50):
+                t0 = time.perf_counter()
+                await b.lease(10**8, 10**10, 1, 1_000)
+                contended.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(leaser(b) for b in leasers))
+        rate = len(contended) / (time.perf_counter() - t0)
+        for b in leasers:
+            await b.aclose()
+        return dict(alone=alone, contended=contended, rate=rate)
+
+    return asyncio.run(measure())
+
+
+def dist_ms(xs) -> str:
+    q = statistics.quantiles(xs, n=100)
+    return (
+        f"median {1000 * statistics.median(xs):.2f} ms, mean {1000 * statistics.fmean(xs):.2f}, "
+        f"p99 {1000 * q[98]:.2f}, max {1000 * max(xs):.1f} ms ({len(xs)} leases)"
+    )
+
+
+def run_child(spec: str) -> int:
+    """``--child``: one client of a --runs phase, as its own process; writes its Run as JSON."""
+    opts = json.loads(spec)
+    args = argparse.Namespace(**opts["args"])
+    texts, counts = make_texts(args.texts, args.text_tokens)
+    run = asyncio.run(
+        drive(
+            opts["base_url"], texts, counts, args, opts["seconds"], True,
+            share=opts["share"], offset=opts["offset"], shared_db=opts["shared_db"], start_at=opts["start_at"],
+        )
+    )
+    out = dataclasses.asdict(run)
+    Path(opts["out"]).write_text(json.dumps(out))
+    return 0
+
+
+def run_processes(provider: Provider, args, tmp: Path, n: int, seconds: float, shared_db: str | None, share: float):
+    """``n`` processes, each a client with its own limiter, started together."""
+    from vectorfill.ratelimit import LimiterStats
+
+    start_at = time.monotonic() + 8.0  # time to import and connect
+    procs, outs = [], []
+    for i in range(n):
+        out = tmp / f"run-{time.time_ns()}-{i}.json"
+        spec = dict(
+            args=vars(args), base_url=f"{provider.url}/v1", seconds=seconds, share=share, offset=i * 7,
+            shared_db=shared_db, start_at=start_at, out=str(out),
+        )
+        procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], cwd=REPO))
+        outs.append(out)
+    runs = []
+    for proc, out in zip(procs, outs):
+        if proc.wait(seconds + 120) != 0:
+            raise SystemExit(f"a --runs process failed with exit code {proc.returncode}")
+        data = json.loads(out.read_text())
+        data["done"] = [tuple(x) for x in data["done"]]
+        data["remaining"] = [tuple(x) for x in data["remaining"]]
+        if data["limiter_stats"] is not None:
+            data["limiter_stats"] = LimiterStats(**data["limiter_stats"])
+        runs.append(Run(**data))
+    return runs
+
+
+def print_limiter(ls) -> None:
+    print(
+        f"   limiter:               {ls.acquired:,} permits, {ls.waited_s:,.1f} s waited in all, "
+        f"{ls.throttled:,} 429s reported, {ls.synced:,} header syncs lowered a bucket, "
+        f"{ls.tokens_corrected:+,} tokens corrected"
+    )
+    if ls.leases:
+        print(
+            f"   shared budget:         {ls.leases:,} leases, {1000 * ls.lease_s / ls.leases:.2f} ms each on "
+            f"average; {ls.lease_waits:,} of {ls.acquired:,} permits waited for a lease (budget in hand "
+            f"short), {ls.lease_wait_s:.2f} s of the {ls.waited_s:,.1f} s waited were lease round trips"
+        )
+
+
 # --------------------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=80.0, help="length of the limiter run (0: skip)")
+    p.add_argument("--local", action="store_true", help="the limiter run without the shared budget")
+    p.add_argument("--local-seconds", type=float, default=0.0, help="also a run of the local-only limiter")
     p.add_argument("--baseline-seconds", type=float, default=45.0, help="length of the baseline run (0: skip)")
     p.add_argument("--rpm", type=int, default=3_000)
     p.add_argument("--tpm", type=int, default=1_000_000)
@@ -461,45 +617,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lanes", type=int, default=16, help="requests in flight at most")
     p.add_argument("--initial", type=int, default=4, help="initial concurrency limit of the limiter run")
     p.add_argument("--settle", type=float, default=5.0, help="seconds after the first drain before the steady window")
-    p.add_argument("--runs", type=int, default=1, help="also run N limiters on one endpoint (as N processes)")
-    p.add_argument("--runs-seconds", type=float, default=40.0, help="length of each --runs phase")
+    p.add_argument("--runs", type=int, default=1, help="also run N processes on one endpoint")
+    p.add_argument("--runs-seconds", type=float, default=40.0, help="length of the shared --runs phase")
+    p.add_argument(
+        "--runs-local-seconds", type=float, default=40.0,
+        help="length of the --runs phase without the shared budget (the old behaviour; 0: skip)",
+    )
+    p.add_argument("--db", default=None, help="Postgres URL for the shared budget (default: embedded)")
     p.add_argument("--prefect", action="store_true", help="also measure Prefect global concurrency limits")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     sys.path.insert(0, str(REPO))
+    if argv[:1] == ["--child"]:
+        return run_child(argv[1])
+    args = parse_args(argv)
     texts, counts = make_texts(args.texts, args.text_tokens)
     per_request = statistics.fmean(counts) * args.batch
     print(
         f"fake provider: RPM {args.rpm:,}, TPM {args.tpm:,}, latency {args.latency_ms:.0f} ms; "
         f"{args.batch} texts of ~{statistics.fmean(counts):.0f} tokens per request "
         f"(~{per_request:,.0f} tokens: TPM allows ~{args.tpm / per_request:,.0f} requests/min, "
-        f"so TPM binds); {args.lanes} lanes"
+        f"so TPM binds); {args.lanes} lanes; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
+    db = None
+    if (args.seconds > 0 and not args.local) or args.runs > 1:
+        db = bench_database(args)
+        cost = lease_cost(db)
+        print("\n== one lease of the shared budget (a round trip to Postgres)")
+        print(f"   alone:                 {dist_ms(cost['alone'])}")
+        print(
+            f"   16 leasers on one row: {dist_ms(cost['contended'])}; {cost['rate']:,.0f} leases/s in all"
+        )
     with tempfile.TemporaryDirectory(prefix="vectorfill-bench-rl-") as tmp:
-        phases = [("limiter", args.seconds, True, 1, 1.0), ("baseline", args.baseline_seconds, False, 1, 1.0)]
+        shared = None if args.local else db
+        # (name, seconds, limited, processes, share, shared database)
+        phases = [
+            ("1 run, shared budget" if shared else "1 run, local limiter", args.seconds, True, 1, 1.0, shared),
+            ("1 run, local limiter", args.local_seconds, True, 1, 1.0, None),
+            ("baseline", args.baseline_seconds, False, 1, 1.0, None),
+        ]
         if args.runs > 1:
             n = args.runs
             phases += [
-                (f"{n} limiters on one endpoint, each with the whole budget", args.runs_seconds, True, n, 1.0),
-                (f"{n} limiters on one endpoint, each with 1/{n} of the budget", args.runs_seconds, True, n, 1 / n),
+                (f"{n} processes, each given the whole budget, shared through Postgres", args.runs_seconds, True, n, 1.0, db),
+                (f"{n} processes, each given the whole budget, no shared budget (the old behaviour)",
+                 args.runs_local_seconds, True, n, 1.0, None),
             ]
-        for name, seconds, limited, n, share in phases:
+        for name, seconds, limited, n, share, shared_db in phases:
             if seconds <= 0:
                 continue
             with Provider(args, Path(tmp)) as provider:
+                if n > 1:
+                    runs = run_processes(provider, args, Path(tmp), n, seconds, shared_db, share)
+                else:
 
-                async def clients():
-                    return await asyncio.gather(
-                        *(
-                            drive(f"{provider.url}/v1", texts, counts, args, seconds, limited, share=share, offset=i * 7)
-                            for i in range(n)
-                        )
-                    )
+                    async def one():
+                        return await drive(f"{provider.url}/v1", texts, counts, args, seconds, limited, shared_db=shared_db)
 
-                runs = asyncio.run(clients())
+                    runs = [asyncio.run(one())]
                 provider_stats = provider.stats()
             s = summarize(merge(name, runs), args)
             s["name"] = name
@@ -510,12 +688,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for run in runs:
                 if run.limiter_stats is not None:
-                    ls = run.limiter_stats
-                    print(
-                        f"   limiter:               {ls.acquired:,} permits, {ls.waited_s:,.1f} s waited in all, "
-                        f"{ls.throttled:,} 429s reported, {ls.synced:,} header syncs lowered a bucket, "
-                        f"{ls.tokens_corrected:+,} tokens corrected"
-                    )
+                    print_limiter(run.limiter_stats)
     if args.prefect:
         bench_prefect(args)
     return 0

@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
+from vectorfill.budgets import PostgresBudget, endpoint_key
 from vectorfill.client import EmbeddingsClient
 from vectorfill.errors import stops_run
 from vectorfill.prices import price_per_million
@@ -83,15 +84,31 @@ class _Tally:
 
 
 def _throttle(throttles: dict, work: Work) -> Throttle:
-    """The run's throttle for ``work``'s endpoint: versions on one endpoint share one budget."""
+    """The run's throttle for ``work``'s endpoint: versions on one endpoint share one budget.
+
+    With an ``rpm`` or ``tpm`` setting, the budget is also shared with every other run on
+    the endpoint, through ``vectorfill.budgets`` (:mod:`vectorfill.budgets`); without, the
+    run follows what the provider announces. :func:`_close_throttles` gives back the budget
+    a run leased and did not spend.
+    """
     v, s = work.version, work.settings
     key = (v.base_url.rstrip("/"), v.model, v.api_key_env)
     if key not in throttles:
+        shared = None
+        if s.rpm or s.tpm:
+            shared = PostgresBudget(database_url(), endpoint_key(v.base_url, v.model), job=work.job.name)
         throttles[key] = Throttle(
-            RateLimiter(s.rpm, s.tpm, job=work.job.name),
+            RateLimiter(s.rpm, s.tpm, job=work.job.name, shared=shared),
             Concurrency(min(4, s.concurrency), max_limit=s.concurrency),
         )
     return throttles[key]
+
+
+async def _close_throttles(throttles: dict) -> None:
+    """Give back the shared budget the run leased and did not spend (best effort, shielded
+    from the run's cancellation: a run stopped by Ctrl-C gives it back too)."""
+    for throttle in throttles.values():
+        await asyncio.shield(throttle.aclose())
 
 
 async def _lane(
@@ -186,6 +203,14 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
 async def _fill(prepared, tally: _Tally, job: str) -> None:
     """Run the lanes of each version to fill, one version after another."""
     throttles: dict = {}  # per endpoint, for this run only
+    try:
+        await _fill_versions(prepared, tally, job, throttles)
+    finally:
+        await _close_throttles(throttles)
+
+
+async def _fill_versions(prepared, tally: _Tally, job: str, throttles: dict) -> None:
+    """:func:`_fill`'s loop over the versions, with the run's ``throttles`` (closed by it)."""
     for work in prepared.works:
         throttle = _throttle(throttles, work)
         async with EmbeddingsClient.for_version(work.version, job=job, settings=work.settings) as client:

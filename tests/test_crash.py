@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 from conftest import API_KEY
 
 
@@ -152,6 +153,64 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
     # the process also waits for Prefect's temporary server to shut down
     assert exited_after < 30, f"the process took {exited_after:.1f} s to exit"
     st = env.status()
+    assert st.embedded + st.pending == 400
+    assert leased_rows(env) == 0, "claims are given back, not left to expire"
+    env.provider.latency_s = 0
+    env.backfill()
+    assert env.status().embedded == 400
+
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path, sigint):
+    """Prefect's runners and workers, systemd, Docker and Kubernetes stop a process with
+    SIGTERM. With SIGINT ignored (a process started in the background), the run must stop
+    all the same."""
+    env.make_table(400)
+    # with a shared rate budget, which the run gives back too on its way out
+    env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1, "tpm": 1_000_000})
+    env.provider.latency_s = 1.0
+    child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
+                     PREFECT_HOME=str(tmp_path / "prefect"))
+    child_env.pop("PREFECT_API_URL", None)
+    disposition = signal.SIG_DFL if sigint == "default" else signal.SIG_IGN
+    log = tmp_path / "out.txt"
+    with open(log, "w") as out:  # a file, not a pipe: a process left behind cannot block the test
+        proc = subprocess.Popen([sys.executable, "-m", "vectorfill.cli", "backfill", "docs"], env=child_env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
+    try:
+        deadline = time.monotonic() + 120
+        while leased_rows(env) == 0:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        requests_at_signal = env.provider.requests
+        proc.wait(60)
+        exited_after = time.monotonic() - sent
+        left_behind = True  # the temporary Prefect server the CLI started, say
+        while left_behind and time.monotonic() < sent + 60:
+            try:
+                os.killpg(proc.pid, 0)
+                time.sleep(0.2)
+            except ProcessLookupError:
+                left_behind = False
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left: the CLI, its Prefect server
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+    output = log.read_text()
+    assert proc.returncode == 143, output
+    assert not left_behind, "the process left a child running (its temporary Prefect server?)"
+    assert "terminated (SIGTERM)" in output, output
+    assert env.provider.requests - requests_at_signal <= 2, "the run went on sending after SIGTERM"
+    assert exited_after < 30, f"the process took {exited_after:.1f} s to exit"
+    st = env.status()
+    assert st.embedded < 400, "the run was stopped, not finished"
     assert st.embedded + st.pending == 400
     assert leased_rows(env) == 0, "claims are given back, not left to expire"
     env.provider.latency_s = 0

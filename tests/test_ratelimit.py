@@ -47,7 +47,8 @@ def run(coro):
 
 def test_public_api_is_what_the_module_says():
     assert sorted(vectorfill.ratelimit.__all__) == sorted(
-        ["RateLimiter", "Permit", "LimiterStats", "Concurrency", "Slot", "Throttle", "parse_duration"]
+        ["RateLimiter", "Permit", "LimiterStats", "SharedBudget", "Grant", "Concurrency", "Slot", "Throttle",
+         "parse_duration"]
     )
 
 

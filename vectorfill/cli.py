@@ -6,8 +6,11 @@ nothing here prints a secret.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import sys
+import threading
 from typing import Optional
 
 import typer
@@ -553,7 +556,48 @@ def db_url() -> None:
     print(url)
 
 
+def _stop_on_sigterm() -> threading.Event:
+    """Make SIGTERM stop the process as Ctrl-C does; the event says whether it came.
+
+    SIGTERM is how Prefect's runners and workers, systemd, Docker and Kubernetes stop a
+    process; by default it kills Python on the spot, so a run could not give its claims
+    back (they waited for their lease to expire) and Prefect's temporary server was left
+    running. Here it goes to the Ctrl-C handler that ``asyncio.run`` installs, which
+    cancels the run so that it gives its claims back; outside a run, it raises
+    KeyboardInterrupt. When SIGINT is ignored (a process started in the background),
+    there is no such handler: the running loop's tasks are cancelled instead.
+    """
+    terminated = threading.Event()
+
+    def on_sigterm(signum, frame) -> None:
+        terminated.set()
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if callable(on_sigint):  # asyncio.run's Ctrl-C handler, or Python's default one
+            on_sigint(signal.SIGINT, frame)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise KeyboardInterrupt from None
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wake the loop up to see it
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return terminated
+
+
+def _interrupted(terminated: threading.Event, released: str) -> None:
+    if terminated.is_set():
+        err.print(f"terminated (SIGTERM); claimed rows {released} or expire with their lease")
+        sys.exit(128 + signal.SIGTERM)
+    err.print(f"interrupted; claimed rows {released} or expire with their lease")
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
+    terminated = _stop_on_sigterm()
     try:
         code = app(args=argv, standalone_mode=False)  # returns the exit code of Exit/Ctrl-C
     except VectorfillError as exc:
@@ -562,11 +606,16 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
+        if terminated.is_set():
+            _interrupted(terminated, "were given back")
         err.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        err.print("interrupted; claimed rows are released or expire with their lease")
-        sys.exit(130)
+        _interrupted(terminated, "are released")
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        _interrupted(terminated, "were given back")
     except Exception as exc:  # click usage errors
         import click
 
@@ -574,8 +623,8 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
-    if code == 130:
-        err.print("interrupted; claimed rows were given back or expire with their lease")
+    if code == 130 or terminated.is_set():
+        _interrupted(terminated, "were given back")
     if isinstance(code, int) and code:
         sys.exit(code)
 

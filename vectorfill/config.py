@@ -32,7 +32,7 @@ __all__ = [
 DATABASE_URL_ENV = "VECTORFILL_DATABASE_URL"
 
 #: Relations in the vectorfill schema that a job's view must never shadow.
-RESERVED_JOB_NAMES = frozenset({"jobs", "versions", "failures", "alembic_version"})
+RESERVED_JOB_NAMES = frozenset({"jobs", "versions", "failures", "budgets", "alembic_version"})
 
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
@@ -52,9 +52,11 @@ class JobSettings(BaseModel):
     """Most requests in flight at once within one run (the run adapts below it: fewer after
     429s, more while latency, not the rate budget, holds requests back)."""
     rpm: int | None = Field(None, ge=1, le=100_000_000)
-    """Requests per minute this job's runs may send to its endpoint; None: what the endpoint
-    announces in ``x-ratelimit-limit-requests``, if anything. Runs that share an endpoint
-    at the same time should each be given their share."""
+    """Requests per minute the endpoint allows (the account's limit): every run on the
+    endpoint, on any machine using this database, shares it through ``vectorfill.budgets``,
+    so give each job the whole limit, not a share. Jobs on one endpoint with different
+    limits are held to the lowest. None: no shared budget; each run follows what the
+    endpoint announces in ``x-ratelimit-limit-requests``, if anything."""
     tpm: int | None = Field(None, ge=1, le=10_000_000_000)
     """Tokens per minute, likewise (``x-ratelimit-limit-tokens``); requests are packed to fit."""
     timeout_s: float = Field(60.0, gt=0, le=3600)

@@ -8,6 +8,7 @@ The tree::
     ├── JobError                     a job is missing, exists already, or is in the wrong state
     ├── SourceError                  the source table, a column or the key is unusable
     ├── DatabaseError                Postgres is unreachable or refused a statement
+    │   └── BudgetUnavailable        the endpoint's shared rate budget could not be leased
     ├── ProviderError                the embeddings endpoint failed (has .status, .code)
     │   ├── TransientProviderError   429 rate limit, 408/409, 5xx, timeouts, resets, proxy pages
     │   └── TerminalProviderError    400/422 bad input, bad response shape
@@ -30,6 +31,7 @@ __all__ = [
     "JobError",
     "SourceError",
     "DatabaseError",
+    "BudgetUnavailable",
     "ProviderError",
     "TransientProviderError",
     "TerminalProviderError",
@@ -73,6 +75,12 @@ class DatabaseError(VectorfillError):
     """Postgres could not be reached or refused a statement."""
 
     transient = True
+
+
+class BudgetUnavailable(DatabaseError):
+    """The endpoint's shared rate budget (``vectorfill.budgets``) could not be leased, because
+    Postgres could not be reached or refused the statement. Transient: the request waits
+    (its task retries); budget already leased is still spent meanwhile."""
 
 
 class ProviderError(VectorfillError):

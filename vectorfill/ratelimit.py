@@ -46,11 +46,30 @@ Time is injectable (``clock``, ``sleep``) so that tests move a fake clock instea
 sleeping.
 
 One limiter belongs to one run and one endpoint (it is not a module-level singleton):
-every lane and every job of the run that talks to that endpoint shares it. Other
-processes spending the same budget show up in the provider's headers and lower the
-buckets, but each process still refills at the full rate; processes that share an
-endpoint should each be given their share of the budget (``bench/bench_ratelimit.py
---runs 2`` shows what happens otherwise).
+every lane and every job of the run that talks to that endpoint shares it.
+
+Across processes and machines, the budget is shared through a :class:`SharedBudget`
+(:class:`vectorfill.budgets.PostgresBudget`: a row of ``vectorfill.budgets``). With one,
+the limiter's buckets do not refill with time; they hold chunks **leased** from the shared
+buckets, which do::
+
+    limiter = RateLimiter(3_000, 1_000_000, job="docs", shared=PostgresBudget(url, endpoint_key(base_url, model)))
+    ...
+    await limiter.aclose()   # gives back what was leased and not spent
+
+* a lease asks for a chunk (``chunk``, 1/20 of a minute's budget: 3 s of refill) and
+  gets it, or what the shared bucket holds; an acquirer that still lacks budget sleeps
+  until the shared bucket should have refilled enough (at most a second) and tries again;
+* when less than half a chunk is left after a charge, the next one is leased in the
+  background: a request waits for the database only when budget is short anyway;
+* corrections (``usage``) and headers adjust the leased budget as they would the local
+  one; a 429 also pauses the other processes (from their next lease) and empties the
+  shared buckets.
+
+Processes that share an endpoint can each be configured with the whole budget: together
+they stay within it (``bench/bench_ratelimit.py --runs 2``). Without a shared budget,
+other processes show up only in the provider's headers, each process refills at the full
+rate, and together they overspend.
 """
 
 from __future__ import annotations
@@ -62,11 +81,21 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .errors import ConfigError, TransientProviderError
 
-__all__ = ["RateLimiter", "Permit", "LimiterStats", "Concurrency", "Slot", "Throttle", "parse_duration"]
+__all__ = [
+    "RateLimiter",
+    "Permit",
+    "LimiterStats",
+    "SharedBudget",
+    "Grant",
+    "Concurrency",
+    "Slot",
+    "Throttle",
+    "parse_duration",
+]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -76,6 +105,12 @@ R = TypeVar("R")
 _EPSILON_S = 1e-9
 #: Issued charges remembered for header syncing, at most (permits never settled age out).
 _HISTORY = 4096
+#: A shared budget is leased in chunks of this share of a minute's budget (3 s of refill).
+CHUNK = 1 / 20
+#: Waiting for a drained shared budget to refill, poll at most this often, at least this rarely.
+_POLL_MIN_S, _POLL_MAX_S = 0.02, 1.0
+#: Closing, wait this long at most for a lease or pause still on its way.
+_CLOSE_WAIT_S = 10.0
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|h|m|s)")
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -108,16 +143,19 @@ class _Bucket:
     """A continuous token bucket: ``capacity`` per minute, refilling at capacity/60 per second.
 
     ``level`` may go negative (a correction after the fact); it then takes longer to refill.
+    A ``leased`` bucket does not refill with time: it starts empty and holds what was leased
+    from a :class:`SharedBudget`, which is where the time-based refill happens.
     """
 
-    def __init__(self, per_minute: float, now: float) -> None:
+    def __init__(self, per_minute: float, now: float, *, leased: bool = False) -> None:
         self.capacity = float(per_minute)
         self.rate = self.capacity / 60.0
-        self.level = self.capacity
+        self.level = 0.0 if leased else self.capacity
         self.updated = now
+        self.leased = leased
 
     def refill(self, now: float) -> None:
-        if now > self.updated:
+        if now > self.updated and not self.leased:
             self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
             self.updated = now
 
@@ -145,6 +183,58 @@ class LimiterStats:
     """Times the provider's headers lowered a bucket."""
     tokens_corrected: int
     """Billed minus estimated tokens, summed over settled permits."""
+    leases: int = 0
+    """Round trips to the :class:`SharedBudget` to lease budget (0 without one)."""
+    lease_waits: int = 0
+    """Permits whose acquirer waited for a lease at least once: the budget it had in hand
+    did not cover it (when the shared budget is drained, most acquirers do)."""
+    lease_s: float = 0.0
+    """Seconds spent in lease round trips, summed (in the background or not)."""
+    lease_wait_s: float = 0.0
+    """Seconds acquirers spent waiting for lease round trips (not for the refill), summed."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one lease from a :class:`SharedBudget` gave and saw."""
+
+    requests: float
+    """Requests granted (what was asked, or less when the bucket held less)."""
+    tokens: float
+    """Tokens granted, likewise."""
+    left_requests: float | None
+    """Requests left in the shared bucket after the grant (None: no request limit)."""
+    left_tokens: float | None
+    """Tokens left in the shared bucket after the grant (None: no token limit)."""
+    rpm: float | None
+    """The request limit in force for the endpoint (the lowest asserted lately)."""
+    tpm: float | None
+    """The token limit in force, likewise."""
+    paused_s: float = 0.0
+    """Seconds of a pause that a 429 asked for and that are not over yet."""
+
+
+class SharedBudget(Protocol):
+    """An endpoint's budget shared with other processes (:class:`vectorfill.budgets.PostgresBudget`).
+
+    It is a pair of token buckets kept by the store, refilled with time; a
+    :class:`RateLimiter` takes chunks of them (leases) and spends those locally.
+    """
+
+    async def lease(self, rpm: float | None, tpm: float | None, requests: float, tokens: float) -> Grant:
+        """Take up to ``requests`` and ``tokens``, asserting the caller's limits ``rpm``/``tpm``."""
+        ...
+
+    async def give_back(self, requests: float, tokens: float) -> None:
+        """Return unspent budget (a negative amount is a debt)."""
+        ...
+
+    async def pause(self, seconds: float) -> None:
+        """Record a 429's pause for every process sharing the budget."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
 
 
 class Permit:
@@ -180,6 +270,11 @@ class RateLimiter:
     ``rpm``/``tpm`` None (or 0) means no budget of that kind, unless the provider's
     ``x-ratelimit-limit-*`` headers announce one and ``learn_limits`` is true.
     ``max_pause_s`` caps one 429 pause (longer waits are left to the task's retries).
+
+    With a ``shared`` budget, the configured kinds are not refilled here: they are leased
+    from ``shared`` in chunks of ``chunk`` of a minute's budget (the next one in the
+    background when less than half a chunk is left), and what was leased and not spent is
+    given back by :meth:`aclose`.
     """
 
     def __init__(
@@ -192,7 +287,11 @@ class RateLimiter:
         max_pause_s: float = 120.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        shared: SharedBudget | None = None,
+        chunk: float = CHUNK,
     ) -> None:
+        if not 0 < chunk <= 1:
+            raise ConfigError(f"a lease chunk is a share of a minute's budget, 0 < chunk <= 1, not {chunk}", job=job)
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be a positive number per minute, not {value}", job=job)
@@ -202,10 +301,19 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         now = clock()
+        leased = shared is not None
         self._buckets: dict[str, _Bucket | None] = {
-            "requests": _Bucket(rpm, now) if rpm else None,
-            "tokens": _Bucket(tpm, now) if tpm else None,
+            "requests": _Bucket(rpm, now, leased=leased) if rpm else None,
+            "tokens": _Bucket(tpm, now, leased=leased) if tpm else None,
         }
+        self._shared = shared if any(self._buckets.values()) else None
+        self._chunk = chunk
+        self._leasing: asyncio.Task[Grant] | None = None  # one lease in flight at most
+        self._background: set[asyncio.Task] = set()  # 429 pauses being recorded
+        self._leases = 0
+        self._lease_waits = 0
+        self._lease_s = 0.0
+        self._lease_wait_s = 0.0
         self._paused_until = now
         self._lock = asyncio.Lock()  # FIFO: the head acquirer waits, the others queue behind it
         self._seq = 0
@@ -243,7 +351,17 @@ class RateLimiter:
         return out[0], out[1]
 
     def stats(self) -> LimiterStats:
-        return LimiterStats(self._acquired, self._waited, self._throttled, self._synced, self._corrected)
+        return LimiterStats(
+            self._acquired,
+            self._waited,
+            self._throttled,
+            self._synced,
+            self._corrected,
+            self._leases,
+            self._lease_waits,
+            self._lease_s,
+            self._lease_wait_s,
+        )
 
     # ------------------------------------------------------------------ acquiring
 
@@ -256,18 +374,29 @@ class RateLimiter:
         tokens = max(0, int(tokens))
         self._check_fits(tokens)
         start = self._clock()
+        leased = False
         async with self._lock:
             while True:
                 now = self._clock()
                 wait = self._paused_until - now
+                short: dict[str, float] = {}
                 for kind, amount in (("requests", 1), ("tokens", tokens)):
                     bucket = self._buckets[kind]
-                    if bucket is not None:
+                    if bucket is None:
+                        continue
+                    if bucket.leased:
+                        if bucket.level < amount - _EPSILON_S:
+                            short[kind] = amount
+                    else:
                         bucket.refill(now)
                         wait = max(wait, bucket.wait_for(amount))
-                if wait <= _EPSILON_S:
+                if wait > _EPSILON_S:
+                    await self._sleep(wait)
+                elif short:
+                    leased = True
+                    await self._top_up(short)
+                else:
                     break
-                await self._sleep(wait)
                 self._check_fits(tokens)  # a learned limit may have shrunk meanwhile
             for kind, amount in (("requests", 1), ("tokens", tokens)):
                 bucket = self._buckets[kind]
@@ -280,6 +409,8 @@ class RateLimiter:
         waited = max(0.0, now - start)
         self._acquired += 1
         self._waited += waited
+        self._lease_waits += leased
+        self._prefetch()
         return Permit(self, seq, tokens, waited)
 
     def _check_fits(self, tokens: int) -> None:
@@ -299,7 +430,119 @@ class RateLimiter:
         pause = max(0.0, pause)
         self._paused_until = max(self._paused_until, self._clock() + pause)
         self._throttled += 1
+        if self._shared is not None and pause > 0:
+            # the other processes pause from their next lease on (best effort: never raises)
+            task = asyncio.get_running_loop().create_task(self._shared.pause(pause))
+            self._background.add(task)
+            task.add_done_callback(self._forget)
         return pause
+
+    # ------------------------------------------------------------------ the shared budget
+
+    def _chunk_of(self, bucket: _Bucket, kind: str) -> float:
+        chunk = bucket.capacity * self._chunk
+        return max(1.0, math.floor(chunk)) if kind == "requests" else chunk
+
+    def _leased(self):
+        for kind in ("requests", "tokens"):
+            bucket = self._buckets[kind]
+            if bucket is not None and bucket.leased:
+                yield kind, bucket
+
+    def _start_lease(self, want: dict[str, float]) -> asyncio.Task[Grant]:
+        self._leasing = asyncio.get_running_loop().create_task(self._lease(want))
+        self._leasing.add_done_callback(self._forget)
+        return self._leasing
+
+    async def _lease(self, want: dict[str, float]) -> Grant:
+        """One round trip to the shared budget; what it grants goes into the buckets."""
+        assert self._shared is not None
+        limits = {kind: (b.capacity if b is not None and b.leased else None) for kind, b in self._buckets.items()}
+        started = time.perf_counter()
+        try:
+            grant = await self._shared.lease(
+                limits["requests"], limits["tokens"], want.get("requests", 0.0), want.get("tokens", 0.0)
+            )
+        finally:
+            self._leases += 1
+            self._lease_s += time.perf_counter() - started
+        for kind, bucket in self._leased():
+            bucket.level += grant.requests if kind == "requests" else grant.tokens
+        if grant.paused_s > 0:
+            self._paused_until = max(self._paused_until, self._clock() + grant.paused_s)
+        return grant
+
+    def _prefetch(self) -> None:
+        """After a charge: lease the next chunk in the background if less than half is left."""
+        if self._shared is None or (self._leasing is not None and not self._leasing.done()):
+            return
+        want = {kind: self._chunk_of(b, kind) - b.level for kind, b in self._leased()}
+        if any(b.level < self._chunk_of(b, kind) / 2 for kind, b in self._leased()):
+            self._start_lease({kind: max(0.0, w) for kind, w in want.items()})
+
+    async def _top_up(self, needed: dict[str, float]) -> None:
+        """The head acquirer needs the buckets to hold ``needed`` (per short kind): wait for
+        the lease in flight, or lease now; when the shared budget is drained, sleep until it
+        should have refilled enough (the other processes may take it first: then again)."""
+        task, mine = self._leasing, False
+        if task is None or task.done():
+            want = {
+                kind: max(needed.get(kind, 0.0), self._chunk_of(b, kind)) - b.level for kind, b in self._leased()
+            }
+            task, mine = self._start_lease({kind: max(0.0, w) for kind, w in want.items()}), True
+        # not `await task`: an acquirer cancelled meanwhile must not cancel the lease, whose
+        # grant would then be lost; the lease finishes and fills the buckets anyway
+        started = time.perf_counter()
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._lease_wait_s += time.perf_counter() - started
+        if task.exception() is not None:
+            if mine:
+                raise task.exception()
+            return  # a background lease failed: try again with one of our own
+        if not mine:
+            return  # a background lease's grant: see whether it was enough
+        grant, wait = task.result(), 0.0
+        for kind, bucket in self._leased():
+            missing = needed.get(kind, 0.0) - bucket.level
+            left, limit = (grant.left_requests, grant.rpm) if kind == "requests" else (grant.left_tokens, grant.tpm)
+            if missing <= _EPSILON_S or not limit:
+                continue
+            # until the shared bucket should hold what is missing, or a chunk if that is less
+            # (a big request is put together from several leases rather than starved)
+            target = min(missing, self._chunk_of(bucket, kind))
+            wait = max(wait, (target - max(0.0, left or 0.0)) / (limit / 60.0))
+        if wait > 0:
+            await self._sleep(min(_POLL_MAX_S, max(_POLL_MIN_S, wait)))
+
+    async def aclose(self) -> None:
+        """Give back what was leased and not spent (best effort: a failure only loses it
+        until the shared budget refills), and close the shared budget's connection."""
+        if self._shared is None:
+            return
+        pending = [t for t in (self._leasing, *self._background) if t is not None and not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=_CLOSE_WAIT_S)
+        requests = tokens = 0.0
+        for kind, bucket in self._leased():
+            if kind == "requests":
+                requests = bucket.level
+            else:
+                tokens = bucket.level
+            bucket.level = 0.0
+        try:
+            if requests or tokens:
+                await self._shared.give_back(requests, tokens)
+        except Exception:  # noqa: BLE001 - best effort, see above
+            pass
+        finally:
+            await self._shared.aclose()
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here; a failed lease is raised by _top_up
 
     # ------------------------------------------------------------------ settling
 
@@ -566,6 +809,10 @@ class Throttle:
         self.limiter = limiter
         self.slots = slots
         self.max_429_retries = max_429_retries
+
+    async def aclose(self) -> None:
+        """Give back the shared budget leased and not spent (:meth:`RateLimiter.aclose`)."""
+        await self.limiter.aclose()
 
     async def send(self, tokens: int, request: Callable[[], Awaitable[R]]) -> R:
         """``await request()`` once the budget allows ``tokens`` more; see the class."""
