@@ -85,7 +85,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -95,8 +94,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _provider import FakeProvider  # bench/ is on sys.path when this file is run
+
 REPO = Path(__file__).resolve().parents[1]
-FAKE_PROVIDER = REPO / "tests" / "fake_provider.py"
 MODEL = "fake-embed"  # cl100k token counting in vectorfill.tokens, like OpenAI's models
 
 try:
@@ -184,87 +184,6 @@ def iter_texts(n: int, tokens: int = 100, seed: int = 20_000, stats: dict | None
             stats["min"] = min(stats.get("min", 1 << 30), min(counts))
             stats["max"] = max(stats.get("max", 0), max(counts))
         yield from texts
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def read_vm_hwm(pid: int) -> int | None:
-    """Peak resident set of a live process, in KiB (Linux ``/proc``), or None."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class Provider:
-    """The fake provider as its own process, on a fixed port (restartable)."""
-
-    def __init__(self, args: argparse.Namespace, port: int, log_dir: Path) -> None:
-        self.args = args
-        self.port = port
-        self.log_path = log_dir / "fake_provider.log"
-        self.proc: subprocess.Popen | None = None
-        self.peak_rss_kib: list[int] = []  # VmHWM of each process, at its stop
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable, str(FAKE_PROVIDER), "--port", str(self.port),
-            "--dimensions", str(self.args.dimensions), "--latency-ms", str(self.args.latency_ms),
-        ]
-        if self.args.rpm:
-            cmd += ["--rpm", str(self.args.rpm)]
-        if self.args.tpm:
-            cmd += ["--tpm", str(self.args.tpm)]
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
-        finally:
-            log.close()
-        sys.path.insert(0, str(REPO / "tests"))
-        from fake_provider import wait_until_healthy
-
-        try:
-            wait_until_healthy(f"http://127.0.0.1:{self.port}", self.proc)
-        except RuntimeError as exc:
-            self.stop()
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise SystemExit(f"the fake provider did not start ({exc}):\n{tail}")
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        hwm = read_vm_hwm(proc.pid)
-        if hwm:
-            self.peak_rss_kib.append(hwm)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -463,7 +382,7 @@ async def _provider_baseline(base_url: str, texts: list[str], args, fmt: str) ->
     return done
 
 
-def bench_provider(provider: Provider, texts: list[str], args, fmt: str, extra_pids) -> dict:
+def bench_provider(provider: FakeProvider, texts: list[str], args, fmt: str, extra_pids) -> dict:
     provider.restart()
     asyncio.run(_provider_baseline(provider.base_url, texts[:64], args, fmt))  # connections, imports
     provider.restart()  # full rate-limit buckets for the timed part
@@ -927,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     from vectorfill.runtime import prefect_defaults
 
     prefect_defaults()
-    provider = Provider(args, free_port(), root)
+    provider = FakeProvider(args, root)
     jobs: list[tuple[str, str]] = []
     url = None
     embedded = False
