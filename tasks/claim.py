@@ -152,7 +152,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
 
     counter = counter_for(work.version.model)
     limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
-    tokens = count_tokens(counter, [t[2] for t in todo], limit, _request_tokens(s))
+    tokens = count_tokens(counter, [t[2] for t in todo], limit, _request_tokens(s), exact=s.tpm is not None)
     items: list[Item] = []
     truncated = 0
     for (key, seq, text, digest), tok in zip(todo, tokens):
@@ -202,15 +202,19 @@ def _request_tokens(s) -> int:
     return min(s.max_request_tokens, s.tpm or s.max_request_tokens)
 
 
-def count_tokens(counter: TokenCounter, texts: list[str], limit: int | None, request_tokens: int) -> list[int]:
+def count_tokens(
+    counter: TokenCounter, texts: list[str], limit: int | None, request_tokens: int, *, exact: bool = False
+) -> list[int]:
     """Tokens per text, for the too-long check and for packing.
 
     Exact wherever a decision rests on one text (``count > limit`` decides as with exact
     counts), estimated elsewhere (:meth:`~vectorfill.tokens.Cl100k.estimate`); exact for
-    all when the estimate comes near ``request_tokens`` and packing may split on it. The
-    rate budget does not use these counts when it has a token limit: the embed stage
-    counts each request exactly then.
+    all when the estimate comes near ``request_tokens`` and packing may split on it, and
+    when ``exact`` (the job has a tokens-per-minute budget: a request packed over it could
+    never be sent). The embed stage charges a rate budget exact counts in any case.
     """
+    if exact:
+        return counter.count(texts)
     tokens = counter.estimate(texts, limit if counter.exact else None)
     if counter.exact and sum(tokens) > ESTIMATE_HEADROOM * request_tokens:
         tokens = counter.count(texts)

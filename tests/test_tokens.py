@@ -102,6 +102,8 @@ def test_claim_counts_exactly_when_the_estimate_nears_the_request_limit():
     assert roomy == COUNTER.estimate(texts, 8191) != exact
     tight = count_tokens(COUNTER, texts, 8191, request_tokens=int(sum(exact) / ESTIMATE_HEADROOM) - 1)
     assert tight == exact
+    # a job with a tokens-per-minute budget packs by exact counts, however roomy
+    assert count_tokens(COUNTER, texts, 8191, request_tokens=10 * sum(exact), exact=True) == exact
 
 
 def _throttle(tpm: int | None) -> Throttle:
