@@ -101,58 +101,7 @@ def make_texts(n: int, tokens: int, seed: int = 7) -> tuple[list[str], list[int]
 # --------------------------------------------------------------------------- the provider
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Provider:
-    """The fake provider as its own process."""
-
-    def __init__(self, args: argparse.Namespace, log_dir: Path) -> None:
-        self.args = args
-        self.port = free_port()
-        self.log_path = log_dir / "fake_provider.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Provider:
-        cmd = [
-            sys.executable, str(FAKE_PROVIDER), "--port", str(self.port),
-            "--rpm", str(self.args.rpm), "--tpm", str(self.args.tpm),
-            "--dimensions", str(self.args.dimensions), "--latency-ms", str(self.args.latency_ms),
-        ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
-        sys.path.insert(0, str(REPO / "tests"))
-        from fake_provider import wait_until_healthy
-
-        try:
-            wait_until_healthy(self.url, self.proc)
-        except RuntimeError as exc:
-            self.__exit__()
-            raise SystemExit(f"the fake provider did not start ({exc}):\n" + self.log_path.read_text()[-2000:])
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-    def stats(self) -> dict:
-        import httpx
-
-        return httpx.get(f"{self.url}/_fake/stats", timeout=5).json()
+from _provider import FakeProvider as Provider  # noqa: E402  (args, log_dir); bench/_provider.py
 
 
 # --------------------------------------------------------------------------- one run

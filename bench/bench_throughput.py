@@ -61,9 +61,14 @@ task calls wrap their arguments in Prefect's ``quote()``, so that Prefect neithe
 nor rebuilds them (``visit_collection`` over every ``Item`` of a batch is the largest
 Prefect cost the profile shows); it previews that fix without editing the core.
 
+``--repeat N`` runs every timed phase N times (a fresh job for each vectorfill run): on a
+machine shared with other work single rounds swing; the round with the median ratio is
+reported in full and each round's ratio is listed.
+
 Usage::
 
     python bench/bench_throughput.py                         # 20,000 rows, 1536 dims
+    python bench/bench_throughput.py --repeat 3              # three rounds, median reported
     python bench/bench_throughput.py --latency-ms 200
     python bench/bench_throughput.py --rows 5000 --profile
     python bench/bench_throughput.py --db postgresql://...   # instead of an embedded Postgres
@@ -85,7 +90,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -95,8 +99,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _provider import FakeProvider  # bench/ is on sys.path when this file is run
+
 REPO = Path(__file__).resolve().parents[1]
-FAKE_PROVIDER = REPO / "tests" / "fake_provider.py"
 MODEL = "fake-embed"  # cl100k token counting in vectorfill.tokens, like OpenAI's models
 
 try:
@@ -184,87 +189,6 @@ def iter_texts(n: int, tokens: int = 100, seed: int = 20_000, stats: dict | None
             stats["min"] = min(stats.get("min", 1 << 30), min(counts))
             stats["max"] = max(stats.get("max", 0), max(counts))
         yield from texts
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def read_vm_hwm(pid: int) -> int | None:
-    """Peak resident set of a live process, in KiB (Linux ``/proc``), or None."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class Provider:
-    """The fake provider as its own process, on a fixed port (restartable)."""
-
-    def __init__(self, args: argparse.Namespace, port: int, log_dir: Path) -> None:
-        self.args = args
-        self.port = port
-        self.log_path = log_dir / "fake_provider.log"
-        self.proc: subprocess.Popen | None = None
-        self.peak_rss_kib: list[int] = []  # VmHWM of each process, at its stop
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable, str(FAKE_PROVIDER), "--port", str(self.port),
-            "--dimensions", str(self.args.dimensions), "--latency-ms", str(self.args.latency_ms),
-        ]
-        if self.args.rpm:
-            cmd += ["--rpm", str(self.args.rpm)]
-        if self.args.tpm:
-            cmd += ["--tpm", str(self.args.tpm)]
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
-        finally:
-            log.close()
-        sys.path.insert(0, str(REPO / "tests"))
-        from fake_provider import wait_until_healthy
-
-        try:
-            wait_until_healthy(f"http://127.0.0.1:{self.port}", self.proc)
-        except RuntimeError as exc:
-            self.stop()
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise SystemExit(f"the fake provider did not start ({exc}):\n{tail}")
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        hwm = read_vm_hwm(proc.pid)
-        if hwm:
-            self.peak_rss_kib.append(hwm)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -463,7 +387,7 @@ async def _provider_baseline(base_url: str, texts: list[str], args, fmt: str) ->
     return done
 
 
-def bench_provider(provider: Provider, texts: list[str], args, fmt: str, extra_pids) -> dict:
+def bench_provider(provider: FakeProvider, texts: list[str], args, fmt: str, extra_pids) -> dict:
     provider.restart()
     asyncio.run(_provider_baseline(provider.base_url, texts[:64], args, fmt))  # connections, imports
     provider.restart()  # full rate-limit buckets for the timed part
@@ -776,6 +700,35 @@ def core_version() -> str:
     return head + (f" + uncommitted changes to {', '.join(dirty)}" if dirty else "")
 
 
+def _round_ratio(results: dict) -> float:
+    """vectorfill's rate over the lower of A base64 and B (or its own rate without baselines)."""
+    if "a_b64" in results and "b_copy" in results:
+        return _rate(results["vf"]) / min(_rate(results["a_b64"]), _rate(results["b_copy"]))
+    return _rate(results["vf"])
+
+
+def rounds_report(args, rounds: list[dict]) -> str:
+    out = ["Every round (each ratio measured within its round):", ""]
+    out.append("| round | vectorfill rows/s | no Prefect rows/s | A base64 rows/s | B rows/s | vectorfill / lower of A and B "
+               "| Prefect share, A/B | other processes' CPU s during vectorfill |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, r in enumerate(rounds, 1):
+        def cell(key: str) -> str:
+            return f"{_rate(r[key]):,.0f}" if key in r else "-"
+
+        ratio = f"{100 * _round_ratio(r):.0f}%" if "a_b64" in r and "b_copy" in r else "-"
+        share = f"{100 * (1 - r['vf_bare']['wall'] / r['vf']['wall']):.1f}%" if "vf_bare" in r else "-"
+        other = r["vf"].get("cpu", {}).get("other processes")
+        out.append(f"| {i} | {cell('vf')} | {cell('vf_bare')} | {cell('a_b64')} | {cell('b_copy')} | {ratio} | {share} "
+                   f"| {'-' if other is None else f'{other:.2f}'} |")
+    ratios = sorted(_round_ratio(r) for r in rounds if "a_b64" in r and "b_copy" in r)
+    if ratios:
+        out.append("")
+        out.append(f"vectorfill / lower of A and B over {len(ratios)} rounds: min {100 * ratios[0]:.0f}%, "
+                   f"median {100 * ratios[len(ratios) // 2]:.0f}%, max {100 * ratios[-1]:.0f}%")
+    return "\n".join(out)
+
+
 def report(args, meta: dict, results: dict) -> str:
     out: list[str] = []
     short = {"a_b64": "A base64", "a_float": "A float", "b_copy": "B COPY", "b_copy_ext": "B COPY, EXTERNAL",
@@ -788,7 +741,7 @@ def report(args, meta: dict, results: dict) -> str:
         f"concurrency {args.concurrency}, {os.cpu_count()} CPUs"
     )
     out.append("")
-    out.append(f"core measured: {meta['core']}")
+    out.append(f"core measured: {meta['core']}" + (f"; round {meta['round']}" if meta.get("round") else ""))
     out.append("")
     out.append("| measurement | rows | wall s | rows/s |")
     out.append("|---|---:|---:|---:|")
@@ -797,7 +750,7 @@ def report(args, meta: dict, results: dict) -> str:
         "a_float": "A: same, encoding_format=float",
         "b_copy": "B: psycopg binary COPY -> vector(d) table (default storage)",
         "b_copy_ext": "B: same, column STORAGE EXTERNAL",
-        "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if args.profile else "")
+        "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if results["vf"].get("profiler") else "")
         + (", EXPERIMENT: task arguments quote()d" if args.quote_params else ""),
         "vf_bare": "vectorfill lanes without Prefect (task.fn)",
     }
@@ -840,9 +793,10 @@ def report(args, meta: dict, results: dict) -> str:
         out.append(f"| ... task-run overhead per lane task call (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |")
     out.append(f"| ... prepare + report task-run overhead | {sequential:.2f} s | |")
     out.append(f"| ... progress-artifact calls (lane time) | {artifacts:.2f} s | |")
-    out.append(f"| peak RSS of this process after the vectorfill runs (ru_maxrss) | {_mib(vf['maxrss_kib'])} | 200k run within 10% of 20k |")
+    rss = meta.get("rss", vf)  # the first round's: later rounds follow baselines
+    out.append(f"| peak RSS of this process after the vectorfill runs (ru_maxrss) | {_mib(rss['maxrss_kib'])} | 200k run within 10% of 20k |")
     out.append(f"| ... before the timed run: RSS / ru_maxrss (warm-up, imports, Prefect) | "
-               f"{_mib(vf['rss_before_kib'])} / {_mib(vf['maxrss_before_kib'])} | |")
+               f"{_mib(rss['rss_before_kib'])} / {_mib(rss['maxrss_before_kib'])} | |")
     out.append(f"| peak RSS of this process at the end (after the baselines) | {_mib(meta['maxrss_end_kib'])} | |")
     if meta["provider_hwm"]:
         out.append(f"| peak RSS of the fake provider (VmHWM, max over its processes) | {_mib(max(meta['provider_hwm']))} | |")
@@ -912,6 +866,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="experiment: the flow's task calls wrap their arguments in prefect's quote() "
                         "(previews a fix; the measured core is unchanged)")
     p.add_argument("--no-baselines", action="store_true", help="skip baselines A and B")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the timed phases N times (fresh jobs each round); the round of median "
+                        "ratio is reported in full and every round's ratio is listed (a loaded "
+                        "machine moves single rounds a lot)")
     p.add_argument("--profile", action="store_true", help="pyinstrument around the timed Prefect backfill")
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--db", default=None, help="a postgresql:// URL instead of an embedded Postgres")
@@ -927,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     from vectorfill.runtime import prefect_defaults
 
     prefect_defaults()
-    provider = Provider(args, free_port(), root)
+    provider = FakeProvider(args, root)
     jobs: list[tuple[str, str]] = []
     url = None
     embedded = False
@@ -961,23 +919,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"postgres: {'embedded in ' + str(data_dir) if embedded else 'given by --db'}; "
               f"fake provider: {provider.base_url}", flush=True)
 
-        results: dict[str, dict] = {}
-
         # vectorfill first, so that ru_maxrss is the backfill's peak and not a baseline's
-        jobs += [("bench_warm", "bench_src_warm"), ("bench_flow", "bench_src_flow")]
+        jobs.append(("bench_warm", "bench_src_warm"))
         make_job(url, "bench_warm", "bench_src_warm", iter_texts(args.warmup_rows, args.tokens), args, provider.base_url)
         t0 = time.perf_counter()
         asyncio.run(flow_module().backfill("bench_warm"))
         print(f"warm-up backfill of {args.warmup_rows} rows (Prefect server start-up included): "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
         prefect_pid = _prefect_server_pid({provider.pid or -1})
-        t0 = time.perf_counter()
-        make_job(url, "bench_flow", "bench_src_flow", iter_texts(args.rows, args.tokens, stats=stats), args, provider.base_url)
-        meta.update(tokens_mean=stats["sum"] / stats["count"], tokens_min=stats["min"], tokens_max=stats["max"])
-        print(f"source table of {args.rows:,} texts (~{meta['tokens_mean']:.1f} tokens each) made in "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
-        settle(url)
-        provider.restart()
 
         def pids():
             return {
@@ -986,41 +935,74 @@ def main(argv: list[str] | None = None) -> int:
                 "Postgres": (pg_pid, True),
             }
 
-        results["vf"] = run_backfill("bench_flow", "prefect", args, pids(), profile=args.profile)
-        print(f"vectorfill (Prefect): {_rate(results['vf']):,.0f} rows/s", flush=True)
-        if results["vf"]["rows"] != args.rows:
-            print(f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}")
-        if not args.no_bare:
-            jobs.append(("bench_bare", "bench_src_bare"))
-            make_job(url, "bench_bare", "bench_src_bare", iter_texts(args.rows, args.tokens), args, provider.base_url)
+        def one_round(r: int) -> dict[str, dict]:
+            """The timed phases once: vectorfill with and without Prefect (fresh jobs), then A and B."""
+            results: dict[str, dict] = {}
+            tag = "" if r == 0 else f"_{r + 1}"
+            flow_job, flow_src = f"bench_flow{tag}", f"bench_src_flow{tag}"
+            jobs.append((flow_job, flow_src))
+            t0 = time.perf_counter()
+            make_job(url, flow_job, flow_src, iter_texts(args.rows, args.tokens, stats=stats if r == 0 else None),
+                     args, provider.base_url)
+            if r == 0:
+                meta.update(tokens_mean=stats["sum"] / stats["count"], tokens_min=stats["min"], tokens_max=stats["max"])
+            print(f"source table of {args.rows:,} texts (~{meta['tokens_mean']:.1f} tokens each) made in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
             settle(url)
             provider.restart()
-            results["vf_bare"] = run_backfill("bench_bare", "bare", args, pids())
-            print(f"vectorfill (no Prefect): {_rate(results['vf_bare']):,.0f} rows/s", flush=True)
-            if results["vf_bare"]["rows"] != args.rows:
-                print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")
 
-        if not args.no_baselines:
-            extra = {"Postgres": (pg_pid, True)}
-            texts = list(iter_texts(args.rows, args.tokens))  # only now: after the vectorfill peak
-            results["a_b64"] = bench_provider(provider, texts, args, "base64", extra)
-            print(f"A base64: {_rate(results['a_b64']):,.0f} rows/s", flush=True)
-            results["a_float"] = bench_provider(provider, texts, args, "float", extra)
-            print(f"A float: {_rate(results['a_float']):,.0f} rows/s", flush=True)
-            provider.stop()
-            settle(url)
-            results["b_copy"] = bench_copy(url, args, False, extra)
-            print(f"B COPY: {_rate(results['b_copy']):,.0f} rows/s", flush=True)
-            settle(url)
-            results["b_copy_ext"] = bench_copy(url, args, True, extra)
-            print(f"B COPY (EXTERNAL): {_rate(results['b_copy_ext']):,.0f} rows/s", flush=True)
+            results["vf"] = run_backfill(flow_job, "prefect", args, pids(), profile=args.profile and r == 0)
+            print(f"vectorfill (Prefect): {_rate(results['vf']):,.0f} rows/s", flush=True)
+            if results["vf"]["rows"] != args.rows:
+                print(f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}")
+            if not args.no_bare:
+                jobs.append((f"bench_bare{tag}", f"bench_src_bare{tag}"))
+                make_job(url, f"bench_bare{tag}", f"bench_src_bare{tag}", iter_texts(args.rows, args.tokens), args,
+                         provider.base_url)
+                settle(url)
+                provider.restart()
+                results["vf_bare"] = run_backfill(f"bench_bare{tag}", "bare", args, pids())
+                print(f"vectorfill (no Prefect): {_rate(results['vf_bare']):,.0f} rows/s", flush=True)
+                if results["vf_bare"]["rows"] != args.rows:
+                    print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")
+
+            if not args.no_baselines:
+                extra = {"Postgres": (pg_pid, True)}
+                texts = list(iter_texts(args.rows, args.tokens))  # only now: after the vectorfill peak
+                results["a_b64"] = bench_provider(provider, texts, args, "base64", extra)
+                print(f"A base64: {_rate(results['a_b64']):,.0f} rows/s", flush=True)
+                results["a_float"] = bench_provider(provider, texts, args, "float", extra)
+                print(f"A float: {_rate(results['a_float']):,.0f} rows/s", flush=True)
+                provider.stop()
+                settle(url)
+                results["b_copy"] = bench_copy(url, args, False, extra)
+                print(f"B COPY: {_rate(results['b_copy']):,.0f} rows/s", flush=True)
+                settle(url)
+                results["b_copy_ext"] = bench_copy(url, args, True, extra)
+                print(f"B COPY (EXTERNAL): {_rate(results['b_copy_ext']):,.0f} rows/s", flush=True)
+            return results
+
+        rounds: list[dict[str, dict]] = []
+        for r in range(args.repeat):
+            if args.repeat > 1:
+                print(f"-- round {r + 1} of {args.repeat}", flush=True)
+            rounds.append(one_round(r))
+            if r == 0:  # this process's peak is the backfill's only before any baseline ran
+                meta["rss"] = {k: rounds[0]["vf"][k] for k in ("maxrss_kib", "rss_before_kib", "maxrss_before_kib")}
         provider.stop()
         meta["maxrss_end_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
+        results = rounds[0]
+        if len(rounds) > 1:  # the round of median ratio stands for the run; all are listed
+            results = sorted(rounds, key=_round_ratio)[len(rounds) // 2]
+            meta["round"] = f"{rounds.index(results) + 1} of {len(rounds)} (the median ratio)"
         print()
         print(report(args, meta, results))
-        if args.profile and results["vf"]["profiler"] is not None:
-            profiler = results["vf"]["profiler"]
+        if len(rounds) > 1:
+            print()
+            print(rounds_report(args, rounds))
+        if args.profile and rounds[0]["vf"]["profiler"] is not None:
+            profiler = rounds[0]["vf"]["profiler"]
             html = Path(tempfile.gettempdir()) / "vectorfill-bench-profile.html"
             text = Path(tempfile.gettempdir()) / "vectorfill-bench-profile.txt"
             profiler.last_session.save(str(html.with_suffix(".pyisession")))  # pyinstrument --load

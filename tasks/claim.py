@@ -17,7 +17,7 @@ from prefect import task
 from vectorfill import sql
 from vectorfill.db import LaneConnection, aconnect
 from vectorfill.errors import DatabaseError
-from vectorfill.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
+from vectorfill.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 
 from .common import TASK_OPTIONS, Work, database_url
 
@@ -31,6 +31,7 @@ class Item:
     text: str
     input_hash: bytes
     tokens: int
+    """Exact when it decided truncation or packing, else an estimate (see :func:`count_tokens`)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
 
     counter = counter_for(work.version.model)
     limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
-    tokens = counter.count([t[2] for t in todo])
+    tokens = count_tokens(counter, [t[2] for t in todo], limit, _request_tokens(s), exact=s.tpm is not None)
     items: list[Item] = []
     truncated = 0
     for (key, seq, text, digest), tok in zip(todo, tokens):
@@ -181,7 +182,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             raise DatabaseError(f"settling claimed rows failed: {exc}", job=work.job.name) from None
 
     return Claim(
-        batches=tuple(pack(items, s.max_inputs, min(s.max_request_tokens, s.tpm or s.max_request_tokens))),
+        batches=tuple(pack(items, s.max_inputs, _request_tokens(s))),
         claimed=len(claimed),
         unchanged=len(unchanged),
         deleted=len(gone),
@@ -189,6 +190,35 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         truncated=truncated,
         failures=tuple(f[4] for f in failed[:20]),
     )
+
+
+#: Estimated counts pack requests while a claim's estimate stays under this share of the
+#: per-request token limit; above it the packing may bind, and the texts are counted exactly.
+ESTIMATE_HEADROOM = 0.8
+
+
+def _request_tokens(s) -> int:
+    """Tokens one request may carry: ``max_request_tokens``, and never more than ``tpm``."""
+    return min(s.max_request_tokens, s.tpm or s.max_request_tokens)
+
+
+def count_tokens(
+    counter: TokenCounter, texts: list[str], limit: int | None, request_tokens: int, *, exact: bool = False
+) -> list[int]:
+    """Tokens per text, for the too-long check and for packing.
+
+    Exact wherever a decision rests on one text (``count > limit`` decides as with exact
+    counts), estimated elsewhere (:meth:`~vectorfill.tokens.Cl100k.estimate`); exact for
+    all when the estimate comes near ``request_tokens`` and packing may split on it, and
+    when ``exact`` (the job has a tokens-per-minute budget: a request packed over it could
+    never be sent). The embed stage charges a rate budget exact counts in any case.
+    """
+    if exact:
+        return counter.count(texts)
+    tokens = counter.estimate(texts, limit if counter.exact else None)
+    if counter.exact and sum(tokens) > ESTIMATE_HEADROOM * request_tokens:
+        tokens = counter.count(texts)
+    return tokens
 
 
 def _show(key: tuple) -> str:

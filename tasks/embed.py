@@ -21,6 +21,7 @@ from prefect.tasks import exponential_backoff
 from vectorfill.client import EmbeddingsClient
 from vectorfill.errors import TerminalProviderError, TransientProviderError, stops_run
 from vectorfill.ratelimit import Throttle
+from vectorfill.tokens import counter_for
 
 from .claim import Batch, Item
 from .common import TASK_OPTIONS, Work
@@ -65,7 +66,18 @@ async def _send(client: EmbeddingsClient, items: tuple[Item, ...], throttle: Thr
     texts = [i.text for i in items]
     if throttle is None:
         return await client.embed(texts)
-    return await throttle.send(sum(i.tokens for i in items), lambda: client.embed(texts))
+    return await throttle.send(_budget_tokens(client.model, items, throttle), lambda: client.embed(texts))
+
+
+def _budget_tokens(model: str, items: tuple[Item, ...], throttle: Throttle) -> int:
+    """The tokens to charge the rate budget for ``items``: counted exactly when it has a
+    tokens-per-minute limit (configured, or announced by the provider) and the model's
+    tokenizer is known; otherwise the claim's counts (estimates, corrected by ``usage``)."""
+    if throttle.limiter.tpm is not None:
+        counter = counter_for(model)
+        if counter.exact:
+            return sum(counter.count([i.text for i in items]))
+    return sum(i.tokens for i in items)
 
 
 async def _embed(

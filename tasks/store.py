@@ -66,10 +66,65 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 
 
-def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, model: str) -> bytes | None:
+#: Key types of one width: a batch's rows are then all alike, one numpy record each.
+_FIXED_KEYS = {"bigint": ">i8", "integer": ">i4", "smallint": ">i2", "uuid": "S16"}
+
+
+def _fixed_width_payload(key_types, items, vectors: np.ndarray, current: set, model: str) -> bytearray | None:
+    """:func:`binary_copy_payload` for fixed-width keys: every row is one record of a numpy
+    structured array (field counts, lengths and values, big-endian as COPY wants them),
+    filled column by column. ``None`` when the rows are not all of one width."""
+    hashes = [item.input_hash for item in items]
+    hash_len = len(hashes[0]) if hashes else 0
+    if any(len(h) != hash_len for h in hashes):
+        return None
+    n, d = vectors.shape
+    model_bytes = model.encode("utf-8")
+    fields: list[tuple] = [("nfields", ">i2")]
+    for i, t in enumerate(key_types):
+        fields += [(f"k{i}_len", ">i4"), (f"k{i}", _FIXED_KEYS[t])]
+    fields += [
+        ("chunk_len", ">i4"), ("chunk", ">i4"),
+        ("vec_len", ">i4"), ("dims", ">u2"), ("unused", ">u2"), ("vec", ">f4", (d,)),
+        ("hash_len", ">i4"), ("hash", f"S{hash_len}" if hash_len else "V0"),
+        ("model_len", ">i4"), ("model", f"S{len(model_bytes)}" if model_bytes else "V0"),
+    ]
+    keep = np.fromiter((item.key in current for item in items), dtype=bool, count=len(items))
+    every = bool(keep.all())
+    dtype = np.dtype(fields)
+    m = int(keep.sum())
+    # the records are written in place, between the header and the trailer: no copy after
+    payload = bytearray(len(_COPY_HEADER) + m * dtype.itemsize + len(_COPY_TRAILER))
+    payload[: len(_COPY_HEADER)] = _COPY_HEADER
+    payload[len(payload) - len(_COPY_TRAILER):] = _COPY_TRAILER
+    rows = np.frombuffer(payload, dtype=dtype, count=m, offset=len(_COPY_HEADER))
+    rows["nfields"] = len(key_types) + 4
+    for i, t in enumerate(key_types):
+        column = [item.key[i] for item, k in zip(items, keep) if k]
+        rows[f"k{i}_len"] = np.dtype(_FIXED_KEYS[t]).itemsize
+        rows[f"k{i}"] = [u.bytes for u in column] if t == "uuid" else column
+    rows["chunk_len"] = 4
+    rows["vec_len"] = 4 * d + 4
+    rows["dims"] = d
+    rows["vec"] = vectors if every else vectors[keep]
+    rows["hash_len"] = hash_len
+    if hash_len:
+        packed = np.frombuffer(b"".join(hashes), dtype=f"S{hash_len}")
+        rows["hash"] = packed if every else packed[keep]
+    rows["model_len"] = len(model_bytes)
+    if model_bytes:
+        rows["model"] = model_bytes
+    return payload
+
+
+def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, model: str) -> bytes | bytearray | None:
     """The whole binary COPY stream for ``copy_vectors``, built at once: the vectors are
     converted to big-endian float32 in one numpy call instead of one Python object per
     row. ``None`` for key types without a fast path (the caller then uses ``write_row``)."""
+    if len(items) and all(t in _FIXED_KEYS for t in key_types):
+        payload = _fixed_width_payload(key_types, items, vectors, current, model)
+        if payload is not None:
+            return payload
     try:
         packers = [_KEY_PACKERS[t] for t in key_types]
     except KeyError:

@@ -97,6 +97,39 @@ def test_violations_reject_the_whole_batch(body, code):
     assert info.value.code == code
 
 
+@pytest.mark.parametrize("dims", [1, 2, 3, 5, 384, 1536])  # 4*d % 3 != 0: padded strings
+@pytest.mark.parametrize("decoder", ["pybase64", "stdlib"])
+def test_base64_rows_land_at_their_index_with_either_decoder(dims, decoder, monkeypatch):
+    if decoder == "stdlib":  # the fallback when pybase64 is not installed
+        import vectorfill.client
+
+        monkeypatch.setattr(vectorfill.client, "_b64decode", base64.b64decode)
+    rng = np.random.default_rng(dims)
+    vectors = rng.standard_normal((7, dims)).astype("<f4")
+    result = run(lambda r: ok(vectors, order=[3, 0, 6, 1, 5, 2, 4]), texts=[str(i) for i in range(7)])
+    assert result.vectors.dtype == np.float32 and result.vectors.shape == (7, dims)
+    assert np.array_equal(result.vectors, vectors)
+    result.vectors[0, 0] = 1.0  # an array of its own, writable like the float path's
+
+
+@pytest.mark.parametrize(
+    "embeddings, code",
+    [
+        (["AACAPw==", "AACAPwAAAEA="], "dimension_mismatch"),  # 1 and 2 floats
+        (["AACAPw==", "AACAPw"], "bad_base64"),  # missing padding
+        (["AACAPw==", "AACAPw==\n"], "bad_base64"),  # a character outside the alphabet
+        (["AACAPw==", "AACA"], "bad_base64"),  # 3 bytes: not whole float32 values
+        (["AACAPw==", ""], "dimension_mismatch"),  # an empty vector
+        (["AACAPw==", "AACAPw==AACAPw=="], "bad_base64"),  # data after padding
+    ],
+)
+def test_malformed_base64_rejects_the_batch_whichever_path_sees_it(embeddings, code):
+    body = {"data": [{"index": i, "embedding": e} for i, e in enumerate(embeddings)]}
+    with pytest.raises(TransientProviderError) as info:
+        run(lambda r: httpx.Response(200, json=body))
+    assert info.value.code == code
+
+
 def test_expected_dimensions_are_enforced():
     with pytest.raises(TransientProviderError, match="returned 2-dimensional vectors but 3"):
         run(lambda r: ok([[1, 2], [3, 4]]), expected_dims=3)

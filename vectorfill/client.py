@@ -41,6 +41,11 @@ from .errors import (
 
 __all__ = ["EmbeddingsClient", "Embeddings", "parse_retry_after"]
 
+try:  # SIMD base64: ~15x the standard library on a response of 1,024 x 1,536 floats
+    from pybase64 import b64decode as _b64decode
+except ImportError:  # declared as a dependency; the standard library keeps a bare install working
+    from base64 import b64decode as _b64decode
+
 # httpx 0.28: a response's stream refers back to the response, a cycle only the cyclic GC
 # frees (encode/httpx#3733); with ~8 MiB bodies, hundreds of MiB of read responses piled up
 # between full collections and peak memory grew with the number of rows. Once a response
@@ -196,16 +201,8 @@ class EmbeddingsClient:
                 code="count_mismatch",
             )
         order = self._order(data, n)
-        rows = [self._decode(data[j].get("embedding") if isinstance(data[j], dict) else None, j) for j in order]
-        dims = {len(r) for r in rows}
-        if len(dims) != 1:
-            raise TransientProviderError(
-                f"the response mixes vector lengths {sorted(dims)}; no vector of this batch is stored",
-                job=self.job,
-                status=200,
-                code="dimension_mismatch",
-            )
-        (d,) = dims
+        vectors = self._vectors([data[j].get("embedding") if isinstance(data[j], dict) else None for j in order], order)
+        d = vectors.shape[1]
         if self.expected_dims and d != self.expected_dims:
             # transient once (a flaky replica); if it repeats, the retries run out and the run
             # stops with this message, the rows still queued
@@ -217,7 +214,6 @@ class EmbeddingsClient:
                 status=200,
                 code="dimension_mismatch",
             )
-        vectors = np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
         if not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise TransientProviderError(
@@ -254,6 +250,34 @@ class EmbeddingsClient:
         for pos, i in enumerate(indices):
             position[i] = pos
         return position
+
+    def _vectors(self, embeddings: list, positions: list[int]) -> np.ndarray:
+        """The ``(n, d)`` float32 array of ``embeddings`` (in input order; ``positions`` are
+        their places in ``data``, for messages).
+
+        Base64 strings of one length are decoded (SIMD, when pybase64 is installed) and
+        joined into one array in one copy; anything else (floats, odd lengths, bad base64)
+        goes item by item, which also names the item at fault.
+        """
+        if embeddings and all(isinstance(e, str) for e in embeddings):
+            try:
+                raws = [_b64decode(e, validate=True) for e in embeddings]
+            except (binascii.Error, ValueError):
+                raws = None
+            if raws is not None:
+                size = len(raws[0])
+                if size and size % 4 == 0 and all(len(r) == size for r in raws):
+                    return np.frombuffer(bytearray().join(raws), dtype="<f4").reshape(len(raws), size // 4)
+        rows = [self._decode(e, j) for e, j in zip(embeddings, positions)]
+        dims = {len(r) for r in rows}
+        if len(dims) != 1:
+            raise TransientProviderError(
+                f"the response mixes vector lengths {sorted(dims)}; no vector of this batch is stored",
+                job=self.job,
+                status=200,
+                code="dimension_mismatch",
+            )
+        return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
     def _decode(self, embedding, index: int) -> np.ndarray:
         if isinstance(embedding, str):
