@@ -60,7 +60,6 @@ import dataclasses
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,7 +69,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE_PROVIDER = REPO / "tests" / "fake_provider.py"
 MODEL = "fake-embed"  # counted with cl100k on both sides, like OpenAI's embedding models
 
 # --------------------------------------------------------------------------- texts
