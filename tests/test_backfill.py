@@ -365,3 +365,32 @@ def test_key_types_round_trip_into_the_vector_table(env, key_type, keys):
     assert sorted(r[0] for r in rows) == sorted(keys)
     for k, emb in rows:
         np.testing.assert_allclose(emb.to_numpy(), env.provider.expected_vector(f"text of {k}"), atol=1e-6)
+
+
+def test_prefect_keeps_the_runs_history_task_by_task(env):
+    """Run history is the orchestrator's: the flow run and each stage's task runs are recorded
+    (with vectorfill's Prefect defaults, e.g. no event log on the temporary server)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    env.make_table(300)
+    env.create_job(settings_kw={"max_inputs": 100, "retries": 1})
+    from vectorfill.flows.backfill import backfill
+
+    state = asyncio.run(backfill(env_job := "docs", return_state=True))
+    assert state.is_completed() and env_job
+    flow_run_id = state.state_details.flow_run_id
+
+    async def task_names():
+        async with get_client() as client:  # raw filter: this client sends nulls its server refuses
+            runs = (await client._client.post("/task_runs/filter", json={
+                "flow_runs": {"id": {"any_": [str(flow_run_id)]}}, "limit": 200,
+                "sort": "EXPECTED_START_TIME_DESC"})).json()
+        return sorted(r["name"].rsplit("-", 1)[0] for r in runs if r["state"]["type"] == "COMPLETED")
+
+    deadline = time.monotonic() + 60
+    while (names := asyncio.run(task_names())).count("embed") < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert names.count("embed") == 3 and names.count("store") == 3, names
+    assert {"prepare", "claim", "switch", "report"} <= set(names), names

@@ -37,6 +37,11 @@ def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
 
         if api := served_api_url():
             os.environ["PREFECT_API_URL"] = api
+    if not os.environ.get("PREFECT_API_URL"):
+        # Prefect's temporary server: its event log feeds nothing after the run (automations
+        # need `vectorfill serve` or a real server) and persisting it was ~45% of the server's
+        # CPU in bench/bench_throughput.py; flow runs, task runs, logs and artifacts are kept.
+        os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED", "false")
     for key, value in PREFECT_DEFAULTS.items():
         if key == "PREFECT_LOGGING_LEVEL" and verbose:
             value = "INFO"

@@ -140,6 +140,7 @@ def start_prefect_server(url: str, *, port: int = DEFAULT_PORT, announce=print) 
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="true",  # (off only for temporary servers)
     )
     env.pop("PREFECT_API_URL", None)
     announce(f"Starting Prefect's server on database {name!r} (log: {log})")
