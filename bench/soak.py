@@ -130,8 +130,10 @@ def main() -> int:
             restarted = False
             while True:
                 runs += 1
-                proc = subprocess.Popen([sys.executable, __file__, "--worker"], env=env, start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                worker_log = Path(tempfile.gettempdir()) / f"vectorfill-soak-worker-{os.getpid()}-{runs}.log"
+                with open(worker_log, "wb") as log:
+                    proc = subprocess.Popen([sys.executable, __file__, "--worker"], env=env, start_new_session=True,
+                                            stdout=subprocess.DEVNULL, stderr=log)
                 target = embedded() + args.rows // (2 * (args.kills + 2))
                 while proc.poll() is None:
                     done = embedded()
@@ -149,8 +151,9 @@ def main() -> int:
                     time.sleep(0.1)
                 with connect(url) as conn:
                     st = job_status(conn, "soak")
+                why = [ln for ln in worker_log.read_text(errors="replace").splitlines() if "worker run failed" in ln]
                 events.append(f"worker {runs} ended (exit {proc.returncode}): {st.embedded} embedded, "
-                              f"{st.pending} pending, {st.failed} failed")
+                              f"{st.pending} pending, {st.failed} failed" + (f" ({why[-1].strip()})" if why else ""))
                 if st.pending == 0 or runs > args.kills + 20:
                     break
                 if runs > args.kills:

@@ -27,6 +27,7 @@ from vectorfill.tasks import (
     Work,
     claim_rows,
     embed_batch,
+    keep_claims,
     prepare_run,
     release_rows,
     report_run,
@@ -216,6 +217,7 @@ async def _fill_versions(prepared, tally: _Tally, job: str, throttles: dict) -> 
         async with EmbeddingsClient.for_version(work.version, job=job, settings=work.settings) as client:
             token = uuid.uuid4()  # marks this run's claims, so that it can give them back
             url = database_url()
+            keeper = asyncio.create_task(keep_claims(work, token, url))  # leases outlive slow batches
             try:
                 async with asyncio.TaskGroup() as lanes:
                     for _ in range(work.settings.concurrency):
@@ -227,3 +229,5 @@ async def _fill_versions(prepared, tally: _Tally, job: str, throttles: dict) -> 
                 if isinstance(exc, BaseExceptionGroup):
                     raise _first_error(exc) from None
                 raise
+            finally:
+                keeper.cancel()

@@ -6,7 +6,7 @@ and failures) -> ``switch`` (to a new model's version, once complete) -> ``repor
 run summary artifact). Each returns a typed result.
 """
 
-from .claim import Batch, Claim, Item, claim_rows, release_rows
+from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
 from .common import Work
 from .embed import Embedded, embed_batch
 from .prepare import prepare_run
@@ -19,6 +19,7 @@ __all__ = [
     "prepare_run",
     "claim_rows",
     "release_rows",
+    "keep_claims",
     "embed_batch",
     "store_batch",
     "switch_versions",

@@ -21,7 +21,7 @@ from vectorfill.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 
 from .common import TASK_OPTIONS, Work, database_url
 
-__all__ = ["Item", "Batch", "Claim", "claim_rows", "release_rows", "pack"]
+__all__ = ["Item", "Batch", "Claim", "claim_rows", "release_rows", "keep_claims", "pack"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +234,21 @@ async def release_rows(work: Work, token: uuid.UUID, error: str) -> int:
     async with aconnect(database_url()) as conn:
         cur = await conn.execute(js.release(), (error[:2000], token))
         return cur.rowcount
+
+
+async def keep_claims(work: Work, token: uuid.UUID, url: str) -> None:
+    """Renew the run's leases every third of ``lease_s`` until cancelled (a background helper
+    of the flow, not a task: it runs for the whole run). A failed renewal is only logged: the
+    leases then expire, which costs a possible second payment, never a wrong vector."""
+    import asyncio
+    import logging
+
+    js = sql.JobSQL(work.job, work.version)
+    params = {"lease_s": work.settings.lease_s, "token": token}
+    while True:
+        await asyncio.sleep(work.settings.lease_s / 3)
+        try:
+            async with aconnect(url) as conn:
+                await conn.execute(js.renew(), params)
+        except Exception as exc:  # noqa: BLE001 - keep trying; see the docstring
+            logging.getLogger("vectorfill").warning("renewing the leases of %s failed: %s", work.label, exc)

@@ -394,3 +394,32 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
         time.sleep(0.5)
     assert names.count("embed") == 3 and names.count("store") == 3, names
     assert {"prepare", "claim", "switch", "report"} <= set(names), names
+
+
+def test_a_batch_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
+    """Leases are renewed while a run holds them: a batch that hangs past ``lease_s`` is
+    not claimed (and paid for) by another worker."""
+    import time
+
+    env.make_table(10)
+    env.create_job(settings_kw={"lease_s": 10, "timeout_s": 40, "concurrency": 1, "retries": 1})
+    env.provider.hang_next(1, seconds=16)
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("summary", env.backfill()))
+    runner.start()
+
+    def leased() -> int:
+        with env.connect() as conn:
+            return conn.execute(
+                "SELECT count(*) FROM vectorfill._q_1_1 WHERE claimed_by IS NOT NULL AND lease_until > now()"
+            ).fetchone()[0]
+
+    deadline = time.monotonic() + 60
+    while leased() == 0:
+        assert time.monotonic() < deadline, "the run never claimed"
+        time.sleep(0.1)
+    time.sleep(12)  # past the 10 s lease, while the request still hangs
+    assert leased() == 10, "the rows in flight are still leased to the run"
+    runner.join(60)
+    assert result["summary"].embedded == 10
+    assert sorted(env.provider.inputs) == sorted(env.texts().values()), "each text sent once"

@@ -449,6 +449,16 @@ class JobSQL:
                    attempts = 0"""
         ).format(q=self.q, k=self._cols(), keys=keys)
 
+    def renew(self) -> sql.Composable:
+        """Extend the leases of every row the run ``%(token)s`` still holds (claimed, not yet
+        stored, released or changed by a trigger, which all clear ``claimed_by``), so that a
+        batch whose retries outlast the lease is not claimed and paid for by a second worker.
+        A run that dies stops renewing and its leases expire as before."""
+        return sql.SQL(
+            """UPDATE {q} SET lease_until = now() + make_interval(secs => %(lease_s)s)
+                WHERE claimed_by = %(token)s"""
+        ).format(q=self.q)
+
     def release(self) -> sql.Composable:
         """Give back every row a run still holds (lease cleared, error noted) when it stops
         early. Parameters: error, run token."""
