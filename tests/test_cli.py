@@ -23,16 +23,22 @@ def vf(*args, env=None, check=True):
     return proc
 
 
-@pytest.fixture
-def cli_env(fresh_db, provider, tmp_path):
+def user_env(db_url: str, tmp_path) -> dict:
+    """The environment of a user's shell: the database, the key in VF_KEY, state in tmp_path."""
     env = dict(os.environ)
     env.update(
-        VECTORFILL_DATABASE_URL=fresh_db,
+        VECTORFILL_DATABASE_URL=db_url,
         VF_KEY=API_KEY,
         PREFECT_HOME=str(tmp_path / "prefect"),
         VECTORFILL_HOME=str(tmp_path / "home"),
     )
     env.pop("PREFECT_API_URL", None)
+    return env
+
+
+@pytest.fixture
+def cli_env(fresh_db, provider, tmp_path):
+    env = user_env(fresh_db, tmp_path)
     with connect(fresh_db) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
         conn.execute("INSERT INTO articles SELECT g, 'T' || g, 'B' || g FROM generate_series(1, 300) g")

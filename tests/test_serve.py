@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import API_KEY
 from fake_provider import FakeProvider
-from test_cli import vf
+from test_cli import user_env, vf
 
 from vectorfill.db import connect, migrate
 from vectorfill.search import search
@@ -74,21 +74,20 @@ def wait_until(predicate, timeout: float, what: str):
     raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
-def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_path):
-    env = dict(os.environ)
-    env.update(
-        VECTORFILL_DATABASE_URL=fresh_db,
-        VF_KEY=API_KEY,
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        VECTORFILL_HOME=str(tmp_path / "home"),
-    )
-    env.pop("PREFECT_API_URL", None)
-    migrate(fresh_db)
-    with connect(fresh_db) as conn:
+def job_on_articles(db_url: str, tmp_path, base_url: str, rows: int, *options: str) -> dict:
+    """A migrated database with `rows` articles and the job `docs` on them; the user's env."""
+    env = user_env(db_url, tmp_path)
+    migrate(db_url)
+    with connect(db_url) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, body text)")
-        conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, 120) g")
+        conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, %s) g", (rows,))
     vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
-       "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "40", env=env)
+       "--base-url", base_url, "--api-key-env", "VF_KEY", *options, env=env)
+    return env
+
+
+def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_path):
+    env = job_on_articles(fresh_db, tmp_path, provider.base_url, 120, "--max-inputs", "40")
 
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
@@ -180,17 +179,7 @@ def test_prefect_yaml_declares_what_serve_serves():
 
 def test_a_run_cancelled_from_prefect_stops_within_seconds_and_gives_its_claims_back(fresh_db, tmp_path):
     with FakeProvider(dimensions=32, api_key=API_KEY, latency_s=0.3) as slow:
-        env = dict(os.environ)
-        env.update(VECTORFILL_DATABASE_URL=fresh_db, VF_KEY=API_KEY,
-                   PREFECT_HOME=str(tmp_path / "prefect"), VECTORFILL_HOME=str(tmp_path / "home"))
-        env.pop("PREFECT_API_URL", None)
-        migrate(fresh_db)
-        with connect(fresh_db) as conn:
-            conn.execute("CREATE TABLE articles (id int PRIMARY KEY, body text)")
-            conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, 4000) g")
-        vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
-           "--base-url", slow.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "20",
-           "--concurrency", "2", env=env)
+        env = job_on_articles(fresh_db, tmp_path, slow.base_url, 4000, "--max-inputs", "20", "--concurrency", "2")
         log = open(tmp_path / "serve.log", "wb")
         served = Served(env, free_port(), log)
         try:
