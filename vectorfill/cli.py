@@ -25,7 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Keep pgvector embeddings in step with the text in Postgres (Prefect + any OpenAI-compatible endpoint).",
 )
-job_app = typer.Typer(no_args_is_help=True, help="Create, list and drop jobs.")
+job_app = typer.Typer(no_args_is_help=True, help="Create, list and drop jobs; change their model (blue/green versions).")
 db_app = typer.Typer(no_args_is_help=True, help="The embedded Postgres, for users without their own.")
 app.add_typer(job_app, name="job")
 app.add_typer(db_app, name="db")
