@@ -41,6 +41,9 @@ class Served:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vectorfill.cli", "serve", "--port", str(port), *args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # Ctrl-C must reach it: under the full suite this process may ignore SIGINT, and
+            # an ignored signal is inherited
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
     def wait_for_deployments(self, names: set[str], timeout: float = 400) -> None:
@@ -56,13 +59,22 @@ class Served:
             time.sleep(1)
         raise AssertionError(f"deployments {names} not served within {timeout} s")
 
-    def stop(self) -> int:
-        os.killpg(self.proc.pid, signal.SIGINT)
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        """Stop it as a user would: Ctrl-C (SIGINT to the group) or SIGTERM (systemd, kill)."""
+        os.killpg(self.proc.pid, sig)
         try:
             return self.proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise
+
+
+def httpx_alive(api: str) -> bool:
+    try:
+        httpx.get(f"{api}/health", timeout=2)
+        return True
+    except httpx.HTTPError:
+        return False
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -144,8 +156,10 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
         again = json.loads(vf("runs", "docs", "--json", env=env).stdout)
         assert {r["name"] for r in again} >= {r["name"] for r in runs}
     finally:
-        served.stop()
+        code = served.stop(signal.SIGTERM)
         log.close()
+    assert code in (0, 143, -signal.SIGTERM), (tmp_path / "serve.log").read_text()[-3000:]
+    assert not httpx_alive(served.api), "serve stopped the Prefect server it started"
 
 
 def test_prefect_yaml_declares_what_serve_serves():
