@@ -12,10 +12,11 @@ from prefect import task
 from prefect.events import emit_event
 
 from vectorfill.db import connect
+from vectorfill.errors import JobError
 from vectorfill.events import VERSION_SWITCHED, job_resource
 from vectorfill.jobs import load_job
 from vectorfill.search import create_index, has_index
-from vectorfill.versions import complete, switch_if_complete
+from vectorfill.versions import complete, switch
 
 from .common import TASK_OPTIONS, database_url
 
@@ -30,16 +31,17 @@ def switch_versions(job_name: str) -> int | None:
     without blocking writes, before the switch), so searches stay fast across it."""
     url = database_url()
     with connect(url) as conn:
-        new = complete(conn, job_name)
         job = load_job(conn, job_name)
+        new = complete(conn, job)
         carry = new is not None and job.active is not None and has_index(conn, job, job.active)
     if new is None:
         return None
     if carry and new.vector_dims:
         create_index(url, job_name, new.version)
-    with connect(url) as conn:
-        version = switch_if_complete(conn, job_name)
-    if version is None:
+    try:
+        with connect(url) as conn:
+            version = switch(conn, job_name)  # checks again, under its locks
+    except JobError:  # a row was written meanwhile: the next run finishes it
         return None
     emit_event(
         event=VERSION_SWITCHED,

@@ -31,7 +31,6 @@ __all__ = [
     "set_model",
     "list_versions",
     "switch",
-    "switch_if_complete",
     "complete",
     "pause",
     "resume",
@@ -198,23 +197,14 @@ def switch(conn: psycopg.Connection, name: str, *, force: bool = False) -> Versi
     return active
 
 
-def complete(conn: psycopg.Connection, name: str) -> Version | None:
-    """The job's filling version if nothing is missing from it (ready to switch to), else None."""
-    job = load_job(conn, name)
+def complete(conn: psycopg.Connection, job: Job) -> Version | None:
+    """The job's filling version if nothing is missing from it (ready to switch to), else None.
+
+    A first look, without locks: :func:`switch` checks again under its locks."""
     new = job.next
     if new is None or new.state != "filling" or any(_missing(conn, job, new)):
         return None
     return new
-
-
-def switch_if_complete(conn: psycopg.Connection, name: str) -> Version | None:
-    """Switch to the filling version if nothing is missing from it; else return None."""
-    if complete(conn, name) is None:
-        return None
-    try:
-        return switch(conn, name)
-    except JobError:  # a row was written meanwhile: the next run finishes it
-        return None
 
 
 def pause(conn: psycopg.Connection, name: str) -> Version:
