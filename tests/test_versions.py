@@ -15,7 +15,7 @@ from fake_provider import FakeProvider
 from psycopg import sql
 
 from vectorfill import versions
-from vectorfill.errors import JobError
+from vectorfill.errors import ConfigError, JobError
 from vectorfill.estimate import estimate
 from vectorfill.search import create_index, search
 
@@ -222,6 +222,13 @@ def test_set_model_refuses_what_makes_no_sense(env, new):
     env.create_job()
     with env.connect() as conn, pytest.raises(JobError, match="already embeds with fake-embed"):
         versions.set_model(conn, "docs", model="fake-embed")
+    with env.connect() as conn, pytest.raises(ConfigError, match="takes the NAME of an environment variable"):
+        versions.set_model(conn, "docs", model="other", api_key_env="sk-" + "x" * 20 + "-key")
+    with env.connect() as conn, pytest.raises(ConfigError, match="--dimensions must be a positive number"):
+        versions.set_model(conn, "docs", model="other", dimensions=0)
+    with env.connect() as conn:  # '' means no key (as `job set-model --api-key-env ''` says)
+        assert versions.set_model(conn, "docs", model="keyless", api_key_env="").api_key_env is None
+        versions.abandon(conn, "docs")
     set_model(env, new)
     with env.connect() as conn, pytest.raises(JobError, match=r"version 2 \(fake-embed-v2\) is already filling.*abandon"):
         versions.set_model(conn, "docs", model="other")

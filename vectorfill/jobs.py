@@ -29,6 +29,7 @@ __all__ = [
     "JobStatus",
     "KNOWN_DIMENSIONS",
     "parse_table",
+    "check_endpoint_options",
 ]
 
 #: Native sizes of well-known models, so their vector column is typed from the start.
@@ -48,6 +49,18 @@ def parse_table(table: str) -> tuple[str, str]:
     if len(parts) == 2 and all(parts):
         return parts[0], parts[1]
     raise ConfigError(f"--table {table!r} must be TABLE or SCHEMA.TABLE")
+
+
+def check_endpoint_options(dimensions: int | None, api_key_env: str | None, *, job: str) -> None:
+    """The checks a job's model options get, at ``job create`` and ``job set-model``."""
+    if dimensions is not None and dimensions < 1:
+        raise ConfigError(f"--dimensions must be a positive number, not {dimensions}", job=job)
+    if api_key_env is not None and not api_key_env.replace("_", "").isalnum():
+        raise ConfigError(
+            "--api-key-env takes the NAME of an environment variable (like OPENAI_API_KEY), "
+            "not the key itself",
+            job=job,
+        )
 
 
 def _require_schema(conn: psycopg.Connection) -> None:
@@ -72,14 +85,7 @@ def create_job(
     """Register a job, install its triggers and queue every existing row, atomically."""
     validate_job_name(name)
     settings = settings or JobSettings()
-    if dimensions is not None and dimensions < 1:
-        raise ConfigError(f"--dimensions must be a positive number, not {dimensions}", job=name)
-    if api_key_env is not None and not api_key_env.replace("_", "").isalnum():
-        raise ConfigError(
-            f"--api-key-env takes the NAME of an environment variable (like OPENAI_API_KEY), "
-            "not the key itself",
-            job=name,
-        )
+    check_endpoint_options(dimensions, api_key_env, job=name)
     _require_schema(conn)
     if conn.execute(sql.JOB_ROWS, {"name": name}).fetchone():
         raise JobError(

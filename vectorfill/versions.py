@@ -23,7 +23,7 @@ import psycopg
 
 from . import sql
 from .errors import ConfigError, JobError, SourceError
-from .jobs import KNOWN_DIMENSIONS, load_job
+from .jobs import KNOWN_DIMENSIONS, check_endpoint_options, load_job
 from .model import Job, Version
 
 __all__ = [
@@ -94,13 +94,6 @@ def set_model(
 
     ``base_url`` and ``api_key_env`` default to the active version's. Returns the new version.
     """
-    if dimensions is not None and dimensions < 1:
-        raise ConfigError(f"--dimensions must be a positive number, not {dimensions}", job=name)
-    if isinstance(api_key_env, str) and not api_key_env.replace("_", "").isalnum():
-        raise ConfigError(
-            "--api-key-env takes the NAME of an environment variable (like OPENAI_API_KEY), not the key itself",
-            job=name,
-        )
     job = _locked(conn, name)
     if job.next is not None:
         n = job.next
@@ -114,6 +107,7 @@ def set_model(
     if not base:
         raise ConfigError("--base-url is needed: the job has no active version to take it from", job=name)
     key_env = (current.api_key_env if current else None) if api_key_env is _UNSET else (api_key_env or None)
+    check_endpoint_options(dimensions, key_env, job=name)
     if current and (current.model, current.dimensions, current.base_url) == (model, dimensions, base):
         raise JobError(
             f"version {current.version} already embeds with {model} at {base}"
