@@ -190,14 +190,15 @@ def job_set_model(
     that completes it switches the job's view over in one transaction.
     """
     from .events import emit_model_changed
-    from .versions import _UNSET, list_versions, set_model
+    from .jobs import load_job
+    from .versions import _UNSET, set_model, version_status
 
     with _conn(db) as conn:
         version = set_model(
             conn, name, model=model, dimensions=dimensions, base_url=base_url,
             api_key_env=_UNSET if api_key_env is None else api_key_env,
         )
-        queued = next(v.pending for v in list_versions(conn, name) if v.version == version.version)
+        queued = version_status(conn, load_job(conn, name), version).pending
     out.print(
         f"job [bold]{name}[/]: version {version.version} ({model}) is filling, {queued:,} rows queued; "
         f"vectorfill.{name} keeps showing the current version until it is complete."
@@ -358,12 +359,13 @@ def _print_summary(s) -> None:
 @app.command()
 def status(job: str, json_out: bool = typer.Option(False, "--json"), db: Optional[str] = DbOpt) -> None:
     """Exact counts for JOB: total / embedded / pending / failed."""
-    from .jobs import job_status
-    from .versions import list_versions
+    from .jobs import job_status, load_job
+    from .versions import version_status
 
     with _conn(db) as conn:
         st = job_status(conn, job)
-        building = [v for v in list_versions(conn, job) if v.state in ("filling", "paused")]
+        loaded = load_job(conn, job)  # a re-embed in progress gets counted too; no other version
+        building = [version_status(conn, loaded, loaded.next)] if loaded.next else []
     if json_out:
         out.print_json(json.dumps({**st.as_dict(), "next": building[0].as_dict() if building else None}))
         return

@@ -30,6 +30,7 @@ __all__ = [
     "VersionStatus",
     "set_model",
     "list_versions",
+    "version_status",
     "switch",
     "complete",
     "pause",
@@ -139,19 +140,19 @@ def set_model(
 
 def list_versions(conn: psycopg.Connection, name: str) -> list[VersionStatus]:
     job = load_job(conn, name)
-    result = []
-    for v in job.versions:
-        total, embedded, pending, failed = conn.execute(
-            sql.JobSQL(job, v).counts(), {"job_id": job.id, "version": v.version}
-        ).fetchone()
-        result.append(
-            VersionStatus(
-                version=v.version, model=v.model, dimensions=v.vector_dims, state=v.state,
-                total=total, embedded=embedded, pending=pending, failed=failed,
-                created_at=v.created_at, activated_at=v.activated_at,
-            )
-        )
-    return result
+    return [version_status(conn, job, v) for v in job.versions]
+
+
+def version_status(conn: psycopg.Connection, job: Job, v: Version) -> VersionStatus:
+    """One version's exact counts (each version's are a few count(*)s over the source)."""
+    total, embedded, pending, failed = conn.execute(
+        sql.JobSQL(job, v).counts(), {"job_id": job.id, "version": v.version}
+    ).fetchone()
+    return VersionStatus(
+        version=v.version, model=v.model, dimensions=v.vector_dims, state=v.state,
+        total=total, embedded=embedded, pending=pending, failed=failed,
+        created_at=v.created_at, activated_at=v.activated_at,
+    )
 
 
 def _missing(conn: psycopg.Connection, job: Job, version: Version) -> tuple[int, int]:
