@@ -32,6 +32,9 @@ class Item:
     input_hash: bytes
     tokens: int
     """Exact when it decided truncation or packing, else an estimate (see :func:`count_tokens`)."""
+    counted: bool = False
+    """``tokens`` is the tokenizer's count for every text of the claim (a job with a TPM
+    budget), or for a truncated text its bound: the embed stage need not count it again."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
 
     counter = counter_for(work.version.model)
     limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
+    counted = s.tpm is not None and counter.exact  # then count_tokens counts every text exactly
     tokens = count_tokens(counter, [t[2] for t in todo], limit, _request_tokens(s), exact=s.tpm is not None)
     items: list[Item] = []
     truncated = 0
@@ -165,7 +169,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                 )
                 continue
             text, tok, truncated = counter.truncate(text, limit), limit, truncated + 1
-        items.append(Item(key, seq, text, digest, tok))
+        items.append(Item(key, seq, text, digest, tok, counted))
 
     if gone or unchanged or failed:
         try:

@@ -72,11 +72,13 @@ async def _send(client: EmbeddingsClient, items: tuple[Item, ...], throttle: Thr
 def _budget_tokens(model: str, items: tuple[Item, ...], throttle: Throttle) -> int:
     """The tokens to charge the rate budget for ``items``: counted exactly when it has a
     tokens-per-minute limit (configured, or announced by the provider) and the model's
-    tokenizer is known; otherwise the claim's counts (estimates, corrected by ``usage``)."""
+    tokenizer is known; otherwise the claim's counts (estimates, corrected by ``usage``).
+    Items the claim counted already (:attr:`Item.counted`) are not counted again."""
     if throttle.limiter.tpm is not None:
         counter = counter_for(model)
         if counter.exact:
-            return sum(counter.count([i.text for i in items]))
+            guessed = [i.text for i in items if not i.counted]
+            return sum(i.tokens for i in items if i.counted) + sum(counter.count(guessed))
     return sum(i.tokens for i in items)
 
 

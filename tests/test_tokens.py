@@ -178,3 +178,14 @@ def test_the_bundled_minilm_is_counted_and_truncated_exactly_as_its_server_count
             assert cut == text
         else:  # as long as it can be: one more token would not fit
             assert server.count_tokens([text[: len(cut) + 1]])[0] >= 256 or len(cut) == len(text)
+
+
+def test_texts_the_claim_counted_are_not_counted_again_for_the_rate_budget():
+    from vectorfill.tasks.claim import Item
+    from vectorfill.tasks.embed import _budget_tokens
+
+    texts = tricky_texts(12, 10)
+    counted = tuple(Item((i,), 0, t, b"", 5, counted=True) for i, t in enumerate(texts))
+    assert _budget_tokens("text-embedding-3-small", counted, _throttle(10_000_000)) == 5 * len(texts)
+    mixed = counted[:4] + tuple(Item((i,), 0, t, b"", 5) for i, t in enumerate(texts[4:]))
+    assert _budget_tokens("text-embedding-3-small", mixed, _throttle(10_000_000)) == 5 * 4 + sum(COUNTER.count(texts[4:]))
