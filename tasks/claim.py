@@ -7,7 +7,9 @@ rows with no text (recorded as failures) and rows that ran out of attempts.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -244,9 +246,6 @@ async def keep_claims(work: Work, token: uuid.UUID, url: str) -> None:
     """Renew the run's leases every third of ``lease_s`` until cancelled (a background helper
     of the flow, not a task: it runs for the whole run). A failed renewal is only logged: the
     leases then expire, which costs a possible second payment, never a wrong vector."""
-    import asyncio
-    import logging
-
     js = sql.JobSQL(work.job, work.version)
     params = {"lease_s": work.settings.lease_s, "token": token}
     while True:

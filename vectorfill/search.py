@@ -58,8 +58,8 @@ def index_suggested(conn: psycopg.Connection, job_name: str) -> bool:
     if version is None or version.vector_dims is None:
         return False
     js = sql.JobSQL(job, version)
-    has_index, estimate = conn.execute(js.index_facts()).fetchone()
-    if has_index:
+    indexed, estimate = conn.execute(js.index_facts()).fetchone()
+    if indexed:
         return False
     if estimate is None or estimate < 0:  # never analysed: count
         estimate = conn.execute(js.count_vectors()).fetchone()[0]

