@@ -13,7 +13,6 @@ label ``vectorfill.job``) and in the payload. Events need a Prefect server: the 
 
 from __future__ import annotations
 
-import os
 
 from .model import Version
 
@@ -30,12 +29,11 @@ def job_resource(job: str) -> dict[str, str]:
 def emit_model_changed(job: str, version: Version) -> str | None:
     """Send ``vectorfill.model.changed``; returns the API it went to, or None when no Prefect
     server is configured or running (the event would reach no automation)."""
-    from .serve import served_api_url
+    from .serve import use_served_api
 
-    api = os.environ.get("PREFECT_API_URL") or served_api_url()
+    api = use_served_api()
     if not api:
         return None
-    os.environ["PREFECT_API_URL"] = api
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -40,10 +39,9 @@ class RunRecord:
 
 def recent_runs(job: str | None = None, limit: int = 20) -> list[RunRecord]:
     """The latest backfill runs (of ``job``, or of every job), newest first."""
-    from .serve import served_api_url
+    from .serve import use_served_api
 
-    if not os.environ.get("PREFECT_API_URL") and (api := served_api_url()):
-        os.environ["PREFECT_API_URL"] = api
+    use_served_api()
     return asyncio.run(_read(job, limit))
 
 

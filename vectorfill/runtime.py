@@ -32,11 +32,10 @@ def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
 
     With no ``PREFECT_API_URL`` set and ``vectorfill serve`` running on this machine, runs
     go to its Prefect server (so they show up in its history and UI)."""
-    if use_served and not os.environ.get("PREFECT_API_URL"):
-        from .serve import served_api_url
+    if use_served:
+        from .serve import use_served_api
 
-        if api := served_api_url():
-            os.environ["PREFECT_API_URL"] = api
+        use_served_api()
     if not os.environ.get("PREFECT_API_URL"):
         # Prefect's temporary server: its event log feeds nothing after the run (automations
         # need `vectorfill serve` or a real server) and persisting it was ~45% of the server's

@@ -43,6 +43,7 @@ from .events import MODEL_CHANGED
 __all__ = [
     "ServedServer",
     "served_api_url",
+    "use_served_api",
     "prefect_database_url",
     "start_prefect_server",
     "build_deployments",
@@ -85,6 +86,15 @@ def served_api_url() -> str | None:
         return None
     api = state.get("api_url")
     return api if api and _healthy(api) else None
+
+
+def use_served_api() -> str | None:
+    """The Prefect API this process uses: ``PREFECT_API_URL``, else (and then set as it) the
+    one a running ``vectorfill serve`` uses; None when neither is there."""
+    api = os.environ.get("PREFECT_API_URL") or served_api_url()
+    if api:
+        os.environ["PREFECT_API_URL"] = api
+    return api
 
 
 def prefect_database_url(url: str) -> tuple[str, str]:
