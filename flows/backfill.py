@@ -1,7 +1,7 @@
 """The backfill flow: embed every queued row of a job, then report.
 
-``concurrency`` lanes run side by side, each a loop of claim -> embed -> store, so that
-requests stay in flight while vectors are written. The flow holds no transaction and no
+``concurrency`` lanes run side by side, each a loop of batch tasks (claim -> embed ->
+store, ``tasks/batch.py``), so that requests stay in flight while vectors are written. The flow holds no transaction and no
 secret: the database URL and the API key come from the environment of the process that
 runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
 """
@@ -9,7 +9,6 @@ runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,14 +23,14 @@ from vectorfill.errors import stops_run
 from vectorfill.prices import price_per_million
 from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle
 from vectorfill.tasks import (
+    Attempts,
+    Filled,
     Work,
-    claim_rows,
-    embed_batch,
+    batch_task,
     keep_claims,
     prepare_run,
     release_rows,
     report_run,
-    store_batch,
     switch_versions,
 )
 from vectorfill.db import LaneConnection
@@ -58,8 +57,16 @@ class _Tally:
         )
     )
 
+    def add(self, filled: Filled, price: float | None) -> None:
+        """Count one batch task's rows, and its billed tokens at ``price`` (USD per million;
+        None: unknown, so the cost is too)."""
+        for key in ("unchanged", "deleted", "failed", "truncated", "stale", "requests"):
+            self.totals[key] += getattr(filled, key)
+        self.totals["embedded"] += filled.written
+        self.done += filled.claimed
+        self.bill(filled.tokens, price)
+
     def bill(self, tokens: int, price: float | None) -> None:
-        """Add billed tokens at ``price`` (USD per million; None: unknown, so the cost is too)."""
         self.totals["tokens"] += tokens
         if price is None or self.totals["cost_usd"] is None:
             self.totals["cost_usd"] = None
@@ -113,35 +120,39 @@ async def _close_throttles(throttles: dict) -> None:
 
 
 async def _lane(
-    work: Work, client: EmbeddingsClient, tally: _Tally, token: uuid.UUID, url: str, throttle: Throttle
+    work: Work,
+    client: EmbeddingsClient,
+    tally: _Tally,
+    token: uuid.UUID,
+    url: str,
+    throttle: Throttle,
+    drained: asyncio.Event,
 ) -> None:
-    """claim -> embed -> store until the queue (or the run's budget) is empty.
+    """One batch task after another (claim -> embed -> store) until the queue is drained
+    (or the run's budget spent).
+
+    The queue is drained once any lane's claim comes back short: no free row was left to
+    claim then, so every lane stops after its current batch instead of each paying for one
+    more task run that would claim nothing. Rows queued after that (written during the
+    run, or edited while in flight) are left for the next run, and counted in its summary
+    as pending.
 
     Arguments are ``quote()``d: Prefect would otherwise walk every item of every batch to
     look for futures, which cost about half the wall time (bench/bench_throughput.py).
     """
-    embed = embed_batch.with_options(retries=work.settings.retries)
     price = price_per_million(work.version.model, work.settings)
     db = LaneConnection(url)
     try:
-        while (limit := tally.take(work.settings.max_inputs)) > 0:
-            claim = await claim_rows(quote(work), limit, token, quote(db))
-            tally.give_back(limit - claim.claimed)
-            if claim.claimed == 0:
-                return
-            for key in ("unchanged", "deleted", "failed", "truncated"):
-                tally.totals[key] += getattr(claim, key)
-            for batch in claim.batches:
-                embedded = await embed(quote(work), client, quote(batch), quote(throttle))
-                stored = await store_batch(quote(work), quote(batch), quote(embedded), quote(db))
-                if work.version.vector_dims is None and stored.vector_dims:
-                    # the first store typed the vector column: later batches must match it
-                    work = Work(work.job, dataclasses.replace(work.version, vector_dims=stored.vector_dims))
-                    client.expected_dims = stored.vector_dims
-                for key in ("written", "stale", "failed", "requests", "truncated"):
-                    tally.totals["embedded" if key == "written" else key] += getattr(stored, key)
-                tally.bill(stored.tokens, price)
-            tally.done += claim.claimed
+        while not drained.is_set() and (limit := tally.take(work.settings.max_inputs)) > 0:
+            attempts = Attempts(work)
+            filled = await batch_task(attempts)(
+                quote(attempts), limit, token, quote(db), quote(client), quote(throttle)
+            )
+            tally.give_back(limit - filled.claimed)
+            if filled.claimed < limit:
+                drained.set()
+            work = attempts.work  # typed by the first store, when the job's dims were not known
+            tally.add(filled, price)
     finally:
         await db.aclose()
 
@@ -182,7 +193,7 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
     """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
     version and the new model's version, if one is filling; switch to the latter once complete."""
     started = time.monotonic()
-    prepared = await asyncio.to_thread(prepare_run, job)
+    prepared = await prepare_run(job)
     tally = _Tally(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
     reporter = None
     if tally.pending:
@@ -197,7 +208,7 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
             reporter.cancel()
     if tally.progress_id is not None:
         await aupdate_progress_artifact(tally.progress_id, progress=tally.progress)
-    switched = await asyncio.to_thread(switch_versions, job)
+    switched = await switch_versions(job)
     return await report_run(job, tally.totals, time.monotonic() - started, switched)
 
 
@@ -218,14 +229,14 @@ async def _fill_versions(prepared, tally: _Tally, job: str, throttles: dict) -> 
             token = uuid.uuid4()  # marks this run's claims, so that it can give them back
             url = database_url()
             keeper = asyncio.create_task(keep_claims(work, token, url))  # leases outlive slow batches
+            drained = asyncio.Event()
             try:
                 async with asyncio.TaskGroup() as lanes:
                     for _ in range(work.settings.concurrency):
-                        lanes.create_task(_lane(work, client, tally, token, url, throttle))
+                        lanes.create_task(_lane(work, client, tally, token, url, throttle, drained))
             except BaseException as exc:
-                # stopped early (an error, Ctrl-C, a cancellation): give the claims back now;
-                # .fn, not the task, because the run may be shutting down
-                await asyncio.shield(release_rows.fn(work, token, _reason(exc)))
+                # stopped early (an error, Ctrl-C, a cancellation): give the claims back now
+                await asyncio.shield(release_rows(work, token, _reason(exc)))
                 if isinstance(exc, BaseExceptionGroup):
                     raise _first_error(exc) from None
                 raise

@@ -1,11 +1,16 @@
-"""The backfill's stage tasks, one module per stage.
+"""The backfill's stages, one module per stage, and the tasks that run them.
 
-``prepare`` (load the job, check its source) -> ``claim`` (lease queued rows, read their
-text, pack requests) -> ``embed`` (one API request per batch) -> ``store`` (write vectors
-and failures) -> ``switch`` (to a new model's version, once complete) -> ``report`` (the
-run summary artifact). Each returns a typed result.
+``prepare`` (load the job, check its source) -> per batch: ``claim`` (lease queued rows,
+read their text, pack requests) -> ``embed`` (one API request per batch) -> ``store``
+(write vectors and failures) -> ``switch`` (to a new model's version, once complete) ->
+``report`` (the run summary artifact). Each returns a typed result.
+
+Prefect tasks: ``prepare_run``, ``switch_versions``, ``report_run``, and ``fill_batch``
+(``batch.py``), one task run per API batch that runs claim, embed and store and resumes
+at the stage that failed when retried. The stage functions themselves are plain.
 """
 
+from .batch import Attempts, Filled, batch_task, fill_batch
 from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
 from .common import Work
 from .embed import Embedded, embed_batch
@@ -17,6 +22,8 @@ from .switch import switch_versions
 __all__ = [
     "Work",
     "prepare_run",
+    "fill_batch",
+    "batch_task",
     "claim_rows",
     "release_rows",
     "keep_claims",
@@ -24,10 +31,12 @@ __all__ = [
     "store_batch",
     "switch_versions",
     "report_run",
+    "Attempts",
     "Item",
     "Batch",
     "Claim",
     "Embedded",
     "Stored",
+    "Filled",
     "RunSummary",
 ]

@@ -14,14 +14,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import psycopg
-from prefect import task
 
 from vectorfill import sql
 from vectorfill.db import LaneConnection, aconnect
 from vectorfill.errors import DatabaseError
 from vectorfill.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 
-from .common import TASK_OPTIONS, Work, database_url
+from .common import Work, database_url
 
 __all__ = ["Item", "Batch", "Claim", "claim_rows", "release_rows", "keep_claims", "pack"]
 
@@ -101,7 +100,6 @@ async def _fail(conn, js: sql.JobSQL, work: Work, rows: list[tuple[tuple, int, s
     await conn.execute(js.fail(), params)
 
 
-@task(name="claim", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
 async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnection) -> Claim:
     """Lease up to ``limit`` rows of ``work``'s queue for the run ``token`` and return them
     packed into batches."""
@@ -231,11 +229,11 @@ def _show(key: tuple) -> str:
     return repr(key[0]) if len(key) == 1 else repr(key)
 
 
-@task(name="release", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
 async def release_rows(work: Work, token: uuid.UUID, error: str) -> int:
     """Give back every row the run ``token`` still holds, noting why, so that the next run
     takes them at once instead of waiting for their leases to expire. Opens its own
-    connection: the lanes' may be what failed."""
+    connection: the lanes' may be what failed. A plain function, not a task: the flow calls
+    it while it stops (an error, Ctrl-C, a cancellation)."""
     js = sql.JobSQL(work.job, work.version)
     async with aconnect(database_url()) as conn:
         cur = await conn.execute(js.release(), (error[:2000], token))

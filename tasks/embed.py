@@ -3,32 +3,26 @@
 A terminal rejection (400/422) of a batch is split in halves until the rejected inputs are
 isolated, so one bad input cannot block the others; the isolated inputs come back as
 failures with the provider's message. Errors that make every request pointless (401/403,
-404, insufficient quota) stop the run at once; transient errors are retried by Prefect,
-after honouring the provider's Retry-After.
+404, insufficient quota) stop the run at once; transient errors are raised, and Prefect
+retries the batch task (``batch.py``) at this stage, after the provider's Retry-After.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from prefect import task
-from prefect.tasks import exponential_backoff
-
 from vectorfill.client import EmbeddingsClient
-from vectorfill.errors import TerminalProviderError, TransientProviderError, stops_run
+from vectorfill.errors import TerminalProviderError, stops_run
 from vectorfill.ratelimit import Throttle
 from vectorfill.tokens import counter_for
 
 from .claim import Batch, Item
-from .common import TASK_OPTIONS, Work
+from .common import Work
 
 __all__ = ["Embedded", "embed_batch"]
-
-MAX_RETRY_AFTER_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -116,16 +110,10 @@ async def _embed(
     return Embedded(items, result.vectors, result.model, tokens, 1)
 
 
-@task(name="embed", **TASK_OPTIONS, retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 async def embed_batch(
     work: Work, client: EmbeddingsClient, batch: Batch, throttle: Throttle | None = None
 ) -> Embedded:
     """Embed one batch with one request (more only when bisecting a rejected batch), through
     the run's ``throttle`` for the endpoint when given: it waits for the rate budget and
     retries 429s itself, after a pause shared by every lane."""
-    try:
-        return await _embed(client, batch.items, work.settings.on_too_long == "truncate", throttle)
-    except TransientProviderError as exc:
-        if exc.retry_after and not (throttle is not None and exc.status == 429):  # paused already
-            await asyncio.sleep(min(exc.retry_after, MAX_RETRY_AFTER_S))
-        raise
+    return await _embed(client, batch.items, work.settings.on_too_long == "truncate", throttle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from prefect import task
@@ -25,7 +26,13 @@ class Prepared:
 
 
 @task(name="prepare", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
-def prepare_run(job_name: str) -> Prepared:
+async def prepare_run(job_name: str) -> Prepared:
+    """Load the job and list its versions to fill (an async task running its blocking
+    queries in a thread: a sync task run from the flow costs ~50 ms more in Prefect)."""
+    return await asyncio.to_thread(_prepare, job_name)
+
+
+def _prepare(job_name: str) -> Prepared:
     with connect(database_url()) as conn:
         job = load_job(conn, job_name)
         if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone() is None:

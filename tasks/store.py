@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import psycopg
-from prefect import task
 from psycopg import sql as pgsql
 
 from vectorfill import sql
@@ -24,7 +23,7 @@ from vectorfill.errors import DatabaseError, TerminalProviderError
 from vectorfill.model import Version
 
 from .claim import Batch, _fail, key_arrays
-from .common import TASK_OPTIONS, Work
+from .common import Work
 from .embed import Embedded
 
 __all__ = ["Stored", "store_batch"]
@@ -157,7 +156,6 @@ def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, mod
     return b"".join(parts)
 
 
-@task(name="store", **TASK_OPTIONS, retries=3, retry_delay_seconds=[1, 5, 15])
 async def store_batch(work: Work, batch: Batch, embedded: Embedded, db: LaneConnection) -> Stored:
     job, version = work.job, work.version
     written = 0

@@ -8,6 +8,8 @@ job's view at the new one (:func:`vectorfill.versions.switch`), and the event
 
 from __future__ import annotations
 
+import asyncio
+
 from prefect import task
 from prefect.events import emit_event
 
@@ -15,6 +17,7 @@ from vectorfill.db import connect
 from vectorfill.errors import JobError
 from vectorfill.events import VERSION_SWITCHED, job_resource
 from vectorfill.jobs import load_job
+from vectorfill.model import Version
 from vectorfill.search import create_index, has_index
 from vectorfill.versions import complete, switch
 
@@ -24,11 +27,25 @@ __all__ = ["switch_versions"]
 
 
 @task(name="switch", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
-def switch_versions(job_name: str) -> int | None:
+async def switch_versions(job_name: str) -> int | None:
     """The version switched to, or None when there was nothing (complete) to switch to.
 
     When the active version has an HNSW index, the new one gets its own first (built
-    without blocking writes, before the switch), so searches stay fast across it."""
+    without blocking writes, before the switch), so searches stay fast across it. (An
+    async task running its blocking work in a thread, as ``prepare`` does.)"""
+    version = await asyncio.to_thread(_switch, job_name)
+    if version is None:
+        return None
+    emit_event(
+        event=VERSION_SWITCHED,
+        resource=job_resource(job_name),
+        payload={"job": job_name, "version": version.version, "model": version.model},
+    )
+    return version.version
+
+
+def _switch(job_name: str) -> Version | None:
+    """Switch ``job_name`` to its complete new version, if it has one; returns that version."""
     url = database_url()
     with connect(url) as conn:
         job = load_job(conn, job_name)
@@ -43,9 +60,4 @@ def switch_versions(job_name: str) -> int | None:
             version = switch(conn, job_name)  # checks again, under its locks
     except JobError:  # a row was written meanwhile: the next run finishes it
         return None
-    emit_event(
-        event=VERSION_SWITCHED,
-        resource=job_resource(job_name),
-        payload={"job": job_name, "version": version.version, "model": version.model},
-    )
-    return version.version
+    return version

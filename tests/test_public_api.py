@@ -35,5 +35,5 @@ def test_importing_vectorfill_does_not_import_prefect():
 
 
 def test_stage_tasks_are_the_published_ones():
-    assert {"prepare_run", "claim_rows", "embed_batch", "store_batch", "report_run", "release_rows"} <= set(
-        vectorfill.tasks.__all__)
+    assert {"prepare_run", "fill_batch", "claim_rows", "embed_batch", "store_batch", "switch_versions", "report_run",
+            "release_rows"} <= set(vectorfill.tasks.__all__)

@@ -1,0 +1,138 @@
+"""The batch task: one Prefect task per API batch, resumed at the stage that failed.
+
+A retry must never pay twice: a store that fails is retried with the vectors in hand (the
+texts are not sent again), and each stage keeps its own retry budget and backoff.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_backfill import assert_vectors_match_texts
+
+import vectorfill.tasks.batch as batch_mod
+from vectorfill.errors import DatabaseError, TerminalProviderError, TransientProviderError
+from vectorfill.tasks.batch import Attempts
+
+
+def fail_stores(env, times: int) -> None:
+    """The next ``times`` stores fail as if Postgres had been restarted under them: a
+    statement trigger on the vector table raises SQLSTATE 57P01 (admin_shutdown, which
+    psycopg reports as an OperationalError). The count is a sequence, so that it survives
+    the rollback of the store it fails."""
+    with env.connect() as conn:
+        conn.execute("CREATE SEQUENCE public.stores")
+        conn.execute(f"""
+            CREATE FUNCTION public.fail_store() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('public.stores') <= {times} THEN
+                    RAISE EXCEPTION 'injected: the server is shutting down' USING ERRCODE = '57P01';
+                END IF;
+                RETURN NULL;
+            END $$""")
+        conn.execute("CREATE TRIGGER fail_store AFTER INSERT ON vectorfill._v_1_1 "
+                     "FOR EACH STATEMENT EXECUTE FUNCTION public.fail_store()")
+
+
+def stores_tried(env) -> int:
+    """COPYs into the vector table so far, failed ones included."""
+    with env.connect() as conn:
+        last, called = conn.execute("SELECT last_value, is_called FROM public.stores").fetchone()
+    return last if called else 0
+
+
+@pytest.fixture
+def quick_db_retries(monkeypatch):
+    monkeypatch.setattr(batch_mod, "STAGE_DELAYS", {"claim": (0.05,), "store": (0.05,)})
+
+
+def test_a_failed_store_is_retried_with_the_vectors_in_hand_so_nothing_is_sent_twice(env, quick_db_retries):
+    env.make_table(30)
+    # no provider retries at all: the store's retries are its own budget, not the request's
+    env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 0})
+    fail_stores(env, 2)
+    summary = env.backfill()
+    assert stores_tried(env) == 3 + 2, "three stores, and the two injected failures"
+    assert summary.embedded == 30 and env.status().pending == 0
+    assert env.provider.requests == 3, "one request per batch: no store retry re-sent its texts"
+    assert sorted(env.provider.inputs) == sorted(env.texts().values()), "each text sent exactly once"
+    assert summary.tokens == env.provider.tokens_billed
+    assert_vectors_match_texts(env)
+
+
+def test_a_store_failing_past_its_retries_fails_the_run_and_gives_the_rows_back(env, quick_db_retries):
+    env.make_table(10)
+    env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 0})
+    fail_stores(env, 1 + batch_mod.STAGE_RETRIES["store"])
+    with pytest.raises(DatabaseError, match="job 'docs': storing a batch failed"):
+        env.backfill()
+    assert env.provider.requests == 1, "the store's retries did not send the texts again"
+    with env.connect() as conn:
+        held = conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
+    assert held == 0 and env.status().pending == 10, "nothing lost: the rows are queued and free"
+    assert env.backfill().embedded == 10
+    assert_vectors_match_texts(env)
+
+
+def test_a_failed_request_is_retried_without_claiming_again(env):
+    env.make_table(10)
+    env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 1})
+    env.provider.fail_next(1, status=503, headers={"retry-after-ms": "10"})
+    summary = env.backfill()
+    assert summary.embedded == 10 and env.provider.requests == 2
+    assert env.provider.batches[0] == env.provider.batches[1], "the same claimed rows, sent again"
+    with env.connect() as conn:  # a second claim of the batch would have counted a second attempt
+        assert conn.execute("SELECT count(*) FROM vectorfill._q_1_1").fetchone()[0] == 0
+    assert_vectors_match_texts(env)
+
+
+# --- the retry policy, without a flow ---------------------------------------------------------
+
+
+def attempts_for(env, retries: int) -> Attempts:
+    from vectorfill.jobs import load_job
+    from vectorfill.tasks import Work
+
+    env.make_table(1)
+    env.create_job(settings_kw={"retries": retries})
+    with env.connect() as conn:
+        job = load_job(conn, "docs")
+    return Attempts(Work(job, job.active))
+
+
+def test_each_stage_has_its_own_retry_budget(env):
+    attempts = attempts_for(env, retries=1)
+    transient = TransientProviderError("503", status=503)
+    attempts.stage = "embed"
+    assert attempts.failed(transient)  # retry 1 of the job's 1
+    assert not attempts.failed(transient)
+    attempts.stage = "store"
+    db_error = DatabaseError("down")
+    assert all(attempts.failed(db_error) for _ in range(batch_mod.STAGE_RETRIES["store"]))
+    assert not attempts.failed(db_error)
+    assert attempts.total_retries == 1 + sum(batch_mod.STAGE_RETRIES.values())
+    attempts.stage = "claim"
+    assert not attempts.failed(TerminalProviderError("bad input", status=400)), "terminal errors are not retried"
+
+
+def test_backoff_is_the_stage_s_own_and_honours_retry_after(env):
+    attempts = attempts_for(env, retries=5)
+    attempts.stage = "embed"
+    plain = TransientProviderError("502", status=502)
+    delays = []
+    for _ in range(4):
+        attempts.failed(plain)
+        delays.append(attempts.delay(plain))
+    for n, d in enumerate(delays):  # 2, 4, 8, 16 s, jittered within +-50%
+        assert 0.5 * 2 ** (n + 1) <= d <= 1.5 * 2 ** (n + 1), delays
+    attempts.failures.clear()
+    attempts.failed(slow := TransientProviderError("503", status=503, retry_after=30))
+    assert 15 <= attempts.delay(slow) <= 45, "at least about the provider's Retry-After"
+    attempts.failures.clear()
+    attempts.failed(rate_limited := TransientProviderError("429", status=429, retry_after=30))
+    assert attempts.delay(rate_limited, throttle=object()) <= 3, "a throttled 429 paused every lane already"
+    attempts.failures.clear()
+    attempts.failed(huge := TransientProviderError("503", status=503, retry_after=3600))
+    assert attempts.delay(huge) <= batch_mod.MAX_DELAY_S
+    attempts.stage = "store"
+    attempts.failed(db_error := DatabaseError("down"))
+    assert 0.5 <= attempts.delay(db_error) <= 1.5
