@@ -13,33 +13,40 @@ Everything below is measured in one run, on one machine, against the same texts:
   float noise; the second row shows whether skipping that attempt matters).
 * **vectorfill**: ``asyncio.run(backfill(job))``, the real Prefect flow, in this process,
   on a job of ``--rows`` rows of ~100-token (cl100k) English-like texts. Prefect's
-  temporary server is started beforehand by a warm-up backfill of a small job, so the timed
-  run excludes its start-up (and the imports, the tokenizer load and the first
-  connections).
+  temporary server is started beforehand by a warm-up backfill (``max_inputs x
+  concurrency`` rows by default, so that every lane has run a full batch once), so the
+  timed run excludes its start-up (and the imports, the tokenizer load, the first
+  connections and this process's first allocations of full-size batches: a cold first
+  run was measured 20-30% slower).
 * **vectorfill without Prefect**: the same flow body and lanes, on a fresh job of the
-  same texts, with every task replaced by its plain function (``task.fn``) and the
-  progress and summary artifacts by no-ops (transient errors are retried at once, where
-  Prefect would retry after its delay).
+  same texts, with every task replaced by its plain function (``task.fn``), retried as its
+  ``retry_condition_fn`` allows, and the progress and summary artifacts by no-ops. Odd
+  rounds run it first, even rounds second, so that neither side always meets the colder
+  machine.
 
-Prefect's share of wall time is estimated two ways:
+Prefect's share of wall time is estimated three ways:
 
 1. **A/B**: ``1 - T(without Prefect) / T(with Prefect)``, both wall times of
    ``asyncio.run(...)`` on an identical job. This is the end-to-end cost, whatever it is
    made of (task-run bookkeeping on the event loop, events and log threads competing for
-   the GIL, the temporary server's CPU competing for the machine's cores).
-2. **Instrumented**: in the Prefect run, each task's ``.fn`` is wrapped to time its body
+   the GIL, the temporary server's CPU competing for the machine's cores). Single runs of
+   a few seconds swing by +-15% on this machine, so with ``--repeat`` the share of the
+   median walls is reported too.
+2. **CPU-based**: this process's CPU seconds in excess of the run without Prefect, plus
+   the Prefect server's, over wall x CPUs of the Prefect run: the share of the machine that
+   Prefect took (the bench saturates both cores, so its CPU is wall time taken from the
+   work). Steadier than A/B, since it does not depend on two wall times.
+3. **Instrumented**: in the Prefect run, each task's ``.fn`` is wrapped to time its body
    ("inner"), and each call site in the flow module is wrapped to time the whole task call
    as the lane sees it ("outer"); the flow's ``.fn`` and the progress-artifact calls are
    timed the same way. Then ``prefect_time = (flow wall - flow body) + (outer - inner of
-   prepare and report, which the flow runs alone) + (sum of outer - inner of the lane
-   tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow wall``.
-   Dividing lane time by ``concurrency`` assumes the lanes' overheads overlap evenly, and
-   the CPU Prefect takes from the task bodies themselves (they share the event loop and
-   the GIL) is not counted: it is a lower estimate; the A/B number is the one to hold the
-   goal against.
+   prepare, switch and report, which the flow runs alone) + (sum of outer - inner of the
+   batch tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow
+   wall``. Dividing lane time by ``concurrency`` assumes the lanes' overheads overlap
+   evenly, and the CPU Prefect's server takes from the machine is not counted.
 
-Both runs also report seconds per stage (sum of task bodies; the lanes overlap, so the sum
-can exceed the wall time), and CPU seconds per process over each timed window (this
+Both runs also report seconds per task and per stage inside the batch task (claim, embed,
+store; sums over the lanes, which overlap, so a sum can exceed the wall time), and CPU seconds per process over each timed window (this
 process and its threads, Prefect's server, the fake provider, Postgres, and everything
 else on the machine), which on a small machine shows who competes for the cores. A large
 "other processes" figure means someone else's load skewed that phase: run again.
@@ -55,11 +62,6 @@ profiled run is slower than an unprofiled one.
 
 Before each timed phase that writes to Postgres the database is settled (``VACUUM
 (ANALYZE)`` and ``CHECKPOINT``), so that no phase pays for the previous one's writes.
-
-``--quote-params`` is an experiment, not a measurement of the core as it is: the flow's
-task calls wrap their arguments in Prefect's ``quote()``, so that Prefect neither walks
-nor rebuilds them (``visit_collection`` over every ``Item`` of a batch is the largest
-Prefect cost the profile shows); it previews that fix without editing the core.
 
 ``--repeat N`` runs every timed phase N times (a fresh job for each vectorfill run): on a
 machine shared with other work single rounds swing; the round with the median ratio is
@@ -444,15 +446,22 @@ def flow_module():
 
 @dataclass
 class StageClock:
+    """Seconds and calls per task ("inner": its body, "outer": the whole call as the flow
+    sees it, Prefect's engine included) and per stage inside the batch task ("stage")."""
+
     inner: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     outer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    stage: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    stage_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     flow_body: float = 0.0
 
     def add(self, kind: str, name: str, seconds: float) -> None:
         getattr(self, kind)[name] += seconds
         if kind == "inner":
             self.calls[name] += 1
+        elif kind == "stage":
+            self.stage_calls[name] += 1
 
 
 def _timed(fn, record):
@@ -483,18 +492,14 @@ def _timed(fn, record):
 class _Outer:
     """Stands in for a Task at its call site in the flow module: times the whole call."""
 
-    def __init__(self, task, name: str, clock: StageClock, quote_params: bool = False) -> None:
-        self.task, self.name, self.clock, self.quote_params = task, name, clock, quote_params
+    def __init__(self, task, name: str, clock: StageClock) -> None:
+        self.task, self.name, self.clock = task, name, clock
 
     def with_options(self, **kw) -> _Outer:
-        return _Outer(self.task.with_options(**kw), self.name, self.clock, self.quote_params)
+        return _Outer(self.task.with_options(**kw), self.name, self.clock)
 
     def __call__(self, *a, **k):
         record = functools.partial(self.clock.add, "outer", self.name)
-        if self.quote_params:  # the experiment: Prefect neither walks nor rebuilds the arguments
-            from prefect.utilities.annotations import quote
-
-            a = tuple(x if isinstance(x, (int, float, str, type(None), quote)) else quote(x) for x in a)
         if self.task.isasync:
 
             async def call():
@@ -512,14 +517,23 @@ class _Outer:
             record(time.perf_counter() - t0)
 
 
+class _FailedState:
+    """What a ``retry_condition_fn`` reads of a failed state: its exception."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.data = exc
+
+
 class _Bare:
-    """Stands in for a Task without Prefect: calls its function; retries transient errors."""
+    """Stands in for a Task without Prefect: calls its function, and retries it at once
+    while its ``retry_condition_fn`` allows (the batch task waits out its backoff itself),
+    or, without one, retries transient errors up to ``retries`` times."""
 
-    def __init__(self, fn, retries: int) -> None:
-        self.fn, self.retries = fn, retries
+    def __init__(self, fn, retries: int, condition=None) -> None:
+        self.fn, self.retries, self.condition = fn, retries, condition
 
-    def with_options(self, retries: int | None = None, **kw) -> _Bare:
-        return _Bare(self.fn, self.retries if retries is None else retries)
+    def with_options(self, retries: int | None = None, retry_condition_fn=None, **kw) -> _Bare:
+        return _Bare(self.fn, self.retries if retries is None else retries, retry_condition_fn or self.condition)
 
     def __call__(self, *a, **k):
         from prefect.utilities.annotations import BaseAnnotation
@@ -528,28 +542,27 @@ class _Bare:
 
         # the flow quote()s its arguments for Prefect; a plain call gets the values
         a = tuple(x.unwrap() if isinstance(x, BaseAnnotation) else x for x in a)
-        if not inspect.iscoroutinefunction(self.fn):
-            return self.fn(*a, **k)
+
+        def may_retry(exc: BaseException) -> bool:
+            if self.condition is not None:
+                return self.condition(None, None, _FailedState(exc))
+            return is_transient(exc)
 
         async def call():
             for attempt in range(self.retries + 1):
                 try:
                     return await self.fn(*a, **k)
                 except Exception as exc:
-                    if attempt == self.retries or not is_transient(exc):
+                    if attempt == self.retries or not may_retry(exc):
                         raise
 
         return call()
 
 
-_TASK_GLOBALS = {
-    "prepare": "prepare_run",
-    "claim": "claim_rows",
-    "embed": "embed_batch",
-    "store": "store_batch",
-    "release": "release_rows",
-    "report": "report_run",
-}
+#: The flow module's tasks, by the global name it calls them by.
+_TASK_GLOBALS = {"prepare": "prepare_run", "switch": "switch_versions", "report": "report_run"}
+#: The stage functions the batch task calls, by their global name in tasks/batch.py.
+_STAGES = {"claim": "claim_rows", "embed": "embed_batch", "store": "store_batch"}
 
 
 def _artifact_functions(module) -> list[str]:
@@ -568,15 +581,18 @@ def _no_op_like(fn):
 
 
 @contextlib.contextmanager
-def instrumented(mode: str, retries: int, quote_params: bool = False):
+def instrumented(mode: str):
     """Patch the flow module for one run: ``mode`` "prefect" (time bodies and call sites)
-    or "bare" (tasks replaced by their timed functions, artifacts by no-ops)."""
+    or "bare" (tasks replaced by their timed functions, artifacts by no-ops). Either way
+    the stages inside the batch task are timed."""
     import importlib
 
     fb = flow_module()
+    batch_mod = importlib.import_module("vectorfill.tasks.batch")
     report_mod = importlib.import_module("vectorfill.tasks.report")
     clock = StageClock()
     tasks = {stage: getattr(fb, g) for stage, g in _TASK_GLOBALS.items()}
+    tasks["batch"] = batch_mod.fill_batch
     saved: list[tuple[object, str, object]] = []  # (object, attribute, original value)
 
     def patch(obj, attr: str, value) -> None:
@@ -584,11 +600,15 @@ def instrumented(mode: str, retries: int, quote_params: bool = False):
         setattr(obj, attr, value)
 
     try:
-        for stage, t in tasks.items():
-            patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", stage)))
+        for stage, g in _STAGES.items():
+            patch(batch_mod, g, _timed(getattr(batch_mod, g), functools.partial(clock.add, "stage", stage)))
+        for name, t in tasks.items():
+            patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", name)))
+        batch_task = fb.batch_task
         if mode == "prefect":
-            for stage, g in _TASK_GLOBALS.items():
-                patch(fb, g, _Outer(tasks[stage], stage, clock, quote_params))
+            for name, g in _TASK_GLOBALS.items():
+                patch(fb, g, _Outer(tasks[name], name, clock))
+            patch(fb, "batch_task", lambda attempts: _Outer(batch_task(attempts), "batch", clock))
             for name in _artifact_functions(fb):
                 patch(fb, name, _timed(getattr(fb, name), functools.partial(clock.add, "outer", "artifacts")))
 
@@ -597,8 +617,13 @@ def instrumented(mode: str, retries: int, quote_params: bool = False):
 
             patch(fb.backfill, "fn", _timed(fb.backfill.fn, record_body))
         else:
-            for stage, g in _TASK_GLOBALS.items():
-                patch(fb, g, _Bare(tasks[stage].fn, retries))
+            for name, g in _TASK_GLOBALS.items():
+                patch(fb, g, _Bare(tasks[name].fn, tasks[name].retries))
+
+            def bare_batch(attempts):
+                return _Bare(tasks["batch"].fn, attempts.total_retries, attempts.retry_condition())
+
+            patch(fb, "batch_task", bare_batch)
             for module in (fb, report_mod):  # progress and summary artifacts
                 for name in _artifact_functions(module):
                     patch(module, name, _no_op_like(getattr(module, name)))
@@ -618,7 +643,7 @@ def run_backfill(job: str, mode: str, args, cpu_pids, profile: bool = False) -> 
         profiler = Profiler(interval=0.001, async_mode="disabled")
     rss_before = psutil.Process().memory_info().rss // 1024 if psutil else None
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with instrumented(mode, args.retries, args.quote_params) as clock:
+    with instrumented(mode) as clock:
         window = CpuWindow(cpu_pids).start()
         if profiler:
             profiler.start()
@@ -707,6 +732,15 @@ def _round_ratio(results: dict) -> float:
     return _rate(results["vf"])
 
 
+def _prefect_cpu_share(results: dict) -> float:
+    """Prefect's CPU over what the machine had during the flow run: this process's CPU in
+    excess of the run without Prefect, plus the Prefect server's, over wall x CPUs."""
+    vf, bare = results["vf"], results["vf_bare"]
+    extra = vf["cpu"].get("this process", 0.0) - bare["cpu"].get("this process", 0.0)
+    extra += vf["cpu"].get("Prefect server", 0.0) - bare["cpu"].get("Prefect server", 0.0)
+    return max(0.0, extra) / (vf["wall"] * (os.cpu_count() or 1))
+
+
 def rounds_report(args, rounds: list[dict]) -> str:
     out = ["Every round (each ratio measured within its round):", ""]
     out.append("| round | vectorfill rows/s | no Prefect rows/s | A base64 rows/s | B rows/s | vectorfill / lower of A and B "
@@ -721,6 +755,15 @@ def rounds_report(args, rounds: list[dict]) -> str:
         other = r["vf"].get("cpu", {}).get("other processes")
         out.append(f"| {i} | {cell('vf')} | {cell('vf_bare')} | {cell('a_b64')} | {cell('b_copy')} | {ratio} | {share} "
                    f"| {'-' if other is None else f'{other:.2f}'} |")
+    with_bare = [r for r in rounds if "vf_bare" in r]
+    if len(with_bare) > 1:
+        flow = sorted(r["vf"]["wall"] for r in with_bare)[len(with_bare) // 2]
+        bare = sorted(r["vf_bare"]["wall"] for r in with_bare)[len(with_bare) // 2]
+        cpu = sorted(_prefect_cpu_share(r) for r in with_bare)[len(with_bare) // 2]
+        out.append("")
+        out.append(f"Prefect share over {len(with_bare)} rounds: A/B of the median walls "
+                   f"(1 - {bare:.2f} s / {flow:.2f} s) {100 * (1 - bare / flow):.1f}%; "
+                   f"CPU-based, median round {100 * cpu:.1f}% (goal <= 5%)")
     ratios = sorted(_round_ratio(r) for r in rounds if "a_b64" in r and "b_copy" in r)
     if ratios:
         out.append("")
@@ -751,7 +794,7 @@ def report(args, meta: dict, results: dict) -> str:
         "b_copy": "B: psycopg binary COPY -> vector(d) table (default storage)",
         "b_copy_ext": "B: same, column STORAGE EXTERNAL",
         "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if results["vf"].get("profiler") else "")
-        + (", EXPERIMENT: task arguments quote()d" if args.quote_params else ""),
+        ,
         "vf_bare": "vectorfill lanes without Prefect (task.fn)",
     }
     for key, label in labels.items():
@@ -776,22 +819,24 @@ def report(args, meta: dict, results: dict) -> str:
     if "vf_bare" in results:
         share = 1 - results["vf_bare"]["wall"] / vf["wall"]
         out.append(f"| Prefect share of wall time, A/B (1 - bare/flow) | {100 * share:.1f}% | <= 5% |")
+        out.append(f"| Prefect share, CPU-based (its extra CPU here + its server's, over wall x CPUs) "
+                   f"| {100 * _prefect_cpu_share(results):.1f}% | <= 5% |")
     clock: StageClock = vf["clock"]
     flow_over = max(0.0, vf["wall"] - clock.flow_body)  # creating and finishing the flow run
 
     def over(stages) -> float:
         return sum(clock.outer.get(s, 0.0) - clock.inner.get(s, 0.0) for s in stages)
 
-    sequential = over(("prepare", "report"))  # run by the flow body, one at a time
-    in_lanes = over(("claim", "embed", "store", "release"))
+    sequential = over(("prepare", "switch", "report"))  # run by the flow body, one at a time
+    in_lanes = over(("batch",))
     artifacts = clock.outer.get("artifacts", 0.0)
     est = flow_over + sequential + (in_lanes + artifacts) / args.concurrency
     out.append(f"| Prefect share of wall time, instrumented (see docstring) | {100 * est / vf['wall']:.1f}% | <= 5% |")
     out.append(f"| ... flow-run overhead (wall - flow body) | {flow_over:.2f} s | |")
-    calls = sum(clock.calls.get(s, 0) for s in ("claim", "embed", "store", "release"))
+    calls = clock.calls.get("batch", 0)
     if calls:
-        out.append(f"| ... task-run overhead per lane task call (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |")
-    out.append(f"| ... prepare + report task-run overhead | {sequential:.2f} s | |")
+        out.append(f"| ... task-run overhead per batch task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |")
+    out.append(f"| ... prepare + switch + report task-run overhead | {sequential:.2f} s | |")
     out.append(f"| ... progress-artifact calls (lane time) | {artifacts:.2f} s | |")
     rss = meta.get("rss", vf)  # the first round's: later rounds follow baselines
     out.append(f"| peak RSS of this process after the vectorfill runs (ru_maxrss) | {_mib(rss['maxrss_kib'])} | 200k run within 10% of 20k |")
@@ -801,23 +846,28 @@ def report(args, meta: dict, results: dict) -> str:
     if meta["provider_hwm"]:
         out.append(f"| peak RSS of the fake provider (VmHWM, max over its processes) | {_mib(max(meta['provider_hwm']))} | |")
 
-    # stages
+    # tasks and stages
     out.append("")
-    out.append("Seconds per stage (sum of task bodies over all lanes; the lanes overlap):")
+    out.append("Seconds per task and per stage inside the batch task (sums over all lanes; the lanes overlap):")
     out.append("")
-    out.append("| stage | calls | flow: body s | flow: body ms/call | flow: Prefect ms/call | bare: body s | bare: body ms/call |")
+    out.append("| task / stage | calls | flow: body s | flow: body ms/call | flow: Prefect ms/call | bare: body s | bare: body ms/call |")
     out.append("|---|---:|---:|---:|---:|---:|---:|")
     bare_clock: StageClock | None = results.get("vf_bare", {}).get("clock")
-    for s in _TASK_GLOBALS:
-        n = clock.calls.get(s, 0)
-        if not n and not (bare_clock and bare_clock.calls.get(s)):
+    rows = [("prepare", "inner"), ("batch", "inner"), ("claim", "stage"), ("embed", "stage"), ("store", "stage"),
+            ("switch", "inner"), ("report", "inner")]
+    for s, kind in rows:
+        counts = clock.calls if kind == "inner" else clock.stage_calls
+        bare_counts = (bare_clock.calls if kind == "inner" else bare_clock.stage_calls) if bare_clock else {}
+        n = counts.get(s, 0)
+        if not n and not bare_counts.get(s):
             continue
-        inner = clock.inner.get(s, 0.0)
-        over = clock.outer.get(s, 0.0) - inner
-        bn = bare_clock.calls.get(s, 0) if bare_clock else 0
-        bi = bare_clock.inner.get(s, 0.0) if bare_clock else 0.0
+        inner = getattr(clock, kind).get(s, 0.0)
+        over = f"{1000 * (clock.outer.get(s, 0.0) - inner) / max(n, 1):.1f}" if kind == "inner" else ""
+        bn = bare_counts.get(s, 0)
+        bi = getattr(bare_clock, kind).get(s, 0.0) if bare_clock else 0.0
+        label = s if kind == "inner" else f"... {s}"
         out.append(
-            f"| {s} | {n} | {inner:.2f} | {1000 * inner / max(n, 1):.1f} | {1000 * over / max(n, 1):.1f} | "
+            f"| {label} | {n} | {inner:.2f} | {1000 * inner / max(n, 1):.1f} | {over} | "
             f"{bi:.2f} | {1000 * bi / max(bn, 1):.1f} |"
         )
 
@@ -858,13 +908,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "5 requests per lane at concurrency 4")
     p.add_argument("--concurrency", type=int, default=4, help="job setting concurrency (and requests in flight)")
     p.add_argument("--retries", type=int, default=4, help="job setting retries")
-    p.add_argument("--warmup-rows", type=int, default=300, help="rows of the untimed warm-up backfill")
+    p.add_argument("--warmup-rows", type=int, default=None,
+                   help="rows of the untimed warm-up backfill (default: max_inputs x concurrency, so that "
+                        "every lane has run a full batch once; a cold first run is 20-30%% slower)")
     p.add_argument("--dims-unknown", action="store_true",
                    help="create the jobs without dimensions (the first store types the vector column)")
     p.add_argument("--no-bare", action="store_true", help="skip the run without Prefect")
-    p.add_argument("--quote-params", action="store_true",
-                   help="experiment: the flow's task calls wrap their arguments in prefect's quote() "
-                        "(previews a fix; the measured core is unchanged)")
     p.add_argument("--no-baselines", action="store_true", help="skip baselines A and B")
     p.add_argument("--repeat", type=int, default=1,
                    help="run the timed phases N times (fresh jobs each round); the round of median "
@@ -878,6 +927,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.warmup_rows is None:
+        args.warmup_rows = args.max_inputs * args.concurrency
     root = Path(tempfile.mkdtemp(prefix="vf-bench-"))
     data_dir = root / "pgdata"
     if not os.environ.get("PREFECT_API_URL"):
@@ -948,23 +999,29 @@ def main(argv: list[str] | None = None) -> int:
                 meta.update(tokens_mean=stats["sum"] / stats["count"], tokens_min=stats["min"], tokens_max=stats["max"])
             print(f"source table of {args.rows:,} texts (~{meta['tokens_mean']:.1f} tokens each) made in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
-            settle(url)
-            provider.restart()
-
-            results["vf"] = run_backfill(flow_job, "prefect", args, pids(), profile=args.profile and r == 0)
-            print(f"vectorfill (Prefect): {_rate(results['vf']):,.0f} rows/s", flush=True)
-            if results["vf"]["rows"] != args.rows:
-                print(f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}")
             if not args.no_bare:
                 jobs.append((f"bench_bare{tag}", f"bench_src_bare{tag}"))
                 make_job(url, f"bench_bare{tag}", f"bench_src_bare{tag}", iter_texts(args.rows, args.tokens), args,
                          provider.base_url)
-                settle(url)
-                provider.restart()
+
+            def with_prefect() -> None:
+                results["vf"] = run_backfill(flow_job, "prefect", args, pids(), profile=args.profile and r == 0)
+                print(f"vectorfill (Prefect): {_rate(results['vf']):,.0f} rows/s", flush=True)
+                if results["vf"]["rows"] != args.rows:
+                    print(f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}")
+
+            def without_prefect() -> None:
                 results["vf_bare"] = run_backfill(f"bench_bare{tag}", "bare", args, pids())
                 print(f"vectorfill (no Prefect): {_rate(results['vf_bare']):,.0f} rows/s", flush=True)
                 if results["vf_bare"]["rows"] != args.rows:
                     print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")
+
+            # odd rounds run without Prefect first: whichever runs first meets a colder machine
+            order = [with_prefect] + ([] if args.no_bare else [without_prefect])
+            for phase in order if r % 2 == 0 else order[::-1]:
+                settle(url)
+                provider.restart()
+                phase()
 
             if not args.no_baselines:
                 extra = {"Postgres": (pg_pid, True)}
