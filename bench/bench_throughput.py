@@ -54,11 +54,11 @@ else on the machine), which on a small machine shows who competes for the cores.
 Peak RSS: ``ru_maxrss`` of this process right after the vectorfill runs (they run first,
 before any baseline allocates, and the texts are streamed into Postgres, never held), the
 RSS before the timed run for comparison, and ``VmHWM`` of each fake-provider process (it
-keeps every text it was sent, so it grows with ``--rows``). ``--profile`` wraps the timed Prefect backfill
-in pyinstrument (main thread, ``async_mode="disabled"``: idle time shows as the event
-loop's ``select``), prints the top functions by cumulative and by self time and saves
-HTML and text reports and the session (for ``pyinstrument --load``) under ``/tmp``; the
-profiled run is slower than an unprofiled one.
+keeps every text it was sent, so it grows with ``--rows``). ``--profile`` wraps the first
+round's timed backfills (with and without Prefect) in pyinstrument (main thread,
+``async_mode="disabled"``: idle time shows as the event loop's ``select``), prints the top
+functions of each by cumulative and by self time and saves HTML and text reports and the
+sessions (for ``pyinstrument --load``) under ``/tmp``; profiled runs are slower.
 
 Before each timed phase that writes to Postgres the database is settled (``VACUUM
 (ANALYZE)`` and ``CHECKPOINT``), so that no phase pays for the previous one's writes.
@@ -795,7 +795,7 @@ def report(args, meta: dict, results: dict) -> str:
         "b_copy_ext": "B: same, column STORAGE EXTERNAL",
         "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if results["vf"].get("profiler") else "")
         ,
-        "vf_bare": "vectorfill lanes without Prefect (task.fn)",
+        "vf_bare": "vectorfill lanes without Prefect (task.fn)" + (" (profiled)" if results.get("vf_bare", {}).get("profiler") else ""),
     }
     for key, label in labels.items():
         if key in results:
@@ -919,7 +919,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the timed phases N times (fresh jobs each round); the round of median "
                         "ratio is reported in full and every round's ratio is listed (a loaded "
                         "machine moves single rounds a lot)")
-    p.add_argument("--profile", action="store_true", help="pyinstrument around the timed Prefect backfill")
+    p.add_argument("--profile", action="store_true",
+                   help="pyinstrument around the first round's timed backfills, with and without Prefect")
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--db", default=None, help="a postgresql:// URL instead of an embedded Postgres")
     return p.parse_args(argv)
@@ -1011,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}")
 
             def without_prefect() -> None:
-                results["vf_bare"] = run_backfill(f"bench_bare{tag}", "bare", args, pids())
+                results["vf_bare"] = run_backfill(f"bench_bare{tag}", "bare", args, pids(), profile=args.profile and r == 0)
                 print(f"vectorfill (no Prefect): {_rate(results['vf_bare']):,.0f} rows/s", flush=True)
                 if results["vf_bare"]["rows"] != args.rows:
                     print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")
@@ -1058,13 +1059,17 @@ def main(argv: list[str] | None = None) -> int:
         if len(rounds) > 1:
             print()
             print(rounds_report(args, rounds))
-        if args.profile and rounds[0]["vf"]["profiler"] is not None:
-            profiler = rounds[0]["vf"]["profiler"]
-            html = Path(tempfile.gettempdir()) / "vectorfill-bench-profile.html"
-            text = Path(tempfile.gettempdir()) / "vectorfill-bench-profile.txt"
+        for key, name in (("vf", "prefect"), ("vf_bare", "bare")):
+            profiler = rounds[0].get(key, {}).get("profiler")
+            if not args.profile or profiler is None:
+                continue
+            html = Path(tempfile.gettempdir()) / f"vectorfill-bench-profile-{name}.html"
+            text = Path(tempfile.gettempdir()) / f"vectorfill-bench-profile-{name}.txt"
             profiler.last_session.save(str(html.with_suffix(".pyisession")))  # pyinstrument --load
             html.write_text(profiler.output_html())
             text.write_text(profiler.output_text(unicode=True, show_all=False))
+            print()
+            print(f"### profile, {'Prefect flow' if key == 'vf' else 'without Prefect'}")
             print()
             print(profile_report(profiler, args.profile_top))
             print(f"\nprofile saved: {html}, {text} and {html.with_suffix('.pyisession')}")

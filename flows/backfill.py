@@ -9,6 +9,7 @@ runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from vectorfill.client import EmbeddingsClient
 from vectorfill.errors import stops_run
 from vectorfill.prices import price_per_million
 from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle
+from vectorfill.runtime import frozen_heap
 from vectorfill.tasks import (
     Attempts,
     Filled,
@@ -49,7 +51,6 @@ class _Tally:
     budget: int | None
     pending: int
     done: int = 0
-    progress_id: object = None
     totals: dict = field(
         default_factory=lambda: dict(
             embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0,
@@ -157,15 +158,21 @@ async def _lane(
         await db.aclose()
 
 
-async def _report_progress(tally: _Tally) -> None:
-    """Update the run's progress artifact every few seconds (not once per batch: each
-    update is an API round trip)."""
-    last = -1.0
+async def _report_progress(tally: _Tally, job: str, done: asyncio.Event) -> None:
+    """The run's progress artifact: created beside the first batches (not before them),
+    updated every few seconds (not once per batch: each update is an API round trip) and
+    once more when ``done`` is set."""
+    last = tally.progress
+    artifact = await acreate_progress_artifact(progress=last, description=f"vectorfill backfill of {job}")
     while True:
-        await asyncio.sleep(PROGRESS_EVERY_S)
+        finished = done.is_set()
         if tally.progress != last:
             last = tally.progress
-            await aupdate_progress_artifact(tally.progress_id, progress=last)
+            await aupdate_progress_artifact(artifact, progress=last)
+        if finished:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), PROGRESS_EVERY_S)
 
 
 def _reason(exc: BaseException) -> str:
@@ -192,23 +199,26 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
     """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
     version and the new model's version, if one is filling; switch to the latter once complete."""
+    with frozen_heap():  # full GC passes skip the heap that was there before the run
+        return await _backfill(job, max_rows)
+
+
+async def _backfill(job: str, max_rows: int | None) -> RunSummary:
     started = time.monotonic()
     prepared = await prepare_run(job)
     tally = _Tally(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
-    reporter = None
-    if tally.pending:
-        tally.progress_id = await acreate_progress_artifact(
-            progress=0.0, description=f"vectorfill backfill of {job}"
-        )
-        reporter = asyncio.create_task(_report_progress(tally))
+    done = asyncio.Event()
+    reporter = asyncio.create_task(_report_progress(tally, job, done)) if tally.pending else None
     try:
         await _fill(prepared, tally, job)
-    finally:
+    except BaseException:
         if reporter is not None:
             reporter.cancel()
-    if tally.progress_id is not None:
-        await aupdate_progress_artifact(tally.progress_id, progress=tally.progress)
+        raise
+    done.set()  # the reporter's last update goes on beside the switch
     switched = await switch_versions(job)
+    if reporter is not None:
+        await reporter
     return await report_run(job, tally.totals, time.monotonic() - started, switched)
 
 

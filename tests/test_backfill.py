@@ -398,6 +398,15 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
         time.sleep(0.5)
     assert recorded(names), names
 
+    async def progress_artifacts():
+        async with get_client() as client:
+            return (await client._client.post("/artifacts/filter", json={
+                "artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}, "type": {"any_": ["progress"]}},
+                "limit": 10, "sort": "CREATED_DESC"})).json()
+
+    (progress,) = asyncio.run(progress_artifacts())
+    assert progress["data"] == 100.0, "the run's progress artifact ends at 100%"
+
 
 def test_a_batch_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
     """Leases are renewed while a run holds them: a batch that hangs past ``lease_s`` is

@@ -9,13 +9,16 @@ Prefect server to keep run history there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 from .config import DATABASE_URL_ENV
 
-__all__ = ["prefect_defaults", "run_backfill"]
+__all__ = ["prefect_defaults", "run_backfill", "frozen_heap"]
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -45,6 +48,24 @@ def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
         if key == "PREFECT_LOGGING_LEVEL" and verbose:
             value = "INFO"
         os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Leave the objects that exist now out of the garbage collector's full passes while
+    the block runs (:func:`gc.freeze`), and give them back to it afterwards.
+
+    A backfill process holds a large, long-lived heap (Prefect, pydantic, SQLAlchemy and
+    their modules): each full (generation 2) collection walks all of it, about 150 ms on
+    these machines with the event loop stopped, and a run makes several. Frozen, those
+    passes walk only what the run itself allocated. Nothing is leaked: garbage that
+    existed before the block is collected after it, by the next full pass.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
