@@ -33,6 +33,7 @@ from vectorfill.tasks import (
     prepare_run,
     release_rows,
     report_run,
+    rows_per_task,
     switch_versions,
 )
 from vectorfill.db import LaneConnection
@@ -144,7 +145,7 @@ async def _lane(
     price = price_per_million(work.version.model, work.settings)
     db = LaneConnection(url)
     try:
-        while not drained.is_set() and (limit := tally.take(work.settings.max_inputs)) > 0:
+        while not drained.is_set() and (limit := tally.take(rows_per_task(work.settings))) > 0:
             attempts = Attempts(work)
             filled = await batch_task(attempts)(
                 quote(attempts), limit, token, quote(db), quote(client), quote(throttle)

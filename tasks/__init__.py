@@ -6,11 +6,12 @@ read their text, pack requests) -> ``embed`` (one API request per batch) -> ``st
 ``report`` (the run summary artifact). Each returns a typed result.
 
 Prefect tasks: ``prepare_run``, ``switch_versions``, ``report_run``, and ``fill_batch``
-(``batch.py``), one task run per API batch that runs claim, embed and store and resumes
+(``batch.py``), one task run per batch of rows (an API request's worth, or several
+requests' for endpoints that take few inputs) that runs claim, embed and store and resumes
 at the stage that failed when retried. The stage functions themselves are plain.
 """
 
-from .batch import Attempts, Filled, batch_task, fill_batch
+from .batch import Attempts, Filled, batch_task, fill_batch, rows_per_task
 from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
 from .common import Work
 from .embed import Embedded, embed_batch
@@ -24,6 +25,7 @@ __all__ = [
     "prepare_run",
     "fill_batch",
     "batch_task",
+    "rows_per_task",
     "claim_rows",
     "release_rows",
     "keep_claims",

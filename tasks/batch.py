@@ -1,18 +1,24 @@
-"""The batch task: one Prefect task per API batch, running claim -> embed -> store.
+"""The batch task: one Prefect task per batch of rows, running claim -> embed -> store.
 
 Prefect records one task run per batch (its states, retries and duration are the run's
 history); the three stages inside it are the plain functions of ``claim.py``, ``embed.py``
-and ``store.py``. One task instead of three per batch is what keeps Prefect's own cost
-small beside the work: each task run costs ~5 ms of engine time in this process and as
-much again in Prefect's server, on the same cores as the HTTP parsing and the COPY
-(``bench/bench_throughput.py`` measures the share).
+and ``store.py``. A batch is one API request's worth of rows (``max_inputs``), and at least
+:data:`MIN_TASK_ROWS`: for an endpoint that takes few inputs per request (TEI's default is
+32) one task sends several requests side by side, through the run's throttle (which holds
+the run to ``concurrency`` requests in flight), and stores each answer as it comes.
+
+One task instead of three per request is what keeps Prefect's own cost small beside the
+work: each task run costs ~4 ms of CPU in this process and as much again in Prefect's
+server, on the same cores as the HTTP parsing and the COPY (``bench/bench_throughput.py``
+measures the share).
 
 A retry of the task **resumes** it at the stage that failed, because :class:`Attempts`,
 the batch's record of what it has done, is kept across Prefect's retries of the task:
 
 - a store that fails (Postgres restarted, say) is retried with the vectors already in
   hand: the texts are **not sent (and paid for) again**;
-- a request that fails is retried without claiming again: the rows stay leased to the run;
+- a request that fails is retried without claiming again (the rows stay leased to the run),
+  and of a batch's requests only those that failed are sent again;
 - each stage keeps its own budget of retries and its own backoff (:data:`STAGE_RETRIES`,
   :data:`STAGE_DELAYS`; the request's is the job's ``retries``, exponential, and at least
   the provider's ``Retry-After``), and only errors marked transient are retried.
@@ -34,7 +40,7 @@ from prefect.utilities.math import clamped_poisson_interval
 
 from vectorfill.client import EmbeddingsClient
 from vectorfill.db import LaneConnection
-from vectorfill.errors import is_transient
+from vectorfill.errors import is_transient, stops_run
 from vectorfill.ratelimit import Throttle
 
 from .claim import Claim, claim_rows
@@ -42,7 +48,11 @@ from .common import TASK_OPTIONS, Work
 from .embed import Embedded, embed_batch
 from .store import Stored, store_batch
 
-__all__ = ["Attempts", "Filled", "fill_batch", "batch_task", "STAGE_RETRIES", "STAGE_DELAYS"]
+__all__ = ["Attempts", "Filled", "fill_batch", "batch_task", "rows_per_task", "STAGE_RETRIES", "STAGE_DELAYS"]
+
+#: The fewest rows one batch task claims (when ``max_inputs`` is smaller, the task sends
+#: several requests): below this, Prefect's ~8 ms of CPU per task run outweighs the work.
+MIN_TASK_ROWS = 1024
 
 #: Retries of the database stages (the request's are the job's ``retries``).
 STAGE_RETRIES = {"claim": 3, "store": 3}
@@ -59,16 +69,17 @@ class Attempts:
     """What one batch has done so far, kept across Prefect's retries of its task.
 
     ``stage`` is the stage running (or that failed last); ``failures`` counts each stage's
-    failed attempts. The vectors of the batch being stored (``embedded``) are kept until
-    the store succeeds, so a retry of the store never sends the texts again.
+    failed attempts. The vectors of the batch (``embedded``) are kept until the store
+    succeeds, so a retry of the store never sends the texts again.
     """
 
     work: Work
     claim: Claim | None = None
-    done: int = 0
-    """Batches of the claim stored so far."""
-    embedded: Embedded | None = None
+    embedded: dict[int, Embedded] = field(default_factory=dict)
+    """The vectors of the claim's requests (by index in ``claim.batches``), until stored."""
     stored: list[Stored] = field(default_factory=list)
+    sent: set[int] = field(default_factory=set)
+    """Requests of the claim embedded (and then stored) already."""
     stage: str = "claim"
     failures: Counter = field(default_factory=Counter)
 
@@ -155,33 +166,88 @@ async def fill_batch(
     throttle: Throttle | None = None,
 ) -> Filled:
     """Lease up to ``limit`` queued rows for the run ``token``, embed them (one request per
-    packed batch, through ``throttle``) and store their vectors; resumes at the stage that
-    failed when Prefect retries it (see the module docstring). Call it through
-    :func:`batch_task`, which sets the retries and the retry condition."""
+    packed batch, side by side, through ``throttle``) and store their vectors; resumes at
+    the stage that failed when Prefect retries it (see the module docstring). Call it
+    through :func:`batch_task`, which sets the retries and the retry condition."""
     try:
         if attempts.claim is None:
             attempts.stage = "claim"
             attempts.claim = await claim_rows(attempts.work, limit, token, db)
-        batches = attempts.claim.batches
-        while attempts.done < len(batches):
-            batch = batches[attempts.done]
-            if attempts.embedded is None:
-                attempts.stage = "embed"
-                attempts.embedded = await embed_batch(attempts.work, client, batch, throttle)
-            attempts.stage = "store"
-            stored = await store_batch(attempts.work, batch, attempts.embedded, db)
-            attempts.stored.append(stored)
-            attempts.embedded, attempts.done = None, attempts.done + 1
-            work = attempts.work
-            if work.version.vector_dims is None and stored.vector_dims:
-                # the first store typed the vector column: later batches must match it
-                attempts.work = Work(work.job, dataclasses.replace(work.version, vector_dims=stored.vector_dims))
-                client.expected_dims = stored.vector_dims
+        await _embed_and_store(attempts, client, throttle, db)
     except Exception as exc:
         if attempts.failed(exc):
             await asyncio.sleep(attempts.delay(exc, throttle))
         raise
     return Filled.of(attempts.claim, attempts.stored, attempts.work.version.vector_dims)
+
+
+async def _embed_and_store(attempts: Attempts, client: EmbeddingsClient, throttle, db: LaneConnection) -> None:
+    """Send the claim's requests not answered yet side by side, and store each answer as it
+    comes (one transaction each); vectors left from an earlier attempt are stored first.
+
+    At most ``concurrency`` of the batch's requests are answered and not yet stored at any
+    time (the run's throttle holds the requests in flight to that, too), so a crash loses
+    no more paid answers than that. When something fails, the rest goes on (answers are
+    paid for: they are stored if the store still works, else kept for the retry), then the
+    worst error is raised (:func:`_severity`) with ``attempts.stage`` set to its stage. After
+    an error that stops the run (a wrong key, say), requests not sent yet are not sent.
+    """
+    errors: list[tuple[str, BaseException]] = []
+    unstored = asyncio.Semaphore(attempts.work.settings.concurrency)
+    storing = asyncio.Lock()  # one transaction at a time on the lane's connection
+
+    async def store(i: int) -> None:
+        async with storing:
+            if any(stage == "store" for stage, _ in errors):
+                return  # the store is failing: keep the vectors for the retry
+            try:
+                await _store(attempts, i, client, db)
+            except Exception as exc:
+                errors.append(("store", exc))
+
+    async def request(i: int) -> None:
+        async with unstored:
+            if any(stops_run(e) for _, e in errors):
+                return
+            try:
+                attempts.embedded[i] = await embed_batch(attempts.work, client, attempts.claim.batches[i], throttle)
+            except Exception as exc:
+                errors.append(("embed", exc))
+                return
+            attempts.sent.add(i)
+            await store(i)
+
+    for i in sorted(attempts.embedded):
+        await store(i)
+    await asyncio.gather(*(request(i) for i in range(len(attempts.claim.batches)) if i not in attempts.sent))
+    if errors:
+        attempts.stage, exc = min(errors, key=lambda e: _severity(e[1]))
+        raise exc
+
+
+async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneConnection) -> None:
+    """Store request ``i``'s vectors; the first store of a version types its vector column."""
+    stored = await store_batch(attempts.work, attempts.embedded[i], db)
+    del attempts.embedded[i]
+    attempts.stored.append(stored)
+    work = attempts.work
+    if work.version.vector_dims is None and stored.vector_dims:
+        # the first store typed the vector column: later batches must match it
+        attempts.work = Work(work.job, dataclasses.replace(work.version, vector_dims=stored.vector_dims))
+        client.expected_dims = stored.vector_dims
+
+
+def rows_per_task(settings) -> int:
+    """Rows one batch task claims: a request's worth, and at least :data:`MIN_TASK_ROWS`."""
+    return max(settings.max_inputs, MIN_TASK_ROWS)
+
+
+def _severity(exc: BaseException) -> int:
+    """Which of several errors a batch raises first (lowest): an error that stops the run,
+    a terminal error, a transient one (only then is the batch retried)."""
+    if stops_run(exc):
+        return 0
+    return 2 if is_transient(exc) else 1
 
 
 def batch_task(attempts: Attempts):

@@ -156,7 +156,9 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     counter = counter_for(work.version.model)
     limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
     counted = s.tpm is not None and counter.exact  # then count_tokens counts every text exactly
-    tokens = count_tokens(counter, [t[2] for t in todo], limit, _request_tokens(s), exact=s.tpm is not None)
+    tokens = count_tokens(
+        counter, [t[2] for t in todo], limit, _request_tokens(s), exact=s.tpm is not None, max_inputs=s.max_inputs
+    )
     items: list[Item] = []
     truncated = 0
     for (key, seq, text, digest), tok in zip(todo, tokens):
@@ -207,20 +209,31 @@ def _request_tokens(s) -> int:
 
 
 def count_tokens(
-    counter: TokenCounter, texts: list[str], limit: int | None, request_tokens: int, *, exact: bool = False
+    counter: TokenCounter,
+    texts: list[str],
+    limit: int | None,
+    request_tokens: int,
+    *,
+    exact: bool = False,
+    max_inputs: int | None = None,
 ) -> list[int]:
     """Tokens per text, for the too-long check and for packing.
 
     Exact wherever a decision rests on one text (``count > limit`` decides as with exact
     counts), estimated elsewhere (:meth:`~vectorfill.tokens.Cl100k.estimate`); exact for
-    all when the estimate comes near ``request_tokens`` and packing may split on it, and
+    all when the estimate of a request (``max_inputs`` texts in a row, as :func:`pack`
+    takes them; all of them without it) comes near ``request_tokens`` and packing may split
+    on it, and
     when ``exact`` (the job has a tokens-per-minute budget: a request packed over it could
     never be sent). The embed stage charges a rate budget exact counts in any case.
     """
     if exact:
         return counter.count(texts)
     tokens = counter.estimate(texts, limit if counter.exact else None)
-    if counter.exact and sum(tokens) > ESTIMATE_HEADROOM * request_tokens:
+    step = max_inputs or len(tokens) or 1
+    if counter.exact and any(
+        sum(tokens[i : i + step]) > ESTIMATE_HEADROOM * request_tokens for i in range(0, len(tokens), step)
+    ):
         tokens = counter.count(texts)
     return tokens
 

@@ -22,7 +22,7 @@ from vectorfill.db import LaneConnection
 from vectorfill.errors import DatabaseError, TerminalProviderError
 from vectorfill.model import Version
 
-from .claim import Batch, _fail, key_arrays
+from .claim import _fail, key_arrays
 from .common import Work
 from .embed import Embedded
 
@@ -156,7 +156,9 @@ def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, mod
     return b"".join(parts)
 
 
-async def store_batch(work: Work, batch: Batch, embedded: Embedded, db: LaneConnection) -> Stored:
+async def store_batch(work: Work, embedded: Embedded, db: LaneConnection) -> Stored:
+    """Write ``embedded``'s vectors (one or more requests' answers) in one transaction: the
+    rows whose text is still the one embedded get their vector, the others are left queued."""
     job, version = work.job, work.version
     written = 0
     try:

@@ -51,7 +51,7 @@ def test_a_failed_store_is_retried_with_the_vectors_in_hand_so_nothing_is_sent_t
     env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 0})
     fail_stores(env, 2)
     summary = env.backfill()
-    assert stores_tried(env) == 3 + 2, "three stores, and the two injected failures"
+    assert stores_tried(env) == 3 + 2, "a store per request, and the two injected failures"
     assert summary.embedded == 30 and env.status().pending == 0
     assert env.provider.requests == 3, "one request per batch: no store retry re-sent its texts"
     assert sorted(env.provider.inputs) == sorted(env.texts().values()), "each text sent exactly once"
@@ -70,6 +70,23 @@ def test_a_store_failing_past_its_retries_fails_the_run_and_gives_the_rows_back(
         held = conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
     assert held == 0 and env.status().pending == 10, "nothing lost: the rows are queued and free"
     assert env.backfill().embedded == 10
+    assert_vectors_match_texts(env)
+
+
+def test_of_a_batch_s_requests_only_the_one_that_failed_is_sent_again(env):
+    """A batch task claims at least MIN_TASK_ROWS rows; with max_inputs 10 its 30 rows go in
+    three requests side by side. One fails: the retry sends that one alone."""
+    from collections import Counter
+
+    env.make_table(30)
+    env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 1})
+    env.provider.fail_next(1, status=503, headers={"retry-after-ms": "10"})
+    summary = env.backfill()
+    assert summary.embedded == 30 and env.provider.requests == 4 and summary.requests == 3
+    failed = env.provider.batches[0]  # the first to arrive got the 503
+    sent = Counter(env.provider.inputs)
+    assert {t for t, n in sent.items() if n == 2} == set(failed) and len(failed) == 10
+    assert set(sent) == set(env.texts().values()) and max(sent.values()) == 2
     assert_vectors_match_texts(env)
 
 

@@ -62,7 +62,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     texts = env.texts()
     for key, vector in env.vectors().items():
         np.testing.assert_allclose(vector, env.provider.expected_vector(texts[key]), atol=1e-6)
-    # Paid twice at most: what the dead worker had in flight (2 lanes x 50 rows).
+    # Paid twice at most: what the dead worker had in flight or answered and not stored,
+    # no more than `concurrency` requests (2 x 50 rows); never a row it had stored.
     resent = len(env.provider.inputs) - len(set(env.provider.inputs))
     assert resent <= 100, f"{resent} texts were sent twice"
 

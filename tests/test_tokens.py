@@ -106,6 +106,22 @@ def test_claim_counts_exactly_when_the_estimate_nears_the_request_limit():
     assert count_tokens(COUNTER, texts, 8191, request_tokens=10 * sum(exact), exact=True) == exact
 
 
+def test_a_claim_of_several_requests_counts_exactly_only_when_one_request_nears_the_limit():
+    """A batch task's claim may fill several requests (max_inputs texts each, in claim
+    order): what decides is each request's estimate, not the whole claim's."""
+    from vectorfill.tasks.claim import ESTIMATE_HEADROOM, count_tokens
+
+    texts = [f"note {i}: the committee reviewed the annual budget " * 3 for i in range(100)]
+    exact = COUNTER.count(texts)
+    estimate = COUNTER.estimate(texts, 8191)
+    per_request = max(sum(estimate[i:i + 10]) for i in range(0, 100, 10))
+    roomy = int(per_request / ESTIMATE_HEADROOM) + 1  # every request fits with room; the claim would not
+    assert sum(estimate) > ESTIMATE_HEADROOM * roomy
+    assert count_tokens(COUNTER, texts, 8191, request_tokens=roomy, max_inputs=10) == estimate != exact
+    tight = int(per_request / ESTIMATE_HEADROOM) - 1  # one request nears the limit: count them all
+    assert count_tokens(COUNTER, texts, 8191, request_tokens=tight, max_inputs=10) == exact
+
+
 def _throttle(tpm: int | None) -> Throttle:
     return Throttle(RateLimiter(None, tpm, learn_limits=False), Concurrency(1, max_limit=1))
 
