@@ -1,9 +1,10 @@
 """The backfill flow: embed every queued row of a job, then report.
 
 ``concurrency`` lanes run side by side, each a loop of batch tasks (claim -> embed ->
-store, ``tasks/batch.py``), so that requests stay in flight while vectors are written. The flow holds no transaction and no
-secret: the database URL and the API key come from the environment of the process that
-runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
+store, ``tasks/batch.py``), so that requests stay in flight while vectors are written.
+The flow holds no transaction and no secret: the database URL and the API key come from
+the environment of the process that runs it (``VECTORFILL_DATABASE_URL`` and the job's
+``api_key_env``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from vectorfill.runtime import frozen_heap
 from vectorfill.tasks import (
     Attempts,
     Filled,
+    Lanes,
     Work,
     batch_task,
     keep_claims,
@@ -69,6 +71,7 @@ class _Tally:
         self.bill(filled.tokens, price)
 
     def bill(self, tokens: int, price: float | None) -> None:
+        """Add billed tokens at ``price`` (USD per million; None: unknown, so the cost is too)."""
         self.totals["tokens"] += tokens
         if price is None or self.totals["cost_usd"] is None:
             self.totals["cost_usd"] = None
@@ -128,7 +131,7 @@ async def _lane(
     token: uuid.UUID,
     url: str,
     throttle: Throttle,
-    drained: asyncio.Event,
+    lanes: Lanes,
 ) -> None:
     """One batch task after another (claim -> embed -> store) until the queue is drained
     (or the run's budget spent).
@@ -145,14 +148,14 @@ async def _lane(
     price = price_per_million(work.version.model, work.settings)
     db = LaneConnection(url)
     try:
-        while not drained.is_set() and (limit := tally.take(rows_per_task(work.settings))) > 0:
+        while not lanes.drained.is_set() and (limit := tally.take(rows_per_task(work.settings))) > 0:
             attempts = Attempts(work)
             filled = await batch_task(attempts)(
-                quote(attempts), limit, token, quote(db), quote(client), quote(throttle)
+                quote(attempts), limit, token, quote(db), quote(client), quote(throttle), quote(lanes)
             )
             tally.give_back(limit - filled.claimed)
             if filled.claimed < limit:
-                drained.set()
+                lanes.drained.set()
             work = attempts.work  # typed by the first store, when the job's dims were not known
             tally.add(filled, price)
     finally:
@@ -240,11 +243,11 @@ async def _fill_versions(prepared, tally: _Tally, job: str, throttles: dict) -> 
             token = uuid.uuid4()  # marks this run's claims, so that it can give them back
             url = database_url()
             keeper = asyncio.create_task(keep_claims(work, token, url))  # leases outlive slow batches
-            drained = asyncio.Event()
+            lanes = Lanes.for_settings(work.settings)
             try:
-                async with asyncio.TaskGroup() as lanes:
+                async with asyncio.TaskGroup() as group:
                     for _ in range(work.settings.concurrency):
-                        lanes.create_task(_lane(work, client, tally, token, url, throttle, drained))
+                        group.create_task(_lane(work, client, tally, token, url, throttle, lanes))
             except BaseException as exc:
                 # stopped early (an error, Ctrl-C, a cancellation): give the claims back now
                 await asyncio.shield(release_rows(work, token, _reason(exc)))

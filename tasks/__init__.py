@@ -11,7 +11,7 @@ requests' for endpoints that take few inputs) that runs claim, embed and store a
 at the stage that failed when retried. The stage functions themselves are plain.
 """
 
-from .batch import Attempts, Filled, batch_task, fill_batch, rows_per_task
+from .batch import Attempts, Filled, Lanes, batch_task, fill_batch, rows_per_task
 from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
 from .common import Work
 from .embed import Embedded, embed_batch
@@ -34,6 +34,7 @@ __all__ = [
     "switch_versions",
     "report_run",
     "Attempts",
+    "Lanes",
     "Item",
     "Batch",
     "Claim",

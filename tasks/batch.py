@@ -2,15 +2,17 @@
 
 Prefect records one task run per batch (its states, retries and duration are the run's
 history); the three stages inside it are the plain functions of ``claim.py``, ``embed.py``
-and ``store.py``. A batch is one API request's worth of rows (``max_inputs``), and at least
-:data:`MIN_TASK_ROWS`: for an endpoint that takes few inputs per request (TEI's default is
-32) one task sends several requests side by side, through the run's throttle (which holds
-the run to ``concurrency`` requests in flight), and stores each answer as it comes.
+and ``store.py``. A batch is :data:`MIN_TASK_ROWS` rows, or one API request's worth
+(``max_inputs``) when that is more: the task sends its requests side by side, through the
+run's throttle (which holds the run to ``concurrency`` requests in flight), and stores each
+answer as it comes.
 
-One task instead of three per request is what keeps Prefect's own cost small beside the
-work: each task run costs ~4 ms of CPU in this process and as much again in Prefect's
-server, on the same cores as the HTTP parsing and the COPY (``bench/bench_throughput.py``
-measures the share).
+Few tasks, each of many rows, are what keep Prefect's own cost small beside the work:
+each task run costs ~4 ms of CPU in this process and as much again in Prefect's server, on
+the same cores as the HTTP parsing and the COPY. Measured with ``bench/bench_throughput.py``
+(20,000 rows, no provider latency, 2 cores): Prefect's CPU was 8.8% of the machine with a
+task per 1,024-row request and 4.3% with a task per 4,096 rows, at the same throughput; a
+task per 32-input request (TEI's default) would cost more than the work.
 
 A retry of the task **resumes** it at the stage that failed, because :class:`Attempts`,
 the batch's record of what it has done, is kept across Prefect's retries of the task:
@@ -48,11 +50,11 @@ from .common import TASK_OPTIONS, Work
 from .embed import Embedded, embed_batch
 from .store import Stored, store_batch
 
-__all__ = ["Attempts", "Filled", "fill_batch", "batch_task", "rows_per_task", "STAGE_RETRIES", "STAGE_DELAYS"]
+__all__ = ["Attempts", "Filled", "Lanes", "fill_batch", "batch_task", "rows_per_task", "STAGE_RETRIES", "STAGE_DELAYS"]
 
 #: The fewest rows one batch task claims (when ``max_inputs`` is smaller, the task sends
-#: several requests): below this, Prefect's ~8 ms of CPU per task run outweighs the work.
-MIN_TASK_ROWS = 1024
+#: several requests): Prefect's ~8 ms of CPU per task run is then 2-4% of the work.
+MIN_TASK_ROWS = 4096
 
 #: Retries of the database stages (the request's are the job's ``retries``).
 STAGE_RETRIES = {"claim": 3, "store": 3}
@@ -125,6 +127,24 @@ class Attempts:
         return may_retry
 
 
+@dataclass
+class Lanes:
+    """What the lanes filling one job version share.
+
+    ``unstored`` holds the requests sent and not yet stored to ``concurrency`` for the whole
+    run, whatever the number of lanes and of requests per batch: a crash loses no more paid
+    answers than that, and memory stays bounded (an answer of 1,024 x 1,536 floats is ~14 MB
+    in flight). ``drained`` is set once a claim comes back short (see ``flows/backfill.py``).
+    """
+
+    unstored: asyncio.Semaphore
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def for_settings(cls, settings) -> Lanes:
+        return cls(asyncio.Semaphore(settings.concurrency))
+
+
 @dataclass(frozen=True)
 class Filled:
     """What one batch task did: the claim's counts and its stores' counts, summed."""
@@ -163,7 +183,8 @@ async def fill_batch(
     token: uuid.UUID,
     db: LaneConnection,
     client: EmbeddingsClient,
-    throttle: Throttle | None = None,
+    throttle: Throttle,
+    lanes: Lanes,
 ) -> Filled:
     """Lease up to ``limit`` queued rows for the run ``token``, embed them (one request per
     packed batch, side by side, through ``throttle``) and store their vectors; resumes at
@@ -173,7 +194,7 @@ async def fill_batch(
         if attempts.claim is None:
             attempts.stage = "claim"
             attempts.claim = await claim_rows(attempts.work, limit, token, db)
-        await _embed_and_store(attempts, client, throttle, db)
+        await _embed_and_store(attempts, client, throttle, db, lanes.unstored)
     except Exception as exc:
         if attempts.failed(exc):
             await asyncio.sleep(attempts.delay(exc, throttle))
@@ -181,19 +202,19 @@ async def fill_batch(
     return Filled.of(attempts.claim, attempts.stored, attempts.work.version.vector_dims)
 
 
-async def _embed_and_store(attempts: Attempts, client: EmbeddingsClient, throttle, db: LaneConnection) -> None:
+async def _embed_and_store(
+    attempts: Attempts, client: EmbeddingsClient, throttle, db: LaneConnection, unstored: asyncio.Semaphore
+) -> None:
     """Send the claim's requests not answered yet side by side, and store each answer as it
     comes (one transaction each); vectors left from an earlier attempt are stored first.
 
-    At most ``concurrency`` of the batch's requests are answered and not yet stored at any
-    time (the run's throttle holds the requests in flight to that, too), so a crash loses
-    no more paid answers than that. When something fails, the rest goes on (answers are
+    ``unstored`` (:class:`Lanes`) holds the run's requests sent and not yet stored to
+    ``concurrency``, so a crash loses no more paid answers than that. When something fails, the rest goes on (answers are
     paid for: they are stored if the store still works, else kept for the retry), then the
     worst error is raised (:func:`_severity`) with ``attempts.stage`` set to its stage. After
     an error that stops the run (a wrong key, say), requests not sent yet are not sent.
     """
     errors: list[tuple[str, BaseException]] = []
-    unstored = asyncio.Semaphore(attempts.work.settings.concurrency)
     storing = asyncio.Lock()  # one transaction at a time on the lane's connection
 
     async def store(i: int) -> None:

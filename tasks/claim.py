@@ -221,11 +221,11 @@ def count_tokens(
 
     Exact wherever a decision rests on one text (``count > limit`` decides as with exact
     counts), estimated elsewhere (:meth:`~vectorfill.tokens.Cl100k.estimate`); exact for
-    all when the estimate of a request (``max_inputs`` texts in a row, as :func:`pack`
-    takes them; all of them without it) comes near ``request_tokens`` and packing may split
-    on it, and
-    when ``exact`` (the job has a tokens-per-minute budget: a request packed over it could
-    never be sent). The embed stage charges a rate budget exact counts in any case.
+    all when the estimate of one request (``max_inputs`` texts in a row, as :func:`pack`
+    takes them; all the texts without it) comes near ``request_tokens`` and packing may
+    split on it, and when ``exact`` (the job has a tokens-per-minute budget: a request
+    packed over it could never be sent). The embed stage charges a rate budget exact
+    counts in any case.
     """
     if exact:
         return counter.count(texts)

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from vectorfill.client import EmbeddingsClient
 from vectorfill.errors import TerminalProviderError, stops_run
 from vectorfill.ratelimit import Throttle

@@ -157,8 +157,8 @@ def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, mod
 
 
 async def store_batch(work: Work, embedded: Embedded, db: LaneConnection) -> Stored:
-    """Write ``embedded``'s vectors (one or more requests' answers) in one transaction: the
-    rows whose text is still the one embedded get their vector, the others are left queued."""
+    """Write ``embedded``'s vectors in one transaction: the rows whose text is still the one
+    embedded get their vector, the others are left queued; rejected inputs become failures."""
     job, version = work.job, work.version
     written = 0
     try:

@@ -390,7 +390,7 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
         return sorted(r["name"].rsplit("-", 1)[0] for r in runs if r["state"]["type"] == "COMPLETED")
 
     def recorded(names) -> bool:  # the server records task runs a little after they end
-        # 300 rows, 100 a request: one batch task (it claims at least 1,024 rows) sends 3
+        # 300 rows, 100 a request: one batch task (it claims at least 4,096 rows) sends 3
         return names.count("batch") == 1 and {"prepare", "switch", "report"} <= set(names)
 
     deadline = time.monotonic() + 60

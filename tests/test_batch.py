@@ -90,6 +90,19 @@ def test_of_a_batch_s_requests_only_the_one_that_failed_is_sent_again(env):
     assert_vectors_match_texts(env)
 
 
+def test_many_batch_tasks_over_several_lanes_embed_every_row_once(env, monkeypatch):
+    """With a task per request (MIN_TASK_ROWS lowered to 1), four lanes run 25 batch tasks
+    side by side: SKIP LOCKED claims keep them apart, and the lanes stop once drained."""
+    monkeypatch.setattr(batch_mod, "MIN_TASK_ROWS", 1)
+    env.make_table(500)
+    env.create_job(settings_kw={"max_inputs": 20, "concurrency": 4, "retries": 1})
+    summary = env.backfill()
+    assert summary.embedded == 500 and summary.requests == 25 == env.provider.requests
+    assert sorted(env.provider.inputs) == sorted(env.texts().values()), "each text sent exactly once"
+    assert env.status().pending == 0
+    assert_vectors_match_texts(env)
+
+
 def test_a_failed_request_is_retried_without_claiming_again(env):
     env.make_table(10)
     env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 1})

@@ -247,3 +247,15 @@ def test_a_lone_surrogate_is_a_clear_input_error_not_a_crash(fresh_db):
             conn.execute("INSERT INTO t VALUES (1, %s)", ("bad \ud800",))
         with pytest.raises(psycopg.errors.SyntaxError, match="invalid Unicode surrogate pair"):
             conn.execute("INSERT INTO t VALUES (1, U&'bad \\D800')")
+
+
+def test_a_plain_http_endpoint_loads_no_ca_bundle_and_could_never_pass_tls_unverified():
+    import ssl
+
+    from vectorfill.client import _tls_for
+
+    local = _tls_for("http://127.0.0.1:8000/v1")
+    assert isinstance(local, ssl.SSLContext)
+    assert local.verify_mode == ssl.CERT_REQUIRED and local.check_hostname
+    assert local.get_ca_certs() == [], "trusts no CA: a TLS handshake through it fails"
+    assert _tls_for("https://api.openai.com/v1") is True, "https keeps httpx's verified defaults"
