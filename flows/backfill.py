@@ -220,7 +220,7 @@ async def _backfill(job: str, max_rows: int | None) -> RunSummary:
             reporter.cancel()
         raise
     done.set()  # the reporter's last update goes on beside the switch
-    switched = await switch_versions(job)
+    switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
     if reporter is not None:
         await reporter
     return await report_run(job, tally.totals, time.monotonic() - started, switched)

@@ -24,6 +24,11 @@ class Prepared:
     pending: int
     """Rows queued across those versions when the run started."""
 
+    @property
+    def filling(self) -> bool:
+        """A new model's version is being filled (a re-embed): the run ends with the switch stage."""
+        return any(w.version.state == "filling" for w in self.works)
+
 
 @task(name="prepare", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
 async def prepare_run(job_name: str) -> Prepared:
