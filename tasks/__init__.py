@@ -6,9 +6,9 @@ read their text, pack requests) -> ``embed`` (one API request per batch) -> ``st
 ``report`` (the run summary artifact). Each returns a typed result.
 
 Prefect tasks: ``prepare_run``, ``switch_versions``, ``report_run``, and ``fill_batch``
-(``batch.py``), one task run per batch of rows (an API request's worth, or several
-requests' for endpoints that take few inputs) that runs claim, embed and store and resumes
-at the stage that failed when retried. The stage functions themselves are plain.
+(``batch.py``), one task run per batch of rows (at least 4,096, sent as one or more
+requests side by side) that runs claim, embed and store and resumes at the stage that
+failed when retried. The stage functions themselves are plain.
 """
 
 from .batch import Attempts, Filled, Lanes, batch_task, fill_batch, rows_per_task

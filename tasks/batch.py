@@ -158,10 +158,9 @@ class Filled:
     stale: int = 0
     requests: int = 0
     tokens: int = 0
-    vector_dims: int | None = None
 
     @classmethod
-    def of(cls, claim: Claim, stored: list[Stored], vector_dims: int | None) -> Filled:
+    def of(cls, claim: Claim, stored: list[Stored]) -> Filled:
         return cls(
             claimed=claim.claimed,
             unchanged=claim.unchanged,
@@ -172,7 +171,6 @@ class Filled:
             stale=sum(s.stale for s in stored),
             requests=sum(s.requests for s in stored),
             tokens=sum(s.tokens for s in stored),
-            vector_dims=vector_dims,
         )
 
 
@@ -199,7 +197,7 @@ async def fill_batch(
         if attempts.failed(exc):
             await asyncio.sleep(attempts.delay(exc, throttle))
         raise
-    return Filled.of(attempts.claim, attempts.stored, attempts.work.version.vector_dims)
+    return Filled.of(attempts.claim, attempts.stored)
 
 
 async def _embed_and_store(
@@ -209,10 +207,11 @@ async def _embed_and_store(
     comes (one transaction each); vectors left from an earlier attempt are stored first.
 
     ``unstored`` (:class:`Lanes`) holds the run's requests sent and not yet stored to
-    ``concurrency``, so a crash loses no more paid answers than that. When something fails, the rest goes on (answers are
-    paid for: they are stored if the store still works, else kept for the retry), then the
-    worst error is raised (:func:`_severity`) with ``attempts.stage`` set to its stage. After
-    an error that stops the run (a wrong key, say), requests not sent yet are not sent.
+    ``concurrency``, so a crash loses no more paid answers than that. When something
+    fails, the rest goes on (answers are paid for: they are stored if the store still
+    works, else kept for the retry), then the worst error is raised (:func:`_severity`)
+    with ``attempts.stage`` set to its stage. After an error that stops the run (a wrong
+    key, say), requests not sent yet are not sent.
     """
     errors: list[tuple[str, BaseException]] = []
     storing = asyncio.Lock()  # one transaction at a time on the lane's connection

@@ -41,22 +41,6 @@ class Embedded:
     """Inputs shortened after the provider said they were too long."""
 
 
-def joined(parts: list[Embedded]) -> Embedded:
-    """One :class:`Embedded` for several requests' answers (of one model and size), in order."""
-    if len(parts) == 1:
-        return parts[0]
-    with_rows = [e for e in parts if len(e.items)]
-    return Embedded(
-        tuple(i for e in parts for i in e.items),
-        np.vstack([e.vectors for e in with_rows]) if with_rows else np.zeros((0, 0), np.float32),
-        with_rows[0].model if with_rows else parts[0].model,
-        sum(e.tokens for e in parts),
-        sum(e.requests for e in parts),
-        tuple(r for e in parts for r in e.rejected),
-        sum(e.truncated for e in parts),
-    )
-
-
 _TOO_LONG = re.compile(r"context.length|too long|maximum.*tokens|tokens.*maximum|exceeds", re.I)
 
 
@@ -112,8 +96,17 @@ async def _embed(
         mid = len(items) // 2
         left = await _embed(client, items[:mid], truncate, throttle)
         right = await _embed(client, items[mid:], truncate, throttle)
-        both = joined([left, right])
-        return dataclasses.replace(both, requests=both.requests + 1)  # and the refused one
+        parts = [e for e in (left, right) if len(e.items)]
+        vectors = np.vstack([e.vectors for e in parts]) if parts else np.zeros((0, 0), np.float32)
+        return Embedded(
+            left.items + right.items,
+            vectors,
+            left.model if left.items else right.model,
+            left.tokens + right.tokens,
+            left.requests + right.requests + 1,
+            left.rejected + right.rejected,
+            left.truncated + right.truncated,
+        )
     tokens = result.prompt_tokens if result.prompt_tokens is not None else sum(i.tokens for i in items)
     return Embedded(items, result.vectors, result.model, tokens, 1)
 
