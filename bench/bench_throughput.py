@@ -14,9 +14,9 @@ Everything below is measured in one run, on one machine, against the same texts:
 * **vectorfill**: ``asyncio.run(backfill(job))``, the real Prefect flow, in this process,
   on a job of ``--rows`` rows of ~100-token (cl100k) English-like texts. Prefect's
   temporary server is started beforehand by a warm-up backfill (``max_inputs x
-  concurrency`` rows by default, so that every lane has run a full batch once), so the
-  timed run excludes its start-up (and the imports, the tokenizer load, the first
-  connections and this process's first allocations of full-size batches: a cold first
+  concurrency`` rows by default, so that ``concurrency`` full-size requests have run), so
+  the timed run excludes its start-up (and the imports, the tokenizer load, the first
+  connections and this process's first allocations of full-size requests: a cold first
   run was measured 20-30% slower).
 * **vectorfill without Prefect**: the same flow body and lanes, on a fresh job of the
   same texts, with every task replaced by its plain function (``task.fn``), retried as its
@@ -465,56 +465,28 @@ class StageClock:
 
 
 def _timed(fn, record):
-    """``fn`` (sync or async) wrapped so that each call's duration goes to ``record``."""
-    if inspect.iscoroutinefunction(fn):
-
-        @functools.wraps(fn)
-        async def timed_async(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return await fn(*a, **k)
-            finally:
-                record(time.perf_counter() - t0)
-
-        return timed_async
+    """The async function ``fn`` wrapped so that each call's duration goes to ``record``
+    (every task and stage of the flow is async)."""
 
     @functools.wraps(fn)
-    def timed_sync(*a, **k):
+    async def timed(*a, **k):
         t0 = time.perf_counter()
         try:
-            return fn(*a, **k)
+            return await fn(*a, **k)
         finally:
             record(time.perf_counter() - t0)
 
-    return timed_sync
+    return timed
 
 
-class _Outer:
-    """Stands in for a Task at its call site in the flow module: times the whole call."""
+def _outer(task, record):
+    """Stands in for a Task at its call site in the flow module: times the whole call,
+    Prefect's engine included."""
 
-    def __init__(self, task, name: str, clock: StageClock) -> None:
-        self.task, self.name, self.clock = task, name, clock
+    async def call(*a, **k):
+        return await task(*a, **k)
 
-    def with_options(self, **kw) -> _Outer:
-        return _Outer(self.task.with_options(**kw), self.name, self.clock)
-
-    def __call__(self, *a, **k):
-        record = functools.partial(self.clock.add, "outer", self.name)
-        if self.task.isasync:
-
-            async def call():
-                t0 = time.perf_counter()
-                try:
-                    return await self.task(*a, **k)
-                finally:
-                    record(time.perf_counter() - t0)
-
-            return call()
-        t0 = time.perf_counter()
-        try:
-            return self.task(*a, **k)
-        finally:
-            record(time.perf_counter() - t0)
+    return _timed(call, record)
 
 
 class _FailedState:
@@ -531,9 +503,6 @@ class _Bare:
 
     def __init__(self, fn, retries: int, condition=None) -> None:
         self.fn, self.retries, self.condition = fn, retries, condition
-
-    def with_options(self, retries: int | None = None, retry_condition_fn=None, **kw) -> _Bare:
-        return _Bare(self.fn, self.retries if retries is None else retries, retry_condition_fn or self.condition)
 
     def __call__(self, *a, **k):
         from prefect.utilities.annotations import BaseAnnotation
@@ -607,8 +576,9 @@ def instrumented(mode: str):
         batch_task = fb.batch_task
         if mode == "prefect":
             for name, g in _TASK_GLOBALS.items():
-                patch(fb, g, _Outer(tasks[name], name, clock))
-            patch(fb, "batch_task", lambda attempts: _Outer(batch_task(attempts), "batch", clock))
+                patch(fb, g, _outer(tasks[name], functools.partial(clock.add, "outer", name)))
+            record_batch = functools.partial(clock.add, "outer", "batch")
+            patch(fb, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
             for name in _artifact_functions(fb):
                 patch(fb, name, _timed(getattr(fb, name), functools.partial(clock.add, "outer", "artifacts")))
 
@@ -793,8 +763,7 @@ def report(args, meta: dict, results: dict) -> str:
         "a_float": "A: same, encoding_format=float",
         "b_copy": "B: psycopg binary COPY -> vector(d) table (default storage)",
         "b_copy_ext": "B: same, column STORAGE EXTERNAL",
-        "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if results["vf"].get("profiler") else "")
-        ,
+        "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if results["vf"].get("profiler") else ""),
         "vf_bare": "vectorfill lanes without Prefect (task.fn)" + (" (profiled)" if results.get("vf_bare", {}).get("profiler") else ""),
     }
     for key, label in labels.items():
@@ -910,7 +879,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=4, help="job setting retries")
     p.add_argument("--warmup-rows", type=int, default=None,
                    help="rows of the untimed warm-up backfill (default: max_inputs x concurrency, so that "
-                        "every lane has run a full batch once; a cold first run is 20-30%% slower)")
+                        "concurrency full-size requests have run once; a cold first run is 20-30%% slower)")
     p.add_argument("--dims-unknown", action="store_true",
                    help="create the jobs without dimensions (the first store types the vector column)")
     p.add_argument("--no-bare", action="store_true", help="skip the run without Prefect")
