@@ -136,9 +136,9 @@ async def _lane(
     """One batch task after another (claim -> embed -> store) until the queue is drained
     (or the run's budget spent).
 
-    The queue is drained once any lane's claim comes back short: no free row was left to
-    claim then, so every lane stops after its current batch instead of each paying for one
-    more task run that would claim nothing. Rows queued after that (written during the
+    The queue is drained once any lane's claim comes back short (``Lanes.drained``): no
+    free row was left to claim then, so every lane stops after its current batch instead
+    of each paying for one more task run that would claim nothing. Rows queued after that (written during the
     run, or edited while in flight) are left for the next run, and counted in its summary
     as pending.
 
@@ -154,8 +154,6 @@ async def _lane(
                 quote(attempts), limit, token, quote(db), quote(client), quote(throttle), quote(lanes)
             )
             tally.give_back(limit - filled.claimed)
-            if filled.claimed < limit:
-                lanes.drained.set()
             work = attempts.work  # typed by the first store, when the job's dims were not known
             tally.add(filled, price)
     finally:

@@ -134,11 +134,16 @@ class Lanes:
     ``unstored`` holds the requests sent and not yet stored to ``concurrency`` for the whole
     run, whatever the number of lanes and of requests per batch: a crash loses no more paid
     answers than that, and memory stays bounded (an answer of 1,024 x 1,536 floats is ~14 MB
-    in flight). ``drained`` is set once a claim comes back short (see ``flows/backfill.py``).
+    in flight). ``drained`` is set once a claim comes back short: no free row was left
+    then, and the lanes stop (see ``flows/backfill.py``).
     """
 
     unstored: asyncio.Semaphore
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One claim at a time: a claim never takes part of the rows another lane's claim is
+    taking (``SKIP LOCKED`` would hand the remainder to it), so each lane's batches are
+    full but the last, and a lane that finds the queue drained does not claim at all."""
 
     @classmethod
     def for_settings(cls, settings) -> Lanes:
@@ -191,7 +196,13 @@ async def fill_batch(
     try:
         if attempts.claim is None:
             attempts.stage = "claim"
-            attempts.claim = await claim_rows(attempts.work, limit, token, db)
+            async with lanes.claiming:
+                if lanes.drained.is_set():
+                    attempts.claim = Claim(batches=())
+                else:
+                    attempts.claim = await claim_rows(attempts.work, limit, token, db)
+                    if attempts.claim.claimed < limit:
+                        lanes.drained.set()
         await _embed_and_store(attempts, client, throttle, db, lanes.unstored)
     except Exception as exc:
         if attempts.failed(exc):

@@ -92,7 +92,8 @@ def test_of_a_batch_s_requests_only_the_one_that_failed_is_sent_again(env):
 
 def test_many_batch_tasks_over_several_lanes_embed_every_row_once(env, monkeypatch):
     """With a task per request (MIN_TASK_ROWS lowered to 1), four lanes run 25 batch tasks
-    side by side: SKIP LOCKED claims keep them apart, and the lanes stop once drained."""
+    side by side: their claims take turns, so every batch is full, and the lanes stop once
+    the queue is drained."""
     monkeypatch.setattr(batch_mod, "MIN_TASK_ROWS", 1)
     env.make_table(500)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 4, "retries": 1})
