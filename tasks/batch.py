@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.utilities.math import clamped_poisson_interval
 
-from vectorfill.client import EmbeddingsClient
-from vectorfill.db import LaneConnection
+from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.storage.db import LaneConnection
 from vectorfill.errors import is_transient, stops_run
-from vectorfill.ratelimit import Throttle
+from vectorfill.provider.ratelimit import Throttle
 
 from .claim import Claim, claim_rows
 from .common import TASK_OPTIONS, Work

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from vectorfill import sql
-from vectorfill.db import LaneConnection, aconnect
+from vectorfill.storage import sql
+from vectorfill.storage.db import LaneConnection, aconnect
 from vectorfill.errors import DatabaseError
-from vectorfill.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
+from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 
 from .common import Work, database_url
 
@@ -220,7 +220,7 @@ def count_tokens(
     """Tokens per text, for the too-long check and for packing.
 
     Exact wherever a decision rests on one text (``count > limit`` decides as with exact
-    counts), estimated elsewhere (:meth:`~vectorfill.tokens.Cl100k.estimate`); exact for
+    counts), estimated elsewhere (:meth:`~vectorfill.provider.tokens.Cl100k.estimate`); exact for
     all when the estimate of one request (``max_inputs`` texts in a row, as :func:`pack`
     takes them; all the texts without it) comes near ``request_tokens`` and packing may
     split on it, and when ``exact`` (the job has a tokens-per-minute budget: a request

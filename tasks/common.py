@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from prefect.cache_policies import NO_CACHE
 
 from vectorfill.config import JobSettings
-from vectorfill.db import resolve_database_url
+from vectorfill.storage.db import resolve_database_url
 from vectorfill.errors import is_transient
-from vectorfill.model import Job, Version
+from vectorfill.records import Job, Version
 
 __all__ = ["Work", "retry_transient", "TASK_OPTIONS", "database_url"]
 

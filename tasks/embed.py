@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vectorfill.client import EmbeddingsClient
+from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.errors import TerminalProviderError, stops_run
-from vectorfill.ratelimit import Throttle
-from vectorfill.tokens import counter_for
+from vectorfill.provider.ratelimit import Throttle
+from vectorfill.provider.tokens import counter_for
 
 from .claim import Batch, Item
 from .common import Work

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from prefect import task
 
-from vectorfill import sql
+from vectorfill.storage import sql
 from vectorfill.config import read_api_key
-from vectorfill.db import connect
+from vectorfill.storage.db import connect
 from vectorfill.errors import SourceError
-from vectorfill.jobs import load_job
+from vectorfill.jobs.registry import load_job
 
 from .common import TASK_OPTIONS, Work, database_url
 

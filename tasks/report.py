@@ -7,19 +7,24 @@ and what ``vectorfill runs`` reads back: one row per figure, ``{"figure", "value
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
 from prefect import task
-from prefect.artifacts import acreate_table_artifact
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 
-from vectorfill import sql
-from vectorfill.db import connect
-from vectorfill.jobs import load_job
+from vectorfill.storage import sql
+from vectorfill.storage.db import connect
+from vectorfill.jobs.registry import load_job
 
 from .common import TASK_OPTIONS, database_url
 
-__all__ = ["RunSummary", "report_run", "artifact_key"]
+__all__ = ["RunSummary", "report_run", "artifact_key", "progress_artifact", "PROGRESS_EVERY_S"]
+
+#: Seconds between updates of the progress artifact (each is an API round trip).
+PROGRESS_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class RunSummary:
     tokens: int
     """Tokens billed, as the provider reported them (``usage``), else as counted."""
     cost_usd: float | None
-    """Those tokens at the model's price (:mod:`vectorfill.prices`); None when unknown."""
+    """Those tokens at the model's price (:mod:`vectorfill.provider.prices`); None when unknown."""
     duration_s: float
     pending: int
     """Rows still queued after the run (all versions)."""
@@ -94,3 +99,49 @@ def _counts(job_name: str) -> tuple[int, int]:
             pending += counts[2]
             failed += counts[3]
     return pending, failed
+
+
+@contextlib.asynccontextmanager
+async def progress_artifact(
+    progress: Callable[[], float], job: str, *, enabled: bool = True
+) -> AsyncIterator[Callable[[], object]]:
+    """The run's progress artifact, kept up to date while the block runs.
+
+    It is created beside the first batches (not before them), updated every
+    :data:`PROGRESS_EVERY_S` seconds (not once per batch) from ``progress()`` (a percent),
+    and the block gets a ``finish`` function: call it when the work is done to have the
+    last update sent beside what follows (the switch); the block's exit awaits it. An error
+    in the block cancels the reporter. With ``enabled`` False (nothing queued) there is no
+    artifact.
+    """
+    if not enabled:
+        yield lambda: None
+        return
+    done = asyncio.Event()
+    reporter = asyncio.create_task(_report_progress(progress, job, done))
+
+    def finish() -> asyncio.Future:
+        done.set()
+        return reporter
+
+    try:
+        yield finish
+    except BaseException:
+        reporter.cancel()
+        raise
+    done.set()
+    await reporter
+
+
+async def _report_progress(progress: Callable[[], float], job: str, done: asyncio.Event) -> None:
+    last = progress()
+    artifact = await acreate_progress_artifact(progress=last, description=f"vectorfill backfill of {job}")
+    while True:
+        finished = done.is_set()
+        if progress() != last:
+            last = progress()
+            await aupdate_progress_artifact(artifact, progress=last)
+        if finished:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), PROGRESS_EVERY_S)

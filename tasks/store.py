@@ -1,6 +1,6 @@
 """Stage 3: write a batch's vectors with binary COPY and settle its queue rows.
 
-One transaction: :meth:`vectorfill.sql.JobSQL.settle` takes the queue rows whose text is
+One transaction: :meth:`vectorfill.storage.sql.JobSQL.settle` takes the queue rows whose text is
 still the one that was embedded (and drops their old vectors), then one binary COPY writes
 the new vectors of exactly those rows straight into the vector table. Rows edited or
 deleted meanwhile are left alone: they are queued for their new text. Rows the provider
@@ -17,10 +17,10 @@ import numpy as np
 import psycopg
 from psycopg import sql as pgsql
 
-from vectorfill import sql
-from vectorfill.db import LaneConnection
+from vectorfill.storage import sql
+from vectorfill.storage.db import LaneConnection
 from vectorfill.errors import DatabaseError, TerminalProviderError
-from vectorfill.model import Version
+from vectorfill.records import Version
 
 from .claim import _fail, key_arrays
 from .common import Work

@@ -2,7 +2,7 @@
 
 A run that fills a new version (after ``vectorfill job set-model``) ends here: when no row
 of it is left queued or failed, one transaction retires the old version and points the
-job's view at the new one (:func:`vectorfill.versions.switch`), and the event
+job's view at the new one (:func:`vectorfill.jobs.versions.switch`), and the event
 ``vectorfill.version.switched`` tells Prefect (automations, the UI) that it happened.
 """
 
@@ -13,13 +13,13 @@ import asyncio
 from prefect import task
 from prefect.events import emit_event
 
-from vectorfill.db import connect
+from vectorfill.storage.db import connect
 from vectorfill.errors import JobError
-from vectorfill.events import VERSION_SWITCHED, job_resource
-from vectorfill.jobs import load_job
-from vectorfill.model import Version
-from vectorfill.search import create_index, has_index
-from vectorfill.versions import complete, switch
+from vectorfill.orchestration.events import VERSION_SWITCHED, job_resource
+from vectorfill.jobs.registry import load_job
+from vectorfill.records import Version
+from vectorfill.jobs.search import create_index, has_index
+from vectorfill.jobs.versions import complete, switch
 
 from .common import TASK_OPTIONS, database_url
 

@@ -40,7 +40,7 @@ def pg_url() -> Iterator[str]:
         yield url
         return
 
-    from vectorfill import pgembedded
+    from vectorfill.local import pgembedded
 
     # mkdtemp in /tmp keeps the socket path short; pytest's tmp dirs are removed only later
     root = Path(tempfile.mkdtemp(prefix="vectorfill-test-pg-"))
@@ -73,7 +73,7 @@ def fresh_db(pg_url: str) -> Iterator[str]:
 # --- Prefect ----------------------------------------------------------------------------------
 # One temporary Prefect server for the whole session; flows run through it for real.
 
-from vectorfill.runtime import prefect_defaults  # noqa: E402
+from vectorfill.orchestration.runtime import prefect_defaults  # noqa: E402
 
 prefect_defaults(use_served=False)  # never a developer's running `vectorfill serve`
 
@@ -110,7 +110,7 @@ class Env:
         self.provider = provider
 
     def connect(self):
-        from vectorfill.db import connect
+        from vectorfill.storage.db import connect
 
         return connect(self.url)
 
@@ -131,7 +131,7 @@ class Env:
 
     def create_job(self, name: str = "docs", *, table: str = "articles", **kw):
         from vectorfill.config import JobSettings
-        from vectorfill.jobs import create_job
+        from vectorfill.jobs.registry import create_job
 
         settings = kw.pop("settings", None) or JobSettings(**kw.pop("settings_kw", {"retries": 1}))
         args = dict(
@@ -157,7 +157,7 @@ class Env:
         return asyncio.run(backfill(job, **kw))
 
     def status(self, job: str = "docs"):
-        from vectorfill.jobs import job_status
+        from vectorfill.jobs.registry import job_status
 
         with self.connect() as conn:
             return job_status(conn, job)
@@ -181,7 +181,7 @@ class Env:
 
 @pytest.fixture
 def env(fresh_db, provider, prefect_server, monkeypatch) -> Env:
-    from vectorfill.db import migrate
+    from vectorfill.storage.db import migrate
 
     migrate(fresh_db)
     monkeypatch.setenv("VECTORFILL_DATABASE_URL", fresh_db)

@@ -1,6 +1,6 @@
 """A fake OpenAI embeddings provider for tests and benchmarks, with scripted faults.
 
-It is the real server (``vectorfill.server.create_app`` with a ``HashEncoder``) plus an
+It is the real server (``vectorfill.local.embeddings_server.create_app`` with a ``HashEncoder``) plus an
 interceptor that counts what it was sent, answers with scripted faults, and enforces
 OpenAI-style rate limits. Vectors are ``expected_vector(text, dimensions)``.
 
@@ -61,8 +61,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vectorfill.server import HashEncoder, ServerThread, create_app, expected_vector
-from vectorfill.server.app import (
+from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
+from vectorfill.local.embeddings_server.app import (
     EmbeddingCall,
     EmbeddingResult,
     JSONResponse,

@@ -11,7 +11,7 @@ import pytest
 from conftest import API_KEY
 from fake_provider import FakeProvider
 
-from vectorfill.db import LaneConnection
+from vectorfill.storage.db import LaneConnection
 from vectorfill.errors import AuthenticationError, ModelNotFound, TransientProviderError
 
 
@@ -91,8 +91,8 @@ def one_pass_with_a_change_in_flight(env, statement: str):
     with the stage functions called directly so that the change lands exactly in between."""
     from pydantic import SecretStr
 
-    from vectorfill.client import EmbeddingsClient
-    from vectorfill.jobs import load_job
+    from vectorfill.provider.client import EmbeddingsClient
+    from vectorfill.jobs.registry import load_job
     from vectorfill.tasks import Work, claim_rows, embed_batch, store_batch
 
     with env.connect() as conn:
@@ -314,7 +314,7 @@ def test_inputs_over_the_model_limit_are_truncated_token_exactly_by_default(env)
     env.create_job(settings_kw={"max_input_tokens": 50, "retries": 1})
     summary = env.backfill()
     assert summary.embedded == 3 and summary.truncated == 1 and summary.failed == 0
-    from vectorfill.tokens import Cl100k
+    from vectorfill.provider.tokens import Cl100k
 
     sent = [t for t in env.provider.inputs if t.startswith("Title 2")]
     assert len(sent) == 1 and Cl100k().count(sent)[0] == 50

@@ -120,7 +120,7 @@ def test_a_failed_request_is_retried_without_claiming_again(env):
 
 
 def attempts_for(env, retries: int) -> Attempts:
-    from vectorfill.jobs import load_job
+    from vectorfill.jobs.registry import load_job
     from vectorfill.tasks import Work
 
     env.make_table(1)

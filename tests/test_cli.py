@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import API_KEY
 
-from vectorfill.db import connect
+from vectorfill.storage.db import connect
 
 
 def vf(*args, env=None, check=True):

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from vectorfill.client import EmbeddingsClient, parse_retry_after
+from vectorfill.provider.client import EmbeddingsClient, parse_retry_after
 from vectorfill.errors import (
     AuthenticationError,
     ModelNotFound,
@@ -101,9 +101,9 @@ def test_violations_reject_the_whole_batch(body, code):
 @pytest.mark.parametrize("decoder", ["pybase64", "stdlib"])
 def test_base64_rows_land_at_their_index_with_either_decoder(dims, decoder, monkeypatch):
     if decoder == "stdlib":  # the fallback when pybase64 is not installed
-        import vectorfill.client
+        import vectorfill.provider.client
 
-        monkeypatch.setattr(vectorfill.client, "_b64decode", base64.b64decode)
+        monkeypatch.setattr(vectorfill.provider.client, "_b64decode", base64.b64decode)
     rng = np.random.default_rng(dims)
     vectors = rng.standard_normal((7, dims)).astype("<f4")
     result = run(lambda r: ok(vectors, order=[3, 0, 6, 1, 5, 2, 4]), texts=[str(i) for i in range(7)])
@@ -252,7 +252,7 @@ def test_a_lone_surrogate_is_a_clear_input_error_not_a_crash(fresh_db):
 def test_a_plain_http_endpoint_loads_no_ca_bundle_and_could_never_pass_tls_unverified():
     import ssl
 
-    from vectorfill.client import _tls_for
+    from vectorfill.provider.client import _tls_for
 
     local = _tls_for("http://127.0.0.1:8000/v1")
     assert isinstance(local, ssl.SSLContext)

@@ -11,8 +11,8 @@ import sys
 import psycopg
 import pytest
 
-from vectorfill import corpus
-from vectorfill.corpus import MAX_BODY_CHARS, DocRow, load_stdlib_docs, write_corpus
+from vectorfill.local import corpus
+from vectorfill.local.corpus import MAX_BODY_CHARS, DocRow, load_stdlib_docs, write_corpus
 from vectorfill.errors import ConfigError, DatabaseError
 
 

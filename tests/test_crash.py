@@ -26,7 +26,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent("""
         import asyncio
-        from vectorfill.runtime import prefect_defaults
+        from vectorfill.orchestration.runtime import prefect_defaults
         prefect_defaults()
         from vectorfill.flows.backfill import backfill
         asyncio.run(backfill("docs"))
@@ -74,8 +74,8 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(provid
 
     from conftest import Env
 
-    from vectorfill import pgembedded
-    from vectorfill.db import migrate
+    from vectorfill.local import pgembedded
+    from vectorfill.storage.db import migrate
 
     data_dir = tmp_path / "pg"
     url = pgembedded.start(data_dir)

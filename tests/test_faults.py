@@ -66,7 +66,7 @@ def test_rows_that_keep_failing_move_to_the_failures_table_after_max_attempts(en
     with env.connect() as conn:
         reasons = {r[0] for r in conn.execute("SELECT reason FROM vectorfill.failures")}
     assert reasons == {"max_attempts"}
-    from vectorfill.jobs import retry_failures
+    from vectorfill.jobs.registry import retry_failures
 
     with env.connect() as conn:
         assert retry_failures(conn, "docs", ["2", "99"]) == 1
@@ -95,7 +95,7 @@ def test_unusual_text_is_embedded_as_it_is(env):
     for key in (1, 2, 3, 4, 6):
         np.testing.assert_allclose(vectors[key], env.provider.expected_vector(texts[key]), atol=1e-6)
     sent = [t for t in env.provider.inputs if t.startswith("Title 5")]
-    from vectorfill.tokens import Cl100k
+    from vectorfill.provider.tokens import Cl100k
 
     assert len(sent) == 1 and Cl100k().count(sent)[0] == 8191
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from vectorfill.db import connect, current_revision, migrate
+from vectorfill.storage.db import connect, current_revision, migrate
 from vectorfill.errors import ConfigError, JobError, SourceError
 
 
@@ -19,7 +19,7 @@ def db(fresh_db):
 
 
 def create(url, **kw):
-    from vectorfill.jobs import create_job
+    from vectorfill.jobs.registry import create_job
 
     args = dict(name="docs", table="articles", text_columns=["body"], template=None, key_columns=None,
                 model="m", base_url="http://127.0.0.1:1/v1", api_key_env=None)
@@ -139,7 +139,7 @@ def test_job_commands_need_the_schema(fresh_db):
 
 
 def test_dropping_a_job_removes_triggers_and_vectors_but_not_rows(db):
-    from vectorfill.jobs import drop_job
+    from vectorfill.jobs.registry import drop_job
 
     create(db)
     with connect(db) as conn:
@@ -188,9 +188,9 @@ def test_dropped_source_table_gives_a_clear_error_at_backfill(db, monkeypatch, p
 def test_index_is_suggested_for_big_tables_and_search_finds_the_row_through_it(env, monkeypatch):
     from psycopg import sql as pgsql
 
-    import vectorfill.search as search_mod
-    from vectorfill import sql
-    from vectorfill.jobs import load_job
+    import vectorfill.jobs.search as search_mod
+    from vectorfill.storage import sql
+    from vectorfill.jobs.registry import load_job
 
     env.make_table(300)
     env.create_job()

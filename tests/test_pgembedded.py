@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from vectorfill import pgembedded
+from vectorfill.local import pgembedded
 from vectorfill.errors import ConfigError
 
 
@@ -120,7 +120,7 @@ def test_server_started_by_a_process_outlives_it_and_is_seen_by_others(data_dir:
     started = _run(
         """
         import sys
-        from vectorfill import pgembedded
+        from vectorfill.local import pgembedded
         print(pgembedded.start(sys.argv[1]))
         """,
         str(data_dir),
@@ -133,7 +133,7 @@ def test_server_started_by_a_process_outlives_it_and_is_seen_by_others(data_dir:
     seen = _run(
         """
         import sys
-        from vectorfill import pgembedded
+        from vectorfill.local import pgembedded
         print(pgembedded.status(sys.argv[1]).running, pgembedded.url(sys.argv[1]))
         """,
         str(data_dir),
@@ -146,7 +146,7 @@ def test_server_started_by_a_process_outlives_it_and_is_seen_by_others(data_dir:
 def test_concurrent_starts_make_one_server(data_dir: Path):
     code = """
         import sys
-        from vectorfill import pgembedded
+        from vectorfill.local import pgembedded
         print(pgembedded.start(sys.argv[1]))
         """
     procs = [

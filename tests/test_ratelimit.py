@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-import vectorfill.ratelimit
+import vectorfill.provider.ratelimit
 from fake_provider import FakeProvider, format_duration
 from fake_provider import RateLimiter as ProviderBuckets
 from vectorfill.errors import ConfigError, QuotaExceeded, TransientProviderError, stops_run
-from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle, parse_duration
+from vectorfill.provider.ratelimit import Concurrency, RateLimiter, Throttle, parse_duration
 
 
 class FakeTime:
@@ -670,8 +670,8 @@ def test_the_limiter_keeps_a_real_rate_limited_provider_near_its_budget_without_
     """Five seconds against the fake provider enforcing RPM 120 / TPM 20,000 (buckets full at
     start), requests of ~200 tokens: the limiter spends the stored minute (~100 requests,
     close to the RPM too) and then the refill, with no 429."""
-    from vectorfill.client import EmbeddingsClient
-    from vectorfill.tokens import Cl100k
+    from vectorfill.provider.client import EmbeddingsClient
+    from vectorfill.provider.tokens import Cl100k
 
     counter = Cl100k()
     rng = random.Random(5)

@@ -19,9 +19,9 @@ from conftest import API_KEY
 from fake_provider import FakeProvider
 from test_cli import user_env, vf
 
-from vectorfill.db import connect, migrate
-from vectorfill.search import search
-from vectorfill.versions import list_versions
+from vectorfill.storage.db import connect, migrate
+from vectorfill.jobs.search import search
+from vectorfill.jobs.versions import list_versions
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -171,9 +171,9 @@ def test_prefect_yaml_declares_what_serve_serves():
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
     from prefect.utilities.importtools import import_object
 
-    from vectorfill.events import MODEL_CHANGED
+    from vectorfill.orchestration.events import MODEL_CHANGED
     from vectorfill.flows.backfill import backfill
-    from vectorfill.serve import build_deployments
+    from vectorfill.orchestration.prefect_server import build_deployments
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}

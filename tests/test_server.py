@@ -16,14 +16,14 @@ import openai
 import pytest
 import tiktoken
 
-import vectorfill.server
+import vectorfill.local.embeddings_server
 from fake_provider import wait_until_healthy
 
-from vectorfill.server import ServerThread
+from vectorfill.local.embeddings_server import ServerThread
 from vectorfill.errors import ConfigError, SecretMissing
-from vectorfill.server import HashEncoder, create_app, expected_vector, run_server
-from vectorfill.server.batcher import MicroBatcher
-from vectorfill.server.encoders import SentenceTransformerEncoder
+from vectorfill.local.embeddings_server import HashEncoder, create_app, expected_vector, run_server
+from vectorfill.local.embeddings_server.batcher import MicroBatcher
+from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
 
 KEY = "sk-test-server"
 DIMS = 256
@@ -455,7 +455,7 @@ def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_enviro
     port = _free_port()
     env = {**os.environ, "VF_TEST_KEY": "sk-from-env"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vectorfill.server", "--model", "fake-embed", "--port", str(port), "--api-key-env", "VF_TEST_KEY"],
+        [sys.executable, "-m", "vectorfill.local.embeddings_server", "--model", "fake-embed", "--port", str(port), "--api-key-env", "VF_TEST_KEY"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -475,7 +475,7 @@ def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_enviro
 
 
 def test_public_api_is_exactly_this():
-    assert sorted(vectorfill.server.__all__) == sorted(
+    assert sorted(vectorfill.local.embeddings_server.__all__) == sorted(
         [
             "create_app",
             "run_server",
@@ -493,8 +493,8 @@ def test_public_api_is_exactly_this():
             "Interceptor",
         ]
     )
-    for name in vectorfill.server.__all__:
-        assert hasattr(vectorfill.server, name)
+    for name in vectorfill.local.embeddings_server.__all__:
+        assert hasattr(vectorfill.local.embeddings_server, name)
 
 
 # ---------------------------------------------------------------- the real local model

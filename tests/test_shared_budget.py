@@ -23,10 +23,10 @@ import pytest
 from fake_provider import RateLimiter as ProviderBuckets
 from test_ratelimit import FakeTime
 
-from vectorfill.budgets import PostgresBudget, endpoint_key
-from vectorfill.db import connect, migrate
+from vectorfill.provider.budgets import PostgresBudget, endpoint_key
+from vectorfill.storage.db import connect, migrate
 from vectorfill.errors import BudgetUnavailable, ConfigError
-from vectorfill.ratelimit import Grant, RateLimiter
+from vectorfill.provider.ratelimit import Grant, RateLimiter
 
 # --------------------------------------------------------------------------- in memory, fake clock
 
@@ -419,8 +419,8 @@ def test_an_unreachable_database_is_a_transient_budget_error_without_the_passwor
 SPENDER = textwrap.dedent(
     """
     import asyncio, json, sys, time
-    from vectorfill.budgets import PostgresBudget
-    from vectorfill.ratelimit import RateLimiter
+    from vectorfill.provider.budgets import PostgresBudget
+    from vectorfill.provider.ratelimit import RateLimiter
 
     url, endpoint, tpm, seconds, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 

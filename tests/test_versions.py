@@ -14,10 +14,10 @@ from conftest import API_KEY
 from fake_provider import FakeProvider
 from psycopg import sql
 
-from vectorfill import versions
+from vectorfill.jobs.registry import versions
 from vectorfill.errors import ConfigError, JobError
-from vectorfill.estimate import estimate
-from vectorfill.search import create_index, search
+from vectorfill.jobs.estimate import estimate
+from vectorfill.jobs.search import create_index, search
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ def test_no_row_written_while_set_model_runs_is_missed(env, new):
     written = []
 
     def writer():
-        from vectorfill.db import connect
+        from vectorfill.storage.db import connect
 
         with connect(env.url, autocommit=True) as conn:
             i = 100_000

@@ -5,10 +5,10 @@ Revises: 0001
 Create Date: 2026-11-24
 
 ``vectorfill.budgets`` holds one row per endpoint (base URL and model, normalised by
-:func:`vectorfill.budgets.endpoint_key`; never an API key): the requests-per-minute and
+:func:`vectorfill.provider.budgets.endpoint_key`; never an API key): the requests-per-minute and
 tokens-per-minute limits in force, how much of each the bucket holds, and until when a 429
-asked everyone to pause. Runs take the budget in chunks (:mod:`vectorfill.budgets`); the
-statements and their locking are in :mod:`vectorfill.sql`.
+asked everyone to pause. Runs take the budget in chunks (:mod:`vectorfill.provider.budgets`); the
+statements and their locking are in :mod:`vectorfill.storage.sql`.
 """
 
 from alembic import op

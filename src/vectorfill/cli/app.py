@@ -1,0 +1,635 @@
+"""The ``vectorfill`` command. Thin: parse options, call the library, print results.
+
+Every :class:`vectorfill.errors.VectorfillError` is printed as one clear line (exit 1);
+nothing here prints a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vectorfill.config import DATABASE_URL_ENV, JobSettings
+from vectorfill.errors import VectorfillError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Keep pgvector embeddings in step with the text in Postgres (Prefect + any OpenAI-compatible endpoint).",
+)
+job_app = typer.Typer(no_args_is_help=True, help="Create, list and drop jobs; change their model (blue/green versions).")
+db_app = typer.Typer(no_args_is_help=True, help="The embedded Postgres, for users without their own.")
+app.add_typer(job_app, name="job")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+DbOpt = typer.Option(None, "--db", help=f"Postgres URL (default: ${DATABASE_URL_ENV}, else the embedded Postgres)")
+
+
+def _url(db: str | None) -> str:
+    from vectorfill.storage.db import resolve_database_url
+
+    return resolve_database_url(db, announce=lambda m: err.print(f"[dim]{m}[/]"))
+
+
+def _conn(db: str | None):
+    from vectorfill.storage.db import connect
+
+    return connect(_url(db))
+
+
+# ------------------------------------------------------------------ schema
+@app.command()
+def migrate(
+    db: Optional[str] = DbOpt,
+    downgrade: Optional[str] = typer.Option(None, help="Downgrade to this revision ('base' removes everything)"),
+) -> None:
+    """Create or upgrade vectorfill's own schema (Alembic)."""
+    from vectorfill.storage.db import migrate as run
+
+    rev = run(_url(db), downgrade or "head", downgrade=bool(downgrade))
+    out.print(f"vectorfill schema at revision {rev or 'none (removed)'}")
+
+
+# ------------------------------------------------------------------ jobs
+@job_app.command("create")
+def job_create(
+    name: str = typer.Argument(..., help="Job name: lowercase letters, digits, underscores"),
+    table: str = typer.Option(..., help="Source table, TABLE or SCHEMA.TABLE"),
+    text: Optional[list[str]] = typer.Option(None, help="Column(s) to embed; several are joined by a blank line"),
+    template: Optional[str] = typer.Option(None, help='Text template, e.g. "{title}\\n\\n{body}"'),
+    id: Optional[list[str]] = typer.Option(None, "--id", help="Key column(s); default: the primary key"),
+    model: str = typer.Option(..., help="Embedding model name"),
+    base_url: str = typer.Option(..., help="Endpoint base URL, e.g. https://api.openai.com/v1"),
+    api_key_env: Optional[str] = typer.Option(None, help="NAME of the env variable holding the API key"),
+    dimensions: Optional[int] = typer.Option(None, help="Pass `dimensions` to models that support it"),
+    max_inputs: int = typer.Option(2048, help="Most inputs per request"),
+    max_request_tokens: int = typer.Option(300_000, help="Most tokens per request"),
+    encoding_format: str = typer.Option("base64", help="base64 or float (for servers without base64)"),
+    concurrency: int = typer.Option(4, help="Requests in flight per run"),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for one response"),
+    max_input_tokens: Optional[int] = typer.Option(None, help="Most tokens per input (default: the model's known limit)"),
+    on_too_long: str = typer.Option("truncate", help="truncate (token-exact where known) or fail"),
+    rpm: Optional[int] = typer.Option(None, help="Requests-per-minute budget for this run's endpoint"),
+    tpm: Optional[int] = typer.Option(None, help="Tokens-per-minute budget (counted before sending)"),
+    price: Optional[list[str]] = typer.Option(
+        None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
+    ),
+    prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Register a job: install triggers on the source table and queue its rows."""
+    from pydantic import ValidationError
+
+    from vectorfill.errors import ConfigError
+    from vectorfill.jobs.registry import create_job
+
+    if template and text:
+        raise ConfigError("give --text or --template, not both", job=name)
+    template = template.encode().decode("unicode_escape") if template and "\\" in template else template
+    try:
+        settings = JobSettings(
+            max_inputs=max_inputs,
+            max_request_tokens=max_request_tokens,
+            encoding_format=encoding_format,
+            concurrency=concurrency,
+            timeout_s=timeout,
+            max_input_tokens=max_input_tokens,
+            on_too_long=on_too_long,
+            rpm=rpm,
+            tpm=tpm,
+            prices=_prices(price or [], name),
+            prune_on_switch=prune_on_switch,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid setting: {problems}", job=name) from None
+    with _conn(db) as conn:
+        job = create_job(
+            conn,
+            name=name,
+            table=table,
+            text_columns=text,
+            template=template,
+            key_columns=id,
+            model=model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            dimensions=dimensions,
+            settings=settings,
+        )
+        from vectorfill.jobs.registry import job_status
+
+        st = job_status(conn, name)
+    out.print(
+        f"job [bold]{job.name}[/]: {st.pending:,} rows of {job.source} queued for {model}; "
+        f"vectors will be readable in {st.target}. Next: `vectorfill backfill {job.name}`"
+    )
+
+
+def _prices(items: list[str], job: str) -> dict[str, float]:
+    from vectorfill.errors import ConfigError
+
+    prices = {}
+    for item in items:
+        model, sep, usd = item.rpartition("=")
+        try:
+            prices[model] = float(usd)
+        except ValueError:
+            sep = ""
+        if not sep or not model:
+            raise ConfigError(f"--price {item!r}: write MODEL=USD_PER_MILLION_TOKENS, e.g. text-embedding-3-small=0.02", job=job)
+    return prices
+
+
+@job_app.command("list")
+def job_list(db: Optional[str] = DbOpt) -> None:
+    """List jobs."""
+    from vectorfill.jobs.registry import list_jobs
+
+    with _conn(db) as conn:
+        for name in list_jobs(conn):
+            out.print(name)
+
+
+@job_app.command("drop")
+def job_drop(name: str, db: Optional[str] = DbOpt) -> None:
+    """Remove a job: its triggers, queue and vectors (the source rows stay)."""
+    from vectorfill.jobs.registry import drop_job
+
+    with _conn(db) as conn:
+        drop_job(conn, name)
+    out.print(f"job {name} dropped")
+
+
+# ------------------------------------------------------------------ model changes
+@job_app.command("set-model")
+def job_set_model(
+    name: str,
+    model: str = typer.Option(..., help="The new embedding model"),
+    dimensions: Optional[int] = typer.Option(None, help="Pass `dimensions` to models that support it"),
+    base_url: Optional[str] = typer.Option(None, help="Endpoint base URL (default: the active version's)"),
+    api_key_env: Optional[str] = typer.Option(
+        None, help="NAME of the env variable holding the key (default: the active version's; '' for none)"
+    ),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Start re-embedding JOB with another model, beside the vectors readers use now.
+
+    Searches keep using the active version until the new one is complete; the backfill
+    that completes it switches the job's view over in one transaction.
+    """
+    from vectorfill.orchestration.events import emit_model_changed
+    from vectorfill.jobs.registry import load_job
+    from vectorfill.jobs.versions import _UNSET, set_model, version_status
+
+    with _conn(db) as conn:
+        version = set_model(
+            conn, name, model=model, dimensions=dimensions, base_url=base_url,
+            api_key_env=_UNSET if api_key_env is None else api_key_env,
+        )
+        queued = version_status(conn, load_job(conn, name), version).pending
+    out.print(
+        f"job [bold]{name}[/]: version {version.version} ({model}) is filling, {queued:,} rows queued; "
+        f"vectorfill.{name} keeps showing the current version until it is complete."
+    )
+    sent = emit_model_changed(name, version)
+    if sent:
+        out.print(f"Event vectorfill.model.changed sent to {sent}: a served re-embed deployment starts it.")
+    else:
+        out.print(f"Next: `vectorfill estimate {name}` for its cost, then `vectorfill backfill {name}`.")
+
+
+@job_app.command("versions")
+def job_versions(name: str, json_out: bool = typer.Option(False, "--json"), db: Optional[str] = DbOpt) -> None:
+    """Show JOB's versions: model, dimensions, rows done / total, state."""
+    from vectorfill.jobs.versions import list_versions
+
+    with _conn(db) as conn:
+        rows = list_versions(conn, name)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    table = Table("version", "model", "dims", "done / total", "pending", "failed", "state", "since")
+    for r in rows:
+        since = r.activated_at or r.created_at
+        table.add_row(
+            str(r.version), r.model, str(r.dimensions or "?"), f"{r.embedded:,} / {r.total:,}",
+            f"{r.pending:,}", f"{r.failed:,}", r.state, since.isoformat(timespec="seconds") if since else "",
+        )
+    out.print(table)
+
+
+@job_app.command("switch")
+def job_switch(
+    name: str,
+    force: bool = typer.Option(False, "--force", help="Switch even with rows still missing"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Make JOB's new version the one readers see now (normally a backfill does it when complete)."""
+    from vectorfill.jobs.versions import switch
+
+    with _conn(db) as conn:
+        version = switch(conn, name, force=force)
+    out.print(f"job {name}: vectorfill.{name} now shows version {version.version} ({version.model})")
+
+
+@job_app.command("pause")
+def job_pause(name: str, db: Optional[str] = DbOpt) -> None:
+    """Pause JOB's re-embed: backfills skip the new version (its queue stays in step)."""
+    from vectorfill.jobs.versions import pause
+
+    with _conn(db) as conn:
+        version = pause(conn, name)
+    out.print(f"job {name}: version {version.version} ({version.model}) paused; `vectorfill job resume {name}`")
+
+
+@job_app.command("resume")
+def job_resume(name: str, db: Optional[str] = DbOpt) -> None:
+    """Resume JOB's paused re-embed."""
+    from vectorfill.jobs.versions import resume
+
+    with _conn(db) as conn:
+        version = resume(conn, name)
+    out.print(f"job {name}: version {version.version} ({version.model}) filling again")
+
+
+@job_app.command("abandon")
+def job_abandon(name: str, db: Optional[str] = DbOpt) -> None:
+    """Drop JOB's new (filling or paused) version and its vectors; the active one stays."""
+    from vectorfill.jobs.versions import abandon
+
+    with _conn(db) as conn:
+        version = abandon(conn, name)
+    out.print(f"job {name}: version {version.version} ({version.model}) abandoned and dropped")
+
+
+@job_app.command("prune")
+def job_prune(name: str, db: Optional[str] = DbOpt) -> None:
+    """Drop JOB's retired versions (the vectors of models it no longer uses)."""
+    from vectorfill.jobs.versions import prune
+
+    with _conn(db) as conn:
+        dropped = prune(conn, name)
+    out.print(f"job {name}: dropped version {', '.join(map(str, dropped))}" if dropped
+              else f"job {name} has no retired version")
+
+
+@app.command()
+def estimate(
+    job: str,
+    model: Optional[str] = typer.Option(None, help="Estimate re-embedding every row with this model"),
+    price: Optional[float] = typer.Option(None, help="USD per million tokens (default: the price table)"),
+    json_out: bool = typer.Option(False, "--json"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Count the tokens the next backfill (or a re-embed with --model) would send, and their cost.
+
+    Nothing is claimed or sent: rows are read and counted with the run's own tokenizer.
+    """
+    from vectorfill.jobs.estimate import estimate as run
+
+    with _conn(db) as conn:
+        rows = run(conn, job, model=model, price=price)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    table = Table("version", "model", "rows to send", "tokens", "USD / 1M", "cost USD", "skipped")
+    for r in rows:
+        skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
+        table.add_row(
+            str(r.version) if r.version is not None else "(new)", r.model, f"{r.rows:,}",
+            f"{r.tokens:,}" + ("" if r.exact else " (est.)"),
+            "?" if r.price_per_million is None else f"{r.price_per_million:g}",
+            "unknown" if r.cost_usd is None else f"{r.cost_usd:,.4f}", skipped,
+        )
+    out.print(table)
+    if any(r.cost_usd is None for r in rows):
+        out.print("No price known for a model here: pass --price USD_PER_1M_TOKENS.")
+    if any(not r.exact for r in rows):
+        out.print("(est.): this model's tokenizer is not known here; tokens are over-counted at 1 per 3 bytes.")
+
+
+# ------------------------------------------------------------------ running
+@app.command()
+def backfill(
+    job: str,
+    max_rows: Optional[int] = typer.Option(None, help="Stop after this many rows"),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's task logs"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Embed every pending row of JOB through the Prefect backfill flow."""
+    from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
+
+    prefect_defaults(verbose=verbose)
+    summary = run_backfill(_url(db), job, max_rows=max_rows, progress=not json_out, console=err)
+    if json_out:
+        out.print_json(json.dumps(summary.as_dict()))
+        return
+    _print_summary(summary)
+    from vectorfill.jobs.search import index_suggested
+
+    with _conn(db) as conn:
+        if index_suggested(conn, job):
+            out.print(f"Tip: {job} has enough vectors for an HNSW index: `vectorfill index {job}` "
+                      "makes searches fast (it is built without blocking writes).")
+
+
+def _print_summary(s) -> None:
+    table = Table(title=f"backfill {s.job}", show_header=False)
+    for key, value in s.as_dict().items():
+        if key != "job":
+            table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    out.print(table)
+    if s.failed_total:
+        out.print(f"{s.failed_total} rows failed: `vectorfill failures {s.job}` lists them")
+
+
+@app.command()
+def status(job: str, json_out: bool = typer.Option(False, "--json"), db: Optional[str] = DbOpt) -> None:
+    """Exact counts for JOB: total / embedded / pending / failed."""
+    from vectorfill.jobs.registry import job_status, load_job
+    from vectorfill.jobs.versions import version_status
+
+    with _conn(db) as conn:
+        st = job_status(conn, job)
+        loaded = load_job(conn, job)  # a re-embed in progress gets counted too; no other version
+        building = [version_status(conn, loaded, loaded.next)] if loaded.next else []
+    if json_out:
+        out.print_json(json.dumps({**st.as_dict(), "next": building[0].as_dict() if building else None}))
+        return
+    out.print(
+        f"{st.job} (v{st.version}, {st.model}, {st.dimensions or '?'} dims) on {st.source}: "
+        f"total {st.total:,}  embedded {st.embedded:,}  pending {st.pending:,}  failed {st.failed:,}  "
+        f"-> {st.target}"
+    )
+    for v in building:
+        out.print(
+            f"  re-embed: v{v.version} ({v.model}) {v.state}, {v.embedded:,} of {v.total:,} done, "
+            f"{v.pending:,} pending, {v.failed:,} failed; readers switch to it when complete"
+        )
+
+
+@app.command()
+def failures(job: str, limit: int = typer.Option(50), db: Optional[str] = DbOpt) -> None:
+    """List JOB's failed rows with the reason."""
+    from vectorfill.jobs.registry import list_failures
+
+    with _conn(db) as conn:
+        rows = list_failures(conn, job, limit)
+    table = Table("row", "reason", "status", "attempts", "failed at", "message")
+    for r in rows:
+        table.add_row(json.dumps(r["row_key"]), r["reason"], str(r["status"] or ""), str(r["attempts"]),
+                      r["failed_at"].isoformat(timespec="seconds"), r["message"])
+    out.print(table if rows else f"no failed rows in {job}")
+
+
+@app.command()
+def retry(
+    job: str,
+    ids: Optional[list[str]] = typer.Argument(None, help="Keys of the rows to retry ([1,2] for a composite key)"),
+    all_rows: bool = typer.Option(False, "--all", help="Retry every failed row"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Queue failed rows of JOB again (attempts reset): --all, or the rows named by key."""
+    from vectorfill.errors import ConfigError
+    from vectorfill.jobs.registry import retry_failures
+
+    if bool(ids) == all_rows:
+        raise ConfigError("name the rows to retry by key, or pass --all (not both)", job=job)
+    with _conn(db) as conn:
+        n = retry_failures(conn, job, None if all_rows else ids)
+    out.print(f"{n} failed rows of {job} queued again; run `vectorfill backfill {job}`")
+
+
+# ------------------------------------------------------------------ search
+@app.command()
+def search(
+    job: str,
+    query: str,
+    k: int = typer.Option(10, "-k", help="How many hits"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Embed QUERY with JOB's model and show the nearest rows (cosine distance)."""
+    from vectorfill.jobs.search import search as run
+
+    with _conn(db) as conn:
+        hits = run(conn, job, query, k)
+    _print_hits(query, hits)
+
+
+def _print_hits(query: str, hits) -> None:
+    table = Table("id", "distance", "text", title=f"“{query}”")
+    for h in hits:
+        snippet = " ".join((h.text or "").split())[:100]
+        table.add_row(str(h.id), f"{h.distance:.4f}", snippet)
+    out.print(table)
+
+
+@app.command()
+def index(job: str, db: Optional[str] = DbOpt) -> None:
+    """Create an HNSW index (cosine) on JOB's vectors; search uses it."""
+    from vectorfill.jobs.search import create_index
+
+    name = create_index(_url(db), job)
+    out.print(f"index {name} ready")
+
+
+# ------------------------------------------------------------------ local pieces
+# ------------------------------------------------------------------ orchestration
+@app.command()
+def serve(
+    jobs: Optional[list[str]] = typer.Argument(None, help="Jobs to schedule (default: every job)"),
+    cron: str = typer.Option("0 2 * * *", help="Schedule of each job's backfill (cron, UTC); '' for none"),
+    port: int = typer.Option(4200, help="Port of the Prefect server (and its UI)"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Serve vectorfill's deployments from this machine: a scheduled backfill per job and a
+    re-embed triggered by `job set-model`, on a Prefect server that keeps history in Postgres.
+    """
+    from vectorfill.jobs.registry import list_jobs
+    from vectorfill.orchestration.runtime import prefect_defaults
+    from vectorfill.orchestration.prefect_server import serve as run
+
+    url = _url(db)
+    with _conn(url) as conn:
+        names = jobs or list_jobs(conn)
+    prefect_defaults(use_served=False)
+    run(url, jobs=names, cron=cron or None, port=port, announce=lambda m: err.print(f"[dim]{m}[/]"))
+
+
+@app.command()
+def runs(
+    job: Optional[str] = typer.Argument(None, help="Only this job's runs"),
+    limit: int = typer.Option(20, help="How many runs"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recent backfill runs from Prefect: start, duration, state, rows, tokens, cost, failures."""
+    from vectorfill.orchestration.history import recent_runs
+    from vectorfill.orchestration.runtime import prefect_defaults
+
+    prefect_defaults()
+    records = recent_runs(job, limit)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in records]))
+        return
+    table = Table("start", "job", "deployment", "state", "duration s", "rows", "tokens", "cost USD", "failed")
+    for r in records:
+        table.add_row(
+            r.start.isoformat(timespec="seconds") if r.start else "", r.job or "", r.deployment or "",
+            r.state, "" if r.duration_s is None else f"{r.duration_s:,.1f}",
+            "" if r.rows is None else f"{r.rows:,}", "" if r.tokens is None else f"{r.tokens:,}",
+            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}", "" if r.failed is None else str(r.failed),
+        )
+    out.print(table if records else "no backfill runs recorded yet")
+
+
+@app.command("serve-embeddings")
+def serve_embeddings(
+    model: str = typer.Option("all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 (needs [local]) or fake-embed"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    api_key_env: Optional[str] = typer.Option(None, help="Require this env variable's value as Bearer key"),
+) -> None:
+    """Serve an OpenAI-compatible /v1/embeddings endpoint from a local model."""
+    from vectorfill.local.embeddings_server import run_server
+
+    run_server(model=model, host=host, port=port, api_key_env=api_key_env)
+
+
+@app.command()
+def demo(
+    rows: int = typer.Option(2000, help="How many standard-library docstrings to embed (0: all)"),
+    model: str = typer.Option("all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 (needs [local]) or fake-embed"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """The whole product, offline: embedded Postgres, a local model, a backfill, searches."""
+    from vectorfill.local.demo import run_demo
+
+    run_demo(db_url=db, rows=rows or None, model=model, out=out, err=err)
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Start (or reuse) the embedded Postgres; it keeps running between commands."""
+    from vectorfill.local import pgembedded
+
+    url = pgembedded.start()
+    out.print(f"embedded Postgres running: {url}")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded Postgres."""
+    from vectorfill.local import pgembedded
+
+    out.print("stopped" if pgembedded.stop() else "was not running")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Is the embedded Postgres running, and where is its data."""
+    from vectorfill.local import pgembedded
+
+    st = pgembedded.status()
+    out.print(f"{'running' if st.running else 'stopped'}; data in {st.data_dir}" + (f"; {st.url}" if st.url else ""))
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the embedded Postgres URL (for --db or VECTORFILL_DATABASE_URL)."""
+    from vectorfill.local import pgembedded
+
+    url = pgembedded.url()
+    if not url:
+        err.print("the embedded Postgres is not running: `vectorfill db start`")
+        raise typer.Exit(1)
+    print(url)
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """Make SIGTERM stop the process as Ctrl-C does; the event says whether it came.
+
+    SIGTERM is how Prefect's runners and workers, systemd, Docker and Kubernetes stop a
+    process; by default it kills Python on the spot, so a run could not give its claims
+    back (they waited for their lease to expire) and Prefect's temporary server was left
+    running. Here it goes to the Ctrl-C handler that ``asyncio.run`` installs, which
+    cancels the run so that it gives its claims back; outside a run, it raises
+    KeyboardInterrupt. When SIGINT is ignored (a process started in the background),
+    there is no such handler: the running loop's tasks are cancelled instead.
+    """
+    terminated = threading.Event()
+
+    def on_sigterm(signum, frame) -> None:
+        terminated.set()
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if callable(on_sigint):  # asyncio.run's Ctrl-C handler, or Python's default one
+            on_sigint(signal.SIGINT, frame)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise KeyboardInterrupt from None
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wake the loop up to see it
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return terminated
+
+
+def _interrupted(terminated: threading.Event, released: str) -> None:
+    if terminated.is_set():
+        err.print(f"terminated (SIGTERM); claimed rows {released} or expire with their lease")
+        sys.exit(128 + signal.SIGTERM)
+    err.print(f"interrupted; claimed rows {released} or expire with their lease")
+    sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    terminated = _stop_on_sigterm()
+    try:
+        code = app(args=argv, standalone_mode=False)  # returns the exit code of Exit/Ctrl-C
+    except VectorfillError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, greppable
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        if terminated.is_set():
+            _interrupted(terminated, "were given back")
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _interrupted(terminated, "are released")
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        _interrupted(terminated, "were given back")
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    if code == 130 or terminated.is_set():
+        _interrupted(terminated, "were given back")
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Typed, bounded configuration: per-job settings and where the database is.
+
+A job's settings live in ``vectorfill.jobs.settings`` (JSON) and are validated by
+:class:`JobSettings` on the way in and out::
+
+    JobSettings(max_inputs=512, encoding_format="float", concurrency=8)
+
+Secrets are never part of a setting: a job stores only the *name* of the environment
+variable that holds its API key (``api_key_env``); the key itself is read when a request
+is made, kept in a :class:`pydantic.SecretStr`, and never printed, logged or stored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from vectorfill.errors import ConfigError, SecretMissing
+
+__all__ = [
+    "JobSettings",
+    "DATABASE_URL_ENV",
+    "database_url_from_env",
+    "read_api_key",
+    "validate_job_name",
+    "RESERVED_JOB_NAMES",
+]
+
+DATABASE_URL_ENV = "VECTORFILL_DATABASE_URL"
+
+#: Relations in the vectorfill schema that a job's view must never shadow.
+RESERVED_JOB_NAMES = frozenset({"jobs", "versions", "failures", "budgets", "alembic_version"})
+
+_JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class JobSettings(BaseModel):
+    """How a job talks to its endpoint and packs its work. All fields have safe defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_inputs: int = Field(2048, ge=1, le=100_000)
+    """Most inputs in one request (OpenAI accepts 2048)."""
+    max_request_tokens: int = Field(300_000, ge=1, le=10_000_000)
+    """Most tokens in one request, counted before sending (OpenAI accepts 300,000)."""
+    encoding_format: Literal["base64", "float"] = "base64"
+    """``base64`` is ~4x smaller on the wire; use ``float`` for servers that lack it."""
+    concurrency: int = Field(4, ge=1, le=256)
+    """Most requests in flight at once within one run (the run adapts below it: fewer after
+    429s, more while latency, not the rate budget, holds requests back)."""
+    rpm: int | None = Field(None, ge=1, le=100_000_000)
+    """Requests per minute the endpoint allows (the account's limit): every run on the
+    endpoint, on any machine using this database, shares it through ``vectorfill.budgets``,
+    so give each job the whole limit, not a share. Jobs on one endpoint with different
+    limits are held to the lowest. None: no shared budget; each run follows what the
+    endpoint announces in ``x-ratelimit-limit-requests``, if anything."""
+    tpm: int | None = Field(None, ge=1, le=10_000_000_000)
+    """Tokens per minute, likewise (``x-ratelimit-limit-tokens``); requests are packed to fit."""
+    timeout_s: float = Field(60.0, gt=0, le=3600)
+    """Seconds to wait for one response before treating it as a transient failure."""
+    max_attempts: int = Field(5, ge=1, le=100)
+    """Claims of one row before it is moved to the failures table."""
+    lease_s: int = Field(600, ge=10, le=86_400)
+    """Seconds a claimed row stays reserved for its worker; after that any worker may take it."""
+    retries: int = Field(4, ge=0, le=20)
+    """Retries of one request after a transient error (exponential backoff with jitter, at least
+    the provider's Retry-After); the database stages of a batch have their own."""
+    max_input_tokens: int | None = Field(None, ge=1, le=10_000_000)
+    """Most tokens in one input; default: the model's known limit (8191 for OpenAI's)."""
+    on_too_long: Literal["truncate", "fail"] = "truncate"
+    """An input over the limit is cut to fit (token-exact where the tokenizer is known),
+    or recorded as a failure."""
+    prune_on_switch: bool = False
+    """Drop the old version's tables as soon as a new model's version replaces it (default:
+    keep them until ``vectorfill job prune``)."""
+    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """USD per million input tokens by model, for estimates and run summaries, over the
+    table in :mod:`vectorfill.provider.prices` (a model in neither has an unknown cost)."""
+
+
+def validate_job_name(name: str) -> str:
+    if not _JOB_NAME.match(name or ""):
+        raise ConfigError(
+            f"job name {name!r} is not allowed: use 1-40 lowercase letters, digits and "
+            "underscores, starting with a letter (it becomes the view vectorfill.<name>)"
+        )
+    if name in RESERVED_JOB_NAMES:
+        raise ConfigError(f"job name {name!r} is reserved by vectorfill; choose another name")
+    return name
+
+
+def database_url_from_env() -> str | None:
+    return os.environ.get(DATABASE_URL_ENV) or None
+
+
+def read_api_key(env_var: str | None, *, job: str | None = None) -> SecretStr | None:
+    """The API key from the named environment variable, or None when the job needs none."""
+    if not env_var:
+        return None
+    value = os.environ.get(env_var)
+    if not value:
+        raise SecretMissing(
+            f"the API key variable {env_var} is not set in this environment; "
+            f"export {env_var}=... (the key is read from the environment, never stored)",
+            job=job,
+        )
+    return SecretStr(value)

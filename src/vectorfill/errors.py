@@ -1,0 +1,170 @@
+"""Every error a vectorfill user can see, in one place.
+
+The tree::
+
+    VectorfillError                  base; .transient says whether a retry can help
+    ├── ConfigError                  a setting is wrong (job options, URLs, env vars)
+    │   └── SecretMissing            the API key's environment variable is not set
+    ├── JobError                     a job is missing, exists already, or is in the wrong state
+    ├── SourceError                  the source table, a column or the key is unusable
+    ├── DatabaseError                Postgres is unreachable or refused a statement
+    │   └── BudgetUnavailable        the endpoint's shared rate budget could not be leased
+    ├── ProviderError                the embeddings endpoint failed (has .status, .code)
+    │   ├── TransientProviderError   429 rate limit, 408/409, 5xx, timeouts, resets, proxy pages
+    │   └── TerminalProviderError    400/422 bad input, bad response shape
+    │       ├── AuthenticationError  401/403: wrong or missing key; stops the run at once
+    │       ├── ModelNotFound        404: unknown model or wrong base URL; stops the run
+    │       └── QuotaExceeded        429 insufficient_quota: billing, not a rate limit; stops the run
+    └── InputError                   one row's text cannot be embedded (NULL, empty, too long)
+
+Each message names the job, the row or setting at fault, and what to do next. Foreign
+exceptions (httpx, psycopg) are translated at the edge where they happen and never leak
+to the user unwrapped.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VectorfillError",
+    "ConfigError",
+    "SecretMissing",
+    "JobError",
+    "SourceError",
+    "DatabaseError",
+    "BudgetUnavailable",
+    "ProviderError",
+    "TransientProviderError",
+    "TerminalProviderError",
+    "AuthenticationError",
+    "ModelNotFound",
+    "QuotaExceeded",
+    "InputError",
+    "is_transient",
+    "stops_run",
+    "first_error",
+    "stop_reason",
+]
+
+
+class VectorfillError(Exception):
+    """Base of all vectorfill errors. ``transient`` is True when retrying can help."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, job: str | None = None) -> None:
+        self.job = job
+        prefix = f"job {job!r}: " if job else ""
+        super().__init__(prefix + message)
+
+
+class ConfigError(VectorfillError):
+    """A setting is wrong; fix the named option and run again."""
+
+
+class SecretMissing(ConfigError):
+    """The environment variable that should hold the API key is not set."""
+
+
+class JobError(VectorfillError):
+    """A job does not exist, exists already, or is in a state that forbids the operation."""
+
+
+class SourceError(VectorfillError):
+    """The source table, a text column or the key column cannot be used."""
+
+
+class DatabaseError(VectorfillError):
+    """Postgres could not be reached or refused a statement."""
+
+    transient = True
+
+
+class BudgetUnavailable(DatabaseError):
+    """The endpoint's shared rate budget (``vectorfill.budgets``) could not be leased, because
+    Postgres could not be reached or refused the statement. Transient: the request waits
+    (its task retries); budget already leased is still spent meanwhile."""
+
+
+class ProviderError(VectorfillError):
+    """The embeddings endpoint answered with an error or an unusable response."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        super().__init__(message, job=job)
+
+
+class TransientProviderError(ProviderError):
+    """A failure that may pass: rate limits, server errors, timeouts, dropped connections."""
+
+    transient = True
+
+
+class TerminalProviderError(ProviderError):
+    """A failure that repeats if the same request is sent again."""
+
+
+class AuthenticationError(TerminalProviderError):
+    """401/403: the API key is wrong, missing, or lacks access. The run stops at once."""
+
+
+class ModelNotFound(TerminalProviderError):
+    """404: the model is unknown to the endpoint, or the base URL is wrong. The run stops."""
+
+
+class QuotaExceeded(TerminalProviderError):
+    """429 with code insufficient_quota: the account is out of credit. The run stops."""
+
+
+class InputError(VectorfillError):
+    """One row's text cannot be embedded; the row is recorded as failed, the run goes on."""
+
+    def __init__(self, message: str, *, job: str | None = None, row: object = None) -> None:
+        self.row = row
+        super().__init__(message, job=job)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same work may succeed."""
+    return isinstance(exc, VectorfillError) and exc.transient
+
+
+def stops_run(exc: BaseException) -> bool:
+    """True for errors that make every further request pointless (auth, model, quota)."""
+    return isinstance(exc, (AuthenticationError, ModelNotFound, QuotaExceeded, ConfigError))
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from a group of concurrent failures (the lanes of a run): one
+    that stopped the run, else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            else:
+                leaves.append(e)
+
+    walk(group)
+    return next((e for e in leaves if stops_run(e)), leaves[0])
+
+
+def stop_reason(exc: BaseException) -> str:
+    """One line saying why a run stopped early, for the rows it gives back."""
+    import asyncio
+
+    if isinstance(exc, BaseExceptionGroup):
+        exc = first_error(exc)
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "run interrupted"
+    return str(exc) or type(exc).__name__

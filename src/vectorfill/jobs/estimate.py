@@ -1,0 +1,109 @@
+"""Cost before spending: the tokens a backfill or a re-embed would send, and their price.
+
+The rows are read, never claimed (nothing changes and no request is made), and judged by
+the rules a run applies (:mod:`vectorfill.tasks.claim`): rows with no text are skipped, a
+row whose text still hashes to its stored vector's input is not sent again, and an input
+over the model's limit is counted at the limit (``on_too_long=truncate``) or not at all
+(``fail``). Tokens are counted with the run's counter (:func:`vectorfill.provider.tokens.counter_for`):
+exact for OpenAI's models, a byte-based over-estimate for tokenizers not known here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import psycopg
+
+from vectorfill.storage import sql
+from vectorfill.errors import JobError
+from vectorfill.jobs.registry import load_job
+from vectorfill.records import Job, Version
+from vectorfill.provider.prices import cost_usd, price_per_million
+from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
+
+__all__ = ["Estimate", "estimate"]
+
+_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    job: str
+    model: str
+    version: int | None
+    """The version whose queue was counted; None for a re-embed not started yet."""
+    rows: int
+    """Rows that would be sent."""
+    unchanged: int
+    empty: int
+    too_long: int
+    """Rows over the model's input limit (truncated, or failed under on_too_long=fail)."""
+    tokens: int
+    exact: bool
+    """True when the model's tokenizer is known here (else tokens are an over-estimate)."""
+    price_per_million: float | None
+    cost_usd: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate(
+    conn: psycopg.Connection, name: str, *, model: str | None = None, price: float | None = None
+) -> list[Estimate]:
+    """What the next backfill of ``name`` would send, per version it would fill; or, with
+    ``model``, what re-embedding every row with that model would send."""
+    job = load_job(conn, name)
+    if model is None:
+        versions = [v for v in job.versions if v.state in ("active", "filling", "paused")]
+        if not versions:
+            raise JobError("has no version to fill", job=name)
+        return [_count(conn, job, v, v.model, price, pending=True) for v in versions]
+    target = next((v for v in job.live_versions if v.model == model), None)
+    if target is not None and target.state != "active":  # that re-embed has started: its queue
+        return [_count(conn, job, target, model, price, pending=True)]
+    basis = job.active or job.versions[-1]
+    return [_count(conn, job, basis, model, price, pending=False)]
+
+
+def _count(conn, job: Job, version: Version, model: str, price: float | None, *, pending: bool) -> Estimate:
+    js = sql.JobSQL(job, version)
+    s = job.settings
+    counter = counter_for(model)
+    limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(model)
+    rows = unchanged = empty = too_long = tokens = 0
+    with conn.cursor(name="vectorfill_estimate") as cur:  # server-side: any table size
+        cur.itersize = _CHUNK
+        cur.execute(js.pending_texts() if pending else js.all_texts())
+        while chunk := cur.fetchmany(_CHUNK):
+            texts = []
+            for text, stored_hash in chunk:
+                if text is None or not text.strip():
+                    empty += 1
+                elif stored_hash is not None and bytes(stored_hash) == hashlib.sha256(text.encode("utf-8")).digest():
+                    unchanged += 1
+                else:
+                    texts.append(text)
+            for n in counter.count(texts):
+                if limit and counter.exact and n > limit:  # as the run: only cut when exact
+                    too_long += 1
+                    if s.on_too_long == "fail":
+                        continue
+                    n = limit
+                rows += 1
+                tokens += n
+    unit = price_per_million(model, s, price)
+    return Estimate(
+        job=job.name,
+        model=model,
+        version=version.version if pending else None,
+        rows=rows,
+        unchanged=unchanged,
+        empty=empty,
+        too_long=too_long,
+        tokens=tokens,
+        exact=counter.exact,
+        price_per_million=unit,
+        cost_usd=cost_usd(tokens, unit),
+    )

@@ -1,0 +1,284 @@
+"""Jobs: create (validate the source, install triggers, queue existing rows), load, drop, count.
+
+Everything here runs in one transaction per operation, so a job is either fully installed
+or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
+
+from vectorfill.storage import sql
+from vectorfill.config import JobSettings, validate_job_name
+from vectorfill.errors import ConfigError, JobError, SourceError
+from vectorfill.records import Job, Version
+
+__all__ = [
+    "create_job",
+    "load_job",
+    "list_jobs",
+    "drop_job",
+    "job_status",
+    "list_failures",
+    "retry_failures",
+    "JobStatus",
+    "KNOWN_DIMENSIONS",
+    "parse_table",
+    "check_endpoint_options",
+]
+
+#: Native sizes of well-known models, so their vector column is typed from the start.
+KNOWN_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+    "all-MiniLM-L6-v2": 384,
+}
+
+
+def parse_table(table: str) -> tuple[str, str]:
+    """``schema.table`` or ``table`` (schema public). Quotes are not needed: names are taken as written."""
+    parts = table.split(".")
+    if len(parts) == 1:
+        return "public", parts[0]
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1]
+    raise ConfigError(f"--table {table!r} must be TABLE or SCHEMA.TABLE")
+
+
+def check_endpoint_options(dimensions: int | None, api_key_env: str | None, *, job: str) -> None:
+    """The checks a job's model options get, at ``job create`` and ``job set-model``."""
+    if dimensions is not None and dimensions < 1:
+        raise ConfigError(f"--dimensions must be a positive number, not {dimensions}", job=job)
+    if api_key_env is not None and not api_key_env.replace("_", "").isalnum():
+        raise ConfigError(
+            "--api-key-env takes the NAME of an environment variable (like OPENAI_API_KEY), "
+            "not the key itself",
+            job=job,
+        )
+
+
+def _require_schema(conn: psycopg.Connection) -> None:
+    if conn.execute(sql.SCHEMA_INSTALLED).fetchone()[0] is None:
+        raise JobError("vectorfill's schema is not installed in this database: run `vectorfill migrate` first")
+
+
+def create_job(
+    conn: psycopg.Connection,
+    *,
+    name: str,
+    table: str,
+    text_columns: list[str] | None,
+    template: str | None,
+    key_columns: list[str] | None,
+    model: str,
+    base_url: str,
+    api_key_env: str | None,
+    dimensions: int | None = None,
+    settings: JobSettings | None = None,
+) -> Job:
+    """Register a job, install its triggers and queue every existing row, atomically."""
+    validate_job_name(name)
+    settings = settings or JobSettings()
+    check_endpoint_options(dimensions, api_key_env, job=name)
+    _require_schema(conn)
+    if conn.execute(sql.JOB_ROWS, {"name": name}).fetchone():
+        raise JobError(
+            "exists already; choose another name, or `vectorfill job drop "
+            f"{name}` first (that deletes its vectors)",
+            job=name,
+        )
+    schema, tname = parse_table(table)
+    found = conn.execute(sql.LOOKUP_TABLE, {"schema": schema, "table": tname}).fetchone()
+    if found is None:
+        raise SourceError(
+            f"source table {schema}.{tname} does not exist (names are case-sensitive; "
+            "check --table and the database)",
+            job=name,
+        )
+    oid, _, _, relkind = found
+    if relkind not in ("r", "p"):
+        raise SourceError(f"{schema}.{tname} is not a table (views cannot carry triggers)", job=name)
+    columns = {c: (t, notnull) for c, t, notnull in conn.execute(sql.LOOKUP_COLUMNS, {"oid": oid})}
+
+    if template is not None:
+        try:
+            spec = sql.parse_template(template)
+        except ValueError as exc:
+            raise ConfigError(f"--template: {exc}", job=name) from None
+        text_columns = list(spec.columns)
+    if not text_columns:
+        raise ConfigError("name the text to embed with --text COLUMN [COLUMN ...] or --template", job=name)
+    missing = [c for c in text_columns if c not in columns]
+    if missing:
+        raise SourceError(
+            f"{schema}.{tname} has no column {', '.join(map(repr, missing))}; "
+            f"its columns are: {', '.join(columns)}",
+            job=name,
+        )
+
+    key_columns = _choose_key(conn, oid, key_columns, columns, f"{schema}.{tname}", name)
+    key_types = [columns[c][0] for c in key_columns]
+
+    settings_json = Jsonb(settings.model_dump())
+    job_id = conn.execute(
+        sql.INSERT_JOB,
+        (name, schema, tname, key_columns, key_types, text_columns, template, settings_json),
+    ).fetchone()[0]
+    conn.execute(
+        sql.INSERT_VERSION,
+        {
+            "job_id": job_id, "model": model, "base_url": base_url.rstrip("/"), "api_key_env": api_key_env,
+            "dimensions": dimensions, "vector_dims": dimensions or KNOWN_DIMENSIONS.get(model), "state": "active",
+        },
+    )
+    job = load_job(conn, name)
+    version = job.version(1)
+    js = sql.JobSQL(job, version)
+    conn.execute(js.create_tables())
+    conn.execute(sql.create_trigger_function(job))
+    conn.execute(sql.create_triggers(job))
+    conn.execute(sql.create_view(job, version))
+    conn.execute(js.enqueue_all())
+    return job
+
+
+def _choose_key(conn, oid, key_columns, columns, table, job) -> list[str]:
+    unique = [list(r[0]) for r in conn.execute(sql.LOOKUP_UNIQUE_KEYS, {"oid": oid})]
+    if not key_columns:
+        pk = conn.execute(sql.LOOKUP_PRIMARY_KEY, {"oid": oid}).fetchone()
+        if pk is None:
+            raise SourceError(
+                f"{table} has no primary key; pass --id naming a unique NOT NULL column "
+                "(or columns) that identifies each row",
+                job=job,
+            )
+        return list(pk[0])
+    missing = [c for c in key_columns if c not in columns]
+    if missing:
+        raise SourceError(f"--id: {table} has no column {', '.join(map(repr, missing))}", job=job)
+    if not any(set(u) <= set(key_columns) for u in unique):
+        raise SourceError(
+            f"--id {', '.join(key_columns)} is not unique in {table} (no primary key or unique "
+            "index covers it); each row needs its own key",
+            job=job,
+        )
+    nullable = [c for c in key_columns if not columns[c][1]]
+    if nullable:
+        raise SourceError(
+            f"--id column {', '.join(nullable)} of {table} may be NULL; make it NOT NULL "
+            "or choose another key",
+            job=job,
+        )
+    return list(key_columns)
+
+
+def load_job(conn: psycopg.Connection, name: str) -> Job:
+    _require_schema(conn)
+    row = conn.execute(sql.JOB_ROWS, {"name": name}).fetchone()
+    if row is None:
+        names = [r[0] for r in conn.execute(sql.JOB_NAMES)]
+        known = f" (jobs here: {', '.join(names)})" if names else " (no jobs yet: `vectorfill job create`)"
+        raise JobError(f"no job named {name!r}{known}")
+    job_id, name, schema, table, keys, types, text_cols, template, settings = row
+    versions = tuple(
+        Version(*r) for r in conn.execute(sql.VERSION_ROWS, {"job_id": job_id})
+    )
+    return Job(
+        id=job_id,
+        name=name,
+        source_schema=schema,
+        source_table=table,
+        key_columns=tuple(keys),
+        key_types=tuple(types),
+        text_columns=tuple(text_cols),
+        template=template,
+        settings=JobSettings(**settings),
+        versions=versions,
+    )
+
+
+def list_jobs(conn: psycopg.Connection) -> list[str]:
+    _require_schema(conn)
+    return [r[0] for r in conn.execute(sql.JOB_NAMES)]
+
+
+def drop_job(conn: psycopg.Connection, name: str) -> None:
+    """Remove the job's triggers, view, queue and vectors. The source table keeps its rows."""
+    job = load_job(conn, name)
+    if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone():
+        conn.execute(sql.drop_triggers(job))
+    else:
+        conn.execute(pgsql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.trigger_function_name(job)))
+    conn.execute(pgsql.SQL("DROP VIEW IF EXISTS {}").format(sql.view_name(job)))
+    for version in job.versions:
+        conn.execute(sql.JobSQL(job, version).drop_tables())
+    conn.execute(sql.DELETE_JOB, (job.id,))
+
+
+def list_failures(conn: psycopg.Connection, name: str, limit: int = 50) -> list[dict]:
+    job = load_job(conn, name)
+    cur = conn.execute(sql.FAILURE_ROWS, (job.id, limit))
+    cols = [d.name for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur]
+
+
+def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None = None) -> int:
+    """Queue failed rows of every live version again, all of them or those whose key is in
+    ``keys`` (a single key as written, or a composite one as a JSON array); returns how many."""
+    job = load_job(conn, name)
+    rows = [Jsonb(json.loads(k)) for k in keys or [] if k.startswith("[")]
+    ids = [k for k in keys or [] if not k.startswith("[")]
+    total = 0
+    for version in job.live_versions:
+        cur = conn.execute(
+            sql.JobSQL(job, version).requeue_failures(),
+            {"job_id": job.id, "version": version.version, "all": keys is None, "rows": rows, "ids": ids},
+        )
+        total += cur.rowcount
+    return total
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job: str
+    version: int
+    model: str
+    dimensions: int | None
+    total: int
+    embedded: int
+    pending: int
+    failed: int
+    target: str
+    source: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def job_status(conn: psycopg.Connection, name: str, version: int | None = None) -> JobStatus:
+    job = load_job(conn, name)
+    ver = job.version(version) if version else job.active
+    if ver is None:
+        raise JobError("has no active version", job=name)
+    js = sql.JobSQL(job, ver)
+    total, embedded, pending, failed = conn.execute(
+        js.counts(), {"job_id": job.id, "version": ver.version}
+    ).fetchone()
+    return JobStatus(
+        job=job.name,
+        version=ver.version,
+        model=ver.model,
+        dimensions=ver.vector_dims,
+        total=total,
+        embedded=embedded,
+        pending=pending,
+        failed=failed,
+        target=f"vectorfill.{job.name}",
+        source=job.source,
+    )

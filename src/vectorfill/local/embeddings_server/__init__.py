@@ -1,0 +1,38 @@
+"""An OpenAI-compatible embeddings server: a real local model or a deterministic fake.
+
+::
+
+    from vectorfill.local.embeddings_server import HashEncoder, create_app
+    app = create_app(HashEncoder(dimensions=384), api_key="sk-test")
+
+``run_server`` is what ``vectorfill serve-embeddings`` calls.
+"""
+
+from vectorfill.local.embeddings_server.app import EmbeddingCall, EmbeddingResult, Interceptor, create_app
+from vectorfill.local.embeddings_server.encoders import (
+    FAKE_MODEL,
+    LOCAL_MODEL,
+    Encoder,
+    HashEncoder,
+    SentenceTransformerEncoder,
+    expected_vector,
+    load_encoder,
+)
+from vectorfill.local.embeddings_server.serve import ServerThread, main, run_server
+
+__all__ = [
+    "create_app",
+    "run_server",
+    "main",
+    "ServerThread",
+    "Encoder",
+    "HashEncoder",
+    "SentenceTransformerEncoder",
+    "load_encoder",
+    "expected_vector",
+    "FAKE_MODEL",
+    "LOCAL_MODEL",
+    "EmbeddingCall",
+    "EmbeddingResult",
+    "Interceptor",
+]

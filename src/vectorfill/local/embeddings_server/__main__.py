@@ -1,0 +1,5 @@
+import sys
+
+from vectorfill.local.embeddings_server.serve import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""Run history, read back from Prefect: each backfill flow run and the summary it left.
+
+The Prefect server is the one ``PREFECT_API_URL`` names, else the one a running
+``vectorfill serve`` uses, else Prefect's local database (where the temporary server of
+plain ``vectorfill backfill`` runs keeps its history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+__all__ = ["RunRecord", "recent_runs", "FLOW_NAME"]
+
+FLOW_NAME = "vectorfill-backfill"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    name: str
+    job: str | None
+    deployment: str | None
+    state: str
+    start: datetime | None
+    duration_s: float | None
+    rows: int | None
+    tokens: int | None
+    cost_usd: float | None
+    failed: int | None
+    switched_to: int | None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["start"] = self.start.isoformat() if self.start else None
+        return d
+
+
+def recent_runs(job: str | None = None, limit: int = 20) -> list[RunRecord]:
+    """The latest backfill runs (of ``job``, or of every job), newest first."""
+    from vectorfill.orchestration.api import use_served_api
+
+    use_served_api()
+    return asyncio.run(_read(job, limit))
+
+
+async def _read(job: str | None, limit: int) -> list[RunRecord]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterType,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit if job is None else max(limit * 10, 200),
+        )
+        runs = [r for r in runs if job is None or r.parameters.get("job") == job][:limit]
+        summaries: dict = {}
+        if runs:
+            ids = [r.id for r in runs]
+            # every field given: Prefect 3.8.8's client sends None for missing ones, which its
+            # server refuses (422)
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=ids), type=ArtifactFilterType(any_=["table"])
+                ),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                task_run_filter=TaskRunFilter(),
+                limit=len(ids) * 4,
+                sort=ArtifactSort.CREATED_DESC,
+            )
+            for a in artifacts:
+                if a.key and a.key.startswith("backfill-"):
+                    summaries[a.flow_run_id] = _figures(a.data)
+        names = {}
+        for r in runs:
+            if r.deployment_id and r.deployment_id not in names:
+                try:
+                    names[r.deployment_id] = (await client.read_deployment(r.deployment_id)).name
+                except Exception:  # a deleted deployment: show the run anyway
+                    names[r.deployment_id] = None
+    out = []
+    for r in runs:
+        s = summaries.get(r.id, {})
+        duration = r.total_run_time.total_seconds() if r.total_run_time else None
+        out.append(
+            RunRecord(
+                name=r.name,
+                job=r.parameters.get("job"),
+                deployment=names.get(r.deployment_id),
+                state=r.state_name or (r.state.name if r.state else "?"),
+                start=r.start_time,
+                duration_s=round(duration, 1) if duration is not None else None,
+                rows=s.get("embedded"),
+                tokens=s.get("tokens"),
+                cost_usd=s.get("cost_usd"),
+                failed=s.get("failed_total"),
+                switched_to=s.get("switched_to"),
+            )
+        )
+    return out
+
+
+def _figures(data) -> dict:
+    rows = json.loads(data) if isinstance(data, str) else data
+    try:
+        return {row["figure"]: row["value"] for row in rows}
+    except (TypeError, KeyError):
+        return {}

@@ -1,0 +1,83 @@
+"""The records vectorfill keeps about a job, as plain frozen dataclasses.
+
+A **job** names a source table, its key, the text to embed (columns or a template) and
+its settings. A job has one or more **versions**: each is one model (and dimensions) with
+its own queue and vector table. The *active* version is what the job's view
+``vectorfill.<job>`` shows; a *filling* version is being built beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from vectorfill.config import JobSettings
+
+__all__ = ["Job", "Version", "VERSION_STATES"]
+
+VERSION_STATES = ("filling", "active", "paused", "retired")
+"""A job has at most one ``active`` version and at most one ``filling``/``paused`` one."""
+
+
+@dataclass(frozen=True)
+class Version:
+    job_id: int
+    version: int
+    model: str
+    base_url: str
+    api_key_env: str | None
+    dimensions: int | None
+    """The ``dimensions`` request parameter, or None to use the model's native size."""
+    vector_dims: int | None
+    """The vector column's size, known once the first batch is stored."""
+    state: str
+    """``active`` (what the view shows), ``filling`` (being built beside it), ``paused``
+    (a filling version that runs skip) or ``retired`` (replaced; kept until pruned)."""
+    created_at: datetime | None = None
+    activated_at: datetime | None = None
+
+    @property
+    def queue_table(self) -> str:
+        return f"_q_{self.job_id}_{self.version}"
+
+    @property
+    def vector_table(self) -> str:
+        return f"_v_{self.job_id}_{self.version}"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    name: str
+    source_schema: str
+    source_table: str
+    key_columns: tuple[str, ...]
+    key_types: tuple[str, ...]
+    text_columns: tuple[str, ...]
+    template: str | None
+    settings: JobSettings
+    versions: tuple[Version, ...]
+
+    @property
+    def source(self) -> str:
+        return f"{self.source_schema}.{self.source_table}"
+
+    @property
+    def active(self) -> Version | None:
+        return next((v for v in self.versions if v.state == "active"), None)
+
+    @property
+    def next(self) -> Version | None:
+        """The version being built to replace the active one (filling or paused), if any."""
+        return next((v for v in self.versions if v.state in ("filling", "paused")), None)
+
+    @property
+    def live_versions(self) -> tuple[Version, ...]:
+        """Versions whose vectors are kept in step with the source (all but retired)."""
+        return tuple(v for v in self.versions if v.state != "retired")
+
+    def version(self, number: int) -> Version:
+        for v in self.versions:
+            if v.version == number:
+                return v
+        raise KeyError(number)

@@ -1,0 +1,186 @@
+"""Connections and migrations: the one place that turns a URL into a Postgres session.
+
+The database URL comes from ``--db`` or ``VECTORFILL_DATABASE_URL``; when neither is set,
+commands fall back to the embedded Postgres (``vectorfill db start``) and say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+from pgvector.psycopg import register_vector, register_vector_async
+
+from vectorfill.config import DATABASE_URL_ENV, database_url_from_env
+from vectorfill.errors import ConfigError, DatabaseError
+
+__all__ = [
+    "resolve_database_url",
+    "connect",
+    "aconnect",
+    "migrate",
+    "current_revision",
+    "redact_url",
+    "LaneConnection",
+]
+
+def _migrations_dir() -> Path:
+    from vectorfill import migrations  # the top-level migrations/ folder, installed as vectorfill.migrations
+
+    return Path(migrations.__file__).resolve().parent
+
+
+def resolve_database_url(url: str | None = None, *, announce=None, start_embedded: bool = True) -> str:
+    """``url``, else ``$VECTORFILL_DATABASE_URL``, else the embedded Postgres (started if needed)."""
+    url = url or database_url_from_env()
+    if url:
+        return _normalise(url)
+    if not start_embedded:
+        raise ConfigError(f"no database given: pass --db or set {DATABASE_URL_ENV}")
+    from vectorfill.local import pgembedded
+
+    found = pgembedded.start()
+    if announce:
+        announce(
+            f"No --db or {DATABASE_URL_ENV} given: using the embedded Postgres in "
+            f"{pgembedded.status().data_dir} (`vectorfill db stop` stops it)."
+        )
+    return _normalise(found)
+
+
+def _normalise(url: str) -> str:
+    """psycopg wants ``postgresql://``; accept SQLAlchemy's ``postgresql+psycopg://`` too."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
+    return DatabaseError(
+        f"cannot use the database at {redact_url(url)}: {str(exc).strip().splitlines()[0]}. "
+        f"Check --db / {DATABASE_URL_ENV} and that Postgres is running"
+    )
+
+
+@contextlib.contextmanager
+def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """A psycopg connection with pgvector's types registered."""
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise _translate(exc, url) from None
+    with conn:
+        try:
+            register_vector(conn)
+        except psycopg.ProgrammingError:
+            pass  # the vector extension is created by `vectorfill migrate`
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def aconnect(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise _translate(exc, url) from None
+    async with conn:
+        await register_vector_async(conn)
+        yield conn
+
+
+class LaneConnection:
+    """One autocommit connection that a lane's tasks share for a whole run, reopened after
+    a failure. Transactions are explicit (``async with conn.transaction()``), so the
+    connection never idles inside one.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def get(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as exc:
+                raise _translate(exc, self.url) from None
+            await register_vector_async(conn)
+            self._conn = conn
+        return self._conn
+
+    async def discard(self) -> None:
+        """Drop the connection (after an error); the next :meth:`get` opens a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except psycopg.Error:
+                pass
+
+    async def aclose(self) -> None:
+        await self.discard()
+
+
+def _alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", "postgresql+psycopg://" + url.split("://", 1)[1])
+    return cfg
+
+
+def _alembic_run(url: str, fn, revision: str) -> None:
+    from sqlalchemy import create_engine, pool
+
+    engine = create_engine(
+        "postgresql+psycopg://" + url.split("://", 1)[1], poolclass=pool.NullPool
+    )
+    cfg = _alembic_config(url)
+    try:
+        with engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            fn(cfg, revision)
+            conn.commit()
+    except Exception as exc:  # sqlalchemy wraps psycopg errors
+        orig = getattr(exc, "orig", None)
+        if isinstance(orig, psycopg.OperationalError):
+            raise _translate(orig, url) from None
+        raise
+    finally:
+        engine.dispose()
+
+
+def migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> str | None:
+    """Upgrade (or downgrade) vectorfill's schema; returns the revision now in place."""
+    from alembic import command
+
+    if downgrade:
+        _alembic_run(url, command.downgrade, revision)
+        if revision == "base":
+            with connect(url, autocommit=True) as conn:
+                conn.execute("DROP TABLE IF EXISTS vectorfill.alembic_version")
+                left = conn.execute(
+                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'vectorfill'"
+                ).fetchone()[0]
+                if not left:
+                    conn.execute("DROP SCHEMA IF EXISTS vectorfill")
+    else:
+        _alembic_run(url, command.upgrade, revision)
+    return current_revision(url)
+
+
+def current_revision(url: str) -> str | None:
+    with connect(url, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('vectorfill.alembic_version')").fetchone()[0]
+        if not exists:
+            return None
+        row = conn.execute("SELECT version_num FROM vectorfill.alembic_version").fetchone()
+        return row[0] if row else None

@@ -1,0 +1,816 @@
+"""All of vectorfill's SQL, composed safely with :mod:`psycopg.sql`.
+
+(Except bootstrap statements that belong to their own machinery: the embedded server's
+``CREATE DATABASE`` in :mod:`vectorfill.local.pgembedded` and :mod:`vectorfill.orchestration.prefect_server`, Alembic's
+revision check in :mod:`vectorfill.storage.db`, the demo corpus loader in :mod:`vectorfill.local.corpus`,
+and the migrations themselves.)
+
+User-supplied names (schemas, tables, columns) only ever enter SQL as
+:class:`psycopg.sql.Identifier`; values only as parameters. Column types are read from
+``pg_catalog.format_type`` and re-used verbatim.
+
+Per job version there are two tables in the ``vectorfill`` schema:
+
+``_q_<job>_<version>`` (the queue)
+    one row per source row whose vector is missing or stale: the key (``k1..kn``), ``seq``
+    (a value of the global sequence ``vectorfill.queue_seq``, taken anew at each change),
+    ``lease_until``, ``attempts`` and ``last_error``.
+``_v_<job>_<version>`` (the vectors)
+    ``k1..kn``, ``chunk_seq`` (0 for a whole-row vector; room for chunking), ``embedding``
+    (``vector(d)``), ``input_hash`` (sha256 of the exact text embedded), ``model`` (as the
+    provider named it) and ``embedded_at``.
+
+The view ``vectorfill.<job>`` shows the active version as ``id, chunk_seq, embedding,
+model, embedded_at`` (a composite key shows its columns under their own names).
+
+How concurrency is made safe (the locking story)
+------------------------------------------------
+* **Triggers** on the source table upsert the queue row with a *new* ``seq`` on every
+  insert, update of a key or text column (only when the value really changed) and delete,
+  and clear the lease, so a changed row is claimable again at once.
+* **Claim** (:meth:`JobSQL.claim`) is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP
+  LOCKED)``: concurrent workers never pick the same row, and each claim records the ``seq``
+  it saw. The texts are read by a *second* statement (:meth:`JobSQL.read_texts`), whose
+  fresh snapshot is at least as new as the claimed ``seq``. The transaction then commits:
+  nothing is held open across the HTTP call.
+* **Store** (:meth:`JobSQL.settle`, then :meth:`JobSQL.copy_vectors`, in one
+  transaction) deletes each queue row *only if its seq is still the claimed one* and COPYs
+  the vectors of exactly the rows it deleted. A row edited while its old text was in flight has a new ``seq``: its stale vector
+  is discarded and the row stays queued for its new text. Because ``seq`` comes from a
+  global sequence, a row that is completed and queued again never reuses a ``seq``.
+* A **delete** of a source row removes its queue row first (waiting for any store that
+  holds it) and then its vectors, with a fresh snapshot per statement, so a concurrent
+  store cannot leave a vector behind for a deleted row.
+
+Shared rate budgets (``vectorfill.budgets``)
+--------------------------------------------
+One row per endpoint is a token bucket for requests and one for tokens, whose levels are
+refilled by the time elapsed since ``updated_at``, measured by *the database's* clock
+(``statement_timestamp()``), so that the clocks of the machines sharing it do not matter.
+Every statement on it is one short autocommit statement on one row:
+
+* :data:`BUDGET_LEASE` takes a chunk. Its CTE reads the row ``FOR UPDATE`` (a concurrent
+  lease waits for the row lock, then sees the row as the other left it, because READ
+  COMMITTED re-reads a row that changed while it waited), refills, grants
+  ``least(wanted, level)`` and the ``UPDATE`` writes the rest back. Two leases therefore
+  never grant the same budget, and the lock is held for the statement only: no lock and no
+  transaction is held between statements, so a process that dies or hangs blocks nobody;
+  budget it had leased and not spent is lost and comes back with the refill.
+* :data:`BUDGET_GIVE_BACK` and :data:`BUDGET_PAUSE` are single-row UPDATE statements whose
+  ``SET`` expressions read the row's own columns, which READ COMMITTED re-evaluates on
+  the newest version of the row after waiting for its lock; the refill time never moves
+  backwards (``greatest(now, updated_at)``).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from vectorfill.records import Job, Version
+
+__all__ = [
+    "SCHEMA",
+    "BUDGET_ENSURE",
+    "BUDGET_LEASE",
+    "BUDGET_GIVE_BACK",
+    "BUDGET_PAUSE",
+    "JobSQL",
+    "TextSpec",
+    "parse_template",
+    "LOOKUP_TABLE",
+    "LOOKUP_COLUMNS",
+    "LOOKUP_PRIMARY_KEY",
+    "LOOKUP_UNIQUE_KEYS",
+    "SCHEMA_INSTALLED",
+    "JOB_NAMES",
+    "INSERT_JOB",
+    "DELETE_JOB",
+    "FAILURE_ROWS",
+    "SET_ACTIVE_BASE_URL",
+    "JOB_ROWS",
+    "VERSION_ROWS",
+    "LOCK_JOB",
+    "INSERT_VERSION",
+    "SET_VERSION_STATE",
+    "DELETE_VERSION",
+    "VERSION_DIMS_FOR_UPDATE",
+    "SET_VERSION_DIMS",
+    "lock_source",
+]
+
+SCHEMA = "vectorfill"
+S = sql.Identifier(SCHEMA)
+
+# ----------------------------------------------------------------- catalog look-ups
+LOOKUP_TABLE = sql.SQL(
+    """SELECT c.oid, n.nspname, c.relname, c.relkind
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %(schema)s AND c.relname = %(table)s"""
+)
+LOOKUP_COLUMNS = sql.SQL(
+    """SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+         FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum"""
+)
+LOOKUP_PRIMARY_KEY = sql.SQL(
+    """SELECT array_agg(a.attname ORDER BY k.ord)
+         FROM pg_catalog.pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = %(oid)s AND i.indisprimary
+        GROUP BY i.indexrelid"""
+)
+LOOKUP_UNIQUE_KEYS = sql.SQL(
+    """SELECT array_agg(a.attname ORDER BY k.ord)
+         FROM pg_catalog.pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = %(oid)s AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+        GROUP BY i.indexrelid"""
+)
+
+SCHEMA_INSTALLED = sql.SQL("SELECT to_regclass('vectorfill.jobs')")
+JOB_NAMES = sql.SQL("SELECT name FROM vectorfill.jobs ORDER BY name")
+INSERT_JOB = sql.SQL(
+    """INSERT INTO vectorfill.jobs (name, source_schema, source_table, key_columns, key_types,
+                                    text_columns, template, settings)
+       VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
+)
+DELETE_JOB = sql.SQL("DELETE FROM vectorfill.jobs WHERE id = %s")  # versions, failures: ON DELETE CASCADE
+FAILURE_ROWS = sql.SQL(
+    """SELECT version, row_key, reason, status, message, attempts, failed_at
+         FROM vectorfill.failures WHERE job_id = %s ORDER BY failed_at DESC, row_key LIMIT %s"""
+)
+SET_ACTIVE_BASE_URL = sql.SQL(  # the demo's endpoint moves between runs (its port)
+    "UPDATE vectorfill.versions SET base_url = %s WHERE job_id = %s AND state = 'active'"
+)
+JOB_ROWS = sql.SQL(
+    """SELECT id, name, source_schema, source_table, key_columns, key_types, text_columns,
+              template, settings
+         FROM vectorfill.jobs WHERE name = %(name)s"""
+)
+VERSION_ROWS = sql.SQL(
+    """SELECT job_id, version, model, base_url, api_key_env, dimensions, vector_dims, state,
+              created_at, activated_at
+         FROM vectorfill.versions WHERE job_id = %(job_id)s ORDER BY version"""
+)
+
+# ----------------------------------------------------------------- versions (blue/green)
+# Every change of a job's versions first takes LOCK_JOB, so that two changes (set-model,
+# cut-over, pause, abandon, prune) of one job never interleave; readers are not blocked.
+LOCK_JOB = sql.SQL("SELECT id FROM vectorfill.jobs WHERE name = %(name)s FOR UPDATE")
+INSERT_VERSION = sql.SQL(
+    """INSERT INTO vectorfill.versions (job_id, version, model, base_url, api_key_env, dimensions,
+                                        vector_dims, state, activated_at)
+       SELECT %(job_id)s, coalesce(max(version), 0) + 1, %(model)s, %(base_url)s, %(api_key_env)s,
+              %(dimensions)s, %(vector_dims)s, %(state)s,
+              CASE WHEN %(state)s = 'active' THEN now() END
+         FROM vectorfill.versions WHERE job_id = %(job_id)s
+    RETURNING version"""
+)
+SET_VERSION_STATE = sql.SQL(
+    """UPDATE vectorfill.versions
+          SET state = %(state)s,
+              activated_at = CASE WHEN %(state)s = 'active' THEN now() ELSE activated_at END
+        WHERE job_id = %(job_id)s AND version = %(version)s"""
+)
+VERSION_DIMS_FOR_UPDATE = sql.SQL(  # the first store of a version types its column, once
+    """SELECT vector_dims, state FROM vectorfill.versions
+        WHERE job_id = %(job_id)s AND version = %(version)s FOR UPDATE"""
+)
+SET_VERSION_DIMS = sql.SQL(
+    "UPDATE vectorfill.versions SET vector_dims = %(dims)s WHERE job_id = %(job_id)s AND version = %(version)s"
+)
+DELETE_VERSION = sql.SQL(  # its failure records go with it (ON DELETE CASCADE)
+    "DELETE FROM vectorfill.versions WHERE job_id = %(job_id)s AND version = %(version)s"
+)
+
+
+def lock_source(job: Job) -> sql.Composable:
+    """Block writes to the source table (not reads) until the transaction ends.
+
+    Taken while a version is added or switched, so that no row can be written between
+    the moment the new trigger function is installed and the moment the new version's
+    queue is filled from a snapshot: such a row would fire the *old* function (the new
+    one is not committed yet) and be missing from the new version's snapshot too.
+    """
+    return sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+        sql.Identifier(job.source_schema, job.source_table)
+    )
+
+
+# ----------------------------------------------------------------- text templates
+@dataclass(frozen=True)
+class TextSpec:
+    """What text a job embeds: literal parts and column fields, in order."""
+
+    parts: tuple[tuple[str, str | None], ...]  # (literal, column or None)
+    columns: tuple[str, ...]
+
+
+def parse_template(template: str) -> TextSpec:
+    """``"{title}\\n\\n{body}"`` -> literal/column parts. Only bare ``{column}`` fields."""
+    parts: list[tuple[str, str | None]] = []
+    columns: list[str] = []
+    for literal, field, spec, conv in string.Formatter().parse(template):
+        if spec or conv:
+            raise ValueError(f"template field {{{field}}} may not use format specs or conversions")
+        if field is not None and not field:
+            raise ValueError("template has an empty field {}; name a column inside the braces")
+        parts.append((literal, field))
+        if field and field not in columns:
+            columns.append(field)
+    if not columns:
+        raise ValueError("template names no column; use {column} fields")
+    return TextSpec(tuple(parts), tuple(columns))
+
+
+def text_expression(job: Job, alias: str = "s") -> sql.Composable:
+    """The SQL expression that renders a source row's text (NULL when every field is NULL)."""
+    a = sql.Identifier(alias)
+    if job.template is None:
+        cols = [sql.SQL("{}.{}::text").format(a, sql.Identifier(c)) for c in job.text_columns]
+        if len(cols) == 1:
+            return cols[0]
+        return sql.SQL("NULLIF(concat_ws(E'\\n\\n', {}), '')").format(sql.SQL(", ").join(cols))
+    spec = parse_template(job.template)
+    pieces: list[sql.Composable] = []
+    for literal, column in spec.parts:
+        if literal:
+            pieces.append(sql.Literal(literal))
+        if column:
+            pieces.append(sql.SQL("coalesce({}.{}::text, '')").format(a, sql.Identifier(column)))
+    all_null = sql.SQL(" AND ").join(
+        sql.SQL("{}.{} IS NULL").format(a, sql.Identifier(c)) for c in spec.columns
+    )
+    return sql.SQL("CASE WHEN {} THEN NULL ELSE concat({}) END").format(
+        all_null, sql.SQL(", ").join(pieces)
+    )
+
+
+# ----------------------------------------------------------------- per job version
+class JobSQL:
+    """Every statement that touches one job version's queue, vectors or source."""
+
+    def __init__(self, job: Job, version: Version) -> None:
+        self.job = job
+        self.version = version
+        self.src = sql.Identifier(job.source_schema, job.source_table)
+        self.q = sql.Identifier(SCHEMA, version.queue_table)
+        self.v = sql.Identifier(SCHEMA, version.vector_table)
+        self.n = len(job.key_columns)
+        self.k = [sql.Identifier(f"k{i + 1}") for i in range(self.n)]
+        self.src_k = [sql.Identifier(c) for c in job.key_columns]
+        self.types = [sql.SQL(t) for t in job.key_types]  # from pg_catalog.format_type
+
+    # -- helpers
+    def _cols(self, alias: str | None = None) -> sql.Composable:
+        if alias is None:
+            return sql.SQL(", ").join(self.k)
+        return sql.SQL(", ").join(sql.Identifier(alias, f"k{i + 1}") for i in range(self.n))
+
+    def _match(self, left: str, right: str, right_cols: list[sql.Identifier] | None = None) -> sql.Composable:
+        rk = right_cols or self.k
+        return sql.SQL(" AND ").join(
+            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), lk, sql.Identifier(right), r)
+            for lk, r in zip(self.k, rk)
+        )
+
+    def _unnest(self, extra: list[tuple[str, str]]) -> sql.Composable:
+        """``unnest(%s::t1[], ..., %s::extra[]) AS c(k1, ..., extra)`` for array parameters."""
+        arrays = [sql.SQL("%s::{}[]").format(t) for t in self.types]
+        arrays += [sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in extra]
+        names = self.k + [sql.Identifier(name) for name, _ in extra]
+        return sql.SQL("unnest({}) AS c({})").format(
+            sql.SQL(", ").join(arrays), sql.SQL(", ").join(names)
+        )
+
+    def _src_match(self, other: str) -> sql.Composable:
+        """``s.<key col> = <other>.k1 AND ...``: the source row of a queue/vector row."""
+        return sql.SQL(" AND ").join(
+            sql.SQL("s.{} = {}.{}").format(sc, sql.Identifier(other), k) for sc, k in zip(self.src_k, self.k)
+        )
+
+    def _failure_key(self, alias: str) -> sql.Composable:
+        return sql.SQL("jsonb_build_array({})").format(self._cols(alias))
+
+    # -- DDL
+    def create_tables(self) -> sql.Composable:
+        key_defs = sql.SQL(", ").join(
+            sql.SQL("{} {} NOT NULL").format(k, t) for k, t in zip(self.k, self.types)
+        )
+        dims = self.version.vector_dims
+        vtype = sql.SQL("vector({})").format(sql.Literal(dims)) if dims else sql.SQL("vector")
+        return sql.SQL(
+            """
+            CREATE TABLE {q} (
+                {key_defs},
+                seq bigint NOT NULL,
+                queued_at timestamptz NOT NULL DEFAULT now(),
+                lease_until timestamptz,
+                claimed_by uuid,
+                attempts integer NOT NULL DEFAULT 0,
+                last_error text,
+                PRIMARY KEY ({k})
+            );
+            CREATE INDEX ON {q} (queued_at);
+            CREATE TABLE {v} (
+                {key_defs},
+                chunk_seq integer NOT NULL DEFAULT 0,
+                embedding {vtype} NOT NULL,
+                input_hash bytea NOT NULL,
+                model text NOT NULL,
+                embedded_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY ({k}, chunk_seq)
+            );
+            """
+        ).format(q=self.q, v=self.v, key_defs=key_defs, k=self._cols(), vtype=vtype)
+
+    def drop_tables(self) -> sql.Composable:
+        return sql.SQL("DROP TABLE IF EXISTS {q}; DROP TABLE IF EXISTS {v};").format(q=self.q, v=self.v)
+
+    def enqueue_all(self) -> sql.Composable:
+        """Queue every existing source row (a new job, or a new version)."""
+        return sql.SQL(
+            """INSERT INTO {q} ({k}, seq)
+               SELECT {sk}, nextval('vectorfill.queue_seq') FROM {src} s
+               ON CONFLICT ({k}) DO NOTHING"""
+        ).format(
+            q=self.q,
+            k=self._cols(),
+            sk=sql.SQL(", ").join(sql.SQL("s.{}").format(c) for c in self.src_k),
+            src=self.src,
+        )
+
+    def set_vector_dims(self, dims: int) -> sql.Composable:
+        return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE vector({d})").format(
+            v=self.v, d=sql.Literal(dims)
+        )
+
+    # -- work
+    def claim(self) -> sql.Composable:
+        """Lease up to %(limit)s free queue rows; returns ``k1..kn, seq, attempts, last_error``.
+
+        ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim side by side without
+        waiting on or double-claiming each other; the lease (``lease_until``) keeps the
+        rows reserved after this short transaction commits, and expires by itself when a
+        worker dies, so that another run takes the rows over. The UPDATE finds the picked
+        rows by ``ctid`` (stable while they are locked): a join on the key let the planner
+        choose a scan of the whole queue once its statistics saw it full (measured: 60 ms
+        a claim at 200k queued rows, 5-10 ms with the Tid Scan).
+        """
+        return sql.SQL(
+            """WITH picked AS (
+                   SELECT ctid FROM {q}
+                    WHERE lease_until IS NULL OR lease_until < now()
+                    ORDER BY queued_at
+                    LIMIT %(limit)s
+                    FOR UPDATE SKIP LOCKED)
+               UPDATE {q} AS q
+                  SET lease_until = now() + make_interval(secs => %(lease_s)s),
+                      claimed_by = %(token)s,
+                      attempts = q.attempts + 1
+                WHERE q.ctid = ANY(ARRAY(SELECT ctid FROM picked))
+            RETURNING {qk}, q.seq, q.attempts, q.last_error"""
+        ).format(q=self.q, qk=self._cols("q"))
+
+    def read_texts(self) -> sql.Composable:
+        """The current text of claimed rows, whether the row still exists, and the hash of
+        the text its stored vector was made from. Run after :meth:`claim` (fresh snapshot)."""
+        src_match = self._src_match("c")
+        return sql.SQL(
+            """SELECT {ck}, c.seq, (s.ctid IS NOT NULL) AS present, {text} AS text, v.input_hash
+                 FROM {unnest}
+                 LEFT JOIN {src} s ON {src_match}
+                 LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
+        ).format(
+            ck=self._cols("c"),
+            text=text_expression(self.job, "s"),
+            unnest=self._unnest([("seq", "bigint")]),
+            src=self.src,
+            src_match=src_match,
+            v=self.v,
+            vmatch=self._match("v", "c"),
+        )
+
+    def dequeue(self) -> sql.Composable:
+        """Drop queue rows (still at their claimed seq) whose stored vector is already right."""
+        return sql.SQL("DELETE FROM {q} q USING {unnest} WHERE {match} AND q.seq = c.seq").format(
+            q=self.q, unnest=self._unnest([("seq", "bigint")]), match=self._match("q", "c")
+        )
+
+    def fail(self) -> sql.Composable:
+        """Move rows (still at their claimed seq) from the queue to the failures table and
+        drop their now-stale vectors. Parameters: keys, seqs, reasons, statuses, messages."""
+        return sql.SQL(
+            """WITH done AS (
+                   DELETE FROM {q} q USING {unnest}
+                    WHERE {match} AND q.seq = c.seq
+                   RETURNING {ck}, c.reason, c.status, c.message, q.attempts),
+               gone AS (DELETE FROM {v} v USING done WHERE {vmatch})
+               INSERT INTO vectorfill.failures AS f
+                      (job_id, version, row_key, reason, status, message, attempts, failed_at)
+               SELECT %s, %s, {fkey}, done.reason, done.status, done.message, done.attempts, now()
+                 FROM done
+               ON CONFLICT (job_id, version, row_key) DO UPDATE
+                  SET reason = EXCLUDED.reason, status = EXCLUDED.status,
+                      message = EXCLUDED.message, attempts = f.attempts + EXCLUDED.attempts,
+                      failed_at = EXCLUDED.failed_at"""
+        ).format(
+            q=self.q,
+            unnest=self._unnest([("seq", "bigint"), ("reason", "text"), ("status", "integer"), ("message", "text")]),
+            match=self._match("q", "c"),
+            ck=self._cols("c"),
+            v=self.v,
+            vmatch=self._match("v", "done"),
+            fkey=self._failure_key("done"),
+        )
+
+    def requeue_failures(self) -> sql.Composable:
+        """Queue failed rows again (fresh seq, attempts reset) and clear their records: all of
+        them, or those named by key (``ids``: single keys as text; ``rows``: JSON arrays)."""
+        keys = sql.SQL(", ").join(
+            sql.SQL("(f.row_key->>{})::{}").format(sql.Literal(i), t) for i, t in enumerate(self.types)
+        )
+        return sql.SQL(
+            """WITH gone AS (
+                   DELETE FROM vectorfill.failures f
+                    WHERE f.job_id = %(job_id)s AND f.version = %(version)s
+                      AND (%(all)s OR f.row_key = ANY(%(rows)s::jsonb[])
+                           OR (jsonb_array_length(f.row_key) = 1 AND f.row_key->>0 = ANY(%(ids)s::text[])))
+                   RETURNING f.row_key)
+               INSERT INTO {q} ({k}, seq)
+               SELECT {keys}, nextval('vectorfill.queue_seq') FROM gone f
+               ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, lease_until = NULL, claimed_by = NULL,
+                   attempts = 0"""
+        ).format(q=self.q, k=self._cols(), keys=keys)
+
+    def renew(self) -> sql.Composable:
+        """Extend the leases of every row the run ``%(token)s`` still holds (claimed, not yet
+        stored, released or changed by a trigger, which all clear ``claimed_by``), so that a
+        batch whose retries outlast the lease is not claimed and paid for by a second worker.
+        A run that dies stops renewing and its leases expire as before."""
+        return sql.SQL(
+            """UPDATE {q} SET lease_until = now() + make_interval(secs => %(lease_s)s)
+                WHERE claimed_by = %(token)s"""
+        ).format(q=self.q)
+
+    def release(self) -> sql.Composable:
+        """Give back every row a run still holds (lease cleared, error noted) when it stops
+        early. Parameters: error, run token."""
+        return sql.SQL(
+            """UPDATE {q} SET lease_until = NULL, claimed_by = NULL, last_error = %s
+                WHERE claimed_by = %s"""
+        ).format(q=self.q)
+
+    def settle(self) -> sql.Composable:
+        """Start storing a batch: delete the queue rows still at their claimed ``seq`` and,
+        for exactly those keys, the old vectors and failure records; return the keys.
+
+        The DELETE locks each queue row until the transaction ends (waiting for a
+        concurrent trigger's update of it to commit, then re-checking ``seq``), so the
+        caller COPYs vectors for exactly the rows whose text is still the embedded one,
+        in the same transaction (:meth:`copy_vectors`). Parameters: keys, seqs, job id,
+        version.
+        """
+        return sql.SQL(
+            """WITH done AS (
+                   DELETE FROM {q} q USING {unnest} WHERE {match} AND q.seq = c.seq
+                   RETURNING {qk}),
+               old AS (DELETE FROM {v} v USING done WHERE {vmatch}),
+               cleared AS (
+                   DELETE FROM vectorfill.failures f USING done
+                    WHERE f.job_id = %s AND f.version = %s AND f.row_key = {dkey})
+               SELECT {dk} FROM done"""
+        ).format(
+            q=self.q,
+            unnest=self._unnest([("seq", "bigint")]),
+            match=self._match("q", "c"),
+            qk=self._cols("q"),
+            v=self.v,
+            vmatch=self._match("v", "done"),
+            dkey=self._failure_key("done"),
+            dk=self._cols("done"),
+        )
+
+    def copy_vectors(self) -> sql.Composable:
+        """Binary COPY straight into the vector table (after :meth:`settle`)."""
+        return sql.SQL(
+            "COPY {v} ({k}, chunk_seq, embedding, input_hash, model) FROM STDIN (FORMAT BINARY)"
+        ).format(v=self.v, k=self._cols())
+
+    # -- reading
+    def counts(self) -> sql.Composable:
+        """Exact counts: source rows, up-to-date vectors, queued rows, failed rows."""
+        return sql.SQL(
+            """SELECT (SELECT count(*) FROM {src}) AS total,
+                      (SELECT count(*) FROM {v} v WHERE v.chunk_seq = 0
+                          AND NOT EXISTS (SELECT 1 FROM {q} q WHERE {match})) AS embedded,
+                      (SELECT count(*) FROM {q}) AS pending,
+                      (SELECT count(*) FROM vectorfill.failures f
+                        WHERE f.job_id = %(job_id)s AND f.version = %(version)s) AS failed"""
+        ).format(src=self.src, v=self.v, q=self.q, match=self._match("q", "v"))
+
+    def pending_texts(self) -> sql.Composable:
+        """The current text of every queued row and the hash its stored vector was made
+        from (for estimates: no lease is taken, nothing changes)."""
+        return sql.SQL(
+            """SELECT {text} AS text, v.input_hash
+                 FROM {q} q
+                 JOIN {src} s ON {src_match}
+                 LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
+        ).format(
+            text=text_expression(self.job, "s"), q=self.q, src=self.src,
+            src_match=self._src_match("q"), v=self.v, vmatch=self._match("v", "q"),
+        )
+
+    def all_texts(self) -> sql.Composable:
+        """The text of every source row (for the estimate of a re-embed with a new model)."""
+        return sql.SQL("SELECT {text} AS text, NULL::bytea FROM {src} s").format(
+            text=text_expression(self.job, "s"), src=self.src
+        )
+
+    def missing(self) -> sql.Composable:
+        """What keeps this version from being complete: rows still queued, and failed rows
+        other than those with no text (which have no vector in any version)."""
+        return sql.SQL(
+            """SELECT (SELECT count(*) FROM {q}) AS pending,
+                      (SELECT count(*) FROM vectorfill.failures f
+                        WHERE f.job_id = %(job_id)s AND f.version = %(version)s
+                          AND f.reason <> 'empty_text') AS failed"""
+        ).format(q=self.q)
+
+    def search(self) -> sql.Composable:
+        """Nearest rows by cosine distance. The ORDER BY ... LIMIT runs on the vector table
+        alone so that its HNSW index (``vectorfill index``) serves it; the source is joined
+        after, for the text. Parameters: query vector (twice), k."""
+        src_match = self._src_match("n")
+        return sql.SQL(
+            """SELECT {nk}, n.distance, {text} AS text
+                 FROM (SELECT {k}, embedding <=> %(q)s AS distance FROM {v}
+                        ORDER BY embedding <=> %(q)s LIMIT %(k)s) n
+                 LEFT JOIN {src} s ON {m}
+                ORDER BY n.distance"""
+        ).format(
+            nk=self._cols("n"), k=self._cols(), text=text_expression(self.job, "s"),
+            v=self.v, src=self.src, m=src_match,
+        )
+
+    def index_facts(self) -> sql.Composable:
+        """Whether the HNSW index exists, and the planner's row estimate (-1: never analysed)."""
+        return sql.SQL(
+            """SELECT to_regclass({idx}) IS NOT NULL,
+                      (SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass({v}))"""
+        ).format(
+            idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"), v=sql.Literal(f"{SCHEMA}.{self.version.vector_table}")
+        )
+
+    def count_vectors(self) -> sql.Composable:
+        return sql.SQL("SELECT count(*) FROM {}").format(self.v)
+
+    def index_name(self) -> str:
+        return f"{self.version.vector_table}_hnsw"
+
+    def create_index(self) -> sql.Composable:
+        """An HNSW index for cosine distance (built without blocking writers)."""
+        return sql.SQL(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {v} USING hnsw (embedding vector_cosine_ops)"
+        ).format(name=sql.Identifier(self.index_name()), v=self.v)
+
+
+# ----------------------------------------------------------------- job-wide objects
+def trigger_function_name(job: Job) -> sql.Identifier:
+    return sql.Identifier(SCHEMA, f"_trg_{job.id}")
+
+
+def create_trigger_function(job: Job) -> sql.Composable:
+    """The function the source table's triggers call. It keeps every live version's
+    queue (and, on delete, vectors) in step. SECURITY DEFINER, so that an application
+    role that may write the source table need not be granted the vectorfill schema."""
+    versions = job.live_versions
+    keys_new = sql.SQL(", ").join(sql.SQL("NEW.{}").format(c) for c in map(sql.Identifier, job.key_columns))
+    stmts_delete: list[sql.Composable] = []
+    stmts_upsert: list[sql.Composable] = []
+    for ver in versions:
+        js = JobSQL(job, ver)
+        old_match = sql.SQL(" AND ").join(
+            sql.SQL("{} = OLD.{}").format(k, sc) for k, sc in zip(js.k, js.src_k)
+        )
+        stmts_delete.append(sql.SQL("DELETE FROM {q} WHERE {m};").format(q=js.q, m=old_match))
+        stmts_delete.append(sql.SQL("DELETE FROM {v} WHERE {m};").format(v=js.v, m=old_match))
+        stmts_upsert.append(
+            sql.SQL(
+                """INSERT INTO {q} ({k}, seq, queued_at) VALUES ({nk}, nextval('vectorfill.queue_seq'), now())
+                   ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
+                       lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
+            ).format(q=js.q, k=js._cols(), nk=keys_new)
+        )
+    failure_key_old = sql.SQL("jsonb_build_array({})").format(
+        sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c)) for c in job.key_columns)
+    )
+    failure_key_new = sql.SQL("jsonb_build_array({})").format(keys_new)
+    key_changed = sql.SQL(" OR ").join(
+        sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in job.key_columns
+    )
+    body = sql.SQL(
+        """
+        BEGIN
+          IF TG_OP = 'TRUNCATE' THEN
+            {truncate}
+            DELETE FROM vectorfill.failures WHERE job_id = {job_id};
+            RETURN NULL;
+          END IF;
+          IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ({key_changed})) THEN
+            {deletes}
+            DELETE FROM vectorfill.failures WHERE job_id = {job_id} AND row_key = {fk_old};
+            IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+          END IF;
+          {upserts}
+          DELETE FROM vectorfill.failures WHERE job_id = {job_id} AND row_key = {fk_new};
+          RETURN NEW;
+        END
+        """
+    ).format(
+        truncate=sql.SQL(" ").join(
+            sql.SQL("TRUNCATE {}, {};").format(JobSQL(job, v).q, JobSQL(job, v).v) for v in versions
+        )
+        or sql.SQL(""),
+        job_id=sql.Literal(job.id),
+        key_changed=key_changed,
+        deletes=sql.SQL(" ").join(stmts_delete) or sql.SQL(""),
+        fk_old=failure_key_old,
+        upserts=sql.SQL(" ").join(stmts_upsert) or sql.SQL(""),
+        fk_new=failure_key_new,
+    )
+    return sql.SQL(
+        """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
+           LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+           AS {body}"""
+    ).format(fn=trigger_function_name(job), body=sql.Literal(body.as_string()))
+
+
+def trigger_names(job: Job) -> dict[str, sql.Identifier]:
+    return {
+        op: sql.Identifier(f"vectorfill_{job.name}_{op}")
+        for op in ("insert", "update", "delete", "truncate")
+    }
+
+
+def create_triggers(job: Job) -> sql.Composable:
+    names = trigger_names(job)
+    src = sql.Identifier(job.source_schema, job.source_table)
+    fn = trigger_function_name(job)
+    watched = list(dict.fromkeys(list(job.key_columns) + list(job.text_columns)))
+    changed = sql.SQL(" OR ").join(
+        sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in watched
+    )
+    return sql.SQL(
+        """CREATE TRIGGER {ins} AFTER INSERT ON {src} FOR EACH ROW EXECUTE FUNCTION {fn}();
+           CREATE TRIGGER {upd} AFTER UPDATE OF {cols} ON {src} FOR EACH ROW
+               WHEN ({changed}) EXECUTE FUNCTION {fn}();
+           CREATE TRIGGER {dele} AFTER DELETE ON {src} FOR EACH ROW EXECUTE FUNCTION {fn}();
+           CREATE TRIGGER {trunc} AFTER TRUNCATE ON {src} FOR EACH STATEMENT EXECUTE FUNCTION {fn}();"""
+    ).format(
+        ins=names["insert"],
+        upd=names["update"],
+        dele=names["delete"],
+        trunc=names["truncate"],
+        src=src,
+        fn=fn,
+        cols=sql.SQL(", ").join(map(sql.Identifier, watched)),
+        changed=changed,
+    )
+
+
+def drop_triggers(job: Job) -> sql.Composable:
+    src = sql.Identifier(job.source_schema, job.source_table)
+    stmts = [sql.SQL("DROP TRIGGER IF EXISTS {} ON {};").format(n, src) for n in trigger_names(job).values()]
+    stmts.append(sql.SQL("DROP FUNCTION IF EXISTS {}();").format(trigger_function_name(job)))
+    return sql.SQL(" ").join(stmts)
+
+
+def view_name(job: Job) -> sql.Identifier:
+    return sql.Identifier(SCHEMA, job.name)
+
+
+def create_view(job: Job, version: Version) -> sql.Composable:
+    """``vectorfill.<job>``: the active version's vectors, keyed like the source."""
+    js = JobSQL(job, version)
+    if len(job.key_columns) == 1:
+        keys = sql.SQL("v.k1 AS id")
+    else:
+        keys = sql.SQL(", ").join(
+            sql.SQL("v.{} AS {}").format(k, sql.Identifier(c)) for k, c in zip(js.k, job.key_columns)
+        )
+    return sql.SQL(
+        """DROP VIEW IF EXISTS {view};
+           CREATE VIEW {view} AS
+           SELECT {keys}, v.chunk_seq, v.embedding, v.model, v.embedded_at FROM {v} v"""
+    ).format(view=view_name(job), keys=keys, v=js.v)
+
+
+# ----------------------------------------------------------------- shared rate budgets
+# Parameters: endpoint (vectorfill.budgets.endpoint_key, never a secret); rpm/tpm (the
+# limits the caller asserts, NULL for none); requests/tokens (how much it wants or gives
+# back); seconds (a pause). Levels are float8: the refill is continuous.
+
+#: Make the endpoint's row, full, unless it exists.
+BUDGET_ENSURE = sql.SQL(
+    """INSERT INTO vectorfill.budgets (endpoint, rpm, tpm, requests, tokens)
+       VALUES (%(endpoint)s, %(rpm)s::float8, %(tpm)s::float8,
+               coalesce(%(rpm)s::float8, 0), coalesce(%(tpm)s::float8, 0))
+       ON CONFLICT (endpoint) DO NOTHING"""
+)
+
+_REFILLED = "least({cap}, {level} + extract(epoch FROM {t} - {updated})::float8 * {cap} / 60)"
+
+#: Take up to ``requests``/``tokens`` from the endpoint's buckets, after refilling them; one
+#: row (granted requests and tokens, the levels left, the limits in force and the seconds
+#: of pause left), or none when the row does not exist yet (run :data:`BUDGET_ENSURE`).
+#:
+#: The limits in force are the lowest any lease asserted in the last 60 seconds, per kind:
+#: a run configured higher than another on the same endpoint is held to the other's limit
+#: while that one is working, and gets its own a minute after it stopped. A kind with no
+#: limit (NULL) grants whatever is asked.
+#:
+#: Locking: the ``cur`` CTE locks the row ``FOR UPDATE``; see the module docstring.
+BUDGET_LEASE = sql.SQL(
+    """WITH cur AS (
+           SELECT b.endpoint, b.requests, b.tokens, b.updated_at, b.paused_until,
+                  b.rpm_set_at, b.tpm_set_at,
+                  greatest(statement_timestamp(), b.updated_at) AS t,
+                  CASE WHEN b.rpm_set_at > statement_timestamp() - interval '60 seconds'
+                       THEN least(b.rpm, %(rpm)s::float8) ELSE %(rpm)s::float8 END AS rpm,
+                  CASE WHEN b.tpm_set_at > statement_timestamp() - interval '60 seconds'
+                       THEN least(b.tpm, %(tpm)s::float8) ELSE %(tpm)s::float8 END AS tpm
+             FROM vectorfill.budgets b
+            WHERE b.endpoint = %(endpoint)s
+              FOR UPDATE
+       ), refilled AS (
+           SELECT cur.*, """
+    + _REFILLED.format(cap="cur.rpm", level="cur.requests", t="cur.t", updated="cur.updated_at")
+    + """ AS requests_now, """
+    + _REFILLED.format(cap="cur.tpm", level="cur.tokens", t="cur.t", updated="cur.updated_at")
+    + """ AS tokens_now
+             FROM cur
+       ), granted AS (
+           SELECT r.*,
+                  CASE WHEN r.rpm IS NULL THEN %(requests)s::float8
+                       ELSE least(%(requests)s::float8, greatest(r.requests_now, 0)) END AS got_requests,
+                  CASE WHEN r.tpm IS NULL THEN %(tokens)s::float8
+                       ELSE least(%(tokens)s::float8, greatest(r.tokens_now, 0)) END AS got_tokens
+             FROM refilled r
+       )
+       UPDATE vectorfill.budgets b
+          SET rpm = g.rpm,
+              tpm = g.tpm,
+              requests = coalesce(g.requests_now - g.got_requests, 0),
+              tokens = coalesce(g.tokens_now - g.got_tokens, 0),
+              updated_at = g.t,
+              rpm_set_at = CASE WHEN g.rpm IS NOT DISTINCT FROM %(rpm)s::float8 THEN g.t ELSE g.rpm_set_at END,
+              tpm_set_at = CASE WHEN g.tpm IS NOT DISTINCT FROM %(tpm)s::float8 THEN g.t ELSE g.tpm_set_at END
+         FROM granted g
+        WHERE b.endpoint = g.endpoint
+    RETURNING g.got_requests, g.got_tokens, b.requests, b.tokens, b.rpm, b.tpm,
+              extract(epoch FROM greatest(b.paused_until, g.t) - g.t)::float8"""
+)
+
+_NOW = "greatest(statement_timestamp(), b.updated_at)"
+
+#: Put unspent budget back (``requests``/``tokens``; a negative amount is a debt, charged):
+#: refill, add, cap at the limit.
+BUDGET_GIVE_BACK = sql.SQL(
+    """UPDATE vectorfill.budgets b
+          SET requests = CASE WHEN b.rpm IS NULL THEN 0 ELSE least(b.rpm, """
+    + _REFILLED.format(cap="b.rpm", level="b.requests", t=_NOW, updated="b.updated_at")
+    + """ + %(requests)s::float8) END,
+              tokens = CASE WHEN b.tpm IS NULL THEN 0 ELSE least(b.tpm, """
+    + _REFILLED.format(cap="b.tpm", level="b.tokens", t=_NOW, updated="b.updated_at")
+    + """ + %(tokens)s::float8) END,
+              updated_at = """
+    + _NOW
+    + """
+        WHERE b.endpoint = %(endpoint)s"""
+)
+
+#: The provider refused a request (429): every run on the endpoint pauses ``seconds`` (from
+#: its next lease on), and the buckets are emptied: the provider has less than they said.
+BUDGET_PAUSE = sql.SQL(
+    """UPDATE vectorfill.budgets b
+          SET paused_until = greatest(b.paused_until,
+                                      statement_timestamp() + make_interval(secs => %(seconds)s::float8)),
+              requests = CASE WHEN b.rpm IS NULL THEN 0 ELSE least(0, """
+    + _REFILLED.format(cap="b.rpm", level="b.requests", t=_NOW, updated="b.updated_at")
+    + """) END,
+              tokens = CASE WHEN b.tpm IS NULL THEN 0 ELSE least(0, """
+    + _REFILLED.format(cap="b.tpm", level="b.tokens", t=_NOW, updated="b.updated_at")
+    + """) END,
+              updated_at = """
+    + _NOW
+    + """
+        WHERE b.endpoint = %(endpoint)s"""
+)

@@ -1,5 +1,0 @@
-import sys
-
-from vectorfill.server.serve import main
-
-sys.exit(main())
