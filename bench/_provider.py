@@ -74,8 +74,14 @@ class FakeProvider:
     def start(self) -> None:
         a = self.args
         cmd = [
-            sys.executable, str(FAKE_PROVIDER), "--port", str(self.port),
-            "--dimensions", str(a.dimensions), "--latency-ms", str(a.latency_ms),
+            sys.executable,
+            str(FAKE_PROVIDER),
+            "--port",
+            str(self.port),
+            "--dimensions",
+            str(a.dimensions),
+            "--latency-ms",
+            str(a.latency_ms),
         ]
         for name in ("rpm", "tpm"):
             if getattr(a, name, None):
@@ -91,7 +97,7 @@ class FakeProvider:
         except RuntimeError as exc:
             self.stop()
             tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise SystemExit(f"the fake provider did not start ({exc}):\n{tail}")
+            raise SystemExit(f"the fake provider did not start ({exc}):\n{tail}") from exc
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

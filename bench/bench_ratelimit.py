@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -73,14 +74,76 @@ MODEL = "fake-embed"  # counted with cl100k on both sides, like OpenAI's embeddi
 
 # --------------------------------------------------------------------------- texts
 
-_WORDS = (
-    "the committee reviewed annual budget report harbour weather transport schools health "
-    "housing farming culture energy water tourism markets library roads parks council meeting "
-    "announced described improved recorded planned delayed explained measured compared repaired "
-    "published discussed tested shared organised studied morning schedule rules supply survey "
-    "bread bridge lectures safety festival roof valley heating hours photographs traffic harvest "
-    "letter volunteers winter district crowd notice reasons detail weeks region office service"
-).split()
+_WORDS = [
+    "the",
+    "committee",
+    "reviewed",
+    "annual",
+    "budget",
+    "report",
+    "harbour",
+    "weather",
+    "transport",
+    "schools",
+    "health",
+    "housing",
+    "farming",
+    "culture",
+    "energy",
+    "water",
+    "tourism",
+    "markets",
+    "library",
+    "roads",
+    "parks",
+    "council",
+    "meeting",
+    "announced",
+    "described",
+    "improved",
+    "recorded",
+    "planned",
+    "delayed",
+    "explained",
+    "measured",
+    "compared",
+    "repaired",
+    "published",
+    "discussed",
+    "tested",
+    "shared",
+    "organised",
+    "studied",
+    "morning",
+    "schedule",
+    "rules",
+    "supply",
+    "survey",
+    "bread",
+    "bridge",
+    "lectures",
+    "safety",
+    "festival",
+    "roof",
+    "valley",
+    "heating",
+    "hours",
+    "photographs",
+    "traffic",
+    "harvest",
+    "letter",
+    "volunteers",
+    "winter",
+    "district",
+    "crowd",
+    "notice",
+    "reasons",
+    "detail",
+    "weeks",
+    "region",
+    "office",
+    "service",
+]
 
 
 def make_texts(n: int, tokens: int, seed: int = 7) -> tuple[list[str], list[int]]:
@@ -99,8 +162,7 @@ def make_texts(n: int, tokens: int, seed: int = 7) -> tuple[list[str], list[int]
 # --------------------------------------------------------------------------- the provider
 
 
-from _provider import FakeProvider as Provider  # noqa: E402  (args, log_dir); bench/_provider.py
-
+from _provider import FakeProvider as Provider
 
 # --------------------------------------------------------------------------- one run
 
@@ -147,9 +209,9 @@ async def drive(
     """One client on the provider for ``seconds``; its limiter leases from ``shared_db``
     when given; ``start_at`` (time.monotonic(), one clock for every process on Linux) lines
     up several processes."""
+    from vectorfill.errors import TransientProviderError
     from vectorfill.provider.budgets import PostgresBudget, endpoint_key
     from vectorfill.provider.client import EmbeddingsClient
-    from vectorfill.errors import TransientProviderError
     from vectorfill.provider.ratelimit import Concurrency, RateLimiter, Throttle
 
     run = Run("limiter" if limited else "baseline", seconds)
@@ -204,7 +266,7 @@ async def drive(
                 try:
                     if throttle is not None:
                         # waits for budget, pauses every lane after a 429 and retries through it
-                        await throttle.send(estimate, lambda: once(chunk))
+                        await throttle.send(estimate, functools.partial(once, chunk))
                         continue
                     while True:  # the baseline: send; after a 429 wait as told, then resend
                         try:
@@ -495,8 +557,16 @@ def run_child(spec: str) -> int:
     texts, counts = make_texts(args.texts, args.text_tokens)
     run = asyncio.run(
         drive(
-            opts["base_url"], texts, counts, args, opts["seconds"], True,
-            share=opts["share"], offset=opts["offset"], shared_db=opts["shared_db"], start_at=opts["start_at"],
+            opts["base_url"],
+            texts,
+            counts,
+            args,
+            opts["seconds"],
+            True,
+            share=opts["share"],
+            offset=opts["offset"],
+            shared_db=opts["shared_db"],
+            start_at=opts["start_at"],
         )
     )
     out = dataclasses.asdict(run)
@@ -513,13 +583,19 @@ def run_processes(provider: Provider, args, tmp: Path, n: int, seconds: float, s
     for i in range(n):
         out = tmp / f"run-{time.time_ns()}-{i}.json"
         spec = dict(
-            args=vars(args), base_url=f"{provider.url}/v1", seconds=seconds, share=share, offset=i * 7,
-            shared_db=shared_db, start_at=start_at, out=str(out),
+            args=vars(args),
+            base_url=f"{provider.url}/v1",
+            seconds=seconds,
+            share=share,
+            offset=i * 7,
+            shared_db=shared_db,
+            start_at=start_at,
+            out=str(out),
         )
         procs.append(subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], cwd=REPO))
         outs.append(out)
     runs = []
-    for proc, out in zip(procs, outs):
+    for proc, out in zip(procs, outs, strict=False):
         if proc.wait(seconds + 120) != 0:
             raise SystemExit(f"a --runs process failed with exit code {proc.returncode}")
         data = json.loads(out.read_text())
@@ -567,7 +643,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, help="also run N processes on one endpoint")
     p.add_argument("--runs-seconds", type=float, default=40.0, help="length of the shared --runs phase")
     p.add_argument(
-        "--runs-local-seconds", type=float, default=40.0,
+        "--runs-local-seconds",
+        type=float,
+        default=40.0,
         help="length of the --runs phase without the shared budget (the old behaviour; 0: skip)",
     )
     p.add_argument("--db", default=None, help="Postgres URL for the shared budget (default: embedded)")
@@ -595,9 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         cost = lease_cost(db)
         print("\n== one lease of the shared budget (a round trip to Postgres)")
         print(f"   alone:                 {dist_ms(cost['alone'])}")
-        print(
-            f"   16 leasers on one row: {dist_ms(cost['contended'])}; {cost['rate']:,.0f} leases/s in all"
-        )
+        print(f"   16 leasers on one row: {dist_ms(cost['contended'])}; {cost['rate']:,.0f} leases/s in all")
     with tempfile.TemporaryDirectory(prefix="vectorfill-bench-rl-") as tmp:
         shared = None if args.local else db
         # (name, seconds, limited, processes, share, shared database)
@@ -609,9 +685,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.runs > 1:
             n = args.runs
             phases += [
-                (f"{n} processes, each given the whole budget, shared through Postgres", args.runs_seconds, True, n, 1.0, db),
-                (f"{n} processes, each given the whole budget, no shared budget (the old behaviour)",
-                 args.runs_local_seconds, True, n, 1.0, None),
+                (
+                    f"{n} processes, each given the whole budget, shared through Postgres",
+                    args.runs_seconds,
+                    True,
+                    n,
+                    1.0,
+                    db,
+                ),
+                (
+                    f"{n} processes, each given the whole budget, no shared budget (the old behaviour)",
+                    args.runs_local_seconds,
+                    True,
+                    n,
+                    1.0,
+                    None,
+                ),
             ]
         for name, seconds, limited, n, share, shared_db in phases:
             if seconds <= 0:
@@ -620,11 +709,8 @@ def main(argv: list[str] | None = None) -> int:
                 if n > 1:
                     runs = run_processes(provider, args, Path(tmp), n, seconds, shared_db, share)
                 else:
-
-                    async def one():
-                        return await drive(f"{provider.url}/v1", texts, counts, args, seconds, limited, shared_db=shared_db)
-
-                    runs = [asyncio.run(one())]
+                    one = drive(f"{provider.url}/v1", texts, counts, args, seconds, limited, shared_db=shared_db)
+                    runs = [asyncio.run(one)]
                 provider_stats = provider.stats()
             s = summarize(merge(name, runs), args)
             s["name"] = name

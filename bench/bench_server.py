@@ -85,7 +85,7 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise SystemExit("the embeddings server did not start")
+                raise SystemExit("the embeddings server did not start") from None
             time.sleep(0.2)
 
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     server_batch = SentenceTransformerEncoder.__init__.__kwdefaults__["batch_size"]
     candidates = stdlib_paragraphs(args.texts)
     counts = [len(ids) for ids in model.tokenizer(candidates, verbose=False)["input_ids"]]
-    keep = [(t, n) for t, n in zip(candidates, counts) if n <= model.max_seq_length][: args.texts]
+    keep = [(t, n) for t, n in zip(candidates, counts, strict=False) if n <= model.max_seq_length][: args.texts]
     texts = [t for t, _ in keep]
     tokens = [n for _, n in keep]
     print(
@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
 
     worst = float(np.abs(np.einsum("ij,ij->i", reference, served) - 1).max())
     print(f"direct model.encode, batch_size=32 (its default): {rate('direct32'):7.1f} texts/s  ({runs('direct32')})")
-    print(f"direct model.encode, batch_size={server_batch} (as served): {rate('direct_same'):7.1f} texts/s  ({runs('direct_same')})")
-    print(f"server, {args.clients} clients x {args.batch} texts:           {rate('server'):7.1f} texts/s  ({runs('server')})")
+    print(
+        f"direct model.encode, batch_size={server_batch} (as served): {rate('direct_same'):7.1f} texts/s  ({runs('direct_same')})"
+    )
+    print(
+        f"server, {args.clients} clients x {args.batch} texts:           {rate('server'):7.1f} texts/s  ({runs('server')})"
+    )
     print(f"server / direct default:     {rate('server') / rate('direct32'):6.1%}  (goal >= 90%)")
     print(f"server / direct same batch:  {rate('server') / rate('direct_same'):6.1%}")
     print(f"largest cosine gap, server vs direct: {worst:.2e}")

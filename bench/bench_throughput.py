@@ -115,38 +115,118 @@ except ImportError:  # CPU-by-process numbers are skipped
 # --------------------------------------------------------------------------- texts
 
 _SUBJECTS = (
-    "the committee", "our team", "the city council", "a local farmer", "the new manager",
-    "the research group", "every student", "the small bakery", "the library", "a young engineer",
-    "the hospital", "the museum", "the railway company", "most customers", "the old harbour",
-    "the school board", "a careful reader", "the regional office", "the weather service", "the author",
+    "the committee",
+    "our team",
+    "the city council",
+    "a local farmer",
+    "the new manager",
+    "the research group",
+    "every student",
+    "the small bakery",
+    "the library",
+    "a young engineer",
+    "the hospital",
+    "the museum",
+    "the railway company",
+    "most customers",
+    "the old harbour",
+    "the school board",
+    "a careful reader",
+    "the regional office",
+    "the weather service",
+    "the author",
 )
 _VERBS = (
-    "announced", "reviewed", "described", "questioned", "improved", "recorded", "planned",
-    "delayed", "explained", "supported", "measured", "compared", "repaired", "published",
-    "discussed", "rejected", "tested", "shared", "organised", "studied",
+    "announced",
+    "reviewed",
+    "described",
+    "questioned",
+    "improved",
+    "recorded",
+    "planned",
+    "delayed",
+    "explained",
+    "supported",
+    "measured",
+    "compared",
+    "repaired",
+    "published",
+    "discussed",
+    "rejected",
+    "tested",
+    "shared",
+    "organised",
+    "studied",
 )
 _OBJECTS = (
-    "the annual budget", "a detailed report", "the morning schedule", "several new rules",
-    "the water supply", "a long list of complaints", "the results of the survey",
-    "the price of bread", "the plans for the bridge", "a series of short lectures",
-    "the safety checks", "the summer festival", "the repairs to the roof", "a map of the valley",
-    "the cost of heating", "the opening hours", "a set of photographs", "the traffic data",
-    "the harvest figures", "a draft of the letter",
+    "the annual budget",
+    "a detailed report",
+    "the morning schedule",
+    "several new rules",
+    "the water supply",
+    "a long list of complaints",
+    "the results of the survey",
+    "the price of bread",
+    "the plans for the bridge",
+    "a series of short lectures",
+    "the safety checks",
+    "the summer festival",
+    "the repairs to the roof",
+    "a map of the valley",
+    "the cost of heating",
+    "the opening hours",
+    "a set of photographs",
+    "the traffic data",
+    "the harvest figures",
+    "a draft of the letter",
 )
 _TAILS = (
-    "after a long meeting", "before the end of the month", "with some hesitation",
-    "in front of a large crowd", "for the second time this year", "without much discussion",
-    "despite the heavy rain", "on a quiet Tuesday afternoon", "as expected", "at short notice",
-    "in the northern district", "with the help of volunteers", "during the winter",
-    "for reasons nobody explained", "in great detail", "over several weeks",
+    "after a long meeting",
+    "before the end of the month",
+    "with some hesitation",
+    "in front of a large crowd",
+    "for the second time this year",
+    "without much discussion",
+    "despite the heavy rain",
+    "on a quiet Tuesday afternoon",
+    "as expected",
+    "at short notice",
+    "in the northern district",
+    "with the help of volunteers",
+    "during the winter",
+    "for reasons nobody explained",
+    "in great detail",
+    "over several weeks",
 )
 _CONNECTORS = (
-    "However,", "Later,", "Meanwhile,", "In the end,", "As a result,", "At first,",
-    "According to witnesses,", "Surprisingly,", "Once again,", "For now,",
+    "However,",
+    "Later,",
+    "Meanwhile,",
+    "In the end,",
+    "As a result,",
+    "At first,",
+    "According to witnesses,",
+    "Surprisingly,",
+    "Once again,",
+    "For now,",
 )
 _TOPICS = (
-    "Budget", "Harbour", "Weather", "Transport", "Schools", "Health", "Housing", "Farming",
-    "Culture", "Energy", "Water", "Tourism", "Markets", "Libraries", "Roads", "Parks",
+    "Budget",
+    "Harbour",
+    "Weather",
+    "Transport",
+    "Schools",
+    "Health",
+    "Housing",
+    "Farming",
+    "Culture",
+    "Energy",
+    "Water",
+    "Tourism",
+    "Markets",
+    "Libraries",
+    "Roads",
+    "Parks",
 )
 
 
@@ -179,7 +259,7 @@ def iter_texts(n: int, tokens: int = 100, seed: int = 20_000, stats: dict | None
                 words += len(parts[-1].split())
             drafts.append(" ".join(parts))
         texts = []
-        for draft, ids in zip(drafts, enc.encode_ordinary_batch(drafts)):
+        for draft, ids in zip(drafts, enc.encode_ordinary_batch(drafts), strict=False):
             if len(ids) > tokens:
                 cut = enc.decode(ids[:tokens])
                 draft = cut.rsplit(" ", 1)[0] if " " in cut else cut
@@ -305,8 +385,8 @@ def fill_source(url: str, table: str, texts) -> None:
 
 def make_job(url: str, name: str, table: str, texts, args, base_url: str) -> None:
     from vectorfill.config import JobSettings
-    from vectorfill.storage.db import connect
     from vectorfill.jobs.registry import create_job
+    from vectorfill.storage.db import connect
 
     fill_source(url, table, texts)
     settings = JobSettings(
@@ -345,8 +425,8 @@ def drop_jobs(url: str, jobs: list[tuple[str, str]]) -> None:
     import psycopg
     from psycopg import sql
 
-    from vectorfill.storage.db import connect
     from vectorfill.jobs.registry import drop_job
+    from vectorfill.storage.db import connect
 
     for name, table in jobs:
         with contextlib.suppress(Exception), connect(url) as conn:
@@ -359,8 +439,8 @@ def drop_jobs(url: str, jobs: list[tuple[str, str]]) -> None:
 
 
 async def _provider_baseline(base_url: str, texts: list[str], args, fmt: str) -> int:
-    from vectorfill.provider.client import EmbeddingsClient
     from vectorfill.errors import TransientProviderError
+    from vectorfill.provider.client import EmbeddingsClient
 
     chunks = iter([texts[i : i + args.max_inputs] for i in range(0, len(texts), args.max_inputs)])
     done = 0
@@ -582,7 +662,11 @@ def instrumented(mode: str):
             patch(fill_mod, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
             for name in _artifact_functions(report_mod):
                 if "progress" in name:
-                    patch(report_mod, name, _timed(getattr(report_mod, name), functools.partial(clock.add, "outer", "artifacts")))
+                    patch(
+                        report_mod,
+                        name,
+                        _timed(getattr(report_mod, name), functools.partial(clock.add, "outer", "artifacts")),
+                    )
 
             def record_body(s: float) -> None:
                 clock.flow_body = s
@@ -690,8 +774,12 @@ def _mib(kib: int | None) -> str:
 def core_version() -> str:
     """The commit measured, and the tracked files changed on top of it (others edit the core)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.split()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.split()
     except OSError:
         return "unknown"
     return head + (f" + uncommitted changes to {', '.join(dirty)}" if dirty else "")
@@ -715,39 +803,54 @@ def _prefect_cpu_share(results: dict) -> float:
 
 def rounds_report(args, rounds: list[dict]) -> str:
     out = ["Every round (each ratio measured within its round):", ""]
-    out.append("| round | vectorfill rows/s | no Prefect rows/s | A base64 rows/s | B rows/s | vectorfill / lower of A and B "
-               "| Prefect share, A/B | other processes' CPU s during vectorfill |")
+    out.append(
+        "| round | vectorfill rows/s | no Prefect rows/s | A base64 rows/s | B rows/s | vectorfill / lower of A and B "
+        "| Prefect share, A/B | other processes' CPU s during vectorfill |"
+    )
     out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, r in enumerate(rounds, 1):
-        def cell(key: str) -> str:
+
+        def cell(key: str, r: dict = r) -> str:
             return f"{_rate(r[key]):,.0f}" if key in r else "-"
 
         ratio = f"{100 * _round_ratio(r):.0f}%" if "a_b64" in r and "b_copy" in r else "-"
         share = f"{100 * (1 - r['vf_bare']['wall'] / r['vf']['wall']):.1f}%" if "vf_bare" in r else "-"
         other = r["vf"].get("cpu", {}).get("other processes")
-        out.append(f"| {i} | {cell('vf')} | {cell('vf_bare')} | {cell('a_b64')} | {cell('b_copy')} | {ratio} | {share} "
-                   f"| {'-' if other is None else f'{other:.2f}'} |")
+        out.append(
+            f"| {i} | {cell('vf')} | {cell('vf_bare')} | {cell('a_b64')} | {cell('b_copy')} | {ratio} | {share} "
+            f"| {'-' if other is None else f'{other:.2f}'} |"
+        )
     with_bare = [r for r in rounds if "vf_bare" in r]
     if len(with_bare) > 1:
         flow = sorted(r["vf"]["wall"] for r in with_bare)[len(with_bare) // 2]
         bare = sorted(r["vf_bare"]["wall"] for r in with_bare)[len(with_bare) // 2]
         cpu = sorted(_prefect_cpu_share(r) for r in with_bare)[len(with_bare) // 2]
         out.append("")
-        out.append(f"Prefect share over {len(with_bare)} rounds: A/B of the median walls "
-                   f"(1 - {bare:.2f} s / {flow:.2f} s) {100 * (1 - bare / flow):.1f}%; "
-                   f"CPU-based, median round {100 * cpu:.1f}% (goal <= 5%)")
+        out.append(
+            f"Prefect share over {len(with_bare)} rounds: A/B of the median walls "
+            f"(1 - {bare:.2f} s / {flow:.2f} s) {100 * (1 - bare / flow):.1f}%; "
+            f"CPU-based, median round {100 * cpu:.1f}% (goal <= 5%)"
+        )
     ratios = sorted(_round_ratio(r) for r in rounds if "a_b64" in r and "b_copy" in r)
     if ratios:
         out.append("")
-        out.append(f"vectorfill / lower of A and B over {len(ratios)} rounds: min {100 * ratios[0]:.0f}%, "
-                   f"median {100 * ratios[len(ratios) // 2]:.0f}%, max {100 * ratios[-1]:.0f}%")
+        out.append(
+            f"vectorfill / lower of A and B over {len(ratios)} rounds: min {100 * ratios[0]:.0f}%, "
+            f"median {100 * ratios[len(ratios) // 2]:.0f}%, max {100 * ratios[-1]:.0f}%"
+        )
     return "\n".join(out)
 
 
 def report(args, meta: dict, results: dict) -> str:
     out: list[str] = []
-    short = {"a_b64": "A base64", "a_float": "A float", "b_copy": "B COPY", "b_copy_ext": "B COPY, EXTERNAL",
-             "vf": "vectorfill (Prefect)", "vf_bare": "vectorfill (no Prefect)"}
+    short = {
+        "a_b64": "A base64",
+        "a_float": "A float",
+        "b_copy": "B COPY",
+        "b_copy_ext": "B COPY, EXTERNAL",
+        "vf": "vectorfill (Prefect)",
+        "vf_bare": "vectorfill (no Prefect)",
+    }
     lat = f"{args.latency_ms:g} ms"
     out.append(
         f"## vectorfill throughput: {args.rows:,} rows, ~{meta['tokens_mean']:.0f} tokens "
@@ -766,7 +869,8 @@ def report(args, meta: dict, results: dict) -> str:
         "b_copy": "B: psycopg binary COPY -> vector(d) table (default storage)",
         "b_copy_ext": "B: same, column STORAGE EXTERNAL",
         "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if results["vf"].get("profiler") else ""),
-        "vf_bare": "vectorfill lanes without Prefect (task.fn)" + (" (profiled)" if results.get("vf_bare", {}).get("profiler") else ""),
+        "vf_bare": "vectorfill lanes without Prefect (task.fn)"
+        + (" (profiled)" if results.get("vf_bare", {}).get("profiler") else ""),
     }
     for key, label in labels.items():
         if key in results:
@@ -784,14 +888,18 @@ def report(args, meta: dict, results: dict) -> str:
     if "a_b64" in results and "b_copy" in results:
         lower = min(_rate(results["a_b64"]), _rate(results["b_copy"]))
         goal = ">= 50% (no latency)" if args.latency_ms == 0 else ""
-        out.append(f"| vectorfill / lower of A base64 and B ({lower:,.0f} rows/s) | {100 * r_vf / lower:.0f}% | {goal} |")
+        out.append(
+            f"| vectorfill / lower of A base64 and B ({lower:,.0f} rows/s) | {100 * r_vf / lower:.0f}% | {goal} |"
+        )
     if args.latency_ms:
         out.append(f"| vectorfill rows/s at {lat} latency | {r_vf:,.0f} | >= 2,500 at 200 ms |")
     if "vf_bare" in results:
         share = 1 - results["vf_bare"]["wall"] / vf["wall"]
         out.append(f"| Prefect share of wall time, A/B (1 - bare/flow) | {100 * share:.1f}% | <= 5% |")
-        out.append(f"| Prefect share, CPU-based (its extra CPU here + its server's, over wall x CPUs) "
-                   f"| {100 * _prefect_cpu_share(results):.1f}% | <= 5% |")
+        out.append(
+            f"| Prefect share, CPU-based (its extra CPU here + its server's, over wall x CPUs) "
+            f"| {100 * _prefect_cpu_share(results):.1f}% | <= 5% |"
+        )
     clock: StageClock = vf["clock"]
     flow_over = max(0.0, vf["wall"] - clock.flow_body)  # creating and finishing the flow run
 
@@ -806,26 +914,43 @@ def report(args, meta: dict, results: dict) -> str:
     out.append(f"| ... flow-run overhead (wall - flow body) | {flow_over:.2f} s | |")
     calls = clock.calls.get("batch", 0)
     if calls:
-        out.append(f"| ... task-run overhead per batch task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |")
+        out.append(
+            f"| ... task-run overhead per batch task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |"
+        )
     out.append(f"| ... prepare + switch + report task-run overhead | {sequential:.2f} s | |")
     out.append(f"| ... progress-artifact calls (lane time) | {artifacts:.2f} s | |")
     rss = meta.get("rss", vf)  # the first round's: later rounds follow baselines
-    out.append(f"| peak RSS of this process after the vectorfill runs (ru_maxrss) | {_mib(rss['maxrss_kib'])} | 200k run within 10% of 20k |")
-    out.append(f"| ... before the timed run: RSS / ru_maxrss (warm-up, imports, Prefect) | "
-               f"{_mib(rss['rss_before_kib'])} / {_mib(rss['maxrss_before_kib'])} | |")
+    out.append(
+        f"| peak RSS of this process after the vectorfill runs (ru_maxrss) | {_mib(rss['maxrss_kib'])} | 200k run within 10% of 20k |"
+    )
+    out.append(
+        f"| ... before the timed run: RSS / ru_maxrss (warm-up, imports, Prefect) | "
+        f"{_mib(rss['rss_before_kib'])} / {_mib(rss['maxrss_before_kib'])} | |"
+    )
     out.append(f"| peak RSS of this process at the end (after the baselines) | {_mib(meta['maxrss_end_kib'])} | |")
     if meta["provider_hwm"]:
-        out.append(f"| peak RSS of the fake provider (VmHWM, max over its processes) | {_mib(max(meta['provider_hwm']))} | |")
+        out.append(
+            f"| peak RSS of the fake provider (VmHWM, max over its processes) | {_mib(max(meta['provider_hwm']))} | |"
+        )
 
     # tasks and stages
     out.append("")
     out.append("Seconds per task and per stage inside the batch task (sums over all lanes; the lanes overlap):")
     out.append("")
-    out.append("| task / stage | calls | flow: body s | flow: body ms/call | flow: Prefect ms/call | bare: body s | bare: body ms/call |")
+    out.append(
+        "| task / stage | calls | flow: body s | flow: body ms/call | flow: Prefect ms/call | bare: body s | bare: body ms/call |"
+    )
     out.append("|---|---:|---:|---:|---:|---:|---:|")
     bare_clock: StageClock | None = results.get("vf_bare", {}).get("clock")
-    rows = [("prepare", "inner"), ("batch", "inner"), ("claim", "stage"), ("embed", "stage"), ("store", "stage"),
-            ("switch", "inner"), ("report", "inner")]
+    rows = [
+        ("prepare", "inner"),
+        ("batch", "inner"),
+        ("claim", "stage"),
+        ("embed", "stage"),
+        ("store", "stage"),
+        ("switch", "inner"),
+        ("report", "inner"),
+    ]
     for s, kind in rows:
         counts = clock.calls if kind == "inner" else clock.stage_calls
         bare_counts = (bare_clock.calls if kind == "inner" else bare_clock.stage_calls) if bare_clock else {}
@@ -844,8 +969,10 @@ def report(args, meta: dict, results: dict) -> str:
 
     # CPU
     out.append("")
-    out.append("CPU seconds during each timed phase (wall x CPUs is what the machine had; "
-               "'other processes' is load that is not this benchmark's):")
+    out.append(
+        "CPU seconds during each timed phase (wall x CPUs is what the machine had; "
+        "'other processes' is load that is not this benchmark's):"
+    )
     out.append("")
     procs = ["this process", "Prefect server", "fake provider", "Postgres", "other processes"]
     out.append("| phase | wall s | wall x CPUs | " + " | ".join(procs) + " |")
@@ -854,7 +981,11 @@ def report(args, meta: dict, results: dict) -> str:
         if key in results and "cpu" in results[key]:
             d = results[key]
             cells = [f"{d['cpu'][p]:.2f}" if p in d["cpu"] else "-" for p in procs]
-            out.append(f"| {short[key]} | {d['wall']:.2f} | {d['wall'] * (os.cpu_count() or 1):.1f} | " + " | ".join(cells) + " |")
+            out.append(
+                f"| {short[key]} | {d['wall']:.2f} | {d['wall'] * (os.cpu_count() or 1):.1f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     for key in ("vf", "vf_bare"):
         if key in results and results[key]["threads"]:
             threads = sorted(results[key]["threads"].items(), key=lambda kv: -kv[1])[:8]
@@ -874,24 +1005,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=0.0, help="fake provider latency per request")
     p.add_argument("--rpm", type=int, default=None, help="fake provider requests per minute")
     p.add_argument("--tpm", type=int, default=None, help="fake provider tokens per minute")
-    p.add_argument("--max-inputs", type=int, default=1024,
-                   help="job setting max_inputs (and the baselines' batch); 1024 gives 20,000 rows "
-                        "5 requests per lane at concurrency 4")
+    p.add_argument(
+        "--max-inputs",
+        type=int,
+        default=1024,
+        help="job setting max_inputs (and the baselines' batch); 1024 gives 20,000 rows "
+        "5 requests per lane at concurrency 4",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="job setting concurrency (and requests in flight)")
     p.add_argument("--retries", type=int, default=4, help="job setting retries")
-    p.add_argument("--warmup-rows", type=int, default=None,
-                   help="rows of the untimed warm-up backfill (default: max_inputs x concurrency, so that "
-                        "concurrency full-size requests have run once; a cold first run is 20-30%% slower)")
-    p.add_argument("--dims-unknown", action="store_true",
-                   help="create the jobs without dimensions (the first store types the vector column)")
+    p.add_argument(
+        "--warmup-rows",
+        type=int,
+        default=None,
+        help="rows of the untimed warm-up backfill (default: max_inputs x concurrency, so that "
+        "concurrency full-size requests have run once; a cold first run is 20-30%% slower)",
+    )
+    p.add_argument(
+        "--dims-unknown",
+        action="store_true",
+        help="create the jobs without dimensions (the first store types the vector column)",
+    )
     p.add_argument("--no-bare", action="store_true", help="skip the run without Prefect")
     p.add_argument("--no-baselines", action="store_true", help="skip baselines A and B")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run the timed phases N times (fresh jobs each round); the round of median "
-                        "ratio is reported in full and every round's ratio is listed (a loaded "
-                        "machine moves single rounds a lot)")
-    p.add_argument("--profile", action="store_true",
-                   help="pyinstrument around the first round's timed backfills, with and without Prefect")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the timed phases N times (fresh jobs each round); the round of median "
+        "ratio is reported in full and every round's ratio is listed (a loaded "
+        "machine moves single rounds a lot)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="pyinstrument around the first round's timed backfills, with and without Prefect",
+    )
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--db", default=None, help="a postgresql:// URL instead of an embedded Postgres")
     return p.parse_args(argv)
@@ -939,16 +1088,24 @@ def main(argv: list[str] | None = None) -> int:
                 pg_pid = psutil.Process(backend).ppid()
 
         provider.start()
-        print(f"postgres: {'embedded in ' + str(data_dir) if embedded else 'given by --db'}; "
-              f"fake provider: {provider.base_url}", flush=True)
+        print(
+            f"postgres: {'embedded in ' + str(data_dir) if embedded else 'given by --db'}; "
+            f"fake provider: {provider.base_url}",
+            flush=True,
+        )
 
         # vectorfill first, so that ru_maxrss is the backfill's peak and not a baseline's
         jobs.append(("bench_warm", "bench_src_warm"))
-        make_job(url, "bench_warm", "bench_src_warm", iter_texts(args.warmup_rows, args.tokens), args, provider.base_url)
+        make_job(
+            url, "bench_warm", "bench_src_warm", iter_texts(args.warmup_rows, args.tokens), args, provider.base_url
+        )
         t0 = time.perf_counter()
         asyncio.run(flow_module().backfill("bench_warm"))
-        print(f"warm-up backfill of {args.warmup_rows} rows (Prefect server start-up included): "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"warm-up backfill of {args.warmup_rows} rows (Prefect server start-up included): "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         prefect_pid = _prefect_server_pid({provider.pid or -1})
 
         def pids():
@@ -965,25 +1122,44 @@ def main(argv: list[str] | None = None) -> int:
             flow_job, flow_src = f"bench_flow{tag}", f"bench_src_flow{tag}"
             jobs.append((flow_job, flow_src))
             t0 = time.perf_counter()
-            make_job(url, flow_job, flow_src, iter_texts(args.rows, args.tokens, stats=stats if r == 0 else None),
-                     args, provider.base_url)
+            make_job(
+                url,
+                flow_job,
+                flow_src,
+                iter_texts(args.rows, args.tokens, stats=stats if r == 0 else None),
+                args,
+                provider.base_url,
+            )
             if r == 0:
                 meta.update(tokens_mean=stats["sum"] / stats["count"], tokens_min=stats["min"], tokens_max=stats["max"])
-            print(f"source table of {args.rows:,} texts (~{meta['tokens_mean']:.1f} tokens each) made in "
-                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"source table of {args.rows:,} texts (~{meta['tokens_mean']:.1f} tokens each) made in "
+                f"{time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
             if not args.no_bare:
                 jobs.append((f"bench_bare{tag}", f"bench_src_bare{tag}"))
-                make_job(url, f"bench_bare{tag}", f"bench_src_bare{tag}", iter_texts(args.rows, args.tokens), args,
-                         provider.base_url)
+                make_job(
+                    url,
+                    f"bench_bare{tag}",
+                    f"bench_src_bare{tag}",
+                    iter_texts(args.rows, args.tokens),
+                    args,
+                    provider.base_url,
+                )
 
             def with_prefect() -> None:
                 results["vf"] = run_backfill(flow_job, "prefect", args, pids(), profile=args.profile and r == 0)
                 print(f"vectorfill (Prefect): {_rate(results['vf']):,.0f} rows/s", flush=True)
                 if results["vf"]["rows"] != args.rows:
-                    print(f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}")
+                    print(
+                        f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}"
+                    )
 
             def without_prefect() -> None:
-                results["vf_bare"] = run_backfill(f"bench_bare{tag}", "bare", args, pids(), profile=args.profile and r == 0)
+                results["vf_bare"] = run_backfill(
+                    f"bench_bare{tag}", "bare", args, pids(), profile=args.profile and r == 0
+                )
                 print(f"vectorfill (no Prefect): {_rate(results['vf_bare']):,.0f} rows/s", flush=True)
                 if results["vf_bare"]["rows"] != args.rows:
                     print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")

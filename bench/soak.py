@@ -84,12 +84,11 @@ def main() -> int:
         return 0
 
     from fake_provider import FakeProvider
-
-    from vectorfill.local import pgembedded
     from vectorfill.config import JobSettings
-    from vectorfill.storage.db import connect, migrate
     from vectorfill.jobs.registry import create_job, job_status
+    from vectorfill.local import pgembedded
     from vectorfill.provider.tokens import Cl100k
+    from vectorfill.storage.db import connect, migrate
 
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="vf-soak-"))
@@ -109,13 +108,20 @@ def main() -> int:
         with FakeProvider(dimensions=64, api_key=KEY, latency_s=0.05) as provider:
             with connect(url) as conn:
                 create_job(
-                    conn, name="soak", table="soak", text_columns=["body"], template=None, key_columns=None,
-                    model="fake-embed", base_url=provider.base_url, api_key_env=KEY_ENV,
-                    settings=JobSettings(max_inputs=50, concurrency=4, timeout_s=2, retries=8,
-                                         lease_s=10, max_attempts=50),
+                    conn,
+                    name="soak",
+                    table="soak",
+                    text_columns=["body"],
+                    template=None,
+                    key_columns=None,
+                    model="fake-embed",
+                    base_url=provider.base_url,
+                    api_key_env=KEY_ENV,
+                    settings=JobSettings(
+                        max_inputs=50, concurrency=4, timeout_s=2, retries=8, lease_s=10, max_attempts=50
+                    ),
                 )
-            env = dict(os.environ, VECTORFILL_DATABASE_URL=url, **{KEY_ENV: KEY},
-                       PREFECT_HOME=str(tmp / "prefect"))
+            env = dict(os.environ, VECTORFILL_DATABASE_URL=url, **{KEY_ENV: KEY}, PREFECT_HOME=str(tmp / "prefect"))
             env.pop("PREFECT_API_URL", None)
 
             def embedded() -> int:
@@ -132,8 +138,13 @@ def main() -> int:
                 runs += 1
                 worker_log = Path(tempfile.gettempdir()) / f"vectorfill-soak-worker-{os.getpid()}-{runs}.log"
                 with open(worker_log, "wb") as log:
-                    proc = subprocess.Popen([sys.executable, __file__, "--worker"], env=env, start_new_session=True,
-                                            stdout=subprocess.DEVNULL, stderr=log)
+                    proc = subprocess.Popen(
+                        [sys.executable, __file__, "--worker"],
+                        env=env,
+                        start_new_session=True,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
                 target = embedded() + args.rows // (2 * (args.kills + 2))
                 while proc.poll() is None:
                     done = embedded()
@@ -152,8 +163,10 @@ def main() -> int:
                 with connect(url) as conn:
                     st = job_status(conn, "soak")
                 why = [ln for ln in worker_log.read_text(errors="replace").splitlines() if "worker run failed" in ln]
-                events.append(f"worker {runs} ended (exit {proc.returncode}): {st.embedded} embedded, "
-                              f"{st.pending} pending, {st.failed} failed" + (f" ({why[-1].strip()})" if why else ""))
+                events.append(
+                    f"worker {runs} ended (exit {proc.returncode}): {st.embedded} embedded, "
+                    f"{st.pending} pending, {st.failed} failed" + (f" ({why[-1].strip()})" if why else "")
+                )
                 if st.pending == 0 or runs > args.kills + 20:
                     break
                 if runs > args.kills:
@@ -162,7 +175,9 @@ def main() -> int:
 
             with connect(url) as conn:
                 st = job_status(conn, "soak")
-                rows = conn.execute("SELECT s.body, v.embedding FROM soak s JOIN vectorfill.soak v ON v.id = s.id").fetchall()
+                rows = conn.execute(
+                    "SELECT s.body, v.embedding FROM soak s JOIN vectorfill.soak v ON v.id = s.id"
+                ).fetchall()
             wrong = sum(
                 not np.allclose(emb.to_numpy(), provider.expected_vector(body), atol=1e-6) for body, emb in rows
             )

@@ -40,17 +40,17 @@ from dataclasses import dataclass, field
 from prefect import task
 from prefect.utilities.math import clamped_poisson_interval
 
-from vectorfill.provider.client import EmbeddingsClient
-from vectorfill.storage.db import LaneConnection
 from vectorfill.errors import is_transient, stops_run
+from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.ratelimit import Throttle
+from vectorfill.storage.db import LaneConnection
 
 from .claim import Claim, claim_rows
 from .common import TASK_OPTIONS, Work
 from .embed import Embedded, embed_batch
 from .store import Stored, store_batch
 
-__all__ = ["Attempts", "Filled", "Lanes", "fill_batch", "batch_task", "rows_per_task", "STAGE_RETRIES", "STAGE_DELAYS"]
+__all__ = ["STAGE_DELAYS", "STAGE_RETRIES", "Attempts", "Filled", "Lanes", "batch_task", "fill_batch", "rows_per_task"]
 
 #: The fewest rows one batch task claims (when ``max_inputs`` is smaller, the task sends
 #: several requests): Prefect's ~8 ms of CPU per task run is then 2-4% of the work.

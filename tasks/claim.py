@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, aconnect
 from vectorfill.errors import DatabaseError
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
+from vectorfill.storage import sql
+from vectorfill.storage.db import LaneConnection, aconnect
 
 from .common import Work, database_url
 
-__all__ = ["Item", "Batch", "Claim", "claim_rows", "release_rows", "keep_claims", "pack"]
+__all__ = ["Batch", "Claim", "Item", "claim_rows", "keep_claims", "pack", "release_rows"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Claim:
 
 def key_arrays(work: Work, keys: list[tuple]) -> list[list]:
     """Column-wise key lists, for ``unnest(%s::t1[], ...)`` parameters."""
-    return [list(col) for col in zip(*keys)] if keys else [[] for _ in work.job.key_columns]
+    return [list(col) for col in zip(*keys, strict=True)] if keys else [[] for _ in work.job.key_columns]
 
 
 def pack(items: list[Item], max_inputs: int, max_tokens: int) -> list[Batch]:
@@ -134,17 +134,27 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         if text is None or not text.strip():
             what = "NULL" if text is None else "empty" if not text else "whitespace-only"
             failed.append(
-                (key, seq, "empty_text", None,
-                 f"row {_show(key)} of {work.job.source} has {what} text in "
-                 f"{', '.join(work.job.text_columns)}; it gets no vector until the text is filled")
+                (
+                    key,
+                    seq,
+                    "empty_text",
+                    None,
+                    f"row {_show(key)} of {work.job.source} has {what} text in "
+                    f"{', '.join(work.job.text_columns)}; it gets no vector until the text is filled",
+                )
             )
             continue
         tries, last_error = attempts[key]
         if tries > s.max_attempts:
             failed.append(
-                (key, seq, "max_attempts", None,
-                 f"row {_show(key)} failed {s.max_attempts} attempts (last error: {last_error or 'none recorded'}); "
-                 f"fix the cause, then `vectorfill retry {work.job.name} --all`")
+                (
+                    key,
+                    seq,
+                    "max_attempts",
+                    None,
+                    f"row {_show(key)} failed {s.max_attempts} attempts (last error: {last_error or 'none recorded'}); "
+                    f"fix the cause, then `vectorfill retry {work.job.name} --all`",
+                )
             )
             continue
         digest = hashlib.sha256(text.encode("utf-8")).digest()
@@ -161,13 +171,18 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     )
     items: list[Item] = []
     truncated = 0
-    for (key, seq, text, digest), tok in zip(todo, tokens):
+    for (key, seq, text, digest), tok in zip(todo, tokens, strict=True):
         if limit and counter.exact and tok > limit:
             if s.on_too_long == "fail":
                 failed.append(
-                    (key, seq, "too_long", None,
-                     f"row {_show(key)} of {work.job.source} has {tok} tokens, over the model's "
-                     f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate)")
+                    (
+                        key,
+                        seq,
+                        "too_long",
+                        None,
+                        f"row {_show(key)} of {work.job.source} has {tok} tokens, over the model's "
+                        f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate)",
+                    )
                 )
                 continue
             text, tok, truncated = counter.truncate(text, limit), limit, truncated + 1
@@ -177,11 +192,15 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         try:
             async with conn.transaction():
                 if gone:  # source row deleted: drop the queue row, its vectors and failure record
-                    await conn.execute(js.settle(), key_arrays(work, [g[0] for g in gone])
-                                       + [[g[1] for g in gone], work.job.id, work.version.version])
+                    await conn.execute(
+                        js.settle(),
+                        key_arrays(work, [g[0] for g in gone])
+                        + [[g[1] for g in gone], work.job.id, work.version.version],
+                    )
                 if unchanged:  # the stored vector is already right
-                    await conn.execute(js.dequeue(), key_arrays(work, [g[0] for g in unchanged])
-                                       + [[g[1] for g in unchanged]])
+                    await conn.execute(
+                        js.dequeue(), key_arrays(work, [g[0] for g in unchanged]) + [[g[1] for g in unchanged]]
+                    )
                 await _fail(conn, js, work, failed)
         except psycopg.OperationalError as exc:
             await db.discard()  # the claims stay leased; their leases expire or the run gives them back
@@ -264,5 +283,5 @@ async def keep_claims(work: Work, token: uuid.UUID, url: str) -> None:
         try:
             async with aconnect(url) as conn:
                 await conn.execute(js.renew(), params)
-        except Exception as exc:  # noqa: BLE001 - keep trying; see the docstring
+        except Exception as exc:
             logging.getLogger("vectorfill").warning("renewing the leases of %s failed: %s", work.label, exc)

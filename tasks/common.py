@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from prefect.cache_policies import NO_CACHE
 
 from vectorfill.config import JobSettings
-from vectorfill.storage.db import resolve_database_url
 from vectorfill.errors import is_transient
 from vectorfill.records import Job, Version
+from vectorfill.storage.db import resolve_database_url
 
-__all__ = ["Work", "retry_transient", "TASK_OPTIONS", "database_url"]
+__all__ = ["TASK_OPTIONS", "Work", "database_url", "retry_transient"]
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.errors import TerminalProviderError, stops_run
+from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.tokens import counter_for
 
@@ -111,9 +111,7 @@ async def _embed(
     return Embedded(items, result.vectors, result.model, tokens, 1)
 
 
-async def embed_batch(
-    work: Work, client: EmbeddingsClient, batch: Batch, throttle: Throttle | None = None
-) -> Embedded:
+async def embed_batch(work: Work, client: EmbeddingsClient, batch: Batch, throttle: Throttle | None = None) -> Embedded:
     """Embed one batch with one request (more only when bisecting a rejected batch), through
     the run's ``throttle`` for the endpoint when given: it waits for the rate budget and
     retries 429s itself, after a pause shared by every lane."""

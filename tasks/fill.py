@@ -33,9 +33,7 @@ __all__ = ["Tally", "fill_versions"]
 
 
 def _zero_totals() -> dict:
-    return dict(
-        embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0, cost_usd=0.0
-    )
+    return dict(embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0, cost_usd=0.0)
 
 
 @dataclass

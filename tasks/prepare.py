@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from prefect import task
 
-from vectorfill.storage import sql
 from vectorfill.config import read_api_key
-from vectorfill.storage.db import connect
 from vectorfill.errors import SourceError
 from vectorfill.jobs.registry import load_job
+from vectorfill.storage import sql
+from vectorfill.storage.db import connect
 
 from .common import TASK_OPTIONS, Work, database_url
 
@@ -51,7 +51,5 @@ def _prepare(job_name: str) -> Prepared:
         for work in works:
             read_api_key(work.version.api_key_env, job=job.name)  # fail early if the key is missing
             js = sql.JobSQL(job, work.version)
-            pending += conn.execute(
-                js.counts(), {"job_id": job.id, "version": work.version.version}
-            ).fetchone()[2]
+            pending += conn.execute(js.counts(), {"job_id": job.id, "version": work.version.version}).fetchone()[2]
     return Prepared(works=works, pending=pending)

@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass
 from prefect import task
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 
+from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
 from vectorfill.storage.db import connect
-from vectorfill.jobs.registry import load_job
 
 from .common import TASK_OPTIONS, database_url
 
-__all__ = ["RunSummary", "report_run", "artifact_key", "progress_artifact", "PROGRESS_EVERY_S"]
+__all__ = ["PROGRESS_EVERY_S", "RunSummary", "artifact_key", "progress_artifact", "report_run"]
 
 #: Seconds between updates of the progress artifact (each is an API round trip).
 PROGRESS_EVERY_S = 2.0
@@ -72,8 +72,12 @@ class RunSummary:
 async def report_run(job_name: str, totals: dict, duration_s: float, switched_to: int | None = None) -> RunSummary:
     pending, failed = await asyncio.to_thread(_counts, job_name)
     summary = RunSummary(
-        job=job_name, duration_s=round(duration_s, 3), pending=pending, failed_total=failed,
-        switched_to=switched_to, **totals,
+        job=job_name,
+        duration_s=round(duration_s, 3),
+        pending=pending,
+        failed_total=failed,
+        switched_to=switched_to,
+        **totals,
     )
     await acreate_table_artifact(
         table=summary.table(),

@@ -13,14 +13,13 @@ import struct
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
 import psycopg
 from psycopg import sql as pgsql
 
-from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection
 from vectorfill.errors import DatabaseError, TerminalProviderError
 from vectorfill.records import Version
+from vectorfill.storage import sql
+from vectorfill.storage.db import LaneConnection
 
 from .claim import _fail, key_arrays
 from .common import Work
@@ -45,9 +44,7 @@ class Stored:
 async def _type_oids(conn, work: Work) -> list[int]:
     """OIDs for the COPY: key columns, chunk_seq, embedding, input_hash, model."""
     rows = await (
-        await conn.execute(
-            "SELECT t::regtype::oid FROM unnest(%s::text[]) AS t", (list(work.job.key_types),)
-        )
+        await conn.execute("SELECT t::regtype::oid FROM unnest(%s::text[]) AS t", (list(work.job.key_types),))
     ).fetchall()
     vec = await (await conn.execute("SELECT 'vector'::regtype::oid")).fetchone()
     int4, bytea, text = 23, 17, 25
@@ -77,16 +74,22 @@ def _fixed_width_payload(key_types, items, vectors: np.ndarray, current: set, mo
     hash_len = len(hashes[0]) if hashes else 0
     if any(len(h) != hash_len for h in hashes):
         return None
-    n, d = vectors.shape
+    _n, d = vectors.shape
     model_bytes = model.encode("utf-8")
     fields: list[tuple] = [("nfields", ">i2")]
     for i, t in enumerate(key_types):
         fields += [(f"k{i}_len", ">i4"), (f"k{i}", _FIXED_KEYS[t])]
     fields += [
-        ("chunk_len", ">i4"), ("chunk", ">i4"),
-        ("vec_len", ">i4"), ("dims", ">u2"), ("unused", ">u2"), ("vec", ">f4", (d,)),
-        ("hash_len", ">i4"), ("hash", f"S{hash_len}" if hash_len else "V0"),
-        ("model_len", ">i4"), ("model", f"S{len(model_bytes)}" if model_bytes else "V0"),
+        ("chunk_len", ">i4"),
+        ("chunk", ">i4"),
+        ("vec_len", ">i4"),
+        ("dims", ">u2"),
+        ("unused", ">u2"),
+        ("vec", ">f4", (d,)),
+        ("hash_len", ">i4"),
+        ("hash", f"S{hash_len}" if hash_len else "V0"),
+        ("model_len", ">i4"),
+        ("model", f"S{len(model_bytes)}" if model_bytes else "V0"),
     ]
     keep = np.fromiter((item.key in current for item in items), dtype=bool, count=len(items))
     every = bool(keep.all())
@@ -95,11 +98,11 @@ def _fixed_width_payload(key_types, items, vectors: np.ndarray, current: set, mo
     # the records are written in place, between the header and the trailer: no copy after
     payload = bytearray(len(_COPY_HEADER) + m * dtype.itemsize + len(_COPY_TRAILER))
     payload[: len(_COPY_HEADER)] = _COPY_HEADER
-    payload[len(payload) - len(_COPY_TRAILER):] = _COPY_TRAILER
+    payload[len(payload) - len(_COPY_TRAILER) :] = _COPY_TRAILER
     rows = np.frombuffer(payload, dtype=dtype, count=m, offset=len(_COPY_HEADER))
     rows["nfields"] = len(key_types) + 4
     for i, t in enumerate(key_types):
-        column = [item.key[i] for item, k in zip(items, keep) if k]
+        column = [item.key[i] for item, k in zip(items, keep, strict=True) if k]
         rows[f"k{i}_len"] = np.dtype(_FIXED_KEYS[t]).itemsize
         rows[f"k{i}"] = [u.bytes for u in column] if t == "uuid" else column
     rows["chunk_len"] = 4
@@ -128,7 +131,7 @@ def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, mod
         packers = [_KEY_PACKERS[t] for t in key_types]
     except KeyError:
         return None
-    n, d = vectors.shape
+    _n, d = vectors.shape
     big = np.ascontiguousarray(vectors, dtype=">f4").tobytes()
     width = 4 * d
     vec_prefix = struct.pack(">iHH", width + 4, d, 0)
@@ -142,13 +145,13 @@ def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, mod
         if item.key not in current:
             continue
         parts.append(fields)
-        for pack, value in zip(packers, item.key):
+        for pack, value in zip(packers, item.key, strict=True):
             b = pack(value)
             parts.append(i32(len(b)))
             parts.append(b)
         parts.append(chunk0)
         parts.append(vec_prefix)
-        parts.append(big[i * width:(i + 1) * width])
+        parts.append(big[i * width : (i + 1) * width])
         parts.append(i32(len(item.input_hash)))
         parts.append(item.input_hash)
         parts.append(model_field)
@@ -193,7 +196,7 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection) -> Sto
                                 await copy.write(payload)
                             else:
                                 copy.set_types(types)
-                                for item, vector in zip(items, embedded.vectors):
+                                for item, vector in zip(items, embedded.vectors, strict=True):
                                     if item.key in current:
                                         await copy.write_row((*item.key, 0, vector, item.input_hash, embedded.model))
                 written = len(current)

@@ -13,13 +13,13 @@ import asyncio
 from prefect import task
 from prefect.events import emit_event
 
-from vectorfill.storage.db import connect
 from vectorfill.errors import JobError
-from vectorfill.orchestration.events import VERSION_SWITCHED, job_resource
 from vectorfill.jobs.registry import load_job
-from vectorfill.records import Version
 from vectorfill.jobs.search import create_index, has_index
 from vectorfill.jobs.versions import complete, switch
+from vectorfill.orchestration.events import VERSION_SWITCHED, job_resource
+from vectorfill.records import Version
+from vectorfill.storage.db import connect
 
 from .common import TASK_OPTIONS, database_url
 

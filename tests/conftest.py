@@ -65,9 +65,7 @@ def fresh_db(pg_url: str) -> Iterator[str]:
         yield url
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 # --- Prefect ----------------------------------------------------------------------------------

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -70,7 +69,7 @@ from vectorfill.local.embeddings_server.app import (
     render_embeddings,
 )
 
-__all__ = ["FakeProvider", "RateLimiter", "format_duration", "wait_until_healthy", "CORRUPT_MODES"]
+__all__ = ["CORRUPT_MODES", "FakeProvider", "RateLimiter", "format_duration", "wait_until_healthy"]
 
 CORRUPT_MODES = ("shuffle", "short", "wrong_dims", "nan", "no_index", "floats_when_base64")
 
@@ -81,7 +80,7 @@ CORRUPT_MODES = ("shuffle", "short", "wrong_dims", "nan", "no_index", "floats_wh
 # --------------------------------------------------------------------------- processes
 
 
-def wait_until_healthy(url: str, proc: "subprocess.Popen", timeout: float = 60.0) -> None:
+def wait_until_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     """Wait until ``GET {url}/health`` answers 200 from a server started as ``proc``.
 
     Raises RuntimeError when the process ends first or ``timeout`` seconds pass.
@@ -393,9 +392,7 @@ class FakeProvider:
 
     # ------------------------------------------------------------------ faults
 
-    def fail_next(
-        self, n: int = 1, status: int = 500, body: Any = None, headers: dict[str, str] | None = None
-    ) -> None:
+    def fail_next(self, n: int = 1, status: int = 500, body: Any = None, headers: dict[str, str] | None = None) -> None:
         """Answer the next ``n`` requests with ``status`` and ``body``.
 
         ``body``: a dict (sent as JSON), a str or bytes (an HTML page if it starts with

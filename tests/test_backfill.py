@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 import threading
+import uuid
 
 import numpy as np
 import pytest
-from conftest import API_KEY
-from fake_provider import FakeProvider
 
-from vectorfill.storage.db import LaneConnection
+from conftest import API_KEY
 from vectorfill.errors import AuthenticationError, ModelNotFound, TransientProviderError
+from vectorfill.storage.db import LaneConnection
 
 
 def assert_vectors_match_texts(env, job="docs", table="articles"):
@@ -60,7 +59,9 @@ def test_inserts_edits_and_deletes_after_a_backfill_are_picked_up_by_the_next(en
     env.provider.reset()
     summary = env.backfill()
     assert summary.embedded == 3
-    assert sorted(env.provider.inputs) == sorted(["New\n\nA new row", "Title 5\n\nEdited body", "Title 6\n\nEdited body"])
+    assert sorted(env.provider.inputs) == sorted(
+        ["New\n\nA new row", "Title 5\n\nEdited body", "Title 6\n\nEdited body"]
+    )
     assert_vectors_match_texts(env)
 
 
@@ -91,8 +92,8 @@ def one_pass_with_a_change_in_flight(env, statement: str):
     with the stage functions called directly so that the change lands exactly in between."""
     from pydantic import SecretStr
 
-    from vectorfill.provider.client import EmbeddingsClient
     from vectorfill.jobs.registry import load_job
+    from vectorfill.provider.client import EmbeddingsClient
     from vectorfill.tasks import Work, claim_rows, embed_batch, store_batch
 
     with env.connect() as conn:
@@ -105,8 +106,9 @@ def one_pass_with_a_change_in_flight(env, statement: str):
             claim = await claim_rows(work, 100, uuid.uuid4(), db)
             with env.connect() as conn:
                 conn.execute(statement)
-            async with EmbeddingsClient(base_url=env.provider.base_url, model="fake-embed",
-                                        api_key=SecretStr(API_KEY)) as client:
+            async with EmbeddingsClient(
+                base_url=env.provider.base_url, model="fake-embed", api_key=SecretStr(API_KEY)
+            ) as client:
                 embedded = await embed_batch(work, client, claim.batches[0])
             return await store_batch(work, embedded, db)
         finally:
@@ -118,7 +120,9 @@ def one_pass_with_a_change_in_flight(env, statement: str):
 def test_row_edited_during_embedding_ends_with_the_vector_of_its_new_text(env):
     env.make_table(20)
     env.create_job()
-    stored = one_pass_with_a_change_in_flight(env, "UPDATE articles SET body = 'rewritten while in flight' WHERE id = 3")
+    stored = one_pass_with_a_change_in_flight(
+        env, "UPDATE articles SET body = 'rewritten while in flight' WHERE id = 3"
+    )
     assert stored.written == 19 and stored.stale == 1
     assert 3 not in env.vectors(), "the vector of the old text must not be stored"
     assert env.status().pending == 1
@@ -193,8 +197,9 @@ def test_one_bad_input_is_isolated_and_the_rest_of_its_batch_is_stored(env):
     summary = env.backfill()
     assert summary.embedded == 63 and summary.failed == 1
     with env.connect() as conn:
-        (row_key, reason, status, message), = conn.execute(
-            "SELECT row_key, reason, status, message FROM vectorfill.failures").fetchall()
+        ((row_key, reason, status, message),) = conn.execute(
+            "SELECT row_key, reason, status, message FROM vectorfill.failures"
+        ).fetchall()
     assert row_key == [17] and reason == "rejected" and status == 400
     assert message.startswith("HTTP 400")
     st = env.status()
@@ -293,15 +298,16 @@ def test_max_rows_limits_one_run(env):
 def test_composite_keys_and_several_text_columns(env):
     with env.connect() as conn:
         conn.execute("CREATE TABLE notes (tenant int, n int, a text, b text, PRIMARY KEY (tenant, n))")
-        conn.execute("INSERT INTO notes SELECT t, n, 'a' || t || n, CASE WHEN n % 2 = 0 THEN 'b' || n END "
-                     "FROM generate_series(1, 3) t, generate_series(1, 4) n")
+        conn.execute(
+            "INSERT INTO notes SELECT t, n, 'a' || t || n, CASE WHEN n % 2 = 0 THEN 'b' || n END "
+            "FROM generate_series(1, 3) t, generate_series(1, 4) n"
+        )
     env.create_job("notes", table="notes", template=None, text_columns=["a", "b"])
     summary = env.backfill("notes")
     assert summary.embedded == 12
     with env.connect() as conn:
         rows = conn.execute("SELECT tenant, n, embedding FROM vectorfill.notes").fetchall()
-        texts = dict(((t, n), txt) for t, n, txt in conn.execute(
-            "SELECT tenant, n, concat_ws(E'\\n\\n', a, b) FROM notes"))
+        texts = {(t, n): txt for t, n, txt in conn.execute("SELECT tenant, n, concat_ws(E'\\n\\n', a, b) FROM notes")}
     for t, n, emb in rows:
         np.testing.assert_allclose(emb.to_numpy(), env.provider.expected_vector(texts[(t, n)]), atol=1e-6)
 
@@ -348,11 +354,14 @@ def test_a_provider_that_refuses_a_long_input_gets_a_shorter_one(env):
     assert any(t.startswith("Title 3") and len(t) < 2000 for t in sent)
 
 
-@pytest.mark.parametrize("key_type, keys", [
-    ("varchar(20)", ["a", "b", "c"]),        # no fast COPY path: row by row
-    ("uuid", [str(uuid.UUID(int=i)) for i in (1, 2, 3)]),
-    ("text", ["x y", "ünï", "3"]),
-])
+@pytest.mark.parametrize(
+    "key_type, keys",
+    [
+        ("varchar(20)", ["a", "b", "c"]),  # no fast COPY path: row by row
+        ("uuid", [str(uuid.UUID(int=i)) for i in (1, 2, 3)]),
+        ("text", ["x y", "ünï", "3"]),
+    ],
+)
 def test_key_types_round_trip_into_the_vector_table(env, key_type, keys):
     with env.connect() as conn:
         conn.execute(f"CREATE TABLE keyed (k {key_type} PRIMARY KEY, body text)")
@@ -384,9 +393,16 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
 
     async def task_names():
         async with get_client() as client:  # raw filter: this client sends nulls its server refuses
-            runs = (await client._client.post("/task_runs/filter", json={
-                "flow_runs": {"id": {"any_": [str(flow_run_id)]}}, "limit": 200,
-                "sort": "EXPECTED_START_TIME_DESC"})).json()
+            runs = (
+                await client._client.post(
+                    "/task_runs/filter",
+                    json={
+                        "flow_runs": {"id": {"any_": [str(flow_run_id)]}},
+                        "limit": 200,
+                        "sort": "EXPECTED_START_TIME_DESC",
+                    },
+                )
+            ).json()
         return sorted(r["name"].rsplit("-", 1)[0] for r in runs if r["state"]["type"] == "COMPLETED")
 
     def recorded(names) -> bool:  # the server records task runs a little after they end
@@ -401,9 +417,16 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
 
     async def progress_artifacts():
         async with get_client() as client:
-            return (await client._client.post("/artifacts/filter", json={
-                "artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}, "type": {"any_": ["progress"]}},
-                "limit": 10, "sort": "CREATED_DESC"})).json()
+            return (
+                await client._client.post(
+                    "/artifacts/filter",
+                    json={
+                        "artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}, "type": {"any_": ["progress"]}},
+                        "limit": 10,
+                        "sort": "CREATED_DESC",
+                    },
+                )
+            ).json()
 
     (progress,) = asyncio.run(progress_artifacts())
     assert progress["data"] == 100.0, "the run's progress artifact ends at 100%"

@@ -7,9 +7,9 @@ texts are not sent again), and each stage keeps its own retry budget and backoff
 from __future__ import annotations
 
 import pytest
-from test_backfill import assert_vectors_match_texts
 
 import vectorfill.tasks.batch as batch_mod
+from test_backfill import assert_vectors_match_texts
 from vectorfill.errors import DatabaseError, TerminalProviderError, TransientProviderError
 from vectorfill.tasks.batch import Attempts
 
@@ -29,8 +29,10 @@ def fail_stores(env, times: int) -> None:
                 END IF;
                 RETURN NULL;
             END $$""")
-        conn.execute("CREATE TRIGGER fail_store AFTER INSERT ON vectorfill._v_1_1 "
-                     "FOR EACH STATEMENT EXECUTE FUNCTION public.fail_store()")
+        conn.execute(
+            "CREATE TRIGGER fail_store AFTER INSERT ON vectorfill._v_1_1 "
+            "FOR EACH STATEMENT EXECUTE FUNCTION public.fail_store()"
+        )
 
 
 def stores_tried(env) -> int:

@@ -8,15 +8,18 @@ import subprocess
 import sys
 
 import pytest
-from conftest import API_KEY
 
+from conftest import API_KEY
 from vectorfill.storage.db import connect
 
 
 def vf(*args, env=None, check=True):
     proc = subprocess.run(
         [sys.executable, "-m", "vectorfill.cli", *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"vectorfill {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -47,9 +50,24 @@ def cli_env(fresh_db, provider, tmp_path):
 
 def test_migrate_create_backfill_status_through_the_cli(cli_env, provider):
     vf("migrate", env=cli_env)
-    out = vf("job", "create", "docs", "--table", "public.articles", "--template", "{title}\\n\\n{body}",
-             "--model", "fake-embed", "--base-url", provider.base_url, "--api-key-env", "VF_KEY",
-             "--max-inputs", "50", env=cli_env).stdout
+    out = vf(
+        "job",
+        "create",
+        "docs",
+        "--table",
+        "public.articles",
+        "--template",
+        "{title}\\n\\n{body}",
+        "--model",
+        "fake-embed",
+        "--base-url",
+        provider.base_url,
+        "--api-key-env",
+        "VF_KEY",
+        "--max-inputs",
+        "50",
+        env=cli_env,
+    ).stdout
     assert "300 rows of public.articles queued" in out
     summary = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
     assert summary["embedded"] == 300 and summary["pending"] == 0 and summary["requests"] == 6
@@ -63,8 +81,21 @@ def test_migrate_create_backfill_status_through_the_cli(cli_env, provider):
 
 def test_errors_are_one_clear_line_and_exit_1(cli_env, provider):
     vf("migrate", env=cli_env)
-    proc = vf("job", "create", "docs", "--table", "public.nope", "--text", "body", "--model", "m",
-              "--base-url", provider.base_url, env=cli_env, check=False)
+    proc = vf(
+        "job",
+        "create",
+        "docs",
+        "--table",
+        "public.nope",
+        "--text",
+        "body",
+        "--model",
+        "m",
+        "--base-url",
+        provider.base_url,
+        env=cli_env,
+        check=False,
+    )
     assert proc.returncode == 1
     assert "job 'docs': source table public.nope does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -74,8 +105,22 @@ def test_errors_are_one_clear_line_and_exit_1(cli_env, provider):
 
 def test_a_missing_api_key_variable_is_named(cli_env, provider):
     vf("migrate", env=cli_env)
-    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
-       "--base-url", provider.base_url, "--api-key-env", "NOT_SET_ANYWHERE", env=cli_env)
+    vf(
+        "job",
+        "create",
+        "docs",
+        "--table",
+        "articles",
+        "--text",
+        "body",
+        "--model",
+        "fake-embed",
+        "--base-url",
+        provider.base_url,
+        "--api-key-env",
+        "NOT_SET_ANYWHERE",
+        env=cli_env,
+    )
     proc = vf("backfill", "docs", env=cli_env, check=False)
     assert proc.returncode == 1
     assert "NOT_SET_ANYWHERE is not set" in proc.stderr
@@ -84,8 +129,24 @@ def test_a_missing_api_key_variable_is_named(cli_env, provider):
 
 def test_model_change_commands_through_the_cli(cli_env, provider):
     vf("migrate", env=cli_env)
-    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
-       "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--price", "fake-embed=2.5", env=cli_env)
+    vf(
+        "job",
+        "create",
+        "docs",
+        "--table",
+        "articles",
+        "--text",
+        "body",
+        "--model",
+        "fake-embed",
+        "--base-url",
+        provider.base_url,
+        "--api-key-env",
+        "VF_KEY",
+        "--price",
+        "fake-embed=2.5",
+        env=cli_env,
+    )
     est = json.loads(vf("estimate", "docs", "--json", env=cli_env).stdout)
     assert est[0]["rows"] == 300 and est[0]["price_per_million"] == 2.5 and provider.requests == 0
     summary = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
@@ -107,6 +168,21 @@ def test_model_change_commands_through_the_cli(cli_env, provider):
     vf("job", "abandon", "docs", env=cli_env)
     listed = json.loads(vf("job", "versions", "docs", "--json", env=cli_env).stdout)
     assert [v["state"] for v in listed] == ["active"]
-    proc = vf("job", "create", "x", "--table", "articles", "--text", "body", "--model", "m",
-              "--base-url", provider.base_url, "--price", "m:1", env=cli_env, check=False)
+    proc = vf(
+        "job",
+        "create",
+        "x",
+        "--table",
+        "articles",
+        "--text",
+        "body",
+        "--model",
+        "m",
+        "--base-url",
+        provider.base_url,
+        "--price",
+        "m:1",
+        env=cli_env,
+        check=False,
+    )
     assert proc.returncode == 1 and "write MODEL=USD_PER_MILLION_TOKENS" in proc.stderr

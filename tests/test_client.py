@@ -11,7 +11,6 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from vectorfill.provider.client import EmbeddingsClient, parse_retry_after
 from vectorfill.errors import (
     AuthenticationError,
     ModelNotFound,
@@ -21,14 +20,16 @@ from vectorfill.errors import (
     is_transient,
     stops_run,
 )
+from vectorfill.provider.client import EmbeddingsClient, parse_retry_after
 
 KEY = "sk-unit-" + "x" * 20
 
 
 def run(handler, texts=("a", "b"), **kw):
     async def go():
-        async with EmbeddingsClient(base_url="http://p/v1", model="m", api_key=SecretStr(KEY),
-                                    transport=httpx.MockTransport(handler), **kw) as c:
+        async with EmbeddingsClient(
+            base_url="http://p/v1", model="m", api_key=SecretStr(KEY), transport=httpx.MockTransport(handler), **kw
+        ) as c:
             return await c.embed(list(texts))
 
     return asyncio.run(go())
@@ -41,8 +42,10 @@ def ok(vectors, *, b64=True, order=None, **extra):
         v = np.asarray(vectors[i], dtype="<f4")
         emb = base64.b64encode(v.tobytes()).decode() if b64 else v.tolist()
         data.append({"object": "embedding", "index": i, "embedding": emb})
-    return httpx.Response(200, json={"object": "list", "data": data, "model": "m",
-                                     "usage": {"prompt_tokens": 7, "total_tokens": 7}, **extra})
+    return httpx.Response(
+        200,
+        json={"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 7, "total_tokens": 7}, **extra},
+    )
 
 
 def test_request_carries_bearer_model_input_array_base64_and_dimensions():
@@ -83,9 +86,15 @@ def test_items_without_index_are_taken_in_order_and_usage_may_be_missing():
         ({"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}]}, "bad_index"),
         ({"data": [{"index": 0, "embedding": [1.0]}, {"embedding": [2.0]}]}, "bad_index"),
         ({"data": [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [2.0, 3.0]}]}, "dimension_mismatch"),
-        ({"data": [{"index": 0, "embedding": [1.0]},
-                   {"index": 1, "embedding": base64.b64encode(np.array([np.nan], "<f4").tobytes()).decode()}]},
-         "non_finite"),
+        (
+            {
+                "data": [
+                    {"index": 0, "embedding": [1.0]},
+                    {"index": 1, "embedding": base64.b64encode(np.array([np.nan], "<f4").tobytes()).decode()},
+                ]
+            },
+            "non_finite",
+        ),
         ({"data": [{"index": 0, "embedding": "!!"}, {"index": 1, "embedding": [1.0]}]}, "bad_base64"),
         ({"data": [{"index": 0, "embedding": None}, {"index": 1, "embedding": [1.0]}]}, "bad_embedding"),
         ({"nope": 1}, "bad_response"),
@@ -141,8 +150,9 @@ def test_html_page_from_a_proxy_is_transient():
 
 
 def err(status, code=None, type_=None, message="nope", headers=None):
-    return lambda r: httpx.Response(status, headers=headers or {},
-                                    json={"error": {"message": message, "type": type_, "param": None, "code": code}})
+    return lambda r: httpx.Response(
+        status, headers=headers or {}, json={"error": {"message": message, "type": type_, "param": None, "code": code}}
+    )
 
 
 @pytest.mark.parametrize(
@@ -211,7 +221,6 @@ def test_base_url_must_be_http():
 def test_read_responses_are_freed_without_waiting_for_the_cyclic_gc():
     """A response body (megabytes for a big batch) must not wait for a full GC to be freed."""
     import gc
-
     import weakref
 
     refs = []

@@ -11,9 +11,9 @@ import sys
 import psycopg
 import pytest
 
+from vectorfill.errors import ConfigError, DatabaseError
 from vectorfill.local import corpus
 from vectorfill.local.corpus import MAX_BODY_CHARS, DocRow, load_stdlib_docs, write_corpus
-from vectorfill.errors import ConfigError, DatabaseError
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,7 @@ def _digest(rows: list[DocRow]) -> str:
 
 
 def test_public_api_is_what_all_says():
-    assert sorted(corpus.__all__) == sorted(
-        ["DocRow", "MAX_BODY_CHARS", "load_stdlib_docs", "write_corpus"]
-    )
+    assert sorted(corpus.__all__) == sorted(["DocRow", "MAX_BODY_CHARS", "load_stdlib_docs", "write_corpus"])
 
 
 def test_corpus_has_thousands_of_real_docstrings(rows: list[DocRow]):
@@ -55,16 +53,12 @@ def test_rows_are_clean_unique_and_bounded(rows: list[DocRow]):
 
 def test_private_names_tests_and_side_effect_modules_are_skipped(rows: list[DocRow]):
     ids = {r.id for r in rows}
-    assert (
-        not {"test", "unittest.test", "ctypes.test", "asyncio.__main__", "encodings.cp1252"} & ids
-    )
+    assert not {"test", "unittest.test", "ctypes.test", "asyncio.__main__", "encodings.cp1252"} & ids
     for r in rows:
         parts = r.id.split(".")
         assert not any(p.startswith("_") for p in parts), r.id
         assert not re.search(r"(^|\.)(tests?|idle_test)\.", r.id), r.id  # cgi.test is a function
-        assert parts[0] not in {"antigravity", "this", "idlelib", "tkinter", "turtle", "lib2to3"}, (
-            r.id
-        )
+        assert parts[0] not in {"antigravity", "this", "idlelib", "tkinter", "turtle", "lib2to3"}, r.id
 
 
 def test_same_rows_in_a_fresh_interpreter(rows: list[DocRow]):
@@ -108,16 +102,9 @@ def test_write_corpus_creates_the_table_and_is_idempotent(fresh_db: str, rows: l
 
     assert write_corpus(fresh_db, sample) == 300
 
-    assert (
-        _table(fresh_db, "public.stdlib_docs")
-        == first
-        == sorted(dataclasses.astuple(r) for r in sample)
-    )
+    assert _table(fresh_db, "public.stdlib_docs") == first == sorted(dataclasses.astuple(r) for r in sample)
     with psycopg.connect(fresh_db) as conn:  # unchanged rows were not rewritten
-        assert (
-            conn.execute("SELECT sum(xmin::text::bigint) FROM stdlib_docs").fetchone()
-            == xmin_before
-        )
+        assert conn.execute("SELECT sum(xmin::text::bigint) FROM stdlib_docs").fetchone() == xmin_before
 
 
 def test_write_corpus_updates_changed_rows_and_adds_new_ones(fresh_db: str, rows: list[DocRow]):

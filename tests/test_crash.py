@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 from conftest import API_KEY
 
 
@@ -24,18 +25,26 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "lease_s": 10, "retries": 1})
     env.provider.latency_s = 0.3  # slow enough that the kill lands while requests are in flight
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import asyncio
         from vectorfill.orchestration.runtime import prefect_defaults
         prefect_defaults()
         from vectorfill.flows.backfill import backfill
         asyncio.run(backfill("docs"))
-    """))
-    child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
-                     PREFECT_HOME=str(tmp_path / "prefect"))
+    """)
+    )
+    child_env = dict(
+        os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
+    )
     child_env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server
-    proc = subprocess.Popen([sys.executable, str(script)], env=child_env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=child_env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while env.status().embedded < 100 or leased_rows(env) == 0:  # well into the work, mid-batch
@@ -68,12 +77,13 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     assert resent <= 100, f"{resent} texts were sent twice"
 
 
-def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(provider, prefect_server, monkeypatch, tmp_path):
+def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(
+    provider, prefect_server, monkeypatch, tmp_path
+):
     """A server of its own, so that restarting it disturbs no other test."""
     import threading
 
     from conftest import Env
-
     from vectorfill.local import pgembedded
     from vectorfill.storage.db import migrate
 
@@ -125,14 +135,20 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
     env.make_table(400)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1})
     env.provider.latency_s = 1.0
-    child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
-                     PREFECT_HOME=str(tmp_path / "prefect"))
+    child_env = dict(
+        os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
+    )
     child_env.pop("PREFECT_API_URL", None)
     # As from a terminal: SIGINT handled by default even if this test process ignores it
     # (a child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt).
-    proc = subprocess.Popen([sys.executable, "-m", "vectorfill.cli", "backfill", "docs"], env=child_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vectorfill.cli", "backfill", "docs"],
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while leased_rows(env) == 0:
@@ -161,7 +177,6 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
     assert env.status().embedded == 400
 
 
-
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
 def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path, sigint):
     """Prefect's runners and workers, systemd, Docker and Kubernetes stop a process with
@@ -171,15 +186,21 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path
     # with a shared rate budget, which the run gives back too on its way out
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1, "tpm": 1_000_000})
     env.provider.latency_s = 1.0
-    child_env = dict(os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY,
-                     PREFECT_HOME=str(tmp_path / "prefect"))
+    child_env = dict(
+        os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
+    )
     child_env.pop("PREFECT_API_URL", None)
     disposition = signal.SIG_DFL if sigint == "default" else signal.SIG_IGN
     log = tmp_path / "out.txt"
     with open(log, "w") as out:  # a file, not a pipe: a process left behind cannot block the test
-        proc = subprocess.Popen([sys.executable, "-m", "vectorfill.cli", "backfill", "docs"], env=child_env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vectorfill.cli", "backfill", "docs"],
+            env=child_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
+        )
     try:
         deadline = time.monotonic() + 120
         while leased_rows(env) == 0:

@@ -23,7 +23,7 @@ DIMS = 32
 KEY = "sk-fake"
 
 
-@pytest.fixture()
+@pytest.fixture
 def provider():
     """A provider of its own for each test (~50 ms), so that no stray request from another
     test can consume a scripted fault."""
@@ -31,7 +31,7 @@ def provider():
         yield provider
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(provider):
     with httpx.Client(base_url=provider.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
         yield c
@@ -74,7 +74,7 @@ def test_base_url_ends_in_v1_and_the_server_stops_cleanly():
 
 def test_vectors_are_the_expected_vectors(client, provider):
     body = embed(client, ["a", "b"], dimensions=8).json()
-    for text, item in zip(["a", "b"], body["data"]):
+    for text, item in zip(["a", "b"], body["data"], strict=False):
         np.testing.assert_array_equal(np.asarray(item["embedding"], np.float32), provider.expected_vector(text, 8))
 
 
@@ -309,8 +309,22 @@ def test_runs_as_its_own_process_with_stats():
     script = Path(__file__).with_name("fake_provider.py")
     env = {**os.environ, "FAKE_KEY": "sk-proc"}
     proc = subprocess.Popen(
-        [sys.executable, str(script), "--port", str(port), "--dimensions", "16", "--latency-ms", "1",
-         "--rpm", "600", "--tpm", "100000", "--api-key-env", "FAKE_KEY"],
+        [
+            sys.executable,
+            str(script),
+            "--port",
+            str(port),
+            "--dimensions",
+            "16",
+            "--latency-ms",
+            "1",
+            "--rpm",
+            "600",
+            "--tpm",
+            "100000",
+            "--api-key-env",
+            "FAKE_KEY",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -319,7 +333,9 @@ def test_runs_as_its_own_process_with_stats():
         url = f"http://127.0.0.1:{port}"
         wait_until_healthy(url, proc, timeout=20)
         headers = {"Authorization": "Bearer sk-proc"}
-        response = httpx.post(url + "/v1/embeddings", json={"model": "fake-embed", "input": ["p", "q"]}, headers=headers)
+        response = httpx.post(
+            url + "/v1/embeddings", json={"model": "fake-embed", "input": ["p", "q"]}, headers=headers
+        )
         assert response.status_code == 200
         assert len(response.json()["data"][0]["embedding"]) == 16
         assert response.headers["x-ratelimit-limit-requests"] == "600"

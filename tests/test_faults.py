@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_backfill import assert_vectors_match_texts
 
+from test_backfill import assert_vectors_match_texts
 from vectorfill.errors import QuotaExceeded, TransientProviderError
 
 
@@ -18,9 +18,15 @@ def test_a_hang_past_the_timeout_is_retried(env):
     assert_vectors_match_texts(env)
 
 
-@pytest.mark.parametrize("status, body", [
-    (500, None), (502, "<html><body>Bad gateway</body></html>"), (429, None), (408, None),
-])
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (500, None),
+        (502, "<html><body>Bad gateway</body></html>"),
+        (429, None),
+        (408, None),
+    ],
+)
 def test_transient_statuses_and_proxy_pages_are_retried(env, status, body):
     env.make_table(20)
     env.create_job(settings_kw={"retries": 2, "concurrency": 1})
@@ -33,9 +39,18 @@ def test_transient_statuses_and_proxy_pages_are_retried(env, status, body):
 def test_insufficient_quota_stops_the_run_without_retrying(env):
     env.make_table(20)
     env.create_job(settings_kw={"retries": 3, "concurrency": 1})
-    env.provider.fail_next(5, status=429, body={"error": {
-        "message": "You exceeded your current quota", "type": "insufficient_quota",
-        "param": None, "code": "insufficient_quota"}})
+    env.provider.fail_next(
+        5,
+        status=429,
+        body={
+            "error": {
+                "message": "You exceeded your current quota",
+                "type": "insufficient_quota",
+                "param": None,
+                "code": "insufficient_quota",
+            }
+        },
+    )
     with pytest.raises(QuotaExceeded, match="not a rate limit"):
         env.backfill()
     assert env.provider.requests == 1

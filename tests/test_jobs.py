@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from vectorfill.storage.db import connect, current_revision, migrate
 from vectorfill.errors import ConfigError, JobError, SourceError
+from vectorfill.storage.db import connect, current_revision, migrate
 
 
 @pytest.fixture
@@ -21,8 +21,16 @@ def db(fresh_db):
 def create(url, **kw):
     from vectorfill.jobs.registry import create_job
 
-    args = dict(name="docs", table="articles", text_columns=["body"], template=None, key_columns=None,
-                model="m", base_url="http://127.0.0.1:1/v1", api_key_env=None)
+    args = dict(
+        name="docs",
+        table="articles",
+        text_columns=["body"],
+        template=None,
+        key_columns=None,
+        model="m",
+        base_url="http://127.0.0.1:1/v1",
+        api_key_env=None,
+    )
     args.update(kw)
     with connect(url) as conn:
         return create_job(conn, **args)
@@ -30,8 +38,12 @@ def create(url, **kw):
 
 def triggers_on(url, table="articles"):
     with connect(url) as conn:
-        return sorted(r[0] for r in conn.execute(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", (table,)))
+        return sorted(
+            r[0]
+            for r in conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", (table,)
+            )
+        )
 
 
 def test_migrations_upgrade_and_downgrade_leave_no_trace_on_user_tables(db):
@@ -87,7 +99,7 @@ def test_template_naming_a_missing_column_is_a_clear_error(db):
 
 
 def test_identifiers_that_try_sql_injection_are_treated_as_names(db):
-    evil = 'articles; DROP TABLE articles; --'
+    evil = "articles; DROP TABLE articles; --"
     with pytest.raises(SourceError, match="does not exist"):
         create(db, table=evil)
     with pytest.raises(SourceError, match="no column"):
@@ -189,8 +201,8 @@ def test_index_is_suggested_for_big_tables_and_search_finds_the_row_through_it(e
     from psycopg import sql as pgsql
 
     import vectorfill.jobs.search as search_mod
-    from vectorfill.storage import sql
     from vectorfill.jobs.registry import load_job
+    from vectorfill.storage import sql
 
     env.make_table(300)
     env.create_job()
@@ -207,7 +219,9 @@ def test_index_is_suggested_for_big_tables_and_search_finds_the_row_through_it(e
         conn.execute("SET enable_seqscan = off")
         hits = search_mod.search(conn, "docs", text, k=3)
         job = load_job(conn, "docs")
-        plan = conn.execute(pgsql.SQL("EXPLAIN ") + sql.JobSQL(job, job.active).search(),
-                            {"q": env.provider.expected_vector(text), "k": 3}).fetchall()
+        plan = conn.execute(
+            pgsql.SQL("EXPLAIN ") + sql.JobSQL(job, job.active).search(),
+            {"q": env.provider.expected_vector(text), "k": 3},
+        ).fetchall()
     assert hits[0].id == 5 and hits[0].distance < 1e-5 and hits[0].text == text
     assert any("_v_1_1_hnsw" in line for (line,) in plan), "the search's ORDER BY ... LIMIT uses the index"

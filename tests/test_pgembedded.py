@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from vectorfill.local import pgembedded
 from vectorfill.errors import ConfigError
+from vectorfill.local import pgembedded
 
 
 def _scratch_data_dir() -> Iterator[Path]:
@@ -163,9 +163,7 @@ def test_concurrent_starts_make_one_server(data_dir: Path):
     urls = {out.strip().splitlines()[-1] for out, _, _ in results}
     assert len(urls) == 1
     with psycopg.connect(urls.pop()) as conn:
-        assert conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname = 'vectorfill'"
-        ).fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'vectorfill'").fetchone() == (1,)
 
 
 def test_stale_pid_file_whose_pid_was_reused_does_not_block_start(data_dir: Path):
@@ -201,9 +199,6 @@ def test_non_postgres_directory_is_refused_with_a_config_error(data_dir: Path):
 
 def test_sqlalchemy_url_swaps_only_the_scheme():
     url = "postgresql://postgres@/vectorfill?host=/tmp/x/pgdata"
-    assert (
-        pgembedded.sqlalchemy_url(url)
-        == "postgresql+psycopg://postgres@/vectorfill?host=/tmp/x/pgdata"
-    )
+    assert pgembedded.sqlalchemy_url(url) == "postgresql+psycopg://postgres@/vectorfill?host=/tmp/x/pgdata"
     with pytest.raises(ConfigError):
         pgembedded.sqlalchemy_url("mysql://x/y")

@@ -6,12 +6,27 @@ import vectorfill.tasks
 
 
 def test_top_level_names_are_exactly_these():
-    assert sorted(vectorfill.__all__) == sorted([
-        "__version__", "EmbeddingsClient", "Embeddings", "JobSettings", "VectorfillError",
-        "ConfigError", "SecretMissing", "JobError", "SourceError", "DatabaseError", "ProviderError",
-        "TransientProviderError", "TerminalProviderError", "AuthenticationError", "ModelNotFound",
-        "QuotaExceeded", "InputError",
-    ])
+    assert sorted(vectorfill.__all__) == sorted(
+        [
+            "__version__",
+            "EmbeddingsClient",
+            "Embeddings",
+            "JobSettings",
+            "VectorfillError",
+            "ConfigError",
+            "SecretMissing",
+            "JobError",
+            "SourceError",
+            "DatabaseError",
+            "ProviderError",
+            "TransientProviderError",
+            "TerminalProviderError",
+            "AuthenticationError",
+            "ModelNotFound",
+            "QuotaExceeded",
+            "InputError",
+        ]
+    )
     for name in vectorfill.__all__:
         assert hasattr(vectorfill, name), name
 
@@ -35,5 +50,13 @@ def test_importing_vectorfill_does_not_import_prefect():
 
 
 def test_stage_tasks_are_the_published_ones():
-    assert {"prepare_run", "fill_batch", "claim_rows", "embed_batch", "store_batch", "switch_versions", "report_run",
-            "release_rows"} <= set(vectorfill.tasks.__all__)
+    assert {
+        "prepare_run",
+        "fill_batch",
+        "claim_rows",
+        "embed_batch",
+        "store_batch",
+        "switch_versions",
+        "report_run",
+        "release_rows",
+    } <= set(vectorfill.tasks.__all__)

@@ -47,8 +47,17 @@ def run(coro):
 
 def test_public_api_is_what_the_module_says():
     assert sorted(vectorfill.ratelimit.__all__) == sorted(
-        ["RateLimiter", "Permit", "LimiterStats", "SharedBudget", "Grant", "Concurrency", "Slot", "Throttle",
-         "parse_duration"]
+        [
+            "RateLimiter",
+            "Permit",
+            "LimiterStats",
+            "SharedBudget",
+            "Grant",
+            "Concurrency",
+            "Slot",
+            "Throttle",
+            "parse_duration",
+        ]
     )
 
 
@@ -105,7 +114,7 @@ def test_a_full_minute_of_tokens_goes_at_once_then_refills_at_limit_over_60():
 
 
 def test_the_wait_is_the_longer_of_the_two_budgets():
-    rl, t = limiter(rpm=60, tpm=6_000)  # 1 request/s, 100 tokens/s
+    rl, _t = limiter(rpm=60, tpm=6_000)  # 1 request/s, 100 tokens/s
 
     async def go():
         for _ in range(50):
@@ -118,7 +127,7 @@ def test_the_wait_is_the_longer_of_the_two_budgets():
     assert a.waited == 0.0
     assert b.waited == pytest.approx(0.1)  # 10 tokens at 100/s; a request is still free
 
-    rl, t = limiter(rpm=60, tpm=600_000)
+    rl, _t = limiter(rpm=60, tpm=600_000)
 
     async def requests_bind():
         for _ in range(60):
@@ -157,7 +166,7 @@ def test_no_budget_means_no_waiting():
 
 
 def test_a_cancelled_acquire_charges_nothing():
-    rl, t = limiter(tpm=600)
+    rl, _t = limiter(tpm=600)
 
     async def go():
         await rl.acquire(600)
@@ -194,7 +203,7 @@ def test_negative_budgets_are_refused():
 
 
 def test_settle_gives_back_an_over_estimate_and_charges_an_under_estimate():
-    rl, t = limiter(tpm=6_000)  # 100 tokens/s
+    rl, _t = limiter(tpm=6_000)  # 100 tokens/s
 
     async def go():
         p = await rl.acquire(6_000)
@@ -235,14 +244,17 @@ def test_settle_twice_counts_once():
 
 
 def test_headers_lower_the_budget_when_the_provider_has_less():
-    rl, t = limiter(rpm=600, tpm=60_000)
+    rl, _t = limiter(rpm=600, tpm=60_000)
 
     async def go():
         p = await rl.acquire(1_000)
         p.settle(
             1_000,
-            {"x-ratelimit-remaining-tokens": "2000", "x-ratelimit-remaining-requests": "10",
-             "x-ratelimit-reset-tokens": "58s"},
+            {
+                "x-ratelimit-remaining-tokens": "2000",
+                "x-ratelimit-remaining-requests": "10",
+                "x-ratelimit-reset-tokens": "58s",
+            },
         )
         return await rl.acquire(3_000)
 
@@ -305,8 +317,11 @@ def test_malformed_headers_are_ignored():
         p = await rl.acquire(1_000)
         p.settle(
             1_000,
-            {"x-ratelimit-remaining-tokens": "lots", "x-ratelimit-reset-tokens": "soon",
-             "x-ratelimit-limit-tokens": "-5"},
+            {
+                "x-ratelimit-remaining-tokens": "lots",
+                "x-ratelimit-reset-tokens": "soon",
+                "x-ratelimit-limit-tokens": "-5",
+            },
         )
 
     run(go())
@@ -314,12 +329,19 @@ def test_malformed_headers_are_ignored():
 
 
 def test_an_announced_limit_becomes_the_budget_when_none_or_a_higher_one_is_set():
-    rl, t = limiter()
+    rl, _t = limiter()
 
     async def go():
         p = await rl.acquire(100)
-        p.settle(100, {"x-ratelimit-limit-tokens": "6000", "x-ratelimit-remaining-tokens": "5900",
-                       "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59"})
+        p.settle(
+            100,
+            {
+                "x-ratelimit-limit-tokens": "6000",
+                "x-ratelimit-remaining-tokens": "5900",
+                "x-ratelimit-limit-requests": "60",
+                "x-ratelimit-remaining-requests": "59",
+            },
+        )
         return await rl.acquire(6_000)
 
     q = run(go())
@@ -369,14 +391,14 @@ def test_a_429_pauses_every_acquirer_until_retry_after():
 
 
 def test_a_longer_429_extends_the_pause_and_a_shorter_one_does_not_shorten_it():
-    rl, t = limiter(tpm=6_000)
+    rl, _t = limiter(tpm=6_000)
     rl.on_429(5.0)
     rl.on_429(1.0)
     assert run(rl.acquire(1)).waited == pytest.approx(5.0)
 
 
 def test_a_429_without_retry_after_pauses_a_second_and_long_ones_are_capped():
-    rl, t = limiter(tpm=6_000, max_pause_s=30.0)
+    rl, _t = limiter(tpm=6_000, max_pause_s=30.0)
     assert rl.on_429(None) == 1.0
     assert rl.on_429(3_600.0) == 30.0
     assert run(rl.acquire(1)).waited == pytest.approx(30.0)
@@ -432,7 +454,7 @@ def conc(initial=2, **kw) -> tuple[Concurrency, FakeTime]:
 
 
 def test_concurrency_holds_requests_beyond_the_limit_in_order():
-    c, t = conc(2, max_limit=8)
+    c, _t = conc(2, max_limit=8)
     started: list[int] = []
 
     async def one(i: int, gate: asyncio.Event):
@@ -531,7 +553,7 @@ def test_concurrency_halves_after_a_429_once_per_round():
 
 
 def test_a_cancelled_waiter_does_not_keep_a_slot():
-    c, t = conc(1, max_limit=1)
+    c, _t = conc(1, max_limit=1)
 
     async def go():
         gate = asyncio.Event()
@@ -612,7 +634,7 @@ def rate_limited(retry_after=2.0):
 
 
 def test_throttle_settles_with_the_billed_tokens_and_the_headers():
-    th, t = throttle(tpm=60_000)
+    th, _t = throttle(tpm=60_000)
     request, calls = scripted(Answer(800, {"x-ratelimit-remaining-tokens": "50000"}))
     result = run(th.send(1_000, request))
     assert result.prompt_tokens == 800 and len(calls) == 1
@@ -640,7 +662,7 @@ def test_throttle_retries_a_429_after_a_pause_shared_with_every_request():
 
 
 def test_throttle_gives_up_after_max_429_retries():
-    th, t = throttle(tpm=60_000, max_429_retries=2)
+    th, _t = throttle(tpm=60_000, max_429_retries=2)
     request, calls = scripted(rate_limited(), rate_limited(), rate_limited(), Answer(1))
     with pytest.raises(TransientProviderError):
         run(th.send(10, request))
@@ -649,7 +671,7 @@ def test_throttle_gives_up_after_max_429_retries():
 
 
 def test_throttle_raises_other_errors_at_once_keeping_the_charge():
-    th, t = throttle(tpm=60_000)
+    th, _t = throttle(tpm=60_000)
     request, calls = scripted(TransientProviderError("503", status=503, retry_after=5.0))
     with pytest.raises(TransientProviderError):
         run(th.send(1_000, request))
@@ -675,7 +697,7 @@ def test_the_limiter_keeps_a_real_rate_limited_provider_near_its_budget_without_
 
     counter = Cl100k()
     rng = random.Random(5)
-    words = "budget harbour weather schools council survey bridge winter market roof".split()
+    words = ["budget", "harbour", "weather", "schools", "council", "survey", "bridge", "winter", "market", "roof"]
     texts = [" ".join(rng.choice(words) for _ in range(100)) for _ in range(400)]
     counts = counter.count(texts)
     batches = [(texts[i : i + 2], sum(counts[i : i + 2])) for i in range(0, len(texts), 2)]

@@ -15,13 +15,13 @@ import time
 import httpx
 import numpy as np
 import pytest
+
 from conftest import API_KEY
 from fake_provider import FakeProvider
 from test_cli import user_env, vf
-
-from vectorfill.storage.db import connect, migrate
 from vectorfill.jobs.search import search
 from vectorfill.jobs.versions import list_versions
+from vectorfill.storage.db import connect, migrate
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -40,7 +40,10 @@ class Served:
         self.api = f"http://127.0.0.1:{port}/api"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vectorfill.cli", "serve", "--port", str(port), *args],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             # Ctrl-C must reach it: under the full suite this process may ignore SIGINT, and
             # an ignored signal is inherited
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -93,8 +96,23 @@ def job_on_articles(db_url: str, tmp_path, base_url: str, rows: int, *options: s
     with connect(db_url) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, %s) g", (rows,))
-    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
-       "--base-url", base_url, "--api-key-env", "VF_KEY", *options, env=env)
+    vf(
+        "job",
+        "create",
+        "docs",
+        "--table",
+        "articles",
+        "--text",
+        "body",
+        "--model",
+        "fake-embed",
+        "--base-url",
+        base_url,
+        "--api-key-env",
+        "VF_KEY",
+        *options,
+        env=env,
+    )
     return env
 
 
@@ -102,7 +120,7 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
     env = job_on_articles(fresh_db, tmp_path, provider.base_url, 120, "--max-inputs", "40")
 
     port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 -- the served process writes to it until stopped
     served = Served(env, port, log, "--cron", "30 3 * * *")
     try:
         served.wait_for_deployments({"backfill-docs", "reembed"})
@@ -114,8 +132,7 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
         assert first["embedded"] == 120
 
         with FakeProvider(dimensions=48, api_key=API_KEY, model="fake-embed-v2") as new:
-            out = vf("job", "set-model", "docs", "--model", "fake-embed-v2", "--base-url", new.base_url,
-                     env=env).stdout
+            out = vf("job", "set-model", "docs", "--model", "fake-embed-v2", "--base-url", new.base_url, env=env).stdout
             assert "version 2 (fake-embed-v2) is filling, 120 rows queued" in out
             assert f"sent to {served.api}" in out
 
@@ -171,8 +188,8 @@ def test_prefect_yaml_declares_what_serve_serves():
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
     from prefect.utilities.importtools import import_object
 
-    from vectorfill.orchestration.events import MODEL_CHANGED
     from vectorfill.flows.backfill import backfill
+    from vectorfill.orchestration.events import MODEL_CHANGED
     from vectorfill.orchestration.prefect_server import build_deployments
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
@@ -194,12 +211,15 @@ def test_prefect_yaml_declares_what_serve_serves():
 def test_a_run_cancelled_from_prefect_stops_within_seconds_and_gives_its_claims_back(fresh_db, tmp_path):
     with FakeProvider(dimensions=32, api_key=API_KEY, latency_s=0.3) as slow:
         env = job_on_articles(fresh_db, tmp_path, slow.base_url, 4000, "--max-inputs", "20", "--concurrency", "2")
-        log = open(tmp_path / "serve.log", "wb")
+        log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 -- the served process writes to it until stopped
         served = Served(env, free_port(), log)
         try:
             served.wait_for_deployments({"backfill-docs"})
-            dep = next(d for d in httpx.post(f"{served.api}/deployments/filter", json={}).json()
-                       if d["name"] == "backfill-docs")
+            dep = next(
+                d
+                for d in httpx.post(f"{served.api}/deployments/filter", json={}).json()
+                if d["name"] == "backfill-docs"
+            )
             run = httpx.post(f"{served.api}/deployments/{dep['id']}/create_flow_run", json={}).json()
 
             def embedded():
@@ -208,8 +228,10 @@ def test_a_run_cancelled_from_prefect_stops_within_seconds_and_gives_its_claims_
 
             wait_until(lambda: embedded() >= 100, 180, "the served run to embed some rows")
             cancelled_at = time.monotonic()
-            httpx.post(f"{served.api}/flow_runs/{run['id']}/set_state",
-                       json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True}).raise_for_status()
+            httpx.post(
+                f"{served.api}/flow_runs/{run['id']}/set_state",
+                json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+            ).raise_for_status()
 
             def state():
                 return httpx.get(f"{served.api}/flow_runs/{run['id']}").json()["state"]["type"]

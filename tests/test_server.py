@@ -18,10 +18,8 @@ import tiktoken
 
 import vectorfill.local.embeddings_server
 from fake_provider import wait_until_healthy
-
-from vectorfill.local.embeddings_server import ServerThread
 from vectorfill.errors import ConfigError, SecretMissing
-from vectorfill.local.embeddings_server import HashEncoder, create_app, expected_vector, run_server
+from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector, run_server
 from vectorfill.local.embeddings_server.batcher import MicroBatcher
 from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
 
@@ -43,7 +41,7 @@ def server():
         yield running
 
 
-@pytest.fixture()
+@pytest.fixture
 def client(server):
     with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
         yield c
@@ -115,14 +113,14 @@ def test_array_input_answers_every_text_in_order_with_its_index(client):
     texts = [f"text number {i}" for i in range(10)]
     body = embed(client, texts).json()
     assert [item["index"] for item in body["data"]] == list(range(10))
-    for text, item in zip(texts, body["data"]):
+    for text, item in zip(texts, body["data"], strict=False):
         np.testing.assert_array_equal(floats(item), expected_vector(text, DIMS))
 
 
 def test_base64_is_little_endian_float32_of_the_same_vector(client):
     texts = ["alpha", "beta"]
     body = embed(client, texts, encoding_format="base64").json()
-    for text, item in zip(texts, body["data"]):
+    for text, item in zip(texts, body["data"], strict=False):
         assert isinstance(item["embedding"], str)
         vector = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
         np.testing.assert_array_equal(vector, expected_vector(text, DIMS))
@@ -234,7 +232,9 @@ def test_input_of_the_wrong_type_is_400(client, value):
 
 
 def test_malformed_json_is_400(client):
-    response = client.post("/embeddings", content=b'{"model": "fake-embed", "input": ', headers={"content-type": "application/json"})
+    response = client.post(
+        "/embeddings", content=b'{"model": "fake-embed", "input": ', headers={"content-type": "application/json"}
+    )
     error = assert_openai_error(response, 400)
     assert "JSON" in error["message"]
 
@@ -299,7 +299,7 @@ def test_health_needs_no_auth(server):
 # ---------------------------------------------------------------- the official client
 
 
-@pytest.fixture()
+@pytest.fixture
 def openai_client(server):
     with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as c:
         yield c
@@ -308,7 +308,9 @@ def openai_client(server):
 def test_openai_client_embeds_a_string(openai_client):
     result = openai_client.embeddings.create(model="fake-embed", input="hello from openai")
     assert len(result.data) == 1
-    np.testing.assert_array_equal(np.asarray(result.data[0].embedding, np.float32), expected_vector("hello from openai", DIMS))
+    np.testing.assert_array_equal(
+        np.asarray(result.data[0].embedding, np.float32), expected_vector("hello from openai", DIMS)
+    )
     assert result.usage.prompt_tokens == result.usage.total_tokens > 0
 
 
@@ -318,7 +320,7 @@ def test_openai_client_embeds_an_array(openai_client, encoding_format):
     kwargs = {"encoding_format": encoding_format} if encoding_format else {}
     result = openai_client.embeddings.create(model="fake-embed", input=texts, **kwargs)
     assert [d.index for d in result.data] == [0, 1, 2]
-    for text, item in zip(texts, result.data):
+    for text, item in zip(texts, result.data, strict=False):
         if encoding_format == "base64":  # asked for explicitly, the client hands back the string
             vector = np.frombuffer(base64.b64decode(item.embedding), dtype="<f4")
         else:  # by default the client asks for base64 and decodes it itself
@@ -375,8 +377,8 @@ def test_concurrent_requests_are_batched_onto_the_model():
     with ServerThread(app) as running:
         responses = asyncio.run(send_all(running.url))
     assert all(r.status_code == 200 for r in responses)
-    for texts, response in zip(requests, responses):
-        for text, item in zip(texts, response.json()["data"]):
+    for texts, response in zip(requests, responses, strict=False):
+        for text, item in zip(texts, response.json()["data"], strict=False):
             np.testing.assert_array_equal(floats(item), expected_vector(text, DIMS))
     assert sum(encoder.batches) == 48
     assert len(encoder.batches) < len(requests), encoder.batches
@@ -455,7 +457,17 @@ def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_enviro
     port = _free_port()
     env = {**os.environ, "VF_TEST_KEY": "sk-from-env"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vectorfill.local.embeddings_server", "--model", "fake-embed", "--port", str(port), "--api-key-env", "VF_TEST_KEY"],
+        [
+            sys.executable,
+            "-m",
+            "vectorfill.local.embeddings_server",
+            "--model",
+            "fake-embed",
+            "--port",
+            str(port),
+            "--api-key-env",
+            "VF_TEST_KEY",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -465,7 +477,9 @@ def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_enviro
         wait_until_healthy(url, proc, timeout=20)
         with openai.OpenAI(base_url=url + "/v1", api_key="sk-from-env", max_retries=0) as c:
             result = c.embeddings.create(model="fake-embed", input="from a process")
-        np.testing.assert_array_equal(np.asarray(result.data[0].embedding, np.float32), expected_vector("from a process", 1536))
+        np.testing.assert_array_equal(
+            np.asarray(result.data[0].embedding, np.float32), expected_vector("from a process", 1536)
+        )
         assert httpx.post(url + "/v1/embeddings", json={"model": "fake-embed", "input": "x"}).status_code == 401
     finally:
         proc.terminate()

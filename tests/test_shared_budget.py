@@ -11,22 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import subprocess
 import sys
 import textwrap
 import time
 
-import psycopg
 import pytest
+
 from fake_provider import RateLimiter as ProviderBuckets
 from test_ratelimit import FakeTime
-
-from vectorfill.provider.budgets import PostgresBudget, endpoint_key
-from vectorfill.storage.db import connect, migrate
 from vectorfill.errors import BudgetUnavailable, ConfigError
+from vectorfill.provider.budgets import PostgresBudget, endpoint_key
 from vectorfill.provider.ratelimit import Grant, RateLimiter
+from vectorfill.storage.db import connect, migrate
 
 # --------------------------------------------------------------------------- in memory, fake clock
 
@@ -69,9 +67,13 @@ class MemoryBudget:
         if self.tpm:
             self.tokens -= got_t
         return Grant(
-            got_r, got_t,
-            self.requests if self.rpm else None, self.tokens if self.tpm else None,
-            self.rpm, self.tpm, max(0.0, self.paused_until - now),
+            got_r,
+            got_t,
+            self.requests if self.rpm else None,
+            self.tokens if self.tpm else None,
+            self.rpm,
+            self.tpm,
+            max(0.0, self.paused_until - now),
         )
 
     async def give_back(self, requests, tokens) -> None:
@@ -445,7 +447,9 @@ SPENDER = textwrap.dedent(
 def spender(url, endpoint, tpm, seconds, size, *extra):
     return subprocess.Popen(
         [sys.executable, "-c", SPENDER, url, endpoint, str(tpm), str(seconds), str(size), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

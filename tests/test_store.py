@@ -23,13 +23,16 @@ def _row_by_row(monkeypatch, *args):
         return store.binary_copy_payload(*args)
 
 
-@pytest.mark.parametrize("key_types, make_key", [
-    (["bigint"], lambda i: (i * 7_000_000_001 - 3,)),
-    (["integer"], lambda i: (-i,)),
-    (["smallint"], lambda i: (i,)),
-    (["uuid"], lambda i: (uuid.UUID(int=i * 2**70 + 5),)),
-    (["integer", "bigint", "uuid"], lambda i: (i % 3, i, uuid.UUID(int=i))),
-])
+@pytest.mark.parametrize(
+    "key_types, make_key",
+    [
+        (["bigint"], lambda i: (i * 7_000_000_001 - 3,)),
+        (["integer"], lambda i: (-i,)),
+        (["smallint"], lambda i: (i,)),
+        (["uuid"], lambda i: (uuid.UUID(int=i * 2**70 + 5),)),
+        (["integer", "bigint", "uuid"], lambda i: (i % 3, i, uuid.UUID(int=i))),
+    ],
+)
 @pytest.mark.parametrize("stale", [set(), {1, 4, 5}, set(range(9))])
 def test_fixed_width_keys_give_the_same_stream_as_row_by_row(monkeypatch, key_types, make_key, stale):
     keys = [make_key(i) for i in range(9)]

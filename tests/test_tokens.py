@@ -13,12 +13,47 @@ from vectorfill.provider.tokens import ByteEstimate, Cl100k
 COUNTER = Cl100k()
 
 _PIECES = [
-    "😀", "👩‍👩‍👧‍👦", "🇫🇷", "🏳️‍🌈", "e\u0301", "ﬁ", "\u200b", "\ufeff",  # emoji, ZWJ, flags, combining, invisible
-    "漢字", "日本語のテキスト", "한국어", "中文文本测试", "ไทย", "العربية", "עברית",  # CJK and other scripts
-    " ", "  ", "\t", "\n", "\r\n", " " * 40, "\n" * 17, "\t \t \n",  # whitespace runs
-    "a", "the", " word", "Hello", "don't", "1234567", "3.14159", "0x7fffffff",  # English and digits
-    "aaaaaaaaaaaaaaaa", "!!!!", "....", "----", "====", "<|endoftext|>", "\\u0000",  # long runs, specials
-    "def f(x):\n    return x\n", "SELECT * FROM t;", "https://example.com/a?b=c",  # code
+    "😀",
+    "👩‍👩‍👧‍👦",
+    "🇫🇷",
+    "🏳️‍🌈",
+    "e\u0301",
+    "ﬁ",
+    "\u200b",
+    "\ufeff",  # emoji, ZWJ, flags, combining, invisible
+    "漢字",
+    "日本語のテキスト",
+    "한국어",
+    "中文文本测试",
+    "ไทย",
+    "العربية",
+    "עברית",  # CJK and other scripts
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    " " * 40,
+    "\n" * 17,
+    "\t \t \n",  # whitespace runs
+    "a",
+    "the",
+    " word",
+    "Hello",
+    "don't",
+    "1234567",
+    "3.14159",
+    "0x7fffffff",  # English and digits
+    "aaaaaaaaaaaaaaaa",
+    "!!!!",
+    "....",
+    "----",
+    "====",
+    "<|endoftext|>",
+    "\\u0000",  # long runs, specials
+    "def f(x):\n    return x\n",
+    "SELECT * FROM t;",
+    "https://example.com/a?b=c",  # code
 ]
 
 
@@ -40,7 +75,7 @@ def tricky_texts(seed: int, n: int) -> list[str]:
 def test_a_cl100k_token_is_never_shorter_than_one_utf8_byte():
     """The bound the estimate rests on, over texts built to break it."""
     texts = tricky_texts(1, 2000) + ["\ud800 lone surrogate", "x\udfff"]
-    for text, n in zip(texts, COUNTER.count(texts)):
+    for text, n in zip(texts, COUNTER.count(texts), strict=False):
         assert n <= len(text.encode("utf-8", "surrogatepass")), repr(text)
 
 
@@ -52,7 +87,7 @@ def test_estimate_never_lets_a_text_over_the_limit_pass_as_within_it(seed):
     # limits around the texts' own counts, where a wrong bound would show
     for limit in sorted({1, 2, 5, 16, 64, 255, *rng.sample(exact, 20)}):
         estimated = COUNTER.estimate(texts, limit)
-        for text, e, x in zip(texts, estimated, exact):
+        for text, e, x in zip(texts, estimated, exact, strict=False):
             assert (e > limit) == (x > limit), (limit, text)
             if x > limit:
                 assert e == x, "a text over the limit is counted exactly (claim truncates to it)"
@@ -63,7 +98,7 @@ def test_estimate_counts_non_ascii_and_long_texts_exactly_and_small_claims_entir
     texts = tricky_texts(9, 200)
     exact = COUNTER.count(texts)
     estimated = COUNTER.estimate(texts, 50)
-    for text, e, x in zip(texts, estimated, exact):
+    for text, e, x in zip(texts, estimated, exact, strict=False):
         if not text.isascii() or len(text) > 50:
             assert e == x
     few = texts[: Cl100k.SAMPLE]
@@ -74,8 +109,26 @@ def test_estimated_request_totals_stay_within_a_few_percent_of_exact():
     """Measured on English-like paragraphs and a mix with CJK, emoji and code (the bench
     texts: within 1.3% per 1,024-text request; stdlib docstrings: within 7%)."""
     rng = random.Random(5)
-    words = ("the committee reviewed annual budget report harbour weather transport schools "
-             "announced described improved recorded planned delayed explained measured").split()
+    words = [
+        "the",
+        "committee",
+        "reviewed",
+        "annual",
+        "budget",
+        "report",
+        "harbour",
+        "weather",
+        "transport",
+        "schools",
+        "announced",
+        "described",
+        "improved",
+        "recorded",
+        "planned",
+        "delayed",
+        "explained",
+        "measured",
+    ]
     english = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 120))) + "." for _ in range(2048)]
     mixed = [t if rng.random() < 0.7 else tricky_text(rng) for t in english]
     for texts in (english, mixed):
@@ -114,7 +167,7 @@ def test_a_claim_of_several_requests_counts_exactly_only_when_one_request_nears_
     texts = [f"note {i}: the committee reviewed the annual budget " * 3 for i in range(100)]
     exact = COUNTER.count(texts)
     estimate = COUNTER.estimate(texts, 8191)
-    per_request = max(sum(estimate[i:i + 10]) for i in range(0, 100, 10))
+    per_request = max(sum(estimate[i : i + 10]) for i in range(0, 100, 10))
     roomy = int(per_request / ESTIMATE_HEADROOM) + 1  # every request fits with room; the claim would not
     assert sum(estimate) > ESTIMATE_HEADROOM * roomy
     assert count_tokens(COUNTER, texts, 8191, request_tokens=roomy, max_inputs=10) == estimate != exact
@@ -151,8 +204,13 @@ def test_tricky_texts_over_the_limit_are_truncated_token_exactly_and_the_rest_se
         with conn.cursor().copy("COPY tricky (k, body) FROM STDIN") as copy:
             for k, text in enumerate(texts):
                 copy.write_row((k, text))
-    env.create_job("tricky", table="tricky", template=None, text_columns=["body"],
-                   settings_kw={"max_input_tokens": limit, "max_inputs": 64, "retries": 1})
+    env.create_job(
+        "tricky",
+        table="tricky",
+        template=None,
+        text_columns=["body"],
+        settings_kw={"max_input_tokens": limit, "max_inputs": 64, "retries": 1},
+    )
     summary = env.backfill("tricky")
     exact = COUNTER.count(texts)
     over = sum(n > limit for n in exact)
@@ -160,9 +218,9 @@ def test_tricky_texts_over_the_limit_are_truncated_token_exactly_and_the_rest_se
     assert summary.truncated == over
     sent = env.provider.inputs
     assert len(sent) == len(texts) and max(COUNTER.count(sent)) <= limit
-    whole = sorted(t for t, n in zip(texts, exact) if n <= limit)
+    whole = sorted(t for t, n in zip(texts, exact, strict=False) if n <= limit)
     assert sorted(t for t in sent if t in set(whole)) == whole, "texts within the limit are sent as they are"
-    for text, n in zip(texts, exact):
+    for text, n in zip(texts, exact, strict=False):
         if n > limit:
             assert COUNTER.truncate(text, limit) in sent
 
@@ -180,9 +238,16 @@ def test_the_bundled_minilm_is_counted_and_truncated_exactly_as_its_server_count
     server = SentenceTransformerEncoder()
     rng = random.Random(7)
     texts = [
-        "Hello World", "", " ", "Ünïcödé façade — naïve café", "中文字符和日本語のテキスト", "emoji 🎉🔥👩‍👩‍👧 mix",
-        "CamelCaseIdentifiersAndsnake_case_names()", "\t\ttabs\nand\r\nnewlines  ", "a" * 3000,
-        " ".join("word%d" % i for i in range(400)),
+        "Hello World",
+        "",
+        " ",
+        "Ünïcödé façade — naïve café",
+        "中文字符和日本語のテキスト",
+        "emoji 🎉🔥👩‍👩‍👧 mix",
+        "CamelCaseIdentifiersAndsnake_case_names()",
+        "\t\ttabs\nand\r\nnewlines  ",
+        "a" * 3000,
+        " ".join(f"word{i}" for i in range(400)),
         "".join(chr(rng.randint(32, 0x2FFF)) for _ in range(700)),
     ]
     assert counter.count(texts) == server.count_tokens(texts)
@@ -204,4 +269,6 @@ def test_texts_the_claim_counted_are_not_counted_again_for_the_rate_budget():
     counted = tuple(Item((i,), 0, t, b"", 5, counted=True) for i, t in enumerate(texts))
     assert _budget_tokens("text-embedding-3-small", counted, _throttle(10_000_000)) == 5 * len(texts)
     mixed = counted[:4] + tuple(Item((i,), 0, t, b"", 5) for i, t in enumerate(texts[4:]))
-    assert _budget_tokens("text-embedding-3-small", mixed, _throttle(10_000_000)) == 5 * 4 + sum(COUNTER.count(texts[4:]))
+    assert _budget_tokens("text-embedding-3-small", mixed, _throttle(10_000_000)) == 5 * 4 + sum(
+        COUNTER.count(texts[4:])
+    )

@@ -10,13 +10,13 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import API_KEY
-from fake_provider import FakeProvider
 from psycopg import sql
 
-from vectorfill.jobs.registry import versions
+from conftest import API_KEY
+from fake_provider import FakeProvider
 from vectorfill.errors import ConfigError, JobError
 from vectorfill.jobs.estimate import estimate
+from vectorfill.jobs.registry import versions
 from vectorfill.jobs.search import create_index, search
 
 
@@ -80,7 +80,8 @@ def test_a_new_model_fills_beside_the_old_and_readers_switch_only_when_complete(
     assert sorted(new.inputs) == sorted(env.texts().values()), "each row sent to the new model once"
     with env.connect() as conn:
         assert conn.execute("SELECT to_regclass('vectorfill._v_1_2_hnsw')").fetchone()[0] is not None, (
-            "the old version's HNSW index was carried over before the switch")
+            "the old version's HNSW index was carried over before the switch"
+        )
 
     # searches embed the query with the new model and read the new vectors
     before = new.requests
@@ -203,7 +204,10 @@ def test_abandon_drops_the_new_version_and_prune_the_retired_one(env, new):
     set_model(env, new)
     with env.connect() as conn:
         versions.abandon(conn, "docs")
-        assert conn.execute("SELECT to_regclass('vectorfill._q_1_2'), to_regclass('vectorfill._v_1_2')").fetchone() == (None, None)
+        assert conn.execute("SELECT to_regclass('vectorfill._q_1_2'), to_regclass('vectorfill._v_1_2')").fetchone() == (
+            None,
+            None,
+        )
         conn.execute("INSERT INTO articles (id, title, body) VALUES (99, 'x', 'y')")  # trigger works on
     assert states(env) == {1: "active"} and env.status().pending == 1
 
@@ -230,7 +234,10 @@ def test_set_model_refuses_what_makes_no_sense(env, new):
         assert versions.set_model(conn, "docs", model="keyless", api_key_env="").api_key_env is None
         versions.abandon(conn, "docs")
     set_model(env, new)
-    with env.connect() as conn, pytest.raises(JobError, match=r"version 2 \(fake-embed-v2\) is already filling.*abandon"):
+    with (
+        env.connect() as conn,
+        pytest.raises(JobError, match=r"version 2 \(fake-embed-v2\) is already filling.*abandon"),
+    ):
         versions.set_model(conn, "docs", model="other")
     with env.connect() as conn, pytest.raises(JobError, match="cannot resume: version 2 is filling"):
         versions.resume(conn, "docs")

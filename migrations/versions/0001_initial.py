@@ -53,9 +53,7 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute(
-        "CREATE UNIQUE INDEX versions_one_active ON vectorfill.versions (job_id) WHERE state = 'active'"
-    )
+    op.execute("CREATE UNIQUE INDEX versions_one_active ON vectorfill.versions (job_id) WHERE state = 'active'")
     op.execute(
         """
         CREATE TABLE vectorfill.failures (

@@ -5,7 +5,6 @@ public face. The backfill flow is :func:`vectorfill.flows.backfill.backfill` (im
 demand: it brings Prefect in).
 """
 
-from vectorfill.provider.client import Embeddings, EmbeddingsClient
 from vectorfill.config import JobSettings
 from vectorfill.errors import (
     AuthenticationError,
@@ -22,25 +21,26 @@ from vectorfill.errors import (
     TransientProviderError,
     VectorfillError,
 )
+from vectorfill.provider.client import Embeddings, EmbeddingsClient
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
-    "EmbeddingsClient",
-    "Embeddings",
-    "JobSettings",
-    "VectorfillError",
-    "ConfigError",
-    "SecretMissing",
-    "JobError",
-    "SourceError",
-    "DatabaseError",
-    "ProviderError",
-    "TransientProviderError",
-    "TerminalProviderError",
     "AuthenticationError",
-    "ModelNotFound",
-    "QuotaExceeded",
+    "ConfigError",
+    "DatabaseError",
+    "Embeddings",
+    "EmbeddingsClient",
     "InputError",
+    "JobError",
+    "JobSettings",
+    "ModelNotFound",
+    "ProviderError",
+    "QuotaExceeded",
+    "SecretMissing",
+    "SourceError",
+    "TerminalProviderError",
+    "TransientProviderError",
+    "VectorfillError",
+    "__version__",
 ]

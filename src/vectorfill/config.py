@@ -21,12 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from vectorfill.errors import ConfigError, SecretMissing
 
 __all__ = [
-    "JobSettings",
     "DATABASE_URL_ENV",
+    "RESERVED_JOB_NAMES",
+    "JobSettings",
     "database_url_from_env",
     "read_api_key",
     "validate_job_name",
-    "RESERVED_JOB_NAMES",
 ]
 
 DATABASE_URL_ENV = "VECTORFILL_DATABASE_URL"

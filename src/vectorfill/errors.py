@@ -25,24 +25,24 @@ to the user unwrapped.
 from __future__ import annotations
 
 __all__ = [
-    "VectorfillError",
-    "ConfigError",
-    "SecretMissing",
-    "JobError",
-    "SourceError",
-    "DatabaseError",
-    "BudgetUnavailable",
-    "ProviderError",
-    "TransientProviderError",
-    "TerminalProviderError",
     "AuthenticationError",
-    "ModelNotFound",
-    "QuotaExceeded",
+    "BudgetUnavailable",
+    "ConfigError",
+    "DatabaseError",
     "InputError",
-    "is_transient",
-    "stops_run",
+    "JobError",
+    "ModelNotFound",
+    "ProviderError",
+    "QuotaExceeded",
+    "SecretMissing",
+    "SourceError",
+    "TerminalProviderError",
+    "TransientProviderError",
+    "VectorfillError",
     "first_error",
+    "is_transient",
     "stop_reason",
+    "stops_run",
 ]
 
 

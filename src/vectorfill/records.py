@@ -13,7 +13,7 @@ from datetime import datetime
 
 from vectorfill.config import JobSettings
 
-__all__ = ["Job", "Version", "VERSION_STATES"]
+__all__ = ["VERSION_STATES", "Job", "Version"]
 
 VERSION_STATES = ("filling", "active", "paused", "retired")
 """A job has at most one ``active`` version and at most one ``filling``/``paused`` one."""

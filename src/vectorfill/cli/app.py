@@ -11,7 +11,6 @@ import json
 import signal
 import sys
 import threading
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -25,7 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Keep pgvector embeddings in step with the text in Postgres (Prefect + any OpenAI-compatible endpoint).",
 )
-job_app = typer.Typer(no_args_is_help=True, help="Create, list and drop jobs; change their model (blue/green versions).")
+job_app = typer.Typer(
+    no_args_is_help=True, help="Create, list and drop jobs; change their model (blue/green versions)."
+)
 db_app = typer.Typer(no_args_is_help=True, help="The embedded Postgres, for users without their own.")
 app.add_typer(job_app, name="job")
 app.add_typer(db_app, name="db")
@@ -51,8 +52,8 @@ def _conn(db: str | None):
 # ------------------------------------------------------------------ schema
 @app.command()
 def migrate(
-    db: Optional[str] = DbOpt,
-    downgrade: Optional[str] = typer.Option(None, help="Downgrade to this revision ('base' removes everything)"),
+    db: str | None = DbOpt,
+    downgrade: str | None = typer.Option(None, help="Downgrade to this revision ('base' removes everything)"),
 ) -> None:
     """Create or upgrade vectorfill's own schema (Alembic)."""
     from vectorfill.storage.db import migrate as run
@@ -66,27 +67,27 @@ def migrate(
 def job_create(
     name: str = typer.Argument(..., help="Job name: lowercase letters, digits, underscores"),
     table: str = typer.Option(..., help="Source table, TABLE or SCHEMA.TABLE"),
-    text: Optional[list[str]] = typer.Option(None, help="Column(s) to embed; several are joined by a blank line"),
-    template: Optional[str] = typer.Option(None, help='Text template, e.g. "{title}\\n\\n{body}"'),
-    id: Optional[list[str]] = typer.Option(None, "--id", help="Key column(s); default: the primary key"),
+    text: list[str] | None = typer.Option(None, help="Column(s) to embed; several are joined by a blank line"),
+    template: str | None = typer.Option(None, help='Text template, e.g. "{title}\\n\\n{body}"'),
+    id: list[str] | None = typer.Option(None, "--id", help="Key column(s); default: the primary key"),
     model: str = typer.Option(..., help="Embedding model name"),
     base_url: str = typer.Option(..., help="Endpoint base URL, e.g. https://api.openai.com/v1"),
-    api_key_env: Optional[str] = typer.Option(None, help="NAME of the env variable holding the API key"),
-    dimensions: Optional[int] = typer.Option(None, help="Pass `dimensions` to models that support it"),
+    api_key_env: str | None = typer.Option(None, help="NAME of the env variable holding the API key"),
+    dimensions: int | None = typer.Option(None, help="Pass `dimensions` to models that support it"),
     max_inputs: int = typer.Option(2048, help="Most inputs per request"),
     max_request_tokens: int = typer.Option(300_000, help="Most tokens per request"),
     encoding_format: str = typer.Option("base64", help="base64 or float (for servers without base64)"),
     concurrency: int = typer.Option(4, help="Requests in flight per run"),
     timeout: float = typer.Option(60.0, help="Seconds to wait for one response"),
-    max_input_tokens: Optional[int] = typer.Option(None, help="Most tokens per input (default: the model's known limit)"),
+    max_input_tokens: int | None = typer.Option(None, help="Most tokens per input (default: the model's known limit)"),
     on_too_long: str = typer.Option("truncate", help="truncate (token-exact where known) or fail"),
-    rpm: Optional[int] = typer.Option(None, help="Requests-per-minute budget for this run's endpoint"),
-    tpm: Optional[int] = typer.Option(None, help="Tokens-per-minute budget (counted before sending)"),
-    price: Optional[list[str]] = typer.Option(
+    rpm: int | None = typer.Option(None, help="Requests-per-minute budget for this run's endpoint"),
+    tpm: int | None = typer.Option(None, help="Tokens-per-minute budget (counted before sending)"),
+    price: list[str] | None = typer.Option(
         None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
     ),
     prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows."""
     from pydantic import ValidationError
@@ -148,12 +149,14 @@ def _prices(items: list[str], job: str) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep or not model:
-            raise ConfigError(f"--price {item!r}: write MODEL=USD_PER_MILLION_TOKENS, e.g. text-embedding-3-small=0.02", job=job)
+            raise ConfigError(
+                f"--price {item!r}: write MODEL=USD_PER_MILLION_TOKENS, e.g. text-embedding-3-small=0.02", job=job
+            )
     return prices
 
 
 @job_app.command("list")
-def job_list(db: Optional[str] = DbOpt) -> None:
+def job_list(db: str | None = DbOpt) -> None:
     """List jobs."""
     from vectorfill.jobs.registry import list_jobs
 
@@ -163,7 +166,7 @@ def job_list(db: Optional[str] = DbOpt) -> None:
 
 
 @job_app.command("drop")
-def job_drop(name: str, db: Optional[str] = DbOpt) -> None:
+def job_drop(name: str, db: str | None = DbOpt) -> None:
     """Remove a job: its triggers, queue and vectors (the source rows stay)."""
     from vectorfill.jobs.registry import drop_job
 
@@ -177,25 +180,29 @@ def job_drop(name: str, db: Optional[str] = DbOpt) -> None:
 def job_set_model(
     name: str,
     model: str = typer.Option(..., help="The new embedding model"),
-    dimensions: Optional[int] = typer.Option(None, help="Pass `dimensions` to models that support it"),
-    base_url: Optional[str] = typer.Option(None, help="Endpoint base URL (default: the active version's)"),
-    api_key_env: Optional[str] = typer.Option(
+    dimensions: int | None = typer.Option(None, help="Pass `dimensions` to models that support it"),
+    base_url: str | None = typer.Option(None, help="Endpoint base URL (default: the active version's)"),
+    api_key_env: str | None = typer.Option(
         None, help="NAME of the env variable holding the key (default: the active version's; '' for none)"
     ),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Start re-embedding JOB with another model, beside the vectors readers use now.
 
     Searches keep using the active version until the new one is complete; the backfill
     that completes it switches the job's view over in one transaction.
     """
-    from vectorfill.orchestration.events import emit_model_changed
     from vectorfill.jobs.registry import load_job
     from vectorfill.jobs.versions import _UNSET, set_model, version_status
+    from vectorfill.orchestration.events import emit_model_changed
 
     with _conn(db) as conn:
         version = set_model(
-            conn, name, model=model, dimensions=dimensions, base_url=base_url,
+            conn,
+            name,
+            model=model,
+            dimensions=dimensions,
+            base_url=base_url,
             api_key_env=_UNSET if api_key_env is None else api_key_env,
         )
         queued = version_status(conn, load_job(conn, name), version).pending
@@ -211,7 +218,7 @@ def job_set_model(
 
 
 @job_app.command("versions")
-def job_versions(name: str, json_out: bool = typer.Option(False, "--json"), db: Optional[str] = DbOpt) -> None:
+def job_versions(name: str, json_out: bool = typer.Option(False, "--json"), db: str | None = DbOpt) -> None:
     """Show JOB's versions: model, dimensions, rows done / total, state."""
     from vectorfill.jobs.versions import list_versions
 
@@ -224,8 +231,14 @@ def job_versions(name: str, json_out: bool = typer.Option(False, "--json"), db: 
     for r in rows:
         since = r.activated_at or r.created_at
         table.add_row(
-            str(r.version), r.model, str(r.dimensions or "?"), f"{r.embedded:,} / {r.total:,}",
-            f"{r.pending:,}", f"{r.failed:,}", r.state, since.isoformat(timespec="seconds") if since else "",
+            str(r.version),
+            r.model,
+            str(r.dimensions or "?"),
+            f"{r.embedded:,} / {r.total:,}",
+            f"{r.pending:,}",
+            f"{r.failed:,}",
+            r.state,
+            since.isoformat(timespec="seconds") if since else "",
         )
     out.print(table)
 
@@ -234,7 +247,7 @@ def job_versions(name: str, json_out: bool = typer.Option(False, "--json"), db: 
 def job_switch(
     name: str,
     force: bool = typer.Option(False, "--force", help="Switch even with rows still missing"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Make JOB's new version the one readers see now (normally a backfill does it when complete)."""
     from vectorfill.jobs.versions import switch
@@ -245,7 +258,7 @@ def job_switch(
 
 
 @job_app.command("pause")
-def job_pause(name: str, db: Optional[str] = DbOpt) -> None:
+def job_pause(name: str, db: str | None = DbOpt) -> None:
     """Pause JOB's re-embed: backfills skip the new version (its queue stays in step)."""
     from vectorfill.jobs.versions import pause
 
@@ -255,7 +268,7 @@ def job_pause(name: str, db: Optional[str] = DbOpt) -> None:
 
 
 @job_app.command("resume")
-def job_resume(name: str, db: Optional[str] = DbOpt) -> None:
+def job_resume(name: str, db: str | None = DbOpt) -> None:
     """Resume JOB's paused re-embed."""
     from vectorfill.jobs.versions import resume
 
@@ -265,7 +278,7 @@ def job_resume(name: str, db: Optional[str] = DbOpt) -> None:
 
 
 @job_app.command("abandon")
-def job_abandon(name: str, db: Optional[str] = DbOpt) -> None:
+def job_abandon(name: str, db: str | None = DbOpt) -> None:
     """Drop JOB's new (filling or paused) version and its vectors; the active one stays."""
     from vectorfill.jobs.versions import abandon
 
@@ -275,23 +288,26 @@ def job_abandon(name: str, db: Optional[str] = DbOpt) -> None:
 
 
 @job_app.command("prune")
-def job_prune(name: str, db: Optional[str] = DbOpt) -> None:
+def job_prune(name: str, db: str | None = DbOpt) -> None:
     """Drop JOB's retired versions (the vectors of models it no longer uses)."""
     from vectorfill.jobs.versions import prune
 
     with _conn(db) as conn:
         dropped = prune(conn, name)
-    out.print(f"job {name}: dropped version {', '.join(map(str, dropped))}" if dropped
-              else f"job {name} has no retired version")
+    out.print(
+        f"job {name}: dropped version {', '.join(map(str, dropped))}"
+        if dropped
+        else f"job {name} has no retired version"
+    )
 
 
 @app.command()
 def estimate(
     job: str,
-    model: Optional[str] = typer.Option(None, help="Estimate re-embedding every row with this model"),
-    price: Optional[float] = typer.Option(None, help="USD per million tokens (default: the price table)"),
+    model: str | None = typer.Option(None, help="Estimate re-embedding every row with this model"),
+    price: float | None = typer.Option(None, help="USD per million tokens (default: the price table)"),
     json_out: bool = typer.Option(False, "--json"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Count the tokens the next backfill (or a re-embed with --model) would send, and their cost.
 
@@ -308,10 +324,13 @@ def estimate(
     for r in rows:
         skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
         table.add_row(
-            str(r.version) if r.version is not None else "(new)", r.model, f"{r.rows:,}",
+            str(r.version) if r.version is not None else "(new)",
+            r.model,
+            f"{r.rows:,}",
             f"{r.tokens:,}" + ("" if r.exact else " (est.)"),
             "?" if r.price_per_million is None else f"{r.price_per_million:g}",
-            "unknown" if r.cost_usd is None else f"{r.cost_usd:,.4f}", skipped,
+            "unknown" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
+            skipped,
         )
     out.print(table)
     if any(r.cost_usd is None for r in rows):
@@ -324,10 +343,10 @@ def estimate(
 @app.command()
 def backfill(
     job: str,
-    max_rows: Optional[int] = typer.Option(None, help="Stop after this many rows"),
+    max_rows: int | None = typer.Option(None, help="Stop after this many rows"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's task logs"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Embed every pending row of JOB through the Prefect backfill flow."""
     from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
@@ -342,8 +361,10 @@ def backfill(
 
     with _conn(db) as conn:
         if index_suggested(conn, job):
-            out.print(f"Tip: {job} has enough vectors for an HNSW index: `vectorfill index {job}` "
-                      "makes searches fast (it is built without blocking writes).")
+            out.print(
+                f"Tip: {job} has enough vectors for an HNSW index: `vectorfill index {job}` "
+                "makes searches fast (it is built without blocking writes)."
+            )
 
 
 def _print_summary(s) -> None:
@@ -357,7 +378,7 @@ def _print_summary(s) -> None:
 
 
 @app.command()
-def status(job: str, json_out: bool = typer.Option(False, "--json"), db: Optional[str] = DbOpt) -> None:
+def status(job: str, json_out: bool = typer.Option(False, "--json"), db: str | None = DbOpt) -> None:
     """Exact counts for JOB: total / embedded / pending / failed."""
     from vectorfill.jobs.registry import job_status, load_job
     from vectorfill.jobs.versions import version_status
@@ -382,7 +403,7 @@ def status(job: str, json_out: bool = typer.Option(False, "--json"), db: Optiona
 
 
 @app.command()
-def failures(job: str, limit: int = typer.Option(50), db: Optional[str] = DbOpt) -> None:
+def failures(job: str, limit: int = typer.Option(50), db: str | None = DbOpt) -> None:
     """List JOB's failed rows with the reason."""
     from vectorfill.jobs.registry import list_failures
 
@@ -390,17 +411,23 @@ def failures(job: str, limit: int = typer.Option(50), db: Optional[str] = DbOpt)
         rows = list_failures(conn, job, limit)
     table = Table("row", "reason", "status", "attempts", "failed at", "message")
     for r in rows:
-        table.add_row(json.dumps(r["row_key"]), r["reason"], str(r["status"] or ""), str(r["attempts"]),
-                      r["failed_at"].isoformat(timespec="seconds"), r["message"])
+        table.add_row(
+            json.dumps(r["row_key"]),
+            r["reason"],
+            str(r["status"] or ""),
+            str(r["attempts"]),
+            r["failed_at"].isoformat(timespec="seconds"),
+            r["message"],
+        )
     out.print(table if rows else f"no failed rows in {job}")
 
 
 @app.command()
 def retry(
     job: str,
-    ids: Optional[list[str]] = typer.Argument(None, help="Keys of the rows to retry ([1,2] for a composite key)"),
+    ids: list[str] | None = typer.Argument(None, help="Keys of the rows to retry ([1,2] for a composite key)"),
     all_rows: bool = typer.Option(False, "--all", help="Retry every failed row"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Queue failed rows of JOB again (attempts reset): --all, or the rows named by key."""
     from vectorfill.errors import ConfigError
@@ -419,7 +446,7 @@ def search(
     job: str,
     query: str,
     k: int = typer.Option(10, "-k", help="How many hits"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Embed QUERY with JOB's model and show the nearest rows (cosine distance)."""
     from vectorfill.jobs.search import search as run
@@ -438,7 +465,7 @@ def _print_hits(query: str, hits) -> None:
 
 
 @app.command()
-def index(job: str, db: Optional[str] = DbOpt) -> None:
+def index(job: str, db: str | None = DbOpt) -> None:
     """Create an HNSW index (cosine) on JOB's vectors; search uses it."""
     from vectorfill.jobs.search import create_index
 
@@ -450,17 +477,17 @@ def index(job: str, db: Optional[str] = DbOpt) -> None:
 # ------------------------------------------------------------------ orchestration
 @app.command()
 def serve(
-    jobs: Optional[list[str]] = typer.Argument(None, help="Jobs to schedule (default: every job)"),
+    jobs: list[str] | None = typer.Argument(None, help="Jobs to schedule (default: every job)"),
     cron: str = typer.Option("0 2 * * *", help="Schedule of each job's backfill (cron, UTC); '' for none"),
     port: int = typer.Option(4200, help="Port of the Prefect server (and its UI)"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """Serve vectorfill's deployments from this machine: a scheduled backfill per job and a
     re-embed triggered by `job set-model`, on a Prefect server that keeps history in Postgres.
     """
     from vectorfill.jobs.registry import list_jobs
-    from vectorfill.orchestration.runtime import prefect_defaults
     from vectorfill.orchestration.prefect_server import serve as run
+    from vectorfill.orchestration.runtime import prefect_defaults
 
     url = _url(db)
     with _conn(url) as conn:
@@ -471,7 +498,7 @@ def serve(
 
 @app.command()
 def runs(
-    job: Optional[str] = typer.Argument(None, help="Only this job's runs"),
+    job: str | None = typer.Argument(None, help="Only this job's runs"),
     limit: int = typer.Option(20, help="How many runs"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -487,10 +514,15 @@ def runs(
     table = Table("start", "job", "deployment", "state", "duration s", "rows", "tokens", "cost USD", "failed")
     for r in records:
         table.add_row(
-            r.start.isoformat(timespec="seconds") if r.start else "", r.job or "", r.deployment or "",
-            r.state, "" if r.duration_s is None else f"{r.duration_s:,.1f}",
-            "" if r.rows is None else f"{r.rows:,}", "" if r.tokens is None else f"{r.tokens:,}",
-            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}", "" if r.failed is None else str(r.failed),
+            r.start.isoformat(timespec="seconds") if r.start else "",
+            r.job or "",
+            r.deployment or "",
+            r.state,
+            "" if r.duration_s is None else f"{r.duration_s:,.1f}",
+            "" if r.rows is None else f"{r.rows:,}",
+            "" if r.tokens is None else f"{r.tokens:,}",
+            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
+            "" if r.failed is None else str(r.failed),
         )
     out.print(table if records else "no backfill runs recorded yet")
 
@@ -500,7 +532,7 @@ def serve_embeddings(
     model: str = typer.Option("all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 (needs [local]) or fake-embed"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    api_key_env: Optional[str] = typer.Option(None, help="Require this env variable's value as Bearer key"),
+    api_key_env: str | None = typer.Option(None, help="Require this env variable's value as Bearer key"),
 ) -> None:
     """Serve an OpenAI-compatible /v1/embeddings endpoint from a local model."""
     from vectorfill.local.embeddings_server import run_server
@@ -512,7 +544,7 @@ def serve_embeddings(
 def demo(
     rows: int = typer.Option(2000, help="How many standard-library docstrings to embed (0: all)"),
     model: str = typer.Option("all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 (needs [local]) or fake-embed"),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
 ) -> None:
     """The whole product, offline: embedded Postgres, a local model, a backfill, searches."""
     from vectorfill.local.demo import run_demo

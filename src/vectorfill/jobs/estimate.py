@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
-from vectorfill.storage import sql
 from vectorfill.errors import JobError
 from vectorfill.jobs.registry import load_job
-from vectorfill.records import Job, Version
 from vectorfill.provider.prices import cost_usd, price_per_million
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
+from vectorfill.records import Job, Version
+from vectorfill.storage import sql
 
 __all__ = ["Estimate", "estimate"]
 

@@ -13,23 +13,23 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
-from vectorfill.storage import sql
 from vectorfill.config import JobSettings, validate_job_name
 from vectorfill.errors import ConfigError, JobError, SourceError
 from vectorfill.records import Job, Version
+from vectorfill.storage import sql
 
 __all__ = [
+    "KNOWN_DIMENSIONS",
+    "JobStatus",
+    "check_endpoint_options",
     "create_job",
-    "load_job",
-    "list_jobs",
     "drop_job",
     "job_status",
     "list_failures",
-    "retry_failures",
-    "JobStatus",
-    "KNOWN_DIMENSIONS",
+    "list_jobs",
+    "load_job",
     "parse_table",
-    "check_endpoint_options",
+    "retry_failures",
 ]
 
 #: Native sizes of well-known models, so their vector column is typed from the start.
@@ -57,8 +57,7 @@ def check_endpoint_options(dimensions: int | None, api_key_env: str | None, *, j
         raise ConfigError(f"--dimensions must be a positive number, not {dimensions}", job=job)
     if api_key_env is not None and not api_key_env.replace("_", "").isalnum():
         raise ConfigError(
-            "--api-key-env takes the NAME of an environment variable (like OPENAI_API_KEY), "
-            "not the key itself",
+            "--api-key-env takes the NAME of an environment variable (like OPENAI_API_KEY), not the key itself",
             job=job,
         )
 
@@ -89,16 +88,14 @@ def create_job(
     _require_schema(conn)
     if conn.execute(sql.JOB_ROWS, {"name": name}).fetchone():
         raise JobError(
-            "exists already; choose another name, or `vectorfill job drop "
-            f"{name}` first (that deletes its vectors)",
+            f"exists already; choose another name, or `vectorfill job drop {name}` first (that deletes its vectors)",
             job=name,
         )
     schema, tname = parse_table(table)
     found = conn.execute(sql.LOOKUP_TABLE, {"schema": schema, "table": tname}).fetchone()
     if found is None:
         raise SourceError(
-            f"source table {schema}.{tname} does not exist (names are case-sensitive; "
-            "check --table and the database)",
+            f"source table {schema}.{tname} does not exist (names are case-sensitive; check --table and the database)",
             job=name,
         )
     oid, _, _, relkind = found
@@ -117,8 +114,7 @@ def create_job(
     missing = [c for c in text_columns if c not in columns]
     if missing:
         raise SourceError(
-            f"{schema}.{tname} has no column {', '.join(map(repr, missing))}; "
-            f"its columns are: {', '.join(columns)}",
+            f"{schema}.{tname} has no column {', '.join(map(repr, missing))}; its columns are: {', '.join(columns)}",
             job=name,
         )
 
@@ -133,8 +129,13 @@ def create_job(
     conn.execute(
         sql.INSERT_VERSION,
         {
-            "job_id": job_id, "model": model, "base_url": base_url.rstrip("/"), "api_key_env": api_key_env,
-            "dimensions": dimensions, "vector_dims": dimensions or KNOWN_DIMENSIONS.get(model), "state": "active",
+            "job_id": job_id,
+            "model": model,
+            "base_url": base_url.rstrip("/"),
+            "api_key_env": api_key_env,
+            "dimensions": dimensions,
+            "vector_dims": dimensions or KNOWN_DIMENSIONS.get(model),
+            "state": "active",
         },
     )
     job = load_job(conn, name)
@@ -171,8 +172,7 @@ def _choose_key(conn, oid, key_columns, columns, table, job) -> list[str]:
     nullable = [c for c in key_columns if not columns[c][1]]
     if nullable:
         raise SourceError(
-            f"--id column {', '.join(nullable)} of {table} may be NULL; make it NOT NULL "
-            "or choose another key",
+            f"--id column {', '.join(nullable)} of {table} may be NULL; make it NOT NULL or choose another key",
             job=job,
         )
     return list(key_columns)
@@ -186,9 +186,7 @@ def load_job(conn: psycopg.Connection, name: str) -> Job:
         known = f" (jobs here: {', '.join(names)})" if names else " (no jobs yet: `vectorfill job create`)"
         raise JobError(f"no job named {name!r}{known}")
     job_id, name, schema, table, keys, types, text_cols, template, settings = row
-    versions = tuple(
-        Version(*r) for r in conn.execute(sql.VERSION_ROWS, {"job_id": job_id})
-    )
+    versions = tuple(Version(*r) for r in conn.execute(sql.VERSION_ROWS, {"job_id": job_id}))
     return Job(
         id=job_id,
         name=name,
@@ -225,7 +223,7 @@ def list_failures(conn: psycopg.Connection, name: str, limit: int = 50) -> list[
     job = load_job(conn, name)
     cur = conn.execute(sql.FAILURE_ROWS, (job.id, limit))
     cols = [d.name for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur]
+    return [dict(zip(cols, r, strict=True)) for r in cur]
 
 
 def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None = None) -> int:
@@ -267,9 +265,7 @@ def job_status(conn: psycopg.Connection, name: str, version: int | None = None) 
     if ver is None:
         raise JobError("has no active version", job=name)
     js = sql.JobSQL(job, ver)
-    total, embedded, pending, failed = conn.execute(
-        js.counts(), {"job_id": job.id, "version": ver.version}
-    ).fetchone()
+    total, embedded, pending, failed = conn.execute(js.counts(), {"job_id": job.id, "version": ver.version}).fetchone()
     return JobStatus(
         job=job.name,
         version=ver.version,

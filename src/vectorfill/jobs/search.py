@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 
-from vectorfill.storage import sql
-from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.errors import JobError
 from vectorfill.jobs.registry import load_job
+from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.storage import sql
 
-__all__ = ["Hit", "search", "create_index", "has_index", "index_suggested", "INDEX_SUGGESTION_ROWS"]
+__all__ = ["INDEX_SUGGESTION_ROWS", "Hit", "create_index", "has_index", "index_suggested", "search"]
 
 #: Above this many vectors, a backfill suggests `vectorfill index`.
 INDEX_SUGGESTION_ROWS = 10_000
@@ -46,9 +46,7 @@ def search(conn: psycopg.Connection, job_name: str, query: str, k: int = 10) -> 
     js = sql.JobSQL(job, version)
     n = len(job.key_columns)
     rows = conn.execute(js.search(), {"q": vector, "k": k}).fetchall()
-    return [
-        Hit(id=r[0] if n == 1 else tuple(r[:n]), distance=float(r[n]), text=r[n + 1]) for r in rows
-    ]
+    return [Hit(id=r[0] if n == 1 else tuple(r[:n]), distance=float(r[n]), text=r[n + 1]) for r in rows]
 
 
 def index_suggested(conn: psycopg.Connection, job_name: str) -> bool:
@@ -76,9 +74,7 @@ def create_index(url: str, job_name: str, version_number: int | None = None) -> 
         job = load_job(conn, job_name)
         version = job.version(version_number) if version_number else job.active
         if version is None or version.vector_dims is None:
-            raise JobError(
-                f"has no typed vectors yet; run `vectorfill backfill {job_name}` first", job=job_name
-            )
+            raise JobError(f"has no typed vectors yet; run `vectorfill backfill {job_name}` first", job=job_name)
         js = sql.JobSQL(job, version)
         conn.execute(js.create_index())
         return f"vectorfill.{js.index_name()}"

@@ -21,22 +21,22 @@ from datetime import datetime
 
 import psycopg
 
-from vectorfill.storage import sql
 from vectorfill.errors import ConfigError, JobError, SourceError
 from vectorfill.jobs.registry import KNOWN_DIMENSIONS, check_endpoint_options, load_job
 from vectorfill.records import Job, Version
+from vectorfill.storage import sql
 
 __all__ = [
     "VersionStatus",
-    "set_model",
-    "list_versions",
-    "version_status",
-    "switch",
-    "complete",
-    "pause",
-    "resume",
     "abandon",
+    "complete",
+    "list_versions",
+    "pause",
     "prune",
+    "resume",
+    "set_model",
+    "switch",
+    "version_status",
 ]
 
 _UNSET = object()
@@ -89,7 +89,7 @@ def set_model(
     model: str,
     dimensions: int | None = None,
     base_url: str | None = None,
-    api_key_env: str | None | object = _UNSET,
+    api_key_env: str | object | None = _UNSET,
 ) -> Version:
     """Start a new version of ``name``'s vectors with ``model`` (filling beside the active one).
 
@@ -149,16 +149,21 @@ def version_status(conn: psycopg.Connection, job: Job, v: Version) -> VersionSta
         sql.JobSQL(job, v).counts(), {"job_id": job.id, "version": v.version}
     ).fetchone()
     return VersionStatus(
-        version=v.version, model=v.model, dimensions=v.vector_dims, state=v.state,
-        total=total, embedded=embedded, pending=pending, failed=failed,
-        created_at=v.created_at, activated_at=v.activated_at,
+        version=v.version,
+        model=v.model,
+        dimensions=v.vector_dims,
+        state=v.state,
+        total=total,
+        embedded=embedded,
+        pending=pending,
+        failed=failed,
+        created_at=v.created_at,
+        activated_at=v.activated_at,
     )
 
 
 def _missing(conn: psycopg.Connection, job: Job, version: Version) -> tuple[int, int]:
-    return conn.execute(
-        sql.JobSQL(job, version).missing(), {"job_id": job.id, "version": version.version}
-    ).fetchone()
+    return conn.execute(sql.JobSQL(job, version).missing(), {"job_id": job.id, "version": version.version}).fetchone()
 
 
 def switch(conn: psycopg.Connection, name: str, *, force: bool = False) -> Version:

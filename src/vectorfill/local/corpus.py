@@ -47,7 +47,7 @@ from psycopg import sql
 
 from vectorfill.errors import ConfigError, DatabaseError
 
-__all__ = ["DocRow", "MAX_BODY_CHARS", "load_stdlib_docs", "write_corpus"]
+__all__ = ["MAX_BODY_CHARS", "DocRow", "load_stdlib_docs", "write_corpus"]
 
 MAX_BODY_CHARS = 4000
 """Longer docstrings are cut (at a line break when one is near) to this many characters."""
@@ -134,9 +134,7 @@ def write_corpus(
         with psycopg.connect(url, connect_timeout=10) as conn:
             found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
             if found.fetchone() is None:
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-                )
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             conn.execute(_CREATE_TABLE.format(target=target))
             conn.execute(_CREATE_STAGE)
             with conn.cursor() as cur, cur.copy(_COPY_STAGE) as copy:
@@ -159,8 +157,7 @@ def write_corpus(
 # --- SQL -------------------------------------------------------------------------------------
 
 _CREATE_TABLE = sql.SQL(
-    "CREATE TABLE IF NOT EXISTS {target} ("
-    " id text PRIMARY KEY, title text NOT NULL, body text NOT NULL)"
+    "CREATE TABLE IF NOT EXISTS {target} ( id text PRIMARY KEY, title text NOT NULL, body text NOT NULL)"
 )
 _CREATE_STAGE = sql.SQL(
     "CREATE TEMPORARY TABLE vectorfill_corpus_stage (id text, title text, body text) ON COMMIT DROP"

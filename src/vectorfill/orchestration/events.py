@@ -13,10 +13,9 @@ label ``vectorfill.job``) and in the payload. Events need a Prefect server: the 
 
 from __future__ import annotations
 
-
 from vectorfill.records import Version
 
-__all__ = ["MODEL_CHANGED", "VERSION_SWITCHED", "job_resource", "emit_model_changed"]
+__all__ = ["MODEL_CHANGED", "VERSION_SWITCHED", "emit_model_changed", "job_resource"]
 
 MODEL_CHANGED = "vectorfill.model.changed"
 VERSION_SWITCHED = "vectorfill.version.switched"

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-__all__ = ["RunRecord", "recent_runs", "FLOW_NAME"]
+__all__ = ["FLOW_NAME", "RunRecord", "recent_runs"]
 
 FLOW_NAME = "vectorfill-backfill"
 

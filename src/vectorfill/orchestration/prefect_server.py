@@ -32,24 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import psycopg
 from psycopg import sql as pgsql
 
 from vectorfill.config import DATABASE_URL_ENV
 from vectorfill.errors import ConfigError, DatabaseError
-from vectorfill.orchestration.api import _healthy, _state_path, served_api_url, use_served_api
+from vectorfill.orchestration.api import _healthy, _home, _state_path, served_api_url, use_served_api
 from vectorfill.orchestration.events import MODEL_CHANGED
 
 __all__ = [
-    "ServedServer",
-    "served_api_url",
-    "use_served_api",
-    "prefect_database_url",
-    "start_prefect_server",
-    "build_deployments",
-    "serve",
     "DEFAULT_CRON",
+    "ServedServer",
+    "build_deployments",
+    "prefect_database_url",
+    "serve",
+    "served_api_url",
+    "start_prefect_server",
+    "use_served_api",
 ]
 
 DEFAULT_CRON = "0 2 * * *"
@@ -117,7 +116,10 @@ def start_prefect_server(url: str, *, port: int = DEFAULT_PORT, announce=print) 
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     deadline = time.monotonic() + _START_TIMEOUT_S
     while not _healthy(api_url):
@@ -168,7 +170,9 @@ def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> li
     return deployments
 
 
-def serve(url: str, *, jobs: list[str], cron: str | None = DEFAULT_CRON, port: int = DEFAULT_PORT, announce=print) -> None:
+def serve(
+    url: str, *, jobs: list[str], cron: str | None = DEFAULT_CRON, port: int = DEFAULT_PORT, announce=print
+) -> None:
     """Run Prefect's server (unless PREFECT_API_URL names one) and serve the deployments
     until interrupted."""
     os.environ[DATABASE_URL_ENV] = url
@@ -184,10 +188,7 @@ def serve(url: str, *, jobs: list[str], cron: str | None = DEFAULT_CRON, port: i
 
         deployments = build_deployments(jobs, cron=cron)
         ui = api_url.removesuffix("/api")
-        announce(
-            f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} "
-            "(Ctrl-C stops)"
-        )
+        announce(f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} (Ctrl-C stops)")
         prefect_serve(*deployments, print_starting_message=False)
     finally:
         try:

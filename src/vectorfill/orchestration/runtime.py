@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from vectorfill.config import DATABASE_URL_ENV
 
-__all__ = ["prefect_defaults", "run_backfill", "frozen_heap"]
+__all__ = ["frozen_heap", "prefect_defaults", "run_backfill"]
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -72,8 +72,8 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
     """A progress bar fed by the job's exact counts in Postgres (the source of truth)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vectorfill.storage.db import connect
     from vectorfill.jobs.registry import job_status
+    from vectorfill.storage.db import connect
 
     try:
         with connect(url, autocommit=True) as conn:

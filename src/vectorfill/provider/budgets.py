@@ -40,10 +40,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import psycopg.errors
 
-from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, redact_url
 from vectorfill.errors import BudgetUnavailable, ConfigError, DatabaseError
 from vectorfill.provider.ratelimit import Grant
+from vectorfill.storage import sql
+from vectorfill.storage.db import LaneConnection, redact_url
 
 __all__ = ["PostgresBudget", "endpoint_key"]
 

@@ -40,7 +40,7 @@ from vectorfill.errors import (
     TransientProviderError,
 )
 
-__all__ = ["EmbeddingsClient", "Embeddings", "parse_retry_after"]
+__all__ = ["Embeddings", "EmbeddingsClient", "parse_retry_after"]
 
 try:  # SIMD base64: ~15x the standard library on a response of 1,024 x 1,536 floats
     from pybase64 import b64decode as _b64decode
@@ -82,8 +82,7 @@ class EmbeddingsClient:
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(
-                f"base URL {base_url!r} must start with http:// or https:// "
-                "(for OpenAI: https://api.openai.com/v1)",
+                f"base URL {base_url!r} must start with http:// or https:// (for OpenAI: https://api.openai.com/v1)",
                 job=job,
             )
         if encoding_format not in ("base64", "float"):
@@ -108,7 +107,7 @@ class EmbeddingsClient:
         )
 
     @classmethod
-    def for_version(cls, version, *, job: str, settings=None, **kw) -> "EmbeddingsClient":
+    def for_version(cls, version, *, job: str, settings=None, **kw) -> EmbeddingsClient:
         """The client for a job version (a :class:`vectorfill.records.Version`): its endpoint,
         model, dimensions, and the API key read now from the version's ``api_key_env``."""
         from vectorfill.config import read_api_key
@@ -128,7 +127,7 @@ class EmbeddingsClient:
             **kw,
         )
 
-    async def __aenter__(self) -> "EmbeddingsClient":
+    async def __aenter__(self) -> EmbeddingsClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -196,8 +195,7 @@ class EmbeddingsClient:
         data = payload["data"]
         if len(data) != n:
             raise TransientProviderError(
-                f"sent {n} inputs but the response holds {len(data)} embeddings; "
-                "no vector of this batch is stored",
+                f"sent {n} inputs but the response holds {len(data)} embeddings; no vector of this batch is stored",
                 job=self.job,
                 status=200,
                 code="count_mismatch",
@@ -242,8 +240,7 @@ class EmbeddingsClient:
             isinstance(i, bool) for i in indices
         ):
             raise TransientProviderError(
-                f"the response's index fields are not exactly 0..{n - 1}; "
-                "no vector of this batch is stored",
+                f"the response's index fields are not exactly 0..{n - 1}; no vector of this batch is stored",
                 job=self.job,
                 status=200,
                 code="bad_index",
@@ -270,7 +267,7 @@ class EmbeddingsClient:
                 size = len(raws[0])
                 if size and size % 4 == 0 and all(len(r) == size for r in raws):
                     return np.frombuffer(bytearray().join(raws), dtype="<f4").reshape(len(raws), size // 4)
-        rows = [self._decode(e, j) for e, j in zip(embeddings, positions)]
+        rows = [self._decode(e, j) for e, j in zip(embeddings, positions, strict=True)]
         dims = {len(r) for r in rows}
         if len(dims) != 1:
             raise TransientProviderError(

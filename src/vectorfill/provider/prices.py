@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from vectorfill.config import JobSettings
 
-__all__ = ["PRICES_PER_MILLION_TOKENS", "price_per_million", "cost_usd"]
+__all__ = ["PRICES_PER_MILLION_TOKENS", "cost_usd", "price_per_million"]
 
 PRICES_PER_MILLION_TOKENS: dict[str, float] = {
     "text-embedding-3-small": 0.02,

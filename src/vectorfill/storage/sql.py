@@ -72,33 +72,33 @@ from psycopg import sql
 from vectorfill.records import Job, Version
 
 __all__ = [
-    "SCHEMA",
     "BUDGET_ENSURE",
-    "BUDGET_LEASE",
     "BUDGET_GIVE_BACK",
+    "BUDGET_LEASE",
     "BUDGET_PAUSE",
-    "JobSQL",
-    "TextSpec",
-    "parse_template",
-    "LOOKUP_TABLE",
+    "DELETE_JOB",
+    "DELETE_VERSION",
+    "FAILURE_ROWS",
+    "INSERT_JOB",
+    "INSERT_VERSION",
+    "JOB_NAMES",
+    "JOB_ROWS",
+    "LOCK_JOB",
     "LOOKUP_COLUMNS",
     "LOOKUP_PRIMARY_KEY",
+    "LOOKUP_TABLE",
     "LOOKUP_UNIQUE_KEYS",
+    "SCHEMA",
     "SCHEMA_INSTALLED",
-    "JOB_NAMES",
-    "INSERT_JOB",
-    "DELETE_JOB",
-    "FAILURE_ROWS",
     "SET_ACTIVE_BASE_URL",
-    "JOB_ROWS",
-    "VERSION_ROWS",
-    "LOCK_JOB",
-    "INSERT_VERSION",
-    "SET_VERSION_STATE",
-    "DELETE_VERSION",
-    "VERSION_DIMS_FOR_UPDATE",
     "SET_VERSION_DIMS",
+    "SET_VERSION_STATE",
+    "VERSION_DIMS_FOR_UPDATE",
+    "VERSION_ROWS",
+    "JobSQL",
+    "TextSpec",
     "lock_source",
+    "parse_template",
 ]
 
 SCHEMA = "vectorfill"
@@ -244,12 +244,8 @@ def text_expression(job: Job, alias: str = "s") -> sql.Composable:
             pieces.append(sql.Literal(literal))
         if column:
             pieces.append(sql.SQL("coalesce({}.{}::text, '')").format(a, sql.Identifier(column)))
-    all_null = sql.SQL(" AND ").join(
-        sql.SQL("{}.{} IS NULL").format(a, sql.Identifier(c)) for c in spec.columns
-    )
-    return sql.SQL("CASE WHEN {} THEN NULL ELSE concat({}) END").format(
-        all_null, sql.SQL(", ").join(pieces)
-    )
+    all_null = sql.SQL(" AND ").join(sql.SQL("{}.{} IS NULL").format(a, sql.Identifier(c)) for c in spec.columns)
+    return sql.SQL("CASE WHEN {} THEN NULL ELSE concat({}) END").format(all_null, sql.SQL(", ").join(pieces))
 
 
 # ----------------------------------------------------------------- per job version
@@ -277,7 +273,7 @@ class JobSQL:
         rk = right_cols or self.k
         return sql.SQL(" AND ").join(
             sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), lk, sql.Identifier(right), r)
-            for lk, r in zip(self.k, rk)
+            for lk, r in zip(self.k, rk, strict=True)
         )
 
     def _unnest(self, extra: list[tuple[str, str]]) -> sql.Composable:
@@ -285,14 +281,13 @@ class JobSQL:
         arrays = [sql.SQL("%s::{}[]").format(t) for t in self.types]
         arrays += [sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in extra]
         names = self.k + [sql.Identifier(name) for name, _ in extra]
-        return sql.SQL("unnest({}) AS c({})").format(
-            sql.SQL(", ").join(arrays), sql.SQL(", ").join(names)
-        )
+        return sql.SQL("unnest({}) AS c({})").format(sql.SQL(", ").join(arrays), sql.SQL(", ").join(names))
 
     def _src_match(self, other: str) -> sql.Composable:
         """``s.<key col> = <other>.k1 AND ...``: the source row of a queue/vector row."""
         return sql.SQL(" AND ").join(
-            sql.SQL("s.{} = {}.{}").format(sc, sql.Identifier(other), k) for sc, k in zip(self.src_k, self.k)
+            sql.SQL("s.{} = {}.{}").format(sc, sql.Identifier(other), k)
+            for sc, k in zip(self.src_k, self.k, strict=True)
         )
 
     def _failure_key(self, alias: str) -> sql.Composable:
@@ -301,7 +296,7 @@ class JobSQL:
     # -- DDL
     def create_tables(self) -> sql.Composable:
         key_defs = sql.SQL(", ").join(
-            sql.SQL("{} {} NOT NULL").format(k, t) for k, t in zip(self.k, self.types)
+            sql.SQL("{} {} NOT NULL").format(k, t) for k, t in zip(self.k, self.types, strict=True)
         )
         dims = self.version.vector_dims
         vtype = sql.SQL("vector({})").format(sql.Literal(dims)) if dims else sql.SQL("vector")
@@ -347,9 +342,7 @@ class JobSQL:
         )
 
     def set_vector_dims(self, dims: int) -> sql.Composable:
-        return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE vector({d})").format(
-            v=self.v, d=sql.Literal(dims)
-        )
+        return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE vector({d})").format(v=self.v, d=sql.Literal(dims))
 
     # -- work
     def claim(self) -> sql.Composable:
@@ -499,9 +492,9 @@ class JobSQL:
 
     def copy_vectors(self) -> sql.Composable:
         """Binary COPY straight into the vector table (after :meth:`settle`)."""
-        return sql.SQL(
-            "COPY {v} ({k}, chunk_seq, embedding, input_hash, model) FROM STDIN (FORMAT BINARY)"
-        ).format(v=self.v, k=self._cols())
+        return sql.SQL("COPY {v} ({k}, chunk_seq, embedding, input_hash, model) FROM STDIN (FORMAT BINARY)").format(
+            v=self.v, k=self._cols()
+        )
 
     # -- reading
     def counts(self) -> sql.Composable:
@@ -524,8 +517,12 @@ class JobSQL:
                  JOIN {src} s ON {src_match}
                  LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
         ).format(
-            text=text_expression(self.job, "s"), q=self.q, src=self.src,
-            src_match=self._src_match("q"), v=self.v, vmatch=self._match("v", "q"),
+            text=text_expression(self.job, "s"),
+            q=self.q,
+            src=self.src,
+            src_match=self._src_match("q"),
+            v=self.v,
+            vmatch=self._match("v", "q"),
         )
 
     def all_texts(self) -> sql.Composable:
@@ -556,8 +553,12 @@ class JobSQL:
                  LEFT JOIN {src} s ON {m}
                 ORDER BY n.distance"""
         ).format(
-            nk=self._cols("n"), k=self._cols(), text=text_expression(self.job, "s"),
-            v=self.v, src=self.src, m=src_match,
+            nk=self._cols("n"),
+            k=self._cols(),
+            text=text_expression(self.job, "s"),
+            v=self.v,
+            src=self.src,
+            m=src_match,
         )
 
     def index_facts(self) -> sql.Composable:
@@ -598,7 +599,7 @@ def create_trigger_function(job: Job) -> sql.Composable:
     for ver in versions:
         js = JobSQL(job, ver)
         old_match = sql.SQL(" AND ").join(
-            sql.SQL("{} = OLD.{}").format(k, sc) for k, sc in zip(js.k, js.src_k)
+            sql.SQL("{} = OLD.{}").format(k, sc) for k, sc in zip(js.k, js.src_k, strict=True)
         )
         stmts_delete.append(sql.SQL("DELETE FROM {q} WHERE {m};").format(q=js.q, m=old_match))
         stmts_delete.append(sql.SQL("DELETE FROM {v} WHERE {m};").format(v=js.v, m=old_match))
@@ -654,10 +655,7 @@ def create_trigger_function(job: Job) -> sql.Composable:
 
 
 def trigger_names(job: Job) -> dict[str, sql.Identifier]:
-    return {
-        op: sql.Identifier(f"vectorfill_{job.name}_{op}")
-        for op in ("insert", "update", "delete", "truncate")
-    }
+    return {op: sql.Identifier(f"vectorfill_{job.name}_{op}") for op in ("insert", "update", "delete", "truncate")}
 
 
 def create_triggers(job: Job) -> sql.Composable:
@@ -704,7 +702,7 @@ def create_view(job: Job, version: Version) -> sql.Composable:
         keys = sql.SQL("v.k1 AS id")
     else:
         keys = sql.SQL(", ").join(
-            sql.SQL("v.{} AS {}").format(k, sql.Identifier(c)) for k, c in zip(js.k, job.key_columns)
+            sql.SQL("v.{} AS {}").format(k, sql.Identifier(c)) for k, c in zip(js.k, job.key_columns, strict=True)
         )
     return sql.SQL(
         """DROP VIEW IF EXISTS {view};

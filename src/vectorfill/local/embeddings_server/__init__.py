@@ -21,18 +21,18 @@ from vectorfill.local.embeddings_server.encoders import (
 from vectorfill.local.embeddings_server.serve import ServerThread, main, run_server
 
 __all__ = [
-    "create_app",
-    "run_server",
-    "main",
-    "ServerThread",
-    "Encoder",
-    "HashEncoder",
-    "SentenceTransformerEncoder",
-    "load_encoder",
-    "expected_vector",
     "FAKE_MODEL",
     "LOCAL_MODEL",
     "EmbeddingCall",
     "EmbeddingResult",
+    "Encoder",
+    "HashEncoder",
     "Interceptor",
+    "SentenceTransformerEncoder",
+    "ServerThread",
+    "create_app",
+    "expected_vector",
+    "load_encoder",
+    "main",
+    "run_server",
 ]

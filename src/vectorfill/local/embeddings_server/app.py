@@ -47,13 +47,13 @@ from vectorfill.local.embeddings_server.batcher import MicroBatcher
 from vectorfill.local.embeddings_server.encoders import Encoder, truncate_vectors
 
 __all__ = [
-    "create_app",
     "EmbeddingCall",
     "EmbeddingResult",
     "Interceptor",
+    "JSONResponse",
+    "create_app",
     "openai_error",
     "render_embeddings",
-    "JSONResponse",
 ]
 
 log = logging.getLogger("vectorfill.embeddings_server")
@@ -217,7 +217,7 @@ class _EmbeddingsEndpoint:
             return openai_error(
                 400,
                 "We could not parse the JSON body of your request. The embeddings endpoint "
-                "expects a JSON object such as {\"model\": ..., \"input\": ...}.",
+                'expects a JSON object such as {"model": ..., "input": ...}.',
             )
         if not isinstance(body, dict):
             return openai_error(400, f"The request body must be a JSON object, got {_type_name(body)}.")
@@ -226,7 +226,9 @@ class _EmbeddingsEndpoint:
             return openai_error(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
         model = body.get("model")
         if model is None:
-            return openai_error(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+            return openai_error(
+                400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+            )
         if not isinstance(model, str):
             return openai_error(400, f"'model' must be a string, got {_type_name(model)}.", param="model")
         encoder = self.encoders.get(model)
@@ -239,7 +241,9 @@ class _EmbeddingsEndpoint:
                 code="model_not_found",
             )
         if "input" not in body:
-            return openai_error(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+            return openai_error(
+                400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+            )
         texts = self._parse_input(body["input"])
         if isinstance(texts, Response):
             return texts
@@ -255,9 +259,13 @@ class _EmbeddingsEndpoint:
         dims = body.get("dimensions")
         if dims is not None:
             if isinstance(dims, bool) or not isinstance(dims, int):
-                return openai_error(400, f"'dimensions' must be an integer, got {_type_name(dims)}.", param="dimensions")
+                return openai_error(
+                    400, f"'dimensions' must be an integer, got {_type_name(dims)}.", param="dimensions"
+                )
             if dims < 1:
-                return openai_error(400, f"Invalid value for 'dimensions' = {dims}. Must be at least 1.", param="dimensions")
+                return openai_error(
+                    400, f"Invalid value for 'dimensions' = {dims}. Must be at least 1.", param="dimensions"
+                )
             if dims > encoder.dimensions:
                 return openai_error(
                     400,
@@ -386,7 +394,9 @@ class _EmbeddingsEndpoint:
         encoder = self.encoders.get(name)
         if encoder is None:
             return openai_error(
-                404, f"The model `{name}` does not exist or you do not have access to it.", param="model",
+                404,
+                f"The model `{name}` does not exist or you do not have access to it.",
+                param="model",
                 code="model_not_found",
             )
         return JSONResponse(_model_card(encoder))

@@ -31,14 +31,14 @@ import numpy as np
 from vectorfill.errors import ConfigError
 
 __all__ = [
+    "FAKE_MODEL",
+    "LOCAL_MODEL",
     "Encoder",
     "HashEncoder",
     "SentenceTransformerEncoder",
     "expected_vector",
-    "truncate_vectors",
     "load_encoder",
-    "FAKE_MODEL",
-    "LOCAL_MODEL",
+    "truncate_vectors",
 ]
 
 #: The name the deterministic fake model is served under.
@@ -143,9 +143,7 @@ class HashEncoder:
     limits and usage behave like the real API. Encodes some 50,000 texts/s at 1536 dims.
     """
 
-    def __init__(
-        self, name: str = FAKE_MODEL, dimensions: int = 1536, max_tokens: int = 8191
-    ) -> None:
+    def __init__(self, name: str = FAKE_MODEL, dimensions: int = 1536, max_tokens: int = 8191) -> None:
         if dimensions < 1:
             raise ConfigError(f"HashEncoder dimensions must be at least 1, got {dimensions}")
         import tiktoken
@@ -162,7 +160,7 @@ class HashEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         streams = _Streams()
-        for row, text in zip(out, texts):
+        for row, text in zip(out, texts, strict=True):
             streams.draw(text, self.dimensions, out=row)
         return _normalise_rows(out)
 
@@ -226,15 +224,15 @@ class SentenceTransformerEncoder:
         # Served as "all-MiniLM-L6-v2", or as the directory's name for a local path.
         local_dir = Path(model).expanduser().is_dir()
         self.name = path.name if local_dir else model.removeprefix("sentence-transformers/")
-        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dimension = (
+            getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        )
         self.dimensions = int(dimension())
         self.max_tokens = int(self._model.max_seq_length)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         with self._counter_lock:
-            ids = self._counter(
-                texts, add_special_tokens=True, truncation=False, verbose=False
-            )["input_ids"]
+            ids = self._counter(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return [len(row) for row in ids]
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -22,7 +22,7 @@ import uvicorn
 from vectorfill.errors import SecretMissing
 from vectorfill.local.embeddings_server.encoders import LOCAL_MODEL, load_encoder
 
-__all__ = ["run_server", "main", "ServerThread"]
+__all__ = ["ServerThread", "main", "run_server"]
 
 
 def run_server(model: str, host: str, port: int, api_key_env: str | None) -> None:
@@ -57,7 +57,8 @@ def run_server(model: str, host: str, port: int, api_key_env: str | None) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vectorfill.local.embeddings_server", description="Serve OpenAI-compatible embeddings on /v1/embeddings."
+        prog="python -m vectorfill.local.embeddings_server",
+        description="Serve OpenAI-compatible embeddings on /v1/embeddings.",
     )
     parser.add_argument("--model", default=LOCAL_MODEL, help=f"model to serve (default {LOCAL_MODEL}; or fake-embed)")
     parser.add_argument("--host", default="127.0.0.1")
