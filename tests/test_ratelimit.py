@@ -46,7 +46,7 @@ def run(coro):
 
 
 def test_public_api_is_what_the_module_says():
-    assert sorted(vectorfill.ratelimit.__all__) == sorted(
+    assert sorted(vectorfill.provider.ratelimit.__all__) == sorted(
         [
             "RateLimiter",
             "Permit",
