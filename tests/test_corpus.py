@@ -63,7 +63,7 @@ def test_private_names_tests_and_side_effect_modules_are_skipped(rows: list[DocR
 
 def test_same_rows_in_a_fresh_interpreter(rows: list[DocRow]):
     code = (
-        "import dataclasses, hashlib; from vectorfill.corpus import load_stdlib_docs; "
+        "import dataclasses, hashlib; from vectorfill.local.corpus import load_stdlib_docs; "
         "rows = load_stdlib_docs(); "
         "print(hashlib.sha256(repr([dataclasses.astuple(r) for r in rows]).encode()).hexdigest())"
     )

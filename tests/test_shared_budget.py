@@ -30,7 +30,7 @@ from vectorfill.storage.db import connect, migrate
 
 
 class MemoryBudget:
-    """What the SQL does (``vectorfill.sql.BUDGET_*``), in memory on a fake clock, with
+    """What the SQL does (``vectorfill.storage.sql.BUDGET_*``), in memory on a fake clock, with
     fixed limits; counts its calls and can be told to fail."""
 
     def __init__(self, t: FakeTime, rpm: float | None, tpm: float | None) -> None:
