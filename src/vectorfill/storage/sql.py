@@ -190,7 +190,7 @@ DELETE_VERSION = sql.SQL(  # its failure records go with it (ON DELETE CASCADE)
 )
 
 
-def lock_source(job: Job) -> sql.Composable:
+def lock_source(job: Job) -> sql.Composed:
     """Block writes to the source table (not reads) until the transaction ends.
 
     Taken while a version is added or switched, so that no row can be written between
@@ -229,7 +229,7 @@ def parse_template(template: str) -> TextSpec:
     return TextSpec(tuple(parts), tuple(columns))
 
 
-def text_expression(job: Job, alias: str = "s") -> sql.Composable:
+def text_expression(job: Job, alias: str = "s") -> sql.Composed:
     """The SQL expression that renders a source row's text (NULL when every field is NULL)."""
     a = sql.Identifier(alias)
     if job.template is None:
@@ -264,37 +264,37 @@ class JobSQL:
         self.types = [sql.SQL(t) for t in job.key_types]  # from pg_catalog.format_type
 
     # -- helpers
-    def _cols(self, alias: str | None = None) -> sql.Composable:
+    def _cols(self, alias: str | None = None) -> sql.Composed:
         if alias is None:
             return sql.SQL(", ").join(self.k)
         return sql.SQL(", ").join(sql.Identifier(alias, f"k{i + 1}") for i in range(self.n))
 
-    def _match(self, left: str, right: str, right_cols: list[sql.Identifier] | None = None) -> sql.Composable:
+    def _match(self, left: str, right: str, right_cols: list[sql.Identifier] | None = None) -> sql.Composed:
         rk = right_cols or self.k
         return sql.SQL(" AND ").join(
             sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), lk, sql.Identifier(right), r)
             for lk, r in zip(self.k, rk, strict=True)
         )
 
-    def _unnest(self, extra: list[tuple[str, str]]) -> sql.Composable:
+    def _unnest(self, extra: list[tuple[str, str]]) -> sql.Composed:
         """``unnest(%s::t1[], ..., %s::extra[]) AS c(k1, ..., extra)`` for array parameters."""
         arrays = [sql.SQL("%s::{}[]").format(t) for t in self.types]
         arrays += [sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in extra]
         names = self.k + [sql.Identifier(name) for name, _ in extra]
         return sql.SQL("unnest({}) AS c({})").format(sql.SQL(", ").join(arrays), sql.SQL(", ").join(names))
 
-    def _src_match(self, other: str) -> sql.Composable:
+    def _src_match(self, other: str) -> sql.Composed:
         """``s.<key col> = <other>.k1 AND ...``: the source row of a queue/vector row."""
         return sql.SQL(" AND ").join(
             sql.SQL("s.{} = {}.{}").format(sc, sql.Identifier(other), k)
             for sc, k in zip(self.src_k, self.k, strict=True)
         )
 
-    def _failure_key(self, alias: str) -> sql.Composable:
+    def _failure_key(self, alias: str) -> sql.Composed:
         return sql.SQL("jsonb_build_array({})").format(self._cols(alias))
 
     # -- DDL
-    def create_tables(self) -> sql.Composable:
+    def create_tables(self) -> sql.Composed:
         key_defs = sql.SQL(", ").join(
             sql.SQL("{} {} NOT NULL").format(k, t) for k, t in zip(self.k, self.types, strict=True)
         )
@@ -325,10 +325,10 @@ class JobSQL:
             """
         ).format(q=self.q, v=self.v, key_defs=key_defs, k=self._cols(), vtype=vtype)
 
-    def drop_tables(self) -> sql.Composable:
+    def drop_tables(self) -> sql.Composed:
         return sql.SQL("DROP TABLE IF EXISTS {q}; DROP TABLE IF EXISTS {v};").format(q=self.q, v=self.v)
 
-    def enqueue_all(self) -> sql.Composable:
+    def enqueue_all(self) -> sql.Composed:
         """Queue every existing source row (a new job, or a new version)."""
         return sql.SQL(
             """INSERT INTO {q} ({k}, seq)
@@ -341,11 +341,11 @@ class JobSQL:
             src=self.src,
         )
 
-    def set_vector_dims(self, dims: int) -> sql.Composable:
+    def set_vector_dims(self, dims: int) -> sql.Composed:
         return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE vector({d})").format(v=self.v, d=sql.Literal(dims))
 
     # -- work
-    def claim(self) -> sql.Composable:
+    def claim(self) -> sql.Composed:
         """Lease up to %(limit)s free queue rows; returns ``k1..kn, seq, attempts, last_error``.
 
         ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim side by side without
@@ -371,7 +371,7 @@ class JobSQL:
             RETURNING {qk}, q.seq, q.attempts, q.last_error"""
         ).format(q=self.q, qk=self._cols("q"))
 
-    def read_texts(self) -> sql.Composable:
+    def read_texts(self) -> sql.Composed:
         """The current text of claimed rows, whether the row still exists, and the hash of
         the text its stored vector was made from. Run after :meth:`claim` (fresh snapshot)."""
         src_match = self._src_match("c")
@@ -390,13 +390,13 @@ class JobSQL:
             vmatch=self._match("v", "c"),
         )
 
-    def dequeue(self) -> sql.Composable:
+    def dequeue(self) -> sql.Composed:
         """Drop queue rows (still at their claimed seq) whose stored vector is already right."""
         return sql.SQL("DELETE FROM {q} q USING {unnest} WHERE {match} AND q.seq = c.seq").format(
             q=self.q, unnest=self._unnest([("seq", "bigint")]), match=self._match("q", "c")
         )
 
-    def fail(self) -> sql.Composable:
+    def fail(self) -> sql.Composed:
         """Move rows (still at their claimed seq) from the queue to the failures table and
         drop their now-stale vectors. Parameters: keys, seqs, reasons, statuses, messages."""
         return sql.SQL(
@@ -423,7 +423,7 @@ class JobSQL:
             fkey=self._failure_key("done"),
         )
 
-    def requeue_failures(self) -> sql.Composable:
+    def requeue_failures(self) -> sql.Composed:
         """Queue failed rows again (fresh seq, attempts reset) and clear their records: all of
         them, or those named by key (``ids``: single keys as text; ``rows``: JSON arrays)."""
         keys = sql.SQL(", ").join(
@@ -442,7 +442,7 @@ class JobSQL:
                    attempts = 0"""
         ).format(q=self.q, k=self._cols(), keys=keys)
 
-    def renew(self) -> sql.Composable:
+    def renew(self) -> sql.Composed:
         """Extend the leases of every row the run ``%(token)s`` still holds (claimed, not yet
         stored, released or changed by a trigger, which all clear ``claimed_by``), so that a
         batch whose retries outlast the lease is not claimed and paid for by a second worker.
@@ -452,7 +452,7 @@ class JobSQL:
                 WHERE claimed_by = %(token)s"""
         ).format(q=self.q)
 
-    def release(self) -> sql.Composable:
+    def release(self) -> sql.Composed:
         """Give back every row a run still holds (lease cleared, error noted) when it stops
         early. Parameters: error, run token."""
         return sql.SQL(
@@ -460,7 +460,7 @@ class JobSQL:
                 WHERE claimed_by = %s"""
         ).format(q=self.q)
 
-    def settle(self) -> sql.Composable:
+    def settle(self) -> sql.Composed:
         """Start storing a batch: delete the queue rows still at their claimed ``seq`` and,
         for exactly those keys, the old vectors and failure records; return the keys.
 
@@ -490,14 +490,14 @@ class JobSQL:
             dk=self._cols("done"),
         )
 
-    def copy_vectors(self) -> sql.Composable:
+    def copy_vectors(self) -> sql.Composed:
         """Binary COPY straight into the vector table (after :meth:`settle`)."""
         return sql.SQL("COPY {v} ({k}, chunk_seq, embedding, input_hash, model) FROM STDIN (FORMAT BINARY)").format(
             v=self.v, k=self._cols()
         )
 
     # -- reading
-    def counts(self) -> sql.Composable:
+    def counts(self) -> sql.Composed:
         """Exact counts: source rows, up-to-date vectors, queued rows, failed rows."""
         return sql.SQL(
             """SELECT (SELECT count(*) FROM {src}) AS total,
@@ -508,7 +508,7 @@ class JobSQL:
                         WHERE f.job_id = %(job_id)s AND f.version = %(version)s) AS failed"""
         ).format(src=self.src, v=self.v, q=self.q, match=self._match("q", "v"))
 
-    def pending_texts(self) -> sql.Composable:
+    def pending_texts(self) -> sql.Composed:
         """The current text of every queued row and the hash its stored vector was made
         from (for estimates: no lease is taken, nothing changes)."""
         return sql.SQL(
@@ -525,13 +525,13 @@ class JobSQL:
             vmatch=self._match("v", "q"),
         )
 
-    def all_texts(self) -> sql.Composable:
+    def all_texts(self) -> sql.Composed:
         """The text of every source row (for the estimate of a re-embed with a new model)."""
         return sql.SQL("SELECT {text} AS text, NULL::bytea FROM {src} s").format(
             text=text_expression(self.job, "s"), src=self.src
         )
 
-    def missing(self) -> sql.Composable:
+    def missing(self) -> sql.Composed:
         """What keeps this version from being complete: rows still queued, and failed rows
         other than those with no text (which have no vector in any version)."""
         return sql.SQL(
@@ -541,7 +541,7 @@ class JobSQL:
                           AND f.reason <> 'empty_text') AS failed"""
         ).format(q=self.q)
 
-    def search(self) -> sql.Composable:
+    def search(self) -> sql.Composed:
         """Nearest rows by cosine distance. The ORDER BY ... LIMIT runs on the vector table
         alone so that its HNSW index (``vectorfill index``) serves it; the source is joined
         after, for the text. Parameters: query vector (twice), k."""
@@ -561,7 +561,7 @@ class JobSQL:
             m=src_match,
         )
 
-    def index_facts(self) -> sql.Composable:
+    def index_facts(self) -> sql.Composed:
         """Whether the HNSW index exists, and the planner's row estimate (-1: never analysed)."""
         return sql.SQL(
             """SELECT to_regclass({idx}) IS NOT NULL,
@@ -570,13 +570,13 @@ class JobSQL:
             idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"), v=sql.Literal(f"{SCHEMA}.{self.version.vector_table}")
         )
 
-    def count_vectors(self) -> sql.Composable:
+    def count_vectors(self) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {}").format(self.v)
 
     def index_name(self) -> str:
         return f"{self.version.vector_table}_hnsw"
 
-    def create_index(self) -> sql.Composable:
+    def create_index(self) -> sql.Composed:
         """An HNSW index for cosine distance (built without blocking writers)."""
         return sql.SQL(
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {v} USING hnsw (embedding vector_cosine_ops)"
@@ -588,7 +588,7 @@ def trigger_function_name(job: Job) -> sql.Identifier:
     return sql.Identifier(SCHEMA, f"_trg_{job.id}")
 
 
-def create_trigger_function(job: Job) -> sql.Composable:
+def create_trigger_function(job: Job) -> sql.Composed:
     """The function the source table's triggers call. It keeps every live version's
     queue (and, on delete, vectors) in step. SECURITY DEFINER, so that an application
     role that may write the source table need not be granted the vectorfill schema."""
@@ -658,7 +658,7 @@ def trigger_names(job: Job) -> dict[str, sql.Identifier]:
     return {op: sql.Identifier(f"vectorfill_{job.name}_{op}") for op in ("insert", "update", "delete", "truncate")}
 
 
-def create_triggers(job: Job) -> sql.Composable:
+def create_triggers(job: Job) -> sql.Composed:
     names = trigger_names(job)
     src = sql.Identifier(job.source_schema, job.source_table)
     fn = trigger_function_name(job)
@@ -684,7 +684,7 @@ def create_triggers(job: Job) -> sql.Composable:
     )
 
 
-def drop_triggers(job: Job) -> sql.Composable:
+def drop_triggers(job: Job) -> sql.Composed:
     src = sql.Identifier(job.source_schema, job.source_table)
     stmts = [sql.SQL("DROP TRIGGER IF EXISTS {} ON {};").format(n, src) for n in trigger_names(job).values()]
     stmts.append(sql.SQL("DROP FUNCTION IF EXISTS {}();").format(trigger_function_name(job)))
@@ -695,7 +695,7 @@ def view_name(job: Job) -> sql.Identifier:
     return sql.Identifier(SCHEMA, job.name)
 
 
-def create_view(job: Job, version: Version) -> sql.Composable:
+def create_view(job: Job, version: Version) -> sql.Composed:
     """``vectorfill.<job>``: the active version's vectors, keyed like the source."""
     js = JobSQL(job, version)
     if len(job.key_columns) == 1:
