@@ -14,7 +14,7 @@ from prefect import flow
 
 from vectorfill.orchestration.runtime import frozen_heap
 from vectorfill.tasks import RunSummary, Tally, fill_versions, prepare_run, report_run, switch_versions
-from vectorfill.tasks.report import progress_artifact
+from vectorfill.tasks.report import final_state, progress_artifact
 
 __all__ = ["backfill"]
 
@@ -22,7 +22,10 @@ __all__ = ["backfill"]
 @flow(name="vectorfill-backfill", persist_result=False, log_prints=False)
 async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
     """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
-    version and the new model's version, if one is filling; switch to the latter once complete."""
+    version and the new model's version, if one is filling; switch to the latter once complete.
+
+    Returns the run's summary; when rows failed, the run ends Failed and calling the flow
+    raises :class:`~vectorfill.errors.RowsFailed`, whose ``summary`` is the same summary."""
     with frozen_heap():  # full GC passes skip the heap that was there before the run
         started = time.monotonic()
         prepared = await prepare_run(job)
@@ -31,4 +34,5 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
             await fill_versions(prepared, tally, job)
             finish()  # the progress artifact's last update goes on beside the switch
             switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
-        return await report_run(job, tally.totals, time.monotonic() - started, switched)
+        summary = await report_run(job, tally.totals, time.monotonic() - started, switched)
+        return final_state(summary)  # Failed when rows failed: RowsFailed carries the summary

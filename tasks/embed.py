@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vectorfill.errors import TerminalProviderError, stops_run
+from vectorfill.errors import InputError, TerminalProviderError, stops_run
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.tokens import counter_for
@@ -82,6 +82,16 @@ async def _embed(
 ) -> Embedded:
     try:
         result = await _send(client, items, throttle)
+    except InputError as exc:
+        # the client found one input it cannot send (it says which): that row is recorded as
+        # failed with the reason, the others are sent without it
+        bad = exc.row if isinstance(exc.row, int) and 0 <= exc.row < len(items) else 0
+        rest = items[:bad] + items[bad + 1 :]
+        rejected = ((items[bad], None, str(exc)),)
+        if not rest:
+            return Embedded((), np.zeros((0, 0), np.float32), client.model, 0, 0, rejected)
+        sent = await _embed(client, rest, truncate, throttle)
+        return dataclasses.replace(sent, rejected=sent.rejected + rejected)
     except TerminalProviderError as exc:
         if stops_run(exc):
             raise

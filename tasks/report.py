@@ -14,14 +14,17 @@ from dataclasses import asdict, dataclass
 
 from prefect import task
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.client.schemas.objects import State
+from prefect.states import Completed, Failed
 
+from vectorfill.errors import RowsFailed
 from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
 from vectorfill.storage.db import connect
 
 from .common import TASK_OPTIONS, database_url
 
-__all__ = ["PROGRESS_EVERY_S", "RunSummary", "artifact_key", "progress_artifact", "report_run"]
+__all__ = ["PROGRESS_EVERY_S", "RunSummary", "artifact_key", "final_state", "progress_artifact", "report_run"]
 
 #: Seconds between updates of the progress artifact (each is an API round trip).
 PROGRESS_EVERY_S = 2.0
@@ -85,6 +88,17 @@ async def report_run(job_name: str, totals: dict, duration_s: float, switched_to
         description=f"vectorfill backfill summary for job {job_name}",
     )
     return summary
+
+
+def final_state(summary: RunSummary) -> State:
+    """The flow run's final state: Completed when every row the run settled is embedded,
+    unchanged or deleted; Failed (with :class:`~vectorfill.errors.RowsFailed`, which carries
+    the summary) when some rows failed, so that Prefect, a scheduler or a cron job can tell
+    it from a clean run."""
+    if summary.failed:
+        error = RowsFailed(summary, summary.failed, summary.job)
+        return Failed(message=str(error), data=error)
+    return Completed(message=f"{summary.embedded:,} rows embedded", data=summary)
 
 
 def artifact_key(job_name: str) -> str:

@@ -148,11 +148,17 @@ class Env:
             return create_job(conn, **args)
 
     def backfill(self, job: str = "docs", **kw):
+        """The run's summary, whether or not rows failed (a run with failed rows ends Failed
+        and raises RowsFailed, which carries it)."""
         import asyncio
 
+        from vectorfill.errors import RowsFailed
         from vectorfill.flows.backfill import backfill
 
-        return asyncio.run(backfill(job, **kw))
+        try:
+            return asyncio.run(backfill(job, **kw))
+        except RowsFailed as exc:
+            return exc.summary
 
     def status(self, job: str = "docs"):
         from vectorfill.jobs.registry import job_status

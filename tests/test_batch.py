@@ -169,3 +169,36 @@ def test_backoff_is_the_stage_s_own_and_honours_retry_after(env):
     attempts.stage = "store"
     attempts.failed(db_error := DatabaseError("down"))
     assert 0.5 <= attempts.delay(db_error) <= 1.5
+
+
+def test_an_input_the_client_cannot_send_fails_its_row_and_the_others_are_embedded(provider):
+    """InputError (here a lone surrogate, which cannot be encoded as UTF-8) singles out one
+    input before anything is sent: that row is rejected with the reason, the rest go in one
+    request, and nothing is sent for the bad one."""
+    import asyncio
+
+    import numpy as np
+    from pydantic import SecretStr
+
+    from conftest import API_KEY
+    from fake_provider import expected_vector
+    from vectorfill.provider.client import EmbeddingsClient
+    from vectorfill.tasks.claim import Item
+    from vectorfill.tasks.embed import _embed
+
+    texts = ["first text", "bad \ud800 text", "third text"]
+    items = tuple(Item((i,), i, t, b"", 3) for i, t in enumerate(texts))
+
+    async def go():
+        async with EmbeddingsClient(
+            base_url=provider.base_url, model="fake-embed", api_key=SecretStr(API_KEY)
+        ) as client:
+            return await _embed(client, items, truncate=True)
+
+    embedded = asyncio.run(go())
+    assert [i.text for i in embedded.items] == ["first text", "third text"]
+    for item, vector in zip(embedded.items, embedded.vectors, strict=True):
+        np.testing.assert_allclose(vector, expected_vector(item.text, 32), rtol=1e-6)
+    assert [(r[0].text, r[1]) for r in embedded.rejected] == [("bad \ud800 text", None)]
+    assert "lone UTF-16 surrogate" in embedded.rejected[0][2]
+    assert provider.requests == 1 and sorted(provider.inputs) == ["first text", "third text"]

@@ -186,3 +186,46 @@ def test_model_change_commands_through_the_cli(cli_env, provider):
         check=False,
     )
     assert proc.returncode == 1 and "write MODEL=USD_PER_MILLION_TOKENS" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["backfill", "docs", "--bogus"], "No such option: --bogus"),
+        (["backfill"], "Missing argument"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["backfill", "docs", "--max-rows", "abc"], "Invalid value for '--max-rows'"),
+    ],
+)
+def test_usage_mistakes_print_the_usage_line_and_one_sentence_and_exit_2(args, says, tmp_path):
+    proc = vf(*args, env=user_env("postgresql://nobody@127.0.0.1:9/none", tmp_path), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("Usage: vectorfill") and says in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout and "╭" not in proc.stderr
+
+
+def test_a_template_with_non_ascii_text_and_escapes_is_kept_as_written(cli_env):
+    """`\\n` in a template typed on the command line is a newline; every other character,
+    "Ü" and "—" included, is kept as it is (it was decoded as unicode_escape: mojibake)."""
+    vf("migrate", env=cli_env)
+    template = "Über {title} — {body}\\n\\nEnde"
+    vf("job", "create", "docs", "--table", "articles", "--template", template, "--model", "fake-embed",
+       "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "VF_KEY", env=cli_env)  # fmt: skip
+    with connect(cli_env["VECTORFILL_DATABASE_URL"]) as conn:
+        stored = conn.execute("SELECT template FROM vectorfill.jobs WHERE name = 'docs'").fetchone()[0]
+    assert stored == "Über {title} — {body}\n\nEnde"
+
+
+def test_a_run_whose_rows_failed_exits_3_and_its_flow_run_is_failed(cli_env, provider):
+    """A cron job or a scheduler must tell a run whose rows failed from a clean one: exit 3
+    (not 0), the summary still printed, and Prefect's state Failed."""
+    vf("migrate", env=cli_env)
+    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
+       "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "100", env=cli_env)  # fmt: skip
+    provider.fail_when(lambda text: True, status=400)  # every input refused, one by one
+    proc = vf("backfill", "docs", "--json", env=cli_env, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert json.loads(proc.stdout)["failed"] == 300
+    assert "300 rows failed in this run" in proc.stderr and "vectorfill failures docs" in proc.stderr
+    runs = json.loads(vf("runs", "docs", "--json", env=cli_env).stdout)
+    assert runs[0]["state"] == "Failed"

@@ -108,3 +108,13 @@ def read_api_key(env_var: str | None, *, job: str | None = None) -> SecretStr | 
             job=job,
         )
     return SecretStr(value)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape_template(template: str) -> str:
+    """A template as typed on a command line, with ``\\n``, ``\\t``, ``\\r`` and ``\\\\`` turned
+    into the characters they name; every other character, non-ASCII included, is kept as
+    it is (``"Über {title} — {body}\\n\\nEnde"`` keeps its "Ü" and "—")."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], template)

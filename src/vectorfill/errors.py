@@ -15,7 +15,8 @@ The tree::
     │       ├── AuthenticationError  401/403: wrong or missing key; stops the run at once
     │       ├── ModelNotFound        404: unknown model or wrong base URL; stops the run
     │       └── QuotaExceeded        429 insufficient_quota: billing, not a rate limit; stops the run
-    └── InputError                   one row's text cannot be embedded (NULL, empty, too long)
+    ├── InputError                   one row's text cannot be embedded (NULL, empty, too long)
+    └── RowsFailed                   a run finished, but some of its rows failed (.summary)
 
 Each message names the job, the row or setting at fault, and what to do next. Foreign
 exceptions (httpx, psycopg) are translated at the edge where they happen and never leak
@@ -34,6 +35,7 @@ __all__ = [
     "ModelNotFound",
     "ProviderError",
     "QuotaExceeded",
+    "RowsFailed",
     "SecretMissing",
     "SourceError",
     "TerminalProviderError",
@@ -131,6 +133,20 @@ class InputError(VectorfillError):
     def __init__(self, message: str, *, job: str | None = None, row: object = None) -> None:
         self.row = row
         super().__init__(message, job=job)
+
+
+class RowsFailed(VectorfillError):
+    """A run went through its queue, but some rows failed (each recorded with its reason in
+    ``vectorfill failures``). The flow run ends Failed with this error, the CLI exits 3, and
+    ``.summary`` holds the run's :class:`~vectorfill.tasks.report.RunSummary`."""
+
+    def __init__(self, summary: object, failed: int, job: str) -> None:
+        self.summary = summary
+        super().__init__(
+            f"{failed:,} rows failed in this run; `vectorfill failures {job}` lists them with the reason, "
+            f"`vectorfill retry {job}` queues them again",
+            job=job,
+        )
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vectorfill.config import DATABASE_URL_ENV, JobSettings
-from vectorfill.errors import VectorfillError
+from vectorfill.config import DATABASE_URL_ENV, JobSettings, unescape_template
+from vectorfill.errors import RowsFailed, VectorfillError
 
 app = typer.Typer(
     add_completion=False,
@@ -97,7 +97,7 @@ def job_create(
 
     if template and text:
         raise ConfigError("give --text or --template, not both", job=name)
-    template = template.encode().decode("unicode_escape") if template and "\\" in template else template
+    template = unescape_template(template) if template else template
     try:
         settings = JobSettings(
             max_inputs=max_inputs,
@@ -352,11 +352,19 @@ def backfill(
     from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
 
     prefect_defaults(verbose=verbose)
-    summary = run_backfill(_url(db), job, max_rows=max_rows, progress=not json_out, console=err)
+    try:
+        summary = run_backfill(_url(db), job, max_rows=max_rows, progress=not json_out, console=err)
+        failed = None
+    except RowsFailed as exc:  # the run went through, but rows failed: summary, then exit 3
+        summary, failed = exc.summary, exc
     if json_out:
         out.print_json(json.dumps(summary.as_dict()))
+    else:
+        _print_summary(summary)
+    if failed is not None:
+        raise failed
+    if json_out:
         return
-    _print_summary(summary)
     from vectorfill.jobs.search import index_suggested
 
     with _conn(db) as conn:
@@ -630,13 +638,38 @@ def _interrupted(terminated: threading.Event, released: str) -> None:
     sys.exit(130)
 
 
+#: Exit codes (the README's table): 0 done; 1 the command could not proceed (a setting, the
+#: database, the provider: the message says which and what to do); 2 a usage mistake;
+#: 3 a run went through but rows failed; 130/143 stopped by Ctrl-C/SIGTERM.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
+
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's usage exceptions, as typer ships them (its own copy of click in typer >= 0.16
+    or so, click itself before)."""
+    types: list[type[BaseException]] = []
+    try:
+        from typer._click.exceptions import ClickException as vendored
+
+        types.append(vendored)
+    except ImportError:
+        pass
+    import click
+
+    types.append(click.ClickException)
+    return tuple(types)
+
+
 def main(argv: list[str] | None = None) -> None:
     terminated = _stop_on_sigterm()
     try:
-        code = app(args=argv, standalone_mode=False)  # returns the exit code of Exit/Ctrl-C
+        code = app(args=argv, prog_name="vectorfill", standalone_mode=False)  # the exit code of Exit/Ctrl-C
+    except RowsFailed as exc:
+        err.print(f"[yellow]warning:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_ROWS_FAILED)
     except VectorfillError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, greppable
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -650,12 +683,10 @@ def main(argv: list[str] | None = None) -> None:
         if not terminated.is_set():
             raise
         _interrupted(terminated, "were given back")
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage mistakes: the usage line, one sentence, exit 2, no traceback
+        if isinstance(exc, _usage_error_types()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
         raise
     if code == 130 or terminated.is_set():
         _interrupted(terminated, "were given back")
