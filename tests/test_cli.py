@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -229,3 +230,30 @@ def test_a_run_whose_rows_failed_exits_3_and_its_flow_run_is_failed(cli_env, pro
     assert "300 rows failed in this run" in proc.stderr and "vectorfill failures docs" in proc.stderr
     runs = json.loads(vf("runs", "docs", "--json", env=cli_env).stdout)
     assert runs[0]["state"] == "Failed"
+
+
+def test_a_home_that_cannot_hold_prefects_state_fails_in_seconds_with_one_sentence(fresh_db, tmp_path):
+    """HOME=/nonexistent (containers, DynamicUser services): Prefect timed out for minutes on
+    a database it could not open. Now: one sentence naming what to set, exit 1, quickly."""
+    (tmp_path / "a-file").write_text("")
+    env = user_env(fresh_db, tmp_path)
+    env["HOME"] = str(tmp_path / "a-file" / "home")  # cannot be created, not even by root
+    env.pop("PREFECT_HOME")
+    env.pop("VECTORFILL_HOME")
+    started = time.monotonic()
+    proc = vf("backfill", "docs", env=env, check=False)
+    assert proc.returncode == 1 and time.monotonic() - started < 30
+    assert "set PREFECT_HOME or VECTORFILL_HOME to a writable directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_without_a_usable_home_prefect_state_goes_to_vectorfill_home(tmp_path, monkeypatch):
+    from vectorfill.orchestration.runtime import _ensure_prefect_home
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("HOME", str(tmp_path / "a-file" / "home"))
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.setenv("VECTORFILL_HOME", str(tmp_path / "state"))
+    _ensure_prefect_home()
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "state" / "prefect")
+    assert (tmp_path / "state" / "prefect").is_dir()

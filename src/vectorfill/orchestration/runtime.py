@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from vectorfill.config import DATABASE_URL_ENV
 
@@ -35,6 +36,7 @@ def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
 
     With no ``PREFECT_API_URL`` set and ``vectorfill serve`` running on this machine, runs
     go to its Prefect server (so they show up in its history and UI)."""
+    _ensure_prefect_home()
     if use_served:
         from vectorfill.orchestration.api import use_served_api
 
@@ -48,6 +50,47 @@ def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
         if key == "PREFECT_LOGGING_LEVEL" and verbose:
             value = "INFO"
         os.environ.setdefault(key, value)
+
+
+def _writable_dir(path: Path) -> str | None:
+    """None when ``path`` is (now) a writable directory, else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+
+
+def _ensure_prefect_home() -> None:
+    """Give Prefect a directory it can write, or fail at once with one sentence.
+
+    Prefect keeps its profiles and local state in ``PREFECT_HOME`` (``~/.prefect``). Where
+    ``HOME`` cannot hold it (containers with ``HOME=/nonexistent``, systemd's DynamicUser),
+    Prefect would time out for minutes starting a server on a database it cannot open; so
+    without ``PREFECT_HOME`` we fall back to ``prefect/`` in vectorfill's own state directory
+    (``VECTORFILL_HOME``), and when neither can be written we say so before starting anything.
+    """
+    from vectorfill.errors import ConfigError
+
+    given = os.environ.get("PREFECT_HOME")
+    if given:
+        why = _writable_dir(Path(given).expanduser())
+        if why:
+            raise ConfigError(f"PREFECT_HOME={given} cannot be used ({why}): set it to a writable directory")
+        return
+    default = Path("~/.prefect").expanduser()
+    if _writable_dir(default) is None:
+        return
+    from vectorfill.local.pgembedded import default_data_dir
+
+    fallback = default_data_dir().parent / "prefect"
+    why = _writable_dir(fallback)
+    if why:
+        raise ConfigError(
+            f"Prefect needs a writable directory: {default} cannot be created (HOME={os.environ.get('HOME')}) "
+            f"and neither can {fallback} ({why}); set PREFECT_HOME or VECTORFILL_HOME to a writable directory"
+        )
+    os.environ["PREFECT_HOME"] = str(fallback)
 
 
 @contextlib.contextmanager
