@@ -18,7 +18,7 @@ import psycopg
 from vectorfill.errors import DatabaseError
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, aconnect
+from vectorfill.storage.db import LaneConnection, aconnect, lane_error
 
 from .common import Work, database_url
 
@@ -118,9 +118,8 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             seqs = [r[n] for r in claimed]
             attempts = {tuple(r[:n]): (r[n + 1], r[n + 2]) for r in claimed}
             rows = await (await conn.execute(js.read_texts(), key_arrays(work, keys) + [seqs])).fetchall()
-    except psycopg.OperationalError as exc:
-        await db.discard()
-        raise DatabaseError(f"claiming rows failed: {str(exc).strip().splitlines()[0]}", job=work.job.name) from None
+    except psycopg.Error as exc:
+        raise await lane_error(db, exc, "claiming rows", job=work.job.name) from None
 
     gone: list[tuple] = []
     unchanged: list[tuple] = []
@@ -202,9 +201,8 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                         js.dequeue(), key_arrays(work, [g[0] for g in unchanged]) + [[g[1] for g in unchanged]]
                     )
                 await _fail(conn, js, work, failed)
-        except psycopg.OperationalError as exc:
-            await db.discard()  # the claims stay leased; their leases expire or the run gives them back
-            raise DatabaseError(f"settling claimed rows failed: {exc}", job=work.job.name) from None
+        except psycopg.Error as exc:  # the claims stay leased; their leases expire or the run gives them back
+            raise await lane_error(db, exc, "settling claimed rows", job=work.job.name) from None
 
     return Claim(
         batches=tuple(pack(items, s.max_inputs, _request_tokens(s))),
@@ -265,11 +263,17 @@ async def release_rows(work: Work, token: uuid.UUID, error: str) -> int:
     """Give back every row the run ``token`` still holds, noting why, so that the next run
     takes them at once instead of waiting for their leases to expire. Opens its own
     connection: the lanes' may be what failed. A plain function, not a task: the flow calls
-    it while it stops (an error, Ctrl-C, a cancellation)."""
+    it while it stops (an error, Ctrl-C, a cancellation). Best effort: when it fails (the
+    database is what stopped the run, or the job was dropped) the leases expire instead, and
+    the error that stopped the run is the one reported, not this one."""
     js = sql.JobSQL(work.job, work.version)
-    async with aconnect(database_url()) as conn:
-        cur = await conn.execute(js.release(), (error[:2000], token))
-        return cur.rowcount
+    try:
+        async with aconnect(database_url()) as conn:
+            cur = await conn.execute(js.release(), (error[:2000], token))
+            return cur.rowcount
+    except (psycopg.Error, DatabaseError) as exc:
+        logging.getLogger("vectorfill").warning("giving back the claims of %s failed: %s", work.label, exc)
+        return 0
 
 
 async def keep_claims(work: Work, token: uuid.UUID, url: str) -> None:

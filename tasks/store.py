@@ -16,10 +16,10 @@ import numpy as np
 import psycopg
 from psycopg import sql as pgsql
 
-from vectorfill.errors import DatabaseError, TerminalProviderError
+from vectorfill.errors import TerminalProviderError
 from vectorfill.records import Version
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection
+from vectorfill.storage.db import LaneConnection, lane_error
 
 from .claim import _fail, key_arrays
 from .common import Work
@@ -205,9 +205,8 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection) -> Sto
                 for item, status, message in embedded.rejected
             ]
             await _fail(conn, js, work, rejected)
-    except psycopg.OperationalError as exc:
-        await db.discard()
-        raise DatabaseError(f"storing a batch failed: {str(exc).strip().splitlines()[0]}", job=job.name) from None
+    except psycopg.Error as exc:
+        raise await lane_error(db, exc, "storing a batch", job=job.name) from None
     return Stored(
         written=written,
         stale=len(embedded.items) - written,

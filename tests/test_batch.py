@@ -202,3 +202,46 @@ def test_an_input_the_client_cannot_send_fails_its_row_and_the_others_are_embedd
     assert [(r[0].text, r[1]) for r in embedded.rejected] == [("bad \ud800 text", None)]
     assert "lone UTF-16 surrogate" in embedded.rejected[0][2]
     assert provider.requests == 1 and sorted(provider.inputs) == ["first text", "third text"]
+
+
+def test_a_job_dropped_under_a_run_stops_it_with_one_job_error(env, monkeypatch):
+    """The queue table vanishing mid-run (a `job drop` from another shell) is a JobError that
+    says what happened, not a raw psycopg ProgrammingError, and it is not retried."""
+    from vectorfill.errors import JobError
+
+    env.make_table(20)
+    env.create_job()
+    claim_rows = batch_mod.claim_rows
+
+    async def drop_then_claim(*args, **kwargs):
+        with env.connect() as conn:
+            conn.execute("DROP TABLE vectorfill._q_1_1")
+        return await claim_rows(*args, **kwargs)
+
+    monkeypatch.setattr(batch_mod, "claim_rows", drop_then_claim)
+    with pytest.raises(JobError, match=r"claiming rows failed: .*was the job dropped"):
+        env.backfill()
+    assert env.provider.requests == 0
+
+
+def test_database_errors_are_translated_in_one_place(pg_url):
+    import psycopg
+
+    from vectorfill.errors import DatabaseError, JobError
+    from vectorfill.storage.db import translate_error
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as gone:
+            conn.execute("SELECT * FROM vectorfill_no_such_table")
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SELECT 1/0")
+    with pytest.raises(psycopg.Error) as down:
+        psycopg.connect("postgresql://u:secret@127.0.0.1:9/x", connect_timeout=2)
+
+    job_error = translate_error(gone.value, "claiming rows", job="docs")
+    assert isinstance(job_error, JobError) and not job_error.transient
+    unreachable = translate_error(down.value, "connecting", url="postgresql://u:secret@127.0.0.1:9/x")
+    assert isinstance(unreachable, DatabaseError) and unreachable.transient
+    assert "secret" not in str(unreachable) and "u:***@127.0.0.1:9" in str(unreachable)
+    refusal = translate_error(refused.value, "storing a batch", job="docs")
+    assert isinstance(refusal, DatabaseError) and not refusal.transient and "division by zero" in str(refusal)

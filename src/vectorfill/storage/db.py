@@ -15,7 +15,7 @@ import psycopg
 from pgvector.psycopg import register_vector, register_vector_async
 
 from vectorfill.config import DATABASE_URL_ENV, database_url_from_env
-from vectorfill.errors import ConfigError, DatabaseError
+from vectorfill.errors import ConfigError, DatabaseError, JobError, VectorfillError
 
 __all__ = [
     "LaneConnection",
@@ -62,11 +62,60 @@ def redact_url(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
-def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
-    return DatabaseError(
-        f"cannot use the database at {redact_url(url)}: {str(exc).strip().splitlines()[0]}. "
-        f"Check --db / {DATABASE_URL_ENV} and that Postgres is running"
-    )
+#: Errors that mean the job's own tables (or the source's columns) are gone or changed under
+#: a run: a job dropped mid-run, a column removed. Retrying cannot help.
+_SCHEMA_GONE = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+)
+
+
+def translate_error(
+    exc: psycopg.Error, doing: str, *, job: str | None = None, url: str | None = None
+) -> VectorfillError:
+    """The one map from psycopg's errors to vectorfill's (as httpx maps httpcore's):
+
+    - the server unreachable, the connection lost (OperationalError, InterfaceError):
+      :class:`DatabaseError`, transient (a retry on a new connection can work);
+    - the job's tables or the source's columns gone (a job dropped mid-run): :class:`JobError`,
+      terminal;
+    - anything else Postgres refused: :class:`DatabaseError`, terminal.
+
+    ``doing`` says what failed ("claiming rows"); the message keeps Postgres's first line,
+    never the password of ``url``.
+    """
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, _SCHEMA_GONE):
+        return JobError(
+            f"{doing} failed: {first}. The job's tables or the source's columns changed under the run "
+            "(was the job dropped, or a column removed?): see `vectorfill job list` and the source table",
+            job=job,
+        )
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        where = f" at {redact_url(url)}" if url else ""
+        return DatabaseError(
+            f"{doing} failed: cannot use the database{where}: {first}. "
+            f"Check --db / {DATABASE_URL_ENV} and that Postgres is running",
+            job=job,
+        )
+    error = DatabaseError(f"{doing} failed: Postgres refused it: {first}", job=job)
+    error.transient = False
+    return error
+
+
+def _translate(exc: psycopg.Error, url: str) -> VectorfillError:
+    return translate_error(exc, "connecting", url=url)
+
+
+async def lane_error(db: LaneConnection, exc: psycopg.Error, doing: str, *, job: str | None = None) -> VectorfillError:
+    """:func:`translate_error` for a lane's statements; after a lost connection the lane's
+    connection is dropped first, so that a retry opens a new one (``raise await
+    lane_error(...) from None``)."""
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        await db.discard()
+    return translate_error(exc, doing, job=job)
 
 
 @contextlib.contextmanager
