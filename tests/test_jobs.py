@@ -10,12 +10,11 @@ from vectorfill.storage.db import connect, current_revision, migrate
 
 
 @pytest.fixture
-def db(fresh_db):
-    migrate(fresh_db)
-    with connect(fresh_db) as conn:
+def db(migrated_db):
+    with connect(migrated_db) as conn:
         conn.execute("CREATE TABLE articles (id bigint PRIMARY KEY, title text, body text)")
         conn.execute("INSERT INTO articles SELECT g, 't' || g, 'b' || g FROM generate_series(1, 10) g")
-    return fresh_db
+    return migrated_db
 
 
 def create(url, **kw):
