@@ -16,8 +16,8 @@ Everything below is measured in one run, on one machine, against the same texts:
   temporary server is started beforehand by a warm-up backfill (``max_inputs x
   concurrency`` rows by default, so that ``concurrency`` full-size requests have run), so
   the timed run excludes its start-up (and the imports, the tokenizer load, the first
-  connections and this process's first allocations of full-size requests: a cold first
-  run was measured 20-30% slower).
+  connections and this process's first allocations of full-size requests, which make a
+  cold first run markedly slower).
 * **vectorfill without Prefect**: the same flow body and lanes, on a fresh job of the
   same texts, with every task replaced by its plain function (``task.fn``), retried as its
   ``retry_condition_fn`` allows, and the progress and summary artifacts by no-ops. Odd

@@ -7,12 +7,10 @@ and ``store.py``. A batch is :data:`MIN_TASK_ROWS` rows, or one API request's wo
 run's throttle (which holds the run to ``concurrency`` requests in flight), and stores each
 answer as it comes.
 
-Few tasks, each of many rows, are what keep Prefect's own cost small beside the work:
-each task run costs ~4 ms of CPU in this process and as much again in Prefect's server, on
-the same cores as the HTTP parsing and the COPY. Measured with ``bench/bench_throughput.py``
-(20,000 rows, no provider latency, 2 cores): Prefect's CPU was 8.8% of the machine with a
-task per 1,024-row request and 4.3% with a task per 4,096 rows, at the same throughput; a
-task per 32-input request (TEI's default) would cost more than the work.
+Few tasks, each of many rows, are what keep Prefect's own cost small beside the work: each
+task run costs Prefect CPU in this process and in its server, on the same cores as the
+HTTP parsing and the COPY, so a task per request of a server that takes few inputs (TEI's
+32) would cost more than the work (``bench/bench_throughput.py``; figures in bench/README.md).
 
 A retry of the task **resumes** it at the stage that failed, because :class:`Attempts`,
 the batch's record of what it has done, is kept across Prefect's retries of the task:
@@ -53,7 +51,7 @@ from .store import Stored, store_batch
 __all__ = ["STAGE_DELAYS", "STAGE_RETRIES", "Attempts", "Filled", "Lanes", "batch_task", "fill_batch", "rows_per_task"]
 
 #: The fewest rows one batch task claims (when ``max_inputs`` is smaller, the task sends
-#: several requests): Prefect's ~8 ms of CPU per task run is then 2-4% of the work.
+#: several requests), so that Prefect's fixed cost per task run stays small beside the work.
 MIN_TASK_ROWS = 4096
 
 #: Retries of the database stages (the request's are the job's ``retries``).

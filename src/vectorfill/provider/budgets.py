@@ -15,10 +15,9 @@ so a request rarely waits for the database. Unspent budget is given back when th
 ends. A run that dies keeps nothing locked (every statement is a one-row autocommit
 statement) and loses at most the chunk it held, which the bucket refills in 3 seconds.
 
-Alternatives measured (``bench/bench_ratelimit.py``): Prefect's global concurrency limits
-take 10-13 ms per acquire at the median but 76-104 ms on average, with stalls of 2 s,
-against about a millisecond for a lease here, which is paid once per chunk rather than
-once per request.
+Prefect's global concurrency limits could carry the budget too, but they cost a round trip
+to Prefect's server per request, with long stalls under load, where a lease here is paid
+once per chunk (``bench/bench_ratelimit.py`` measures both; figures in bench/README.md).
 
 What the shared bucket cannot see: budget leased and not yet spent (each run holds about
 a chunk, more only while it puts together a request bigger than one), and spending by
