@@ -119,11 +119,22 @@ prefect_defaults(use_served=False)  # never a developer's running `vectorfill se
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
+def prefect_server() -> Iterator[str]:
+    """The session's Prefect server; its API URL. Subprocesses that run flows get it as
+    ``PREFECT_API_URL`` (as a user's runs reuse a running server), so that none of them
+    pays for starting a temporary server of its own."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield str(PREFECT_API_URL.value())
+
+
+def expire_leases(url: str, queue: str = "vectorfill._q_1_1") -> int:
+    """End every lease on ``queue`` now, as if its time had passed (instead of sleeping
+    through it): a dead worker's rows become free for the next claim."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(f"UPDATE {queue} SET lease_until = now() WHERE lease_until > now()").rowcount
 
 
 # --- Fake provider ----------------------------------------------------------------------------

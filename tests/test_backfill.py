@@ -439,7 +439,7 @@ def test_a_batch_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
 
     env.make_table(10)
     env.create_job(settings_kw={"lease_s": 10, "timeout_s": 40, "concurrency": 1, "retries": 1})
-    env.provider.hang_next(1, seconds=16)
+    env.provider.hang_next(1, seconds=8)
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("summary", env.backfill()))
     runner.start()
@@ -454,7 +454,13 @@ def test_a_batch_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
     while leased() == 0:
         assert time.monotonic() < deadline, "the run never claimed"
         time.sleep(0.1)
-    time.sleep(12)  # past the 10 s lease, while the request still hangs
+    # as if the lease were about to run out: 1 s left. Renewals (every lease_s / 3) must
+    # extend it while the request hangs, or the rows would be free for another worker.
+    with env.connect() as conn:
+        conn.execute(
+            "UPDATE vectorfill._q_1_1 SET lease_until = now() + interval '1 second' WHERE claimed_by IS NOT NULL"
+        )
+    time.sleep(5)  # past the shortened lease and a renewal period, while the request still hangs
     assert leased() == 10, "the rows in flight are still leased to the run"
     runner.join(60)
     assert result["summary"].embedded == 10

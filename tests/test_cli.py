@@ -41,8 +41,9 @@ def user_env(db_url: str, tmp_path) -> dict:
 
 
 @pytest.fixture
-def cli_env(fresh_db, provider, tmp_path):
+def cli_env(fresh_db, provider, tmp_path, prefect_server):
     env = user_env(fresh_db, tmp_path)
+    env["PREFECT_API_URL"] = prefect_server  # a running server, as a user's machine has one
     with connect(fresh_db) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
         conn.execute("INSERT INTO articles SELECT g, 'T' || g, 'B' || g FROM generate_series(1, 300) g")
@@ -157,7 +158,8 @@ def test_model_change_commands_through_the_cli(cli_env, provider):
     reembed = json.loads(vf("estimate", "docs", "--model", "text-embedding-3-large", "--json", env=cli_env).stdout)
     assert reembed[0]["rows"] == 300 and reembed[0]["version"] is None
 
-    out = vf("job", "set-model", "docs", "--model", "text-embedding-3-large", env=cli_env).stdout
+    no_server = {k: v for k, v in cli_env.items() if k != "PREFECT_API_URL"}
+    out = vf("job", "set-model", "docs", "--model", "text-embedding-3-large", env=no_server).stdout
     assert "version 2 (text-embedding-3-large) is filling, 300 rows queued" in out
     assert "vectorfill estimate docs" in out, "no Prefect server here: the next step is spelled out"
     assert "re-embed: v2 (text-embedding-3-large) filling, 0 of 300 done" in vf("status", "docs", env=cli_env).stdout

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import API_KEY
+from conftest import API_KEY, expire_leases
 
 
 def leased_rows(env) -> int:
@@ -20,9 +20,9 @@ def leased_rows(env) -> int:
         return conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
 
 
-def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, tmp_path):
+def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, tmp_path, prefect_server):
     env.make_table(600)
-    env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "lease_s": 10, "retries": 1})
+    env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "retries": 1})
     env.provider.latency_s = 0.3  # slow enough that the kill lands while requests are in flight
     script = tmp_path / "worker.py"
     script.write_text(
@@ -37,7 +37,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     child_env = dict(
         os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
     )
-    child_env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server
+    child_env["PREFECT_API_URL"] = prefect_server  # the session's server: no start-up to wait for
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         env=child_env,
@@ -51,7 +51,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
             assert proc.poll() is None, "the worker ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # the worker and its temporary Prefect server
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
@@ -62,10 +62,10 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     assert leased_rows(env) > 0, f"the kill landed while rows were claimed ({st})"
 
     env.provider.latency_s = 0
-    env.backfill()  # takes the free rows now, and the dead worker's once their lease expires
-    while env.status().pending:
-        time.sleep(1)
-        env.backfill()
+    env.backfill()  # takes the free rows now; the dead worker's stay leased...
+    assert env.status().pending > 0, "a dead worker's rows are not taken before their lease ends"
+    expire_leases(env.url)  # ...until their lease ends (the time passing, without the wait)
+    env.backfill()
     st = env.status()
     assert (st.embedded, st.pending, st.failed) == (600, 0, 0)
     texts = env.texts()
@@ -95,7 +95,7 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(
         monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
         env = Env(url, provider)
         env.make_table(2000)
-        env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "lease_s": 10, "retries": 2})
+        env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "retries": 2})
         provider.latency_s = 0.05
         outcome = {}
 
@@ -117,9 +117,8 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(
         worker.join(180)
         assert not worker.is_alive()
         provider.latency_s = 0
-        while env.status().pending:
-            time.sleep(1)
-            env.backfill()
+        expire_leases(url)  # the leases of batches that were in flight at the restart
+        env.backfill()
         st = env.status()
         assert (st.embedded, st.pending, st.failed) == (2000, 0, 0)
         texts = env.texts()
@@ -131,14 +130,14 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(
         pgembedded.stop(data_dir)
 
 
-def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_path):
+def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_path, prefect_server):
     env.make_table(400)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1})
     env.provider.latency_s = 1.0
     child_env = dict(
         os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
     )
-    child_env.pop("PREFECT_API_URL", None)
+    child_env["PREFECT_API_URL"] = prefect_server  # the session's server: no start-up to wait for
     # As from a terminal: SIGINT handled by default even if this test process ignores it
     # (a child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen(
@@ -178,7 +177,7 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
 
 
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
-def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path, sigint):
+def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path, sigint, prefect_server):
     """Prefect's runners and workers, systemd, Docker and Kubernetes stop a process with
     SIGTERM. With SIGINT ignored (a process started in the background), the run must stop
     all the same."""
@@ -189,7 +188,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path
     child_env = dict(
         os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
     )
-    child_env.pop("PREFECT_API_URL", None)
+    child_env["PREFECT_API_URL"] = prefect_server  # the session's server: no start-up to wait for
     disposition = signal.SIG_DFL if sigint == "default" else signal.SIG_IGN
     log = tmp_path / "out.txt"
     with open(log, "w") as out:  # a file, not a pipe: a process left behind cannot block the test
