@@ -101,9 +101,10 @@ def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> N
             try:
                 job = load_job(conn, DEMO_JOB)
                 conn.execute(sql.SET_ACTIVE_BASE_URL, (endpoint, job.id))
-                if job.active.model != model:
+                made_with = job.active.model if job.active else None
+                if made_with != model:
                     raise ConfigError(
-                        f"the demo job was made with {job.active.model}; `vectorfill job drop "
+                        f"the demo job was made with {made_with}; `vectorfill job drop "
                         f"{DEMO_JOB}` to start over with {model}",
                         job=DEMO_JOB,
                     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -83,7 +84,7 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
             for a in artifacts:
                 if a.key and a.key.startswith("backfill-"):
                     summaries[a.flow_run_id] = _figures(a.data)
-        names = {}
+        names: dict[uuid.UUID, str | None] = {}
         for r in runs:
             if r.deployment_id and r.deployment_id not in names:
                 try:
@@ -98,8 +99,8 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
             RunRecord(
                 name=r.name,
                 job=r.parameters.get("job"),
-                deployment=names.get(r.deployment_id),
-                state=r.state_name or (r.state.name if r.state else "?"),
+                deployment=names.get(r.deployment_id) if r.deployment_id else None,
+                state=r.state_name or (r.state.name if r.state else None) or "?",
                 start=r.start_time,
                 duration_s=round(duration, 1) if duration is not None else None,
                 rows=s.get("embedded"),

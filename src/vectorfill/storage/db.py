@@ -10,6 +10,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector, register_vector_async
@@ -29,9 +30,10 @@ __all__ = [
 
 
 def _migrations_dir() -> Path:
-    from vectorfill import migrations  # the top-level migrations/ folder, installed as vectorfill.migrations
+    import importlib
 
-    return Path(migrations.__file__).resolve().parent
+    migrations = importlib.import_module("vectorfill.migrations")  # the top-level migrations/ folder, mapped in
+    return Path(str(migrations.__file__)).resolve().parent
 
 
 def resolve_database_url(url: str | None = None, *, announce=None, start_embedded: bool = True) -> str:
@@ -103,6 +105,28 @@ def translate_error(
     error = DatabaseError(f"{doing} failed: Postgres refused it: {first}", job=job)
     error.transient = False
     return error
+
+
+def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The one row a statement returns (a count, a lookup by key). None would be a bug in
+    the statement or a row deleted under it: an error that says so, not a TypeError."""
+    row = cursor.fetchone()
+    if row is None:
+        raise DatabaseError("a statement that returns one row returned none", job=None)
+    return tuple(row)
+
+
+def scalar(cursor: psycopg.Cursor[Any]) -> Any:
+    """The first column of :func:`one_row`."""
+    return one_row(cursor)[0]
+
+
+async def aone_row(cursor: psycopg.AsyncCursor[Any]) -> tuple[Any, ...]:
+    """:func:`one_row` for an async cursor."""
+    row = await cursor.fetchone()
+    if row is None:
+        raise DatabaseError("a statement that returns one row returned none", job=None)
+    return tuple(row)
 
 
 def _translate(exc: psycopg.Error, url: str) -> VectorfillError:
@@ -214,10 +238,12 @@ def migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> str
         if revision == "base":
             with connect(url, autocommit=True) as conn:
                 conn.execute("DROP TABLE IF EXISTS vectorfill.alembic_version")
-                left = conn.execute(
-                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = 'vectorfill'"
-                ).fetchone()[0]
+                left = scalar(
+                    conn.execute(
+                        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = 'vectorfill'"
+                    )
+                )
                 if not left:
                     conn.execute("DROP SCHEMA IF EXISTS vectorfill")
     else:
@@ -227,7 +253,7 @@ def migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> str
 
 def current_revision(url: str) -> str | None:
     with connect(url, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass('vectorfill.alembic_version')").fetchone()[0]
+        exists = scalar(conn.execute("SELECT to_regclass('vectorfill.alembic_version')"))
         if not exists:
             return None
         row = conn.execute("SELECT version_num FROM vectorfill.alembic_version").fetchone()

@@ -698,6 +698,7 @@ def view_name(job: Job) -> sql.Identifier:
 def create_view(job: Job, version: Version) -> sql.Composed:
     """``vectorfill.<job>``: the active version's vectors, keyed like the source."""
     js = JobSQL(job, version)
+    keys: sql.Composable
     if len(job.key_columns) == 1:
         keys = sql.SQL("v.k1 AS id")
     else:

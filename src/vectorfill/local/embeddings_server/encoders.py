@@ -227,8 +227,11 @@ class SentenceTransformerEncoder:
         dimension = (
             getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         )
-        self.dimensions = int(dimension())
-        self.max_tokens = int(self._model.max_seq_length)
+        dims, max_tokens = dimension(), self._model.max_seq_length
+        if dims is None or max_tokens is None:
+            raise ConfigError(f"{model}: the model does not say its dimensions or its input limit")
+        self.dimensions = int(dims)
+        self.max_tokens = int(max_tokens)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         with self._counter_lock:
