@@ -62,22 +62,20 @@ def use_running_api() -> str | None:
     """``PREFECT_API_URL``, else (and then set as it) the local server if it is running;
     None otherwise. Starts nothing."""
     api = os.environ.get("PREFECT_API_URL")
-    if not api:
-        from vectorfill.orchestration.local_server import running
-
-        server = running()
-        api = server.api_url if server else None
     if api:
-        os.environ["PREFECT_API_URL"] = api
-    return api
+        return api
+    from vectorfill.orchestration import local_server
+
+    server = local_server.running()
+    return local_server.use(server) if server else None
 
 
 def use_api(db_url: str | None, *, port: int | None = None, announce: Callable[[str], object] = print) -> str:
     """The Prefect API for this process, set as ``PREFECT_API_URL``: that variable when set,
     else the local server, started now (its history beside ``db_url``) if it is not running."""
     api = os.environ.get("PREFECT_API_URL")
-    if not api:
-        from vectorfill.orchestration.local_server import ensure
+    if api:
+        return api
+    from vectorfill.orchestration import local_server
 
-        api = os.environ["PREFECT_API_URL"] = ensure(db_url, port=port, announce=announce).api_url
-    return api
+    return local_server.use(local_server.ensure(db_url, port=port, announce=announce))

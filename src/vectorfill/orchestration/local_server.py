@@ -58,6 +58,7 @@ STATE_FILE = "prefect-local.json"
 LOCK_FILE = "prefect-local.lock"
 LOG_FILE = "prefect-server.log"
 SQLITE_FILE = "prefect.db"
+CA_FILE = "prefect-local-ca.pem"
 
 _START_TIMEOUT_S = 300.0  # the first start migrates Prefect's database (~20 s on Postgres)
 _LOCK_TIMEOUT_S = _START_TIMEOUT_S + 60
@@ -116,6 +117,35 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def use(server: LocalServer) -> str:
+    """Point this process's Prefect client at ``server``: ``PREFECT_API_URL``, and a
+    one-certificate CA file as ``PREFECT_API_SSL_CERT_FILE`` unless one is set.
+
+    The local API is plain HTTP on the loopback: no TLS handshake ever happens, yet each
+    Prefect client loads certifi's whole CA bundle into an SSL context when it is made, and
+    a run makes about six of them (0.2-0.3 s of CPU per command, measured). A file of one
+    certificate makes that free; it is never used to verify anything.
+    """
+    os.environ["PREFECT_API_URL"] = server.api_url
+    if not os.environ.get("PREFECT_API_SSL_CERT_FILE"):
+        path = home() / CA_FILE
+        if not path.exists():
+            _write_ca_file(path)
+        os.environ["PREFECT_API_SSL_CERT_FILE"] = str(path)
+    return server.api_url
+
+
+def _write_ca_file(path: Path) -> None:
+    import certifi
+
+    end = "-----END CERTIFICATE-----"
+    bundle = Path(certifi.where()).read_text()
+    first = bundle[bundle.index("-----BEGIN CERTIFICATE-----") : bundle.index(end) + len(end)]
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(first + "\n")
+    tmp.replace(path)
 
 
 def running() -> LocalServer | None:
