@@ -65,15 +65,6 @@ _LOCK_TIMEOUT_S = _START_TIMEOUT_S + 60
 _UNHEALTHY_GRACE_S = 20.0  # a live server that does not answer for this long is replaced
 _STOP_TIMEOUT_S = 20.0
 
-#: Prefect server settings for the server vectorfill starts (the environment wins).
-SERVER_DEFAULTS = {
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # events feed the automations (`vectorfill serve`'s re-embed) and the UI's event pages
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "true",
-}
-
 _thread_lock = threading.Lock()
 
 
@@ -327,10 +318,16 @@ def _start(db_url: str, port: int | None, announce: Callable[[str], object]) -> 
     port = _pick_port(port)
     api_url = f"http://127.0.0.1:{port}/api"
     log = log_path()
+    from vectorfill.orchestration.runtime import PREFECT_DEFAULTS
+
     env = dict(os.environ)
-    for key, value in SERVER_DEFAULTS.items():
-        env.setdefault(key, value)
+    for key, value in PREFECT_DEFAULTS.items():  # the task-run recorder's batch sizes, no analytics
+        if key.startswith("PREFECT_SERVER_") and "EPHEMERAL" not in key:
+            env.setdefault(key, value)
     env.update(
+        # on for the server that keeps history (off only for Prefect's temporary servers:
+        # see runtime.prefect_defaults): the UI's event pages and automations read them
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="true",
         PREFECT_API_DATABASE_CONNECTION_URL=database_url,
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),

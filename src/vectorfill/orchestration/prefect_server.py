@@ -125,6 +125,10 @@ def serve(
 
     os.environ[DATABASE_URL_ENV] = url
     api_url = use_api(url, port=port, announce=announce)
+    if port is not None and not api_url.startswith(f"http://127.0.0.1:{port}/"):
+        announce(
+            f"--port {port} ignored: Prefect's server is already running at {api_url} (`vectorfill stop` stops it)"
+        )
     state = _state_path()
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"api_url": api_url, "serve_pid": os.getpid()}))
