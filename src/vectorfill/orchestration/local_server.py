@@ -62,7 +62,7 @@ CA_FILE = "prefect-local-ca.pem"
 
 _START_TIMEOUT_S = 300.0  # the first start migrates Prefect's database (~20 s on Postgres)
 _LOCK_TIMEOUT_S = _START_TIMEOUT_S + 60
-_UNHEALTHY_GRACE_S = 20.0  # a live server that does not answer for this long is replaced
+_UNHEALTHY_GRACE_S = 60.0  # a live server that does not answer for this long is replaced (a loaded machine is slow)
 _STOP_TIMEOUT_S = 20.0
 
 _thread_lock = threading.Lock()
@@ -101,7 +101,7 @@ def log_path() -> Path:
     return home() / LOG_FILE
 
 
-def healthy(api_url: str, timeout: float = 2.0) -> bool:
+def healthy(api_url: str, timeout: float = 5.0) -> bool:
     import httpx
 
     try:
