@@ -255,7 +255,10 @@ def _exclusive() -> Iterator[None]:
 
 
 def _free(port: int) -> bool:
+    """Nothing listens on ``port`` (connections of a stopped server in TIME_WAIT do not count:
+    the server binds with SO_REUSEADDR too)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
