@@ -60,6 +60,16 @@ round's timed backfills (with and without Prefect) in pyinstrument (main thread,
 functions of each by cumulative and by self time and saves HTML and text reports and the
 sessions (for ``pyinstrument --load``) under ``/tmp``; profiled runs are slower.
 
+``--command`` also times what a user runs: the ``vectorfill backfill`` command as a
+subprocess (imports, client set-up, the flow run, the summary; start-up included) on a
+fresh job of the same texts, beside the in-process figure, with the local Prefect server of
+a fresh ``VECTORFILL_HOME`` (in the temporary directory) already running, as it is for
+every command but the first on a machine. The in-process runs then use that server too.
+Reported apart: the command's **fixed cost**, the median wall of 3 more runs of the same
+command with nothing left to embed, and the first command of the run (a small warm-up
+job), which starts the local server. Targets of the whole command against the lower raw
+baseline of the same round: >= 40% at 20,000 rows, >= 60% at 100,000.
+
 Before each timed phase that writes to Postgres the database is settled (``VACUUM
 (ANALYZE)`` and ``CHECKPOINT``), so that no phase pays for the previous one's writes.
 
@@ -74,6 +84,7 @@ Usage::
     python bench/bench_throughput.py --latency-ms 200
     python bench/bench_throughput.py --rows 5000 --profile
     python bench/bench_throughput.py --db postgresql://...   # instead of an embedded Postgres
+    python bench/bench_throughput.py --command               # and the whole command, start-up included
 
 It starts and stops an embedded Postgres in a temporary directory (unless ``--db``), the
 fake provider (restarted before each phase, so every phase meets full rate-limit buckets)
@@ -724,6 +735,50 @@ def run_backfill(job: str, mode: str, args, cpu_pids, profile: bool = False) -> 
     )
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_command(job: str, cpu_pids, env: dict) -> dict:
+    """``vectorfill backfill JOB --json`` as a subprocess, as a user runs it: wall time from
+    start to exit, and its summary."""
+    import json
+
+    window = CpuWindow(cpu_pids).start()
+    cpu0 = _children_cpu()
+    proc = subprocess.run(
+        [sys.executable, "-m", "vectorfill.cli", "backfill", job, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    window.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"vectorfill backfill {job} failed: {proc.stderr[-2000:]}")
+    window.used["this process"] = window.used.get("this process", 0.0) + _children_cpu() - cpu0  # the command's CPU
+    summary = json.loads(proc.stdout)
+    return dict(
+        summary=summary,
+        rows=summary["embedded"],
+        wall=window.wall,
+        cpu=window.used,
+        threads={},
+        flow_s=summary["duration_s"],
+        stderr=proc.stderr,
+    )
+
+
+def command_env(url: str) -> dict:
+    """A user's environment: the database, and the Prefect API left for the command to find
+    (the local server of ``VECTORFILL_HOME``), as it does for a user."""
+    env = dict(os.environ, VECTORFILL_DATABASE_URL=url)
+    for key in ("PREFECT_API_URL", "PREFECT_API_SSL_CERT_FILE"):
+        env.pop(key, None)
+    return env
+
+
 # --------------------------------------------------------------------------- profile report
 
 
@@ -831,6 +886,19 @@ def rounds_report(args, rounds: list[dict]) -> str:
             f"(1 - {bare:.2f} s / {flow:.2f} s) {100 * (1 - bare / flow):.1f}%; "
             f"CPU-based, median round {100 * cpu:.1f}% (goal <= 5%)"
         )
+    cmd_rounds = [r for r in rounds if "vf_cmd" in r and "a_b64" in r and "b_copy" in r]
+    if cmd_rounds:
+        out.append("")
+        out.append("| round | command rows/s | command / lower of A and B | fixed cost s |")
+        out.append("|---:|---:|---:|---:|")
+        for i, r in enumerate(rounds, 1):
+            if r in cmd_rounds:
+                lower = min(_rate(r["a_b64"]), _rate(r["b_copy"]))
+                fixed = r.get("vf_fixed", {}).get("wall")
+                out.append(
+                    f"| {i} | {_rate(r['vf_cmd']):,.0f} | {100 * _rate(r['vf_cmd']) / lower:.0f}% "
+                    f"| {'-' if fixed is None else f'{fixed:.2f}'} |"
+                )
     ratios = sorted(_round_ratio(r) for r in rounds if "a_b64" in r and "b_copy" in r)
     if ratios:
         out.append("")
@@ -871,6 +939,8 @@ def report(args, meta: dict, results: dict) -> str:
         "vf": "vectorfill backfill, Prefect flow" + (" (profiled)" if results["vf"].get("profiler") else ""),
         "vf_bare": "vectorfill lanes without Prefect (task.fn)"
         + (" (profiled)" if results.get("vf_bare", {}).get("profiler") else ""),
+        "vf_cmd": "`vectorfill backfill` command, subprocess, start-up included (local server running)",
+        "vf_fixed": "... its fixed cost: the same command with nothing to embed (median of 3)",
     }
     for key, label in labels.items():
         if key in results:
@@ -891,6 +961,26 @@ def report(args, meta: dict, results: dict) -> str:
         out.append(
             f"| vectorfill / lower of A base64 and B ({lower:,.0f} rows/s) | {100 * r_vf / lower:.0f}% | {goal} |"
         )
+    if "vf_cmd" in results:
+        cmd = results["vf_cmd"]
+        if "a_b64" in results and "b_copy" in results:
+            goal = ">= 40% at 20k rows, >= 60% at 100k" if args.latency_ms == 0 else ""
+            out.append(
+                f"| `vectorfill backfill` command / lower of A base64 and B | {100 * _rate(cmd) / lower:.0f}% | {goal} |"
+            )
+        out.append(f"| command / in-process flow (rows/s) | {100 * _rate(cmd) / r_vf:.0f}% | |")
+        out.append(
+            f"| ... command wall - its flow's own duration (start-up, imports, exit) | {cmd['wall'] - cmd['flow_s']:.2f} s | |"
+        )
+        if "vf_fixed" in results:
+            out.append(
+                f"| ... fixed cost: the command with nothing to embed | {results['vf_fixed']['wall']:.2f} s | <= 3 s |"
+            )
+        if meta.get("first_command_s") is not None:
+            out.append(
+                f"| first command of the run ({args.warmup_rows:,} rows), local server start included "
+                f"| {meta['first_command_s']:.2f} s | <= 30 s |"
+            )
     if args.latency_ms:
         out.append(f"| vectorfill rows/s at {lat} latency | {r_vf:,.0f} | >= 2,500 at 200 ms |")
     if "vf_bare" in results:
@@ -977,7 +1067,8 @@ def report(args, meta: dict, results: dict) -> str:
     procs = ["this process", "Prefect server", "fake provider", "Postgres", "other processes"]
     out.append("| phase | wall s | wall x CPUs | " + " | ".join(procs) + " |")
     out.append("|---|---:|---:|" + "---:|" * len(procs))
-    for key in ("a_b64", "a_float", "b_copy", "b_copy_ext", "vf", "vf_bare"):
+    short["vf_cmd"] = "vectorfill command (this process = the command's CPU)"
+    for key in ("a_b64", "a_float", "b_copy", "b_copy_ext", "vf", "vf_bare", "vf_cmd"):
         if key in results and "cpu" in results[key]:
             d = results[key]
             cells = [f"{d['cpu'][p]:.2f}" if p in d["cpu"] else "-" for p in procs]
@@ -1043,6 +1134,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile-top", type=int, default=25)
     p.add_argument("--db", default=None, help="a postgresql:// URL instead of an embedded Postgres")
+    p.add_argument(
+        "--command",
+        action="store_true",
+        help="also time the `vectorfill backfill` command as a subprocess (start-up included) and its "
+        "fixed cost, on the local Prefect server of a fresh VECTORFILL_HOME",
+    )
     return p.parse_args(argv)
 
 
@@ -1054,6 +1151,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = root / "pgdata"
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_HOME"] = str(root / "prefect")
+    if args.command:  # a fresh home: its local Prefect server is started by the first command
+        os.environ["VECTORFILL_HOME"] = str(root / "home")
     from vectorfill.orchestration.runtime import prefect_defaults
 
     prefect_defaults()
@@ -1094,6 +1193,28 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+        if args.command:
+            # the first command on this "machine": it starts the local Prefect server, which
+            # the in-process runs then use too
+            jobs.append(("bench_cmd_warm", "bench_src_cmd_warm"))
+            make_job(
+                url,
+                "bench_cmd_warm",
+                "bench_src_cmd_warm",
+                iter_texts(args.warmup_rows, args.tokens),
+                args,
+                provider.base_url,
+            )
+            first = run_command("bench_cmd_warm", {}, command_env(url))
+            meta["first_command_s"] = first["wall"]
+            print(
+                f"first command, {args.warmup_rows} rows (local Prefect server start included): {first['wall']:.1f} s",
+                flush=True,
+            )
+            from vectorfill.orchestration.api import use_running_api
+
+            use_running_api()
+
         # vectorfill first, so that ru_maxrss is the backfill's peak and not a baseline's
         jobs.append(("bench_warm", "bench_src_warm"))
         make_job(
@@ -1107,6 +1228,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         prefect_pid = _prefect_server_pid({provider.pid or -1})
+        if args.command:
+            from vectorfill.orchestration.local_server import recorded
+
+            prefect_pid = recorded().pid  # not our child: the first command started it
 
         def pids():
             return {
@@ -1164,12 +1289,30 @@ def main(argv: list[str] | None = None) -> int:
                 if results["vf_bare"]["rows"] != args.rows:
                     print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")
 
+            def command() -> None:
+                cmd_job, cmd_src = f"bench_cmd{tag}", f"bench_src_cmd{tag}"
+                jobs.append((cmd_job, cmd_src))
+                make_job(url, cmd_job, cmd_src, iter_texts(args.rows, args.tokens), args, provider.base_url)
+                settle(url)
+                provider.restart()
+                results["vf_cmd"] = run_command(cmd_job, pids(), command_env(url))
+                print(f"vectorfill backfill command: {_rate(results['vf_cmd']):,.0f} rows/s", flush=True)
+                if results["vf_cmd"]["rows"] != args.rows:
+                    print(f"WARNING: the command embedded {results['vf_cmd']['rows']} of {args.rows} rows")
+                empties = sorted(
+                    (run_command(cmd_job, pids(), command_env(url)) for _ in range(3)), key=lambda d: d["wall"]
+                )
+                results["vf_fixed"] = empties[1]
+                print(f"its fixed cost (nothing to embed, median of 3): {empties[1]['wall']:.2f} s", flush=True)
+
             # odd rounds run without Prefect first: whichever runs first meets a colder machine
             order = [with_prefect] + ([] if args.no_bare else [without_prefect])
             for phase in order if r % 2 == 0 else order[::-1]:
                 settle(url)
                 provider.restart()
                 phase()
+            if args.command:
+                command()  # makes its job first: not timed
 
             if not args.no_baselines:
                 extra = {"Postgres": (pg_pid, True)}
@@ -1223,6 +1366,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         provider.stop()
+        if args.command:
+            with contextlib.suppress(Exception):
+                from vectorfill.orchestration import local_server
+
+                local_server.stop()
         with contextlib.suppress(Exception):
             from prefect.server.api.server import SubprocessASGIServer
 

@@ -14,12 +14,12 @@ from prefect import flow
 
 from vectorfill.orchestration.runtime import frozen_heap
 from vectorfill.tasks import RunSummary, Tally, fill_versions, prepare_run, report_run, switch_versions
-from vectorfill.tasks.report import final_state, progress_artifact
+from vectorfill.tasks.report import final_state, progress_artifact, run_name
 
 __all__ = ["backfill"]
 
 
-@flow(name="vectorfill-backfill", persist_result=False, log_prints=False)
+@flow(name="vectorfill-backfill", flow_run_name=run_name, persist_result=False, log_prints=False)
 async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
     """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
     version and the new model's version, if one is filling; switch to the latter once complete.

@@ -12,9 +12,11 @@ No transaction is held and no secret passes through here.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass, field
 
+from prefect import get_run_logger
 from prefect.utilities.annotations import quote
 
 from vectorfill.errors import first_error, stop_reason
@@ -140,15 +142,33 @@ async def _lane(
     look for futures, which cost about half the wall time (bench/bench_throughput.py).
     """
     price = price_per_million(work.version.model, work.settings)
+    logger = get_run_logger()
     db = LaneConnection(url)
     try:
         while not lanes.drained.is_set() and (limit := tally.take(rows_per_task(work.settings))) > 0:
             attempts = Attempts(work)
+            started = time.monotonic()
             filled = await batch_task(attempts)(
                 quote(attempts), limit, token, quote(db), quote(client), quote(throttle), quote(lanes)
             )
             tally.give_back(limit - filled.claimed)
             work = attempts.work  # typed by the first store, when the job's dims were not known
             tally.add(filled, price)
+            if filled.claimed:  # one line per batch (>= 4,096 rows): counts only, never a text or a URL
+                logger.info(
+                    "%s: batch of %s rows: %s embedded, %s unchanged, %s deleted, %s failed, %s stale; "
+                    "%s tokens in %s requests; %.2f s, %s retries",
+                    work.label,
+                    f"{filled.claimed:,}",
+                    f"{filled.written:,}",
+                    f"{filled.unchanged:,}",
+                    f"{filled.deleted:,}",
+                    f"{filled.failed:,}",
+                    f"{filled.stale:,}",
+                    f"{filled.tokens:,}",
+                    f"{filled.requests:,}",
+                    time.monotonic() - started,
+                    sum(attempts.failures.values()),
+                )
     finally:
         await db.aclose()

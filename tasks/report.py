@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
@@ -24,7 +25,15 @@ from vectorfill.storage.db import connect
 
 from .common import TASK_OPTIONS, database_url
 
-__all__ = ["PROGRESS_EVERY_S", "RunSummary", "artifact_key", "final_state", "progress_artifact", "report_run"]
+__all__ = [
+    "PROGRESS_EVERY_S",
+    "RunSummary",
+    "artifact_key",
+    "final_state",
+    "progress_artifact",
+    "report_run",
+    "run_name",
+]
 
 #: Seconds between updates of the progress artifact (each is an API round trip).
 PROGRESS_EVERY_S = 2.0
@@ -66,6 +75,17 @@ class RunSummary:
             d["cost_usd"] = round(d["cost_usd"], 6)
         return d
 
+    def log_line(self) -> str:
+        """The run's summary as one line, for the run's logs (counts only: no URL, no text)."""
+        cost = "unknown cost" if self.cost_usd is None else f"${self.cost_usd:,.4f}"
+        switched = f"; switched readers to version {self.switched_to}" if self.switched_to is not None else ""
+        return (
+            f"{self.job}: {self.embedded:,} rows embedded in {self.duration_s:,.1f} s ({self.rows_per_s:,.0f} rows/s), "
+            f"{self.tokens:,} tokens in {self.requests:,} requests ({cost}); {self.unchanged:,} unchanged, "
+            f"{self.deleted:,} deleted, {self.failed:,} failed, {self.truncated:,} truncated, {self.stale:,} stale; "
+            f"{self.pending:,} still pending, {self.failed_total:,} failed in all{switched}"
+        )
+
     def table(self) -> list[dict]:
         """The figures as artifact rows (``vectorfill runs`` reads them back by name)."""
         return [{"figure": k, "value": v} for k, v in self.as_dict().items()]
@@ -82,6 +102,7 @@ async def report_run(job_name: str, totals: dict, duration_s: float, switched_to
         switched_to=switched_to,
         **totals,
     )
+    get_run_logger().info("%s", summary.log_line())
     await acreate_table_artifact(
         table=summary.table(),
         key=artifact_key(job_name),
@@ -99,6 +120,14 @@ def final_state(summary: RunSummary) -> State:
         error = RowsFailed(summary, summary.failed, summary.job)
         return Failed(message=str(error), data=error)
     return Completed(message=f"{summary.embedded:,} rows embedded", data=summary)
+def run_name() -> str:
+    """The flow run's name: its job and scheduled start (UTC, to the minute), e.g.
+    ``docs-2026-12-01T02:00`` (Prefect's ``flow_run_name``; called inside the run)."""
+    from prefect.runtime import flow_run
+
+    job = flow_run.parameters.get("job", "backfill")
+    start = flow_run.scheduled_start_time
+    return f"{job}-{start.astimezone(datetime.UTC):%Y-%m-%dT%H:%M}"
 
 
 def artifact_key(job_name: str) -> str:

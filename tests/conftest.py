@@ -254,3 +254,45 @@ def env(migrated_db, provider, prefect_server, monkeypatch) -> Env:
     monkeypatch.setenv("VECTORFILL_DATABASE_URL", migrated_db)
     monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
     return Env(migrated_db, provider)
+
+
+# --- The local Prefect server of CLI runs -----------------------------------------------------
+# A `vectorfill` command run as a subprocess with no PREFECT_API_URL starts the local Prefect
+# server of its VECTORFILL_HOME (and leaves it running). Tests that start one stop it.
+
+
+def stop_local_prefect(home: Path, db_url: str | None = None) -> None:
+    """`vectorfill stop` in ``home`` (the local Prefect server, and an embedded Postgres if one
+    runs there), then drop the Prefect database the server kept beside ``db_url``."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    subprocess.run([sys.executable, "-m", "vectorfill.cli", "stop"], env=env, capture_output=True, timeout=120)
+    if db_url:
+        name = (urlsplit(db_url).path.lstrip("/") or "postgres") + "_prefect"
+        with psycopg.connect(database_url(db_url, "postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def local_prefect_home(pg_url: str) -> Iterator[Path]:
+    """A VECTORFILL_HOME shared by the session's CLI tests, its local Prefect server started
+    once (history in ``<test database>_prefect``) and stopped at the end of the session."""
+    import subprocess
+    import sys
+
+    home = Path(tempfile.mkdtemp(prefix="vf-test-home-"))
+    env = dict(
+        os.environ, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"), VECTORFILL_DATABASE_URL=pg_url
+    )
+    env.pop("PREFECT_API_URL", None)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "vectorfill.cli", "runs"], env=env, capture_output=True, timeout=400, check=True
+        )
+        yield home
+    finally:
+        stop_local_prefect(home, pg_url)
+        shutil.rmtree(home, ignore_errors=True)

@@ -27,23 +27,25 @@ def vf(*args, env=None, check=True):
     return proc
 
 
-def user_env(db_url: str, tmp_path) -> dict:
-    """The environment of a user's shell: the database, the key in VF_KEY, state in tmp_path."""
+def user_env(db_url: str, tmp_path, home=None) -> dict:
+    """The environment of a user's shell: the database, the key in VF_KEY, state in tmp_path
+    (vectorfill's in ``home`` if given: where the local Prefect server runs)."""
     env = dict(os.environ)
     env.update(
         VECTORFILL_DATABASE_URL=db_url,
         VF_KEY=API_KEY,
         PREFECT_HOME=str(tmp_path / "prefect"),
-        VECTORFILL_HOME=str(tmp_path / "home"),
+        VECTORFILL_HOME=str(home or tmp_path / "home"),
     )
     env.pop("PREFECT_API_URL", None)
     return env
 
 
 @pytest.fixture
-def cli_env(fresh_db, provider, tmp_path, prefect_server):
-    env = user_env(fresh_db, tmp_path)
-    env["PREFECT_API_URL"] = prefect_server  # a running server, as a user's machine has one
+def cli_env(fresh_db, provider, tmp_path, local_prefect_home):
+    """A user's shell on a fresh database; the session's local Prefect server (started once,
+    stopped at the end of the session: see conftest) serves its runs."""
+    env = user_env(fresh_db, tmp_path, local_prefect_home)
     with connect(fresh_db) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
         conn.execute("INSERT INTO articles SELECT g, 'T' || g, 'B' || g FROM generate_series(1, 300) g")

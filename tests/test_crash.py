@@ -35,7 +35,11 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     """)
     )
     child_env = dict(
-        os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
+        os.environ,
+        VECTORFILL_DATABASE_URL=env.url,
+        VF_TEST_API_KEY=API_KEY,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        VECTORFILL_HOME=str(tmp_path / "home"),  # no local Prefect server there
     )
     child_env["PREFECT_API_URL"] = prefect_server  # the session's server: no start-up to wait for
     proc = subprocess.Popen(
@@ -130,14 +134,18 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(
         pgembedded.stop(data_dir)
 
 
-def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_path, prefect_server):
+def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_path, local_prefect_home):
     env.make_table(400)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1})
     env.provider.latency_s = 1.0
     child_env = dict(
-        os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
+        os.environ,
+        VECTORFILL_DATABASE_URL=env.url,
+        VF_TEST_API_KEY=API_KEY,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        VECTORFILL_HOME=str(local_prefect_home),  # the session's local Prefect server
     )
-    child_env["PREFECT_API_URL"] = prefect_server  # the session's server: no start-up to wait for
+    child_env.pop("PREFECT_API_URL", None)
     # As from a terminal: SIGINT handled by default even if this test process ignores it
     # (a child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen(
@@ -166,7 +174,7 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
     assert proc.returncode == 130, output
     assert env.provider.requests - requests_at_signal <= 2, "the run went on sending after Ctrl-C"
     assert env.status().embedded < 400, "the run was stopped, not finished"
-    # the process also waits for Prefect's temporary server to shut down
+    # at exit the process drains Prefect's log and event queues, no more
     assert exited_after < 30, f"the process took {exited_after:.1f} s to exit"
     st = env.status()
     assert st.embedded + st.pending == 400
@@ -177,7 +185,7 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
 
 
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
-def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path, sigint, prefect_server):
+def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path, sigint, local_prefect_home):
     """Prefect's runners and workers, systemd, Docker and Kubernetes stop a process with
     SIGTERM. With SIGINT ignored (a process started in the background), the run must stop
     all the same."""
@@ -186,9 +194,13 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1, "tpm": 1_000_000})
     env.provider.latency_s = 1.0
     child_env = dict(
-        os.environ, VECTORFILL_DATABASE_URL=env.url, VF_TEST_API_KEY=API_KEY, PREFECT_HOME=str(tmp_path / "prefect")
+        os.environ,
+        VECTORFILL_DATABASE_URL=env.url,
+        VF_TEST_API_KEY=API_KEY,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        VECTORFILL_HOME=str(local_prefect_home),  # the session's local Prefect server
     )
-    child_env["PREFECT_API_URL"] = prefect_server  # the session's server: no start-up to wait for
+    child_env.pop("PREFECT_API_URL", None)
     disposition = signal.SIG_DFL if sigint == "default" else signal.SIG_IGN
     log = tmp_path / "out.txt"
     with open(log, "w") as out:  # a file, not a pipe: a process left behind cannot block the test
@@ -211,7 +223,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path
         requests_at_signal = env.provider.requests
         proc.wait(60)
         exited_after = time.monotonic() - sent
-        left_behind = True  # the temporary Prefect server the CLI started, say
+        left_behind = True  # a child the CLI started in its group, say
         while left_behind and time.monotonic() < sent + 60:
             try:
                 os.killpg(proc.pid, 0)
@@ -220,13 +232,13 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path
                 left_behind = False
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left: the CLI, its Prefect server
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left in the CLI's group
         except ProcessLookupError:
             pass
         proc.wait(10)
     output = log.read_text()
     assert proc.returncode == 143, output
-    assert not left_behind, "the process left a child running (its temporary Prefect server?)"
+    assert not left_behind, "the process left a child running in its group"
     assert "terminated (SIGTERM)" in output, output
     assert env.provider.requests - requests_at_signal <= 2, "the run went on sending after SIGTERM"
     assert exited_after < 30, f"the process took {exited_after:.1f} s to exit"

@@ -62,3 +62,9 @@ def test_the_api_key_appears_nowhere_after_a_run(env, caplog):
     assert any("backfill" in str(a.get("key")) for a in artifacts)
     assert API_KEY not in str(artifacts)
     assert logs and API_KEY not in str(logs)
+    # the run's own lines are among them: a line per batch and the summary (the Logs tab)
+    messages = [log["message"] for log in logs]
+    assert any(": batch of " in m and " tokens in " in m for m in messages), messages
+    assert any("rows embedded in" in m for m in messages), messages
+    # and the flow run's name is the job's, with nothing else in it
+    assert all(run.name.startswith("docs-") for run in runs if run.flow_id == runs[0].flow_id)

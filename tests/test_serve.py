@@ -26,6 +26,17 @@ from vectorfill.storage.db import connect, migrate
 pytestmark = pytest.mark.timeout(900)
 
 
+@pytest.fixture(autouse=True)
+def stops_local_prefect(request, tmp_path):
+    """Each test's `vectorfill serve` starts the local Prefect server of its home: stop it
+    and drop the database it kept its history in."""
+    db = request.getfixturevalue("fresh_db") if "fresh_db" in request.fixturenames else None
+    yield
+    from conftest import stop_local_prefect
+
+    stop_local_prefect(tmp_path / "home", db)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,8 +138,13 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
         deployments = {d["name"]: d for d in httpx.post(f"{served.api}/deployments/filter", json={}).json()}
         assert [s["schedule"]["cron"] for s in deployments["backfill-docs"]["schedules"]] == ["30 3 * * *"]
         assert deployments["backfill-docs"]["parameters"] == {"job": "docs"}
-        # a plain CLI backfill finds the served server and records its run there
-        first = json.loads(vf("backfill", "docs", "--json", env=env).stdout)
+        # serve started the local Prefect server (on --port), which every command shares:
+        # a plain CLI backfill records its run there, in the same history
+        local = json.loads((tmp_path / "home" / "prefect-local.json").read_text())
+        assert local["api_url"] == served.api
+        first_run = vf("backfill", "docs", "--json", env=env)
+        assert "Started the local Prefect server" not in first_run.stderr
+        first = json.loads(first_run.stdout)
         assert first["embedded"] == 120
 
         with FakeProvider(dimensions=48, api_key=API_KEY, model="fake-embed-v2") as new:
@@ -157,6 +173,7 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
                 return done if len(done) == 2 else None
 
             runs = wait_until(completed, 90, "both runs completed in the history")
+            assert sorted(str(r["deployment"]) for r in runs) == ["None", "reembed"], "a CLI run and a served run"
             reembed = next(r for r in runs if r["deployment"] == "reembed")
             assert reembed["rows"] == 120 and reembed["switched_to"] == 2
             assert reembed["tokens"] == billed_by_run
@@ -165,6 +182,10 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
         code = served.stop()
     assert code in (0, 130), (tmp_path / "serve.log").read_text()[-3000:]
     assert not (tmp_path / "home" / "prefect-server.json").exists()
+
+    assert httpx_alive(served.api), "the local Prefect server outlives serve, for the next command"
+    assert "stopped" in vf("stop", env=env).stdout
+    assert not httpx_alive(served.api), "`vectorfill stop` stopped it"
 
     # history survives a restart of the whole thing
     served = Served(env, port, log)
@@ -176,7 +197,6 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
         code = served.stop(signal.SIGTERM)
         log.close()
     assert code in (0, 143, -signal.SIGTERM), (tmp_path / "serve.log").read_text()[-3000:]
-    assert not httpx_alive(served.api), "serve stopped the Prefect server it started"
 
 
 def test_prefect_yaml_declares_what_serve_serves():

@@ -5,7 +5,10 @@ public face. The backfill flow is :func:`vectorfill.flows.backfill.backfill` (im
 demand: it brings Prefect in).
 """
 
-from vectorfill.config import JobSettings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from vectorfill.errors import (
     AuthenticationError,
     ConfigError,
@@ -21,7 +24,30 @@ from vectorfill.errors import (
     TransientProviderError,
     VectorfillError,
 )
-from vectorfill.provider.client import Embeddings, EmbeddingsClient
+
+if TYPE_CHECKING:
+    from vectorfill.config import JobSettings
+    from vectorfill.provider.client import Embeddings, EmbeddingsClient
+
+# Imported on first use (PEP 562): pydantic, numpy and httpx cost ~0.4 s, which commands
+# such as `vectorfill status` do not need.
+_LAZY = {
+    "JobSettings": "vectorfill.config",
+    "Embeddings": "vectorfill.provider.client",
+    "EmbeddingsClient": "vectorfill.provider.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vectorfill' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -82,10 +82,12 @@ def _find_endpoint(model: str, err):
 def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> None:
     from vectorfill.jobs.search import search
     from vectorfill.local.corpus import DocRow, load_stdlib_docs, write_corpus
+    from vectorfill.orchestration.api import use_api
     from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
 
-    prefect_defaults()
     url = resolve_database_url(db_url, announce=lambda m: err.print(f"[dim]{m}[/]"))
+    use_api(url, announce=lambda m: err.print(f"[dim]{m}[/]"))
+    prefect_defaults()
     migrate(url)
     docs = sample_docs(load_stdlib_docs(), rows)
     written = write_corpus(

@@ -1,9 +1,13 @@
-"""``vectorfill serve``: a Prefect server that keeps history, and vectorfill's deployments served from here.
+"""``vectorfill serve``: vectorfill's deployments served from this machine, on the local
+Prefect server that keeps history (:mod:`vectorfill.orchestration.local_server`).
 
 Prefect's temporary server runs no schedules and its SQLite database stalls under load, so
-``serve`` starts Prefect's real server (``prefect server start``, installed with Prefect)
-on a Postgres database next to vectorfill's own: ``<database>_prefect`` in the same
-cluster (the embedded one by default), created on first use. History survives restarts.
+``serve`` uses Prefect's real server (``prefect server start``, installed with Prefect) on a
+Postgres database next to vectorfill's own: ``<database>_prefect`` in the same cluster (the
+embedded one by default), created on first use. It is the same server every other command
+uses (started by whichever comes first, kept running after ``serve`` stops, stopped by
+``vectorfill stop``), so runs made by ``serve`` and by plain ``vectorfill backfill`` are in
+one history. With ``PREFECT_API_URL`` set, that server is used and nothing is started.
 
 It then serves, from this process (a Prefect runner; no work pool needed):
 
@@ -16,44 +20,34 @@ It then serves, from this process (a Prefect runner; no work pool needed):
 
 Flow runs are subprocesses that inherit this process's environment: the database URL and
 the API keys come from there, never from deployment parameters. While ``serve`` runs, its
-API URL is written to ``$VECTORFILL_HOME/prefect-server.json``, so that other vectorfill
-commands on this machine (``backfill``, ``runs``, ``job set-model``) use the same server.
+API URL is written to ``$VECTORFILL_HOME/prefect-server.json``, so that ``job set-model``
+knows a served re-embed deployment is listening for its event.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql as pgsql
 
 from vectorfill.config import DATABASE_URL_ENV
-from vectorfill.errors import ConfigError, DatabaseError
-from vectorfill.orchestration.api import _healthy, _home, _state_path, served_api_url, use_served_api
+from vectorfill.errors import DatabaseError
+from vectorfill.orchestration.api import _state_path, served_api_url
 from vectorfill.orchestration.events import MODEL_CHANGED
 
 __all__ = [
     "DEFAULT_CRON",
-    "ServedServer",
     "build_deployments",
+    "ensure_prefect_database",
     "prefect_database_url",
     "serve",
     "served_api_url",
-    "start_prefect_server",
-    "use_served_api",
 ]
 
 DEFAULT_CRON = "0 2 * * *"
-DEFAULT_PORT = 4200
-_START_TIMEOUT_S = 300.0  # the first start migrates Prefect's database
 
 
 def prefect_database_url(url: str) -> tuple[str, str]:
@@ -64,73 +58,25 @@ def prefect_database_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path="/" + name)), name
 
 
-def _ensure_database(url: str, name: str) -> None:
+def ensure_prefect_database(url: str, name: str) -> None:
+    """Create the database ``name`` in ``url``'s cluster unless it exists.
+
+    Raises psycopg's ``InsufficientPrivilege`` as is when the role may not create it (the
+    caller decides what to do then), :class:`DatabaseError` for any other failure."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
                 conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    except psycopg.errors.InsufficientPrivilege:
+        raise
+    except psycopg.errors.DuplicateDatabase:
+        return  # created by another process meanwhile
     except psycopg.Error as exc:
         raise DatabaseError(
             f"cannot create Prefect's database {name!r} next to vectorfill's: "
             f"{str(exc).strip().splitlines()[0]}. Grant CREATEDB, create it yourself, or point "
             "PREFECT_API_URL at a Prefect server you run"
         ) from None
-
-
-@dataclass
-class ServedServer:
-    api_url: str
-    process: subprocess.Popen | None
-    """None when an already running server was reused."""
-    log: Path | None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def start_prefect_server(url: str, *, port: int = DEFAULT_PORT, announce=print) -> ServedServer:
-    """Start ``prefect server start`` on a Postgres database beside vectorfill's ``url``."""
-    api_url = f"http://127.0.0.1:{port}/api"
-    if _healthy(api_url):
-        announce(f"Using the Prefect server already running at {api_url}")
-        return ServedServer(api_url, None, None)
-    prefect_url, name = prefect_database_url(url)
-    _ensure_database(url, name)
-    log = _home() / "prefect-server.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
-        PREFECT_API_DATABASE_CONNECTION_URL=prefect_url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_API_HOST="127.0.0.1",
-        PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="true",  # (off only for temporary servers)
-    )
-    env.pop("PREFECT_API_URL", None)
-    announce(f"Starting Prefect's server on database {name!r} (log: {log})")
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while not _healthy(api_url):
-        if process.poll() is not None:
-            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-            raise ConfigError(f"Prefect's server exited with status {process.returncode}: {tail}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise ConfigError(f"Prefect's server did not answer within {_START_TIMEOUT_S:.0f} s; see {log}")
-        time.sleep(0.5)
-    return ServedServer(api_url, process, log)
 
 
 def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> list:
@@ -171,17 +117,20 @@ def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> li
 
 
 def serve(
-    url: str, *, jobs: list[str], cron: str | None = DEFAULT_CRON, port: int = DEFAULT_PORT, announce=print
+    url: str, *, jobs: list[str], cron: str | None = DEFAULT_CRON, port: int | None = None, announce=print
 ) -> None:
-    """Run Prefect's server (unless PREFECT_API_URL names one) and serve the deployments
-    until interrupted."""
+    """Serve the deployments until interrupted, on ``PREFECT_API_URL`` or the local Prefect
+    server (started on ``port`` if it is not running yet; it keeps running afterwards)."""
+    from vectorfill.orchestration.api import use_api
+
     os.environ[DATABASE_URL_ENV] = url
-    server = None
-    api_url = os.environ.get("PREFECT_API_URL")
-    if not api_url:
-        server = start_prefect_server(url, port=port, announce=announce)
-        api_url = os.environ["PREFECT_API_URL"] = server.api_url
+    api_url = use_api(url, port=port, announce=announce)
+    if port is not None and not api_url.startswith(f"http://127.0.0.1:{port}/"):
+        announce(
+            f"--port {port} ignored: Prefect's server is already running at {api_url} (`vectorfill stop` stops it)"
+        )
     state = _state_path()
+    state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"api_url": api_url, "serve_pid": os.getpid()}))
     try:
         from prefect import serve as prefect_serve
@@ -196,5 +145,3 @@ def serve(
                 state.unlink()
         except (OSError, ValueError):
             pass
-        if server is not None:
-            server.stop()

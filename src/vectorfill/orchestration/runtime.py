@@ -1,9 +1,14 @@
 """Running flows from the CLI: Prefect settings that suit vectorfill, and a progress bar.
 
-With no ``PREFECT_API_URL`` set, Prefect starts a temporary local server for the run; these
-defaults make that reliable (a generous start-up timeout, task-run history kept, no
-telemetry). Any value already in the environment wins: point ``PREFECT_API_URL`` at a real
-Prefect server to keep run history there.
+The CLI runs flows on ``PREFECT_API_URL`` or the local Prefect server
+(:func:`vectorfill.orchestration.api.use_api`). A program that runs the flow itself, with
+neither set nor running, gets Prefect's temporary server for the run; these defaults make
+that reliable (a generous start-up timeout, task-run history kept, no telemetry). Any value
+already in the environment wins.
+
+Logs: Prefect's own loggers stay at WARNING, but the run loggers (``prefect.flow_runs``,
+``prefect.task_runs``) are at INFO, so that the per-batch and summary lines reach the
+run's Logs tab in the UI; the console shows them only with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
 }
 
@@ -34,20 +42,21 @@ PREFECT_DEFAULTS = {
 def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
     """Set vectorfill's Prefect defaults for this process (call before importing prefect).
 
-    With no ``PREFECT_API_URL`` set and ``vectorfill serve`` running on this machine, runs
-    go to its Prefect server (so they show up in its history and UI)."""
+    With no ``PREFECT_API_URL`` set and the local Prefect server running on this machine
+    (and ``use_served``), runs go to it (so they show up in its history and UI); nothing is
+    started here (the CLI's :func:`~vectorfill.orchestration.api.use_api` does that)."""
     _ensure_prefect_home()
     if use_served:
-        from vectorfill.orchestration.api import use_served_api
+        from vectorfill.orchestration.api import use_running_api
 
-        use_served_api()
+        use_running_api()
     if not os.environ.get("PREFECT_API_URL"):
         # Prefect's temporary server: its event log feeds nothing after the run (automations
         # need `vectorfill serve` or a real server) and persisting it was ~45% of the server's
         # CPU in bench/bench_throughput.py; flow runs, task runs, logs and artifacts are kept.
         os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED", "false")
     for key, value in PREFECT_DEFAULTS.items():
-        if key == "PREFECT_LOGGING_LEVEL" and verbose:
+        if key in ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL") and verbose:
             value = "INFO"
         os.environ.setdefault(key, value)
 

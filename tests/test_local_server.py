@@ -1,0 +1,198 @@
+"""The local Prefect server: one per VECTORFILL_HOME, started on first need by any command,
+kept across commands, restarted when killed, stopped by `vectorfill stop`; and what a person
+reads of a run in Prefect: its name and its log lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import stop_local_prefect
+
+pytestmark = pytest.mark.timeout(900)
+
+STARTED = "Started the local Prefect server"
+
+
+def command_env(db_url: str, home: Path) -> dict:
+    env = dict(os.environ, VECTORFILL_DATABASE_URL=db_url, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "p"))
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def vf(env: dict, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vectorfill.cli", *args], env=env, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, f"vectorfill {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def state(home: Path) -> dict:
+    return json.loads((home / "prefect-local.json").read_text())
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Every process on the machine whose environment names ``home`` as VECTORFILL_HOME."""
+    found = []
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get("VECTORFILL_HOME") == str(home) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def prefect_servers_of(home: Path) -> list[psutil.Process]:
+    servers = []
+    for p in processes_of(home):
+        try:
+            cmd = p.cmdline()
+        except psutil.Error:
+            continue
+        if "prefect" in cmd and "server" in cmd and "start" in cmd:
+            servers.append(p)
+    return servers
+
+
+def answers(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def home(fresh_db, tmp_path):
+    """A new VECTORFILL_HOME; whatever a test starts there is stopped afterwards."""
+    path = tmp_path / "home"
+    yield path
+    stop_local_prefect(path, fresh_db)
+
+
+@pytest.mark.slow
+def test_commands_racing_to_start_the_local_server_get_one_server(fresh_db, home):
+    env = command_env(fresh_db, home)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "vectorfill.cli", "runs", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=400) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert [json.loads(out) for out, _ in outputs] == [[], [], []]
+    assert sum(STARTED in err for _, err in outputs) == 1, "one of them started it, the UI URL printed once"
+    servers = prefect_servers_of(home)
+    assert [p.pid for p in servers] == [state(home)["pid"]], "one server, the one in the state file"
+    # a later command reuses it, silently
+    again = vf(env, "runs", "--json")
+    assert STARTED not in again.stderr and [p.pid for p in prefect_servers_of(home)] == [state(home)["pid"]]
+
+
+@pytest.mark.slow
+def test_a_killed_server_is_restarted_by_the_next_command_and_a_stale_state_file_is_ignored(fresh_db, home):
+    env = command_env(fresh_db, home)
+    vf(env, "runs")
+    first = state(home)
+    os.kill(first["pid"], signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(first["pid"])], timeout=10)
+
+    out = vf(env, "runs", "--json")
+    assert STARTED in out.stderr
+    second = state(home)
+    assert second["pid"] != first["pid"] and answers(second["api_url"])
+    assert [p.pid for p in prefect_servers_of(home)] == [second["pid"]]
+
+    # a state file whose pid now belongs to another process (a reboot, say) is stale: that
+    # process is left alone and a server is started
+    vf(env, "stop")
+    (home / "prefect-local.json").write_text(json.dumps({**second, "pid": os.getpid(), "create_time": 1.0}))
+    out = vf(env, "runs", "--json")
+    assert STARTED in out.stderr
+    third = state(home)
+    assert third["pid"] not in (os.getpid(), second["pid"]) and answers(third["api_url"])
+
+
+@pytest.mark.slow
+def test_stop_leaves_no_process_behind(fresh_db, home):
+    env = command_env(fresh_db, home)
+    vf(env, "runs")
+    api = state(home)["api_url"]
+    assert prefect_servers_of(home)
+    out = vf(env, "stop").stdout
+    assert "local Prefect server" in out and "stopped" in out
+    deadline = time.monotonic() + 10
+    while processes_of(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(home) == [], "no process left"
+    assert not answers(api)
+    assert not (home / "prefect-local.json").exists()
+    assert "was not running" in vf(env, "stop").stdout
+
+
+def test_with_prefect_api_url_set_nothing_is_started(fresh_db, home, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    env = command_env(fresh_db, home)
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the test harness's server
+    assert isinstance(json.loads(vf(env, "runs", "--json").stdout), list)
+    assert not (home / "prefect-local.json").exists() and prefect_servers_of(home) == []
+
+
+def test_runs_are_named_after_their_job_and_log_each_batch_and_a_summary(env):
+    """The UI shows a run named after its job and, in its Logs tab, a line per batch and the
+    summary (counts only)."""
+    env.make_table(5000)
+    env.create_job(settings_kw={"max_inputs": 1000, "retries": 1})  # batches of 4,096 rows: two here
+    summary = env.backfill()
+    assert summary.embedded == 5000
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort, LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+
+    async def read():
+        async with get_client() as client:
+            run = (await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1))[0]
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                sort=LogSort.TIMESTAMP_ASC,
+                limit=200,
+                offset=0,
+            )
+        return run, [log.message for log in logs]
+
+    run, messages = asyncio.run(read())
+    assert run.parameters["job"] == "docs"
+    assert re.fullmatch(r"docs-\d{4}-\d\d-\d\dT\d\d:\d\d", run.name), run.name
+    assert run.name == f"docs-{run.expected_start_time:%Y-%m-%dT%H:%M}"
+    batches = [m for m in messages if ": batch of " in m]
+    assert len(batches) == 2, messages
+    assert any(m.startswith("docs v1: batch of 4,096 rows: 4,096 embedded") for m in batches), batches
+    assert any(m.startswith("docs v1: batch of 904 rows: 904 embedded") for m in batches), batches
+    assert all(re.search(r"tokens in \d+ requests; \d+\.\d\d s, 0 retries$", m) for m in batches), batches
+    summaries = [m for m in messages if "rows embedded in" in m]
+    assert len(summaries) == 1 and summaries[0].startswith("docs: 5,000 rows embedded in "), messages
+    assert "0 still pending" in summaries[0]
