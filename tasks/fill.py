@@ -12,13 +12,16 @@ No transaction is held and no secret passes through here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 
 from prefect.utilities.annotations import quote
 
 from vectorfill.errors import first_error, stop_reason
+from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.provider.negotiate import load_caps, negotiator_for
 from vectorfill.provider.prices import price_per_million
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
@@ -33,7 +36,18 @@ __all__ = ["Tally", "fill_versions"]
 
 
 def _zero_totals() -> dict:
-    return dict(embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0, cost_usd=0.0)
+    return dict(
+        embedded=0,
+        unchanged=0,
+        deleted=0,
+        failed=0,
+        truncated=0,
+        stale=0,
+        requests=0,
+        tokens=0,
+        tokens_estimated=0,
+        cost_usd=0.0,
+    )
 
 
 @dataclass
@@ -101,21 +115,42 @@ async def fill_versions(prepared: Prepared, tally: Tally, job: str) -> None:
 
 async def _fill_version(work: Work, tally: Tally, job: str, url: str, throttle: Throttle) -> None:
     async with EmbeddingsClient.for_version(work.version, job=job, settings=work.settings) as client:
-        token = uuid.uuid4()  # marks this run's claims, so that it can give them back
-        keeper = asyncio.create_task(keep_claims(work, token, url))  # leases outlive slow batches
-        lanes = Lanes.for_settings(work.settings)
+        # what the endpoint was found to accept (by any run): caps, the encoding
+        endpoint = endpoint_key(work.version.base_url, work.version.model)
+        client.negotiator = negotiator_for(client, url, endpoint, await load_caps(url, endpoint))
+        work = _negotiated(work, client)
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(work.settings.concurrency):
-                    group.create_task(_lane(work, client, tally, token, url, throttle, lanes))
-        except BaseException as exc:
-            # stopped early (an error, Ctrl-C, a cancellation): give the claims back now
-            await asyncio.shield(release_rows(work, token, stop_reason(exc)))
-            if isinstance(exc, BaseExceptionGroup):
-                raise first_error(exc) from None
-            raise
+            await _fill_lanes(work, tally, job, url, throttle, client)
         finally:
-            keeper.cancel()
+            tally.totals["tokens_estimated"] += client.tokens_estimated
+
+
+def _negotiated(work: Work, client: EmbeddingsClient) -> Work:
+    """``work`` with the endpoint's learnt caps in its settings (what claims pack to)."""
+    settings = client.negotiator.apply(work.settings)
+    if settings is work.settings:
+        return work
+    return Work(dataclasses.replace(work.job, settings=settings), work.version)
+
+
+async def _fill_lanes(
+    work: Work, tally: Tally, job: str, url: str, throttle: Throttle, client: EmbeddingsClient
+) -> None:
+    token = uuid.uuid4()  # marks this run's claims, so that it can give them back
+    keeper = asyncio.create_task(keep_claims(work, token, url))  # leases outlive slow batches
+    lanes = Lanes.for_settings(work.settings)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(work.settings.concurrency):
+                group.create_task(_lane(work, client, tally, token, url, throttle, lanes))
+    except BaseException as exc:
+        # stopped early (an error, Ctrl-C, a cancellation): give the claims back now
+        await asyncio.shield(release_rows(work, token, stop_reason(exc)))
+        if isinstance(exc, BaseExceptionGroup):
+            raise first_error(exc) from None
+        raise
+    finally:
+        keeper.cancel()
 
 
 async def _lane(
@@ -148,7 +183,7 @@ async def _lane(
                 quote(attempts), limit, token, quote(db), quote(client), quote(throttle), quote(lanes)
             )
             tally.give_back(limit - filled.claimed)
-            work = attempts.work  # typed by the first store, when the job's dims were not known
+            work = _negotiated(attempts.work, client)  # typed by the first store; caps learnt meanwhile
             tally.add(filled, price)
     finally:
         await db.aclose()

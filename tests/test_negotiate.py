@@ -1,0 +1,173 @@
+"""Real servers and wrong settings, through the real flow: a refusal of the *request* stops
+the run (or is negotiated) in a handful of requests, with every row still queued; only a
+refusal of an *input* is bisected. The fake provider answers as each server does
+(``FakeProvider.behave_like``), with that server's status codes and error bodies."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from test_backfill import assert_vectors_match_texts
+from vectorfill.errors import RequestRejected
+from vectorfill.provider.budgets import endpoint_key
+
+ROWS = 1000
+
+
+def caps(env) -> tuple | None:
+    key = endpoint_key(env.provider.base_url, "fake-embed")
+    with env.connect() as conn:
+        return conn.execute(
+            "SELECT max_inputs, max_request_tokens, encoding_format FROM vectorfill.endpoint_caps WHERE endpoint = %s",
+            (key,),
+        ).fetchone()
+
+
+def failed_rows(env) -> int:
+    with env.connect() as conn:
+        return conn.execute("SELECT count(*) FROM vectorfill.failures").fetchone()[0]
+
+
+@pytest.mark.parametrize("server", ["tei", "infinity"])
+def test_a_server_refusing_base64_gets_float_and_it_is_remembered(env, server):
+    env.make_table(ROWS)
+    env.create_job(settings_kw={"retries": 1, "concurrency": 1})
+    env.provider.behave_like(server, base64=False, max_client_batch_size=4096)
+    summary = env.backfill()
+    assert summary.embedded == ROWS and summary.failed == 0
+    assert env.provider.requests <= 3, f"{env.provider.requests} requests (1,999 before)"
+    assert caps(env) == (None, None, "float")
+    assert_vectors_match_texts(env)
+    # the next run (another process, say) asks for float at once: no refused request
+    env.make_table(10, start=ROWS + 1)
+    before = env.provider.requests
+    assert env.backfill().embedded == 10
+    assert env.provider.requests == before + 1
+
+
+@pytest.mark.parametrize("server", ["openai", "vllm", "litellm"])
+def test_a_model_refusing_dimensions_stops_the_run_with_every_row_queued(env, server):
+    env.make_table(ROWS)
+    env.create_job(dimensions=16, settings_kw={"retries": 1})
+    env.provider.behave_like(server)
+    with pytest.raises(RequestRejected, match="refuses the `dimensions` parameter") as info:
+        env.backfill()
+    assert info.value.setting == "dimensions"
+    assert "set-model docs --model fake-embed` (no --dimensions)" in str(info.value)
+    assert env.provider.requests <= 10, f"{env.provider.requests} requests (thousands before)"
+    st = env.status()
+    assert st.pending == ROWS and st.failed == 0 and failed_rows(env) == 0
+
+
+@pytest.mark.parametrize(
+    "server, options, cap",
+    [
+        ("tei", {"max_client_batch_size": 32}, 32),  # 413 {"message": "batch size 1000 > ... 32"}
+        ("azure_like", {"max_inputs": 16}, 16),  # 400 "The max number of inputs is 16"
+    ],
+)
+def test_a_cap_on_inputs_named_by_the_server_is_learnt_once_and_remembered(env, server, options, cap):
+    env.make_table(ROWS)
+    env.create_job(settings_kw={"retries": 1, "concurrency": 2})
+    if server == "azure_like":  # Azure's refusal, on the plain /v1 path
+        variant = env.provider.behave_like("azure", **options)
+        variant.azure_key = None
+    else:
+        env.provider.behave_like(server, **options)
+    summary = env.backfill()
+    assert summary.embedded == ROWS and summary.failed == 0
+    assert env.provider.requests <= 1 + math.ceil(ROWS / cap) + 2, env.provider.requests
+    assert caps(env)[0] == cap
+    assert_vectors_match_texts(env)
+    env.make_table(ROWS, start=ROWS + 1)
+    before = env.provider.requests
+    assert env.backfill().embedded == ROWS
+    assert env.provider.requests - before == math.ceil(ROWS / cap), "packed to the remembered cap: no refusal"
+
+
+def test_a_gateway_413_page_that_names_no_limit_is_learnt_from_the_halves(env):
+    env.make_table(ROWS)
+    env.create_job(settings_kw={"retries": 1, "concurrency": 1})
+    env.provider.behave_like("gateway", max_inputs=20)
+    summary = env.backfill()
+    assert summary.embedded == ROWS and summary.failed == 0
+    learnt = caps(env)[0]
+    assert learnt is not None and learnt <= 20
+    # bisecting every batch would cost ~2x; once learnt, each request is accepted
+    assert env.provider.requests <= 20 + math.ceil(ROWS / learnt), env.provider.requests
+    assert_vectors_match_texts(env)
+
+
+def test_a_refusal_of_every_request_stops_after_a_probe(env):
+    """A gateway answering every request with a plain-text 400: the probe with a one-word
+    input is refused too, so it is the request, whatever the inputs."""
+    env.make_table(ROWS)
+    env.create_job(settings_kw={"retries": 1})
+    env.provider.fail_when(lambda text: True, status=400, body="Bad Request")
+    with pytest.raises(RequestRejected, match="refuses every request") as info:
+        env.backfill()
+    assert "Bad Request" in str(info.value) and "vectorfill check docs" in str(info.value)
+    assert env.provider.requests <= 10, env.provider.requests
+    st = env.status()
+    assert st.pending == ROWS and st.failed == 0 and failed_rows(env) == 0
+
+
+def test_a_refusal_of_one_input_is_still_bisected_down_to_that_row(env):
+    env.make_table(100)
+    env.create_job(settings_kw={"retries": 1, "concurrency": 1})
+    env.provider.fail_when(lambda text: text.startswith("Title 37\n"))
+    summary = env.backfill()
+    assert summary.embedded == 99 and summary.failed == 1
+    with env.connect() as conn:
+        assert conn.execute("SELECT row_key FROM vectorfill.failures").fetchone()[0] == [37]
+
+
+def test_the_same_refusal_for_many_inputs_after_a_success_is_the_requests(env):
+    """The endpoint worked, then refuses everything (a key downgraded, a gateway changed):
+    the same message for different single inputs makes the run probe again and stop."""
+    env.make_table(100)
+    env.create_job(settings_kw={"retries": 1, "concurrency": 1, "max_inputs": 10})
+    env.provider.hang_next(1, seconds=0)  # the first request is answered
+    env.provider.fail_next(200, status=400)  # then everything is refused, probes included
+    with pytest.raises(RequestRejected):
+        env.backfill()
+    assert env.provider.requests <= 20, env.provider.requests
+    st = env.status()
+    assert st.embedded == 10 and st.pending == 90 and failed_rows(env) == 0
+
+
+def test_answers_without_usage_or_index_and_with_extra_fields_are_accepted(env):
+    env.make_table(50)
+    env.create_job(settings_kw={"retries": 1})
+    env.provider.behave_like("minimal")
+    summary = env.backfill()
+    assert summary.embedded == 50 and summary.tokens_estimated == summary.tokens > 0
+    assert_vectors_match_texts(env)
+
+
+def test_ollama_float_answers_to_base64_requests(env):
+    env.make_table(30)
+    env.create_job(settings_kw={"retries": 1})
+    env.provider.behave_like("ollama")
+    summary = env.backfill()
+    assert summary.embedded == 30 and summary.tokens_estimated == 0
+    assert_vectors_match_texts(env)
+
+
+def test_azure_openai_api_key_header_api_version_and_deployment_path(env, monkeypatch):
+    from vectorfill.config import JobSettings
+
+    env.make_table(40)
+    env.provider.behave_like("azure", api_key="azure-secret", max_inputs=16)
+    monkeypatch.setenv("VF_AZURE_KEY", "azure-secret")
+    base = env.provider.base_url.removesuffix("/v1") + "/openai/deployments/fake-embed"
+    env.create_job(
+        base_url=base,
+        api_key_env="VF_AZURE_KEY",
+        settings=JobSettings(retries=1, api_key_header="api-key", api_version="2024-02-01"),
+    )
+    summary = env.backfill()
+    assert summary.embedded == 40 and env.provider.requests == 1 + 3  # 40 refused, then 16+16+8
+    assert_vectors_match_texts(env)
