@@ -11,18 +11,27 @@ from __future__ import annotations
 import time
 
 from prefect import flow
+from prefect.client.schemas.objects import State
+from prefect.states import Completed
 
 from vectorfill.orchestration.runtime import frozen_heap
 from vectorfill.tasks import RunSummary, Tally, fill_versions, prepare_run, report_run, switch_versions
 from vectorfill.tasks.report import progress_artifact
 
-__all__ = ["backfill"]
+__all__ = ["FAILED_ROWS_STATE", "backfill"]
+
+#: The name of a finished run's state when rows of it failed (type COMPLETED: the run did
+#: what it could and its summary is its result; a run that could not proceed is FAILED).
+FAILED_ROWS_STATE = "Completed with failures"
 
 
 @flow(name="vectorfill-backfill", persist_result=False, log_prints=False)
-async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
+async def backfill(job: str, max_rows: int | None = None) -> RunSummary | State:
     """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
-    version and the new model's version, if one is filling; switch to the latter once complete."""
+    version and the new model's version, if one is filling; switch to the latter once complete.
+
+    Called, it returns the run's :class:`RunSummary` (also when rows failed: the run's state
+    is then named :data:`FAILED_ROWS_STATE`); it raises when the run could not proceed."""
     with frozen_heap():  # full GC passes skip the heap that was there before the run
         started = time.monotonic()
         prepared = await prepare_run(job)
@@ -31,4 +40,11 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
             await fill_versions(prepared, tally, job)
             finish()  # the progress artifact's last update goes on beside the switch
             switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
-        return await report_run(job, tally.totals, time.monotonic() - started, switched)
+        summary = await report_run(job, tally.totals, time.monotonic() - started, switched)
+        if summary.failed:  # not a clean success: the run's state says so (the CLI exits 3)
+            return Completed(
+                name=FAILED_ROWS_STATE,
+                message=f"{summary.failed} rows failed: `vectorfill failures {job}` lists them",
+                data=summary,
+            )
+        return summary
