@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vectorfill.errors import TerminalProviderError, stops_run
 from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.provider.negotiate import classify
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.tokens import counter_for
 
-from .claim import Batch, Item
+from .claim import Batch, Item, pack
 from .common import Work
 
 __all__ = ["Embedded", "embed_batch"]
@@ -51,7 +53,7 @@ _TOO_LONG = re.compile(r"context.length|too long|maximum.*tokens|tokens.*maximum
 
 
 def _too_long(exc: TerminalProviderError) -> bool:
-    return exc.code == "context_length_exceeded" or bool(_TOO_LONG.search(str(exc)))
+    return exc.code == "context_length_exceeded" or bool(_TOO_LONG.search(str(exc))) or classify(exc).kind == "too_long"
 
 
 def _shorter(text: str, message: str) -> str:
@@ -102,10 +104,12 @@ async def _embed(
     client: EmbeddingsClient, items: tuple[Item, ...], truncate: bool, throttle: Throttle | None = None
 ) -> Embedded:
     negotiator = client.negotiator
-    cap = negotiator.max_inputs
-    if cap and len(items) > cap:  # a cap learnt since the batch was packed
-        parts = [await _embed(client, items[i : i + cap], truncate, throttle) for i in range(0, len(items), cap)]
-        return _merge(parts, client.model)
+    cap, cap_tokens = negotiator.max_inputs, negotiator.max_request_tokens
+    if len(items) > 1 and ((cap and len(items) > cap) or (cap_tokens and sum(i.tokens for i in items) > cap_tokens)):
+        # a cap learnt since the batch was packed: split to it (as a claim packs)
+        chunks = [b.items for b in pack(list(items), cap or len(items), cap_tokens or sys.maxsize)]
+        if len(chunks) > 1:
+            return _merge([await _embed(client, chunk, truncate, throttle) for chunk in chunks], client.model)
     generation = negotiator.generation
     try:
         result = await _send(client, items, throttle)

@@ -199,8 +199,11 @@ class Negotiator:
             await self._learn(max_inputs=refusal.cap, evidence=_line(exc))
             return "retry"
         if refusal.kind == "tokens_cap" and refusal.cap:
-            await self._learn(max_request_tokens=refusal.cap, evidence=_line(exc))
-            return "retry"
+            if self.max_request_tokens is None or refusal.cap < self.max_request_tokens:
+                await self._learn(max_request_tokens=refusal.cap, evidence=_line(exc))
+                return "retry"
+            if n > 1:  # packed to the cap by our counts, still over by the server's: halves
+                return "bisect"
         if refusal.kind == "encoding" and self.client.encoding_format == "base64":
             await self._learn(encoding_format="float", evidence=_line(exc))
             return "retry"
