@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 
 from prefect.utilities.annotations import quote
 
-from vectorfill.errors import first_error, stop_reason
+from vectorfill.errors import first_error, stop_reason, stops_run
 from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import load_caps, negotiator_for
 from vectorfill.provider.prices import price_per_million
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
-from vectorfill.storage.db import LaneConnection
+from vectorfill.storage import sql
+from vectorfill.storage.db import LaneConnection, aconnect
 
 from .batch import Attempts, Filled, Lanes, batch_task, rows_per_task
 from .claim import keep_claims, release_rows
@@ -145,12 +146,20 @@ async def _fill_lanes(
                 group.create_task(_lane(work, client, tally, token, url, throttle, lanes))
     except BaseException as exc:
         # stopped early (an error, Ctrl-C, a cancellation): give the claims back now
+        cause = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if stops_run(cause):  # a setting's fault, not the rows': their attempt is not counted
+            await asyncio.shield(_refund_attempts(work, token))
         await asyncio.shield(release_rows(work, token, stop_reason(exc)))
         if isinstance(exc, BaseExceptionGroup):
             raise first_error(exc) from None
         raise
     finally:
         keeper.cancel()
+
+
+async def _refund_attempts(work: Work, token: uuid.UUID) -> None:
+    async with aconnect(database_url()) as conn:
+        await conn.execute(sql.refund_attempts(sql.JobSQL(work.job, work.version)), (token,))
 
 
 async def _lane(

@@ -335,3 +335,16 @@ def test_refusals_of_each_server_are_read_for_what_they_are_about(status, body, 
 def test_fastapi_422_names_the_field_as_param():
     exc = _refusal(422, {"detail": [{"type": "literal_error", "loc": ["body", "encoding_format"], "msg": "bad"}]})
     assert exc.param == "encoding_format" and "body.encoding_format: bad" in str(exc)
+
+
+def test_runs_stopped_by_a_refused_setting_never_use_up_the_rows_attempts(env):
+    """Each run claims the rows (counting an attempt) and stops on the refused setting; the
+    attempt is given back, so however often it is tried, no row reaches max_attempts."""
+    env.make_table(20)
+    env.create_job(dimensions=16, settings_kw={"retries": 0, "max_attempts": 2})
+    env.provider.behave_like("openai")
+    for _ in range(3):
+        with pytest.raises(RequestRejected):
+            env.backfill()
+    st = env.status()
+    assert st.pending == 20 and st.failed == 0 and failed_rows(env) == 0

@@ -102,6 +102,7 @@ __all__ = [
     "TextSpec",
     "lock_source",
     "parse_template",
+    "refund_attempts",
 ]
 
 SCHEMA = "vectorfill"
@@ -846,3 +847,12 @@ REMEMBER_ENDPOINT_CAPS = sql.SQL(
 
 #: Forget what was learnt about an endpoint (the server was upgraded or reconfigured).
 FORGET_ENDPOINT_CAPS = sql.SQL("DELETE FROM vectorfill.endpoint_caps WHERE endpoint = %(endpoint)s")
+
+
+def refund_attempts(js: JobSQL) -> sql.Composable:
+    """Take back the attempt a run's claim counted on every row it still holds, when the run
+    stops for a reason that is no row's fault (a refused request, a wrong key): rows that
+    wait for a fixed setting never reach ``max_attempts`` for it. Parameter: run token."""
+    return sql.SQL("UPDATE {q} SET attempts = greatest(attempts - 1, 0) WHERE claimed_by = %s AND attempts > 0").format(
+        q=js.q
+    )
