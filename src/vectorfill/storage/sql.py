@@ -849,7 +849,7 @@ REMEMBER_ENDPOINT_CAPS = sql.SQL(
 FORGET_ENDPOINT_CAPS = sql.SQL("DELETE FROM vectorfill.endpoint_caps WHERE endpoint = %(endpoint)s")
 
 
-def refund_attempts(js: JobSQL) -> sql.Composable:
+def refund_attempts(js: JobSQL) -> sql.Composed:
     """Take back the attempt a run's claim counted on every row it still holds, when the run
     stops for a reason that is no row's fault (a refused request, a wrong key): rows that
     wait for a fixed setting never reach ``max_attempts`` for it. Parameter: run token."""
