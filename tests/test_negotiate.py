@@ -348,3 +348,78 @@ def test_runs_stopped_by_a_refused_setting_never_use_up_the_rows_attempts(env):
             env.backfill()
     st = env.status()
     assert st.pending == 20 and st.failed == 0 and failed_rows(env) == 0
+
+
+# ------------------------------------------------------------------ vectorfill check (the library)
+
+
+def _check(env, **kw):
+    import asyncio
+
+    from conftest import API_KEY
+    from vectorfill.config import JobSettings
+    from vectorfill.jobs.check import check_endpoint
+
+    args = dict(
+        job="docs",
+        base_url=env.provider.base_url,
+        model="fake-embed",
+        api_key_env="VF_TEST_API_KEY",
+        dimensions=None,
+        settings=JobSettings(),
+        db_url=env.url,
+    )
+    args.update(kw)
+    assert API_KEY
+    return asyncio.run(check_endpoint(**args))
+
+
+def _line(report, what):
+    return next(line for line in report.lines if line.what == what)
+
+
+def test_check_passes_and_says_what_works(env):
+    report = _check(env)
+    assert report.ok and env.provider.requests == 1
+    from vectorfill.jobs.check import CHECK_TEXTS
+
+    assert env.provider.batches[-1] == list(CHECK_TEXTS)
+    assert "32-dimensional" in _line(report, "dimensions").detail
+    assert "base64 accepted" in _line(report, "encoding").detail
+    assert "usage reported" in _line(report, "usage").detail
+
+
+def test_check_negotiates_base64_and_remembers_it(env):
+    env.provider.behave_like("tei", base64=False, max_client_batch_size=1)
+    report = _check(env)
+    assert report.ok, report
+    assert "float is used instead" in _line(report, "encoding").detail
+    assert "at most 1 inputs per request" in _line(report, "batching").detail
+    assert caps(env) == (1, None, "float")
+
+
+@pytest.mark.parametrize(
+    "kw, what, words",
+    [
+        ({"api_key_env": "VF_NOT_SET_HERE"}, "API key", "VF_NOT_SET_HERE is not set"),
+        ({"model": "no-such-model"}, "model", "answered 404"),
+        ({"dimensions": 16, "settings_variant": "openai"}, "dimensions", "refuses the `dimensions` parameter"),
+        ({"dimensions": 16, "expected_dims": 32}, "dimensions", "16-dimensional vectors but 32 were expected"),
+    ],
+)
+def test_check_fails_naming_what_to_change(env, monkeypatch, kw, what, words):
+    monkeypatch.setenv("VF_WRONG", "sk-wrong")
+    variant = kw.pop("settings_variant", None)
+    if variant:
+        env.provider.behave_like(variant)
+    report = _check(env, **kw)
+    assert not report.ok
+    failed = [line for line in report.lines if not line.ok]
+    assert failed[0].what == what and words in failed[0].detail, failed
+
+
+def test_check_fails_on_a_wrong_key(env, monkeypatch):
+    monkeypatch.setenv("VF_WRONG", "sk-wrong")
+    report = _check(env, api_key_env="VF_WRONG")
+    assert not report.ok and "sk-wrong" not in str(report.as_dict())
+    assert _line(report, "API key").ok is False
