@@ -423,3 +423,26 @@ def test_check_fails_on_a_wrong_key(env, monkeypatch):
     report = _check(env, api_key_env="VF_WRONG")
     assert not report.ok and "sk-wrong" not in str(report.as_dict())
     assert _line(report, "API key").ok is False
+
+
+def test_prefect_states_tell_failed_rows_and_refused_requests_from_a_clean_run(env):
+    import asyncio
+
+    from vectorfill.flows.backfill import FAILED_ROWS_STATE, backfill
+
+    env.make_table(20)
+    env.create_job(settings_kw={"retries": 0, "concurrency": 1})
+    env.provider.fail_when(lambda text: text.startswith("Title 5\n"))
+    state = asyncio.run(backfill("docs", return_state=True))
+    assert state.is_completed() and state.name == FAILED_ROWS_STATE and "1 rows failed" in state.message
+    assert state.result().failed == 1
+    env.provider.clear_faults()
+    with env.connect() as conn:
+        conn.execute("UPDATE articles SET body = 'changed' WHERE id = 2")
+    clean = asyncio.run(backfill("docs", return_state=True))
+    assert clean.is_completed() and clean.name == "Completed"
+    with env.connect() as conn:
+        conn.execute("UPDATE articles SET body = 'changed again' WHERE id = 3")
+    env.provider.fail_when(lambda text: True, status=400, body="Bad Request")
+    refused = asyncio.run(backfill("docs", return_state=True))
+    assert refused.is_failed() and "refuses every request" in refused.message
