@@ -72,8 +72,8 @@ _INPUTS_CAP = [
     re.compile(r"maximum allowed batch size (\d+)", re.I),
     re.compile(r"max(?:imum)? number of inputs is (\d+)", re.I),
     re.compile(
-        r"(?:batch size|number of inputs|inputs?)[^.\d]{0,40}(?:must be|should be|cannot exceed|exceeds?|at most|"
-        r"less than or equal to|<=|maximum(?: of)?|limit(?: of| is)?)\s*(\d+)",
+        r"(?:batch size|number of inputs|inputs per request|input array)[^.\d]{0,40}(?:must be|should be|"
+        r"cannot exceed|exceeds?|at most|less than or equal to|<=|maximum(?: of)?|limit(?: of| is)?)\s*(\d+)\b(?!\s*tokens)",
         re.I,
     ),
 ]
