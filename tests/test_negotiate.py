@@ -446,3 +446,16 @@ def test_prefect_states_tell_failed_rows_and_refused_requests_from_a_clean_run(e
     env.provider.fail_when(lambda text: True, status=400, body="Bad Request")
     refused = asyncio.run(backfill("docs", return_state=True))
     assert refused.is_failed() and "refuses every request" in refused.message
+
+
+def test_check_forget_starts_over(env):
+    from vectorfill.jobs.check import check_job
+
+    env.make_table(5)
+    env.create_job()
+    env.provider.behave_like("tei", base64=False)
+    assert check_job(env.url, "docs")[0].ok and caps(env)[2] == "float"
+    env.provider.behave_like("tei", base64=True, max_client_batch_size=4096)  # the server was upgraded
+    (report,) = check_job(env.url, "docs", forget=True)
+    assert report.ok and caps(env) is None
+    assert "base64 accepted" in _line(report, "encoding").detail

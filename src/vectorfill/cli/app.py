@@ -517,12 +517,20 @@ def index(job: str, db: str | None = DbOpt) -> None:
 
 # ------------------------------------------------------------------ checking the endpoint
 @app.command()
-def check(job: str, json_out: bool = typer.Option(False, "--json"), db: str | None = DbOpt) -> None:
+def check(
+    job: str,
+    forget: bool = typer.Option(False, "--forget", help="Forget what was learnt about the endpoint first"),
+    json_out: bool = typer.Option(False, "--json"),
+    db: str | None = DbOpt,
+) -> None:
     """Send one small request through JOB's real path (key, model, dimensions, encoding, two
-    inputs) and say what works and what to change. Exit 0 only when a backfill would work."""
+    inputs) and say what works and what to change. Exit 0 only when a backfill would work.
+
+    What the endpoint was found to accept (base64 or float, inputs and tokens per request)
+    is remembered for every run; --forget starts over (after upgrading the server)."""
     from vectorfill.jobs.check import check_job
 
-    reports = check_job(_url(db), job)
+    reports = check_job(_url(db), job, forget=forget)
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in reports]))
     else:

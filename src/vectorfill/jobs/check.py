@@ -184,14 +184,21 @@ async def check_endpoint(
     return report()
 
 
-def check_job(url: str, name: str) -> list[CheckReport]:
-    """Check each version of job ``name`` that a backfill would fill (active and filling)."""
+def check_job(url: str, name: str, *, forget: bool = False) -> list[CheckReport]:
+    """Check each version of job ``name`` that a backfill would fill (active and filling);
+    with ``forget``, what was learnt about their endpoints is forgotten first (after the
+    server was upgraded or reconfigured), and learnt again by the check."""
     from vectorfill.jobs.registry import load_job
+    from vectorfill.provider.budgets import endpoint_key
+    from vectorfill.storage import sql
     from vectorfill.storage.db import connect
 
     with connect(url) as conn:
         job = load_job(conn, name)
-    versions = [v for v in job.versions if v.state in ("active", "filling", "paused")]
+        versions = [v for v in job.versions if v.state in ("active", "filling", "paused")]
+        if forget:
+            for v in versions:
+                conn.execute(sql.FORGET_ENDPOINT_CAPS, {"endpoint": endpoint_key(v.base_url, v.model)})
     return [
         asyncio.run(
             check_endpoint(
