@@ -124,6 +124,7 @@ async def _fill_version(work: Work, tally: Tally, job: str, url: str, throttle: 
             await _fill_lanes(work, tally, job, url, throttle, client)
         finally:
             tally.totals["tokens_estimated"] += client.tokens_estimated
+            tally.totals["requests"] += client.negotiator.probes  # the one-input probes sent, if any
 
 
 def _negotiated(work: Work, client: EmbeddingsClient) -> Work:
