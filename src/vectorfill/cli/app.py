@@ -572,9 +572,11 @@ def _check_before(name: str, *, url: str, version: int | None = None, **endpoint
         _print_check(report)
         err.print("nothing was created; fix the setting, or pass --no-check to create it anyway (offline setups)")
         raise typer.Exit(1)
-    learnt = [line for line in report.lines if line.what == "negotiated"]
-    for line in learnt:
-        out.print(f"endpoint check: {line.detail}")
+    details = {line.what: line.detail for line in report.lines}
+    out.print(f"endpoint check passed: {details.get('dimensions')}, {details.get('encoding')}", highlight=False)
+    for line in report.lines:
+        if line.what == "negotiated":
+            out.print(f"endpoint check: {line.detail}", highlight=False)
 
 
 # ------------------------------------------------------------------ local pieces
