@@ -1,26 +1,34 @@
-"""Stage 2: one API request per batch; a batch the provider rejects is bisected.
+"""Stage 2: one API request per batch; a batch the provider rejects is bisected, when
+the rejection is an input's.
 
-A terminal rejection (400/422) of a batch is split in halves until the rejected inputs are
-isolated, so one bad input cannot block the others; the isolated inputs come back as
-failures with the provider's message. Errors that make every request pointless (401/403,
-404, insufficient quota) stop the run at once; transient errors are raised, and Prefect
-retries the batch task (``batch.py``) at this stage, after the provider's Retry-After.
+A terminal rejection (400/413/422) is first judged by the endpoint's
+:class:`~vectorfill.provider.negotiate.Negotiator`: a refusal of the *request* (a cap on
+inputs or tokens, ``encoding_format``, ``dimensions``, anything a one-input probe is refused
+for too) is negotiated (the batch split to the cap, base64 given up for float) or stops the
+run with every row still queued (:class:`~vectorfill.errors.RequestRejected`). Only a
+refusal of the *inputs* is split in halves until the rejected inputs are isolated, so one
+bad input cannot block the others; the isolated inputs come back as failures with the
+provider's message. Errors that make every request pointless (401/403, 404, insufficient
+quota) stop the run at once; transient errors are raised, and Prefect retries the batch
+task (``batch.py``) at this stage, after the provider's Retry-After.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vectorfill.errors import InputError, TerminalProviderError, stops_run
 from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.provider.negotiate import classify
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.tokens import counter_for
 
-from .claim import Batch, Item
+from .claim import Batch, Item, pack
 from .common import Work
 
 __all__ = ["Embedded", "embed_batch"]
@@ -45,7 +53,7 @@ _TOO_LONG = re.compile(r"context.length|too long|maximum.*tokens|tokens.*maximum
 
 
 def _too_long(exc: TerminalProviderError) -> bool:
-    return exc.code == "context_length_exceeded" or bool(_TOO_LONG.search(str(exc)))
+    return exc.code == "context_length_exceeded" or bool(_TOO_LONG.search(str(exc))) or classify(exc).kind == "too_long"
 
 
 def _shorter(text: str, message: str) -> str:
@@ -77,9 +85,32 @@ def _budget_tokens(model: str, items: tuple[Item, ...], throttle: Throttle) -> i
     return sum(i.tokens for i in items)
 
 
+def _merge(parts: list[Embedded], model: str, requests: int = 0) -> Embedded:
+    """Several answers for consecutive items as one (``requests`` more were sent for them)."""
+    answered = [e for e in parts if len(e.items)]
+    vectors = np.vstack([e.vectors for e in answered]) if answered else np.zeros((0, 0), np.float32)
+    return Embedded(
+        tuple(i for e in parts for i in e.items),
+        vectors,
+        answered[0].model if answered else model,
+        sum(e.tokens for e in parts),
+        sum(e.requests for e in parts) + requests,
+        tuple(r for e in parts for r in e.rejected),
+        sum(e.truncated for e in parts),
+    )
+
+
 async def _embed(
     client: EmbeddingsClient, items: tuple[Item, ...], truncate: bool, throttle: Throttle | None = None
 ) -> Embedded:
+    negotiator = client.negotiator
+    cap, cap_tokens = negotiator.max_inputs, negotiator.max_request_tokens
+    if len(items) > 1 and ((cap and len(items) > cap) or (cap_tokens and sum(i.tokens for i in items) > cap_tokens)):
+        # a cap learnt since the batch was packed: split to it (as a claim packs)
+        chunks = [b.items for b in pack(list(items), cap or len(items), cap_tokens or sys.maxsize)]
+        if len(chunks) > 1:
+            return _merge([await _embed(client, chunk, truncate, throttle) for chunk in chunks], client.model)
+    generation = negotiator.generation
     try:
         result = await _send(client, items, throttle)
     except InputError as exc:
@@ -95,6 +126,9 @@ async def _embed(
     except TerminalProviderError as exc:
         if stops_run(exc):
             raise
+        # the request's fault (negotiated, or the run stops) or the inputs' (bisect)?
+        if await negotiator.judge(exc, len(items), generation) == "retry":
+            return _merge([await _embed(client, items, truncate, throttle)], client.model, requests=1)
         if len(items) == 1:
             item = items[0]
             if truncate and _too_long(exc) and len(item.text) > 1:
@@ -102,22 +136,21 @@ async def _embed(
                 shorter = dataclasses.replace(item, text=_shorter(item.text, str(exc)))
                 retried = await _embed(client, (shorter,), truncate, throttle)
                 return dataclasses.replace(retried, requests=retried.requests + 1, truncated=retried.truncated + 1)
+            await negotiator.single_refused(exc, item.text, generation)  # the same refusal for all?
             return Embedded((), np.zeros((0, 0), np.float32), client.model, 0, 1, ((item, exc.status, str(exc)),))
         mid = len(items) // 2
         left = await _embed(client, items[:mid], truncate, throttle)
         right = await _embed(client, items[mid:], truncate, throttle)
-        parts = [e for e in (left, right) if len(e.items)]
-        vectors = np.vstack([e.vectors for e in parts]) if parts else np.zeros((0, 0), np.float32)
-        return Embedded(
-            left.items + right.items,
-            vectors,
-            left.model if left.items else right.model,
-            left.tokens + right.tokens,
-            left.requests + right.requests + 1,
-            left.rejected + right.rejected,
-            left.truncated + right.truncated,
-        )
-    tokens = result.prompt_tokens if result.prompt_tokens is not None else sum(i.tokens for i in items)
+        if not (left.rejected or right.rejected or left.truncated or right.truncated) and not _too_long(exc):
+            # refused whole, accepted in halves: the batch was too big for the endpoint
+            await negotiator.size_refused(max(mid, len(items) - mid))
+        return _merge([left, right], client.model, requests=1)
+    negotiator.succeeded(generation)
+    if result.prompt_tokens is not None:
+        tokens = result.prompt_tokens
+    else:  # no usage in the answer: the claim's counts, marked as estimated in the summary
+        tokens = sum(i.tokens for i in items)
+        client.tokens_estimated += tokens
     return Embedded(items, result.vectors, result.model, tokens, 1)
 
 

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 
 from prefect import get_run_logger
 from prefect.utilities.annotations import quote
 
-from vectorfill.errors import first_error, stop_reason
+from vectorfill.errors import first_error, stop_reason, stops_run
+from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.provider.negotiate import load_caps, negotiator_for
 from vectorfill.provider.prices import price_per_million
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
-from vectorfill.storage.db import LaneConnection
+from vectorfill.storage import sql
+from vectorfill.storage.db import LaneConnection, aconnect
 
 from .batch import Attempts, Filled, Lanes, batch_task, rows_per_task
 from .claim import keep_claims, release_rows
@@ -35,7 +39,18 @@ __all__ = ["Tally", "fill_versions"]
 
 
 def _zero_totals() -> dict:
-    return dict(embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0, cost_usd=0.0)
+    return dict(
+        embedded=0,
+        unchanged=0,
+        deleted=0,
+        failed=0,
+        truncated=0,
+        stale=0,
+        requests=0,
+        tokens=0,
+        tokens_estimated=0,
+        cost_usd=0.0,
+    )
 
 
 @dataclass
@@ -103,21 +118,51 @@ async def fill_versions(prepared: Prepared, tally: Tally, job: str) -> None:
 
 async def _fill_version(work: Work, tally: Tally, job: str, url: str, throttle: Throttle) -> None:
     async with EmbeddingsClient.for_version(work.version, job=job, settings=work.settings) as client:
-        token = uuid.uuid4()  # marks this run's claims, so that it can give them back
-        keeper = asyncio.create_task(keep_claims(work, token, url))  # leases outlive slow batches
-        lanes = Lanes.for_settings(work.settings)
+        # what the endpoint was found to accept (by any run): caps, the encoding
+        endpoint = endpoint_key(work.version.base_url, work.version.model)
+        client.negotiator = negotiator_for(client, url, endpoint, await load_caps(url, endpoint))
+        work = _negotiated(work, client)
         try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(work.settings.concurrency):
-                    group.create_task(_lane(work, client, tally, token, url, throttle, lanes))
-        except BaseException as exc:
-            # stopped early (an error, Ctrl-C, a cancellation): give the claims back now
-            await asyncio.shield(release_rows(work, token, stop_reason(exc)))
-            if isinstance(exc, BaseExceptionGroup):
-                raise first_error(exc) from None
-            raise
+            await _fill_lanes(work, tally, job, url, throttle, client)
         finally:
-            keeper.cancel()
+            tally.totals["tokens_estimated"] += client.tokens_estimated
+            tally.totals["requests"] += client.negotiator.probes  # the one-input probes sent, if any
+
+
+def _negotiated(work: Work, client: EmbeddingsClient) -> Work:
+    """``work`` with the endpoint's learnt caps in its settings (what claims pack to)."""
+    settings = client.negotiator.apply(work.settings)
+    if settings is work.settings:
+        return work
+    return Work(dataclasses.replace(work.job, settings=settings), work.version)
+
+
+async def _fill_lanes(
+    work: Work, tally: Tally, job: str, url: str, throttle: Throttle, client: EmbeddingsClient
+) -> None:
+    token = uuid.uuid4()  # marks this run's claims, so that it can give them back
+    keeper = asyncio.create_task(keep_claims(work, token, url))  # leases outlive slow batches
+    lanes = Lanes.for_settings(work.settings)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(work.settings.concurrency):
+                group.create_task(_lane(work, client, tally, token, url, throttle, lanes))
+    except BaseException as exc:
+        # stopped early (an error, Ctrl-C, a cancellation): give the claims back now
+        cause = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if stops_run(cause):  # a setting's fault, not the rows': their attempt is not counted
+            await asyncio.shield(_refund_attempts(work, token))
+        await asyncio.shield(release_rows(work, token, stop_reason(exc)))
+        if isinstance(exc, BaseExceptionGroup):
+            raise first_error(exc) from None
+        raise
+    finally:
+        keeper.cancel()
+
+
+async def _refund_attempts(work: Work, token: uuid.UUID) -> None:
+    async with aconnect(database_url()) as conn:
+        await conn.execute(sql.refund_attempts(sql.JobSQL(work.job, work.version)), (token,))
 
 
 async def _lane(
@@ -152,7 +197,7 @@ async def _lane(
                 quote(attempts), limit, token, quote(db), quote(client), quote(throttle), quote(lanes)
             )
             tally.give_back(limit - filled.claimed)
-            work = attempts.work  # typed by the first store, when the job's dims were not known
+            work = _negotiated(attempts.work, client)  # typed by the first store; caps learnt meanwhile
             tally.add(filled, price)
             if filled.claimed:  # one line per batch (>= 4,096 rows): counts only, never a text or a URL
                 logger.info(

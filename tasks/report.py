@@ -55,6 +55,9 @@ class RunSummary:
     requests: int
     tokens: int
     """Tokens billed, as the provider reported them (``usage``), else as counted."""
+    tokens_estimated: int
+    """Of those, tokens counted here because the endpoint's answers had no ``usage`` (an
+    estimate where the model's tokenizer is not known)."""
     cost_usd: float | None
     """Those tokens at the model's price (:mod:`vectorfill.provider.prices`); None when unknown."""
     duration_s: float

@@ -26,6 +26,14 @@ Scripted faults, each for the next ``n`` requests:
 * ``fail_when(predicate, status=400)``: every request with an input matching the
   predicate is refused, until ``clear_faults()``.
 
+Server variants (``behave_like(name, **options)``; ``VARIANTS``): the fake answers the way
+another real server does, with that server's status codes and error bodies: TEI's 413 for
+more inputs than ``max_client_batch_size`` and its 422 for ``base64`` before it supported
+it, vLLM's and OpenAI's refusals of ``dimensions``, Infinity's FastAPI 422, LiteLLM's
+wrapped errors, Ollama's float-only answers, Azure OpenAI's ``api-key`` header,
+``api-version`` query and deployment path, a gateway's HTML 413 page; answers without
+``usage`` or ``index``, with extra fields. See each ``_variant_*`` for the source.
+
 ``fail_next`` and ``hang_next`` share one queue consumed in request arrival order, so
 ``fail_next(1); hang_next(1)`` fails the first request and delays the second.
 
@@ -69,7 +77,15 @@ from vectorfill.local.embeddings_server.app import (
     render_embeddings,
 )
 
-__all__ = ["CORRUPT_MODES", "FakeProvider", "RateLimiter", "format_duration", "wait_until_healthy"]
+__all__ = [
+    "CORRUPT_MODES",
+    "VARIANTS",
+    "FakeProvider",
+    "RateLimiter",
+    "Variant",
+    "format_duration",
+    "wait_until_healthy",
+]
 
 CORRUPT_MODES = ("shuffle", "short", "wrong_dims", "nan", "no_index", "floats_when_base64")
 
@@ -253,6 +269,178 @@ def _response(status: int, body: Any, headers: dict[str, str]) -> Response:
     return Response(content, status_code=status, headers=headers, media_type=media)
 
 
+# --------------------------------------------------------------------------- server variants
+
+
+@dataclass
+class Variant:
+    """How another server answers; applied by ``FakeProvider.before`` / ``around``.
+
+    Each ``refuse_*`` is None (accepted) or a function of the parsed body giving the
+    response that server sends.
+    """
+
+    name: str
+    refuse_base64: Callable[[dict], Response] | None = None
+    refuse_dimensions: Callable[[dict], Response] | None = None
+    max_batch: int | None = None
+    refuse_batch: Callable[[int, int], Response] | None = None
+    floats_only: bool = False
+    no_usage: bool = False
+    no_index: bool = False
+    extra_fields: bool = False
+    azure_key: str | None = None
+    """Azure OpenAI: the ``api-key`` header required, with ``api-version`` in the query."""
+
+
+def _column(raw: bytes, field_name: str) -> int:
+    at = raw.find(f'"{field_name}"'.encode())
+    return (raw.find(b":", at) + 2) if at >= 0 else 1
+
+
+def _tei(max_client_batch_size: int = 32, base64: bool = True, **_: Any) -> Variant:
+    """Hugging Face TEI's OpenAI route (router/src/http/server.rs, types.rs): errors are
+    ``{"message", "code", "error_type"}``; more inputs than ``--max-client-batch-size`` is
+    413 ``validation``; before base64 support, axum's JSON extractor refused the unknown
+    enum variant with a 422 in plain text."""
+
+    def batch(n: int, cap: int) -> Response:
+        message = f"batch size {n} > maximum allowed batch size {cap}"
+        return JSONResponse({"message": message, "code": 413, "error_type": "validation"}, status_code=413)
+
+    def no_base64(body: dict) -> Response:
+        raw = orjson.dumps(body)
+        return Response(
+            "Failed to deserialize the JSON body into the target type: encoding_format: unknown variant "
+            f"`base64`, expected `float` at line 1 column {_column(raw, 'encoding_format') + 7}",
+            status_code=422,
+            media_type="text/plain; charset=utf-8",
+        )
+
+    return Variant(
+        "tei", refuse_base64=None if base64 else no_base64, max_batch=max_client_batch_size, refuse_batch=batch
+    )
+
+
+def _openai_error(status: int, message: str, type_: str | None = "invalid_request_error", code: Any = None) -> Response:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status)
+
+
+def _openai(**_: Any) -> Variant:
+    """OpenAI with a model that has no ``dimensions`` (text-embedding-ada-002): 400."""
+    return Variant(
+        "openai",
+        refuse_dimensions=lambda body: _openai_error(400, "This model does not support specifying dimensions."),
+    )
+
+
+def _vllm(**_: Any) -> Variant:
+    """vLLM's OpenAI server (entrypoints/openai): ``{"error": {"message", "type":
+    "BadRequestError", "param", "code": 400}}``; a model without Matryoshka support refuses
+    ``dimensions``."""
+    return Variant(
+        "vllm",
+        refuse_dimensions=lambda body: _openai_error(
+            400,
+            f'Model "{body.get("model")}" does not support matryoshka representation, changing output '
+            "dimensions will lead to poor results.",
+            "BadRequestError",
+            400,
+        ),
+    )
+
+
+def _infinity(**_: Any) -> Variant:
+    """Infinity (michaelfeil/infinity) before base64 support: FastAPI's 422 for a literal
+    that does not match, ``{"detail": [{"type", "loc", "msg", "input", "ctx"}]}``."""
+    return Variant(
+        "infinity",
+        refuse_base64=lambda body: JSONResponse(
+            {
+                "detail": [
+                    {
+                        "type": "literal_error",
+                        "loc": ["body", "encoding_format"],
+                        "msg": "Input should be 'float'",
+                        "input": "base64",
+                        "ctx": {"expected": "'float'"},
+                    }
+                ]
+            },
+            status_code=422,
+        ),
+    )
+
+
+def _litellm(**_: Any) -> Variant:
+    """LiteLLM proxy in front of a model without ``dimensions``: the upstream message
+    wrapped, ``type`` null and ``code`` a string."""
+    return Variant(
+        "litellm",
+        refuse_dimensions=lambda body: _openai_error(
+            400,
+            "litellm.BadRequestError: OpenAIException - This model does not support specifying dimensions.",
+            None,
+            "400",
+        ),
+    )
+
+
+def _ollama(**_: Any) -> Variant:
+    """Ollama's OpenAI-compatible endpoint (before it honoured ``encoding_format``): float
+    lists whatever was asked, extra fields."""
+    return Variant("ollama", floats_only=True, extra_fields=True)
+
+
+def _minimal(**_: Any) -> Variant:
+    """A relay that answers with the bare minimum: no ``usage``, no ``index``, extra fields."""
+    return Variant("minimal", no_usage=True, no_index=True, extra_fields=True)
+
+
+def _azure(api_key: str = "azure-key", max_inputs: int = 16, **_: Any) -> Variant:
+    """Azure OpenAI: ``POST /openai/deployments/{deployment}/embeddings?api-version=...``
+    with an ``api-key`` header; older API versions took 16 inputs per request."""
+
+    def batch(n: int, cap: int) -> Response:
+        return _openai_error(
+            400,
+            f"Too many inputs. The max number of inputs is {cap}.  We hope to increase the number of inputs per "
+            "request soon. Please contact us through an Azure support request at: "
+            "https://go.microsoft.com/fwlink/?linkid=2213926 for further questions.",
+        )
+
+    return Variant("azure", max_batch=max_inputs, refuse_batch=batch, azure_key=api_key)
+
+
+_NGINX_413 = (
+    "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    "<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def _gateway(max_inputs: int = 20, **_: Any) -> Variant:
+    """A reverse proxy (nginx ``client_max_body_size``) refusing big bodies with its HTML
+    413 page, which names no limit; here: more than ``max_inputs`` inputs."""
+    return Variant(
+        "gateway",
+        max_batch=max_inputs,
+        refuse_batch=lambda n, cap: Response(_NGINX_413, status_code=413, media_type="text/html"),
+    )
+
+
+VARIANTS: dict[str, Callable[..., Variant]] = {
+    "openai": _openai,
+    "tei": _tei,
+    "vllm": _vllm,
+    "infinity": _infinity,
+    "litellm": _litellm,
+    "ollama": _ollama,
+    "minimal": _minimal,
+    "azure": _azure,
+    "gateway": _gateway,
+}
+
+
 class FakeProvider:
     """The fake provider: a real server, plus accounting, scripted faults and rate limits.
 
@@ -285,6 +473,8 @@ class FakeProvider:
         self._scripted: collections.deque[_Scripted] = collections.deque()
         self._corrupt: collections.deque[str] = collections.deque()
         self._rules: list[_Rule] = []
+        self.variant: Variant | None = None
+        self._api_key = api_key
         self._zero()
         self.app = create_app(
             self.encoder,
@@ -293,7 +483,10 @@ class FakeProvider:
             max_request_tokens=max_request_tokens,
             max_wait_ms=0,
             interceptor=self,
-            routes=[Route("/_fake/stats", self._stats_route, methods=["GET"])],
+            routes=[
+                Route("/_fake/stats", self._stats_route, methods=["GET"]),
+                Route("/openai/deployments/{deployment}/embeddings", self._azure_route, methods=["POST"]),
+            ],
         )
         self._server = ServerThread(self.app, host, port)
 
@@ -427,6 +620,14 @@ class FakeProvider:
         with self._lock:
             self._rules.append(_Rule(predicate, status, body))
 
+    def behave_like(self, name: str, **options: Any) -> Variant:
+        """Answer from now on as the server ``name`` does (one of ``VARIANTS``); options
+        such as ``max_client_batch_size=32`` or ``base64=False`` (TEI) tune it."""
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; use one of {', '.join(VARIANTS)}")
+        self.variant = VARIANTS[name](**options)
+        return self.variant
+
     def pending_faults(self) -> int:
         """Scripted faults (fail, hang, corrupt) not yet met by a request."""
         with self._lock:
@@ -442,8 +643,10 @@ class FakeProvider:
 
     async def before(self, request: Request, body: bytes) -> Response | None:
         texts: list[str] = []
+        parsed: dict = {}
         try:
-            value = orjson.loads(body).get("input")
+            parsed = orjson.loads(body)
+            value = parsed.get("input")
             texts = [value] if isinstance(value, str) else [t for t in value if isinstance(t, str)]
         except Exception:  # unparseable bodies are the server's business
             pass
@@ -456,11 +659,52 @@ class FakeProvider:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         if action is None:
-            return None
+            return self._variant_refusal(parsed, len(texts))
         if action.kind == "hang":
             await asyncio.sleep(action.seconds)
             return None
         return _response(action.status, action.body, action.headers)
+
+    def _variant_refusal(self, body: dict, n: int) -> Response | None:
+        variant = self.variant
+        if variant is None or not isinstance(body, dict):
+            return None
+        if variant.refuse_base64 is not None and body.get("encoding_format") == "base64":
+            return variant.refuse_base64(body)
+        if variant.refuse_dimensions is not None and body.get("dimensions") is not None:
+            return variant.refuse_dimensions(body)
+        if variant.max_batch is not None and variant.refuse_batch is not None and n > variant.max_batch:
+            return variant.refuse_batch(n, variant.max_batch)
+        return None
+
+    async def _azure_route(self, request: Request) -> Response:
+        """Azure OpenAI's path: the ``api-key`` header and ``api-version`` query checked
+        the way Azure answers, then the embeddings endpoint itself."""
+        variant = self.variant
+        if variant is None or variant.azure_key is None:
+            return JSONResponse({"error": {"code": "404", "message": "Resource not found"}}, status_code=404)
+        if "api-version" not in request.query_params:
+            return JSONResponse({"error": {"code": "404", "message": "Resource not found"}}, status_code=404)
+        if request.headers.get("api-key") != variant.azure_key:
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": "401",
+                        "message": "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
+                        "to provide a valid key for an active subscription and use a correct regional API endpoint "
+                        "for your resource.",
+                    }
+                },
+                status_code=401,
+            )
+        route = next(r for r in self.app.routes if getattr(r, "path", None) == "/v1/embeddings")
+        if self._api_key:  # past Azure's check: the fake's own Bearer check is satisfied
+            scope = dict(request.scope)
+            scope["headers"] = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"] + [
+                (b"authorization", f"Bearer {self._api_key}".encode())
+            ]
+            request = Request(scope, request.receive)
+        return await route.endpoint(request)
 
     async def around(self, call: EmbeddingCall, proceed: Any) -> EmbeddingResult | Response:
         headers: dict[str, str] = {}
@@ -502,8 +746,26 @@ class FakeProvider:
             self._embedded.extend(call.texts)
             mode = self._corrupt.popleft() if self._corrupt else None
         if mode is None:
-            return result
+            return self._variant_shape(result)
         return self._corrupted(result, mode)
+
+    def _variant_shape(self, result: EmbeddingResult) -> EmbeddingResult | Response:
+        variant = self.variant
+        if variant is None or not (variant.floats_only or variant.no_usage or variant.no_index or variant.extra_fields):
+            return result
+        payload = render_embeddings(result, encoding_format="float" if variant.floats_only else None)
+        if variant.no_usage:
+            payload.pop("usage", None)
+        for item in payload["data"]:
+            if variant.no_index:
+                item.pop("index", None)
+            if variant.extra_fields:
+                item["extra_field"] = {"served_by": variant.name}
+        if variant.extra_fields:
+            payload["id"] = "embd-fake"
+            payload["created"] = 0
+            payload["system_fingerprint"] = None
+        return JSONResponse(payload, headers=result.headers)
 
     def _corrupted(self, result: EmbeddingResult, mode: str) -> Response:
         headers = result.headers

@@ -73,6 +73,8 @@ def test_migrate_create_backfill_status_through_the_cli(cli_env, provider):
         env=cli_env,
     ).stdout
     assert "300 rows of public.articles queued" in out
+    checked = provider.requests
+    assert checked == 1, "job create checked the endpoint with one request"
     summary = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
     assert summary["embedded"] == 300 and summary["pending"] == 0 and summary["requests"] == 6
     status = json.loads(vf("status", "docs", "--json", env=cli_env).stdout)
@@ -80,7 +82,7 @@ def test_migrate_create_backfill_status_through_the_cli(cli_env, provider):
     assert status["target"] == "vectorfill.docs"
     assert "T1\n\nB1" in provider.inputs, "the \\n in --template is a newline"
     again = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
-    assert again["embedded"] == 0 and provider.requests == 6
+    assert again["embedded"] == 0 and provider.requests == 6 + checked
 
 
 def test_errors_are_one_clear_line_and_exit_1(cli_env, provider):
@@ -152,16 +154,18 @@ def test_model_change_commands_through_the_cli(cli_env, provider):
         env=cli_env,
     )
     est = json.loads(vf("estimate", "docs", "--json", env=cli_env).stdout)
-    assert est[0]["rows"] == 300 and est[0]["price_per_million"] == 2.5 and provider.requests == 0
+    assert est[0]["rows"] == 300 and est[0]["price_per_million"] == 2.5
+    assert provider.requests == 1, "only job create's check: the estimate sends nothing"
+    billed_by_check = provider.tokens_billed
     summary = json.loads(vf("backfill", "docs", "--json", env=cli_env).stdout)
-    assert summary["tokens"] == est[0]["tokens"] == provider.tokens_billed
+    assert summary["tokens"] == est[0]["tokens"] == provider.tokens_billed - billed_by_check
     assert summary["cost_usd"] == pytest.approx(summary["tokens"] * 2.5 / 1e6)
 
     reembed = json.loads(vf("estimate", "docs", "--model", "text-embedding-3-large", "--json", env=cli_env).stdout)
     assert reembed[0]["rows"] == 300 and reembed[0]["version"] is None
 
-    no_server = {k: v for k, v in cli_env.items() if k != "PREFECT_API_URL"}
-    out = vf("job", "set-model", "docs", "--model", "text-embedding-3-large", env=no_server).stdout
+    # the fake serves no text-embedding-3-large: the version is made without the check
+    out = vf("job", "set-model", "docs", "--model", "text-embedding-3-large", "--no-check", env=cli_env).stdout
     assert "version 2 (text-embedding-3-large) is filling, 300 rows queued" in out
     assert "vectorfill estimate docs" in out, "no Prefect server here: the next step is spelled out"
     assert "re-embed: v2 (text-embedding-3-large) filling, 0 of 300 done" in vf("status", "docs", env=cli_env).stdout
@@ -215,7 +219,7 @@ def test_a_template_with_non_ascii_text_and_escapes_is_kept_as_written(cli_env):
     vf("migrate", env=cli_env)
     template = "Über {title} — {body}\\n\\nEnde"
     vf("job", "create", "docs", "--table", "articles", "--template", template, "--model", "fake-embed",
-       "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "VF_KEY", env=cli_env)  # fmt: skip
+       "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "VF_KEY", "--no-check", env=cli_env)  # fmt: skip
     with connect(cli_env["VECTORFILL_DATABASE_URL"]) as conn:
         stored = conn.execute("SELECT template FROM vectorfill.jobs WHERE name = 'docs'").fetchone()[0]
     assert stored == "Über {title} — {body}\n\nEnde"
@@ -227,7 +231,7 @@ def test_a_run_whose_rows_failed_exits_3_and_its_flow_run_is_failed(cli_env, pro
     vf("migrate", env=cli_env)
     vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
        "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "100", env=cli_env)  # fmt: skip
-    provider.fail_when(lambda text: True, status=400)  # every input refused, one by one
+    provider.fail_when(lambda text: text.startswith("B"), status=400)  # every row's input refused
     proc = vf("backfill", "docs", "--json", env=cli_env, check=False)
     assert proc.returncode == 3, proc.stderr
     assert json.loads(proc.stdout)["failed"] == 300
@@ -261,3 +265,37 @@ def test_without_a_usable_home_prefect_state_goes_to_vectorfill_home(tmp_path, m
     _ensure_prefect_home()
     assert os.environ["PREFECT_HOME"] == str(tmp_path / "state" / "prefect")
     assert (tmp_path / "state" / "prefect").is_dir()
+def test_check_create_and_backfill_exit_codes_through_the_cli(cli_env, provider):
+    """`vectorfill check` and the checks of `job create`: what works and what to change, exit
+    0 only when a backfill would work; a backfill exits 1 on a refused request (rows queued)
+    and 3 when rows failed."""
+    vf("migrate", env=cli_env)
+    create = ["job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed"]
+    create += ["--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "100"]
+    provider.behave_like("openai")  # refuses `dimensions`
+    proc = vf(*create, "--dimensions", "16", env=cli_env, check=False)
+    assert proc.returncode == 1 and "refuses the `dimensions` parameter" in proc.stdout
+    assert "nothing was created" in proc.stderr
+    assert "no job named" in vf("status", "docs", env=cli_env, check=False).stderr
+    vf(*create, "--dimensions", "16", "--no-check", env=cli_env)  # offline: made unchecked
+    proc = vf("check", "docs", env=cli_env, check=False)
+    assert proc.returncode == 1 and "FAIL dimensions" in proc.stdout and "a backfill would not work" in proc.stdout
+    before = provider.requests
+    proc = vf("backfill", "docs", env=cli_env, check=False)
+    assert proc.returncode == 1 and "refuses the `dimensions` parameter" in proc.stderr
+    assert provider.requests - before <= 10
+    status = json.loads(vf("status", "docs", "--json", env=cli_env).stdout)
+    assert status["pending"] == 300 and status["failed"] == 0
+    vf("job", "drop", "docs", env=cli_env)
+
+    provider.behave_like("tei", base64=False)  # refuses base64, takes 32 inputs at most
+    out = vf(*create, env=cli_env).stdout
+    assert "endpoint check: encoding_format float" in out
+    report = json.loads(vf("check", "docs", "--json", env=cli_env).stdout)
+    assert report[0]["ok"] is True
+    assert any(line["what"] == "encoding" and "float is used instead" in line["detail"] for line in report[0]["lines"])
+    provider.fail_when(lambda text: text == "B7")
+    proc = vf("backfill", "docs", "--json", env=cli_env, check=False)
+    assert proc.returncode == 3, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["embedded"] == 299 and summary["failed"] == 1

@@ -148,7 +148,17 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
         assert first["embedded"] == 120
 
         with FakeProvider(dimensions=48, api_key=API_KEY, model="fake-embed-v2") as new:
-            out = vf("job", "set-model", "docs", "--model", "fake-embed-v2", "--base-url", new.base_url, env=env).stdout
+            out = vf(
+                "job",
+                "set-model",
+                "docs",
+                "--model",
+                "fake-embed-v2",
+                "--base-url",
+                new.base_url,
+                "--no-check",
+                env=env,
+            ).stdout
             assert "version 2 (fake-embed-v2) is filling, 120 rows queued" in out
             assert f"sent to {served.api}" in out
 

@@ -32,7 +32,7 @@ __all__ = [
 DATABASE_URL_ENV = "VECTORFILL_DATABASE_URL"
 
 #: Relations in the vectorfill schema that a job's view must never shadow.
-RESERVED_JOB_NAMES = frozenset({"jobs", "versions", "failures", "budgets", "alembic_version"})
+RESERVED_JOB_NAMES = frozenset({"jobs", "versions", "failures", "budgets", "endpoint_caps", "alembic_version"})
 
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
@@ -76,6 +76,11 @@ class JobSettings(BaseModel):
     prune_on_switch: bool = False
     """Drop the old version's tables as soon as a new model's version replaces it (default:
     keep them until ``vectorfill job prune``)."""
+    api_key_header: Literal["bearer", "api-key"] = "bearer"
+    """How the key is sent: ``Authorization: Bearer KEY`` (OpenAI and most servers) or
+    ``api-key: KEY`` (Azure OpenAI)."""
+    api_version: str | None = Field(None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
+    """Sent as the ``api-version`` query parameter (Azure OpenAI, e.g. ``2024-02-01``)."""
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     """USD per million input tokens by model, for estimates and run summaries, over the
     table in :mod:`vectorfill.provider.prices` (a model in neither has an unknown cost)."""

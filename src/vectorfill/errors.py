@@ -14,7 +14,9 @@ The tree::
     │   └── TerminalProviderError    400/422 bad input, bad response shape
     │       ├── AuthenticationError  401/403: wrong or missing key; stops the run at once
     │       ├── ModelNotFound        404: unknown model or wrong base URL; stops the run
-    │       └── QuotaExceeded        429 insufficient_quota: billing, not a rate limit; stops the run
+    │       ├── QuotaExceeded        429 insufficient_quota: billing, not a rate limit; stops the run
+    │       └── RequestRejected      a 4xx that belongs to the request (a setting), not to an input;
+    │                                stops the run with every row still queued
     ├── InputError                   one row's text cannot be embedded (NULL, empty, too long)
     └── RowsFailed                   a run finished, but some of its rows failed (.summary)
 
@@ -35,6 +37,7 @@ __all__ = [
     "ModelNotFound",
     "ProviderError",
     "QuotaExceeded",
+    "RequestRejected",
     "RowsFailed",
     "SecretMissing",
     "SourceError",
@@ -98,10 +101,13 @@ class ProviderError(VectorfillError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        param: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.retry_after = retry_after
+        self.param = param
+        """The request field the server blamed (OpenAI's ``param``, FastAPI's ``loc``), if any."""
         super().__init__(message, job=job)
 
 
@@ -125,6 +131,19 @@ class ModelNotFound(TerminalProviderError):
 
 class QuotaExceeded(TerminalProviderError):
     """429 with code insufficient_quota: the account is out of credit. The run stops."""
+
+
+class RequestRejected(TerminalProviderError):
+    """The endpoint refuses the request itself, whatever its inputs: a setting (``dimensions``,
+    ``encoding_format``, the model, the request's shape) it does not accept. Decided from
+    evidence (the error's code, param and message; a one-input probe with a known-good text
+    refused the same way), never from one input's refusal. The run stops at once and every
+    row stays queued: no row is marked failed for what is not its fault. ``setting`` names
+    the job setting at fault, when known."""
+
+    def __init__(self, message: str, *, setting: str | None = None, **kw) -> None:
+        self.setting = setting
+        super().__init__(message, **kw)
 
 
 class InputError(VectorfillError):
@@ -155,8 +174,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def stops_run(exc: BaseException) -> bool:
-    """True for errors that make every further request pointless (auth, model, quota)."""
-    return isinstance(exc, (AuthenticationError, ModelNotFound, QuotaExceeded, ConfigError))
+    """True for errors that make every further request pointless (auth, model, quota, a refused setting)."""
+    return isinstance(exc, (AuthenticationError, ModelNotFound, QuotaExceeded, RequestRejected, ConfigError))
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:

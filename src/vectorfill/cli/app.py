@@ -1,7 +1,8 @@
 """The ``vectorfill`` command. Thin: parse options, call the library, print results.
 
 Every :class:`vectorfill.errors.VectorfillError` is printed as one clear line (exit 1);
-nothing here prints a secret.
+nothing here prints a secret. Exit codes: 0 all done, 1 could not proceed, 3 a backfill
+finished with failed rows, 130/143 interrupted.
 """
 
 from __future__ import annotations
@@ -91,9 +92,15 @@ def job_create(
         None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
     ),
     prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
+    api_key_header: str = typer.Option("bearer", help="bearer (Authorization: Bearer KEY) or api-key (Azure OpenAI)"),
+    api_version: str | None = typer.Option(None, help="api-version query parameter (Azure OpenAI, e.g. 2024-02-01)"),
+    no_check: bool = typer.Option(False, "--no-check", help="Do not send the check request (offline setups)"),
     db: str | None = DbOpt,
 ) -> None:
-    """Register a job: install triggers on the source table and queue its rows."""
+    """Register a job: install triggers on the source table and queue its rows.
+
+    Unless --no-check, one small request checks the endpoint first (see `vectorfill check`);
+    the job is created only if a backfill would work."""
     from pydantic import ValidationError
 
     from vectorfill.errors import ConfigError
@@ -115,11 +122,14 @@ def job_create(
             tpm=tpm,
             prices=_prices(price or [], name),
             prune_on_switch=prune_on_switch,
+            api_key_header=api_key_header,
+            api_version=api_version,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid setting: {problems}", job=name) from None
-    with _conn(db) as conn:
+    url = _url(db)
+    with _conn(url) as conn:
         job = create_job(
             conn,
             name=name,
@@ -133,6 +143,16 @@ def job_create(
             dimensions=dimensions,
             settings=settings,
         )
+        if not no_check:  # before the commit: a job that cannot work is not created
+            _check_before(
+                name,
+                base_url=base_url,
+                model=model,
+                api_key_env=api_key_env,
+                dimensions=dimensions,
+                settings=settings,
+                url=url,
+            )
         from vectorfill.jobs.registry import job_status
 
         st = job_status(conn, name)
@@ -189,6 +209,7 @@ def job_set_model(
     api_key_env: str | None = typer.Option(
         None, help="NAME of the env variable holding the key (default: the active version's; '' for none)"
     ),
+    no_check: bool = typer.Option(False, "--no-check", help="Do not send the check request (offline setups)"),
     db: str | None = DbOpt,
 ) -> None:
     """Start re-embedding JOB with another model, beside the vectors readers use now.
@@ -200,7 +221,8 @@ def job_set_model(
     from vectorfill.jobs.versions import _UNSET, set_model, version_status
     from vectorfill.orchestration.events import emit_model_changed
 
-    with _conn(db) as conn:
+    url = _url(db)
+    with _conn(url) as conn:
         version = set_model(
             conn,
             name,
@@ -209,7 +231,19 @@ def job_set_model(
             base_url=base_url,
             api_key_env=_UNSET if api_key_env is None else api_key_env,
         )
-        queued = version_status(conn, load_job(conn, name), version).pending
+        loaded = load_job(conn, name)
+        if not no_check:  # before the commit: a model that cannot work starts no version
+            _check_before(
+                name,
+                base_url=version.base_url,
+                model=version.model,
+                api_key_env=version.api_key_env,
+                dimensions=version.dimensions,
+                settings=loaded.settings,
+                url=url,
+                version=version.version,
+            )
+        queued = version_status(conn, loaded, version).pending
     out.print(
         f"job [bold]{name}[/]: version {version.version} ({model}) is filling, {queued:,} rows queued; "
         f"vectorfill.{name} keeps showing the current version until it is complete."
@@ -486,6 +520,70 @@ def index(job: str, db: str | None = DbOpt) -> None:
 
     name = create_index(_url(db), job)
     out.print(f"index {name} ready")
+
+
+# ------------------------------------------------------------------ checking the endpoint
+@app.command()
+def check(
+    job: str,
+    forget: bool = typer.Option(False, "--forget", help="Forget what was learnt about the endpoint first"),
+    json_out: bool = typer.Option(False, "--json"),
+    db: str | None = DbOpt,
+) -> None:
+    """Send one small request through JOB's real path (key, model, dimensions, encoding, two
+    inputs) and say what works and what to change. Exit 0 only when a backfill would work.
+
+    What the endpoint was found to accept (base64 or float, inputs and tokens per request)
+    is remembered for every run; --forget starts over (after upgrading the server)."""
+    from vectorfill.jobs.check import check_job
+
+    reports = check_job(_url(db), job, forget=forget)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in reports]))
+    else:
+        for report in reports:
+            _print_check(report)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def _print_check(report) -> None:
+    version = f" v{report.version}" if report.version is not None else ""
+    out.print(f"check {report.job}{version}: {report.model} at {report.base_url}")
+    for line in report.lines:
+        mark = "[green]ok[/]  " if line.ok else "[red]FAIL[/]"
+        out.print(f"  {mark} {line.what}: {line.detail}", highlight=False, soft_wrap=True)
+    if report.ok:
+        out.print("  a backfill would work")
+    else:
+        out.print("  [red]a backfill would not work:[/] fix the setting above (`vectorfill check` again after)")
+
+
+def _check_before(name: str, *, url: str, version: int | None = None, **endpoint) -> None:
+    """The check that `job create` and `job set-model` run unless --no-check; exits 1 (the
+    job or version is then not created) when it fails. A key variable not set in this shell
+    (a job made on one machine for workers on another) skips it with a note."""
+    import os
+
+    from vectorfill.jobs.check import check_endpoint
+
+    env_var = endpoint.get("api_key_env")
+    if env_var and not os.environ.get(env_var):
+        err.print(
+            f"[yellow]not checked:[/] ${env_var} is not set in this shell; run `vectorfill check {name}` "
+            "where it is, before a long backfill"
+        )
+        return
+    report = asyncio.run(check_endpoint(job=name, version=version, db_url=url, **endpoint))
+    if not report.ok:
+        _print_check(report)
+        err.print("nothing was created; fix the setting, or pass --no-check to create it anyway (offline setups)")
+        raise typer.Exit(1)
+    details = {line.what: line.detail for line in report.lines}
+    out.print(f"endpoint check passed: {details.get('dimensions')}, {details.get('encoding')}", highlight=False)
+    for line in report.lines:
+        if line.what == "negotiated":
+            out.print(f"endpoint check: {line.detail}", highlight=False)
 
 
 # ------------------------------------------------------------------ local pieces

@@ -79,6 +79,8 @@ class EmbeddingsClient:
         job: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 64,
+        api_key_header: str = "bearer",
+        api_version: str | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(
@@ -95,9 +97,15 @@ class EmbeddingsClient:
         self.job = job
         self._key = api_key
         self._key_hint = key_hint
+        self._negotiator = None
+        self.tokens_estimated = 0
+        """Tokens counted locally because the endpoint's answers carried no ``usage``."""
         headers = {"Content-Type": "application/json", "User-Agent": "vectorfill"}
-        if api_key is not None:
+        if api_key is not None and api_key_header == "api-key":  # Azure OpenAI
+            headers["api-key"] = api_key.get_secret_value()
+        elif api_key is not None:
             headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        self._params = {"api-version": api_version} if api_version else None
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
@@ -116,6 +124,8 @@ class EmbeddingsClient:
             kw.setdefault("encoding_format", settings.encoding_format)
             kw.setdefault("timeout_s", settings.timeout_s)
             kw.setdefault("max_connections", max(8, settings.concurrency * 2))
+            kw.setdefault("api_key_header", settings.api_key_header)
+            kw.setdefault("api_version", settings.api_version)
         return cls(
             base_url=version.base_url,
             model=version.model,
@@ -126,6 +136,20 @@ class EmbeddingsClient:
             job=job,
             **kw,
         )
+
+    @property
+    def negotiator(self):
+        """What this endpoint was found to accept (:class:`vectorfill.provider.negotiate.Negotiator`),
+        shared by the run's lanes; a fresh one that remembers nothing unless one was set."""
+        if self._negotiator is None:
+            from vectorfill.provider.negotiate import Negotiator
+
+            self._negotiator = Negotiator(self)
+        return self._negotiator
+
+    @negotiator.setter
+    def negotiator(self, value) -> None:
+        self._negotiator = value
 
     async def __aenter__(self) -> EmbeddingsClient:
         return self
@@ -154,7 +178,7 @@ class EmbeddingsClient:
                 row=bad,
             ) from None
         try:
-            response = await self._http.post(url, content=content)
+            response = await self._http.post(url, content=content, params=self._params)
         except httpx.TimeoutException as exc:
             raise TransientProviderError(
                 f"no answer from {url} within the timeout ({type(exc).__name__}); "
@@ -307,11 +331,11 @@ class EmbeddingsClient:
     # ------------------------------------------------------------------ errors
     def _error(self, response: httpx.Response):
         status = response.status_code
-        message, code, err_type = _error_fields(response)
+        message, code, err_type, param = _error_fields(response)
         message = self._scrub(message)
         where = f"{self.base_url}/embeddings"
         retry_after = parse_retry_after(response.headers)
-        kw = dict(job=self.job, status=status, code=code, retry_after=retry_after)
+        kw = dict(job=self.job, status=status, code=code, retry_after=retry_after, param=param)
         if status in (401, 403):
             hint = f" in ${self._key_hint}" if self._key_hint else " (set --api-key-env)"
             return AuthenticationError(
@@ -368,21 +392,38 @@ def _snippet(response: httpx.Response, limit: int = 200) -> str:
     return f"content-type {ctype}: {text!r}"
 
 
-def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None]:
-    """(message, code, type) from OpenAI's ``{"error": {...}}`` or the shapes others use."""
+def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None, str | None]:
+    """(message, code, type, param) from OpenAI's ``{"error": {...}}`` or the shapes others
+    use: TEI's ``{"message", "code", "error_type"}`` (and ``{"error": "...", "error_type"}``),
+    vLLM's ``{"object": "error", "message", "type", "code"}``, FastAPI's ``{"detail": [{"loc",
+    "msg"}]}`` (Infinity), Azure's ``{"error": {"code", "message"}}``; any other body is
+    quoted (an HTML page from a gateway, a plain-text answer)."""
     try:
         payload = orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        return f"non-JSON body, {_snippet(response)}", None, None
+        return f"non-JSON body, {_snippet(response)}", None, None, None
     if isinstance(payload, dict):
+        detail = payload.get("detail")
+        if "error" not in payload and isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            loc = first.get("loc") if isinstance(first.get("loc"), list) else []
+            where = ".".join(str(p) for p in loc if p != "body")
+            message = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail[:3])
+            return message, None, first.get("type"), (where or None)
         err = payload.get("error", payload)
         if isinstance(err, str):
-            return err, None, None
+            return err, None, payload.get("error_type"), None
         if isinstance(err, dict):
             message = err.get("message") or err.get("detail") or payload.get("detail") or str(err)[:300]
             code = err.get("code")
-            return str(message), (str(code) if code is not None else None), err.get("type")
-    return str(payload)[:300], None, None
+            param = err.get("param")
+            return (
+                str(message),
+                (str(code) if code is not None else None),
+                err.get("type") or err.get("error_type"),
+                str(param) if param else None,
+            )
+    return str(payload)[:300], None, None, None
 
 
 def parse_retry_after(headers: httpx.Headers | dict) -> float | None:

@@ -78,7 +78,9 @@ __all__ = [
     "BUDGET_PAUSE",
     "DELETE_JOB",
     "DELETE_VERSION",
+    "ENDPOINT_CAPS",
     "FAILURE_ROWS",
+    "FORGET_ENDPOINT_CAPS",
     "INSERT_JOB",
     "INSERT_VERSION",
     "JOB_NAMES",
@@ -88,6 +90,7 @@ __all__ = [
     "LOOKUP_PRIMARY_KEY",
     "LOOKUP_TABLE",
     "LOOKUP_UNIQUE_KEYS",
+    "REMEMBER_ENDPOINT_CAPS",
     "SCHEMA",
     "SCHEMA_INSTALLED",
     "SET_ACTIVE_BASE_URL",
@@ -99,6 +102,7 @@ __all__ = [
     "TextSpec",
     "lock_source",
     "parse_template",
+    "refund_attempts",
 ]
 
 SCHEMA = "vectorfill"
@@ -813,3 +817,43 @@ BUDGET_PAUSE = sql.SQL(
     + """
         WHERE b.endpoint = %(endpoint)s"""
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Endpoint capabilities (vectorfill.endpoint_caps, migration 0005): per-request limits and the
+# encoding an endpoint was found to accept, learnt from its refusals, shared by every run.
+# Parameters by name: endpoint, max_inputs, max_request_tokens, encoding_format, evidence.
+# A learnt limit only ever lowers the one remembered (least); NULL keeps what is there.
+
+#: The endpoint's remembered limits: max_inputs, max_request_tokens, encoding_format.
+ENDPOINT_CAPS = sql.SQL(
+    """SELECT max_inputs, max_request_tokens, encoding_format
+         FROM vectorfill.endpoint_caps WHERE endpoint = %(endpoint)s"""
+)
+
+#: Remember what a refusal taught (limits lowered, never raised; the encoding replaced).
+REMEMBER_ENDPOINT_CAPS = sql.SQL(
+    """INSERT INTO vectorfill.endpoint_caps AS c
+              (endpoint, max_inputs, max_request_tokens, encoding_format, evidence)
+       VALUES (%(endpoint)s, %(max_inputs)s, %(max_request_tokens)s, %(encoding_format)s, %(evidence)s)
+       ON CONFLICT (endpoint) DO UPDATE
+          SET max_inputs = CASE WHEN EXCLUDED.max_inputs IS NULL THEN c.max_inputs
+                                ELSE least(c.max_inputs, EXCLUDED.max_inputs) END,
+              max_request_tokens = CASE WHEN EXCLUDED.max_request_tokens IS NULL THEN c.max_request_tokens
+                                        ELSE least(c.max_request_tokens, EXCLUDED.max_request_tokens) END,
+              encoding_format = coalesce(EXCLUDED.encoding_format, c.encoding_format),
+              evidence = coalesce(EXCLUDED.evidence, c.evidence),
+              learned_at = clock_timestamp()"""
+)
+
+#: Forget what was learnt about an endpoint (the server was upgraded or reconfigured).
+FORGET_ENDPOINT_CAPS = sql.SQL("DELETE FROM vectorfill.endpoint_caps WHERE endpoint = %(endpoint)s")
+
+
+def refund_attempts(js: JobSQL) -> sql.Composed:
+    """Take back the attempt a run's claim counted on every row it still holds, when the run
+    stops for a reason that is no row's fault (a refused request, a wrong key): rows that
+    wait for a fixed setting never reach ``max_attempts`` for it. Parameter: run token."""
+    return sql.SQL("UPDATE {q} SET attempts = greatest(attempts - 1, 0) WHERE claimed_by = %s AND attempts > 0").format(
+        q=js.q
+    )

@@ -1,0 +1,217 @@
+"""``vectorfill check``: one small request through a job's real path, before a long run.
+
+It sends two short inputs the way a backfill would (the job's endpoint, key, model,
+``dimensions``, encoding, Azure's header and query), through the same negotiation
+(:mod:`vectorfill.provider.negotiate`): a refused base64 falls back to float, a cap the
+server names is learnt, and both are remembered for the endpoint. The report says what
+works and what to change; :attr:`CheckReport.ok` is True only when a backfill would work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from vectorfill.config import JobSettings, read_api_key
+from vectorfill.errors import (
+    AuthenticationError,
+    ModelNotFound,
+    ProviderError,
+    QuotaExceeded,
+    RequestRejected,
+    TransientProviderError,
+    VectorfillError,
+)
+
+__all__ = ["CHECK_TEXTS", "CheckLine", "CheckReport", "check_endpoint", "check_job"]
+
+#: The two inputs of a check: short, plain, different (two vectors must come back, differing).
+CHECK_TEXTS = ("vectorfill check: a first short input", "and a second, different one, to see batching")
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    what: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    job: str
+    version: int | None
+    model: str
+    base_url: str
+    lines: tuple[CheckLine, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(line.ok for line in self.lines)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+async def check_endpoint(
+    *,
+    job: str,
+    base_url: str,
+    model: str,
+    api_key_env: str | None,
+    dimensions: int | None,
+    settings: JobSettings,
+    expected_dims: int | None = None,
+    version: int | None = None,
+    db_url: str | None = None,
+    transport=None,
+) -> CheckReport:
+    """Check one endpoint as a job's version would use it (see the module docstring)."""
+    from vectorfill.provider.budgets import endpoint_key
+    from vectorfill.provider.client import EmbeddingsClient
+    from vectorfill.provider.negotiate import Caps, load_caps, negotiator_for
+
+    lines: list[CheckLine] = []
+
+    def report() -> CheckReport:
+        return CheckReport(job, version, model, base_url, tuple(lines))
+
+    try:
+        key = read_api_key(api_key_env, job=job)
+    except VectorfillError as exc:
+        lines.append(CheckLine("API key", False, str(exc)))
+        return report()
+    endpoint = endpoint_key(base_url, model)
+    caps = Caps()
+    if db_url:
+        try:
+            caps = await load_caps(db_url, endpoint)
+        except VectorfillError:
+            pass  # the check works without the database; it just remembers nothing
+    try:
+        client = EmbeddingsClient(
+            base_url=base_url,
+            model=model,
+            api_key=key,
+            key_hint=api_key_env,
+            dimensions=dimensions,
+            expected_dims=expected_dims,
+            encoding_format=settings.encoding_format,
+            timeout_s=min(settings.timeout_s, 30.0),
+            job=job,
+            api_key_header=settings.api_key_header,
+            api_version=settings.api_version,
+            transport=transport,
+        )
+    except VectorfillError as exc:
+        lines.append(CheckLine("base URL", False, str(exc)))
+        return report()
+    async with client:
+        negotiator = negotiator_for(client, db_url, endpoint, caps)
+        remembered = client.encoding_format
+        try:
+            result = await negotiator.embed(list(CHECK_TEXTS))
+        except AuthenticationError as exc:
+            lines.append(CheckLine("API key", False, str(exc)))
+            return report()
+        except ModelNotFound as exc:
+            lines.append(CheckLine("model", False, str(exc)))
+            return report()
+        except QuotaExceeded as exc:
+            lines.append(CheckLine("quota", False, str(exc)))
+            return report()
+        except RequestRejected as exc:
+            lines.append(CheckLine(exc.setting or "request", False, str(exc)))
+            return report()
+        except TransientProviderError as exc:
+            what = "dimensions" if exc.code == "dimension_mismatch" else "endpoint"
+            lines.append(CheckLine(what, False, str(exc)))
+            return report()
+        except ProviderError as exc:
+            lines.append(CheckLine("request", False, str(exc)))
+            return report()
+        except VectorfillError as exc:
+            lines.append(CheckLine("request", False, str(exc)))
+            return report()
+    lines.append(CheckLine("endpoint", True, f"{client.base_url}/embeddings answered 200"))
+    lines.append(
+        CheckLine("API key", True, f"the key in ${api_key_env} was accepted" if api_key_env else "no key needed")
+    )
+    lines.append(CheckLine("model", True, f"{model!r} answered (as {result.model!r})"))
+    d = result.vectors.shape[1]
+    if dimensions and d != dimensions:
+        lines.append(
+            CheckLine(
+                "dimensions",
+                False,
+                f"asked for dimensions={dimensions} but got {d}-dimensional vectors: the endpoint ignores "
+                f"`dimensions`. Leave --dimensions out (start a version without it with `vectorfill job set-model`)",
+            )
+        )
+    else:
+        asked = f" as asked (dimensions={dimensions})" if dimensions else ""
+        lines.append(CheckLine("dimensions", True, f"{d}-dimensional vectors{asked}"))
+    if client.encoding_format != settings.encoding_format:
+        how = "remembered from an earlier refusal" if remembered != settings.encoding_format else "refused just now"
+        lines.append(
+            CheckLine(
+                "encoding",
+                True,
+                f"{settings.encoding_format} is not accepted here ({how}); {client.encoding_format} is used instead, "
+                f"for every run on this endpoint. To say so in the job: --encoding-format {client.encoding_format}",
+            )
+        )
+    else:
+        lines.append(CheckLine("encoding", True, f"encoding_format {client.encoding_format} accepted"))
+    vectors = result.vectors
+    if len(vectors) != 2 or np.allclose(vectors[0], vectors[1]):
+        lines.append(CheckLine("batching", False, "two different inputs did not get two different vectors"))
+    else:
+        cap = negotiator.max_inputs
+        note = f"; at most {cap} inputs per request here (learnt, remembered)" if cap else ""
+        lines.append(CheckLine("batching", True, f"two inputs in one request, two vectors{note}"))
+    for learnt in negotiator.learnt:
+        lines.append(CheckLine("negotiated", True, learnt))
+    if result.prompt_tokens is None:
+        lines.append(
+            CheckLine(
+                "usage", True, "answers carry no `usage`: tokens are counted locally, marked estimated in summaries"
+            )
+        )
+    else:
+        lines.append(CheckLine("usage", True, f"usage reported ({result.prompt_tokens} tokens)"))
+    return report()
+
+
+def check_job(url: str, name: str, *, forget: bool = False) -> list[CheckReport]:
+    """Check each version of job ``name`` that a backfill would fill (active and filling);
+    with ``forget``, what was learnt about their endpoints is forgotten first (after the
+    server was upgraded or reconfigured), and learnt again by the check."""
+    from vectorfill.jobs.registry import load_job
+    from vectorfill.provider.budgets import endpoint_key
+    from vectorfill.storage import sql
+    from vectorfill.storage.db import connect
+
+    with connect(url) as conn:
+        job = load_job(conn, name)
+        versions = [v for v in job.versions if v.state in ("active", "filling", "paused")]
+        if forget:
+            for v in versions:
+                conn.execute(sql.FORGET_ENDPOINT_CAPS, {"endpoint": endpoint_key(v.base_url, v.model)})
+    return [
+        asyncio.run(
+            check_endpoint(
+                job=name,
+                base_url=v.base_url,
+                model=v.model,
+                api_key_env=v.api_key_env,
+                dimensions=v.dimensions,
+                settings=job.settings,
+                expected_dims=v.vector_dims,
+                version=v.version,
+                db_url=url,
+            )
+        )
+        for v in versions
+    ]
