@@ -58,7 +58,7 @@ def migrate(
     """Create or upgrade vectorfill's own schema (Alembic)."""
     from vectorfill.storage.db import migrate as run
 
-    rev = run(_url(db), downgrade or "head", downgrade=bool(downgrade))
+    rev = run(_url(db), downgrade or "head", downgrade=bool(downgrade), report=out.print)
     out.print(f"vectorfill schema at revision {rev or 'none (removed)'}")
 
 

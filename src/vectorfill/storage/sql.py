@@ -583,94 +583,250 @@ class JobSQL:
         ).format(name=sql.Identifier(self.index_name()), v=self.v)
 
 
-# ----------------------------------------------------------------- job-wide objects
+# ----------------------------------------------------------------- triggers (job-wide)
+# The source table carries four statement-level triggers, all calling one function per job
+# (``vectorfill._trg_<job id>``). INSERT, UPDATE and DELETE see the statement's rows through
+# transition tables (``vf_new``/``vf_old``), so a bulk statement costs a few set-based
+# statements instead of a function call and several index probes per row. Why each
+# statement is shaped as it is:
+#
+# * Transition tables are not allowed on triggers with a column list (``UPDATE OF``), so the
+#   UPDATE trigger fires on every UPDATE and compares the watched columns itself: one hash
+#   FULL JOIN of old and new rows on the key, which yields at once the keys that left
+#   (a key change: delete), the keys that arrived (insert) and the keys whose text columns
+#   really changed (``IS DISTINCT FROM``). Set semantics on keys also make a key swap in one
+#   statement (``SET id = 3 - id``) come out right: each key is queued if its text changed.
+# * Statements that join a transition table run through ``EXECUTE``, so each is planned
+#   with the transition table's real row count (a plan cached from a one-row statement
+#   would probe indexes a million times; one cached from a bulk statement would scan the
+#   whole vector table for a one-row delete). The INSERT path has no join and keeps its
+#   cached plan: a single-row INSERT pays one plain statement.
+# * Deletes remove the queue rows first (waiting for a store that holds them) and then the
+#   vectors, in separate statements, so the second one's fresh snapshot sees vectors a
+#   concurrent store committed meanwhile (see the module docstring).
+# * The failures table is only touched when the job has failure records at all.
+#
+# The function is SECURITY DEFINER with a fixed search_path, so an application role that
+# may write the source table needs no rights on the vectorfill schema.
+TRIGGER_OPS = ("insert", "update", "delete", "truncate")
+TRIGGER_VERSION = 2
+"""Written into the trigger function's comment; a job whose function says otherwise (or
+nothing: version 1 was row-level) is upgraded by :func:`vectorfill.jobs.registry.upgrade_triggers`."""
+
+_NEW, _OLD = "vf_new", "vf_old"
+
+
 def trigger_function_name(job: Job) -> sql.Identifier:
     return sql.Identifier(SCHEMA, f"_trg_{job.id}")
+
+
+def _upsert_queue(js: JobSQL, select: sql.Composable) -> sql.Composable:
+    """Queue ``select``'s keys (a new seq each, lease cleared)."""
+    return sql.SQL(
+        """INSERT INTO {q} ({k}, seq, queued_at) {select}
+           ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
+               lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
+    ).format(q=js.q, k=js._cols(), select=select)
+
+
+def _execute(stmt: sql.Composable, using: list[sql.Composable] | None = None) -> sql.Composable:
+    """A PL/pgSQL ``EXECUTE`` of ``stmt`` (planned at each call), with ``$n`` parameters."""
+    if not using:
+        return sql.SQL("EXECUTE {};").format(sql.Literal(stmt.as_string()))
+    return sql.SQL("EXECUTE {} USING {};").format(sql.Literal(stmt.as_string()), sql.SQL(", ").join(using))
 
 
 def create_trigger_function(job: Job) -> sql.Composable:
     """The function the source table's triggers call. It keeps every live version's
     queue (and, on delete, vectors) in step. SECURITY DEFINER, so that an application
     role that may write the source table need not be granted the vectorfill schema."""
-    versions = job.live_versions
-    keys_new = sql.SQL(", ").join(sql.SQL("NEW.{}").format(c) for c in map(sql.Identifier, job.key_columns))
-    stmts_delete: list[sql.Composable] = []
-    stmts_upsert: list[sql.Composable] = []
-    for ver in versions:
-        js = JobSQL(job, ver)
-        old_match = sql.SQL(" AND ").join(
-            sql.SQL("{} = OLD.{}").format(k, sc) for k, sc in zip(js.k, js.src_k, strict=True)
+    jss = [JobSQL(job, v) for v in job.live_versions]
+    n = len(job.key_columns)
+    src_k = [sql.Identifier(c) for c in job.key_columns]
+    texts = [sql.Identifier(c) for c in job.text_columns if c not in job.key_columns]
+    types = [sql.SQL(t) for t in job.key_types]
+    job_id = sql.Literal(job.id)
+    kcols = sql.SQL(", ").join(sql.Identifier(f"k{i + 1}") for i in range(n))
+
+    def keys_of(alias: str) -> sql.Composable:
+        return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), c) for c in src_k)
+
+    def on_keys(a: str, b: str) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(a), c, sql.Identifier(b), c) for c in src_k
         )
-        stmts_delete.append(sql.SQL("DELETE FROM {q} WHERE {m};").format(q=js.q, m=old_match))
-        stmts_delete.append(sql.SQL("DELETE FROM {v} WHERE {m};").format(v=js.v, m=old_match))
-        stmts_upsert.append(
+
+    def q_match(js: JobSQL, alias: str, cols: list[sql.Identifier]) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("t.{k} = {a}.{c}").format(k=k, a=sql.Identifier(alias), c=c)
+            for k, c in zip(js.k, cols, strict=True)
+        )
+
+    def forget(rows: sql.Composable, alias: str, cols: list[sql.Identifier], using: list[sql.Composable]):
+        """Delete the queue rows, then (next statement, fresh snapshot) the vectors and the
+        failure records of the keys in ``rows``."""
+        out: list[sql.Composable] = []
+        for table in ("q", "v"):
+            for js in jss:
+                stmt = sql.SQL("DELETE FROM {t} AS t USING {rows} WHERE {m}").format(
+                    t=js.q if table == "q" else js.v, rows=rows, m=q_match(js, alias, cols)
+                )
+                out.append(_execute(stmt, using))
+        failures = sql.SQL(
+            "DELETE FROM vectorfill.failures f USING {rows} WHERE f.job_id = {j} AND f.row_key = jsonb_build_array({k})"
+        ).format(
+            rows=rows, j=job_id, k=sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), c) for c in cols)
+        )
+        out.append(
+            sql.SQL("IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN {d} END IF;").format(
+                j=job_id, d=_execute(failures, using)
+            )
+        )
+        return sql.SQL("\n").join(out)
+
+    # INSERT: queue every new row
+    on_insert = sql.SQL("\n").join(
+        [
+            _upsert_queue(
+                js,
+                sql.SQL("SELECT {nk}, vf_seq, now() FROM {new} n").format(nk=keys_of("n"), new=sql.Identifier(_NEW)),
+            )
+            for js in jss
+        ]
+        + [
+            sql.SQL("IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN {d} END IF;").format(
+                j=job_id,
+                d=_execute(
+                    sql.SQL(
+                        "DELETE FROM vectorfill.failures f USING {new} n "
+                        "WHERE f.job_id = {j} AND f.row_key = jsonb_build_array({nk})"
+                    ).format(new=sql.Identifier(_NEW), j=job_id, nk=keys_of("n"))
+                ),
+            )
+        ]
+    )
+    # DELETE: forget every old row
+    on_delete = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
+    # UPDATE: one FULL JOIN of old and new rows by key, into arrays of keys gone and keys to queue
+    gone = [sql.Identifier(f"gone{i + 1}") for i in range(n)]
+    todo = [sql.Identifier(f"todo{i + 1}") for i in range(n)]
+    first = src_k[0]
+    changed = sql.SQL(" OR ").join(
+        [sql.SQL("o.{} IS NULL").format(first)] + [sql.SQL("o.{c} IS DISTINCT FROM n.{c}").format(c=c) for c in texts]
+    )
+    diff = sql.SQL(
+        """SELECT {gone_aggs}, {todo_aggs}
+             FROM {old} o FULL JOIN {new} n ON {on}
+            WHERE n.{first} IS NULL OR {changed}"""
+    ).format(
+        gone_aggs=sql.SQL(", ").join(
+            sql.SQL("array_agg(o.{}) FILTER (WHERE n.{} IS NULL)").format(c, first) for c in src_k
+        ),
+        todo_aggs=sql.SQL(", ").join(
+            sql.SQL("array_agg(n.{}) FILTER (WHERE n.{} IS NOT NULL)").format(c, first) for c in src_k
+        ),
+        old=sql.Identifier(_OLD),
+        new=sql.Identifier(_NEW),
+        on=on_keys("o", "n"),
+        first=first,
+        changed=changed,
+    )
+    params = [sql.SQL("${}").format(sql.SQL(str(i + 1))) for i in range(n)]
+    unnest_params = sql.SQL("unnest({}) AS g({})").format(
+        sql.SQL(", ").join(sql.SQL("{}::{}[]").format(p, t) for p, t in zip(params, types, strict=True)), kcols
+    )
+    kk = [sql.Identifier(f"k{i + 1}") for i in range(n)]
+    on_update = sql.SQL(
+        """EXECUTE {diff} INTO {vars};
+           IF {gone1} IS NOT NULL THEN
+             {forget}
+           END IF;
+           IF {todo1} IS NOT NULL THEN
+             vf_seq := nextval('vectorfill.queue_seq');
+             {upserts}
+             IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN {fail_clear} END IF;
+           END IF;"""
+    ).format(
+        diff=sql.Literal(diff.as_string()),
+        vars=sql.SQL(", ").join(gone + todo),
+        gone1=gone[0],
+        forget=forget(unnest_params, "g", kk, list(gone)),
+        todo1=todo[0],
+        upserts=sql.SQL("\n").join(
+            _upsert_queue(
+                js,
+                sql.SQL("SELECT {k}, vf_seq, now() FROM unnest({arrs}) AS g({k})").format(
+                    k=kcols, arrs=sql.SQL(", ").join(todo)
+                ),
+            )
+            for js in jss
+        ),
+        j=job_id,
+        fail_clear=_execute(
             sql.SQL(
-                """INSERT INTO {q} ({k}, seq, queued_at) VALUES ({nk}, nextval('vectorfill.queue_seq'), now())
-                   ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
-                       lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
-            ).format(q=js.q, k=js._cols(), nk=keys_new)
-        )
-    failure_key_old = sql.SQL("jsonb_build_array({})").format(
-        sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c)) for c in job.key_columns)
+                "DELETE FROM vectorfill.failures f USING {u} WHERE f.job_id = {j} AND f.row_key = jsonb_build_array({k})"
+            ).format(u=unnest_params, j=job_id, k=sql.SQL(", ").join(sql.SQL("g.{}").format(k) for k in kk)),
+            list(todo),
+        ),
     )
-    failure_key_new = sql.SQL("jsonb_build_array({})").format(keys_new)
-    key_changed = sql.SQL(" OR ").join(
-        sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in job.key_columns
+    declare = sql.SQL(" ").join(
+        sql.SQL("{} {}[];").format(var, t) for var, t in zip(gone + todo, types + types, strict=True)
     )
+    truncate = sql.SQL(" ").join(sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss)
+    if not jss:  # no live version (cannot happen today: the active one is always live)
+        on_insert = on_delete = on_update = truncate = sql.SQL("NULL;")
     body = sql.SQL(
         """
+        DECLARE {declare} vf_seq bigint;
         BEGIN
-          IF TG_OP = 'TRUNCATE' THEN
+          IF TG_OP = 'INSERT' THEN
+            vf_seq := nextval('vectorfill.queue_seq');
+            {on_insert}
+          ELSIF TG_OP = 'UPDATE' THEN
+            {on_update}
+          ELSIF TG_OP = 'DELETE' THEN
+            {on_delete}
+          ELSE
             {truncate}
             DELETE FROM vectorfill.failures WHERE job_id = {job_id};
-            RETURN NULL;
           END IF;
-          IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ({key_changed})) THEN
-            {deletes}
-            DELETE FROM vectorfill.failures WHERE job_id = {job_id} AND row_key = {fk_old};
-            IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
-          END IF;
-          {upserts}
-          DELETE FROM vectorfill.failures WHERE job_id = {job_id} AND row_key = {fk_new};
-          RETURN NEW;
+          RETURN NULL;
         END
         """
     ).format(
-        truncate=sql.SQL(" ").join(
-            sql.SQL("TRUNCATE {}, {};").format(JobSQL(job, v).q, JobSQL(job, v).v) for v in versions
-        )
-        or sql.SQL(""),
-        job_id=sql.Literal(job.id),
-        key_changed=key_changed,
-        deletes=sql.SQL(" ").join(stmts_delete) or sql.SQL(""),
-        fk_old=failure_key_old,
-        upserts=sql.SQL(" ").join(stmts_upsert) or sql.SQL(""),
-        fk_new=failure_key_new,
+        declare=declare,
+        on_insert=on_insert,
+        on_update=on_update,
+        on_delete=on_delete,
+        truncate=truncate,
+        job_id=job_id,
     )
+    fn = trigger_function_name(job)
     return sql.SQL(
         """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-           AS {body}"""
-    ).format(fn=trigger_function_name(job), body=sql.Literal(body.as_string()))
+           AS {body};
+           COMMENT ON FUNCTION {fn}() IS {comment}"""
+    ).format(fn=fn, body=sql.Literal(body.as_string()), comment=sql.Literal(f"vectorfill triggers v{TRIGGER_VERSION}"))
 
 
 def trigger_names(job: Job) -> dict[str, sql.Identifier]:
-    return {op: sql.Identifier(f"vectorfill_{job.name}_{op}") for op in ("insert", "update", "delete", "truncate")}
+    return {op: sql.Identifier(f"vectorfill_{job.name}_{op}") for op in TRIGGER_OPS}
 
 
 def create_triggers(job: Job) -> sql.Composable:
+    """Four statement-level triggers; INSERT, UPDATE and DELETE with transition tables."""
     names = trigger_names(job)
     src = sql.Identifier(job.source_schema, job.source_table)
     fn = trigger_function_name(job)
-    watched = list(dict.fromkeys(list(job.key_columns) + list(job.text_columns)))
-    changed = sql.SQL(" OR ").join(
-        sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in watched
-    )
+    new, old = sql.Identifier(_NEW), sql.Identifier(_OLD)
     return sql.SQL(
-        """CREATE TRIGGER {ins} AFTER INSERT ON {src} FOR EACH ROW EXECUTE FUNCTION {fn}();
-           CREATE TRIGGER {upd} AFTER UPDATE OF {cols} ON {src} FOR EACH ROW
-               WHEN ({changed}) EXECUTE FUNCTION {fn}();
-           CREATE TRIGGER {dele} AFTER DELETE ON {src} FOR EACH ROW EXECUTE FUNCTION {fn}();
+        """CREATE TRIGGER {ins} AFTER INSERT ON {src} REFERENCING NEW TABLE AS {new}
+               FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
+           CREATE TRIGGER {upd} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS {old} NEW TABLE AS {new}
+               FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
+           CREATE TRIGGER {dele} AFTER DELETE ON {src} REFERENCING OLD TABLE AS {old}
+               FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
            CREATE TRIGGER {trunc} AFTER TRUNCATE ON {src} FOR EACH STATEMENT EXECUTE FUNCTION {fn}();"""
     ).format(
         ins=names["insert"],
@@ -679,8 +835,8 @@ def create_triggers(job: Job) -> sql.Composable:
         trunc=names["truncate"],
         src=src,
         fn=fn,
-        cols=sql.SQL(", ").join(map(sql.Identifier, watched)),
-        changed=changed,
+        new=new,
+        old=old,
     )
 
 
@@ -689,6 +845,12 @@ def drop_triggers(job: Job) -> sql.Composable:
     stmts = [sql.SQL("DROP TRIGGER IF EXISTS {} ON {};").format(n, src) for n in trigger_names(job).values()]
     stmts.append(sql.SQL("DROP FUNCTION IF EXISTS {}();").format(trigger_function_name(job)))
     return sql.SQL(" ").join(stmts)
+
+
+#: The version written in a job's trigger function comment (NULL: none, i.e. version 1).
+TRIGGER_FUNCTION_VERSION = sql.SQL(
+    """SELECT substring(obj_description(to_regprocedure(%(fn)s), 'pg_proc') FROM 'vectorfill triggers v([0-9]+)')::int"""
+)
 
 
 def view_name(job: Job) -> sql.Identifier:
