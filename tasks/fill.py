@@ -29,11 +29,16 @@ from .claim import keep_claims, release_rows
 from .common import Work, database_url
 from .prepare import Prepared
 
-__all__ = ["Tally", "fill_versions"]
+__all__ = ["LIVE_TALLIES", "Tally", "fill_versions"]
 
 
 def _zero_totals() -> dict:
     return dict(embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0, cost_usd=0.0)
+
+
+#: The tally of the latest run of each job in this process: the CLI's progress bar reads it
+#: from its own thread between exact counts (ints read whole: no lock needed).
+LIVE_TALLIES: dict[str, Tally] = {}
 
 
 @dataclass
@@ -48,8 +53,12 @@ class Tally:
     totals: dict = field(default_factory=_zero_totals)
 
     @classmethod
-    def for_run(cls, prepared: Prepared, max_rows: int | None) -> Tally:
-        return cls(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
+    def for_run(cls, prepared: Prepared, max_rows: int | None, job: str | None = None) -> Tally:
+        """The run's tally; with ``job``, also the one :data:`LIVE_TALLIES` shows for it."""
+        tally = cls(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
+        if job is not None:
+            LIVE_TALLIES[job] = tally
+        return tally
 
     def add(self, filled: Filled, price: float | None) -> None:
         """Count one batch task's rows, and its billed tokens at ``price`` (USD per million;
