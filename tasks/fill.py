@@ -36,9 +36,10 @@ def _zero_totals() -> dict:
     return dict(embedded=0, unchanged=0, deleted=0, failed=0, truncated=0, stale=0, requests=0, tokens=0, cost_usd=0.0)
 
 
-#: The tally of the latest run of each job in this process: the CLI's progress bar reads it
-#: from its own thread between exact counts (ints read whole: no lock needed).
-LIVE_TALLIES: dict[str, Tally] = {}
+#: The tallies of the runs of each job in this process (several with ``--workers``), in the
+#: order they started: the CLI's progress bar reads them from its own thread between exact
+#: counts (ints read whole: no lock needed). Only appended to.
+LIVE_TALLIES: dict[str, list[Tally]] = {}
 
 
 @dataclass
@@ -54,10 +55,10 @@ class Tally:
 
     @classmethod
     def for_run(cls, prepared: Prepared, max_rows: int | None, job: str | None = None) -> Tally:
-        """The run's tally; with ``job``, also the one :data:`LIVE_TALLIES` shows for it."""
+        """The run's tally; with ``job``, also added to :data:`LIVE_TALLIES`."""
         tally = cls(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
         if job is not None:
-            LIVE_TALLIES[job] = tally
+            LIVE_TALLIES.setdefault(job, []).append(tally)
         return tally
 
     def add(self, filled: Filled, price: float | None) -> None:

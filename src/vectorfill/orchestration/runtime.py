@@ -83,14 +83,16 @@ class Progress:
         self.conn, self.job, self.recount_s = conn, job, recount_s
         self._recount()
 
-    def _live(self) -> tuple[object | None, int, int]:
+    def _live(self) -> tuple[int, int]:
+        """Rows embedded, and rows deleted or failed, by this process's runs of the job so far."""
         from vectorfill.tasks.fill import LIVE_TALLIES
 
-        tally = LIVE_TALLIES.get(self.job)
-        if tally is None:
-            return None, 0, 0
-        t = tally.totals
-        return tally, t["embedded"], t["deleted"] + t["failed"]
+        embedded = gone = 0
+        for tally in list(LIVE_TALLIES.get(self.job, ())):  # only appended to: a sum that only grows
+            t = tally.totals
+            embedded += t["embedded"]
+            gone += t["deleted"] + t["failed"]
+        return embedded, gone
 
     def _recount(self) -> None:
         from vectorfill.jobs.registry import job_status
@@ -106,11 +108,8 @@ class Progress:
         if exact or time.monotonic() >= self._next:
             self._recount()
             return self.embedded, self.total
-        tally, embedded, gone = self._live()
-        base_tally, base_embedded, base_gone = self._base
-        if tally is not base_tally:  # a run started since the last exact count: all of it is new
-            base_embedded = base_gone = 0
-        return self.embedded + embedded - base_embedded, max(self.total - (gone - base_gone), 0)
+        embedded, gone = self._live()
+        return self.embedded + embedded - self._base[0], max(self.total - (gone - self._base[1]), 0)
 
 
 def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
@@ -152,8 +151,11 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
         return
 
 
-def run_backfill(url: str, job: str, *, max_rows: int | None = None, progress: bool = True, console=None):
-    """Run the backfill flow in this process and return its :class:`RunSummary`."""
+def run_backfill(
+    url: str, job: str, *, max_rows: int | None = None, progress: bool = True, console=None, workers: int = 1
+):
+    """Run the backfill flow in this process (``workers`` flow runs of it side by side:
+    :func:`vectorfill.orchestration.fanout.run_here`) and return its :class:`RunSummary`."""
     os.environ[DATABASE_URL_ENV] = url
     from vectorfill.flows.backfill import backfill
 
@@ -163,6 +165,10 @@ def run_backfill(url: str, job: str, *, max_rows: int | None = None, progress: b
         poller = threading.Thread(target=_poll_progress, args=(url, job, stop, console), daemon=True)
         poller.start()
     try:
+        if workers > 1:
+            from vectorfill.orchestration.fanout import run_here
+
+            return asyncio.run(run_here(job, workers, max_rows))
         return asyncio.run(backfill(job, max_rows=max_rows))
     finally:
         stop.set()
