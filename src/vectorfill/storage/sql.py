@@ -25,9 +25,11 @@ model, embedded_at`` (a composite key shows its columns under their own names).
 
 How concurrency is made safe (the locking story)
 ------------------------------------------------
-* **Triggers** on the source table upsert the queue row with a *new* ``seq`` on every
-  insert, update of a key or text column (only when the value really changed) and delete,
-  and clear the lease, so a changed row is claimable again at once.
+* **Triggers** on the source table (statement-level, with transition tables: see the
+  section "triggers") upsert the queue rows of the rows a statement inserted, or whose key
+  or text columns it really changed, with a *new* ``seq`` (one value of the global sequence
+  per statement: each change of a key gets a value never used for that key), and clear
+  the lease, so a changed row is claimable again at once.
 * **Claim** (:meth:`JobSQL.claim`) is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP
   LOCKED)``: concurrent workers never pick the same row, and each claim records the ``seq``
   it saw. The texts are read by a *second* statement (:meth:`JobSQL.read_texts`), whose
@@ -38,9 +40,10 @@ How concurrency is made safe (the locking story)
   the vectors of exactly the rows it deleted. A row edited while its old text was in flight has a new ``seq``: its stale vector
   is discarded and the row stays queued for its new text. Because ``seq`` comes from a
   global sequence, a row that is completed and queued again never reuses a ``seq``.
-* A **delete** of a source row removes its queue row first (waiting for any store that
-  holds it) and then its vectors, with a fresh snapshot per statement, so a concurrent
-  store cannot leave a vector behind for a deleted row.
+* A **delete** of a source row (or the old key of a key change) removes its queue row
+  first (waiting for any store that holds it) and then its vectors, in separate statements
+  with a fresh snapshot each, so a concurrent store cannot leave a vector behind for a
+  deleted row.
 
 Shared rate budgets (``vectorfill.budgets``)
 --------------------------------------------
