@@ -12,7 +12,8 @@ transaction, commit included in the time:
 * ``UPDATE`` with unchanged values (``title = title, body = body``), every row;
 * ``UPDATE`` of a column the job does not embed (``views = views + 1``), every row;
 * ``--single`` single-row INSERTs, in one transaction (the per-statement cost, without a
-  commit's fsync per row to hide it);
+  commit's fsync per row to hide it), and ``--single`` more in autocommit (as an
+  application writes them, a commit each);
 * bulk ``DELETE`` of ``--rows`` rows, with their vectors present.
 
 Before each statement both tables are vacuumed and analysed (not timed), and the job is put
@@ -139,6 +140,18 @@ def _statements(rows: int, single: int) -> list[tuple[str, Callable[[sql.Identif
 
         return run
 
+    def autocommit_singles(t):
+        stmt = sql.SQL("INSERT INTO {} (id, title, body) VALUES (%s, %s, %s)").format(t)
+
+        def run(c):
+            c.commit()
+            c.autocommit = True
+            for i in range(rows + single + 1, rows + 2 * single + 1):
+                c.execute(stmt, (i, f"Title {i}", f"Body of row {i}"))
+            c.autocommit = False
+
+        return run
+
     def delete(t):
         return lambda c: c.execute(sql.SQL("DELETE FROM {} WHERE id <= %s").format(t), (rows,))
 
@@ -148,6 +161,7 @@ def _statements(rows: int, single: int) -> list[tuple[str, Callable[[sql.Identif
         ("UPDATE with unchanged values", unchanged),
         ("UPDATE of a column not embedded", other),
         (f"{single:,} single-row INSERTs (one transaction)", singles),
+        (f"{single:,} single-row INSERTs (autocommit, as an application)", autocommit_singles),
         ("bulk DELETE (vectors present)", delete),
     ]
 

@@ -607,7 +607,8 @@ class JobSQL:
 # * Deletes remove the queue rows first (waiting for a store that holds them) and then the
 #   vectors, in separate statements, so the second one's fresh snapshot sees vectors a
 #   concurrent store committed meanwhile (see the module docstring).
-# * The failures table is only touched when the job has failure records at all.
+# * The failures table is only touched when the job has failure records at all, and never
+#   by an INSERT (see below).
 #
 # The function is SECURITY DEFINER with a fixed search_path, so an application role that
 # may write the source table needs no rights on the vectorfill schema.
@@ -687,26 +688,14 @@ def create_trigger_function(job: Job) -> sql.Composable:
         )
         return sql.SQL("\n").join(out)
 
-    # INSERT: queue every new row
+    # INSERT: queue every new row. No failure record to clear: a key that was not in the table
+    # has none (its delete, or the key change that freed it, cleared them), and a run records
+    # one only while the row's queue seq is the one it claimed.
     on_insert = sql.SQL("\n").join(
-        [
-            _upsert_queue(
-                js,
-                sql.SQL("SELECT {nk}, vf_seq, now() FROM {new} n").format(nk=keys_of("n"), new=sql.Identifier(_NEW)),
-            )
-            for js in jss
-        ]
-        + [
-            sql.SQL("IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN {d} END IF;").format(
-                j=job_id,
-                d=_execute(
-                    sql.SQL(
-                        "DELETE FROM vectorfill.failures f USING {new} n "
-                        "WHERE f.job_id = {j} AND f.row_key = jsonb_build_array({nk})"
-                    ).format(new=sql.Identifier(_NEW), j=job_id, nk=keys_of("n"))
-                ),
-            )
-        ]
+        _upsert_queue(
+            js, sql.SQL("SELECT {nk}, vf_seq, now() FROM {new} n").format(nk=keys_of("n"), new=sql.Identifier(_NEW))
+        )
+        for js in jss
     )
     # DELETE: forget every old row
     on_delete = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
