@@ -242,3 +242,28 @@ def test_after_key_changes_and_a_swap_every_row_has_its_own_texts_vector(env):
     for key, text in texts.items():
         assert vectors[key] == pytest.approx(env.provider.expected_vector(text), abs=1e-6), key
     assert summary.embedded == 5 + 2 + 1
+
+
+def test_a_row_already_queued_gets_a_new_seq_and_loses_its_lease_in_bulk_and_single_statements(db):
+    create(db)
+    with connect(db) as conn:
+        conn.execute(
+            "UPDATE vectorfill._q_1_1 SET lease_until = now() + interval '1 hour', claimed_by = gen_random_uuid(), "
+            "attempts = 2, last_error = 'x'"
+        )
+        conn.execute(  # a queue row for a key the table does not have (not made by vectorfill; tolerated)
+            "INSERT INTO vectorfill._q_1_1 (k1, seq, lease_until) VALUES (5000, 1, now() + interval '1 hour')"
+        )
+    before = queue(db)
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET body = 'edited' WHERE id <= 5")
+        conn.execute("UPDATE articles SET body = 'edited again' WHERE id = 6")
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (5000, 't', 'b')")
+        rows = conn.execute(
+            "SELECT k1, seq, lease_until, claimed_by, attempts, last_error FROM vectorfill._q_1_1 ORDER BY k1"
+        ).fetchall()
+    for k1, seq, lease, claimed, attempts, error in rows:
+        if k1 in (1, 2, 3, 4, 5, 6, 5000):
+            assert seq > before[k1] and (lease, claimed, attempts, error) == (None, None, 0, None), k1
+        else:
+            assert seq == before[k1] and lease is not None, k1

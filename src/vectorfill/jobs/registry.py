@@ -231,6 +231,9 @@ def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None =
     """Queue failed rows of every live version again, all of them or those whose key is in
     ``keys`` (a single key as written, or a composite one as a JSON array); returns how many."""
     job = load_job(conn, name)
+    # the triggers insert queue rows without ON CONFLICT: no other insert of them may race
+    if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone():
+        conn.execute(sql.lock_source(job))
     rows = [Jsonb(json.loads(k)) for k in keys or [] if k.startswith("[")]
     ids = [k for k in keys or [] if not k.startswith("[")]
     total = 0

@@ -629,13 +629,50 @@ def trigger_function_name(job: Job) -> sql.Identifier:
     return sql.Identifier(SCHEMA, f"_trg_{job.id}")
 
 
-def _upsert_queue(js: JobSQL, select: sql.Composable) -> sql.Composable:
-    """Queue ``select``'s keys (a new seq each, lease cleared)."""
+def _queue_rows(
+    js: JobSQL,
+    rows: sql.Composable,
+    cols: list[sql.Composable],
+    dyn_rows: sql.Composable,
+    using: list[sql.Composable],
+) -> sql.Composable:
+    """Queue the keys ``cols`` of ``rows`` with the seq ``vf_seq``, lease cleared.
+
+    Not ``INSERT ... ON CONFLICT``: its speculative insertion made the queue's insert cost
+    1.8 times a plain one (100,000 rows). A nested loop of primary-key probes (``LIMIT 1``
+    keeps it a nested loop whatever plan is cached) asks whether any key is queued
+    already; usually none is (a new row, or a change of a row already embedded) and a plain
+    INSERT follows. Otherwise the queued rows are updated and the rest inserted, each a
+    statement of its own, planned at the call (``dyn_rows``: ``rows`` with ``using`` as
+    ``$1..``; the seq follows them). No other writer inserts a queue row for these keys
+    meanwhile: triggers of writes to the same source rows wait for those rows' locks, and
+    the other inserters (new job or version, retry of failures) lock the source table.
+    A store that deletes one of these queue rows meanwhile is waited for by the UPDATE and
+    seen by the INSERT's fresh snapshot, which then inserts the row again."""
+    m = sql.SQL(" AND ").join(sql.SQL("t.{} = {}").format(k, c) for k, c in zip(js.k, cols, strict=True))
+    seq = sql.SQL("${}").format(sql.SQL(str(len(using) + 1)))
+    cols_sql = sql.SQL(", ").join(cols)
+    fast = sql.SQL("INSERT INTO {q} ({k}, seq, queued_at) SELECT {cols}, vf_seq, now() FROM {rows};").format(
+        q=js.q, k=js._cols(), cols=cols_sql, rows=rows
+    )
+    update = sql.SQL(
+        """UPDATE {q} AS t SET seq = {seq}, queued_at = now(), lease_until = NULL, claimed_by = NULL,
+                  attempts = 0, last_error = NULL
+             FROM {rows} WHERE {m}"""
+    ).format(q=js.q, seq=seq, rows=dyn_rows, m=m)
+    insert = sql.SQL(
+        """INSERT INTO {q} ({k}, seq, queued_at) SELECT {cols}, {seq}, now() FROM {rows}
+            WHERE NOT EXISTS (SELECT 1 FROM {q} t WHERE {m})"""
+    ).format(q=js.q, k=js._cols(), cols=cols_sql, seq=seq, rows=dyn_rows, m=m)
+    args = [*using, sql.SQL("vf_seq")]
     return sql.SQL(
-        """INSERT INTO {q} ({k}, seq, queued_at) {select}
-           ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
-               lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
-    ).format(q=js.q, k=js._cols(), select=select)
+        """IF EXISTS (SELECT 1 FROM {rows} CROSS JOIN LATERAL (SELECT 1 FROM {q} t WHERE {m} LIMIT 1) AS queued) THEN
+             {update}
+             {insert}
+           ELSE
+             {fast}
+           END IF;"""
+    ).format(rows=rows, q=js.q, m=m, update=_execute(update, args), insert=_execute(insert, args), fast=fast)
 
 
 def _execute(stmt: sql.Composable, using: list[sql.Composable] | None = None) -> sql.Composable:
@@ -696,12 +733,9 @@ def create_trigger_function(job: Job) -> sql.Composable:
     # INSERT: queue every new row. No failure record to clear: a key that was not in the table
     # has none (its delete, or the key change that freed it, cleared them), and a run records
     # one only while the row's queue seq is the one it claimed.
-    on_insert = sql.SQL("\n").join(
-        _upsert_queue(
-            js, sql.SQL("SELECT {nk}, vf_seq, now() FROM {new} n").format(nk=keys_of("n"), new=sql.Identifier(_NEW))
-        )
-        for js in jss
-    )
+    new_rows = sql.Identifier(_NEW) + sql.SQL(" n")
+    new_cols = [sql.SQL("n.{}").format(c) for c in src_k]
+    on_insert = sql.SQL("\n").join(_queue_rows(js, new_rows, new_cols, new_rows, []) for js in jss)
     # DELETE: forget every old row
     on_delete = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
     # UPDATE: one FULL JOIN of old and new rows by key, into arrays of keys gone and keys to queue
@@ -750,11 +784,12 @@ def create_trigger_function(job: Job) -> sql.Composable:
         forget=forget(unnest_params, "g", kk, list(gone)),
         todo1=todo[0],
         upserts=sql.SQL("\n").join(
-            _upsert_queue(
+            _queue_rows(
                 js,
-                sql.SQL("SELECT {k}, vf_seq, now() FROM unnest({arrs}) AS g({k})").format(
-                    k=kcols, arrs=sql.SQL(", ").join(todo)
-                ),
+                sql.SQL("unnest({arrs}) AS g({k})").format(k=kcols, arrs=sql.SQL(", ").join(todo)),
+                [sql.SQL("g.{}").format(k) for k in kk],
+                unnest_params,
+                list(todo),
             )
             for js in jss
         ),
