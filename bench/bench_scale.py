@@ -143,7 +143,8 @@ def run(url: str, args: argparse.Namespace) -> None:
         if not args.skip_index and not args.skip_backfill:
             from vectorfill.jobs.search import create_index
 
-            _t("index (HNSW, cosine)", lambda: create_index(url, JOB), results)
+            label = f"index (HNSW, cosine, maintenance_work_mem {args.index_memory or 'of the server'})"
+            _t(label, lambda: create_index(url, JOB, memory=args.index_memory), results)
         with connect(url) as conn:
             print(f"final: {job_status(conn, JOB)}", flush=True)
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -216,6 +217,7 @@ def main() -> None:
     ap.add_argument("--skip-backfill", action="store_true")
     ap.add_argument("--skip-index", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the scratch database")
+    ap.add_argument("--index-memory", default=None, help="maintenance_work_mem for the index build, e.g. 1GB")
     args = ap.parse_args()
     root = None
     server = args.db

@@ -495,13 +495,25 @@ def _print_hits(query: str, hits) -> None:
 
 
 @app.command()
-def index(job: str, db: str | None = DbOpt) -> None:
+def index(
+    job: str,
+    memory: str | None = typer.Option(
+        None, "--memory", help="maintenance_work_mem for the build, e.g. 2GB (default: the server's)"
+    ),
+    db: str | None = DbOpt,
+) -> None:
     """Create an HNSW index (cosine) on JOB's vectors; search uses it."""
     from vectorfill.jobs.search import create_index
 
     started = time.monotonic()
-    name = create_index(_url(db), job)
+    notices: list[str] = []
+    name = create_index(_url(db), job, memory=memory, notices=notices)
     out.print(f"index {name} ready (built in {time.monotonic() - started:,.1f} s)")
+    if any("maintenance_work_mem" in n for n in notices):
+        out.print(
+            "Tip: the graph outgrew maintenance_work_mem during the build (pgvector said so); "
+            "a rebuild with --memory set higher (e.g. --memory 2GB) is much faster."
+        )
 
 
 # ------------------------------------------------------------------ local pieces
