@@ -65,6 +65,36 @@ def test_the_cli_runs_workers_and_says_what_a_missing_pool_needs(env):
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+def test_jobs_side_by_side_one_failing_does_not_stall_the_other(env, monkeypatch):
+    import threading
+
+    from vectorfill.errors import AuthenticationError
+    from vectorfill.orchestration.fanout import run_here
+
+    env.make_table(2000, table="good")
+    env.make_table(500, table="bad")
+    env.create_job("good", table="good", settings_kw={"max_inputs": 50, "concurrency": 2, "retries": 1})
+    env.create_job("bad", table="bad", api_key_env="VF_WRONG_KEY", settings_kw={"max_inputs": 50, "retries": 3})
+    monkeypatch.setenv("VF_WRONG_KEY", "sk-wrong-key")
+    env.provider.latency_s = 0.01
+    results: dict = {}
+
+    def run(job: str) -> None:
+        try:
+            results[job] = asyncio.run(run_here(job, 2))
+        except Exception as exc:  # the failing job's error, kept for the assertion
+            results[job] = exc
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in ("good", "bad")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert isinstance(results["bad"], AuthenticationError)
+    assert results["good"].embedded == 2000 and results["good"].pending == 0
+    assert env.status("bad").pending == 500, "the failed job lost nothing"
+
+
 # --- real workers -------------------------------------------------------------------------------
 
 
