@@ -29,7 +29,7 @@ async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
     with frozen_heap():  # full GC passes skip the heap that was there before the run
         started = time.monotonic()
         prepared = await prepare_run(job)
-        tally = Tally.for_run(prepared, max_rows)
+        tally = Tally.for_run(prepared, max_rows, job)
         async with progress_artifact(lambda: tally.progress, job, enabled=tally.pending > 0) as finish:
             await fill_versions(prepared, tally, job)
             finish()  # the progress artifact's last update goes on beside the switch

@@ -35,7 +35,7 @@ from .claim import keep_claims, release_rows
 from .common import Work, database_url
 from .prepare import Prepared
 
-__all__ = ["Tally", "fill_versions"]
+__all__ = ["LIVE_TALLIES", "Tally", "fill_versions"]
 
 
 def _zero_totals() -> dict:
@@ -53,6 +53,12 @@ def _zero_totals() -> dict:
     )
 
 
+#: The tallies of the runs of each job in this process (several with ``--workers``), in the
+#: order they started: the CLI's progress bar reads them from its own thread between exact
+#: counts (ints read whole: no lock needed). Only appended to.
+LIVE_TALLIES: dict[str, list[Tally]] = {}
+
+
 @dataclass
 class Tally:
     """Counts shared by the lanes of one run (asyncio: one thread, no locks needed)."""
@@ -65,8 +71,12 @@ class Tally:
     totals: dict = field(default_factory=_zero_totals)
 
     @classmethod
-    def for_run(cls, prepared: Prepared, max_rows: int | None) -> Tally:
-        return cls(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
+    def for_run(cls, prepared: Prepared, max_rows: int | None, job: str | None = None) -> Tally:
+        """The run's tally; with ``job``, also added to :data:`LIVE_TALLIES`."""
+        tally = cls(budget=max_rows, pending=min(prepared.pending, max_rows or prepared.pending))
+        if job is not None:
+            LIVE_TALLIES.setdefault(job, []).append(tally)
+        return tally
 
     def add(self, filled: Filled, price: float | None) -> None:
         """Count one batch task's rows, and its billed tokens at ``price`` (USD per million;

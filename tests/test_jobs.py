@@ -210,7 +210,8 @@ def test_index_is_suggested_for_big_tables_and_search_finds_the_row_through_it(e
         assert not search_mod.index_suggested(conn, "docs")  # 300 rows: no index needed
         monkeypatch.setattr(search_mod, "INDEX_SUGGESTION_ROWS", 100)
         assert search_mod.index_suggested(conn, "docs")
-    name = search_mod.create_index(env.url, "docs")
+    notices: list[str] = []
+    name = search_mod.create_index(env.url, "docs", memory="96MB", notices=notices)
     assert name == "vectorfill._v_1_1_hnsw"
     text = env.texts()[5]
     with env.connect() as conn:

@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import threading
+import time
 
 import typer
 from rich.console import Console
@@ -63,7 +64,7 @@ def migrate(
     """Create or upgrade vectorfill's own schema (Alembic)."""
     from vectorfill.storage.db import migrate as run
 
-    rev = run(_url(db), downgrade or "head", downgrade=bool(downgrade))
+    rev = run(_url(db), downgrade or "head", downgrade=bool(downgrade), report=out.print)
     out.print(f"vectorfill schema at revision {rev or 'none (removed)'}")
 
 
@@ -384,6 +385,11 @@ def backfill(
     max_rows: int | None = typer.Option(None, help="Stop after this many rows"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's task logs"),
+    workers: int = typer.Option(1, "--workers", help="Flow runs side by side, all claiming from the job's queue"),
+    pool: str | None = typer.Option(
+        None, "--pool", help="Run the --workers flow runs on this Prefect work pool (its workers), not here"
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="With --pool: wait for the flow runs to end"),
     db: str | None = DbOpt,
 ) -> None:
     """Embed every pending row of JOB through the Prefect backfill flow."""
@@ -393,8 +399,11 @@ def backfill(
     url = _url(db)
     use_api(url, announce=_note)
     prefect_defaults(verbose=verbose)
+    if pool is not None:
+        _backfill_on_pool(job, workers, pool, max_rows=max_rows, wait=wait, json_out=json_out, db=db)
+        return
     try:
-        summary = run_backfill(url, job, max_rows=max_rows, progress=not json_out, console=err)
+        summary = run_backfill(url, job, max_rows=max_rows, progress=not json_out, console=err, workers=workers)
         failed = None
     except RowsFailed as exc:  # the run went through, but rows failed: summary, then exit 3
         summary, failed = exc.summary, exc
@@ -414,6 +423,27 @@ def backfill(
                 f"Tip: {job} has enough vectors for an HNSW index: `vectorfill index {job}` "
                 "makes searches fast (it is built without blocking writes)."
             )
+
+
+def _backfill_on_pool(job: str, workers: int, pool: str, *, max_rows, wait: bool, json_out: bool, db) -> None:
+    from vectorfill.jobs.registry import job_status
+    from vectorfill.orchestration.fanout import run_on_pool
+
+    with _conn(db) as conn:
+        job_status(conn, job)  # a clear error for a job that does not exist, before any flow run
+    if not json_out:
+        err.print(f"{workers} flow run(s) of {job} on work pool {pool}" + (", waiting for them" if wait else ""))
+    runs = run_on_pool(job, workers, pool, max_rows=max_rows, wait=wait)
+    with _conn(db) as conn:
+        st = job_status(conn, job)
+    if json_out:
+        out.print_json(json.dumps({"flow_runs": [r.__dict__ for r in runs], "status": st.as_dict()}))
+        return
+    table = Table("flow run", "id", "state")
+    for r in runs:
+        table.add_row(r.name, r.flow_run_id, r.state)
+    out.print(table)
+    out.print(f"{job}: {st.embedded:,} embedded, {st.pending:,} pending, {st.failed:,} failed of {st.total:,} rows")
 
 
 def _print_summary(s) -> None:
@@ -514,12 +544,25 @@ def _print_hits(query: str, hits) -> None:
 
 
 @app.command()
-def index(job: str, db: str | None = DbOpt) -> None:
+def index(
+    job: str,
+    memory: str | None = typer.Option(
+        None, "--memory", help="maintenance_work_mem for the build, e.g. 2GB (default: the server's)"
+    ),
+    db: str | None = DbOpt,
+) -> None:
     """Create an HNSW index (cosine) on JOB's vectors; search uses it."""
     from vectorfill.jobs.search import create_index
 
-    name = create_index(_url(db), job)
-    out.print(f"index {name} ready")
+    started = time.monotonic()
+    notices: list[str] = []
+    name = create_index(_url(db), job, memory=memory, notices=notices)
+    out.print(f"index {name} ready (built in {time.monotonic() - started:,.1f} s)")
+    if any("maintenance_work_mem" in n for n in notices):
+        out.print(
+            "Tip: the graph outgrew maintenance_work_mem during the build (pgvector said so); "
+            "a rebuild with --memory set higher (e.g. --memory 2GB) is much faster."
+        )
 
 
 # ------------------------------------------------------------------ checking the endpoint

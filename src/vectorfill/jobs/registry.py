@@ -30,6 +30,7 @@ __all__ = [
     "load_job",
     "parse_table",
     "retry_failures",
+    "upgrade_triggers",
 ]
 
 #: Native sizes of well-known models, so their vector column is typed from the start.
@@ -230,6 +231,9 @@ def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None =
     """Queue failed rows of every live version again, all of them or those whose key is in
     ``keys`` (a single key as written, or a composite one as a JSON array); returns how many."""
     job = load_job(conn, name)
+    # the triggers insert queue rows without ON CONFLICT: no other insert of them may race
+    if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone():
+        conn.execute(sql.lock_source(job))
     rows = [Jsonb(json.loads(k)) for k in keys or [] if k.startswith("[")]
     ids = [k for k in keys or [] if not k.startswith("[")]
     total = 0
@@ -278,3 +282,32 @@ def job_status(conn: psycopg.Connection, name: str, version: int | None = None) 
         target=f"vectorfill.{job.name}",
         source=job.source,
     )
+
+
+def upgrade_triggers(conn: psycopg.Connection) -> list[str]:
+    """Re-install the triggers of every job whose trigger function predates this release's
+    (:data:`vectorfill.storage.sql.TRIGGER_VERSION`, kept in the function's comment; none
+    means the row-level triggers of version 1); returns the names of the jobs upgraded.
+
+    Run by :func:`vectorfill.storage.db.migrate`, in the caller's transaction: each job's
+    row is locked and writes to its source table wait until the commit, so no write runs
+    between the old triggers and the new ones. Jobs whose source table is gone are left
+    alone (their backfill says so).
+    """
+    if conn.execute(sql.SCHEMA_INSTALLED).fetchone()[0] is None:
+        return []
+    upgraded = []
+    for name in list_jobs(conn):
+        conn.execute(sql.LOCK_JOB, {"name": name})
+        job = load_job(conn, name)
+        fn = sql.trigger_function_name(job).as_string() + "()"
+        if conn.execute(sql.TRIGGER_FUNCTION_VERSION, {"fn": fn}).fetchone()[0] == sql.TRIGGER_VERSION:
+            continue
+        if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone() is None:
+            continue
+        conn.execute(sql.lock_source(job))
+        conn.execute(sql.drop_triggers(job))
+        conn.execute(sql.create_trigger_function(job))
+        conn.execute(sql.create_triggers(job))
+        upgraded.append(name)
+    return upgraded

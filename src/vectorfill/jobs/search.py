@@ -68,9 +68,24 @@ def has_index(conn: psycopg.Connection, job, version) -> bool:
     return bool(conn.execute(sql.JobSQL(job, version).index_facts()).fetchone()[0])
 
 
-def create_index(url: str, job_name: str, version_number: int | None = None) -> str:
-    """Build the HNSW index of the job's active vectors (or of another version); returns its name."""
+def create_index(
+    url: str,
+    job_name: str,
+    version_number: int | None = None,
+    *,
+    memory: str | None = None,
+    notices: list[str] | None = None,
+) -> str:
+    """Build the HNSW index of the job's active vectors (or of another version); returns its name.
+
+    ``memory`` is the build's ``maintenance_work_mem`` (e.g. ``"1GB"``; default: the
+    server's): pgvector builds the graph in memory and much faster while it fits, and says
+    so (a notice, appended to ``notices``) when it stops fitting."""
     with psycopg.connect(url, autocommit=True) as conn:  # CONCURRENTLY needs autocommit
+        if notices is not None:
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        if memory is not None:
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
         job = load_job(conn, job_name)
         version = job.version(version_number) if version_number else job.active
         if version is None or version.vector_dims is None:

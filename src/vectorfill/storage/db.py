@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +229,13 @@ def _alembic_run(url: str, fn, revision: str) -> None:
         engine.dispose()
 
 
-def migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> str | None:
-    """Upgrade (or downgrade) vectorfill's schema; returns the revision now in place."""
+def migrate(
+    url: str, revision: str = "head", *, downgrade: bool = False, report: Callable[[str], None] | None = None
+) -> str | None:
+    """Upgrade (or downgrade) vectorfill's schema; returns the revision now in place.
+
+    An upgrade also re-installs the triggers of jobs created by an older release
+    (:func:`vectorfill.jobs.registry.upgrade_triggers`), telling ``report`` which."""
     from alembic import command
 
     if downgrade:
@@ -248,6 +253,12 @@ def migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> str
                     conn.execute("DROP SCHEMA IF EXISTS vectorfill")
     else:
         _alembic_run(url, command.upgrade, revision)
+        from vectorfill.jobs.registry import upgrade_triggers
+
+        with connect(url) as conn:
+            for job in upgrade_triggers(conn):
+                if report:
+                    report(f"job {job}: triggers upgraded to statement-level triggers")
     return current_revision(url)
 
 

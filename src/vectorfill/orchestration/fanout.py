@@ -1,0 +1,145 @@
+"""``vectorfill backfill JOB --workers N``: one backfill fanned out into N flow runs.
+
+Every flow run of the backfill flow claims rows from the job's queue with ``FOR UPDATE SKIP
+LOCKED`` and a lease (:meth:`vectorfill.storage.sql.JobSQL.claim`), so any number of them can
+drain one queue side by side: no row is claimed by two runs, a run that dies leaves its rows
+to the others once its leases expire, and the shared RPM/TPM budget in Postgres
+(:mod:`vectorfill.provider.budgets`) holds across all of them, on any machine.
+
+* Without a pool the N flow runs run in this process, on one event loop
+  (:func:`run_here`): more requests in flight, one Python process.
+* With ``--pool NAME`` the deployment ``vectorfill-backfill/backfill-workers`` is registered
+  on that work pool (entrypoint: the installed module, so a worker needs only
+  ``pip install vectorfill``) and N flow runs of it are created (:func:`run_on_pool`); the
+  workers (``prefect worker start --pool NAME`` on each machine, with
+  ``VECTORFILL_DATABASE_URL`` and the API key variable in their environment) pick them up.
+  No parameter carries a secret: only the job's name and a row budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from vectorfill.errors import ConfigError
+
+__all__ = ["DEPLOYMENT", "PoolRun", "combine", "run_here", "run_on_pool", "split_rows"]
+
+DEPLOYMENT = "backfill-workers"
+FLOW = "vectorfill-backfill"
+
+
+def split_rows(max_rows: int | None, workers: int) -> list[int | None]:
+    """Each run's share of ``--max-rows`` (None: no limit), the first ones taking the rest."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {workers}")
+    if max_rows is None:
+        return [None] * workers
+    base, rest = divmod(max_rows, workers)
+    shares = [base + (1 if i < rest else 0) for i in range(workers)]
+    return [n for n in shares if n > 0] or [0]
+
+
+def combine(summaries: list):
+    """One :class:`~vectorfill.tasks.report.RunSummary` for runs of one job side by side."""
+    from vectorfill.tasks.report import RunSummary
+
+    first = summaries[0]
+    if len(summaries) == 1:
+        return first
+    added = {
+        k: sum(getattr(s, k) for s in summaries)
+        for k in ("embedded", "unchanged", "deleted", "failed", "truncated", "stale", "requests", "tokens")
+    }
+    costs = [s.cost_usd for s in summaries]
+    return RunSummary(
+        job=first.job,
+        **added,
+        cost_usd=None if any(c is None for c in costs) else sum(costs),
+        duration_s=max(s.duration_s for s in summaries),
+        pending=min(s.pending for s in summaries),  # counted after each run: the last is the least
+        failed_total=max(s.failed_total for s in summaries),
+        switched_to=next((s.switched_to for s in summaries if s.switched_to is not None), None),
+    )
+
+
+async def run_here(job: str, workers: int, max_rows: int | None = None):
+    """``workers`` flow runs of the backfill flow in this process; their combined summary.
+    Each runs to its end even when another fails; then the first error is raised."""
+    from vectorfill.flows.backfill import backfill
+
+    results = await asyncio.gather(
+        *(backfill(job, max_rows=m) for m in split_rows(max_rows, workers)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+    return combine(list(results))
+
+
+@dataclass(frozen=True)
+class PoolRun:
+    flow_run_id: str
+    name: str
+    state: str
+    """Prefect's state name when last read (``Scheduled``, ``Running``, ``Completed``, ...)."""
+
+
+def run_on_pool(
+    job: str,
+    workers: int,
+    pool: str,
+    *,
+    max_rows: int | None = None,
+    wait: bool = True,
+    poll_s: float = 2.0,
+    timeout_s: float | None = None,
+) -> list[PoolRun]:
+    """Register the backfill deployment on ``pool`` and create ``workers`` flow runs of it for
+    ``job``; with ``wait``, return once every run is in a final state (or ``timeout_s``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.deployments.runner import EntrypointType
+    from prefect.exceptions import ObjectNotFound
+
+    from vectorfill.flows.backfill import backfill
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"there is no work pool {pool!r} on the Prefect server: create it with "
+                f"`prefect work-pool create {pool} --type process`, then start workers with "
+                f"`prefect worker start --pool {pool}` on each machine"
+            ) from None
+    deployment = backfill.to_deployment(
+        name=DEPLOYMENT,
+        tags=["vectorfill"],
+        description="One of the flow runs of `vectorfill backfill JOB --workers N --pool POOL`.",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    deployment.apply(work_pool_name=pool)
+    runs = [
+        run_deployment(
+            name=f"{FLOW}/{DEPLOYMENT}",
+            parameters={"job": job, "max_rows": m},
+            timeout=0,
+            tags=["vectorfill", f"job:{job}"],
+        )
+        for m in split_rows(max_rows, workers)
+    ]
+    out = [PoolRun(str(r.id), r.name, r.state.name if r.state else "?") for r in runs]
+    if not wait:
+        return out
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            states = [client.read_flow_run(r.id).state for r in runs]
+            out = [PoolRun(str(r.id), r.name, s.name if s else "?") for r, s in zip(runs, states, strict=True)]
+            if all(s is not None and s.is_final() for s in states):
+                return out
+            if deadline is not None and time.monotonic() > deadline:
+                return out
+            time.sleep(poll_s)

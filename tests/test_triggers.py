@@ -1,0 +1,269 @@
+"""The source table's statement-level triggers: what bulk statements queue, key changes,
+both versions kept in step, and the upgrade of jobs made with the older row-level triggers."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from vectorfill.storage.db import connect, migrate
+
+
+@pytest.fixture
+def db(fresh_db):
+    migrate(fresh_db)
+    with connect(fresh_db) as conn:
+        # deferrable, so that a statement may swap two keys
+        conn.execute(
+            "CREATE TABLE articles (id bigint PRIMARY KEY DEFERRABLE, title text, body text, views int DEFAULT 0)"
+        )
+        conn.execute("INSERT INTO articles SELECT g, 't' || g, 'b' || g FROM generate_series(1, 10) g")
+    return fresh_db
+
+
+def create(url, **kw):
+    from vectorfill.jobs.registry import create_job
+
+    args = dict(
+        name="docs",
+        table="articles",
+        text_columns=None,
+        template="{title}\n\n{body}",
+        key_columns=None,
+        model="m",
+        base_url="http://127.0.0.1:1/v1",
+        api_key_env=None,
+    )
+    args.update(kw)
+    with connect(url) as conn:
+        return create_job(conn, **args)
+
+
+def queue(url, table="_q_1_1") -> dict[int, int]:
+    with connect(url) as conn:
+        return dict(conn.execute(f"SELECT k1, seq FROM vectorfill.{table}").fetchall())
+
+
+def drain(url, table="_q_1_1") -> None:
+    with connect(url) as conn:
+        conn.execute(f"DELETE FROM vectorfill.{table}")
+
+
+def test_bulk_statements_queue_exactly_the_rows_whose_embedded_text_changed(db):
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        conn.execute(
+            "INSERT INTO articles (id, title, body) SELECT g, 't' || g, 'b' || g FROM generate_series(11, 2000) g"
+        )
+    assert set(queue(db)) == set(range(11, 2001))
+    drain(db)
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET views = views + 1")  # a column the job does not embed
+        conn.execute("UPDATE articles SET title = title, body = body")  # embedded columns, same values
+        conn.execute("UPDATE articles SET body = body WHERE id < 100")
+    assert queue(db) == {}, "no real change, nothing queued"
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET body = body || '!' WHERE id % 2 = 0")
+        conn.execute("UPDATE articles SET title = NULL WHERE id = 7")  # to NULL is a change too
+    first = queue(db)
+    assert set(first) == {i for i in range(1, 2001) if i % 2 == 0} | {7}
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET body = body || '?' WHERE id = 4")
+    assert queue(db)[4] > first[4], "a new change of a queued row gets a new seq"
+    assert all(queue(db)[k] == s for k, s in first.items() if k != 4)
+
+
+def test_a_key_change_is_a_delete_plus_an_insert_and_a_swap_comes_out_right(db):
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        conn.execute(
+            """INSERT INTO vectorfill._v_1_1 (k1, embedding, input_hash, model)
+               SELECT id, '[1,2,3]', '\\x00', 'm' FROM articles"""
+        )
+        conn.execute("UPDATE articles SET id = 100 WHERE id = 3")
+        conn.execute("UPDATE articles SET id = 3 - id WHERE id IN (1, 2)")  # swap keys, texts differ
+        vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
+    assert set(queue(db)) == {100, 1, 2}, "the new key and both swapped keys are queued"
+    assert 3 not in vectors, "the old key's vector is gone"
+    assert {1, 2, 4} <= vectors, "swapped keys keep their (stale) vectors until re-embedded"
+
+
+def test_a_swap_of_rows_with_the_same_text_queues_nothing(db):
+    create(db)
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET title = 'same', body = 'same' WHERE id IN (1, 2)")
+    drain(db)
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET id = 3 - id WHERE id IN (1, 2)")
+    assert queue(db) == {}, "each key still has the text its vector was made from"
+
+
+def test_bulk_delete_removes_queue_rows_vectors_and_failure_records(db):
+    create(db)
+    with connect(db) as conn:
+        conn.execute(
+            """INSERT INTO vectorfill._v_1_1 (k1, embedding, input_hash, model)
+               SELECT id, '[1,2,3]', '\\x00', 'm' FROM articles"""
+        )
+        conn.execute(
+            """INSERT INTO vectorfill.failures (job_id, version, row_key, reason, message)
+               VALUES (1, 1, '[2]', 'empty_text', 'x'), (1, 1, '[9]', 'empty_text', 'x')"""
+        )
+        conn.execute("DELETE FROM articles WHERE id <= 5")
+        vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
+        failures = {r[0] for r in conn.execute("SELECT row_key->>0 FROM vectorfill.failures")}
+    assert set(queue(db)) == {6, 7, 8, 9, 10}
+    assert vectors == {6, 7, 8, 9, 10}
+    assert failures == {"9"}
+
+
+def test_both_versions_stay_in_step_through_bulk_statements(db):
+    from vectorfill.jobs.versions import set_model
+
+    create(db)
+    with connect(db) as conn:
+        set_model(conn, "docs", model="m2")
+    drain(db, "_q_1_1")
+    drain(db, "_q_1_2")
+    with connect(db) as conn:
+        conn.execute("INSERT INTO articles (id, title, body) SELECT g, 't', 'b' FROM generate_series(11, 500) g")
+        conn.execute("UPDATE articles SET body = 'new' WHERE id BETWEEN 1 AND 5")
+        conn.execute("UPDATE articles SET id = id + 1000 WHERE id = 6")
+        conn.execute("DELETE FROM articles WHERE id BETWEEN 400 AND 500")
+    expected = set(range(1, 6)) | {1006} | set(range(11, 400))
+    assert set(queue(db, "_q_1_1")) == expected
+    assert set(queue(db, "_q_1_2")) == expected
+
+
+def test_source_writes_by_a_role_without_rights_on_the_vectorfill_schema_use_the_new_triggers(db):
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        conn.execute("CREATE ROLE bulk_writer LOGIN")
+        conn.execute("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON articles TO bulk_writer")
+    with psycopg.connect(db) as conn:
+        conn.execute("SET ROLE bulk_writer")
+        conn.execute("INSERT INTO articles (id, title, body) SELECT g, 't', 'b' FROM generate_series(11, 100) g")
+        conn.execute("UPDATE articles SET body = 'changed' WHERE id <= 3")
+        conn.execute("UPDATE articles SET id = 1000 WHERE id = 4")
+        conn.execute("DELETE FROM articles WHERE id BETWEEN 50 AND 100")
+    assert set(queue(db)) == {1, 2, 3, 1000} | set(range(11, 50))
+    with psycopg.connect(db) as conn:
+        conn.execute("SET ROLE bulk_writer")
+        conn.execute("TRUNCATE articles")
+    assert queue(db) == {}
+
+
+def _install_row_level_triggers(url) -> None:
+    """The shape of the triggers of version 1 (row-level, no version in the comment)."""
+    with connect(url) as conn:
+        for op in ("insert", "update", "delete", "truncate"):
+            conn.execute(f"DROP TRIGGER vectorfill_docs_{op} ON articles")
+        conn.execute(
+            """CREATE OR REPLACE FUNCTION vectorfill._trg_1() RETURNS trigger LANGUAGE plpgsql
+               SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+               BEGIN
+                 IF TG_OP = 'TRUNCATE' THEN TRUNCATE vectorfill._q_1_1, vectorfill._v_1_1; RETURN NULL; END IF;
+                 IF TG_OP = 'DELETE' THEN DELETE FROM vectorfill._q_1_1 WHERE k1 = OLD.id; RETURN OLD; END IF;
+                 INSERT INTO vectorfill._q_1_1 (k1, seq) VALUES (NEW.id, nextval('vectorfill.queue_seq'))
+                 ON CONFLICT (k1) DO UPDATE SET seq = EXCLUDED.seq;
+                 RETURN NEW;
+               END $$"""
+        )
+        conn.execute("COMMENT ON FUNCTION vectorfill._trg_1() IS NULL")
+        conn.execute(
+            "CREATE TRIGGER vectorfill_docs_insert AFTER INSERT ON articles FOR EACH ROW EXECUTE FUNCTION vectorfill._trg_1()"
+        )
+        conn.execute(
+            "CREATE TRIGGER vectorfill_docs_update AFTER UPDATE OF title, body ON articles FOR EACH ROW "
+            "WHEN (OLD.title IS DISTINCT FROM NEW.title OR OLD.body IS DISTINCT FROM NEW.body) "
+            "EXECUTE FUNCTION vectorfill._trg_1()"
+        )
+        conn.execute(
+            "CREATE TRIGGER vectorfill_docs_delete AFTER DELETE ON articles FOR EACH ROW EXECUTE FUNCTION vectorfill._trg_1()"
+        )
+        conn.execute(
+            "CREATE TRIGGER vectorfill_docs_truncate AFTER TRUNCATE ON articles FOR EACH STATEMENT EXECUTE FUNCTION vectorfill._trg_1()"
+        )
+
+
+def _trigger_shapes(url) -> dict[str, tuple[bool, bool, bool]]:
+    """tgname -> (row-level, has an OLD TABLE, has a NEW TABLE)."""
+    with connect(url) as conn:
+        rows = conn.execute(
+            """SELECT tgname, (tgtype & 1) = 1, tgoldtable IS NOT NULL, tgnewtable IS NOT NULL
+                 FROM pg_trigger WHERE tgrelid = 'articles'::regclass AND NOT tgisinternal"""
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_migrate_upgrades_the_row_level_triggers_of_existing_jobs(db):
+    create(db)
+    _install_row_level_triggers(db)
+    assert _trigger_shapes(db)["vectorfill_docs_insert"] == (True, False, False)
+    said: list[str] = []
+    assert migrate(db, report=said.append) == "0002"
+    assert said == ["job docs: triggers upgraded to statement-level triggers"]
+    assert _trigger_shapes(db) == {
+        "vectorfill_docs_insert": (False, False, True),
+        "vectorfill_docs_update": (False, True, True),
+        "vectorfill_docs_delete": (False, True, False),
+        "vectorfill_docs_truncate": (False, False, False),
+    }
+    drain(db)
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET views = 1")
+        conn.execute("UPDATE articles SET body = 'x' WHERE id <= 2")
+    assert set(queue(db)) == {1, 2}
+    said.clear()
+    migrate(db, report=said.append)
+    assert said == [], "jobs already upgraded are left alone"
+
+
+def test_after_key_changes_and_a_swap_every_row_has_its_own_texts_vector(env):
+    with env.connect() as conn:  # make_table fills it; deferrable, so that a statement may swap two keys
+        conn.execute(
+            "CREATE TABLE articles (id bigint PRIMARY KEY DEFERRABLE, title text, body text, views int DEFAULT 0)"
+        )
+    env.make_table(20)
+    env.create_job()
+    env.backfill()
+    with env.connect() as conn:
+        conn.execute("UPDATE articles SET id = id + 100 WHERE id > 15")  # new keys, same texts
+        conn.execute("UPDATE articles SET id = 3 - id WHERE id IN (1, 2)")  # a swap in one statement
+        conn.execute("DELETE FROM articles WHERE id = 10")
+        conn.execute("UPDATE articles SET id = 10, body = 'moved and edited' WHERE id = 8")
+    summary = env.backfill()
+    texts = env.texts()
+    vectors = env.vectors()
+    assert set(vectors) == set(texts)
+    for key, text in texts.items():
+        assert vectors[key] == pytest.approx(env.provider.expected_vector(text), abs=1e-6), key
+    assert summary.embedded == 5 + 2 + 1
+
+
+def test_a_row_already_queued_gets_a_new_seq_and_loses_its_lease_in_bulk_and_single_statements(db):
+    create(db)
+    with connect(db) as conn:
+        conn.execute(
+            "UPDATE vectorfill._q_1_1 SET lease_until = now() + interval '1 hour', claimed_by = gen_random_uuid(), "
+            "attempts = 2, last_error = 'x'"
+        )
+        conn.execute(  # a queue row for a key the table does not have (not made by vectorfill; tolerated)
+            "INSERT INTO vectorfill._q_1_1 (k1, seq, lease_until) VALUES (5000, 1, now() + interval '1 hour')"
+        )
+    before = queue(db)
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET body = 'edited' WHERE id <= 5")
+        conn.execute("UPDATE articles SET body = 'edited again' WHERE id = 6")
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (5000, 't', 'b')")
+        rows = conn.execute(
+            "SELECT k1, seq, lease_until, claimed_by, attempts, last_error FROM vectorfill._q_1_1 ORDER BY k1"
+        ).fetchall()
+    for k1, seq, lease, claimed, attempts, error in rows:
+        if k1 in (1, 2, 3, 4, 5, 6, 5000):
+            assert seq > before[k1] and (lease, claimed, attempts, error) == (None, None, 0, None), k1
+        else:
+            assert seq == before[k1] and lease is not None, k1
