@@ -17,11 +17,12 @@ Per job version there are two tables in the ``vectorfill`` schema:
     ``lease_until``, ``attempts`` and ``last_error``.
 ``_v_<job>_<version>`` (the vectors)
     ``k1..kn``, ``chunk_seq`` (0 for a whole-row vector; room for chunking), ``embedding``
-    (``vector(d)``), ``input_hash`` (sha256 of the exact text embedded), ``model`` (as the
-    provider named it) and ``embedded_at``.
+    (``vector(d)``, or ``halfvec(d)``), ``input_hash`` (sha256 of the exact text embedded),
+    ``model`` (as the provider named it), ``embedded_at`` and ``chunk`` (that exact text).
 
-The view ``vectorfill.<job>`` shows the active version as ``id, chunk_seq, embedding,
-model, embedded_at`` (a composite key shows its columns under their own names).
+The view ``vectorfill.<job>`` shows the active version as ``id, chunk_seq, chunk, embedding,
+model, embedded_at`` (a composite key shows its columns under their own names); ``chunk``
+is the exact input that was embedded (the whole text for a job without a chunker).
 
 How concurrency is made safe (the locking story)
 ------------------------------------------------
@@ -65,6 +66,7 @@ Every statement on it is one short autocommit statement on one row:
 from __future__ import annotations
 
 import string
+import dataclasses
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -155,7 +157,7 @@ JOB_ROWS = sql.SQL(
 )
 VERSION_ROWS = sql.SQL(
     """SELECT job_id, version, model, base_url, api_key_env, dimensions, vector_dims, state,
-              created_at, activated_at
+              created_at, activated_at, options
          FROM vectorfill.versions WHERE job_id = %(job_id)s ORDER BY version"""
 )
 
@@ -165,10 +167,10 @@ VERSION_ROWS = sql.SQL(
 LOCK_JOB = sql.SQL("SELECT id FROM vectorfill.jobs WHERE name = %(name)s FOR UPDATE")
 INSERT_VERSION = sql.SQL(
     """INSERT INTO vectorfill.versions (job_id, version, model, base_url, api_key_env, dimensions,
-                                        vector_dims, state, activated_at)
+                                        vector_dims, state, activated_at, options)
        SELECT %(job_id)s, coalesce(max(version), 0) + 1, %(model)s, %(base_url)s, %(api_key_env)s,
               %(dimensions)s, %(vector_dims)s, %(state)s,
-              CASE WHEN %(state)s = 'active' THEN now() END
+              CASE WHEN %(state)s = 'active' THEN now() END, %(options)s
          FROM vectorfill.versions WHERE job_id = %(job_id)s
     RETURNING version"""
 )
@@ -298,8 +300,7 @@ class JobSQL:
         key_defs = sql.SQL(", ").join(
             sql.SQL("{} {} NOT NULL").format(k, t) for k, t in zip(self.k, self.types, strict=True)
         )
-        dims = self.version.vector_dims
-        vtype = sql.SQL("vector({})").format(sql.Literal(dims)) if dims else sql.SQL("vector")
+        vtype = self.column_type()
         return sql.SQL(
             """
             CREATE TABLE {q} (
@@ -320,6 +321,7 @@ class JobSQL:
                 input_hash bytea NOT NULL,
                 model text NOT NULL,
                 embedded_at timestamptz NOT NULL DEFAULT now(),
+                chunk text,
                 PRIMARY KEY ({k}, chunk_seq)
             );
             """
@@ -341,8 +343,18 @@ class JobSQL:
             src=self.src,
         )
 
+    def column_type(self, dims: int | None = None) -> sql.Composable:
+        """``vector(d)`` or ``halfvec(d)`` (:attr:`Version.vector_type`); untyped while the
+        dimensions are not known."""
+        dims = dims or self.version.vector_dims
+        vtype = dataclasses.replace(self.version, vector_dims=dims).vector_type
+        if dims:
+            return sql.SQL("{}({})").format(sql.SQL(vtype), sql.Literal(dims))
+        return sql.SQL(vtype)
+
     def set_vector_dims(self, dims: int) -> sql.Composable:
-        return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE vector({d})").format(v=self.v, d=sql.Literal(dims))
+        t = self.column_type(dims)
+        return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE {t} USING embedding::{t}").format(v=self.v, t=t)
 
     # -- work
     def claim(self) -> sql.Composable:
@@ -548,13 +560,14 @@ class JobSQL:
         src_match = self._src_match("n")
         return sql.SQL(
             """SELECT {nk}, n.distance, {text} AS text
-                 FROM (SELECT {k}, embedding <=> %(q)s AS distance FROM {v}
-                        ORDER BY embedding <=> %(q)s LIMIT %(k)s) n
+                 FROM (SELECT {k}, embedding <=> %(q)s{cast} AS distance FROM {v}
+                        ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s) n
                  LEFT JOIN {src} s ON {m}
                 ORDER BY n.distance"""
         ).format(
             nk=self._cols("n"),
             k=self._cols(),
+            cast=self._query_cast(),
             text=text_expression(self.job, "s"),
             v=self.v,
             src=self.src,
@@ -564,7 +577,7 @@ class JobSQL:
     def index_facts(self) -> sql.Composable:
         """Whether the HNSW index exists, and the planner's row estimate (-1: never analysed)."""
         return sql.SQL(
-            """SELECT to_regclass({idx}) IS NOT NULL,
+            """SELECT coalesce((SELECT indisvalid FROM pg_catalog.pg_index WHERE indexrelid = to_regclass({idx})), false),
                       (SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass({v}))"""
         ).format(
             idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"), v=sql.Literal(f"{SCHEMA}.{self.version.vector_table}")
@@ -573,14 +586,30 @@ class JobSQL:
     def count_vectors(self) -> sql.Composable:
         return sql.SQL("SELECT count(*) FROM {}").format(self.v)
 
+    def _query_cast(self) -> sql.Composable:
+        """The query vector (sent as ``vector``) cast to the column's type, so that a
+        ``halfvec`` column's index serves the ORDER BY."""
+        return sql.SQL("::halfvec") if self.version.vector_type == "halfvec" else sql.SQL("")
+
     def index_name(self) -> str:
         return f"{self.version.vector_table}_hnsw"
 
     def create_index(self) -> sql.Composable:
         """An HNSW index for cosine distance (built without blocking writers)."""
+        ops = sql.SQL("halfvec_cosine_ops" if self.version.vector_type == "halfvec" else "vector_cosine_ops")
+        return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {v} USING hnsw (embedding {ops})").format(
+            name=sql.Identifier(self.index_name()), v=self.v, ops=ops
+        )
+
+    def index_valid(self) -> sql.Composable:
+        """Whether the HNSW index exists (NULL: it does not) and is valid: a ``CREATE INDEX
+        CONCURRENTLY`` that failed midway leaves an INVALID index behind."""
         return sql.SQL(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {v} USING hnsw (embedding vector_cosine_ops)"
-        ).format(name=sql.Identifier(self.index_name()), v=self.v)
+            "SELECT (SELECT indisvalid FROM pg_catalog.pg_index WHERE indexrelid = to_regclass({idx}))"
+        ).format(idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"))
+
+    def drop_index(self) -> sql.Composable:
+        return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(SCHEMA, self.index_name()))
 
 
 # ----------------------------------------------------------------- job-wide objects
@@ -707,7 +736,7 @@ def create_view(job: Job, version: Version) -> sql.Composable:
     return sql.SQL(
         """DROP VIEW IF EXISTS {view};
            CREATE VIEW {view} AS
-           SELECT {keys}, v.chunk_seq, v.embedding, v.model, v.embedded_at FROM {v} v"""
+           SELECT {keys}, v.chunk_seq, v.chunk, v.embedding, v.model, v.embedded_at FROM {v} v"""
     ).format(view=view_name(job), keys=keys, v=js.v)
 
 
