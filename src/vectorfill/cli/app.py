@@ -87,6 +87,14 @@ def job_create(
         None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
     ),
     prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
+    storage: str | None = typer.Option(
+        None, help="auto (halfvec above 2,000 dims, so HNSW can index them), vector (float32) or halfvec (float16)"
+    ),
+    chunker: str | None = typer.Option(None, help="none (whole text, the default), tokens or recursive"),
+    chunk_size: int | None = typer.Option(None, help="Most tokens per chunk, template included (default 400)"),
+    chunk_overlap: int | None = typer.Option(None, help="Tokens a chunk repeats from the one before (default 0)"),
+    chunk_template: str | None = typer.Option(None, help='Each chunk\'s input, e.g. "{title}: {chunk}"'),
+    max_chunks: int | None = typer.Option(None, help="A row with more chunks fails (default 10,000)"),
     db: str | None = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows."""
@@ -128,6 +136,8 @@ def job_create(
             api_key_env=api_key_env,
             dimensions=dimensions,
             settings=settings,
+            storage=storage or "auto",
+            chunking=_chunking(None, name, chunker, chunk_size, chunk_overlap, chunk_template, max_chunks),
         )
         from vectorfill.jobs.registry import job_status
 
@@ -136,6 +146,27 @@ def job_create(
         f"job [bold]{job.name}[/]: {st.pending:,} rows of {job.source} queued for {model}; "
         f"vectors will be readable in {st.target}. Next: `vectorfill backfill {job.name}`"
     )
+
+
+def _chunking(base, job: str, chunker, size, overlap, template, max_chunks):
+    """Chunk settings: ``base`` (the active version's, or the defaults) with the options given."""
+    from pydantic import ValidationError
+
+    from vectorfill.config import ChunkSettings
+    from vectorfill.errors import ConfigError
+
+    given = {
+        k: v
+        for k, v in dict(chunker=chunker, size=size, overlap=overlap, template=template, max_chunks=max_chunks).items()
+        if v is not None
+    }
+    if "template" in given and "\\" in given["template"]:
+        given["template"] = given["template"].encode().decode("unicode_escape")
+    try:
+        return ChunkSettings(**{**(base.model_dump() if base else {}), **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid chunk option: {problems}", job=job) from None
 
 
 def _prices(items: list[str], job: str) -> dict[str, float]:
@@ -185,18 +216,29 @@ def job_set_model(
     api_key_env: str | None = typer.Option(
         None, help="NAME of the env variable holding the key (default: the active version's; '' for none)"
     ),
+    storage: str | None = typer.Option(
+        None, help="auto (halfvec above 2,000 dims, so HNSW can index them), vector (float32) or halfvec (float16)"
+    ),
+    chunker: str | None = typer.Option(None, help="none (whole text, the default), tokens or recursive"),
+    chunk_size: int | None = typer.Option(None, help="Most tokens per chunk, template included (default 400)"),
+    chunk_overlap: int | None = typer.Option(None, help="Tokens a chunk repeats from the one before (default 0)"),
+    chunk_template: str | None = typer.Option(None, help='Each chunk\'s input, e.g. "{title}: {chunk}"'),
+    max_chunks: int | None = typer.Option(None, help="A row with more chunks fails (default 10,000)"),
     db: str | None = DbOpt,
 ) -> None:
-    """Start re-embedding JOB with another model, beside the vectors readers use now.
+    """Start re-embedding JOB with another model (or the same model with other storage or
+    chunking options), beside the vectors readers use now.
 
     Searches keep using the active version until the new one is complete; the backfill
-    that completes it switches the job's view over in one transaction.
+    that completes it switches the job's view over in one transaction. Chunk options not
+    given keep the active version's.
     """
     from vectorfill.jobs.registry import load_job
     from vectorfill.jobs.versions import _UNSET, set_model, version_status
     from vectorfill.orchestration.events import emit_model_changed
 
     with _conn(db) as conn:
+        active = load_job(conn, name).active
         version = set_model(
             conn,
             name,
@@ -204,6 +246,16 @@ def job_set_model(
             dimensions=dimensions,
             base_url=base_url,
             api_key_env=_UNSET if api_key_env is None else api_key_env,
+            storage=storage,
+            chunking=_chunking(
+                active.chunking if active else None,
+                name,
+                chunker,
+                chunk_size,
+                chunk_overlap,
+                chunk_template,
+                max_chunks,
+            ),
         )
         queued = version_status(conn, load_job(conn, name), version).pending
     out.print(

@@ -11,9 +11,10 @@ import psycopg
 from vectorfill.errors import JobError
 from vectorfill.jobs.registry import load_job
 from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.records import HNSW_MAX_DIMS
 from vectorfill.storage import sql
 
-__all__ = ["INDEX_SUGGESTION_ROWS", "Hit", "create_index", "has_index", "index_suggested", "search"]
+__all__ = ["INDEX_SUGGESTION_ROWS", "Hit", "check_indexable", "create_index", "has_index", "index_suggested", "search"]
 
 #: Above this many vectors, a backfill suggests `vectorfill index`.
 INDEX_SUGGESTION_ROWS = 10_000
@@ -68,13 +69,53 @@ def has_index(conn: psycopg.Connection, job, version) -> bool:
     return bool(conn.execute(sql.JobSQL(job, version).index_facts()).fetchone()[0])
 
 
+def check_indexable(job_name: str, version) -> None:
+    """Refuse, before anything is built, an HNSW index pgvector cannot build: one sentence
+    naming the limit and the fix."""
+    dims, vtype = version.vector_dims, version.vector_type
+    limit = HNSW_MAX_DIMS[vtype]
+    if dims is None or dims <= limit:
+        return
+    if vtype == "vector" and dims <= HNSW_MAX_DIMS["halfvec"]:
+        fix = (
+            f"store them as halfvec (`vectorfill job set-model {job_name} --model {version.model} "
+            "--storage halfvec`, or --storage auto) or ask the model for fewer with --dimensions"
+        )
+    else:
+        fix = f"ask the model for at most {HNSW_MAX_DIMS['halfvec']} with --dimensions (a new version)"
+    raise JobError(
+        f"cannot build an HNSW index on version {version.version}'s {dims}-dimensional {vtype} column: "
+        f"pgvector's HNSW indexes {vtype} of at most {limit:,} dimensions; {fix}",
+        job=job_name,
+    )
+
+
 def create_index(url: str, job_name: str, version_number: int | None = None) -> str:
-    """Build the HNSW index of the job's active vectors (or of another version); returns its name."""
+    """Build the HNSW index of the job's active vectors (or of another version); returns its name.
+
+    An index that cannot be built is refused before it starts (:func:`check_indexable`).
+    ``CREATE INDEX CONCURRENTLY`` that fails midway (cancelled, out of memory, a timeout)
+    leaves an INVALID index behind, which a later ``IF NOT EXISTS`` would take for done:
+    it is dropped on failure, and an invalid one left by an earlier crash is dropped first."""
     with psycopg.connect(url, autocommit=True) as conn:  # CONCURRENTLY needs autocommit
         job = load_job(conn, job_name)
         version = job.version(version_number) if version_number else job.active
         if version is None or version.vector_dims is None:
             raise JobError(f"has no typed vectors yet; run `vectorfill backfill {job_name}` first", job=job_name)
+        check_indexable(job_name, version)
         js = sql.JobSQL(job, version)
-        conn.execute(js.create_index())
+        if conn.execute(js.index_valid()).fetchone()[0] is False:
+            conn.execute(js.drop_index())
+        try:
+            conn.execute(js.create_index())
+        except psycopg.Error as exc:
+            try:
+                conn.execute(js.drop_index())
+            except psycopg.Error:
+                pass
+            raise JobError(
+                f"building the HNSW index failed ({str(exc).strip().splitlines()[0]}); the partial index was "
+                f"dropped: run `vectorfill index {job_name}` again",
+                job=job_name,
+            ) from None
         return f"vectorfill.{js.index_name()}"

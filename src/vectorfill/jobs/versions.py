@@ -21,8 +21,8 @@ from datetime import datetime
 
 import psycopg
 
-from vectorfill.errors import ConfigError, JobError, SourceError
 from vectorfill.config import ChunkSettings
+from vectorfill.errors import ConfigError, JobError, SourceError
 from vectorfill.jobs.registry import KNOWN_DIMENSIONS, check_endpoint_options, load_job, version_options
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql

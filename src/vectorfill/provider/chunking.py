@@ -195,9 +195,7 @@ def chunk_text(
     return _cover(text, toks, chunks, settings, size, fields)
 
 
-def _cover(
-    text: str, toks: _Tokens, chunks: list[Chunk], settings: ChunkSettings, size: int, fields
-) -> list[Chunk]:
+def _cover(text: str, toks: _Tokens, chunks: list[Chunk], settings: ChunkSettings, size: int, fields) -> list[Chunk]:
     """Chunks shrunk by the exact check leave a gap before the next: chunk the gap too."""
     out: list[Chunk] = []
     covered = 0
@@ -324,4 +322,3 @@ def _tail(cur: list[tuple[int, int, int]], overlap: int, room: int) -> list[tupl
         out.insert(0, p)
         total += p[2]
     return out
-

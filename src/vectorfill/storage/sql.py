@@ -65,8 +65,8 @@ Every statement on it is one short autocommit statement on one row:
 
 from __future__ import annotations
 
-import string
 import dataclasses
+import string
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -278,12 +278,14 @@ class JobSQL:
             for lk, r in zip(self.k, rk, strict=True)
         )
 
-    def _unnest(self, extra: list[tuple[str, str]]) -> sql.Composable:
+    def _unnest(self, extra: list[tuple[str, str]], alias: str = "c") -> sql.Composable:
         """``unnest(%s::t1[], ..., %s::extra[]) AS c(k1, ..., extra)`` for array parameters."""
         arrays = [sql.SQL("%s::{}[]").format(t) for t in self.types]
         arrays += [sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in extra]
         names = self.k + [sql.Identifier(name) for name, _ in extra]
-        return sql.SQL("unnest({}) AS c({})").format(sql.SQL(", ").join(arrays), sql.SQL(", ").join(names))
+        return sql.SQL("unnest({}) AS {}({})").format(
+            sql.SQL(", ").join(arrays), sql.Identifier(alias), sql.SQL(", ").join(names)
+        )
 
     def _src_match(self, other: str) -> sql.Composable:
         """``s.<key col> = <other>.k1 AND ...``: the source row of a queue/vector row."""
@@ -383,23 +385,32 @@ class JobSQL:
             RETURNING {qk}, q.seq, q.attempts, q.last_error"""
         ).format(q=self.q, qk=self._cols("q"))
 
-    def read_texts(self) -> sql.Composable:
-        """The current text of claimed rows, whether the row still exists, and the hash of
-        the text its stored vector was made from. Run after :meth:`claim` (fresh snapshot)."""
+    def _stored_hashes(self, alias: str) -> sql.Composable:
+        """The input hashes of a row's stored chunks, in order (NULL: no vector)."""
+        return sql.SQL("(SELECT array_agg(v.input_hash ORDER BY v.chunk_seq) FROM {v} v WHERE {m})").format(
+            v=self.v, m=self._match("v", alias)
+        )
+
+    def _fields(self, columns: tuple[str, ...] | list[str]) -> sql.Composable:
+        return sql.SQL("").join(sql.SQL(", s.{}::text").format(sql.Identifier(c)) for c in columns)
+
+    def read_texts(self, fields: tuple[str, ...] | list[str] = ()) -> sql.Composable:
+        """The current text of claimed rows, whether the row still exists, the hashes of the
+        inputs its stored chunks were made from (in chunk order), and the ``fields`` a chunk
+        template names. Run after :meth:`claim` (fresh snapshot)."""
         src_match = self._src_match("c")
         return sql.SQL(
-            """SELECT {ck}, c.seq, (s.ctid IS NOT NULL) AS present, {text} AS text, v.input_hash
+            """SELECT {ck}, c.seq, (s.ctid IS NOT NULL) AS present, {text} AS text, {hashes}{fields}
                  FROM {unnest}
-                 LEFT JOIN {src} s ON {src_match}
-                 LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
+                 LEFT JOIN {src} s ON {src_match}"""
         ).format(
             ck=self._cols("c"),
             text=text_expression(self.job, "s"),
+            hashes=self._stored_hashes("c"),
+            fields=self._fields(fields),
             unnest=self._unnest([("seq", "bigint")]),
             src=self.src,
             src_match=src_match,
-            v=self.v,
-            vmatch=self._match("v", "c"),
         )
 
     def dequeue(self) -> sql.Composable:
@@ -472,6 +483,55 @@ class JobSQL:
                 WHERE claimed_by = %s"""
         ).format(q=self.q)
 
+    def settle_chunks(self) -> sql.Composable:
+        """:meth:`settle` that keeps the vectors of unchanged chunks: for each row it settles
+        (queue row still at its claimed ``seq``), the stored chunk with each listed input
+        hash is copied to its new ``chunk_seq`` (written as ``-1 - chunk_seq`` here, flipped
+        by :meth:`flip_kept` in the same transaction, since the old rows still hold the
+        numbers while this statement runs), then the row's old chunks are deleted. Every
+        sub-statement sees the snapshot of the statement's start, so ``kept`` reads the old
+        chunks that ``old`` deletes. Returns the settled keys and how many chunks were kept.
+        Parameters: keys, seqs; kept keys, chunk_seqs, hashes; job id, version."""
+        return sql.SQL(
+            """WITH done AS (
+                   DELETE FROM {q} q USING {unnest} WHERE {match} AND q.seq = c.seq
+                   RETURNING {qk}),
+               kept AS (
+                   INSERT INTO {v} ({k}, chunk_seq, embedding, input_hash, model, embedded_at, chunk)
+                   SELECT {rk}, -1 - r.chunk_seq, o.embedding, o.input_hash, o.model, o.embedded_at, o.chunk
+                     FROM {unnest_r}
+                     JOIN done ON {rmatch}
+                     CROSS JOIN LATERAL (
+                         SELECT * FROM {v} o WHERE {omatch} AND o.input_hash = r.input_hash AND o.chunk_seq >= 0
+                          ORDER BY o.chunk_seq LIMIT 1) o
+                   RETURNING 1),
+               old AS (DELETE FROM {v} v USING done WHERE {vmatch} AND v.chunk_seq >= 0),
+               cleared AS (
+                   DELETE FROM vectorfill.failures f USING done
+                    WHERE f.job_id = %s AND f.version = %s AND f.row_key = {dkey})
+               SELECT {dk}, (SELECT count(*) FROM kept) FROM done"""
+        ).format(
+            q=self.q,
+            unnest=self._unnest([("seq", "bigint")]),
+            match=self._match("q", "c"),
+            qk=self._cols("q"),
+            v=self.v,
+            k=self._cols(),
+            rk=self._cols("r"),
+            unnest_r=self._unnest([("chunk_seq", "integer"), ("input_hash", "bytea")], alias="r"),
+            rmatch=self._match("done", "r"),
+            omatch=self._match("o", "r"),
+            vmatch=self._match("v", "done"),
+            dkey=self._failure_key("done"),
+            dk=self._cols("done"),
+        )
+
+    def flip_kept(self) -> sql.Composable:
+        """Give the chunks :meth:`settle_chunks` kept their real numbers. Parameter: keys."""
+        return sql.SQL(
+            "UPDATE {v} v SET chunk_seq = -1 - v.chunk_seq FROM {unnest} WHERE {m} AND v.chunk_seq < 0"
+        ).format(v=self.v, unnest=self._unnest([]), m=self._match("v", "c"))
+
     def settle(self) -> sql.Composable:
         """Start storing a batch: delete the queue rows still at their claimed ``seq`` and,
         for exactly those keys, the old vectors and failure records; return the keys.
@@ -504,9 +564,9 @@ class JobSQL:
 
     def copy_vectors(self) -> sql.Composable:
         """Binary COPY straight into the vector table (after :meth:`settle`)."""
-        return sql.SQL("COPY {v} ({k}, chunk_seq, embedding, input_hash, model) FROM STDIN (FORMAT BINARY)").format(
-            v=self.v, k=self._cols()
-        )
+        return sql.SQL(
+            "COPY {v} ({k}, chunk_seq, embedding, input_hash, model, chunk) FROM STDIN (FORMAT BINARY)"
+        ).format(v=self.v, k=self._cols())
 
     # -- reading
     def counts(self) -> sql.Composable:
@@ -520,27 +580,26 @@ class JobSQL:
                         WHERE f.job_id = %(job_id)s AND f.version = %(version)s) AS failed"""
         ).format(src=self.src, v=self.v, q=self.q, match=self._match("q", "v"))
 
-    def pending_texts(self) -> sql.Composable:
-        """The current text of every queued row and the hash its stored vector was made
-        from (for estimates: no lease is taken, nothing changes)."""
+    def pending_texts(self, fields: tuple[str, ...] | list[str] = ()) -> sql.Composable:
+        """The current text of every queued row and the hashes of its stored chunks' inputs
+        (for estimates: no lease is taken, nothing changes), then the chunk template's fields."""
         return sql.SQL(
-            """SELECT {text} AS text, v.input_hash
+            """SELECT {text} AS text, {hashes}{fields}
                  FROM {q} q
-                 JOIN {src} s ON {src_match}
-                 LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
+                 JOIN {src} s ON {src_match}"""
         ).format(
             text=text_expression(self.job, "s"),
+            hashes=self._stored_hashes("q"),
+            fields=self._fields(fields),
             q=self.q,
             src=self.src,
             src_match=self._src_match("q"),
-            v=self.v,
-            vmatch=self._match("v", "q"),
         )
 
-    def all_texts(self) -> sql.Composable:
+    def all_texts(self, fields: tuple[str, ...] | list[str] = ()) -> sql.Composable:
         """The text of every source row (for the estimate of a re-embed with a new model)."""
-        return sql.SQL("SELECT {text} AS text, NULL::bytea FROM {src} s").format(
-            text=text_expression(self.job, "s"), src=self.src
+        return sql.SQL("SELECT {text} AS text, NULL::bytea[]{fields} FROM {src} s").format(
+            text=text_expression(self.job, "s"), fields=self._fields(fields), src=self.src
         )
 
     def missing(self) -> sql.Composable:
