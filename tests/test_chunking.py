@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import unicodedata
 
@@ -12,7 +13,23 @@ from vectorfill.provider.chunking import TooManyChunks, _joins_previous, chunk_t
 from vectorfill.provider.tokens import ByteEstimate, counter_for
 
 CL100K = counter_for("text-embedding-3-small")
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+]
 
 
 def _doc(rng: random.Random, paragraphs: int = 40) -> str:
@@ -23,7 +40,7 @@ def _doc(rng: random.Random, paragraphs: int = 40) -> str:
 
 def _check(text: str, chunks, size: int, counter=CL100K, overlap: bool = False) -> None:
     for c in chunks:
-        assert c.tokens <= size and counter.count([c.text])[0] == c.tokens or not counter.exact
+        assert (c.tokens <= size and counter.count([c.text])[0] == c.tokens) or not counter.exact
         assert c.text == text[c.start : c.end]
         assert c.start == 0 or not _joins_previous(text[c.start]), "cut inside a character cluster"
         assert c.end == len(text) or not _joins_previous(text[c.end])
@@ -49,7 +66,7 @@ def test_token_overlap_is_what_was_asked():
     text = _doc(random.Random(3))
     chunks = chunk_text(text, ChunkSettings(chunker="tokens", size=100, overlap=20), CL100K)
     _check(text, chunks, 100, overlap=True)
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         shared = text[b.start : a.end]
         assert a.text.endswith(shared) and b.text.startswith(shared)
         assert CL100K.count([shared])[0] == 20
@@ -59,8 +76,8 @@ def test_recursive_overlap_repeats_whole_pieces_within_the_overlap():
     text = _doc(random.Random(4))
     chunks = chunk_text(text, ChunkSettings(chunker="recursive", size=200, overlap=60), CL100K)
     _check(text, chunks, 200, overlap=True)
-    assert any(b.start < a.end for a, b in zip(chunks, chunks[1:], strict=False))
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    assert any(b.start < a.end for a, b in itertools.pairwise(chunks))
+    for a, b in itertools.pairwise(chunks):
         if b.start < a.end:
             assert CL100K.count([text[b.start : a.end]])[0] <= 60 + 2
 
