@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from vectorfill.errors import DatabaseError
-from vectorfill.provider.chunking import TooManyChunks, chunk_text
+from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
@@ -299,13 +299,6 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         truncated=truncated,
         failures=tuple(f[4] for f in failed[:20]),
     )
-
-
-def chunk_fields(chunking) -> tuple[str, ...]:
-    """The source columns a chunk template names (read beside the text)."""
-    if chunking.template is None:
-        return ()
-    return tuple(c for c in sql.parse_template(chunking.template).columns if c != "chunk")
 
 
 async def settle_plans(conn, js: sql.JobSQL, work: Work, plans: list[RowPlan]) -> set[tuple]:

@@ -213,3 +213,28 @@ def test_auto_storage_is_halfvec_above_2000_dimensions():
     assert v("auto", None).vector_type == "vector"
     assert v("vector", 3072).vector_type == "vector"
     assert v("halfvec", 384).vector_type == "halfvec"
+
+
+def test_estimate_counts_chunks_exactly_and_search_shows_chunks(env):
+    from vectorfill.jobs.estimate import estimate
+    from vectorfill.jobs.search import search
+    from vectorfill.provider.chunking import chunk_text
+
+    docs = _docs(env, 10)
+    settings = ChunkSettings(chunker="recursive", size=50)
+    env.create_job(table="longdocs", template=None, text_columns=["body"], chunking=settings)
+    texts = {i: "\n\n".join(ps) for i, ps in docs.items()}
+    expected = [c for t in texts.values() for c in chunk_text(t, settings, CL100K, limit=8191)]
+    with env.connect() as conn:
+        (est,) = estimate(conn, "docs")
+    assert (est.rows, est.chunks, est.tokens) == (10, len(expected), sum(c.tokens for c in expected))
+    env.backfill()
+    assert len(env.provider.inputs) == len(expected)
+    assert env.provider.tokens_billed == est.tokens
+
+    target = _chunks(env)[4][2][1]
+    with env.connect() as conn:
+        hits = search(conn, "docs", target, k=5)
+        best = search(conn, "docs", target, k=5, per_row=True)
+    assert (hits[0].id, hits[0].chunk_seq, hits[0].chunk) == (4, 2, target)
+    assert best[0].id == 4 and len({h.id for h in best}) == len(best) == 5

@@ -375,10 +375,11 @@ def estimate(
     table = Table("version", "model", "rows to send", "tokens", "USD / 1M", "cost USD", "skipped")
     for r in rows:
         skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
+        skipped += f", {r.failing:,} too many chunks" if r.failing else ""
         table.add_row(
             str(r.version) if r.version is not None else "(new)",
             r.model,
-            f"{r.rows:,}",
+            f"{r.rows:,}" + (f" ({r.chunks:,} chunks)" if r.chunks != r.rows else ""),
             f"{r.tokens:,}" + ("" if r.exact else " (est.)"),
             "?" if r.price_per_million is None else f"{r.price_per_million:g}",
             "unknown" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
@@ -498,21 +499,24 @@ def search(
     job: str,
     query: str,
     k: int = typer.Option(10, "-k", help="How many hits"),
+    per_row: bool = typer.Option(False, "--per-row", help="Chunked jobs: the best chunk of each row only"),
     db: str | None = DbOpt,
 ) -> None:
-    """Embed QUERY with JOB's model and show the nearest rows (cosine distance)."""
+    """Embed QUERY with JOB's model and show the nearest rows (cosine distance); for a chunked
+    job the nearest chunks, with their row ids."""
     from vectorfill.jobs.search import search as run
 
     with _conn(db) as conn:
-        hits = run(conn, job, query, k)
+        hits = run(conn, job, query, k, per_row=per_row)
     _print_hits(query, hits)
 
 
 def _print_hits(query: str, hits) -> None:
-    table = Table("id", "distance", "text", title=f"“{query}”")
+    chunked = any(h.chunk_seq for h in hits) or any(h.chunk is not None and h.chunk != h.text for h in hits)
+    table = Table("id", *(["chunk"] if chunked else []), "distance", "text", title=f"“{query}”")
     for h in hits:
-        snippet = " ".join((h.text or "").split())[:100]
-        table.add_row(str(h.id), f"{h.distance:.4f}", snippet)
+        snippet = " ".join(((h.chunk if chunked else h.text) or h.text or "").split())[:100]
+        table.add_row(str(h.id), *([str(h.chunk_seq)] if chunked else []), f"{h.distance:.4f}", snippet)
     out.print(table)
 
 

@@ -25,6 +25,13 @@ class Hit:
     id: object
     distance: float
     text: str | None
+    chunk_seq: int = 0
+    chunk: str | None = None
+    """The exact input of the matching vector (a chunk of the row's text, for chunked jobs)."""
+
+
+#: With ``per_row``, the nearest ``k * PER_ROW_FAN`` chunks are collapsed to their rows.
+PER_ROW_FAN = 10
 
 
 def _embed_query(version, job_name: str, query: str) -> np.ndarray:
@@ -35,8 +42,10 @@ def _embed_query(version, job_name: str, query: str) -> np.ndarray:
     return asyncio.run(run())
 
 
-def search(conn: psycopg.Connection, job_name: str, query: str, k: int = 10) -> list[Hit]:
-    """Embed ``query`` with the job's active model and return the ``k`` nearest rows."""
+def search(conn: psycopg.Connection, job_name: str, query: str, k: int = 10, *, per_row: bool = False) -> list[Hit]:
+    """Embed ``query`` with the job's active model and return the ``k`` nearest vectors (the
+    best chunks, with their rows' ids, for a chunked job); ``per_row``: the best chunk of
+    each of the ``k`` nearest rows."""
     if not query.strip():
         raise JobError("the search query is empty; pass some text to search for", job=job_name)
     job = load_job(conn, job_name)
@@ -46,8 +55,13 @@ def search(conn: psycopg.Connection, job_name: str, query: str, k: int = 10) -> 
     vector = _embed_query(version, job_name, query)
     js = sql.JobSQL(job, version)
     n = len(job.key_columns)
-    rows = conn.execute(js.search(), {"q": vector, "k": k}).fetchall()
-    return [Hit(id=r[0] if n == 1 else tuple(r[:n]), distance=float(r[n]), text=r[n + 1]) for r in rows]
+    rows = conn.execute(js.search(per_row), {"q": vector, "k": k, "fan": PER_ROW_FAN}).fetchall()
+    return [
+        Hit(
+            id=r[0] if n == 1 else tuple(r[:n]), distance=float(r[n]), text=r[n + 1], chunk_seq=r[n + 2], chunk=r[n + 3]
+        )
+        for r in rows
+    ]
 
 
 def index_suggested(conn: psycopg.Connection, job_name: str) -> bool:

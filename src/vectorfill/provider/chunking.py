@@ -48,7 +48,7 @@ import numpy as np
 from vectorfill.config import ChunkSettings
 from vectorfill.provider.tokens import ByteEstimate, Cl100k, HFTokenizer, TokenCounter
 
-__all__ = ["SECTION_SIZES", "Chunk", "TooManyChunks", "chunk_text", "render_template"]
+__all__ = ["SECTION_SIZES", "Chunk", "TooManyChunks", "chunk_fields", "chunk_text", "render_template"]
 
 #: Mean tokens between anchors of the recursive chunker, in chunk sizes.
 SECTION_SIZES = 1.0
@@ -71,6 +71,14 @@ class Chunk:
 
 
 # ----------------------------------------------------------------- templates
+def chunk_fields(chunking: ChunkSettings) -> tuple[str, ...]:
+    """The source columns a chunk template names (read beside the text)."""
+    if chunking.template is None:
+        return ()
+    names = (f for _lit, f, _spec, _conv in string.Formatter().parse(chunking.template) if f and f != "chunk")
+    return tuple(dict.fromkeys(names))
+
+
 def render_template(template: str | None, chunk: str, fields: dict[str, str | None] | None = None) -> str:
     """``"{title}: {chunk}"`` with the row's fields (None renders as nothing)."""
     if template is None:

@@ -612,18 +612,34 @@ class JobSQL:
                           AND f.reason <> 'empty_text') AS failed"""
         ).format(q=self.q)
 
-    def search(self) -> sql.Composable:
-        """Nearest rows by cosine distance. The ORDER BY ... LIMIT runs on the vector table
-        alone so that its HNSW index (``vectorfill index``) serves it; the source is joined
-        after, for the text. Parameters: query vector (twice), k."""
+    def search(self, per_row: bool = False) -> sql.Composable:
+        """Nearest chunks (rows, for a job without a chunker) by cosine distance, with their
+        chunk number and text. The ORDER BY ... LIMIT runs on the vector table alone so that
+        its HNSW index (``vectorfill index``) serves it; the source is joined after, for the
+        row's text. ``per_row``: the best chunk of each row, from the nearest
+        ``%(k)s * %(fan)s`` chunks (an index scan returns a bounded candidate list).
+        Parameters: q (query vector), k, fan."""
         src_match = self._src_match("n")
+        inner = sql.SQL(
+            """SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v}
+                ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s"""
+        )
+        if per_row:
+            inner = sql.SQL(
+                """SELECT * FROM (
+                       SELECT DISTINCT ON ({k}) * FROM (
+                           SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v}
+                            ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s * %(fan)s) c
+                        ORDER BY {k}, distance) b
+                    ORDER BY distance LIMIT %(k)s"""
+            )
         return sql.SQL(
-            """SELECT {nk}, n.distance, {text} AS text
-                 FROM (SELECT {k}, embedding <=> %(q)s{cast} AS distance FROM {v}
-                        ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s) n
+            """SELECT {nk}, n.distance, {text} AS text, n.chunk_seq, n.chunk
+                 FROM ({inner}) n
                  LEFT JOIN {src} s ON {m}
                 ORDER BY n.distance"""
         ).format(
+            inner=inner.format(k=self._cols(), cast=self._query_cast(), v=self.v),
             nk=self._cols("n"),
             k=self._cols(),
             cast=self._query_cast(),
