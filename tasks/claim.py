@@ -314,8 +314,11 @@ async def settle_plans(conn, js: sql.JobSQL, work: Work, plans: list[RowPlan]) -
         + key_arrays(work, [k[0] for k in kept])
         + [[k[1] for k in kept], [k[2] for k in kept], work.job.id, work.version.version]
     )
-    rows = await (await conn.execute(js.settle_chunks(), params)).fetchall()
     n = len(work.job.key_columns)
+    if not kept:  # nothing to keep (every row without a chunker): the plain settle
+        params = key_arrays(work, [p.key for p in plans]) + [[p.seq for p in plans], work.job.id, work.version.version]
+        return {tuple(r[:n]) for r in await (await conn.execute(js.settle(), params)).fetchall()}
+    rows = await (await conn.execute(js.settle_chunks(), params)).fetchall()
     done = {tuple(r[:n]) for r in rows}
     got = rows[0][n] if rows else 0
     want = sum(len(p.kept) for p in plans if p.key in done)

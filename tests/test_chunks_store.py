@@ -238,3 +238,40 @@ def test_estimate_counts_chunks_exactly_and_search_shows_chunks(env):
         best = search(conn, "docs", target, k=5, per_row=True)
     assert (hits[0].id, hits[0].chunk_seq, hits[0].chunk) == (4, 2, target)
     assert best[0].id == 4 and len({h.id for h in best}) == len(best) == 5
+
+
+def test_the_chunks_migration_goes_down_and_up_with_a_job(fresh_db):
+    from vectorfill.storage.db import connect, migrate
+
+    migrate(fresh_db, "0002")
+    with connect(fresh_db) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes VALUES (1, 'one')")
+        conn.execute(
+            "INSERT INTO vectorfill.jobs (name, source_schema, source_table, key_columns, key_types, text_columns) "
+            "VALUES ('notes', 'public', 'notes', '{id}', '{integer}', '{body}')"
+        )
+        conn.execute(
+            "INSERT INTO vectorfill.versions (job_id, version, model, base_url, state) VALUES (1, 1, 'm', 'u', 'active')"
+        )
+        conn.execute(
+            "CREATE TABLE vectorfill._v_1_1 (k1 integer, chunk_seq integer, embedding vector(3), input_hash bytea, "
+            "model text, embedded_at timestamptz DEFAULT now(), PRIMARY KEY (k1, chunk_seq))"
+        )
+        conn.execute("INSERT INTO vectorfill._v_1_1 VALUES (1, 0, '[1,2,3]', '\\x00', 'm')")
+        conn.execute(
+            "CREATE VIEW vectorfill.notes AS SELECT v.k1 AS id, v.chunk_seq, v.embedding, v.model, v.embedded_at "
+            "FROM vectorfill._v_1_1 v"
+        )
+    assert migrate(fresh_db) == "0004"
+    with connect(fresh_db) as conn:
+        cols = [d.name for d in conn.execute("SELECT * FROM vectorfill.notes").description]
+        assert cols == ["id", "chunk_seq", "chunk", "embedding", "model", "embedded_at"]
+        from vectorfill.jobs.registry import load_job
+
+        v = load_job(conn, "notes").active
+        assert (v.storage, v.chunking.chunker) == ("vector", "none")  # versions made before: as they were
+    assert migrate(fresh_db, "0002", downgrade=True) == "0002"
+    with connect(fresh_db) as conn:
+        cols = [d.name for d in conn.execute("SELECT * FROM vectorfill.notes").description]
+        assert cols == ["id", "chunk_seq", "embedding", "model", "embedded_at"]
