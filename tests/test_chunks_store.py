@@ -189,10 +189,33 @@ def test_index_refused_before_it_starts_above_the_limit_and_invalid_index_droppe
         conn.execute("UPDATE vectorfill.versions SET vector_dims = 32")
         assert conn.execute("SELECT to_regclass('vectorfill._v_1_1_hnsw')").fetchone()[0] is None
 
-    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=5")  # the build is cancelled midway
+    real_connect = psycopg.connect
+
+    class CancelTheBuild:  # the CREATE INDEX (only) runs under a 1 ms statement_timeout
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.conn.__exit__(*exc)
+
+        def execute(self, query, *args):
+            build = "CREATE INDEX" in (query.as_string(self.conn) if hasattr(query, "as_string") else query)
+            if build:
+                self.conn.execute("SET statement_timeout = 1")
+            try:
+                return self.conn.execute(query, *args)
+            finally:
+                if build:
+                    self.conn.execute("RESET statement_timeout")
+
+    monkeypatch.setattr(psycopg, "connect", lambda *a, **kw: CancelTheBuild(real_connect(*a, **kw)))
     with pytest.raises(JobError, match="partial index was dropped"):
         create_index(env.url, "docs")
-    monkeypatch.delenv("PGOPTIONS")
+    monkeypatch.setattr(psycopg, "connect", real_connect)
     with env.connect() as conn:
         assert conn.execute("SELECT to_regclass('vectorfill._v_1_1_hnsw')").fetchone()[0] is None
     create_index(env.url, "docs")
@@ -275,3 +298,39 @@ def test_the_chunks_migration_goes_down_and_up_with_a_job(fresh_db):
     with connect(fresh_db) as conn:
         cols = [d.name for d in conn.execute("SELECT * FROM vectorfill.notes").description]
         assert cols == ["id", "chunk_seq", "embedding", "model", "embedded_at"]
+
+
+def test_text_embedding_3_large_is_indexed_and_searched_as_halfvec(env):
+    """The 3,072-d model the README's examples use: auto storage types its column halfvec,
+    `vectorfill index` builds, and search goes through the index; a fake-embed job of
+    2,100 dims (size learnt from the first answer) goes halfvec at its first store."""
+    from conftest import API_KEY
+    from fake_provider import FakeProvider
+    from vectorfill.jobs.search import create_index, search
+
+    env.make_table(40)
+    with FakeProvider(3072, api_key=API_KEY, model="text-embedding-3-large") as large:
+        env.create_job(model="text-embedding-3-large", base_url=large.base_url)
+        env.backfill()
+        assert create_index(env.url, "docs") == "vectorfill._v_1_1_hnsw"
+        with env.connect() as conn:
+            typ = conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'vectorfill._v_1_1'::regclass AND attname = 'embedding'"
+            ).fetchone()[0]
+            conn.execute("SET enable_seqscan = off")
+            hits = search(conn, "docs", env.texts()[9], k=3)
+        assert typ == "halfvec(3072)" and hits[0].id == 9
+
+    with FakeProvider(2100, api_key=API_KEY) as wide:
+        env.create_job("wide", base_url=wide.base_url)
+        env.backfill("wide")
+        assert create_index(env.url, "wide") == "vectorfill._v_2_1_hnsw"
+        with env.connect() as conn:
+            typ = conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'vectorfill._v_2_1'::regclass AND attname = 'embedding'"
+            ).fetchone()[0]
+            emb = conn.execute("SELECT chunk, embedding FROM vectorfill.wide WHERE id = 3").fetchone()
+        assert typ == "halfvec(2100)"
+        np.testing.assert_allclose(emb[1].to_numpy(), wide.expected_vector(emb[0]), atol=2e-3)
