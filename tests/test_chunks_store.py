@@ -334,3 +334,22 @@ def test_text_embedding_3_large_is_indexed_and_searched_as_halfvec(env):
             emb = conn.execute("SELECT chunk, embedding FROM vectorfill.wide WHERE id = 3").fetchone()
         assert typ == "halfvec(2100)"
         np.testing.assert_allclose(emb[1].to_numpy(), wide.expected_vector(emb[0]), atol=2e-3)
+
+
+def test_set_model_refuses_a_version_its_index_could_not_follow_and_invalid_indexes_are_not_mirrored(env):
+    from vectorfill.errors import JobError
+    from vectorfill.jobs.search import create_index, has_index
+    from vectorfill.jobs.versions import set_model
+
+    env.make_table(5)
+    env.create_job(dimensions=32)
+    create_index(env.url, "docs")
+    with pytest.raises(JobError, match=r"could not have: .*at most 2,000 dimensions"), env.connect() as conn:
+        set_model(conn, "docs", model="text-embedding-3-large", storage="vector")
+    with env.connect() as conn:  # auto: halfvec, which HNSW indexes up to 4,000
+        assert set_model(conn, "docs", model="text-embedding-3-large").vector_type == "halfvec"
+        conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'vectorfill._v_1_1_hnsw'::regclass")
+        from vectorfill.jobs.registry import load_job
+
+        job = load_job(conn, "docs")
+        assert not has_index(conn, job, job.active)  # an INVALID index is no index to mirror

@@ -129,6 +129,19 @@ def set_model(
             + " with the same storage and chunking; nothing to change",
             job=name,
         )
+    vector_dims = dimensions or KNOWN_DIMENSIONS.get(model)
+    if current is not None and vector_dims and _has_valid_index(conn, job, current):
+        from vectorfill.jobs.search import check_indexable
+
+        probe = Version(job.id, 0, model, base, key_env, dimensions, vector_dims, "filling", storage=storage)
+        try:  # the switch would mirror the active version's index: refuse now, not then
+            check_indexable(name, probe)
+        except JobError as exc:
+            raise JobError(
+                f"version {current.version} has an HNSW index that the new version could not have: "
+                f"{str(exc).split(': ', 1)[-1]}",
+                job=name,
+            ) from None
     conn.execute(sql.lock_source(job))
     number = conn.execute(
         sql.INSERT_VERSION,
@@ -138,7 +151,7 @@ def set_model(
             "base_url": base,
             "api_key_env": key_env,
             "dimensions": dimensions,
-            "vector_dims": dimensions or KNOWN_DIMENSIONS.get(model),
+            "vector_dims": vector_dims,
             "state": "filling",
             "options": options,
         },
@@ -150,6 +163,10 @@ def set_model(
     _rewire(conn, name)
     conn.execute(js.enqueue_all())
     return version
+
+
+def _has_valid_index(conn: psycopg.Connection, job: Job, version: Version) -> bool:
+    return bool(conn.execute(sql.JobSQL(job, version).index_valid()).fetchone()[0])
 
 
 def list_versions(conn: psycopg.Connection, name: str) -> list[VersionStatus]:
