@@ -278,9 +278,11 @@ def _pieces(text: str, toks: _Tokens, budget: int) -> list[tuple[int, int, int]]
             return
         prev = s
         for c in [*cuts, e]:
-            split(prev, c, level + 1) if toks.count(text[prev:c]) - toks.overhead > budget else out.append(
-                (prev, c, max(toks.count(text[prev:c]) - toks.overhead, 0))
-            )
+            m = toks.count(text[prev:c]) - toks.overhead
+            if m > budget:
+                split(prev, c, level + 1)
+            else:
+                out.append((prev, c, max(m, 0)))
             prev = c
 
     split(0, len(text), 0)
