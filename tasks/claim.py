@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from vectorfill.errors import DatabaseError
-from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text
+from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
@@ -211,7 +211,9 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             )
             continue
         stored_hashes = [bytes(h) for h in stored] if stored else []
-        if not chunking.enabled and chunking.template is None:  # the whole text, one input
+        if not chunking.enabled:  # the whole text, one input (truncated as before if too long)
+            if chunking.template is not None:
+                text = render_template(chunking.template, text, dict(zip(fields, row[n + 4 :], strict=True)))
             digest = hashlib.sha256(text.encode("utf-8")).digest()
             if stored_hashes == [digest]:
                 unchanged.append((key, seq))

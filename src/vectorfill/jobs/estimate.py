@@ -17,7 +17,7 @@ import psycopg
 
 from vectorfill.errors import JobError
 from vectorfill.jobs.registry import load_job
-from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text
+from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.prices import cost_usd, price_per_million
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
 from vectorfill.records import Job, Version
@@ -82,7 +82,7 @@ def _count(
     limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(model)
     chunking = chunking or version.chunking
     fields = chunk_fields(chunking)
-    whole = not chunking.enabled and chunking.template is None
+    whole = not chunking.enabled
     rows = unchanged = empty = too_long = tokens = chunks = failing = 0
     with conn.cursor(name="vectorfill_estimate") as cur:  # server-side: any table size
         cur.itersize = _CHUNK
@@ -94,6 +94,8 @@ def _count(
                 if text is None or not text.strip():
                     empty += 1
                 elif whole:
+                    if chunking.template is not None:
+                        text = render_template(chunking.template, text, dict(zip(fields, values, strict=True)))
                     if stored_hashes == [hashlib.sha256(text.encode("utf-8")).digest()]:
                         unchanged += 1
                     else:

@@ -55,6 +55,10 @@ def search(conn: psycopg.Connection, job_name: str, query: str, k: int = 10, *, 
     vector = _embed_query(version, job_name, query)
     js = sql.JobSQL(job, version)
     n = len(job.key_columns)
+    # an HNSW scan returns at most hnsw.ef_search candidates (40 by default): ask for enough
+    candidates = k * PER_ROW_FAN if per_row else k
+    if candidates > 40:
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(candidates, 1000)),))
     rows = conn.execute(js.search(per_row), {"q": vector, "k": k, "fan": PER_ROW_FAN}).fetchall()
     return [
         Hit(
