@@ -35,6 +35,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from prefect import task
 from prefect.utilities.math import clamped_poisson_interval
 
@@ -254,10 +255,43 @@ async def _embed_and_store(
         raise exc
 
 
+def _group(batches, i: int) -> range:
+    """The requests stored together with request ``i``: those a row too big for one request
+    spans (:attr:`vectorfill.tasks.claim.Batch.continues`), so its chunks are replaced at once."""
+    first = i
+    while first > 0 and batches[first - 1].continues:
+        first -= 1
+    last = i
+    while batches[last].continues and last + 1 < len(batches):
+        last += 1
+    return range(first, last + 1)
+
+
+def _merged(parts: list[Embedded]) -> Embedded:
+    with_vectors = [e.vectors for e in parts if len(e.items)]
+    return Embedded(
+        tuple(i for e in parts for i in e.items),
+        np.vstack(with_vectors) if with_vectors else np.zeros((0, 0), np.float32),
+        next((e.model for e in parts if len(e.items)), parts[0].model),
+        sum(e.tokens for e in parts),
+        sum(e.requests for e in parts),
+        tuple(r for e in parts for r in e.rejected),
+        sum(e.truncated for e in parts),
+    )
+
+
 async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneConnection) -> None:
-    """Store request ``i``'s vectors; the first store of a version types its vector column."""
-    stored = await store_batch(attempts.work, attempts.embedded[i], db)
-    del attempts.embedded[i]
+    """Store request ``i``'s vectors (with those of the requests of its group, once all are
+    answered); the first store of a version types its vector column."""
+    batches = attempts.claim.batches
+    group = _group(batches, i)
+    if any(j not in attempts.embedded for j in group):
+        return  # the rest of a row's chunks are still in flight: the last answer stores them all
+    parts = [attempts.embedded[j] for j in group]
+    rows = tuple({p.key: p for j in group for p in batches[j].rows}.values())
+    stored = await store_batch(attempts.work, parts[0] if len(parts) == 1 else _merged(parts), db, rows)
+    for j in group:
+        del attempts.embedded[j]
     attempts.stored.append(stored)
     work = attempts.work
     if work.version.vector_dims is None and stored.vector_dims:

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import psycopg
 
 from vectorfill.errors import DatabaseError
+from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect, lane_error
 
 from .common import Work, database_url
 
-__all__ = ["Batch", "Claim", "Item", "claim_rows", "keep_claims", "pack", "release_rows"]
+__all__ = ["Batch", "Claim", "Item", "RowPlan", "claim_rows", "keep_claims", "pack", "release_rows", "settle_plans"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,20 @@ class Item:
     counted: bool = False
     """``tokens`` is the tokenizer's count for every text of the claim (a job with a TPM
     budget), or for a truncated text its bound: the embed stage need not count it again."""
+    chunk_seq: int = 0
+    """Which chunk of its row this input is (0 for a job without a chunker)."""
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How one row's chunks are stored: ``chunks`` in all, of which ``kept`` (``chunk_seq``,
+    input hash) reuse a stored vector of the row with the same input (no request); the
+    others are the row's items."""
+
+    key: tuple
+    seq: int
+    chunks: int
+    kept: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,11 @@ class Batch:
     """The inputs of one API request."""
 
     items: tuple[Item, ...]
+    rows: tuple[RowPlan, ...] = ()
+    """The plans of the rows with items here (none for rows packed by :func:`pack` alone)."""
+    continues: bool = False
+    """The last row's chunks go on in the next batch (a row too big for one request): the
+    two are stored together, so a row's chunks are replaced in one transaction."""
 
     @property
     def tokens(self) -> int:
@@ -68,19 +88,45 @@ def key_arrays(work: Work, keys: list[tuple]) -> list[list]:
     return [list(col) for col in zip(*keys, strict=True)] if keys else [[] for _ in work.job.key_columns]
 
 
-def pack(items: list[Item], max_inputs: int, max_tokens: int) -> list[Batch]:
-    """Greedy packing in claim order, bounded by input count and by tokens per request."""
+def pack(items: list[Item], max_inputs: int, max_tokens: int, plans: dict[tuple, RowPlan] | None = None) -> list[Batch]:
+    """Greedy packing in claim order, bounded by input count and by tokens per request.
+
+    The items of one row (its chunks, consecutive in ``items``) go in one request whenever
+    they fit in one: a row that does not fit in what is left of a request starts the next.
+    A row larger than one request spans consecutive ones, marked :attr:`Batch.continues`."""
+    plans = plans or {}
     batches: list[Batch] = []
     current: list[Item] = []
     tokens = 0
-    for item in items:
+
+    def flush(continues: bool) -> None:
+        keys = dict.fromkeys(i.key for i in current)
+        rows = tuple(plans[k] for k in keys if k in plans)
+        batches.append(Batch(tuple(current), rows, continues))
+
+    group_end = 0
+    for n, item in enumerate(items):
+        if n >= group_end and plans:  # the start of a row's items: keep them together if they fit
+            group_end = n + 1
+            while group_end < len(items) and items[group_end].key == item.key:
+                group_end += 1
+            size = group_end - n
+            group_tokens = sum(i.tokens for i in items[n:group_end])
+            if (
+                current
+                and (len(current) + size > max_inputs or tokens + group_tokens > max_tokens)
+                and size <= max_inputs
+                and group_tokens <= max_tokens
+            ):
+                flush(False)
+                current, tokens = [], 0
         if current and (len(current) >= max_inputs or tokens + item.tokens > max_tokens):
-            batches.append(Batch(tuple(current)))
+            flush(bool(plans) and current[-1].key == item.key)
             current, tokens = [], 0
         current.append(item)
         tokens += item.tokens
     if current:
-        batches.append(Batch(tuple(current)))
+        flush(False)
     return batches
 
 
@@ -117,7 +163,9 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             keys = [tuple(r[:n]) for r in claimed]
             seqs = [r[n] for r in claimed]
             attempts = {tuple(r[:n]): (r[n + 1], r[n + 2]) for r in claimed}
-            rows = await (await conn.execute(js.read_texts(), key_arrays(work, keys) + [seqs])).fetchall()
+            chunking = work.version.chunking
+            fields = chunk_fields(chunking)
+            rows = await (await conn.execute(js.read_texts(fields), key_arrays(work, keys) + [seqs])).fetchall()
     except psycopg.Error as exc:
         raise await lane_error(db, exc, "claiming rows", job=work.job.name) from None
 
@@ -125,8 +173,13 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     unchanged: list[tuple] = []
     failed: list[tuple[tuple, int, str, int | None, str]] = []
     todo: list[tuple[tuple, int, str, bytes]] = []
+    counter = counter_for(work.version.model)
+    limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
+    chunked: list[Item] = []
+    plans: dict[tuple, RowPlan] = {}
+    moved: list[RowPlan] = []  # rows whose chunks are all stored already, in another order
     for row in rows:
-        key, seq, present, text, stored_hash = tuple(row[:n]), row[n], row[n + 1], row[n + 2], row[n + 3]
+        key, seq, present, text, stored = tuple(row[:n]), row[n], row[n + 1], row[n + 2], row[n + 3]
         if not present:
             gone.append((key, seq))
             continue
@@ -156,14 +209,42 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                 )
             )
             continue
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        if stored_hash is not None and bytes(stored_hash) == digest:
+        stored_hashes = [bytes(h) for h in stored] if stored else []
+        if not chunking.enabled:  # the whole text, one input (truncated as before if too long)
+            if chunking.template is not None:
+                text = render_template(chunking.template, text, dict(zip(fields, row[n + 4 :], strict=True)))
+            digest = hashlib.sha256(text.encode("utf-8")).digest()
+            if stored_hashes == [digest]:
+                unchanged.append((key, seq))
+                continue
+            todo.append((key, seq, text, digest))
+            plans[key] = RowPlan(key, seq, 1)
+            continue
+        try:
+            chunks = chunk_text(
+                text, chunking, counter, limit=limit, fields=dict(zip(fields, row[n + 4 :], strict=True))
+            )
+        except TooManyChunks as exc:
+            failed.append((key, seq, "too_many_chunks", None, f"row {_show(key)} of {work.job.source} {exc}"))
+            continue
+        hashes = [hashlib.sha256(c.text.encode("utf-8", "surrogatepass")).digest() for c in chunks]
+        if stored_hashes == hashes:
             unchanged.append((key, seq))
             continue
-        todo.append((key, seq, text, digest))
+        have = set(stored_hashes)
+        kept = tuple((c.seq, h) for c, h in zip(chunks, hashes, strict=True) if h in have)
+        plan = RowPlan(key, seq, len(chunks), kept)
+        send = [
+            Item(key, seq, c.text, h, c.tokens, counter.exact, c.seq)
+            for c, h in zip(chunks, hashes, strict=True)
+            if h not in have
+        ]
+        if send:
+            plans[key] = plan
+            chunked.extend(send)
+        else:
+            moved.append(plan)
 
-    counter = counter_for(work.version.model)
-    limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
     counted = s.tpm is not None and counter.exact  # then count_tokens counts every text exactly
     tokens = count_tokens(
         counter, [t[2] for t in todo], limit, _request_tokens(s), exact=s.tpm is not None, max_inputs=s.max_inputs
@@ -180,14 +261,17 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                         "too_long",
                         None,
                         f"row {_show(key)} of {work.job.source} has {tok} tokens, over the model's "
-                        f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate)",
+                        f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate), "
+                        "or cut it into chunks (--chunker recursive)",
                     )
                 )
+                del plans[key]
                 continue
             text, tok, truncated = counter.truncate(text, limit), limit, truncated + 1
         items.append(Item(key, seq, text, digest, tok, counted))
+    items.extend(chunked)
 
-    if gone or unchanged or failed:
+    if gone or unchanged or failed or moved:
         try:
             async with conn.transaction():
                 if gone:  # source row deleted: drop the queue row, its vectors and failure record
@@ -200,19 +284,52 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                     await conn.execute(
                         js.dequeue(), key_arrays(work, [g[0] for g in unchanged]) + [[g[1] for g in unchanged]]
                     )
+                if moved:  # every chunk has its vector already: renumber them, no request
+                    await settle_plans(conn, js, work, moved)
                 await _fail(conn, js, work, failed)
         except psycopg.Error as exc:  # the claims stay leased; their leases expire or the run gives them back
             raise await lane_error(db, exc, "settling claimed rows", job=work.job.name) from None
 
     return Claim(
-        batches=tuple(pack(items, s.max_inputs, _request_tokens(s))),
+        batches=tuple(pack(items, s.max_inputs, _request_tokens(s), plans)),
         claimed=len(claimed),
-        unchanged=len(unchanged),
+        unchanged=len(unchanged) + len(moved),
         deleted=len(gone),
         failed=len(failed),
         truncated=truncated,
         failures=tuple(f[4] for f in failed[:20]),
     )
+
+
+async def settle_plans(conn, js: sql.JobSQL, work: Work, plans: list[RowPlan]) -> set[tuple]:
+    """Settle rows whose queue row is still at its claimed seq (in the caller's transaction):
+    their stored chunks listed in ``kept`` move to their new numbers, every other old chunk
+    is deleted; returns the settled keys (the caller COPYs their new chunks next)."""
+    if not plans:
+        return set()
+    kept = [(p.key, c, h) for p in plans for c, h in p.kept]
+    params = (
+        key_arrays(work, [p.key for p in plans])
+        + [[p.seq for p in plans]]
+        + key_arrays(work, [k[0] for k in kept])
+        + [[k[1] for k in kept], [k[2] for k in kept], work.job.id, work.version.version]
+    )
+    n = len(work.job.key_columns)
+    if not kept:  # nothing to keep (every row without a chunker): the plain settle
+        params = key_arrays(work, [p.key for p in plans]) + [[p.seq for p in plans], work.job.id, work.version.version]
+        return {tuple(r[:n]) for r in await (await conn.execute(js.settle(), params)).fetchall()}
+    rows = await (await conn.execute(js.settle_chunks(), params)).fetchall()
+    done = {tuple(r[:n]) for r in rows}
+    got = rows[0][n] if rows else 0
+    want = sum(len(p.kept) for p in plans if p.key in done)
+    if got != want:  # the claim saw those chunks stored; nothing but this row's own store may change them
+        raise DatabaseError(
+            f"{want - got} stored chunks to keep were gone when storing; the batch is stored again",
+            job=work.job.name,
+        )
+    if want:
+        await conn.execute(js.flip_kept(), key_arrays(work, sorted(done, key=repr)))
+    return done
 
 
 #: Estimated counts pack requests while a claim's estimate stays under this share of the

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector
 from psycopg import sql as pgsql
 
 from vectorfill.errors import TerminalProviderError
@@ -21,7 +22,7 @@ from vectorfill.records import Version
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, lane_error
 
-from .claim import _fail, key_arrays
+from .claim import RowPlan, _fail, settle_plans
 from .common import Work
 from .embed import Embedded
 
@@ -41,14 +42,14 @@ class Stored:
     """The vector column's size after this store (known once the first batch is stored)."""
 
 
-async def _type_oids(conn, work: Work) -> list[int]:
-    """OIDs for the COPY: key columns, chunk_seq, embedding, input_hash, model."""
+async def _type_oids(conn, work: Work, vtype: str = "vector") -> list[int]:
+    """OIDs for the COPY: key columns, chunk_seq, embedding, input_hash, model, chunk."""
     rows = await (
         await conn.execute("SELECT t::regtype::oid FROM unnest(%s::text[]) AS t", (list(work.job.key_types),))
     ).fetchall()
-    vec = await (await conn.execute("SELECT 'vector'::regtype::oid")).fetchone()
+    vec = await (await conn.execute("SELECT %s::regtype::oid", (vtype,))).fetchone()
     int4, bytea, text = 23, 17, 25
-    return [r[0] for r in rows] + [int4, vec[0], bytea, text]
+    return [r[0] for r in rows] + [int4, vec[0], bytea, text, text]
 
 
 _KEY_PACKERS = {
@@ -66,15 +67,25 @@ _COPY_TRAILER = struct.pack(">h", -1)
 _FIXED_KEYS = {"bigint": ">i8", "integer": ">i4", "smallint": ">i2", "uuid": "S16"}
 
 
-def _fixed_width_payload(key_types, items, vectors: np.ndarray, current: set, model: str) -> bytearray | None:
-    """:func:`binary_copy_payload` for fixed-width keys: every row is one record of a numpy
-    structured array (field counts, lengths and values, big-endian as COPY wants them),
-    filled column by column. ``None`` when the rows are not all of one width."""
+def _vector_format(vtype: str) -> tuple[str, int]:
+    """numpy dtype and bytes per dimension of a vector column's binary format (pgvector's
+    ``vector_recv``/``halfvec_recv``: int16 dims, int16 unused, then big-endian floats)."""
+    return (">f2", 2) if vtype == "halfvec" else (">f4", 4)
+
+
+def _fixed_width_payload(
+    key_types, items, vectors: np.ndarray, current: set, model: str, vtype: str = "vector"
+) -> bytearray | None:
+    """:func:`binary_copy_payload` for fixed-width keys: every row's fixed-width fields are
+    one record of a numpy structured array (field counts, lengths and values, big-endian as
+    COPY wants them), filled column by column; the variable ``chunk`` text follows each
+    record. ``None`` when the rows are not all of one width."""
     hashes = [item.input_hash for item in items]
     hash_len = len(hashes[0]) if hashes else 0
     if any(len(h) != hash_len for h in hashes):
         return None
     _n, d = vectors.shape
+    vdtype, width = _vector_format(vtype)
     model_bytes = model.encode("utf-8")
     fields: list[tuple] = [("nfields", ">i2")]
     for i, t in enumerate(key_types):
@@ -85,7 +96,7 @@ def _fixed_width_payload(key_types, items, vectors: np.ndarray, current: set, mo
         ("vec_len", ">i4"),
         ("dims", ">u2"),
         ("unused", ">u2"),
-        ("vec", ">f4", (d,)),
+        ("vec", vdtype, (d,)),
         ("hash_len", ">i4"),
         ("hash", f"S{hash_len}" if hash_len else "V0"),
         ("model_len", ">i4"),
@@ -95,18 +106,15 @@ def _fixed_width_payload(key_types, items, vectors: np.ndarray, current: set, mo
     every = bool(keep.all())
     dtype = np.dtype(fields)
     m = int(keep.sum())
-    # the records are written in place, between the header and the trailer: no copy after
-    payload = bytearray(len(_COPY_HEADER) + m * dtype.itemsize + len(_COPY_TRAILER))
-    payload[: len(_COPY_HEADER)] = _COPY_HEADER
-    payload[len(payload) - len(_COPY_TRAILER) :] = _COPY_TRAILER
-    rows = np.frombuffer(payload, dtype=dtype, count=m, offset=len(_COPY_HEADER))
-    rows["nfields"] = len(key_types) + 4
+    rows = np.zeros(m, dtype=dtype)
+    rows["nfields"] = len(key_types) + 5
     for i, t in enumerate(key_types):
         column = [item.key[i] for item, k in zip(items, keep, strict=True) if k]
         rows[f"k{i}_len"] = np.dtype(_FIXED_KEYS[t]).itemsize
         rows[f"k{i}"] = [u.bytes for u in column] if t == "uuid" else column
     rows["chunk_len"] = 4
-    rows["vec_len"] = 4 * d + 4
+    rows["chunk"] = [item.chunk_seq for item, k in zip(items, keep, strict=True) if k]
+    rows["vec_len"] = width * d + 4
     rows["dims"] = d
     rows["vec"] = vectors if every else vectors[keep]
     rows["hash_len"] = hash_len
@@ -116,15 +124,28 @@ def _fixed_width_payload(key_types, items, vectors: np.ndarray, current: set, mo
     rows["model_len"] = len(model_bytes)
     if model_bytes:
         rows["model"] = model_bytes
+    raw = memoryview(rows.tobytes())
+    size = dtype.itemsize
+    i32 = struct.Struct(">i").pack
+    payload = bytearray(_COPY_HEADER)
+    for j, item in enumerate(item for item, k in zip(items, keep, strict=True) if k):
+        payload += raw[j * size : (j + 1) * size]
+        text = item.text.encode("utf-8", "surrogatepass")
+        payload += i32(len(text))
+        payload += text
+    payload += _COPY_TRAILER
     return payload
 
 
-def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, model: str) -> bytes | bytearray | None:
+def binary_copy_payload(
+    key_types, items, vectors: np.ndarray, current: set, model: str, vtype: str = "vector"
+) -> bytes | bytearray | None:
     """The whole binary COPY stream for ``copy_vectors``, built at once: the vectors are
-    converted to big-endian float32 in one numpy call instead of one Python object per
-    row. ``None`` for key types without a fast path (the caller then uses ``write_row``)."""
+    converted to big-endian float32 (float16 for ``halfvec``) in one numpy call instead of
+    one Python object per row. ``None`` for key types without a fast path (the caller then
+    uses ``write_row``)."""
     if len(items) and all(t in _FIXED_KEYS for t in key_types):
-        payload = _fixed_width_payload(key_types, items, vectors, current, model)
+        payload = _fixed_width_payload(key_types, items, vectors, current, model, vtype)
         if payload is not None:
             return payload
     try:
@@ -132,11 +153,11 @@ def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, mod
     except KeyError:
         return None
     _n, d = vectors.shape
-    big = np.ascontiguousarray(vectors, dtype=">f4").tobytes()
-    width = 4 * d
+    vdtype, size = _vector_format(vtype)
+    big = np.ascontiguousarray(vectors, dtype=vdtype).tobytes()
+    width = size * d
     vec_prefix = struct.pack(">iHH", width + 4, d, 0)
-    fields = struct.pack(">h", len(packers) + 4)
-    chunk0 = struct.pack(">ii", 4, 0)
+    fields = struct.pack(">h", len(packers) + 5)
     model_bytes = model.encode("utf-8")
     model_field = struct.pack(">i", len(model_bytes)) + model_bytes
     i32 = struct.Struct(">i").pack
@@ -149,68 +170,95 @@ def binary_copy_payload(key_types, items, vectors: np.ndarray, current: set, mod
             b = pack(value)
             parts.append(i32(len(b)))
             parts.append(b)
-        parts.append(chunk0)
+        parts.append(struct.pack(">ii", 4, item.chunk_seq))
         parts.append(vec_prefix)
         parts.append(big[i * width : (i + 1) * width])
         parts.append(i32(len(item.input_hash)))
         parts.append(item.input_hash)
         parts.append(model_field)
+        text = item.text.encode("utf-8", "surrogatepass")
+        parts.append(i32(len(text)))
+        parts.append(text)
     parts.append(_COPY_TRAILER)
     return b"".join(parts)
 
 
-async def store_batch(work: Work, embedded: Embedded, db: LaneConnection) -> Stored:
+async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: tuple[RowPlan, ...] = ()) -> Stored:
     """Write ``embedded``'s vectors in one transaction: the rows whose text is still the one
-    embedded get their vector, the others are left queued; rejected inputs become failures."""
+    embedded get their chunks (the new ones from ``embedded``, the unchanged ones kept as
+    ``rows`` plans, all in place of the old ones at once), the others are left queued; a
+    rejected input fails its row, with the provider's reason."""
     job, version = work.job, work.version
     written = 0
+    plans = {p.key: p for p in rows}
+    for item in embedded.items:  # (callers without plans: one input per row)
+        plans.setdefault(item.key, RowPlan(item.key, item.seq, 1))
+    rejected_keys = {item.key for item, _status, _message in embedded.rejected}
+    items = tuple(i for i in embedded.items if i.key not in rejected_keys)
+    vectors = embedded.vectors
+    if len(items) != len(embedded.items):
+        vectors = vectors[[i.key not in rejected_keys for i in embedded.items]]
+    settling = [p for k, p in plans.items() if k not in rejected_keys]
     try:
         conn = await db.get()
         async with conn.transaction():
-            if len(embedded.items) and version.vector_dims is None:
-                version = await _ensure_dims(conn, work, int(embedded.vectors.shape[1]))
+            if len(items) and version.vector_dims is None:
+                version = await _ensure_dims(conn, work, int(vectors.shape[1]))
             js = sql.JobSQL(job, version)
-            if len(embedded.items):
-                if version.vector_dims != embedded.vectors.shape[1]:
+            if len(items):
+                if version.vector_dims != vectors.shape[1]:
                     raise TerminalProviderError(
-                        f"the provider returned {embedded.vectors.shape[1]}-dimensional vectors but "
+                        f"the provider returned {vectors.shape[1]}-dimensional vectors but "
                         f"this job version stores {version.vector_dims}; start a new model version "
                         "to change dimensions",
                         job=job.name,
                         code="dimension_mismatch",
                     )
-                items = embedded.items
-                rows = await (
-                    await conn.execute(
-                        js.settle(),
-                        key_arrays(work, [i.key for i in items]) + [[i.seq for i in items], job.id, version.version],
-                    )
-                ).fetchall()
-                current = {tuple(r) for r in rows}
+                current = await settle_plans(conn, js, Work(job, version), settling)
                 if current:
-                    payload = binary_copy_payload(job.key_types, items, embedded.vectors, current, embedded.model)
-                    types = None if payload is not None else await _type_oids(conn, work)
+                    vtype = version.vector_type
+                    payload = binary_copy_payload(job.key_types, items, vectors, current, embedded.model, vtype)
+                    types = None if payload is not None else await _type_oids(conn, work, vtype)
                     async with conn.cursor() as cur:  # (type look-ups before COPY: it holds the connection)
                         async with cur.copy(js.copy_vectors()) as copy:
                             if payload is not None:
                                 await copy.write(payload)
                             else:
                                 copy.set_types(types)
-                                for item, vector in zip(items, embedded.vectors, strict=True):
+                                for item, vector in zip(items, vectors, strict=True):
                                     if item.key in current:
-                                        await copy.write_row((*item.key, 0, vector, item.input_hash, embedded.model))
+                                        value = HalfVector(vector) if vtype == "halfvec" else vector
+                                        await copy.write_row(
+                                            (
+                                                *item.key,
+                                                item.chunk_seq,
+                                                value,
+                                                item.input_hash,
+                                                embedded.model,
+                                                item.text,
+                                            )
+                                        )
                 written = len(current)
-            rejected = [
-                (item.key, item.seq, "rejected", status, f"HTTP {status}: {message}" if status else message)
-                for item, status, message in embedded.rejected
-            ]
-            await _fail(conn, js, work, rejected)
+            failed_rows: dict[tuple, tuple] = {}
+            for item, status, message in embedded.rejected:
+                what = f" (chunk {item.chunk_seq})" if plans[item.key].chunks > 1 else ""
+                failed_rows.setdefault(
+                    item.key,
+                    (
+                        item.key,
+                        item.seq,
+                        "rejected",
+                        status,
+                        (f"HTTP {status}: {message}" if status else message) + what,
+                    ),
+                )
+            await _fail(conn, js, work, list(failed_rows.values()))
     except psycopg.Error as exc:
         raise await lane_error(db, exc, "storing a batch", job=job.name) from None
     return Stored(
         written=written,
-        stale=len(embedded.items) - written,
-        failed=len(embedded.rejected),
+        stale=len(settling) - written,
+        failed=len(rejected_keys),
         tokens=embedded.tokens,
         requests=embedded.requests,
         truncated=embedded.truncated,

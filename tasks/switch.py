@@ -9,13 +9,14 @@ job's view at the new one (:func:`vectorfill.jobs.versions.switch`), and the eve
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from prefect import task
 from prefect.events import emit_event
 
 from vectorfill.errors import JobError
 from vectorfill.jobs.registry import load_job
-from vectorfill.jobs.search import create_index, has_index
+from vectorfill.jobs.search import check_indexable, create_index, has_index
 from vectorfill.jobs.versions import complete, switch
 from vectorfill.orchestration.events import VERSION_SWITCHED, job_resource
 from vectorfill.records import Version
@@ -54,7 +55,12 @@ def _switch(job_name: str) -> Version | None:
     if new is None:
         return None
     if carry and new.vector_dims:
-        create_index(url, job_name, new.version)
+        try:
+            check_indexable(job_name, new)
+        except JobError as exc:  # its size was learnt from the first answer: switch, unindexed, and say so
+            logging.getLogger("vectorfill").warning("the new version gets no HNSW index: %s", exc)
+        else:
+            create_index(url, job_name, new.version)
     try:
         with connect(url) as conn:
             version = switch(conn, job_name)  # checks again, under its locks

@@ -23,6 +23,8 @@ from vectorfill.errors import ConfigError, SecretMissing
 __all__ = [
     "DATABASE_URL_ENV",
     "RESERVED_JOB_NAMES",
+    "STORAGE_TYPES",
+    "ChunkSettings",
     "JobSettings",
     "database_url_from_env",
     "read_api_key",
@@ -84,6 +86,38 @@ class JobSettings(BaseModel):
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     """USD per million input tokens by model, for estimates and run summaries, over the
     table in :mod:`vectorfill.provider.prices` (a model in neither has an unknown cost)."""
+
+
+#: How a version stores its vectors: ``auto`` is ``halfvec`` when the dimensions exceed
+#: what HNSW indexes on ``vector`` (2,000), else ``vector``.
+STORAGE_TYPES = ("auto", "vector", "halfvec")
+
+
+class ChunkSettings(BaseModel):
+    """How a version cuts each row's text into inputs (one vector each). Sizes are in tokens
+    of the version's model's tokenizer (exact for cl100k and the bundled MiniLM; for other
+    models a byte estimate, 1 token per 3 UTF-8 bytes, which over-counts: chunks come out
+    smaller than asked, never larger)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chunker: Literal["none", "tokens", "recursive"] = "none"
+    """``none``: the whole text is one input (as before chunking existed); ``tokens``:
+    windows of ``size`` tokens, ``overlap`` tokens apart; ``recursive``: paragraphs, then
+    lines, sentences, words, merged up to ``size`` tokens."""
+    size: int = Field(400, ge=8, le=100_000)
+    """Most tokens of one chunk (the template's tokens included)."""
+    overlap: int = Field(0, ge=0, le=50_000)
+    """Tokens a chunk repeats from the end of the one before it (``tokens``; for
+    ``recursive``: whole pieces up to this many tokens)."""
+    template: str | None = None
+    """A chunk's input, e.g. ``"{title}: {chunk}"``: source columns and ``{chunk}``."""
+    max_chunks: int = Field(10_000, ge=1, le=10_000_000)
+    """A row that would produce more chunks than this is failed with the reason, not cut."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.chunker != "none"
 
 
 def validate_job_name(name: str) -> str:

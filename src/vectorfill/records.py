@@ -8,12 +8,16 @@ its own queue and vector table. The *active* version is what the job's view
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from vectorfill.config import JobSettings
+from vectorfill.config import ChunkSettings, JobSettings
 
-__all__ = ["VERSION_STATES", "Job", "Version"]
+__all__ = ["HNSW_MAX_DIMS", "VECTOR_HNSW_MAX_DIMS", "VERSION_STATES", "Job", "Version"]
+
+#: The most dimensions pgvector's HNSW indexes, per column type.
+HNSW_MAX_DIMS = {"vector": 2000, "halfvec": 4000}
+VECTOR_HNSW_MAX_DIMS = HNSW_MAX_DIMS["vector"]
 
 VERSION_STATES = ("filling", "active", "paused", "retired")
 """A job has at most one ``active`` version and at most one ``filling``/``paused`` one."""
@@ -35,6 +39,25 @@ class Version:
     (a filling version that runs skip) or ``retired`` (replaced; kept until pruned)."""
     created_at: datetime | None = None
     activated_at: datetime | None = None
+    storage: str = "auto"
+    """``auto``, ``vector`` (float32) or ``halfvec`` (float16): see :attr:`vector_type`."""
+    chunking: ChunkSettings = field(default_factory=ChunkSettings)
+    """How each row's text is cut into inputs (a change of it is a new version, like a model's)."""
+
+    @property
+    def vector_type(self) -> str:
+        """The column type: ``halfvec`` when asked, or under ``auto`` when the dimensions
+        exceed what HNSW indexes on ``vector``; else ``vector``."""
+        if self.storage == "halfvec":
+            return "halfvec"
+        if self.storage == "auto" and self.vector_dims and self.vector_dims > VECTOR_HNSW_MAX_DIMS:
+            return "halfvec"
+        return "vector"
+
+    @property
+    def options(self) -> dict:
+        """What ``vectorfill.versions.options`` stores for this version."""
+        return {"storage": self.storage, "chunking": self.chunking.model_dump()}
 
     @property
     def queue_table(self) -> str:

@@ -96,6 +96,14 @@ def job_create(
     api_key_header: str = typer.Option("bearer", help="bearer (Authorization: Bearer KEY) or api-key (Azure OpenAI)"),
     api_version: str | None = typer.Option(None, help="api-version query parameter (Azure OpenAI, e.g. 2024-02-01)"),
     no_check: bool = typer.Option(False, "--no-check", help="Do not send the check request (offline setups)"),
+    storage: str | None = typer.Option(
+        None, help="auto (halfvec above 2,000 dims, so HNSW can index them), vector (float32) or halfvec (float16)"
+    ),
+    chunker: str | None = typer.Option(None, help="none (whole text, the default), tokens or recursive"),
+    chunk_size: int | None = typer.Option(None, help="Most tokens per chunk, template included (default 400)"),
+    chunk_overlap: int | None = typer.Option(None, help="Tokens a chunk repeats from the one before (default 0)"),
+    chunk_template: str | None = typer.Option(None, help='Each chunk\'s input, e.g. "{title}: {chunk}"'),
+    max_chunks: int | None = typer.Option(None, help="A row with more chunks fails (default 10,000)"),
     db: str | None = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows.
@@ -143,6 +151,8 @@ def job_create(
             api_key_env=api_key_env,
             dimensions=dimensions,
             settings=settings,
+            storage=storage or "auto",
+            chunking=_chunking(None, name, chunker, chunk_size, chunk_overlap, chunk_template, max_chunks),
         )
         if not no_check:  # before the commit: a job that cannot work is not created
             _check_before(
@@ -161,6 +171,27 @@ def job_create(
         f"job [bold]{job.name}[/]: {st.pending:,} rows of {job.source} queued for {model}; "
         f"vectors will be readable in {st.target}. Next: `vectorfill backfill {job.name}`"
     )
+
+
+def _chunking(base, job: str, chunker, size, overlap, template, max_chunks):
+    """Chunk settings: ``base`` (the active version's, or the defaults) with the options given."""
+    from pydantic import ValidationError
+
+    from vectorfill.config import ChunkSettings
+    from vectorfill.errors import ConfigError
+
+    given = {
+        k: v
+        for k, v in dict(chunker=chunker, size=size, overlap=overlap, template=template, max_chunks=max_chunks).items()
+        if v is not None
+    }
+    if "template" in given and "\\" in given["template"]:
+        given["template"] = given["template"].encode().decode("unicode_escape")
+    try:
+        return ChunkSettings(**{**(base.model_dump() if base else {}), **given})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid chunk option: {problems}", job=job) from None
 
 
 def _prices(items: list[str], job: str) -> dict[str, float]:
@@ -211,12 +242,22 @@ def job_set_model(
         None, help="NAME of the env variable holding the key (default: the active version's; '' for none)"
     ),
     no_check: bool = typer.Option(False, "--no-check", help="Do not send the check request (offline setups)"),
+    storage: str | None = typer.Option(
+        None, help="auto (halfvec above 2,000 dims, so HNSW can index them), vector (float32) or halfvec (float16)"
+    ),
+    chunker: str | None = typer.Option(None, help="none (whole text, the default), tokens or recursive"),
+    chunk_size: int | None = typer.Option(None, help="Most tokens per chunk, template included (default 400)"),
+    chunk_overlap: int | None = typer.Option(None, help="Tokens a chunk repeats from the one before (default 0)"),
+    chunk_template: str | None = typer.Option(None, help='Each chunk\'s input, e.g. "{title}: {chunk}"'),
+    max_chunks: int | None = typer.Option(None, help="A row with more chunks fails (default 10,000)"),
     db: str | None = DbOpt,
 ) -> None:
-    """Start re-embedding JOB with another model, beside the vectors readers use now.
+    """Start re-embedding JOB with another model (or the same model with other storage or
+    chunking options), beside the vectors readers use now.
 
     Searches keep using the active version until the new one is complete; the backfill
-    that completes it switches the job's view over in one transaction.
+    that completes it switches the job's view over in one transaction. Chunk options not
+    given keep the active version's.
     """
     from vectorfill.jobs.registry import load_job
     from vectorfill.jobs.versions import _UNSET, set_model, version_status
@@ -224,6 +265,7 @@ def job_set_model(
 
     url = _url(db)
     with _conn(url) as conn:
+        active = load_job(conn, name).active
         version = set_model(
             conn,
             name,
@@ -231,6 +273,16 @@ def job_set_model(
             dimensions=dimensions,
             base_url=base_url,
             api_key_env=_UNSET if api_key_env is None else api_key_env,
+            storage=storage,
+            chunking=_chunking(
+                active.chunking if active else None,
+                name,
+                chunker,
+                chunk_size,
+                chunk_overlap,
+                chunk_template,
+                max_chunks,
+            ),
         )
         loaded = load_job(conn, name)
         if not no_check:  # before the commit: a model that cannot work starts no version
@@ -362,10 +414,11 @@ def estimate(
     table = Table("version", "model", "rows to send", "tokens", "USD / 1M", "cost USD", "skipped")
     for r in rows:
         skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
+        skipped += f", {r.failing:,} too many chunks" if r.failing else ""
         table.add_row(
             str(r.version) if r.version is not None else "(new)",
             r.model,
-            f"{r.rows:,}",
+            f"{r.rows:,}" + (f" ({r.chunks:,} chunks)" if r.chunks != r.rows else ""),
             f"{r.tokens:,}" + ("" if r.exact else " (est.)"),
             "?" if r.price_per_million is None else f"{r.price_per_million:g}",
             "unknown" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
@@ -525,21 +578,24 @@ def search(
     job: str,
     query: str,
     k: int = typer.Option(10, "-k", help="How many hits"),
+    per_row: bool = typer.Option(False, "--per-row", help="Chunked jobs: the best chunk of each row only"),
     db: str | None = DbOpt,
 ) -> None:
-    """Embed QUERY with JOB's model and show the nearest rows (cosine distance)."""
+    """Embed QUERY with JOB's model and show the nearest rows (cosine distance); for a chunked
+    job the nearest chunks, with their row ids."""
     from vectorfill.jobs.search import search as run
 
     with _conn(db) as conn:
-        hits = run(conn, job, query, k)
+        hits = run(conn, job, query, k, per_row=per_row)
     _print_hits(query, hits)
 
 
 def _print_hits(query: str, hits) -> None:
-    table = Table("id", "distance", "text", title=f"“{query}”")
+    chunked = any(h.chunk_seq for h in hits) or any(h.chunk is not None and h.chunk != h.text for h in hits)
+    table = Table("id", *(["chunk"] if chunked else []), "distance", "text", title=f"“{query}”")
     for h in hits:
-        snippet = " ".join((h.text or "").split())[:100]
-        table.add_row(str(h.id), f"{h.distance:.4f}", snippet)
+        snippet = " ".join(((h.chunk if chunked else h.text) or h.text or "").split())[:100]
+        table.add_row(str(h.id), *([str(h.chunk_seq)] if chunked else []), f"{h.distance:.4f}", snippet)
     out.print(table)
 
 

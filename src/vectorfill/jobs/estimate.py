@@ -17,6 +17,7 @@ import psycopg
 
 from vectorfill.errors import JobError
 from vectorfill.jobs.registry import load_job
+from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.prices import cost_usd, price_per_million
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
 from vectorfill.records import Job, Version
@@ -34,7 +35,7 @@ class Estimate:
     version: int | None
     """The version whose queue was counted; None for a re-embed not started yet."""
     rows: int
-    """Rows that would be sent."""
+    """Rows that would be sent (all or some of their chunks)."""
     unchanged: int
     empty: int
     too_long: int
@@ -44,6 +45,11 @@ class Estimate:
     """True when the model's tokenizer is known here (else tokens are an over-estimate)."""
     price_per_million: float | None
     cost_usd: float | None
+    chunks: int = 0
+    """Inputs that would be sent: one per row without a chunker; for a chunked job the
+    chunks whose input the row has no vector for (unchanged chunks keep theirs)."""
+    failing: int = 0
+    """Rows that would fail before any request (more chunks than ``max_chunks``)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,24 +73,50 @@ def estimate(
     return [_count(conn, job, basis, model, price, pending=False)]
 
 
-def _count(conn, job: Job, version: Version, model: str, price: float | None, *, pending: bool) -> Estimate:
+def _count(
+    conn, job: Job, version: Version, model: str, price: float | None, *, pending: bool, chunking=None
+) -> Estimate:
     js = sql.JobSQL(job, version)
     s = job.settings
     counter = counter_for(model)
     limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(model)
-    rows = unchanged = empty = too_long = tokens = 0
+    chunking = chunking or version.chunking
+    fields = chunk_fields(chunking)
+    whole = not chunking.enabled
+    rows = unchanged = empty = too_long = tokens = chunks = failing = 0
     with conn.cursor(name="vectorfill_estimate") as cur:  # server-side: any table size
         cur.itersize = _CHUNK
-        cur.execute(js.pending_texts() if pending else js.all_texts())
-        while chunk := cur.fetchmany(_CHUNK):
+        cur.execute(js.pending_texts(fields) if pending else js.all_texts(fields))
+        while batch := cur.fetchmany(_CHUNK):
             texts = []
-            for text, stored_hash in chunk:
+            for text, stored, *values in batch:
+                stored_hashes = [bytes(h) for h in stored] if stored else []
                 if text is None or not text.strip():
                     empty += 1
-                elif stored_hash is not None and bytes(stored_hash) == hashlib.sha256(text.encode("utf-8")).digest():
-                    unchanged += 1
-                else:
-                    texts.append(text)
+                elif whole:
+                    if chunking.template is not None:
+                        text = render_template(chunking.template, text, dict(zip(fields, values, strict=True)))
+                    if stored_hashes == [hashlib.sha256(text.encode("utf-8")).digest()]:
+                        unchanged += 1
+                    else:
+                        texts.append(text)
+                else:  # as the claim: chunk, and count only the chunks with no stored vector
+                    try:
+                        pieces = chunk_text(
+                            text, chunking, counter, limit=limit, fields=dict(zip(fields, values, strict=True))
+                        )
+                    except TooManyChunks:
+                        failing += 1
+                        continue
+                    hashes = [hashlib.sha256(c.text.encode("utf-8", "surrogatepass")).digest() for c in pieces]
+                    if hashes == stored_hashes:
+                        unchanged += 1
+                        continue
+                    have = set(stored_hashes)
+                    send = [c.tokens for c, h in zip(pieces, hashes, strict=True) if h not in have]
+                    rows += 1
+                    chunks += len(send)
+                    tokens += sum(send)
             for n in counter.count(texts):
                 if limit and counter.exact and n > limit:  # as the run: only cut when exact
                     too_long += 1
@@ -92,6 +124,7 @@ def _count(conn, job: Job, version: Version, model: str, price: float | None, *,
                         continue
                     n = limit
                 rows += 1
+                chunks += 1
                 tokens += n
     unit = price_per_million(model, s, price)
     return Estimate(
@@ -106,4 +139,6 @@ def _count(conn, job: Job, version: Version, model: str, price: float | None, *,
         exact=counter.exact,
         price_per_million=unit,
         cost_usd=cost_usd(tokens, unit),
+        chunks=chunks,
+        failing=failing,
     )

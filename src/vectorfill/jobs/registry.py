@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
-from vectorfill.config import JobSettings, validate_job_name
+from vectorfill.config import STORAGE_TYPES, ChunkSettings, JobSettings, validate_job_name
 from vectorfill.errors import ConfigError, JobError, SourceError
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql
@@ -31,6 +31,7 @@ __all__ = [
     "parse_table",
     "retry_failures",
     "upgrade_triggers",
+    "version_options",
 ]
 
 #: Native sizes of well-known models, so their vector column is typed from the start.
@@ -81,6 +82,8 @@ def create_job(
     api_key_env: str | None,
     dimensions: int | None = None,
     settings: JobSettings | None = None,
+    storage: str = "auto",
+    chunking: ChunkSettings | None = None,
 ) -> Job:
     """Register a job, install its triggers and queue every existing row, atomically."""
     validate_job_name(name)
@@ -121,6 +124,7 @@ def create_job(
 
     key_columns = _choose_key(conn, oid, key_columns, columns, f"{schema}.{tname}", name)
     key_types = [columns[c][0] for c in key_columns]
+    options = version_options(storage, chunking or ChunkSettings(), text_columns=text_columns, job=name)
 
     settings_json = Jsonb(settings.model_dump())
     job_id = conn.execute(
@@ -137,6 +141,7 @@ def create_job(
             "dimensions": dimensions,
             "vector_dims": dimensions or KNOWN_DIMENSIONS.get(model),
             "state": "active",
+            "options": options,
         },
     )
     job = load_job(conn, name)
@@ -187,7 +192,7 @@ def load_job(conn: psycopg.Connection, name: str) -> Job:
         known = f" (jobs here: {', '.join(names)})" if names else " (no jobs yet: `vectorfill job create`)"
         raise JobError(f"no job named {name!r}{known}")
     job_id, name, schema, table, keys, types, text_cols, template, settings = row
-    versions = tuple(Version(*r) for r in conn.execute(sql.VERSION_ROWS, {"job_id": job_id}))
+    versions = tuple(_version(r) for r in conn.execute(sql.VERSION_ROWS, {"job_id": job_id}))
     return Job(
         id=job_id,
         name=name,
@@ -200,6 +205,43 @@ def load_job(conn: psycopg.Connection, name: str) -> Job:
         settings=JobSettings(**settings),
         versions=versions,
     )
+
+
+def _version(row) -> Version:
+    *fields, options = row
+    options = options or {}
+    return Version(
+        *fields,
+        storage=options.get("storage", "vector"),  # versions made before the option existed
+        chunking=ChunkSettings(**options.get("chunking", {})),
+    )
+
+
+def version_options(
+    storage: str, chunking: ChunkSettings, *, text_columns: list[str] | tuple[str, ...], job: str
+) -> Jsonb:
+    """Checked ``versions.options`` for a new version (``job create``, ``job set-model``)."""
+    if storage not in STORAGE_TYPES:
+        raise ConfigError(f"--storage must be one of {', '.join(STORAGE_TYPES)}, not {storage!r}", job=job)
+    if chunking.template is not None:
+        try:
+            spec = sql.parse_template(chunking.template)
+        except ValueError as exc:
+            raise ConfigError(f"--chunk-template: {exc}", job=job) from None
+        if "chunk" not in spec.columns:
+            raise ConfigError("--chunk-template must contain {chunk}, where each chunk's text goes", job=job)
+        other = [c for c in spec.columns if c != "chunk" and c not in text_columns]
+        if other:
+            raise ConfigError(
+                f"--chunk-template may name the job's text columns ({', '.join(text_columns)}) and {{chunk}}; "
+                f"not {', '.join(other)} (edits of it would not re-queue the row)",
+                job=job,
+            )
+    if chunking.enabled and chunking.overlap >= chunking.size:
+        raise ConfigError(
+            f"--chunk-overlap ({chunking.overlap}) must be smaller than --chunk-size ({chunking.size})", job=job
+        )
+    return Jsonb({"storage": storage, "chunking": chunking.model_dump()})
 
 
 def list_jobs(conn: psycopg.Connection) -> list[str]:

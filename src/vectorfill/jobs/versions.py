@@ -21,8 +21,9 @@ from datetime import datetime
 
 import psycopg
 
+from vectorfill.config import ChunkSettings
 from vectorfill.errors import ConfigError, JobError, SourceError
-from vectorfill.jobs.registry import KNOWN_DIMENSIONS, check_endpoint_options, load_job
+from vectorfill.jobs.registry import KNOWN_DIMENSIONS, check_endpoint_options, load_job, version_options
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql
 
@@ -90,10 +91,13 @@ def set_model(
     dimensions: int | None = None,
     base_url: str | None = None,
     api_key_env: str | object | None = _UNSET,
+    storage: str | None = None,
+    chunking: ChunkSettings | None = None,
 ) -> Version:
     """Start a new version of ``name``'s vectors with ``model`` (filling beside the active one).
 
-    ``base_url`` and ``api_key_env`` default to the active version's. Returns the new version.
+    ``base_url``, ``api_key_env``, ``storage`` and ``chunking`` default to the active
+    version's; a change of chunking alone (same model) is a re-embed too. Returns the new version.
     """
     job = _locked(conn, name)
     if job.next is not None:
@@ -109,13 +113,35 @@ def set_model(
         raise ConfigError("--base-url is needed: the job has no active version to take it from", job=name)
     key_env = (current.api_key_env if current else None) if api_key_env is _UNSET else (api_key_env or None)
     check_endpoint_options(dimensions, key_env, job=name)
-    if current and (current.model, current.dimensions, current.base_url) == (model, dimensions, base):
+    storage = storage or (current.storage if current else "auto")
+    chunking = chunking or (current.chunking if current else ChunkSettings())
+    options = version_options(storage, chunking, text_columns=job.text_columns, job=name)
+    if current and (current.model, current.dimensions, current.base_url, current.storage, current.chunking) == (
+        model,
+        dimensions,
+        base,
+        storage,
+        chunking,
+    ):
         raise JobError(
             f"version {current.version} already embeds with {model} at {base}"
             + (f" ({dimensions} dimensions)" if dimensions else "")
-            + "; nothing to change",
+            + " with the same storage and chunking; nothing to change",
             job=name,
         )
+    vector_dims = dimensions or KNOWN_DIMENSIONS.get(model)
+    if current is not None and vector_dims and _has_valid_index(conn, job, current):
+        from vectorfill.jobs.search import check_indexable
+
+        probe = Version(job.id, 0, model, base, key_env, dimensions, vector_dims, "filling", storage=storage)
+        try:  # the switch would mirror the active version's index: refuse now, not then
+            check_indexable(name, probe)
+        except JobError as exc:
+            raise JobError(
+                f"version {current.version} has an HNSW index that the new version could not have: "
+                f"{str(exc).split(': ', 1)[-1]}",
+                job=name,
+            ) from None
     conn.execute(sql.lock_source(job))
     number = conn.execute(
         sql.INSERT_VERSION,
@@ -125,8 +151,9 @@ def set_model(
             "base_url": base,
             "api_key_env": key_env,
             "dimensions": dimensions,
-            "vector_dims": dimensions or KNOWN_DIMENSIONS.get(model),
+            "vector_dims": vector_dims,
             "state": "filling",
+            "options": options,
         },
     ).fetchone()[0]
     job = load_job(conn, name)
@@ -136,6 +163,10 @@ def set_model(
     _rewire(conn, name)
     conn.execute(js.enqueue_all())
     return version
+
+
+def _has_valid_index(conn: psycopg.Connection, job: Job, version: Version) -> bool:
+    return bool(conn.execute(sql.JobSQL(job, version).index_valid()).fetchone()[0])
 
 
 def list_versions(conn: psycopg.Connection, name: str) -> list[VersionStatus]:

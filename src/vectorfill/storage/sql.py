@@ -17,11 +17,12 @@ Per job version there are two tables in the ``vectorfill`` schema:
     ``lease_until``, ``attempts`` and ``last_error``.
 ``_v_<job>_<version>`` (the vectors)
     ``k1..kn``, ``chunk_seq`` (0 for a whole-row vector; room for chunking), ``embedding``
-    (``vector(d)``), ``input_hash`` (sha256 of the exact text embedded), ``model`` (as the
-    provider named it) and ``embedded_at``.
+    (``vector(d)``, or ``halfvec(d)``), ``input_hash`` (sha256 of the exact text embedded),
+    ``model`` (as the provider named it), ``embedded_at`` and ``chunk`` (that exact text).
 
-The view ``vectorfill.<job>`` shows the active version as ``id, chunk_seq, embedding,
-model, embedded_at`` (a composite key shows its columns under their own names).
+The view ``vectorfill.<job>`` shows the active version as ``id, chunk_seq, chunk, embedding,
+model, embedded_at`` (a composite key shows its columns under their own names); ``chunk``
+is the exact input that was embedded (the whole text for a job without a chunker).
 
 How concurrency is made safe (the locking story)
 ------------------------------------------------
@@ -67,6 +68,7 @@ Every statement on it is one short autocommit statement on one row:
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from dataclasses import dataclass
 
@@ -162,7 +164,7 @@ JOB_ROWS = sql.SQL(
 )
 VERSION_ROWS = sql.SQL(
     """SELECT job_id, version, model, base_url, api_key_env, dimensions, vector_dims, state,
-              created_at, activated_at
+              created_at, activated_at, options
          FROM vectorfill.versions WHERE job_id = %(job_id)s ORDER BY version"""
 )
 
@@ -172,10 +174,10 @@ VERSION_ROWS = sql.SQL(
 LOCK_JOB = sql.SQL("SELECT id FROM vectorfill.jobs WHERE name = %(name)s FOR UPDATE")
 INSERT_VERSION = sql.SQL(
     """INSERT INTO vectorfill.versions (job_id, version, model, base_url, api_key_env, dimensions,
-                                        vector_dims, state, activated_at)
+                                        vector_dims, state, activated_at, options)
        SELECT %(job_id)s, coalesce(max(version), 0) + 1, %(model)s, %(base_url)s, %(api_key_env)s,
               %(dimensions)s, %(vector_dims)s, %(state)s,
-              CASE WHEN %(state)s = 'active' THEN now() END
+              CASE WHEN %(state)s = 'active' THEN now() END, %(options)s
          FROM vectorfill.versions WHERE job_id = %(job_id)s
     RETURNING version"""
 )
@@ -283,12 +285,14 @@ class JobSQL:
             for lk, r in zip(self.k, rk, strict=True)
         )
 
-    def _unnest(self, extra: list[tuple[str, str]]) -> sql.Composed:
+    def _unnest(self, extra: list[tuple[str, str]], alias: str = "c") -> sql.Composed:
         """``unnest(%s::t1[], ..., %s::extra[]) AS c(k1, ..., extra)`` for array parameters."""
         arrays = [sql.SQL("%s::{}[]").format(t) for t in self.types]
         arrays += [sql.SQL("%s::{}[]").format(sql.SQL(t)) for _, t in extra]
         names = self.k + [sql.Identifier(name) for name, _ in extra]
-        return sql.SQL("unnest({}) AS c({})").format(sql.SQL(", ").join(arrays), sql.SQL(", ").join(names))
+        return sql.SQL("unnest({}) AS {}({})").format(
+            sql.SQL(", ").join(arrays), sql.Identifier(alias), sql.SQL(", ").join(names)
+        )
 
     def _src_match(self, other: str) -> sql.Composed:
         """``s.<key col> = <other>.k1 AND ...``: the source row of a queue/vector row."""
@@ -305,8 +309,7 @@ class JobSQL:
         key_defs = sql.SQL(", ").join(
             sql.SQL("{} {} NOT NULL").format(k, t) for k, t in zip(self.k, self.types, strict=True)
         )
-        dims = self.version.vector_dims
-        vtype = sql.SQL("vector({})").format(sql.Literal(dims)) if dims else sql.SQL("vector")
+        vtype = self.column_type()
         return sql.SQL(
             """
             CREATE TABLE {q} (
@@ -327,6 +330,7 @@ class JobSQL:
                 input_hash bytea NOT NULL,
                 model text NOT NULL,
                 embedded_at timestamptz NOT NULL DEFAULT now(),
+                chunk text,
                 PRIMARY KEY ({k}, chunk_seq)
             );
             """
@@ -348,8 +352,18 @@ class JobSQL:
             src=self.src,
         )
 
+    def column_type(self, dims: int | None = None) -> sql.Composed:
+        """``vector(d)`` or ``halfvec(d)`` (:attr:`Version.vector_type`); untyped while the
+        dimensions are not known."""
+        dims = dims or self.version.vector_dims
+        vtype = dataclasses.replace(self.version, vector_dims=dims).vector_type
+        if dims:
+            return sql.SQL("{}({})").format(sql.SQL(vtype), sql.Literal(dims))
+        return sql.SQL(vtype)
+
     def set_vector_dims(self, dims: int) -> sql.Composed:
-        return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE vector({d})").format(v=self.v, d=sql.Literal(dims))
+        t = self.column_type(dims)
+        return sql.SQL("ALTER TABLE {v} ALTER COLUMN embedding TYPE {t} USING embedding::{t}").format(v=self.v, t=t)
 
     # -- work
     def claim(self) -> sql.Composed:
@@ -378,23 +392,32 @@ class JobSQL:
             RETURNING {qk}, q.seq, q.attempts, q.last_error"""
         ).format(q=self.q, qk=self._cols("q"))
 
-    def read_texts(self) -> sql.Composed:
-        """The current text of claimed rows, whether the row still exists, and the hash of
-        the text its stored vector was made from. Run after :meth:`claim` (fresh snapshot)."""
+    def _stored_hashes(self, alias: str) -> sql.Composed:
+        """The input hashes of a row's stored chunks, in order (NULL: no vector)."""
+        return sql.SQL("(SELECT array_agg(v.input_hash ORDER BY v.chunk_seq) FROM {v} v WHERE {m})").format(
+            v=self.v, m=self._match("v", alias)
+        )
+
+    def _fields(self, columns: tuple[str, ...] | list[str]) -> sql.Composed:
+        return sql.SQL("").join(sql.SQL(", s.{}::text").format(sql.Identifier(c)) for c in columns)
+
+    def read_texts(self, fields: tuple[str, ...] | list[str] = ()) -> sql.Composed:
+        """The current text of claimed rows, whether the row still exists, the hashes of the
+        inputs its stored chunks were made from (in chunk order), and the ``fields`` a chunk
+        template names. Run after :meth:`claim` (fresh snapshot)."""
         src_match = self._src_match("c")
         return sql.SQL(
-            """SELECT {ck}, c.seq, (s.ctid IS NOT NULL) AS present, {text} AS text, v.input_hash
+            """SELECT {ck}, c.seq, (s.ctid IS NOT NULL) AS present, {text} AS text, {hashes}{fields}
                  FROM {unnest}
-                 LEFT JOIN {src} s ON {src_match}
-                 LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
+                 LEFT JOIN {src} s ON {src_match}"""
         ).format(
             ck=self._cols("c"),
             text=text_expression(self.job, "s"),
+            hashes=self._stored_hashes("c"),
+            fields=self._fields(fields),
             unnest=self._unnest([("seq", "bigint")]),
             src=self.src,
             src_match=src_match,
-            v=self.v,
-            vmatch=self._match("v", "c"),
         )
 
     def dequeue(self) -> sql.Composed:
@@ -467,6 +490,55 @@ class JobSQL:
                 WHERE claimed_by = %s"""
         ).format(q=self.q)
 
+    def settle_chunks(self) -> sql.Composed:
+        """:meth:`settle` that keeps the vectors of unchanged chunks: for each row it settles
+        (queue row still at its claimed ``seq``), the stored chunk with each listed input
+        hash is copied to its new ``chunk_seq`` (written as ``-1 - chunk_seq`` here, flipped
+        by :meth:`flip_kept` in the same transaction, since the old rows still hold the
+        numbers while this statement runs), then the row's old chunks are deleted. Every
+        sub-statement sees the snapshot of the statement's start, so ``kept`` reads the old
+        chunks that ``old`` deletes. Returns the settled keys and how many chunks were kept.
+        Parameters: keys, seqs; kept keys, chunk_seqs, hashes; job id, version."""
+        return sql.SQL(
+            """WITH done AS (
+                   DELETE FROM {q} q USING {unnest} WHERE {match} AND q.seq = c.seq
+                   RETURNING {qk}),
+               kept AS (
+                   INSERT INTO {v} ({k}, chunk_seq, embedding, input_hash, model, embedded_at, chunk)
+                   SELECT {rk}, -1 - r.chunk_seq, o.embedding, o.input_hash, o.model, o.embedded_at, o.chunk
+                     FROM {unnest_r}
+                     JOIN done ON {rmatch}
+                     CROSS JOIN LATERAL (
+                         SELECT * FROM {v} o WHERE {omatch} AND o.input_hash = r.input_hash AND o.chunk_seq >= 0
+                          ORDER BY o.chunk_seq LIMIT 1) o
+                   RETURNING 1),
+               old AS (DELETE FROM {v} v USING done WHERE {vmatch} AND v.chunk_seq >= 0),
+               cleared AS (
+                   DELETE FROM vectorfill.failures f USING done
+                    WHERE f.job_id = %s AND f.version = %s AND f.row_key = {dkey})
+               SELECT {dk}, (SELECT count(*) FROM kept) FROM done"""
+        ).format(
+            q=self.q,
+            unnest=self._unnest([("seq", "bigint")]),
+            match=self._match("q", "c"),
+            qk=self._cols("q"),
+            v=self.v,
+            k=self._cols(),
+            rk=self._cols("r"),
+            unnest_r=self._unnest([("chunk_seq", "integer"), ("input_hash", "bytea")], alias="r"),
+            rmatch=self._match("done", "r"),
+            omatch=self._match("o", "r"),
+            vmatch=self._match("v", "done"),
+            dkey=self._failure_key("done"),
+            dk=self._cols("done"),
+        )
+
+    def flip_kept(self) -> sql.Composed:
+        """Give the chunks :meth:`settle_chunks` kept their real numbers. Parameter: keys."""
+        return sql.SQL(
+            "UPDATE {v} v SET chunk_seq = -1 - v.chunk_seq FROM {unnest} WHERE {m} AND v.chunk_seq < 0"
+        ).format(v=self.v, unnest=self._unnest([]), m=self._match("v", "c"))
+
     def settle(self) -> sql.Composed:
         """Start storing a batch: delete the queue rows still at their claimed ``seq`` and,
         for exactly those keys, the old vectors and failure records; return the keys.
@@ -499,9 +571,9 @@ class JobSQL:
 
     def copy_vectors(self) -> sql.Composed:
         """Binary COPY straight into the vector table (after :meth:`settle`)."""
-        return sql.SQL("COPY {v} ({k}, chunk_seq, embedding, input_hash, model) FROM STDIN (FORMAT BINARY)").format(
-            v=self.v, k=self._cols()
-        )
+        return sql.SQL(
+            "COPY {v} ({k}, chunk_seq, embedding, input_hash, model, chunk) FROM STDIN (FORMAT BINARY)"
+        ).format(v=self.v, k=self._cols())
 
     # -- reading
     def counts(self) -> sql.Composed:
@@ -520,27 +592,26 @@ class JobSQL:
                         WHERE f.job_id = %(job_id)s AND f.version = %(version)s) AS failed"""
         ).format(src=self.src, v=self.v, q=self.q, match=self._match("q", "v"))
 
-    def pending_texts(self) -> sql.Composed:
-        """The current text of every queued row and the hash its stored vector was made
-        from (for estimates: no lease is taken, nothing changes)."""
+    def pending_texts(self, fields: tuple[str, ...] | list[str] = ()) -> sql.Composed:
+        """The current text of every queued row and the hashes of its stored chunks' inputs
+        (for estimates: no lease is taken, nothing changes), then the chunk template's fields."""
         return sql.SQL(
-            """SELECT {text} AS text, v.input_hash
+            """SELECT {text} AS text, {hashes}{fields}
                  FROM {q} q
-                 JOIN {src} s ON {src_match}
-                 LEFT JOIN {v} v ON {vmatch} AND v.chunk_seq = 0"""
+                 JOIN {src} s ON {src_match}"""
         ).format(
             text=text_expression(self.job, "s"),
+            hashes=self._stored_hashes("q"),
+            fields=self._fields(fields),
             q=self.q,
             src=self.src,
             src_match=self._src_match("q"),
-            v=self.v,
-            vmatch=self._match("v", "q"),
         )
 
-    def all_texts(self) -> sql.Composed:
+    def all_texts(self, fields: tuple[str, ...] | list[str] = ()) -> sql.Composed:
         """The text of every source row (for the estimate of a re-embed with a new model)."""
-        return sql.SQL("SELECT {text} AS text, NULL::bytea FROM {src} s").format(
-            text=text_expression(self.job, "s"), src=self.src
+        return sql.SQL("SELECT {text} AS text, NULL::bytea[]{fields} FROM {src} s").format(
+            text=text_expression(self.job, "s"), fields=self._fields(fields), src=self.src
         )
 
     def missing(self) -> sql.Composed:
@@ -553,20 +624,37 @@ class JobSQL:
                           AND f.reason <> 'empty_text') AS failed"""
         ).format(q=self.q)
 
-    def search(self) -> sql.Composed:
-        """Nearest rows by cosine distance. The ORDER BY ... LIMIT runs on the vector table
-        alone so that its HNSW index (``vectorfill index``) serves it; the source is joined
-        after, for the text. Parameters: query vector (twice), k."""
+    def search(self, per_row: bool = False) -> sql.Composed:
+        """Nearest chunks (rows, for a job without a chunker) by cosine distance, with their
+        chunk number and text. The ORDER BY ... LIMIT runs on the vector table alone so that
+        its HNSW index (``vectorfill index``) serves it; the source is joined after, for the
+        row's text. ``per_row``: the best chunk of each row, from the nearest
+        ``%(k)s * %(fan)s`` chunks (an index scan returns a bounded candidate list).
+        Parameters: q (query vector), k, fan."""
         src_match = self._src_match("n")
+        inner = sql.SQL(
+            """SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v}
+                ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s"""
+        )
+        if per_row:
+            inner = sql.SQL(
+                """SELECT * FROM (
+                       SELECT DISTINCT ON ({k}) * FROM (
+                           SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v}
+                            ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s * %(fan)s) c
+                        ORDER BY {k}, distance) b
+                    ORDER BY distance LIMIT %(k)s"""
+            )
         return sql.SQL(
-            """SELECT {nk}, n.distance, {text} AS text
-                 FROM (SELECT {k}, embedding <=> %(q)s AS distance FROM {v}
-                        ORDER BY embedding <=> %(q)s LIMIT %(k)s) n
+            """SELECT {nk}, n.distance, {text} AS text, n.chunk_seq, n.chunk
+                 FROM ({inner}) n
                  LEFT JOIN {src} s ON {m}
                 ORDER BY n.distance"""
         ).format(
+            inner=inner.format(k=self._cols(), cast=self._query_cast(), v=self.v),
             nk=self._cols("n"),
             k=self._cols(),
+            cast=self._query_cast(),
             text=text_expression(self.job, "s"),
             v=self.v,
             src=self.src,
@@ -576,7 +664,7 @@ class JobSQL:
     def index_facts(self) -> sql.Composed:
         """Whether the HNSW index exists, and the planner's row estimate (-1: never analysed)."""
         return sql.SQL(
-            """SELECT to_regclass({idx}) IS NOT NULL,
+            """SELECT coalesce((SELECT indisvalid FROM pg_catalog.pg_index WHERE indexrelid = to_regclass({idx})), false),
                       (SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass({v}))"""
         ).format(
             idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"), v=sql.Literal(f"{SCHEMA}.{self.version.vector_table}")
@@ -585,14 +673,30 @@ class JobSQL:
     def count_vectors(self) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {}").format(self.v)
 
+    def _query_cast(self) -> sql.Composed:
+        """The query vector (sent as ``vector``) cast to the column's type, so that a
+        ``halfvec`` column's index serves the ORDER BY."""
+        return sql.SQL("::halfvec") if self.version.vector_type == "halfvec" else sql.SQL("")
+
     def index_name(self) -> str:
         return f"{self.version.vector_table}_hnsw"
 
     def create_index(self) -> sql.Composed:
         """An HNSW index for cosine distance (built without blocking writers)."""
+        ops = sql.SQL("halfvec_cosine_ops" if self.version.vector_type == "halfvec" else "vector_cosine_ops")
+        return sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {v} USING hnsw (embedding {ops})").format(
+            name=sql.Identifier(self.index_name()), v=self.v, ops=ops
+        )
+
+    def index_valid(self) -> sql.Composed:
+        """Whether the HNSW index exists (NULL: it does not) and is valid: a ``CREATE INDEX
+        CONCURRENTLY`` that failed midway leaves an INVALID index behind."""
         return sql.SQL(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {v} USING hnsw (embedding vector_cosine_ops)"
-        ).format(name=sql.Identifier(self.index_name()), v=self.v)
+            "SELECT (SELECT indisvalid FROM pg_catalog.pg_index WHERE indexrelid = to_regclass({idx}))"
+        ).format(idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"))
+
+    def drop_index(self) -> sql.Composed:
+        return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(SCHEMA, self.index_name()))
 
 
 # ----------------------------------------------------------------- triggers (job-wide)
@@ -906,7 +1010,7 @@ def create_view(job: Job, version: Version) -> sql.Composed:
     return sql.SQL(
         """DROP VIEW IF EXISTS {view};
            CREATE VIEW {view} AS
-           SELECT {keys}, v.chunk_seq, v.embedding, v.model, v.embedded_at FROM {v} v"""
+           SELECT {keys}, v.chunk_seq, v.chunk, v.embedding, v.model, v.embedded_at FROM {v} v"""
     ).format(view=view_name(job), keys=keys, v=js.v)
 
 
