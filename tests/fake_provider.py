@@ -60,6 +60,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fake_batches import FakeBatches
 from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
 from vectorfill.local.embeddings_server.app import (
     EmbeddingCall,
@@ -286,6 +287,8 @@ class FakeProvider:
         self._corrupt: collections.deque[str] = collections.deque()
         self._rules: list[_Rule] = []
         self._zero()
+        # the Files and Batches endpoints (OpenAI's Batch API), in their own module
+        self.batch_api = FakeBatches(self.encoder, api_key=api_key)
         self.app = create_app(
             self.encoder,
             api_key=api_key,
@@ -293,7 +296,7 @@ class FakeProvider:
             max_request_tokens=max_request_tokens,
             max_wait_ms=0,
             interceptor=self,
-            routes=[Route("/_fake/stats", self._stats_route, methods=["GET"])],
+            routes=[Route("/_fake/stats", self._stats_route, methods=["GET"]), *self.batch_api.routes()],
         )
         self._server = ServerThread(self.app, host, port)
 
