@@ -106,7 +106,7 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
         return
 
 
-def run_backfill(url: str, job: str, *, max_rows: int | None = None, progress: bool = True, console=None):
+def run_backfill(url: str, job: str, *, max_rows: int | None = None, progress: bool = True, console=None, **flow_kw):
     """Run the backfill flow in this process and return its :class:`RunSummary`."""
     os.environ[DATABASE_URL_ENV] = url
     from vectorfill.flows.backfill import backfill
@@ -117,7 +117,7 @@ def run_backfill(url: str, job: str, *, max_rows: int | None = None, progress: b
         poller = threading.Thread(target=_poll_progress, args=(url, job, stop, console), daemon=True)
         poller.start()
     try:
-        return asyncio.run(backfill(job, max_rows=max_rows))
+        return asyncio.run(backfill(job, max_rows=max_rows, **flow_kw))
     finally:
         stop.set()
         if poller is not None:

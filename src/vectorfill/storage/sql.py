@@ -900,8 +900,8 @@ SET_JOB_BATCH = sql.SQL(
 
 
 def batch_items_insert(js: JobSQL) -> sql.Composable:
-    """Record a submission's inputs. Parameters: key arrays, req[], pos[], seq[], hash[],
-    tokens[], then the submission id."""
+    """Record a submission's inputs. Parameters: the submission id, then key arrays, req[],
+    pos[], seq[], hash[], tokens[]."""
     return sql.SQL(
         """INSERT INTO vectorfill.batch_items (batch_id, req, pos, row_key, seq, input_hash, tokens)
            SELECT %s, c.req, c.pos, {fkey}, c.seq, c.input_hash, c.tokens FROM {unnest}"""
