@@ -54,7 +54,7 @@ async def backfill(
                     collected = collected.then(await collect_batches(job))
                 if not collected.open:
                     break
-            totals = add_batch_totals(_zero_totals(), collected, submitted)
+            totals = add_batch_totals(_zero_totals(), collected, submitted, collected_since=wait)
             switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
             return await report_run(job, totals, time.monotonic() - started, switched)
         tally = Tally.for_run(prepared, max_rows)

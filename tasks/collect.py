@@ -97,9 +97,10 @@ class Collected:
         return dataclasses.replace(self + later, open=later.open, busy=later.busy)
 
 
-def add_batch_totals(totals: dict, collected: Collected, submitted=None) -> dict:
+def add_batch_totals(totals: dict, collected: Collected, submitted=None, *, collected_since: bool = False) -> dict:
     """The run's totals (``Tally.totals``) with what went through batches added, for the
-    summary (:class:`~vectorfill.tasks.report.RunSummary`)."""
+    summary (:class:`~vectorfill.tasks.report.RunSummary`). ``collected_since``: the last
+    collect came after the last submission (so its count of open batches includes them)."""
     out = dict(totals)
     out["embedded"] += collected.written
     out["failed"] += collected.failed
@@ -120,7 +121,7 @@ def add_batch_totals(totals: dict, collected: Collected, submitted=None) -> dict
             out[key] += getattr(submitted, key)
         out["batches_submitted"] = submitted.batches
         out["batch_rows_submitted"] = submitted.rows
-        out["batches_open"] = collected.open + submitted.batches
+        out["batches_open"] = collected.open if collected_since else collected.open + submitted.batches
     return out
 
 

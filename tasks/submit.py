@@ -157,9 +157,11 @@ async def _submit_all(work: Work, max_rows: int | None, api: BatchesClient, db: 
             if claim.claimed < limit:
                 break
             continue
-        sent = await _submit_one(work, sub, claim, api, db)
+        sent, left = await _submit_one(work, sub, claim, api, db)
         total = total + settled + sent
-        if claim.claimed < limit:
+        if remaining is not None:
+            remaining += left  # given back, not sent: still to send
+        if claim.claimed < limit and not left:
             break
     return total
 
@@ -171,9 +173,12 @@ def _with_lease(work: Work) -> Work:
     return Work(dataclasses.replace(work.job, settings=settings), work.version)
 
 
-async def _submit_one(work: Work, sub: uuid.UUID, claim: Claim, api: BatchesClient, db: LaneConnection) -> Submitted:
+async def _submit_one(
+    work: Work, sub: uuid.UUID, claim: Claim, api: BatchesClient, db: LaneConnection
+) -> tuple[Submitted, int]:
     """Record, upload and create one batch of ``claim``'s requests (those that fit a file;
-    the rows of the rest are given back at once, for the next submission)."""
+    the rows of the rest are given back at once, for the next submission: their number is
+    returned beside what was submitted)."""
     js = sql.JobSQL(work.job, work.version)
     body: dict = {"model": work.version.model, "encoding_format": work.settings.encoding_format}
     if work.version.dimensions:
@@ -230,7 +235,7 @@ async def _submit_one(work: Work, sub: uuid.UUID, claim: Claim, api: BatchesClie
         sql.BATCH_SUBMITTED,
         {"id": sub, "batch_id": info.id, "file_id": file_id, "status": info.status, "created_at": info.created_at},
     )
-    return Submitted(batches=1, rows=len(items), requests=len(kept), tokens=tokens)
+    return Submitted(batches=1, rows=len(items), requests=len(kept), tokens=tokens), sum(len(r) for r in over)
 
 
 async def _give_back(conn, js: sql.JobSQL, sub: uuid.UUID, error: str) -> None:
