@@ -147,7 +147,7 @@ def _open_batches(url: str, job_name: str) -> tuple[Job, list[dict]]:
     with connect(url) as conn:
         job = load_job(conn, job_name)
         cur = conn.execute(sql.BATCH_OPEN, {"job_id": job.id})
-        names = [d.name for d in cur.description]
+        names = [d.name for d in cur.description or ()]
         return job, [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 

@@ -96,7 +96,8 @@ async def batch_lock(url: str, job_id: int) -> AsyncIterator[bool]:
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot take the batch lock: {str(exc).strip().splitlines()[0]}") from None
     async with conn:
-        held = (await (await conn.execute(sql.BATCH_TRY_LOCK, params)).fetchone())[0]
+        row = await (await conn.execute(sql.BATCH_TRY_LOCK, params)).fetchone()
+        held = bool(row and row[0])
         try:
             yield bool(held)
         finally:

@@ -3,6 +3,7 @@ provider's Files and Batches endpoints (tests/fake_batches.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -276,3 +277,40 @@ def test_estimate_shows_the_batch_price_beside_the_online_one(env):
         [o] = estimate(conn, "docs", batch_price=0.05)
     assert e.cost_usd == pytest.approx(e.tokens * 0.2 / 1e6) and e.batch_cost_usd == pytest.approx(e.cost_usd / 2)
     assert o.batch_cost_usd == pytest.approx(e.tokens * 0.05 / 1e6)
+
+
+def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path):
+    from test_cli import user_env, vf
+
+    from vectorfill.storage.db import connect
+
+    env = user_env(fresh_db, tmp_path)
+    with connect(fresh_db) as conn:
+        conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
+        conn.execute("INSERT INTO articles SELECT g, 'T' || g, 'B' || g FROM generate_series(1, 200) g")
+    vf("migrate", env=env)
+    create = ["job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed"]
+    vf(
+        *create,
+        "--base-url",
+        provider.base_url,
+        "--api-key-env",
+        "VF_KEY",
+        "--price",
+        "fake-embed=2",
+        "--batch",
+        env=env,
+    )
+    [est] = json.loads(vf("estimate", "docs", "--json", env=env).stdout)
+    assert est["cost_usd"] == pytest.approx(est["tokens"] * 2 / 1e6) and est["batch_price_per_million"] == 0.0
+    [est] = json.loads(vf("estimate", "docs", "--batch-price", "1", "--json", env=env).stdout)
+    assert est["batch_cost_usd"] == pytest.approx(est["cost_usd"] / 2)
+    summary = json.loads(vf("backfill", "docs", "--wait", "--poll", "0.05", "--json", env=env).stdout)
+    assert summary["batch_rows"] == summary["embedded"] == 200 and summary["batches_submitted"] == 1
+    assert provider.requests == 0 and provider.batch_api.billed_inputs == 200
+    [b] = json.loads(vf("batches", "docs", "--json", env=env).stdout)
+    assert (b["state"], b["provider_status"], b["rows"], b["written"]) == ("done", "completed", 200, 200)
+    assert "done" in vf("batches", "docs", env=env).stdout
+    [run] = json.loads(vf("runs", "docs", "--json", env=env).stdout)
+    assert run["batch_rows"] == 200 and run["batches_submitted"] == 1
+    assert "200 rows, 1 submitted" in vf("runs", "docs", env={**env, "COLUMNS": "250"}).stdout

@@ -47,7 +47,7 @@ def list_batches(conn: psycopg.Connection, name: str, limit: int = 100) -> list[
     """The job's submissions, newest first."""
     job = load_job(conn, name)
     cur = conn.execute(sql.BATCH_ROWS, {"job_id": job.id, "limit": limit})
-    names = [d.name for d in cur.description]
+    names = [d.name for d in cur.description or ()]
     out = []
     for values in cur.fetchall():
         r = dict(zip(names, values, strict=True))

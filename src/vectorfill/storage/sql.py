@@ -899,7 +899,7 @@ SET_JOB_BATCH = sql.SQL(
 )
 
 
-def batch_items_insert(js: JobSQL) -> sql.Composable:
+def batch_items_insert(js: JobSQL) -> sql.Composed:
     """Record a submission's inputs. Parameters: the submission id, then key arrays, req[],
     pos[], seq[], hash[], tokens[]."""
     return sql.SQL(
@@ -913,7 +913,7 @@ def batch_items_insert(js: JobSQL) -> sql.Composable:
     )
 
 
-def batch_items_read(js: JobSQL) -> sql.Composable:
+def batch_items_read(js: JobSQL) -> sql.Composed:
     """A submission's inputs, typed keys first: ``k1..kn, req, pos, seq, input_hash, tokens``.
     Parameter: the submission id."""
     keys = sql.SQL(", ").join(sql.SQL("(i.row_key->>{})::{}").format(sql.Literal(n), t) for n, t in enumerate(js.types))
@@ -923,7 +923,7 @@ def batch_items_read(js: JobSQL) -> sql.Composable:
     ).format(keys=keys)
 
 
-def batch_give_back(js: JobSQL) -> sql.Composable:
+def batch_give_back(js: JobSQL) -> sql.Composed:
     """Free every row a submission still holds, its claim not counted as an attempt (the
     batch never ran: not sent, or refused as a whole). Parameters: error, submission id."""
     return sql.SQL(
@@ -933,7 +933,7 @@ def batch_give_back(js: JobSQL) -> sql.Composable:
     ).format(q=js.q)
 
 
-def batch_give_back_keys(js: JobSQL) -> sql.Composable:
+def batch_give_back_keys(js: JobSQL) -> sql.Composed:
     """:func:`batch_give_back` for some rows only (those that did not fit a file).
     Parameters: key arrays, then the submission id."""
     return sql.SQL(
