@@ -281,7 +281,6 @@ def test_estimate_shows_the_batch_price_beside_the_online_one(env):
 
 def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path):
     from test_cli import user_env, vf
-
     from vectorfill.storage.db import connect
 
     env = user_env(fresh_db, tmp_path)
