@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import uuid
 from collections import defaultdict
@@ -42,7 +43,7 @@ import numpy as np
 import orjson
 from prefect import task
 
-from vectorfill.errors import TransientProviderError
+from vectorfill.errors import ProviderError, TransientProviderError
 from vectorfill.jobs.registry import load_job
 from vectorfill.provider.batches import ACTIVE, BatchesClient, BatchInfo, BatchLine, failure_code, parse_lines
 from vectorfill.provider.client import EmbeddingsClient
@@ -146,6 +147,8 @@ async def collect_batches(job_name: str) -> Collected:
 def _open_batches(url: str, job_name: str) -> tuple[Job, list[dict]]:
     with connect(url) as conn:
         job = load_job(conn, job_name)
+        if not conn.execute(sql.BATCHES_INSTALLED).fetchone()[0]:  # schema before 0006: no batches
+            return job, []
         cur = conn.execute(sql.BATCH_OPEN, {"job_id": job.id})
         names = [d.name for d in cur.description or ()]
         return job, [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
@@ -189,7 +192,12 @@ async def _collect_all(job: Job, rows: list[dict], db: LaneConnection) -> Collec
                         "created_at": info.created_at,
                     },
                 )
-            info = await api.retrieve(info.id if info is not None else row["provider_batch_id"])
+            try:
+                info = await api.retrieve(info.id if info is not None else row["provider_batch_id"])
+            except ProviderError as exc:  # the provider is unreachable now: collected by a later run
+                logging.getLogger("vectorfill").warning("checking batch %s of %s failed: %s", sub, job.name, exc)
+                total = total + Collected(open=1)
+                continue
             if info.status in ACTIVE:
                 await conn.execute(sql.BATCH_STATUS, {"id": sub, "status": info.status})
                 await conn.execute(js.renew(), {"lease_s": BATCH_LEASE_S, "token": sub})

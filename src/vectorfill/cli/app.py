@@ -90,6 +90,9 @@ def job_create(
     batch: bool = typer.Option(
         False, "--batch", help="Backfill through the provider's Batch API by default (half price, within 24 h)"
     ),
+    batch_price: list[str] | None = typer.Option(
+        None, help="MODEL=USD per million tokens through the Batch API (default: half OpenAI's online price)"
+    ),
     db: str | None = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows."""
@@ -115,6 +118,7 @@ def job_create(
             prices=_prices(price or [], name),
             prune_on_switch=prune_on_switch,
             batch=batch,
+            batch_prices=_prices(batch_price or [], name),
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

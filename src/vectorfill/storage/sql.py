@@ -72,6 +72,7 @@ from psycopg import sql
 from vectorfill.records import Job, Version
 
 __all__ = [
+    "BATCHES_INSTALLED",
     "BATCH_CLAIMED",
     "BATCH_COLUMNS",
     "BATCH_DELETE",
@@ -842,6 +843,7 @@ BUDGET_PAUSE = sql.SQL(
 #: Two-int advisory lock key (class, job id): one process at a time submits or collects a
 #: job's batches; held by a session, so a process that dies lets go of it at once.
 BATCH_LOCK_CLASS = 0x56464254  # "VFBT"
+BATCHES_INSTALLED = sql.SQL("SELECT to_regclass('vectorfill.batches') IS NOT NULL")
 BATCH_TRY_LOCK = sql.SQL("SELECT pg_try_advisory_lock(%(cls)s, %(job_id)s)")
 BATCH_UNLOCK = sql.SQL("SELECT pg_advisory_unlock(%(cls)s, %(job_id)s)")
 
