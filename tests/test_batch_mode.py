@@ -313,3 +313,20 @@ def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path):
     [run] = json.loads(vf("runs", "docs", "--json", env=env).stdout)
     assert run["batch_rows"] == 200 and run["batches_submitted"] == 1
     assert "200 rows, 1 submitted" in vf("runs", "docs", env={**env, "COLUMNS": "250"}).stdout
+
+
+def test_a_collect_only_run_stores_finished_batches_and_submits_nothing(env):
+    from vectorfill.orchestration.prefect_server import build_deployments
+
+    served = {d.name: d for d in build_deployments(["docs", "other"], batch_jobs=["docs"])}
+    assert "collect-batches-other" not in served
+    assert served["collect-batches-docs"].parameters == {"job": "docs", "batch": True, "max_rows": 0}
+    env.make_table(40)
+    env.create_job()
+    env.backfill(batch=True, max_rows=30)
+    wait_for_fake(env)
+    with env.connect() as conn:
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (1001, 'New', 'queued after')")
+    summary = env.backfill(**served["collect-batches-docs"].parameters)  # what `vectorfill serve` runs
+    assert summary.batch_rows == 30 and summary.batches_submitted == 0 and summary.pending == 11
+    assert env.provider.batch_api.created == 1 and env.provider.requests == 0
