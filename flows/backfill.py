@@ -1,7 +1,9 @@
 """The backfill flow: embed every queued row of a job, then report.
 
-It only sequences the stages (``tasks/``): prepare -> fill (lanes of batch tasks, each
-claim -> embed -> store) -> switch (a re-embed only) -> report. The flow holds no
+It only sequences the stages (``tasks/``): prepare -> collect (finished Batch API
+batches, if any) -> fill (lanes of batch tasks, each claim -> embed -> store) or, in
+batch mode, submit (rows sent as Batch API batches; with ``wait``, collect again until
+they are all done) -> switch (a re-embed only) -> report. The flow holds no
 transaction and no secret: the database URL and the API key come from the environment of
 the process that runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
 """
@@ -14,25 +16,39 @@ from prefect import flow
 
 from vectorfill.orchestration.runtime import frozen_heap
 from vectorfill.tasks import RunSummary, Tally, fill_versions, prepare_run, report_run, switch_versions
+from vectorfill.tasks.collect import add_batch_totals, batch_round, collect_batches
 from vectorfill.tasks.report import final_state, progress_artifact, run_name
+from vectorfill.tasks.submit import batch_mode
 
 __all__ = ["backfill"]
 
 
 @flow(name="vectorfill-backfill", flow_run_name=run_name, persist_result=False, log_prints=False)
-async def backfill(job: str, max_rows: int | None = None) -> RunSummary:
+async def backfill(
+    job: str, max_rows: int | None = None, batch: bool | None = None, wait: bool = False, poll_s: float = 30.0
+) -> RunSummary:
     """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
     version and the new model's version, if one is filling; switch to the latter once complete.
+
+    Batches submitted earlier are collected first. ``batch`` (default: the job's setting)
+    submits the rows to the provider's Batch API instead of embedding them now; ``wait``
+    then waits for them (polling every ``poll_s`` seconds) and stores them.
 
     Returns the run's summary; when rows failed, the run ends Failed and calling the flow
     raises :class:`~vectorfill.errors.RowsFailed`, whose ``summary`` is the same summary."""
     with frozen_heap():  # full GC passes skip the heap that was there before the run
         started = time.monotonic()
         prepared = await prepare_run(job)
+        collected = await collect_batches(job)
+        if batch_mode(prepared, batch):
+            totals = await batch_round(job, prepared, collected, max_rows, wait=wait, poll_s=poll_s)
+            switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
+            return final_state(await report_run(job, totals, time.monotonic() - started, switched))
         tally = Tally.for_run(prepared, max_rows, job)
         async with progress_artifact(lambda: tally.progress, job, enabled=tally.pending > 0) as finish:
             await fill_versions(prepared, tally, job)
             finish()  # the progress artifact's last update goes on beside the switch
             switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
-        summary = await report_run(job, tally.totals, time.monotonic() - started, switched)
+        totals = add_batch_totals(tally.totals, collected)
+        summary = await report_run(job, totals, time.monotonic() - started, switched)
         return final_state(summary)  # Failed when rows failed: RowsFailed carries the summary

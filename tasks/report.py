@@ -67,6 +67,19 @@ class RunSummary:
     """Rows in the failures table after the run."""
     switched_to: int | None = None
     """The version this run made active (a new model's, now complete), if any."""
+    # -- the Batch API (tasks/submit.py, tasks/collect.py); included in the figures above
+    batches_submitted: int = 0
+    batch_rows_submitted: int = 0
+    batches_collected: int = 0
+    batches_open: int = 0
+    """Batches still running at the provider after the run (collected by a later run)."""
+    batch_rows: int = 0
+    """Vectors written from batch results (part of ``embedded``)."""
+    batch_tokens: int = 0
+    batch_cost_usd: float | None = 0.0
+    """Those tokens at the batch price (part of ``cost_usd``)."""
+    batch_retried: int = 0
+    """Rows a batch did not embed (expired, failed lines, refused batch), queued again."""
 
     @property
     def rows_per_s(self) -> float:
@@ -74,8 +87,9 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         d = {**asdict(self), "rows_per_s": round(self.rows_per_s, 1)}
-        if d["cost_usd"] is not None:
-            d["cost_usd"] = round(d["cost_usd"], 6)
+        for key in ("cost_usd", "batch_cost_usd"):
+            if d[key] is not None:
+                d[key] = round(d[key], 6)
         return d
 
     def log_line(self) -> str:

@@ -68,6 +68,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fake_batches import FakeBatches
 from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
 from vectorfill.local.embeddings_server.app import (
     EmbeddingCall,
@@ -476,6 +477,8 @@ class FakeProvider:
         self.variant: Variant | None = None
         self._api_key = api_key
         self._zero()
+        # the Files and Batches endpoints (OpenAI's Batch API), in their own module
+        self.batch_api = FakeBatches(self.encoder, api_key=api_key)
         self.app = create_app(
             self.encoder,
             api_key=api_key,
@@ -486,6 +489,7 @@ class FakeProvider:
             routes=[
                 Route("/_fake/stats", self._stats_route, methods=["GET"]),
                 Route("/openai/deployments/{deployment}/embeddings", self._azure_route, methods=["POST"]),
+                *self.batch_api.routes(),
             ],
         )
         self._server = ServerThread(self.app, host, port)

@@ -34,7 +34,9 @@ __all__ = [
 DATABASE_URL_ENV = "VECTORFILL_DATABASE_URL"
 
 #: Relations in the vectorfill schema that a job's view must never shadow.
-RESERVED_JOB_NAMES = frozenset({"jobs", "versions", "failures", "budgets", "endpoint_caps", "alembic_version"})
+RESERVED_JOB_NAMES = frozenset(
+    {"jobs", "versions", "failures", "budgets", "endpoint_caps", "alembic_version", "batches", "batch_items"}
+)
 
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
@@ -86,6 +88,15 @@ class JobSettings(BaseModel):
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     """USD per million input tokens by model, for estimates and run summaries, over the
     table in :mod:`vectorfill.provider.prices` (a model in neither has an unknown cost)."""
+    # -- the Batch API (vectorfill.provider.batches)
+    batch: bool = False
+    """Backfills go through the provider's Batch API (half price at OpenAI, results within
+    24 h) unless ``vectorfill backfill --online`` says otherwise."""
+    batch_max_inputs: int = Field(50_000, ge=1, le=50_000)
+    """Most inputs in one provider batch (OpenAI's limit for /v1/embeddings is 50,000)."""
+    batch_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """USD per million input tokens sent through the Batch API, by model, over the table
+    (half the online price for OpenAI's embedding models)."""
 
 
 #: How a version stores its vectors: ``auto`` is ``halfvec`` when the dimensions exceed

@@ -104,6 +104,12 @@ def job_create(
     chunk_overlap: int | None = typer.Option(None, help="Tokens a chunk repeats from the one before (default 0)"),
     chunk_template: str | None = typer.Option(None, help='Each chunk\'s input, e.g. "{title}: {chunk}"'),
     max_chunks: int | None = typer.Option(None, help="A row with more chunks fails (default 10,000)"),
+    batch: bool = typer.Option(
+        False, "--batch", help="Backfill through the provider's Batch API by default (half price, within 24 h)"
+    ),
+    batch_price: list[str] | None = typer.Option(
+        None, help="MODEL=USD per million tokens through the Batch API (default: half OpenAI's online price)"
+    ),
     db: str | None = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows.
@@ -133,6 +139,8 @@ def job_create(
             prune_on_switch=prune_on_switch,
             api_key_header=api_key_header,
             api_version=api_version,
+            batch=batch,
+            batch_prices=_prices(batch_price or [], name),
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -250,6 +258,9 @@ def job_set_model(
     chunk_overlap: int | None = typer.Option(None, help="Tokens a chunk repeats from the one before (default 0)"),
     chunk_template: str | None = typer.Option(None, help='Each chunk\'s input, e.g. "{title}: {chunk}"'),
     max_chunks: int | None = typer.Option(None, help="A row with more chunks fails (default 10,000)"),
+    batch: bool = typer.Option(
+        False, "--batch", help="Make the Batch API the job's default mode, so the re-embed runs at half price"
+    ),
     db: str | None = DbOpt,
 ) -> None:
     """Start re-embedding JOB with another model (or the same model with other storage or
@@ -265,6 +276,11 @@ def job_set_model(
 
     url = _url(db)
     with _conn(url) as conn:
+        if batch:  # before the version (and its event): the triggered re-embed reads the setting
+            from vectorfill.jobs.batches import set_batch_mode
+
+            set_batch_mode(conn, name, True)
+            conn.commit()
         active = load_job(conn, name).active
         version = set_model(
             conn,
@@ -397,21 +413,35 @@ def estimate(
     job: str,
     model: str | None = typer.Option(None, help="Estimate re-embedding every row with this model"),
     price: float | None = typer.Option(None, help="USD per million tokens (default: the price table)"),
+    batch_price: float | None = typer.Option(
+        None, help="USD per million tokens through the Batch API (default: half the online price for OpenAI's)"
+    ),
     json_out: bool = typer.Option(False, "--json"),
     db: str | None = DbOpt,
 ) -> None:
-    """Count the tokens the next backfill (or a re-embed with --model) would send, and their cost.
+    """Count the tokens the next backfill (or a re-embed with --model) would send, and their cost
+    online and through the Batch API.
 
     Nothing is claimed or sent: rows are read and counted with the run's own tokenizer.
     """
     from vectorfill.jobs.estimate import estimate as run
 
     with _conn(db) as conn:
-        rows = run(conn, job, model=model, price=price)
+        rows = run(conn, job, model=model, price=price, batch_price=batch_price)
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in rows]))
         return
-    table = Table("version", "model", "rows to send", "tokens", "USD / 1M", "cost USD", "skipped")
+    table = Table(
+        "version",
+        "model",
+        "rows to send",
+        "tokens",
+        "USD / 1M",
+        "cost USD",
+        "batch USD / 1M",
+        "batch cost USD",
+        "skipped",
+    )
     for r in rows:
         skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
         skipped += f", {r.failing:,} too many chunks" if r.failing else ""
@@ -422,6 +452,8 @@ def estimate(
             f"{r.tokens:,}" + ("" if r.exact else " (est.)"),
             "?" if r.price_per_million is None else f"{r.price_per_million:g}",
             "unknown" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
+            "?" if r.batch_price_per_million is None else f"{r.batch_price_per_million:g}",
+            "unknown" if r.batch_cost_usd is None else f"{r.batch_cost_usd:,.4f}",
             skipped,
         )
     out.print(table)
@@ -442,10 +474,23 @@ def backfill(
     pool: str | None = typer.Option(
         None, "--pool", help="Run the --workers flow runs on this Prefect work pool (its workers), not here"
     ),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="With --pool: wait for the flow runs to end"),
+    batch: bool | None = typer.Option(
+        None,
+        "--batch/--online",
+        help="Submit the rows to the provider's Batch API (half price, within 24 h), or embed them now "
+        "(default: the job's setting, online unless set with `job create --batch`)",
+    ),
+    wait: bool | None = typer.Option(
+        None,
+        "--wait/--no-wait",
+        help="With --pool: wait for the flow runs to end (the default); with --batch: wait for the batches "
+        "and store their vectors (by default it returns once they are submitted)",
+    ),
+    poll: float = typer.Option(30.0, help="With --batch --wait: seconds between polls of the batches"),
     db: str | None = DbOpt,
 ) -> None:
-    """Embed every pending row of JOB through the Prefect backfill flow."""
+    """Embed every pending row of JOB through the Prefect backfill flow (batches submitted
+    earlier are collected first)."""
     from vectorfill.orchestration.api import use_api
     from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
 
@@ -453,10 +498,21 @@ def backfill(
     use_api(url, announce=_note)
     prefect_defaults(verbose=verbose)
     if pool is not None:
-        _backfill_on_pool(job, workers, pool, max_rows=max_rows, wait=wait, json_out=json_out, db=db)
+        pool_wait = True if wait is None else wait
+        _backfill_on_pool(job, workers, pool, max_rows=max_rows, wait=pool_wait, json_out=json_out, db=db)
         return
     try:
-        summary = run_backfill(url, job, max_rows=max_rows, progress=not json_out, console=err, workers=workers)
+        summary = run_backfill(
+            url,
+            job,
+            max_rows=max_rows,
+            progress=not json_out and not batch,
+            console=err,
+            workers=workers,
+            batch=batch,
+            wait=bool(wait),
+            poll_s=poll,
+        )
         failed = None
     except RowsFailed as exc:  # the run went through, but rows failed: summary, then exit 3
         summary, failed = exc.summary, exc
@@ -507,6 +563,11 @@ def _print_summary(s) -> None:
     out.print(table)
     if s.failed_total:
         out.print(f"{s.failed_total} rows failed: `vectorfill failures {s.job}` lists them")
+    if s.batches_open:
+        out.print(
+            f"{s.batches_open} batch(es) still running at the provider: `vectorfill batches {s.job}` shows them; "
+            f"the next `vectorfill backfill {s.job}` collects them"
+        )
 
 
 @app.command()
@@ -733,7 +794,9 @@ def runs(
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in records]))
         return
-    table = Table("start", "job", "deployment", "state", "duration s", "rows", "tokens", "cost USD", "failed")
+    table = Table(
+        "start", "job", "deployment", "state", "duration s", "rows", "tokens", "cost USD", "failed", "via batches"
+    )
     for r in records:
         table.add_row(
             r.start.isoformat(timespec="seconds") if r.start else "",
@@ -745,8 +808,19 @@ def runs(
             "" if r.tokens is None else f"{r.tokens:,}",
             "" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
             "" if r.failed is None else str(r.failed),
+            _via_batches(r),
         )
     out.print(table if records else "no backfill runs recorded yet")
+
+
+def _via_batches(r) -> str:
+    """What a run did through the Batch API: rows stored from batches, batches submitted."""
+    parts = []
+    if r.batch_rows:
+        parts.append(f"{r.batch_rows:,} rows")
+    if r.batches_submitted:
+        parts.append(f"{r.batches_submitted} submitted")
+    return ", ".join(parts)
 
 
 @app.command("serve-embeddings")
@@ -772,6 +846,51 @@ def demo(
     from vectorfill.local.demo import run_demo
 
     run_demo(db_url=db, rows=rows or None, model=model, out=out, err=err)
+
+
+@app.command()
+def batches(
+    job: str,
+    limit: int = typer.Option(50, help="How many submissions"),
+    json_out: bool = typer.Option(False, "--json"),
+    db: str | None = DbOpt,
+) -> None:
+    """JOB's Batch API submissions, newest first: state, rows, tokens, submitted, finished."""
+    from vectorfill.jobs.batches import list_batches
+
+    with _conn(db) as conn:
+        rows = list_batches(conn, job, limit)
+    if json_out:
+        out.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    table = Table(
+        "submission",
+        "v",
+        "state",
+        "provider",
+        "rows",
+        "tokens",
+        "written",
+        "failed",
+        "retried",
+        "submitted",
+        "finished",
+    )
+    for r in rows:
+        table.add_row(
+            r.id[:8],
+            str(r.version),
+            r.state,
+            f"{r.provider_batch_id or ''} {r.provider_status or ''}".strip(),
+            f"{r.rows:,}",
+            f"{r.billed_tokens if r.billed_tokens is not None else r.tokens:,}",
+            "" if r.written is None else f"{r.written:,}",
+            "" if r.failed is None else f"{r.failed:,}",
+            "" if r.retried is None else f"{r.retried:,}",
+            r.submitted_at.isoformat(timespec="seconds") if r.submitted_at else "",
+            r.finished_at.isoformat(timespec="seconds") if r.finished_at else "",
+        )
+    out.print(table if rows else f"no batches submitted for {job}")
 
 
 @db_app.command("start")

@@ -18,7 +18,7 @@ import psycopg
 from vectorfill.errors import JobError
 from vectorfill.jobs.registry import load_job
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
-from vectorfill.provider.prices import cost_usd, price_per_million
+from vectorfill.provider.prices import batch_price_per_million, cost_usd, price_per_million
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql
@@ -50,13 +50,21 @@ class Estimate:
     chunks whose input the row has no vector for (unchanged chunks keep theirs)."""
     failing: int = 0
     """Rows that would fail before any request (more chunks than ``max_chunks``)."""
+    batch_price_per_million: float | None = None
+    """Through the Batch API (half the online price for OpenAI's models); None: unknown."""
+    batch_cost_usd: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def estimate(
-    conn: psycopg.Connection, name: str, *, model: str | None = None, price: float | None = None
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    model: str | None = None,
+    price: float | None = None,
+    batch_price: float | None = None,
 ) -> list[Estimate]:
     """What the next backfill of ``name`` would send, per version it would fill; or, with
     ``model``, what re-embedding every row with that model would send."""
@@ -65,16 +73,24 @@ def estimate(
         versions = [v for v in job.versions if v.state in ("active", "filling", "paused")]
         if not versions:
             raise JobError("has no version to fill", job=name)
-        return [_count(conn, job, v, v.model, price, pending=True) for v in versions]
+        return [_count(conn, job, v, v.model, price, batch_price, pending=True) for v in versions]
     target = next((v for v in job.live_versions if v.model == model), None)
     if target is not None and target.state != "active":  # that re-embed has started: its queue
-        return [_count(conn, job, target, model, price, pending=True)]
+        return [_count(conn, job, target, model, price, batch_price, pending=True)]
     basis = job.active or job.versions[-1]
-    return [_count(conn, job, basis, model, price, pending=False)]
+    return [_count(conn, job, basis, model, price, batch_price, pending=False)]
 
 
 def _count(
-    conn, job: Job, version: Version, model: str, price: float | None, *, pending: bool, chunking=None
+    conn,
+    job: Job,
+    version: Version,
+    model: str,
+    price: float | None,
+    batch_price: float | None,
+    *,
+    pending: bool,
+    chunking=None,
 ) -> Estimate:
     js = sql.JobSQL(job, version)
     s = job.settings
@@ -141,4 +157,6 @@ def _count(
         cost_usd=cost_usd(tokens, unit),
         chunks=chunks,
         failing=failing,
+        batch_price_per_million=(batch_unit := batch_price_per_million(model, s, batch_price)),
+        batch_cost_usd=cost_usd(tokens, batch_unit),
     )

@@ -31,6 +31,9 @@ class RunRecord:
     cost_usd: float | None
     failed: int | None
     switched_to: int | None
+    batch_rows: int | None = None
+    """Vectors this run stored from Batch API results."""
+    batches_submitted: int | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -108,6 +111,8 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
                 cost_usd=s.get("cost_usd"),
                 failed=s.get("failed_total"),
                 switched_to=s.get("switched_to"),
+                batch_rows=s.get("batch_rows"),
+                batches_submitted=s.get("batches_submitted"),
             )
         )
     return out

@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 DEFAULT_CRON = "0 2 * * *"
+#: Seconds between two collections of a job's Batch API batches by `vectorfill serve`.
+COLLECT_EVERY_S = 600
 
 
 def prefect_database_url(url: str) -> tuple[str, str]:
@@ -79,8 +81,10 @@ def ensure_prefect_database(url: str, name: str) -> None:
         ) from None
 
 
-def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> list:
-    """The served deployments: a scheduled backfill per job and the event-triggered re-embed."""
+def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: list[str] = ()) -> list:
+    """The served deployments: a scheduled backfill per job, the event-triggered re-embed,
+    and for ``batch_jobs`` (jobs whose default is the Batch API) a collection of their
+    batches every :data:`COLLECT_EVERY_S` seconds."""
     from prefect.deployments.runner import EntrypointType
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
@@ -96,6 +100,17 @@ def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> li
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
         for job in jobs
+    ]
+    deployments += [  # Batch API batches: collected every few minutes, nothing new submitted or embedded
+        backfill.to_deployment(
+            name=f"collect-batches-{job}",
+            parameters={"job": job, "batch": True, "max_rows": 0},
+            interval=COLLECT_EVERY_S,
+            tags=["vectorfill", f"job:{job}", "batches"],
+            description=f"Collect the job {job!r}'s finished Batch API batches and store their vectors.",
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        for job in batch_jobs
     ]
     deployments.append(
         backfill.to_deployment(
@@ -135,7 +150,7 @@ def serve(
     try:
         from prefect import serve as prefect_serve
 
-        deployments = build_deployments(jobs, cron=cron)
+        deployments = build_deployments(jobs, cron=cron, batch_jobs=_batch_jobs(url, jobs))
         ui = api_url.removesuffix("/api")
         announce(f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} (Ctrl-C stops)")
         prefect_serve(*deployments, print_starting_message=False)
@@ -145,3 +160,12 @@ def serve(
                 state.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _batch_jobs(url: str, jobs: list[str]) -> list[str]:
+    """The jobs whose backfills go through the Batch API by default (``job create --batch``)."""
+    from vectorfill.jobs.registry import load_job
+    from vectorfill.storage.db import connect
+
+    with connect(url) as conn:
+        return [job for job in jobs if load_job(conn, job).settings.batch]

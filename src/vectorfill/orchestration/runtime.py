@@ -204,10 +204,18 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
 
 
 def run_backfill(
-    url: str, job: str, *, max_rows: int | None = None, progress: bool = True, console=None, workers: int = 1
+    url: str,
+    job: str,
+    *,
+    max_rows: int | None = None,
+    progress: bool = True,
+    console=None,
+    workers: int = 1,
+    **flow_kw,
 ):
     """Run the backfill flow in this process (``workers`` flow runs of it side by side:
-    :func:`vectorfill.orchestration.fanout.run_here`) and return its :class:`RunSummary`."""
+    :func:`vectorfill.orchestration.fanout.run_here`) and return its :class:`RunSummary`.
+    ``flow_kw``: the flow's other parameters (``batch``, ``wait``)."""
     os.environ[DATABASE_URL_ENV] = url
     from vectorfill.flows.backfill import backfill
 
@@ -221,7 +229,7 @@ def run_backfill(
             from vectorfill.orchestration.fanout import run_here
 
             return asyncio.run(run_here(job, workers, max_rows))
-        return asyncio.run(backfill(job, max_rows=max_rows))
+        return asyncio.run(backfill(job, max_rows=max_rows, **flow_kw))
     finally:
         stop.set()
         if poller is not None:

@@ -1,0 +1,80 @@
+"""A job's Batch API submissions (``vectorfill batches JOB``) and its batch-mode setting."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import psycopg
+
+from vectorfill.jobs.registry import load_job
+from vectorfill.storage import sql
+
+__all__ = ["BatchRecord", "list_batches", "set_batch_mode"]
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: str
+    """The submission id (also in the provider batch's metadata, ``vectorfill_submission``)."""
+    version: int
+    state: str
+    """``claiming``/``uploading`` (being sent), ``submitted`` (at the provider), ``done``
+    (collected), ``released`` (never created; its rows were given back)."""
+    provider_status: str | None
+    provider_batch_id: str | None
+    rows: int
+    requests: int
+    tokens: int
+    """Counted before sending."""
+    billed_tokens: int | None
+    written: int | None
+    stale: int | None
+    failed: int | None
+    retried: int | None
+    error: str | None
+    submitted_at: datetime | None
+    finished_at: datetime | None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("submitted_at", "finished_at"):
+            d[key] = d[key].isoformat() if d[key] else None
+        return d
+
+
+def list_batches(conn: psycopg.Connection, name: str, limit: int = 100) -> list[BatchRecord]:
+    """The job's submissions, newest first."""
+    job = load_job(conn, name)
+    cur = conn.execute(sql.BATCH_ROWS, {"job_id": job.id, "limit": limit})
+    names = [d.name for d in cur.description or ()]
+    out = []
+    for values in cur.fetchall():
+        r = dict(zip(names, values, strict=True))
+        out.append(
+            BatchRecord(
+                id=str(r["id"]),
+                version=r["version"],
+                state=r["state"],
+                provider_status=r["provider_status"],
+                provider_batch_id=r["provider_batch_id"],
+                rows=r["rows"],
+                requests=r["requests"],
+                tokens=r["tokens"],
+                billed_tokens=r["billed_tokens"],
+                written=r["written"],
+                stale=r["stale"],
+                failed=r["failed"],
+                retried=r["retried"],
+                error=r["error"],
+                submitted_at=r["submitted_at"],
+                finished_at=r["finished_at"],
+            )
+        )
+    return out
+
+
+def set_batch_mode(conn: psycopg.Connection, name: str, on: bool = True) -> None:
+    """Make the Batch API the job's default mode for backfills (or not)."""
+    load_job(conn, name)  # a clear error for an unknown job
+    conn.execute(sql.SET_JOB_BATCH, {"name": name, "batch": on})
