@@ -29,7 +29,7 @@ from .claim import keep_claims, release_rows
 from .common import Work, database_url
 from .prepare import Prepared
 
-__all__ = ["Tally", "fill_versions"]
+__all__ = ["Tally", "catch_up", "fill_versions"]
 
 
 def _zero_totals() -> dict:
@@ -97,6 +97,16 @@ async def fill_versions(prepared: Prepared, tally: Tally, job: str) -> None:
             await _fill_version(work, tally, job, url, throttles.for_version(work.version, work.settings))
     finally:
         await throttles.aclose()
+
+
+async def catch_up(prepared: Prepared, tally: Tally, job: str) -> bool:
+    """Fill the new model's version once more, after its switch was refused because it lacked
+    rows that the active version has up to date (another run, ``serve --sync`` say, embedded
+    them there meanwhile); True when it claimed any row (then the switch may be tried again)."""
+    filling = tuple(w for w in prepared.works if w.version.state == "filling")
+    done = tally.done
+    await fill_versions(Prepared(works=filling, pending=0), tally, job)
+    return tally.done > done
 
 
 async def _fill_version(work: Work, tally: Tally, job: str, url: str, throttle: Throttle) -> None:

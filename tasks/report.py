@@ -69,7 +69,11 @@ class RunSummary:
 
 
 @task(name="report", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
-async def report_run(job_name: str, totals: dict, duration_s: float, switched_to: int | None = None) -> RunSummary:
+async def report_run(
+    job_name: str, totals: dict, duration_s: float, switched_to: int | None = None, kind: str = "backfill"
+) -> RunSummary:
+    """The run's summary, as a table artifact keyed ``<kind>-<job>`` (``backfill``, or
+    ``sync`` for a window of ``serve --sync``)."""
     pending, failed = await asyncio.to_thread(_counts, job_name)
     summary = RunSummary(
         job=job_name,
@@ -81,14 +85,14 @@ async def report_run(job_name: str, totals: dict, duration_s: float, switched_to
     )
     await acreate_table_artifact(
         table=summary.table(),
-        key=artifact_key(job_name),
-        description=f"vectorfill backfill summary for job {job_name}",
+        key=artifact_key(job_name, kind),
+        description=f"vectorfill {kind} summary for job {job_name}",
     )
     return summary
 
 
-def artifact_key(job_name: str) -> str:
-    return "backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name)
+def artifact_key(job_name: str, kind: str = "backfill") -> str:
+    return f"{kind}-" + re.sub(r"[^a-z0-9-]", "-", job_name)
 
 
 def _counts(job_name: str) -> tuple[int, int]:

@@ -480,10 +480,15 @@ def serve(
     jobs: list[str] | None = typer.Argument(None, help="Jobs to schedule (default: every job)"),
     cron: str = typer.Option("0 2 * * *", help="Schedule of each job's backfill (cron, UTC); '' for none"),
     port: int = typer.Option(4200, help="Port of the Prefect server (and its UI)"),
+    sync: bool = typer.Option(
+        False, "--sync", help="Also embed rows as they are written (a sync run per job and hour)"
+    ),
+    sync_window: float = typer.Option(3600.0, "--sync-window", help="Seconds each sync run covers", hidden=True),
     db: str | None = DbOpt,
 ) -> None:
     """Serve vectorfill's deployments from this machine: a scheduled backfill per job and a
     re-embed triggered by `job set-model`, on a Prefect server that keeps history in Postgres.
+    With --sync, every job is also kept in step continuously (re-embeds included).
     """
     from vectorfill.jobs.registry import list_jobs
     from vectorfill.orchestration.prefect_server import serve as run
@@ -493,7 +498,15 @@ def serve(
     with _conn(url) as conn:
         names = jobs or list_jobs(conn)
     prefect_defaults(use_served=False)
-    run(url, jobs=names, cron=cron or None, port=port, announce=lambda m: err.print(f"[dim]{m}[/]"))
+    run(
+        url,
+        jobs=names,
+        cron=cron or None,
+        port=port,
+        announce=lambda m: err.print(f"[dim]{m}[/]"),
+        sync=sync,
+        sync_window_s=sync_window,
+    )
 
 
 @app.command()

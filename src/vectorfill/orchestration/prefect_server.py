@@ -133,8 +133,10 @@ def start_prefect_server(url: str, *, port: int = DEFAULT_PORT, announce=print) 
     return ServedServer(api_url, process, log)
 
 
-def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> list:
-    """The served deployments: a scheduled backfill per job and the event-triggered re-embed."""
+def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON, reembed: bool = True) -> list:
+    """The served deployments: a scheduled backfill per job and (unless ``reembed`` is
+    False: ``serve --sync``, whose sync runs fill new versions themselves) the
+    event-triggered re-embed."""
     from prefect.deployments.runner import EntrypointType
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
@@ -151,6 +153,8 @@ def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> li
         )
         for job in jobs
     ]
+    if not reembed:
+        return deployments
     deployments.append(
         backfill.to_deployment(
             name="reembed",
@@ -171,10 +175,17 @@ def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON) -> li
 
 
 def serve(
-    url: str, *, jobs: list[str], cron: str | None = DEFAULT_CRON, port: int = DEFAULT_PORT, announce=print
+    url: str,
+    *,
+    jobs: list[str],
+    cron: str | None = DEFAULT_CRON,
+    port: int = DEFAULT_PORT,
+    announce=print,
+    sync: bool = False,
+    sync_window_s: float | None = None,
 ) -> None:
     """Run Prefect's server (unless PREFECT_API_URL names one) and serve the deployments
-    until interrupted."""
+    until interrupted; with ``sync``, also a sync run per job (:mod:`vectorfill.orchestration.sync`)."""
     os.environ[DATABASE_URL_ENV] = url
     server = None
     api_url = os.environ.get("PREFECT_API_URL")
@@ -183,14 +194,22 @@ def serve(
         api_url = os.environ["PREFECT_API_URL"] = server.api_url
     state = _state_path()
     state.write_text(json.dumps({"api_url": api_url, "serve_pid": os.getpid()}))
+    syncing = None
     try:
         from prefect import serve as prefect_serve
 
-        deployments = build_deployments(jobs, cron=cron)
+        deployments = build_deployments(jobs, cron=cron, reembed=not sync)
         ui = api_url.removesuffix("/api")
         announce(f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} (Ctrl-C stops)")
+        if sync and jobs:
+            from vectorfill.orchestration.sync import SyncSupervisor
+
+            syncing = SyncSupervisor(jobs, window_s=sync_window_s, announce=announce).start()
+            announce(f"Syncing {', '.join(jobs)}: rows are embedded as they are written")
         prefect_serve(*deployments, print_starting_message=False)
     finally:
+        if syncing is not None and not syncing.stop():
+            announce("sync runs did not stop within 60 s; their claims expire with their leases")
         try:
             if json.loads(state.read_text()).get("serve_pid") == os.getpid():
                 state.unlink()
