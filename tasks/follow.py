@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -65,7 +66,7 @@ from .common import Work, database_url
 from .fill import Tally
 from .prepare import _prepare
 
-__all__ = ["FILLING_ROWS_PER_CYCLE", "OUTAGE_BACKOFF_S", "POLL_S", "Followed", "follow_job"]
+__all__ = ["FILLING_ROWS_PER_CYCLE", "OUTAGE_BACKOFF_S", "POLL_S", "STOP", "Followed", "follow_job"]
 
 #: Seconds between two looks at an idle job's queues.
 POLL_S = 0.25
@@ -95,6 +96,8 @@ class Followed:
     """Times a batch waited out :data:`OUTAGE_BACKOFF_S` after spending its retries."""
     reloads: int = 0
     """Times the job's versions changed under the run (set-model, switch, pause, ...)."""
+    stopped: bool = False
+    """The run was stopped (:data:`STOP`) before its window ended."""
 
 
 @dataclass
@@ -337,15 +340,53 @@ def _ready(job_name: str) -> bool:
         return complete(conn, load_job(conn, job_name)) is not None
 
 
+#: Set by whoever runs the sync flow (``serve --sync``'s supervisor) to stop it early but
+#: cleanly: the cycle running is cancelled, its claims given back, and the run ends with
+#: its summary. (A context variable: a flow's parameters go to Prefect's API as JSON.)
+STOP: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("vectorfill_sync_stop", default=None)
+
+
 async def follow_job(job: str, until: float, tally: Tally) -> Followed:
     """Keep ``job``'s versions in step with its source until ``until`` (epoch seconds), then
-    return at the end of the cycle running then (nothing claimed is left held)."""
+    return at the end of the cycle running then (nothing claimed is left held); or, once
+    :data:`STOP` is set, at once, having given back what the cycle held."""
     stats = Followed()
     following = _Following(job, tally, stats)
     reason: str | None = None
-    last_log, logged = time.monotonic(), dict(tally.totals)
+    stop = STOP.get()
+    looping: asyncio.Task | None = None
     try:
         await following.reload()
+        looping = asyncio.create_task(_loop(following, job, until, tally))
+        if stop is None:
+            await looping
+        else:
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({looping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not looping.done():
+                reason, stats.stopped = "sync stopped", True
+                looping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await looping
+                _logger().info("%s: sync stopped; claims given back", job)
+            else:
+                looping.result()
+    except BaseException as exc:
+        reason = stop_reason(exc)
+        if looping is not None and not looping.done():
+            looping.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(asyncio.wait({looping}))
+        raise
+    finally:
+        await following.close(reason)
+    return stats
+
+
+async def _loop(following: _Following, job: str, until: float, tally: Tally) -> None:
+    last_log, logged = time.monotonic(), dict(tally.totals)
+    try:
         while True:
             if not await following.cycle():
                 if time.time() >= until or not await following.wait(until):
@@ -357,14 +398,9 @@ async def follow_job(job: str, until: float, tally: Tally) -> Followed:
                 if tally.totals != logged:
                     _log_period(job, logged, tally.totals)
                     logged = dict(tally.totals)
-    except BaseException as exc:
-        reason = stop_reason(exc)
-        raise
     finally:
-        await following.close(reason)
-    if tally.totals != logged:
-        _log_period(job, logged, tally.totals)
-    return stats
+        if tally.totals != logged:
+            _log_period(job, logged, tally.totals)
 
 
 def _log_period(job: str, before: dict, now: dict) -> None:

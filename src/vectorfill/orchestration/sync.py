@@ -5,7 +5,8 @@ job, the sync flow (``flows/sync.py``) for the current window, then the next one
 exactly one sync run per job works at any time. The runs are in-process flow calls, not
 deployment runs: a new window starts within milliseconds (a served deployment run would
 start a subprocess, seconds of imports, each hour), and stopping ``serve`` (Ctrl-C,
-SIGTERM) cancels them, so that they give back their claims and shared budget at once.
+SIGTERM) stops them at once: each gives back its claims and shared budget and ends with
+its summary.
 
 A run that fails (an error that is not transient: a wrong key, a dropped source table)
 is recorded as failed in Prefect and the next starts after :data:`RESTART_BACKOFF_S`, so a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -54,9 +56,11 @@ class SyncSupervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task | None = None
         self._started = threading.Event()
+        self._stops: list[asyncio.Event] = []
 
     def start(self) -> SyncSupervisor:
-        self._thread = threading.Thread(target=self._run, name="vectorfill-sync", daemon=True)
+        context = contextvars.copy_context()  # Prefect's settings in force here (a test's server, say)
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="vectorfill-sync", daemon=True)
         self._thread.start()
         self._started.wait(30)
         return self
@@ -75,9 +79,13 @@ class SyncSupervisor:
 
     async def _keep_syncing(self, job: str) -> None:
         from vectorfill.flows.sync import sync, window_bounds
+        from vectorfill.tasks.follow import STOP
 
+        stop = asyncio.Event()
+        self._stops.append(stop)
+        STOP.set(stop)  # this task's context: its runs see it
         failures = 0
-        while True:
+        while not stop.is_set():
             start, _ = window_bounds(self.window_s)
             run = sync.with_options(flow_run_name=run_name(job, start))
             try:
@@ -91,16 +99,24 @@ class SyncSupervisor:
                 delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
                 failures += 1
                 self.announce(f"sync of {job} stopped: {exc}; the next sync run starts in {delay:.0f} s")
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
 
     def stop(self, timeout: float = 60.0) -> bool:
-        """Cancel the runs and wait (up to ``timeout``) for them to give back their claims and
-        budget and record their end; True when the thread ended."""
+        """Stop the runs: each gives back its claims and budget and ends with its summary
+        (cancelled outright if that takes more than half of ``timeout``); True when the
+        thread ended within ``timeout``."""
         if self._thread is None:
             return True
-        if self._loop is not None and self._main is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self._loop.call_soon_threadsafe(self._main.cancel)
         deadline = time.monotonic() + timeout
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._call(lambda: [s.set() for s in self._stops])
+        self._thread.join(timeout / 2)
+        if self._thread.is_alive():
+            self._call(lambda: self._main.cancel() if self._main else None)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
+
+    def _call(self, fn: Callable[[], object]) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(fn)
