@@ -305,3 +305,52 @@ def test_a_provider_outage_backs_off_instead_of_spinning_and_loses_no_row(env):
     assert attempts == 1, "the rows were claimed once: an outage does not use up their attempts"
     with env.connect() as conn:
         assert conn.execute("SELECT count(*) FROM vectorfill.failures").fetchone()[0] == 0
+
+
+# --------------------------------------------------------------------- serve --sync, as a user runs it
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path):
+    import signal
+
+    from test_serve import Served, free_port, job_on_articles
+    from vectorfill.storage.db import connect
+
+    def leased_rows() -> int:
+        with connect(fresh_db) as conn:
+            return conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
+
+    with FakeProvider(dimensions=32, api_key=API_KEY, latency_s=1.0) as slow:
+        env = job_on_articles(
+            fresh_db, tmp_path, slow.base_url, 400, "--max-inputs", "20", "--concurrency", "2", "--tpm", "1000000"
+        )
+        log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 -- the served process writes to it until stopped
+        served = Served(env, free_port(), log, "--sync", "--cron", "")
+        try:
+
+            def mid_batch() -> bool:
+                with connect(fresh_db) as conn:
+                    done = conn.execute("SELECT count(*) FROM vectorfill._v_1_1").fetchone()[0]
+                return done > 0 and leased_rows() > 0
+
+            wait_until(mid_batch, 400, "serve --sync to be mid-batch", every=0.2)
+            assert served.proc.poll() is None
+            with connect(fresh_db) as conn:
+                signalled_at = conn.execute("SELECT now()").fetchone()[0]
+            requests = slow.requests
+            code = served.stop(signal.SIGTERM)
+        finally:
+            if served.proc.poll() is None:
+                served.stop(signal.SIGKILL)
+            log.close()
+        output = (tmp_path / "serve.log").read_text(errors="replace")
+        assert code in (0, 143, -signal.SIGTERM), output[-3000:]
+        assert slow.requests - requests <= 2, "no request after SIGTERM"
+        assert leased_rows() == 0, "claims given back, not left to expire"
+        with connect(fresh_db) as conn:
+            (updated_at,) = conn.execute("SELECT updated_at FROM vectorfill.budgets").fetchone()
+            embedded = conn.execute("SELECT count(*) FROM vectorfill.docs").fetchone()[0]
+        assert updated_at > signalled_at, "the unspent shared budget was given back on the way out"
+        assert 0 < embedded < 400
