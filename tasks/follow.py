@@ -14,8 +14,9 @@ no schema; it adds at most :data:`POLL_S` to the latency. While work keeps comin
 poll is made: a cycle that found rows is followed by the next at once.
 
 **A cycle** fills each version with the stages of the backfill (claim -> embed -> store,
-the body of the batch task, ``batch.py``) in ``concurrency`` lanes until a claim comes back
-short (the queue drained), so a burst of writes is taken in few claims: bursts coalesce. A
+the body of the batch task, ``batch.py``) in ``concurrency`` lanes until the queue is
+drained, so a burst of writes is taken in few claims: bursts coalesce. Under steady writes
+the lanes overlap (one claims while others embed and store) for up to :data:`PIPELINE_S`. A
 cycle takes no Prefect task run: at a trickle of writes that would be one task run per
 write or two (thousands an hour); the window's flow run, its log lines (one a minute, when
 anything happened) and its summary are the history. One cycle at a time per job: at most
@@ -78,6 +79,9 @@ OUTAGE_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 #: Most rows of a new model's version filled per cycle (the active version's new writes
 #: wait for no more than that).
 FILLING_ROWS_PER_CYCLE = 16_384
+#: Seconds a cycle's lanes go on claiming rows that keep arriving (then the cycle ends at
+#: the first short claim, so that a new model's version and the window's end get their turn).
+PIPELINE_S = 5.0
 #: Seconds between two looks when the database cannot be reached (the last repeats).
 POLL_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -134,10 +138,18 @@ class _Worker:
                 await self._client_cm.__aexit__(None, None, None)
 
     async def drain(self, tally: Tally, budget: int | None, stats: Followed) -> tuple[int, bool]:
-        """Fill this version until a claim comes back short (or ``budget`` rows are claimed);
-        returns (rows claimed, whether the queue was drained)."""
-        lanes = Lanes.for_settings(self.work.settings)
+        """Fill this version in ``concurrency`` lanes until the queue is drained (or ``budget``
+        rows are claimed); returns (rows claimed, whether the queue was drained).
+
+        Unlike a backfill's lanes, which all stop at the first short claim (rows written
+        after it are the next run's), these go on claiming what keeps arriving while the
+        others embed and store, so that under steady writes claims, requests and stores
+        overlap. A lane stops when its claim finds nothing, or, after :data:`PIPELINE_S`,
+        when it comes back short: a cycle ends, and the next version gets its turn."""
+        shared = Lanes.for_settings(self.work.settings)
         price = price_per_million(self.work.version.model, self.work.settings)
+        deadline = time.monotonic() + PIPELINE_S
+        done = asyncio.Event()  # the queue was drained: every lane stops after its batch
         left = [budget]
         claimed = 0
 
@@ -150,19 +162,22 @@ class _Worker:
 
         async def lane(db: LaneConnection) -> None:
             nonlocal claimed
-            while not lanes.drained.is_set() and (limit := take(rows_per_task(self.work.settings))) > 0:
+            while not done.is_set() and (limit := take(rows_per_task(self.work.settings))) > 0:
                 attempts = Attempts(self.work)
-                filled = await self._batch(attempts, limit, db, lanes, stats)
+                own = Lanes(shared.unstored, claiming=shared.claiming)  # its own "drained" flag
+                filled = await self._batch(attempts, limit, db, own, stats)
                 if left[0] is not None:
                     left[0] += limit - filled.claimed
                 self.work = attempts.work  # typed by the first store, when the dims were not known
                 claimed += filled.claimed
                 tally.add(filled, price)
+                if filled.claimed < limit and (filled.claimed == 0 or time.monotonic() >= deadline):
+                    done.set()
 
         async with asyncio.TaskGroup() as group:
             for db in self.dbs:
                 group.create_task(lane(db))
-        return claimed, lanes.drained.is_set()
+        return claimed, done.is_set()
 
     async def _batch(self, attempts: Attempts, limit: int, db: LaneConnection, lanes: Lanes, stats: Followed) -> Filled:
         """The batch task's body (claim -> embed -> store), retried as Prefect retries the
