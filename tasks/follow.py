@@ -79,9 +79,15 @@ OUTAGE_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 #: Most rows of a new model's version filled per cycle (the active version's new writes
 #: wait for no more than that).
 FILLING_ROWS_PER_CYCLE = 16_384
+#: Seconds between two claims of a cycle's lanes: rows that arrive meanwhile are taken
+#: together (a burst of single-row writes makes few requests), for at most that much latency.
+CLAIM_GAP_S = 0.1
 #: Seconds a cycle's lanes go on claiming rows that keep arriving (then the cycle ends at
 #: the first short claim, so that a new model's version and the window's end get their turn).
 PIPELINE_S = 5.0
+#: Seconds before a refused switch is tried again when nothing else happens (the rows it
+#: lacked may have been embedded by another run, or failed rows retried).
+SWITCH_RETRY_S = 10.0
 #: Seconds between two looks when the database cannot be reached (the last repeats).
 POLL_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -145,13 +151,23 @@ class _Worker:
         after it are the next run's), these go on claiming what keeps arriving while the
         others embed and store, so that under steady writes claims, requests and stores
         overlap. A lane stops when its claim finds nothing, or, after :data:`PIPELINE_S`,
-        when it comes back short: a cycle ends, and the next version gets its turn."""
+        when it comes back short: a cycle ends, and the next version gets its turn. Claims
+        are :data:`CLAIM_GAP_S` apart at least, so that a burst is taken in few of them."""
         shared = Lanes.for_settings(self.work.settings)
         price = price_per_million(self.work.version.model, self.work.settings)
         deadline = time.monotonic() + PIPELINE_S
         done = asyncio.Event()  # the queue was drained: every lane stops after its batch
         left = [budget]
         claimed = 0
+        pacing, last_claim = asyncio.Lock(), [0.0]
+
+        async def paced() -> None:
+            """Claims at least CLAIM_GAP_S apart, so that what arrives meanwhile is taken in one."""
+            async with pacing:
+                wait = last_claim[0] + CLAIM_GAP_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                last_claim[0] = time.monotonic()
 
         def take(want: int) -> int:
             if left[0] is None:
@@ -163,6 +179,10 @@ class _Worker:
         async def lane(db: LaneConnection) -> None:
             nonlocal claimed
             while not done.is_set() and (limit := take(rows_per_task(self.work.settings))) > 0:
+                await paced()
+                if done.is_set():
+                    left[0] = None if left[0] is None else left[0] + limit
+                    return
                 attempts = Attempts(self.work)
                 own = Lanes(shared.unstored, claiming=shared.claiming)  # its own "drained" flag
                 filled = await self._batch(attempts, limit, db, own, stats)
@@ -230,6 +250,9 @@ class _Following:
         self.fingerprint: str | None = None
         self.poll_conn: psycopg.AsyncConnection | None = None
         self.check_switch = True
+        """Try the switch after the next drained cycle of a new version, even if it claimed nothing."""
+        self.switch_due: float | None = None
+        """When to try a refused switch again (monotonic seconds), while nothing else happens."""
 
     async def reload(self, reason: str | None = None) -> None:
         """(Re)load the job and open a worker per version to fill (active first)."""
@@ -241,7 +264,7 @@ class _Following:
             await worker.open(self.name)
             self.workers.append(worker)
         self.fingerprint = None
-        self.check_switch = True
+        self.check_switch, self.switch_due = True, None
 
     async def _close_workers(self, reason: str | None) -> None:
         workers, self.workers = self.workers, []
@@ -264,11 +287,14 @@ class _Following:
             filling = worker.work.version.state == "filling"
             claimed, drained = await worker.drain(self.tally, FILLING_ROWS_PER_CYCLE if filling else None, self.stats)
             total += claimed
-            if filling and drained and (claimed or self.check_switch):
-                self.check_switch = False
+            due = self.switch_due is not None and time.monotonic() >= self.switch_due
+            if filling and drained and (claimed or self.check_switch or due):
+                self.check_switch, self.switch_due = False, None
                 if await self._switch():
                     await self.reload()
                     break
+                # refused: rows another run holds, or failed rows; look again in a while
+                self.switch_due = time.monotonic() + SWITCH_RETRY_S
         if total:
             self.stats.cycles += 1
         return total
@@ -322,7 +348,7 @@ class _Following:
             self.fingerprint = fingerprint
         elif fingerprint != self.fingerprint:
             return "changed"
-        return any(claimable)
+        return any(claimable) or (self.switch_due is not None and time.monotonic() >= self.switch_due)
 
     async def _drop_poll_conn(self) -> None:
         conn, self.poll_conn = self.poll_conn, None

@@ -109,12 +109,16 @@ class SyncSupervisor:
         if self._thread is None:
             return True
         deadline = time.monotonic() + timeout
-        self._call(lambda: [s.set() for s in self._stops])
+        self._call(self._set_stops)
         self._thread.join(timeout / 2)
         if self._thread.is_alive():
             self._call(lambda: self._main.cancel() if self._main else None)
             self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
+
+    def _set_stops(self) -> None:
+        for stop in self._stops:
+            stop.set()
 
     def _call(self, fn: Callable[[], object]) -> None:
         if self._loop is not None and not self._loop.is_closed():
