@@ -74,7 +74,7 @@ def wait_for_vectors(url: str, ids: tuple[int, int], timeout: float) -> float | 
     return None
 
 
-def run_phase(url: str, rate: float, seconds: float, queue_table: str) -> dict:
+def run_phase(url: str, rate: float, seconds: float, queue_table: str, provider: FakeProvider) -> dict:
     per_tx = max(1, int(rate // 20))  # 20 transactions a second at most
     interval = per_tx / rate
     txs = max(1, int(seconds / interval))
@@ -89,6 +89,7 @@ def run_phase(url: str, rate: float, seconds: float, queue_table: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     words = WORDS
+    requests_before = provider.stats().get("requests", 0)
     with psycopg.connect(url, autocommit=True) as conn:
         first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM bench_docs").fetchone()[0]
         started = time.monotonic()
@@ -107,6 +108,7 @@ def run_phase(url: str, rate: float, seconds: float, queue_table: str) -> dict:
         wrote_s = time.monotonic() - started
         last = conn.execute("SELECT max(id) FROM bench_docs").fetchone()[0]
     drained = wait_for_vectors(url, (first, last), timeout=300)
+    requests = provider.stats().get("requests", 0) - requests_before
     stop.set()
     sampler.join(5)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -129,6 +131,7 @@ def run_phase(url: str, rate: float, seconds: float, queue_table: str) -> dict:
         "p95_s": round(percentile(lags, 0.95), 3) if lags else None,
         "max_s": round(max(lags), 3) if lags else None,
         "queue_depth_max": max(depth) if depth else None,
+        "requests": requests,
         "drained_after_last_write_s": None if drained is None else round(drained, 2),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
@@ -219,20 +222,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         results = []
         for rate in rates:
-            r = run_phase(url, rate, args.seconds, queue_table)
+            r = run_phase(url, rate, args.seconds, queue_table, provider)
             results.append(r)
             print(json.dumps(r), file=sys.stderr)
         if args.json:
             print(json.dumps({"dimensions": args.dimensions, "seconds": args.seconds, "phases": results}, indent=2))
         else:
             print(f"\nINSERT -> vector latency, serve --sync, fast provider, {args.dimensions} dims, 2 shared cores")
-            print("| rows/s target | achieved | rows | p50 s | p95 s | max s | max queue | drained after s | load 1m |")
-            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            print(
+                "| rows/s target | achieved | rows | p50 s | p95 s | max s | max queue | drained after s "
+                "| requests | load 1m |"
+            )
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             for r in results:
                 print(
                     f"| {r['rate_target']:,.0f} | {r['rate_achieved']:,.1f} | {r['rows']:,} | {r['p50_s']} | "
                     f"{r['p95_s']} | {r['max_s']} | {r['queue_depth_max']} | {r['drained_after_last_write_s']} | "
-                    f"{r['loadavg_1m']} |"
+                    f"{r['requests']:,} | {r['loadavg_1m']} |"
                 )
         return 0
     finally:

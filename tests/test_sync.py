@@ -354,3 +354,65 @@ def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path):
             embedded = conn.execute("SELECT count(*) FROM vectorfill.docs").fetchone()[0]
         assert updated_at > signalled_at, "the unspent shared budget was given back on the way out"
         assert 0 < embedded < 400
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_path):
+    """A crash (SIGKILL) leaves the claims leased; a restarted `serve --sync` takes them over
+    once their leases expire, and every row ends right, as after a crashed backfill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env.make_table(300)
+    env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1, "lease_s": 10})
+    env.provider.latency_s = 0.5
+    child_env = dict(
+        os.environ,
+        VECTORFILL_DATABASE_URL=env.url,
+        VF_TEST_API_KEY=API_KEY,
+        PREFECT_API_URL=PREFECT_API_URL.value(),  # the test session's server: serve starts none
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        VECTORFILL_HOME=str(tmp_path / "home"),
+    )
+
+    (tmp_path / "home").mkdir()
+
+    def start() -> subprocess.Popen:
+        with open(tmp_path / "serve.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "vectorfill.cli", "serve", "docs", "--sync", "--cron", ""],
+                env=child_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    proc = start()
+    try:
+
+        def mid_batch() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            return leased(env) > 0 and env.status().embedded > 0
+
+        wait_until(mid_batch, 300, "sync to be mid-batch", every=0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        held = leased(env)
+        assert held > 0, "a crash leaves its claims leased"
+        proc = start()
+        wait_until(lambda: in_step(env, env.provider), 300, "the restarted sync to finish every row", every=0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    inputs = env.provider.inputs
+    assert len(inputs) - len(set(inputs)) <= held, "only the rows in flight at the crash were sent again"
+    assert queued(env, 1) == 0 and leased(env) == 0
