@@ -3,7 +3,8 @@
 It only sequences the stages (``tasks/``): prepare -> collect (finished Batch API
 batches, if any) -> fill (lanes of batch tasks, each claim -> embed -> store) or, in
 batch mode, submit (rows sent as Batch API batches; with ``wait``, collect again until
-they are all done) -> switch (a re-embed only) -> report. The flow holds no
+they are all done) -> switch (a re-embed only; if another run made rows fresh in the
+active version meanwhile, the new version is filled again first) -> report. The flow holds no
 transaction and no secret: the database URL and the API key come from the environment of
 the process that runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
 """
@@ -17,10 +18,14 @@ from prefect import flow
 from vectorfill.orchestration.runtime import frozen_heap
 from vectorfill.tasks import RunSummary, Tally, fill_versions, prepare_run, report_run, switch_versions
 from vectorfill.tasks.collect import add_batch_totals, batch_round, collect_batches
+from vectorfill.tasks.fill import switch_caught_up
 from vectorfill.tasks.report import final_state, progress_artifact, run_name
 from vectorfill.tasks.submit import batch_mode
 
-__all__ = ["backfill"]
+__all__ = ["CATCH_UP_PASSES", "backfill"]
+
+#: Passes over the new version after a refused switch, each while the last one found rows.
+CATCH_UP_PASSES = 5
 
 
 @flow(name="vectorfill-backfill", flow_run_name=run_name, persist_result=False, log_prints=False)
@@ -48,7 +53,7 @@ async def backfill(
         async with progress_artifact(lambda: tally.progress, job, enabled=tally.pending > 0) as finish:
             await fill_versions(prepared, tally, job)
             finish()  # the progress artifact's last update goes on beside the switch
-            switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
+            switched = await switch_caught_up(prepared, tally, job) if prepared.filling else None  # a re-embed
         totals = add_batch_totals(tally.totals, collected)
         summary = await report_run(job, totals, time.monotonic() - started, switched)
         return final_state(summary)  # Failed when rows failed: RowsFailed carries the summary

@@ -16,7 +16,7 @@ from .batch import Attempts, Filled, Lanes, batch_task, fill_batch, rows_per_tas
 from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
 from .common import Work
 from .embed import Embedded, embed_batch
-from .fill import Tally, fill_versions
+from .fill import Tally, catch_up, fill_versions
 from .prepare import Prepared, prepare_run
 from .report import RunSummary, report_run
 from .store import Stored, store_batch
@@ -36,6 +36,7 @@ __all__ = [
     "Tally",
     "Work",
     "batch_task",
+    "catch_up",
     "claim_rows",
     "embed_batch",
     "fill_batch",

@@ -55,9 +55,9 @@ from vectorfill.storage.db import LaneConnection, connect
 from .claim import Item
 from .common import TASK_OPTIONS, Work, database_url
 from .embed import Embedded
-from .store import store_batch
 from .fill import _zero_totals
 from .prepare import Prepared, prepare_run
+from .store import store_batch
 from .submit import BATCH_LEASE_S, batch_lock, submit_batches
 
 __all__ = ["RESUBMIT_ROUNDS", "Collected", "add_batch_totals", "batch_round", "collect_batches"]

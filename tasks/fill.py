@@ -12,8 +12,8 @@ No transaction is held and no secret passes through here.
 from __future__ import annotations
 
 import asyncio
-import time
 import dataclasses
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -34,8 +34,9 @@ from .batch import Attempts, Filled, Lanes, batch_task, rows_per_task
 from .claim import keep_claims, release_rows
 from .common import Work, database_url
 from .prepare import Prepared
+from .switch import switch_versions
 
-__all__ = ["LIVE_TALLIES", "Tally", "fill_versions"]
+__all__ = ["CATCH_UP_PASSES", "LIVE_TALLIES", "Tally", "catch_up", "fill_versions", "switch_caught_up"]
 
 
 def _zero_totals() -> dict:
@@ -124,6 +125,16 @@ async def fill_versions(prepared: Prepared, tally: Tally, job: str) -> None:
             await _fill_version(work, tally, job, url, throttles.for_version(work.version, work.settings))
     finally:
         await throttles.aclose()
+
+
+async def catch_up(prepared: Prepared, tally: Tally, job: str) -> bool:
+    """Fill the new model's version once more, after its switch was refused because it lacked
+    rows that the active version has up to date (another run, ``serve --sync`` say, embedded
+    them there meanwhile); True when it claimed any row (then the switch may be tried again)."""
+    filling = tuple(w for w in prepared.works if w.version.state == "filling")
+    done = tally.done
+    await fill_versions(Prepared(works=filling, pending=0), tally, job)
+    return tally.done > done
 
 
 async def _fill_version(work: Work, tally: Tally, job: str, url: str, throttle: Throttle) -> None:
@@ -227,3 +238,21 @@ async def _lane(
                 )
     finally:
         await db.aclose()
+
+
+#: Passes over the new version after a refused switch, each while the last one found rows.
+CATCH_UP_PASSES = 5
+
+
+async def switch_caught_up(prepared: Prepared, tally: Tally, job: str) -> int | None:
+    """The switch of a re-embed: to the new model's version once it lacks nothing the active
+    one has up to date. Refused because another run (``serve --sync``, say) made rows fresh
+    in the active version meanwhile, the new version is filled again (:func:`catch_up`) and
+    the switch tried again, up to :data:`CATCH_UP_PASSES` times. The version switched to,
+    or None."""
+    switched = await switch_versions(job)
+    for _ in range(CATCH_UP_PASSES):
+        if switched is not None or not await catch_up(prepared, tally, job):
+            break
+        switched = await switch_versions(job)
+    return switched

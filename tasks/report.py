@@ -109,7 +109,11 @@ class RunSummary:
 
 
 @task(name="report", **TASK_OPTIONS, retries=2, retry_delay_seconds=[2, 10])
-async def report_run(job_name: str, totals: dict, duration_s: float, switched_to: int | None = None) -> RunSummary:
+async def report_run(
+    job_name: str, totals: dict, duration_s: float, switched_to: int | None = None, kind: str = "backfill"
+) -> RunSummary:
+    """The run's summary, as a table artifact keyed ``<kind>-<job>`` (``backfill``, or
+    ``sync`` for a window of ``serve --sync``)."""
     pending, failed = await asyncio.to_thread(_counts, job_name)
     summary = RunSummary(
         job=job_name,
@@ -122,8 +126,8 @@ async def report_run(job_name: str, totals: dict, duration_s: float, switched_to
     get_run_logger().info("%s", summary.log_line())
     await acreate_table_artifact(
         table=summary.table(),
-        key=artifact_key(job_name),
-        description=f"vectorfill backfill summary for job {job_name}",
+        key=artifact_key(job_name, kind),
+        description=f"vectorfill {kind} summary for job {job_name}",
     )
     return summary
 
@@ -137,6 +141,8 @@ def final_state(summary: RunSummary) -> State:
         error = RowsFailed(summary, summary.failed, summary.job)
         return Failed(message=str(error), data=error)
     return Completed(message=f"{summary.embedded:,} rows embedded", data=summary)
+
+
 def run_name() -> str:
     """The flow run's name: its job and scheduled start (UTC, to the minute), e.g.
     ``docs-2026-12-01T02:00`` (Prefect's ``flow_run_name``; called inside the run)."""
@@ -147,8 +153,8 @@ def run_name() -> str:
     return f"{job}-{start.astimezone(datetime.UTC):%Y-%m-%dT%H:%M}"
 
 
-def artifact_key(job_name: str) -> str:
-    return "backfill-" + re.sub(r"[^a-z0-9-]", "-", job_name)
+def artifact_key(job_name: str, kind: str = "backfill") -> str:
+    return f"{kind}-" + re.sub(r"[^a-z0-9-]", "-", job_name)
 
 
 def _counts(job_name: str) -> tuple[int, int]:

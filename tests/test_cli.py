@@ -265,6 +265,8 @@ def test_without_a_usable_home_prefect_state_goes_to_vectorfill_home(tmp_path, m
     _ensure_prefect_home()
     assert os.environ["PREFECT_HOME"] == str(tmp_path / "state" / "prefect")
     assert (tmp_path / "state" / "prefect").is_dir()
+
+
 def test_check_create_and_backfill_exit_codes_through_the_cli(cli_env, provider):
     """`vectorfill check` and the checks of `job create`: what works and what to change, exit
     0 only when a backfill would work; a backfill exits 1 on a refused request (rows queued)

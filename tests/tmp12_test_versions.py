@@ -15,8 +15,8 @@ from psycopg import sql
 from conftest import API_KEY
 from fake_provider import FakeProvider
 from vectorfill.errors import ConfigError, JobError
-from vectorfill.jobs.estimate import estimate
 from vectorfill.jobs import versions
+from vectorfill.jobs.estimate import estimate
 from vectorfill.jobs.search import create_index, search
 
 

@@ -755,10 +755,15 @@ def serve(
     port: int | None = typer.Option(
         None, help="Port of the local Prefect server (and its UI) if it must be started (default: 4200 if free)"
     ),
+    sync: bool = typer.Option(
+        False, "--sync", help="Also embed rows as they are written (a sync run per job and hour)"
+    ),
+    sync_window: float = typer.Option(3600.0, "--sync-window", help="Seconds each sync run covers", hidden=True),
     db: str | None = DbOpt,
 ) -> None:
     """Serve vectorfill's deployments from this machine: a scheduled backfill per job and a
     re-embed triggered by `job set-model`, on the local Prefect server (history in Postgres).
+    With --sync, every job is also kept in step continuously (re-embeds included).
     """
     from vectorfill.jobs.registry import list_jobs
     from vectorfill.orchestration.prefect_server import serve as run
@@ -768,7 +773,7 @@ def serve(
     with _conn(url) as conn:
         names = jobs or list_jobs(conn)
     prefect_defaults(use_served=False)
-    run(url, jobs=names, cron=cron or None, port=port, announce=_note)
+    run(url, jobs=names, cron=cron or None, port=port, announce=_note, sync=sync, sync_window_s=sync_window)
 
 
 @app.command()

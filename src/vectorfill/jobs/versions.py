@@ -4,9 +4,11 @@
 every source row queued, and the source table's trigger function rewritten so that every
 write from then on is queued for both versions. Readers keep using the job's view
 ``vectorfill.<job>``, which shows the active version only, so vectors of two models are
-never mixed in what they see. When the new version has no row left to embed,
-:func:`switch` (called at the end of every backfill run, or by ``vectorfill job switch``)
-retires the old version and points the view at the new one, in one transaction. The old
+never mixed in what they see. As soon as the new version lacks no row that the active one
+has up to date (:func:`behind`; rows written meanwhile are queued in both and do not
+hold it back), :func:`switch` (called at the end of every backfill run and by the sync
+loop, or by ``vectorfill job switch``) retires the old version and points the view at the
+new one, in one transaction. The old
 version's tables stay until :func:`prune` drops them.
 
 Every change takes the job's row lock (two changes of one job never interleave) and then
@@ -30,6 +32,7 @@ from vectorfill.storage import sql
 __all__ = [
     "VersionStatus",
     "abandon",
+    "behind",
     "complete",
     "list_versions",
     "pause",
@@ -197,25 +200,40 @@ def _missing(conn: psycopg.Connection, job: Job, version: Version) -> tuple[int,
     return conn.execute(sql.JobSQL(job, version).missing(), {"job_id": job.id, "version": version.version}).fetchone()
 
 
+def behind(conn: psycopg.Connection, job: Job, new: Version) -> tuple[int, int]:
+    """(queued, failed): rows that ``new`` lacks and the active version has up to date.
+
+    Rows queued in both versions (written while the re-embed ran, say) do not count: the
+    active version has no fresh vector for them either, so switching loses readers
+    nothing, and they stay queued in ``new`` for the next run. With no active version,
+    every missing row counts."""
+    pending, failed = _missing(conn, job, new)
+    active = job.active
+    if active is None or not (pending or failed):
+        return pending, failed
+    return conn.execute(
+        sql.behind(sql.JobSQL(job, new), sql.JobSQL(job, active)), {"job_id": job.id, "version": new.version}
+    ).fetchone()
+
+
 def switch(conn: psycopg.Connection, name: str, *, force: bool = False) -> Version:
     """Make the job's filling (or paused) version the active one, in the caller's transaction.
 
-    Refuses while it has rows queued or failed (other than rows with no text), unless
-    ``force``: a cut-over never happens with rows missing by accident.
+    Refuses while it lacks a row that the active version has up to date (:func:`behind`:
+    queued, or failed other than for having no text), unless ``force``: a cut-over never
+    loses readers a fresh vector by accident. Rows queued in both versions stay queued in
+    the new one. The first look is taken before writes to the source are blocked, so a
+    version far from complete is refused without blocking anyone.
     """
     job = _locked(conn, name)
     new = job.next
     if new is None:
         raise JobError(f"has no new version to switch to (start one with `vectorfill job set-model {name}`)", job=name)
+    if not force:
+        _refuse_if_behind(conn, job, new)
     conn.execute(sql.lock_source(job))
-    pending, failed = _missing(conn, job, new)
-    if (pending or failed) and not force:
-        raise JobError(
-            f"version {new.version} ({new.model}) is not complete: {pending} rows still queued and "
-            f"{failed} failed; run `vectorfill backfill {name}` (and `vectorfill retry {name}` for "
-            f"failures), or pass --force to switch with those rows missing",
-            job=name,
-        )
+    if not force:
+        _refuse_if_behind(conn, job, new)  # again, now that no write can queue a row
     old = job.active
     if old is not None:
         conn.execute(sql.SET_VERSION_STATE, {"job_id": job.id, "version": old.version, "state": "retired"})
@@ -228,12 +246,25 @@ def switch(conn: psycopg.Connection, name: str, *, force: bool = False) -> Versi
     return active
 
 
+def _refuse_if_behind(conn: psycopg.Connection, job: Job, new: Version) -> None:
+    pending, failed = behind(conn, job, new)
+    if pending or failed:
+        than = f" that version {job.active.version} has up to date" if job.active else ""
+        raise JobError(
+            f"version {new.version} ({new.model}) is not complete: {pending} rows still queued and "
+            f"{failed} failed{than}; run `vectorfill backfill {job.name}` (and `vectorfill retry {job.name}` "
+            f"for failures), or pass --force to switch with those rows missing",
+            job=job.name,
+        )
+
+
 def complete(conn: psycopg.Connection, job: Job) -> Version | None:
-    """The job's filling version if nothing is missing from it (ready to switch to), else None.
+    """The job's filling version if it lacks nothing the active version has (:func:`behind`;
+    ready to switch to), else None.
 
     A first look, without locks: :func:`switch` checks again under its locks."""
     new = job.next
-    if new is None or new.state != "filling" or any(_missing(conn, job, new)):
+    if new is None or new.state != "filling" or any(behind(conn, job, new)):
         return None
     return new
 

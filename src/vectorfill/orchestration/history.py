@@ -13,9 +13,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-__all__ = ["FLOW_NAME", "RunRecord", "recent_runs"]
+__all__ = ["FLOW_NAME", "FLOW_NAMES", "RunRecord", "recent_runs"]
 
 FLOW_NAME = "vectorfill-backfill"
+#: The flows whose runs are listed: backfills, and the hourly runs of ``serve --sync``.
+FLOW_NAMES = [FLOW_NAME, "vectorfill-sync"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class RunRecord:
 
 
 def recent_runs(job: str | None = None, limit: int = 20) -> list[RunRecord]:
-    """The latest backfill runs (of ``job``, or of every job), newest first."""
+    """The latest backfill and sync runs (of ``job``, or of every job), newest first."""
     from vectorfill.orchestration.api import use_served_api
 
     use_served_api()
@@ -65,7 +67,7 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
 
     async with get_client() as client:
         runs = await client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=FLOW_NAMES)),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=limit if job is None else max(limit * 10, 200),
         )
@@ -85,7 +87,7 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
                 sort=ArtifactSort.CREATED_DESC,
             )
             for a in artifacts:
-                if a.key and a.key.startswith("backfill-"):
+                if a.key and a.key.startswith(("backfill-", "sync-")):
                     summaries[a.flow_run_id] = _figures(a.data)
         names: dict[uuid.UUID, str | None] = {}
         for r in runs:

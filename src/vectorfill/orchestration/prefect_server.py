@@ -81,10 +81,13 @@ def ensure_prefect_database(url: str, name: str) -> None:
         ) from None
 
 
-def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: list[str] = ()) -> list:
-    """The served deployments: a scheduled backfill per job, the event-triggered re-embed,
-    and for ``batch_jobs`` (jobs whose default is the Batch API) a collection of their
-    batches every :data:`COLLECT_EVERY_S` seconds."""
+def build_deployments(
+    jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: list[str] = (), reembed: bool = True
+) -> list:
+    """The served deployments: a scheduled backfill per job; for ``batch_jobs`` (jobs whose
+    default is the Batch API) a collection of their batches every :data:`COLLECT_EVERY_S`
+    seconds; and (unless ``reembed`` is False: ``serve --sync``, whose sync runs fill new
+    versions themselves) the event-triggered re-embed."""
     from prefect.deployments.runner import EntrypointType
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
@@ -112,6 +115,8 @@ def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch
         )
         for job in batch_jobs
     ]
+    if not reembed:
+        return deployments
     deployments.append(
         backfill.to_deployment(
             name="reembed",
@@ -132,10 +137,18 @@ def build_deployments(jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch
 
 
 def serve(
-    url: str, *, jobs: list[str], cron: str | None = DEFAULT_CRON, port: int | None = None, announce=print
+    url: str,
+    *,
+    jobs: list[str],
+    cron: str | None = DEFAULT_CRON,
+    port: int | None = None,
+    announce=print,
+    sync: bool = False,
+    sync_window_s: float | None = None,
 ) -> None:
     """Serve the deployments until interrupted, on ``PREFECT_API_URL`` or the local Prefect
-    server (started on ``port`` if it is not running yet; it keeps running afterwards)."""
+    server (started on ``port`` if it is not running yet; it keeps running afterwards); with
+    ``sync``, also a sync run per job (:mod:`vectorfill.orchestration.sync`)."""
     from vectorfill.orchestration.api import use_api
 
     os.environ[DATABASE_URL_ENV] = url
@@ -147,14 +160,22 @@ def serve(
     state = _state_path()
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"api_url": api_url, "serve_pid": os.getpid()}))
+    syncing = None
     try:
         from prefect import serve as prefect_serve
 
-        deployments = build_deployments(jobs, cron=cron, batch_jobs=_batch_jobs(url, jobs))
+        deployments = build_deployments(jobs, cron=cron, batch_jobs=_batch_jobs(url, jobs), reembed=not sync)
         ui = api_url.removesuffix("/api")
         announce(f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} (Ctrl-C stops)")
+        if sync and jobs:
+            from vectorfill.orchestration.sync import SyncSupervisor
+
+            syncing = SyncSupervisor(jobs, window_s=sync_window_s, announce=announce).start()
+            announce(f"Syncing {', '.join(jobs)}: rows are embedded as they are written")
         prefect_serve(*deployments, print_starting_message=False)
     finally:
+        if syncing is not None and not syncing.stop():
+            announce("sync runs did not stop within 60 s; their claims expire with their leases")
         try:
             if json.loads(state.read_text()).get("serve_pid") == os.getpid():
                 state.unlink()

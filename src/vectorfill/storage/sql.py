@@ -125,9 +125,11 @@ __all__ = [
     "batch_give_back_keys",
     "batch_items_insert",
     "batch_items_read",
+    "behind",
     "lock_source",
     "parse_template",
     "refund_attempts",
+    "sync_poll",
 ]
 
 SCHEMA = "vectorfill"
@@ -1175,6 +1177,8 @@ def refund_attempts(js: JobSQL) -> sql.Composed:
     return sql.SQL("UPDATE {q} SET attempts = greatest(attempts - 1, 0) WHERE claimed_by = %s AND attempts > 0").format(
         q=js.q
     )
+
+
 # ----------------------------------------------------------------- Batch API submissions
 # ``vectorfill.batches`` (one row per provider batch) and ``vectorfill.batch_items`` (its
 # inputs), migration 0006; used by ``tasks/submit.py`` and ``tasks/collect.py``. A
@@ -1283,3 +1287,59 @@ def batch_give_back_keys(js: JobSQL) -> sql.Composed:
         """UPDATE {q} q SET lease_until = NULL, claimed_by = NULL, attempts = greatest(q.attempts - 1, 0)
              FROM {unnest} WHERE {match} AND q.claimed_by = %s"""
     ).format(q=js.q, unnest=js._unnest([]), match=js._match("q", "c"))
+
+
+# ----------------------------------------------------------------- re-embed catch-up and continuous sync
+# (issue 11: a re-embed switches as soon as the new version is at least as complete as the
+# active one; `vectorfill serve --sync` polls the queues instead of waiting for a schedule)
+
+
+def behind(new: JobSQL, active: JobSQL) -> sql.Composable:
+    """What the new version lacks that the active one has: rows queued in ``new``, or
+    failed there (other than rows with no text), whose vector in ``active`` is up to date
+    (stored, and not queued again). Zero for both means no reader loses a fresh vector
+    when the view moves to ``new``; rows queued in both stay queued in ``new``.
+
+    Index look-ups per queued and failed row of ``new`` (run it when that queue is small:
+    :func:`vectorfill.jobs.versions.complete` looks at the plain counts first).
+    Parameters: job_id, version (the new one's)."""
+    failed_keys = [
+        sql.SQL("v.{} = (f.row_key->>{})::{}").format(k, sql.Literal(i), t)
+        for i, (k, t) in enumerate(zip(active.k, active.types, strict=True))
+    ]
+    return sql.SQL(
+        """SELECT (SELECT count(*) FROM {qn} n
+                    WHERE EXISTS (SELECT 1 FROM {va} v WHERE {vn} AND v.chunk_seq = 0)
+                      AND NOT EXISTS (SELECT 1 FROM {qa} a WHERE {an})) AS queued,
+                  (SELECT count(*) FROM vectorfill.failures f
+                    WHERE f.job_id = %(job_id)s AND f.version = %(version)s AND f.reason <> 'empty_text'
+                      AND EXISTS (SELECT 1 FROM {va} v
+                                   WHERE {fv} AND v.chunk_seq = 0
+                                     AND NOT EXISTS (SELECT 1 FROM {qa} a WHERE {av}))) AS failed"""
+    ).format(
+        qn=new.q,
+        va=active.v,
+        qa=active.q,
+        vn=new._match("v", "n"),
+        an=new._match("a", "n"),
+        fv=sql.SQL(" AND ").join(failed_keys),
+        av=new._match("a", "v"),
+    )
+
+
+def sync_poll(queues: list[JobSQL]) -> sql.Composable:
+    """One row: the job's versions as ``version:state,...`` (a change means set-model, a
+    switch, a pause or an abandon happened: the sync loop reloads the job), then for each
+    queue whether it holds a row a claim would take now (not leased, or its lease expired).
+
+    ``EXISTS`` stops at the first such row: on an idle queue (empty, or holding only rows
+    leased by a run) it costs next to nothing, so the sync loop runs this every few hundred
+    milliseconds, on one connection for all of a job's versions. Parameter: job_id."""
+    exists = [
+        sql.SQL("EXISTS (SELECT 1 FROM {q} WHERE lease_until IS NULL OR lease_until < now())").format(q=js.q)
+        for js in queues
+    ]
+    return sql.SQL(
+        """SELECT (SELECT coalesce(string_agg(version::text || ':' || state, ',' ORDER BY version), '')
+                     FROM vectorfill.versions WHERE job_id = %(job_id)s){}"""
+    ).format(sql.SQL("").join(sql.SQL(", {}").format(e) for e in exists))
