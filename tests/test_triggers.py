@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from vectorfill.storage.db import connect, migrate
+from vectorfill.storage.db import connect, head_revision, migrate
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ def test_migrate_upgrades_the_row_level_triggers_of_existing_jobs(db):
     _install_row_level_triggers(db)
     assert _trigger_shapes(db)["vectorfill_docs_insert"] == (True, False, False)
     said: list[str] = []
-    assert migrate(db, report=said.append) == "0002"
+    assert migrate(db, report=said.append) == head_revision()
     assert said == ["job docs: triggers upgraded to statement-level triggers"]
     assert _trigger_shapes(db) == {
         "vectorfill_docs_insert": (False, False, True),

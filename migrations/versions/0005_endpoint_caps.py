@@ -16,7 +16,7 @@ learns something (:mod:`vectorfill.provider.negotiate`); the statements are in
 from alembic import op
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -15,7 +15,7 @@ hash of the text sent. Texts themselves are not kept.
 from alembic import op
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -210,6 +210,15 @@ def _alembic_config(url: str):
     return cfg
 
 
+def head_revision() -> str:
+    """The newest revision of vectorfill's schema, as this release ships it."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("postgresql://unused")).get_current_head()
+    assert head is not None
+    return head
+
+
 def _alembic_run(url: str, fn, revision: str) -> None:
     from sqlalchemy import create_engine, pool
 
