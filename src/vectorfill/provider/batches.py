@@ -294,10 +294,10 @@ class BatchesClient:
 
     def _error(self, response: httpx.Response, where: str) -> Exception:
         status = response.status_code
-        message, code, err_type = _error_fields(response)
+        message, code, err_type, param = _error_fields(response)
         message = self._scrub(message)
         kw: dict[str, Any] = dict(
-            job=self.job, status=status, code=code, retry_after=parse_retry_after(response.headers)
+            job=self.job, status=status, code=code, retry_after=parse_retry_after(response.headers), param=param
         )
         if status in (401, 403):
             hint = f" in ${self.key_hint}" if self.key_hint else " (set --api-key-env)"
