@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from vectorfill.config import STORAGE_TYPES, ChunkSettings, JobSettings, validate_job_name
 from vectorfill.errors import ConfigError, JobError, SourceError
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql
+from vectorfill.storage.db import one_row, scalar
 
 __all__ = [
     "KNOWN_DIMENSIONS",
@@ -65,7 +68,7 @@ def check_endpoint_options(dimensions: int | None, api_key_env: str | None, *, j
 
 
 def _require_schema(conn: psycopg.Connection) -> None:
-    if conn.execute(sql.SCHEMA_INSTALLED).fetchone()[0] is None:
+    if scalar(conn.execute(sql.SCHEMA_INSTALLED)) is None:
         raise JobError("vectorfill's schema is not installed in this database: run `vectorfill migrate` first")
 
 
@@ -127,10 +130,12 @@ def create_job(
     options = version_options(storage, chunking or ChunkSettings(), text_columns=text_columns, job=name)
 
     settings_json = Jsonb(settings.model_dump())
-    job_id = conn.execute(
-        sql.INSERT_JOB,
-        (name, schema, tname, key_columns, key_types, text_columns, template, settings_json),
-    ).fetchone()[0]
+    job_id = scalar(
+        conn.execute(
+            sql.INSERT_JOB,
+            (name, schema, tname, key_columns, key_types, text_columns, template, settings_json),
+        )
+    )
     conn.execute(
         sql.INSERT_VERSION,
         {
@@ -207,11 +212,34 @@ def load_job(conn: psycopg.Connection, name: str) -> Job:
     )
 
 
-def _version(row) -> Version:
-    *fields, options = row
+def _version(row: tuple[Any, ...]) -> Version:
+    """A :data:`vectorfill.storage.sql.VERSION_ROWS` row; its columns named, not spread by
+    position into the dataclass (whose later fields are the options')."""
+    (
+        job_id,
+        version,
+        model,
+        base_url,
+        api_key_env,
+        dimensions,
+        vector_dims,
+        state,
+        created_at,
+        activated_at,
+        options,
+    ) = row
     options = options or {}
     return Version(
-        *fields,
+        job_id=job_id,
+        version=version,
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        dimensions=dimensions,
+        vector_dims=vector_dims,
+        state=state,
+        created_at=created_at,
+        activated_at=activated_at,
         storage=options.get("storage", "vector"),  # versions made before the option existed
         chunking=ChunkSettings(**options.get("chunking", {})),
     )
@@ -262,11 +290,9 @@ def drop_job(conn: psycopg.Connection, name: str) -> None:
     conn.execute(sql.DELETE_JOB, (job.id,))
 
 
-def list_failures(conn: psycopg.Connection, name: str, limit: int = 50) -> list[dict]:
+def list_failures(conn: psycopg.Connection, name: str, limit: int = 50) -> list[dict[str, Any]]:
     job = load_job(conn, name)
-    cur = conn.execute(sql.FAILURE_ROWS, (job.id, limit))
-    cols = [d.name for d in cur.description]
-    return [dict(zip(cols, r, strict=True)) for r in cur]
+    return conn.cursor(row_factory=dict_row).execute(sql.FAILURE_ROWS, (job.id, limit)).fetchall()
 
 
 def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None = None) -> int:
@@ -311,7 +337,7 @@ def job_status(conn: psycopg.Connection, name: str, version: int | None = None) 
     if ver is None:
         raise JobError("has no active version", job=name)
     js = sql.JobSQL(job, ver)
-    total, embedded, pending, failed = conn.execute(js.counts(), {"job_id": job.id, "version": ver.version}).fetchone()
+    total, embedded, pending, failed = one_row(conn.execute(js.counts(), {"job_id": job.id, "version": ver.version}))
     return JobStatus(
         job=job.name,
         version=ver.version,
@@ -336,14 +362,14 @@ def upgrade_triggers(conn: psycopg.Connection) -> list[str]:
     between the old triggers and the new ones. Jobs whose source table is gone are left
     alone (their backfill says so).
     """
-    if conn.execute(sql.SCHEMA_INSTALLED).fetchone()[0] is None:
+    if scalar(conn.execute(sql.SCHEMA_INSTALLED)) is None:
         return []
     upgraded = []
     for name in list_jobs(conn):
         conn.execute(sql.LOCK_JOB, {"name": name})
         job = load_job(conn, name)
         fn = sql.trigger_function_name(job).as_string() + "()"
-        if conn.execute(sql.TRIGGER_FUNCTION_VERSION, {"fn": fn}).fetchone()[0] == sql.TRIGGER_VERSION:
+        if scalar(conn.execute(sql.TRIGGER_FUNCTION_VERSION, {"fn": fn})) == sql.TRIGGER_VERSION:
             continue
         if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone() is None:
             continue
