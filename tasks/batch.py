@@ -44,7 +44,7 @@ from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.storage.db import LaneConnection
 
-from .claim import Claim, claim_rows
+from .claim import Batch, Claim, claim_rows
 from .common import TASK_OPTIONS, Work
 from .embed import Embedded, embed_batch
 from .store import Stored, store_batch
@@ -83,6 +83,13 @@ class Attempts:
     """Requests of the claim embedded (and then stored) already."""
     stage: str = "claim"
     failures: Counter = field(default_factory=Counter)
+
+    @property
+    def batches(self) -> tuple[Batch, ...]:
+        """The claim's requests; only the stages after the claim ask for them."""
+        if self.claim is None:
+            raise RuntimeError("the batch's rows are not claimed yet")
+        return self.claim.batches
 
     @property
     def retries(self) -> dict[str, int]:
@@ -240,7 +247,7 @@ async def _embed_and_store(
             if any(stops_run(e) for _, e in errors):
                 return
             try:
-                attempts.embedded[i] = await embed_batch(attempts.work, client, attempts.claim.batches[i], throttle)
+                attempts.embedded[i] = await embed_batch(attempts.work, client, attempts.batches[i], throttle)
             except Exception as exc:
                 errors.append(("embed", exc))
                 return
@@ -249,7 +256,7 @@ async def _embed_and_store(
 
     for i in sorted(attempts.embedded):
         await store(i)
-    await asyncio.gather(*(request(i) for i in range(len(attempts.claim.batches)) if i not in attempts.sent))
+    await asyncio.gather(*(request(i) for i in range(len(attempts.batches)) if i not in attempts.sent))
     if errors:
         attempts.stage, exc = min(errors, key=lambda e: _severity(e[1]))
         raise exc
@@ -283,7 +290,7 @@ def _merged(parts: list[Embedded]) -> Embedded:
 async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneConnection) -> None:
     """Store request ``i``'s vectors (with those of the requests of its group, once all are
     answered); the first store of a version types its vector column."""
-    batches = attempts.claim.batches
+    batches = attempts.batches
     group = _group(batches, i)
     if any(j not in attempts.embedded for j in group):
         return  # the rest of a row's chunks are still in flight: the last answer stores them all
