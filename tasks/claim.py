@@ -174,7 +174,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     failed: list[tuple[tuple, int, str, int | None, str]] = []
     todo: list[tuple[tuple, int, str, bytes]] = []
     counter = counter_for(work.version.model)
-    limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
+    max_tokens = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
     chunked: list[Item] = []
     plans: dict[tuple, RowPlan] = {}
     moved: list[RowPlan] = []  # rows whose chunks are all stored already, in another order
@@ -222,7 +222,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             continue
         try:
             chunks = chunk_text(
-                text, chunking, counter, limit=limit, fields=dict(zip(fields, row[n + 4 :], strict=True))
+                text, chunking, counter, limit=max_tokens, fields=dict(zip(fields, row[n + 4 :], strict=True))
             )
         except TooManyChunks as exc:
             failed.append((key, seq, "too_many_chunks", None, f"row {_show(key)} of {work.job.source} {exc}"))
@@ -247,12 +247,12 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
 
     counted = s.tpm is not None and counter.exact  # then count_tokens counts every text exactly
     tokens = count_tokens(
-        counter, [t[2] for t in todo], limit, _request_tokens(s), exact=s.tpm is not None, max_inputs=s.max_inputs
+        counter, [t[2] for t in todo], max_tokens, _request_tokens(s), exact=s.tpm is not None, max_inputs=s.max_inputs
     )
     items: list[Item] = []
     truncated = 0
     for (key, seq, text, digest), tok in zip(todo, tokens, strict=True):
-        if limit and counter.exact and tok > limit:
+        if max_tokens and counter.exact and tok > max_tokens:
             if s.on_too_long == "fail":
                 failed.append(
                     (
@@ -261,13 +261,13 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                         "too_long",
                         None,
                         f"row {_show(key)} of {work.job.source} has {tok} tokens, over the model's "
-                        f"limit of {limit}; shorten it, or let vectorfill truncate (on_too_long=truncate), "
+                        f"limit of {max_tokens}; shorten it, or let vectorfill truncate (on_too_long=truncate), "
                         "or cut it into chunks (--chunker recursive)",
                     )
                 )
                 del plans[key]
                 continue
-            text, tok, truncated = counter.truncate(text, limit), limit, truncated + 1
+            text, tok, truncated = counter.truncate(text, max_tokens), max_tokens, truncated + 1
         items.append(Item(key, seq, text, digest, tok, counted))
     items.extend(chunked)
 
