@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from vectorfill.config import JobSettings
 from vectorfill.errors import is_transient
 from vectorfill.records import Job, Version
 from vectorfill.storage.db import resolve_database_url
 
-__all__ = ["TASK_OPTIONS", "Work", "database_url", "retry_transient"]
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
+
+__all__ = ["TASK_OPTIONS", "TaskOptions", "Work", "database_url", "retry_transient"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class Work:
         return f"{self.job.name} v{self.version.version}"
 
 
-def retry_transient(task, task_run, state) -> bool:
+def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry only errors marked transient."""
     return isinstance(state.data, BaseException) and is_transient(state.data)
 
@@ -41,11 +47,20 @@ def database_url() -> str:
     return resolve_database_url(None, start_embedded=True)
 
 
+class TaskOptions(TypedDict):
+    """The keyword arguments of ``@task`` in :data:`TASK_OPTIONS`, typed as ``@task`` takes them."""
+
+    cache_policy: CachePolicy
+    persist_result: bool
+    retry_condition_fn: Callable[[Task[..., Any], TaskRun, State[Any]], bool]
+    retry_jitter_factor: float
+
+
 #: Options every stage task shares: no caching, no result persistence (results are large
 #: arrays that live only in memory for the next stage), retries only for transient errors.
-TASK_OPTIONS = dict(
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retry_condition_fn=retry_transient,
-    retry_jitter_factor=0.5,
-)
+TASK_OPTIONS: TaskOptions = {
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+    "retry_condition_fn": retry_transient,
+    "retry_jitter_factor": 0.5,
+}
