@@ -50,7 +50,7 @@ from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.prices import batch_price_per_million
 from vectorfill.records import Job
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, connect
+from vectorfill.storage.db import LaneConnection, connect, scalar
 
 from .claim import Item
 from .common import TASK_OPTIONS, Work, database_url
@@ -172,7 +172,7 @@ async def collect_batches(job_name: str) -> Collected:
 def _open_batches(url: str, job_name: str) -> tuple[Job, list[dict]]:
     with connect(url) as conn:
         job = load_job(conn, job_name)
-        if not conn.execute(sql.BATCHES_INSTALLED).fetchone()[0]:  # schema before 0006: no batches
+        if not scalar(conn.execute(sql.BATCHES_INSTALLED)):  # schema before 0006: no batches
             return job, []
         cur = conn.execute(sql.BATCH_OPEN, {"job_id": job.id})
         names = [d.name for d in cur.description or ()]

@@ -59,7 +59,7 @@ from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
 from vectorfill.records import Job
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection
+from vectorfill.storage.db import LaneConnection, aone_row
 
 from .batch import Attempts, Filled, Lanes, fill_batch, rows_per_task
 from .claim import keep_claims, release_rows
@@ -122,7 +122,7 @@ class _Worker:
     client: EmbeddingsClient | None = None
     dbs: list[LaneConnection] = field(default_factory=list)
     keeper: asyncio.Task | None = None
-    _client_cm: contextlib.AbstractAsyncContextManager | None = None
+    _client_cm: contextlib.AbstractAsyncContextManager[EmbeddingsClient] | None = None
 
     async def open(self, job: str) -> None:
         self._client_cm = EmbeddingsClient.for_version(self.work.version, job=job, settings=self.work.settings)
@@ -203,10 +203,13 @@ class _Worker:
         """The batch task's body (claim -> embed -> store), retried as Prefect retries the
         task; once its retries are spent on an error that may pass, tried again after
         :data:`OUTAGE_BACKOFF_S` with its claims kept (see the module docstring)."""
+        if self.client is None:
+            raise RuntimeError("the worker's client is not open: call open() first")
+        client = self.client
         rounds = 0
         while True:
             try:
-                return await fill_batch.fn(attempts, limit, self.token, db, self.client, self.throttle, lanes)
+                return await fill_batch.fn(attempts, limit, self.token, db, client, self.throttle, lanes)
             except Exception as exc:
                 if attempts.may_retry(exc):
                     continue  # the task body waited out the stage's backoff already
@@ -342,7 +345,7 @@ class _Following:
         if self.poll_conn is None or self.poll_conn.closed:
             self.poll_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
         queues = [sql.JobSQL(self.job, w.work.version) for w in self.workers]
-        row = await (await self.poll_conn.execute(sql.sync_poll(queues), {"job_id": self.job.id})).fetchone()
+        row = await aone_row(await self.poll_conn.execute(sql.sync_poll(queues), {"job_id": self.job.id}))
         fingerprint, *claimable = row
         if self.fingerprint is None:
             self.fingerprint = fingerprint

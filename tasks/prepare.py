@@ -11,7 +11,7 @@ from vectorfill.config import read_api_key
 from vectorfill.errors import SourceError
 from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
-from vectorfill.storage.db import connect
+from vectorfill.storage.db import connect, one_row
 
 from .common import TASK_OPTIONS, Work, database_url
 
@@ -51,5 +51,5 @@ def _prepare(job_name: str) -> Prepared:
         for work in works:
             read_api_key(work.version.api_key_env, job=job.name)  # fail early if the key is missing
             js = sql.JobSQL(job, work.version)
-            pending += conn.execute(js.counts(), {"job_id": job.id, "version": work.version.version}).fetchone()[2]
+            pending += one_row(conn.execute(js.counts(), {"job_id": job.id, "version": work.version.version}))[2]
     return Prepared(works=works, pending=pending)

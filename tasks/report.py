@@ -21,7 +21,7 @@ from prefect.states import Completed, Failed
 from vectorfill.errors import RowsFailed
 from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
-from vectorfill.storage.db import connect
+from vectorfill.storage.db import connect, one_row
 
 from .common import TASK_OPTIONS, database_url
 
@@ -163,9 +163,9 @@ def _counts(job_name: str) -> tuple[int, int]:
     with connect(database_url()) as conn:
         job = load_job(conn, job_name)
         for version in job.live_versions:
-            counts = conn.execute(
-                sql.JobSQL(job, version).counts(), {"job_id": job.id, "version": version.version}
-            ).fetchone()
+            counts = one_row(
+                conn.execute(sql.JobSQL(job, version).counts(), {"job_id": job.id, "version": version.version})
+            )
             pending += counts[2]
             failed += counts[3]
     return pending, failed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -20,7 +21,7 @@ from psycopg import sql as pgsql
 from vectorfill.errors import TerminalProviderError
 from vectorfill.records import Version
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, lane_error
+from vectorfill.storage.db import LaneConnection, aone_row, lane_error
 
 from .claim import RowPlan, _fail, settle_plans
 from .common import Work
@@ -42,12 +43,12 @@ class Stored:
     """The vector column's size after this store (known once the first batch is stored)."""
 
 
-async def _type_oids(conn, work: Work, vtype: str = "vector") -> list[int]:
+async def _type_oids(conn: psycopg.AsyncConnection[Any], work: Work, vtype: str = "vector") -> list[int]:
     """OIDs for the COPY: key columns, chunk_seq, embedding, input_hash, model, chunk."""
     rows = await (
         await conn.execute("SELECT t::regtype::oid FROM unnest(%s::text[]) AS t", (list(work.job.key_types),))
     ).fetchall()
-    vec = await (await conn.execute("SELECT %s::regtype::oid", (vtype,))).fetchone()
+    vec = await aone_row(await conn.execute("SELECT %s::regtype::oid", (vtype,)))
     int4, bytea, text = 23, 17, 25
     return [r[0] for r in rows] + [int4, vec[0], bytea, text, text]
 
@@ -218,7 +219,7 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
                 if current:
                     vtype = version.vector_type
                     payload = binary_copy_payload(job.key_types, items, vectors, current, embedded.model, vtype)
-                    types = None if payload is not None else await _type_oids(conn, work, vtype)
+                    types = [] if payload is not None else await _type_oids(conn, work, vtype)
                     async with conn.cursor() as cur:  # (type look-ups before COPY: it holds the connection)
                         async with cur.copy(js.copy_vectors()) as copy:
                             if payload is not None:

@@ -37,7 +37,7 @@ from vectorfill.errors import DatabaseError, JobError, TerminalProviderError
 from vectorfill.provider import batches as batch_api
 from vectorfill.provider.batches import BatchesClient, request_line
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, connect
+from vectorfill.storage.db import LaneConnection, connect, scalar
 
 from .claim import Claim, claim_rows, key_arrays
 from .common import TASK_OPTIONS, Work, database_url
@@ -124,7 +124,7 @@ async def submit_batches(prepared: Prepared, max_rows: int | None = None) -> Sub
 async def submit_version(work: Work, max_rows: int | None = None) -> Submitted:
     url = database_url()
     with connect(url) as conn:
-        if not conn.execute(sql.BATCHES_INSTALLED).fetchone()[0]:
+        if not scalar(conn.execute(sql.BATCHES_INSTALLED)):
             raise JobError("this database's vectorfill schema predates batch mode: run `vectorfill migrate`")
     async with batch_lock(url, work.job.id) as held:
         if not held:
