@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -374,7 +375,7 @@ class JobSQL:
             src=self.src,
         )
 
-    def column_type(self, dims: int | None = None) -> sql.Composed:
+    def column_type(self, dims: int | None = None) -> sql.SQL | sql.Composed:
         """``vector(d)`` or ``halfvec(d)`` (:attr:`Version.vector_type`); untyped while the
         dimensions are not known."""
         dims = dims or self.version.vector_dims
@@ -695,7 +696,7 @@ class JobSQL:
     def count_vectors(self) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {}").format(self.v)
 
-    def _query_cast(self) -> sql.Composed:
+    def _query_cast(self) -> sql.SQL:
         """The query vector (sent as ``vector``) cast to the column's type, so that a
         ``halfvec`` column's index serves the ORDER BY."""
         return sql.SQL("::halfvec") if self.version.vector_type == "halfvec" else sql.SQL("")
@@ -762,9 +763,9 @@ def trigger_function_name(job: Job) -> sql.Identifier:
 def _queue_rows(
     js: JobSQL,
     rows: sql.Composable,
-    cols: list[sql.Composable],
+    cols: Sequence[sql.Composable],
     dyn_rows: sql.Composable,
-    using: list[sql.Composable],
+    using: Sequence[sql.Composable],
 ) -> sql.Composed:
     """Queue the keys ``cols`` of ``rows`` with the seq ``vf_seq``, lease cleared.
 
@@ -936,7 +937,7 @@ def create_trigger_function(job: Job) -> sql.Composed:
     )
     truncate = sql.SQL(" ").join(sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss)
     if not jss:  # no live version (cannot happen today: the active one is always live)
-        on_insert = on_delete = on_update = truncate = sql.SQL("NULL;")
+        on_insert = on_delete = on_update = truncate = sql.Composed([sql.SQL("NULL;")])
     body = sql.SQL(
         """
         DECLARE {declare} vf_seq bigint;
@@ -1294,7 +1295,7 @@ def batch_give_back_keys(js: JobSQL) -> sql.Composed:
 # active one; `vectorfill serve --sync` polls the queues instead of waiting for a schedule)
 
 
-def behind(new: JobSQL, active: JobSQL) -> sql.Composable:
+def behind(new: JobSQL, active: JobSQL) -> sql.Composed:
     """What the new version lacks that the active one has: rows queued in ``new``, or
     failed there (other than rows with no text), whose vector in ``active`` is up to date
     (stored, and not queued again). Zero for both means no reader loses a fresh vector
@@ -1327,7 +1328,7 @@ def behind(new: JobSQL, active: JobSQL) -> sql.Composable:
     )
 
 
-def sync_poll(queues: list[JobSQL]) -> sql.Composable:
+def sync_poll(queues: list[JobSQL]) -> sql.Composed:
     """One row: the job's versions as ``version:state,...`` (a change means set-model, a
     switch, a pause or an abandon happened: the sync loop reloads the job), then for each
     queue whether it holds a row a claim would take now (not leased, or its lease expired).
