@@ -18,8 +18,10 @@ says why), so no row can slip between two versions' queues.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Final, Literal
 
 import psycopg
 
@@ -28,6 +30,7 @@ from vectorfill.errors import ConfigError, JobError, SourceError
 from vectorfill.jobs.registry import KNOWN_DIMENSIONS, check_endpoint_options, load_job, version_options
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql
+from vectorfill.storage.db import one_row, scalar
 
 __all__ = [
     "VersionStatus",
@@ -43,7 +46,14 @@ __all__ = [
     "version_status",
 ]
 
-_UNSET = object()
+
+class _Unset(enum.Enum):
+    """The type of :data:`_UNSET`: an argument not given, where None means something."""
+
+    UNSET = enum.auto()
+
+
+_UNSET: Final = _Unset.UNSET
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,7 @@ def set_model(
     model: str,
     dimensions: int | None = None,
     base_url: str | None = None,
-    api_key_env: str | object | None = _UNSET,
+    api_key_env: str | Literal[_Unset.UNSET] | None = _UNSET,
     storage: str | None = None,
     chunking: ChunkSettings | None = None,
 ) -> Version:
@@ -146,19 +156,21 @@ def set_model(
                 job=name,
             ) from None
     conn.execute(sql.lock_source(job))
-    number = conn.execute(
-        sql.INSERT_VERSION,
-        {
-            "job_id": job.id,
-            "model": model,
-            "base_url": base,
-            "api_key_env": key_env,
-            "dimensions": dimensions,
-            "vector_dims": vector_dims,
-            "state": "filling",
-            "options": options,
-        },
-    ).fetchone()[0]
+    number = scalar(
+        conn.execute(
+            sql.INSERT_VERSION,
+            {
+                "job_id": job.id,
+                "model": model,
+                "base_url": base,
+                "api_key_env": key_env,
+                "dimensions": dimensions,
+                "vector_dims": vector_dims,
+                "state": "filling",
+                "options": options,
+            },
+        )
+    )
     job = load_job(conn, name)
     version = job.version(number)
     js = sql.JobSQL(job, version)
@@ -169,7 +181,7 @@ def set_model(
 
 
 def _has_valid_index(conn: psycopg.Connection, job: Job, version: Version) -> bool:
-    return bool(conn.execute(sql.JobSQL(job, version).index_valid()).fetchone()[0])
+    return bool(scalar(conn.execute(sql.JobSQL(job, version).index_valid())))
 
 
 def list_versions(conn: psycopg.Connection, name: str) -> list[VersionStatus]:
@@ -179,9 +191,9 @@ def list_versions(conn: psycopg.Connection, name: str) -> list[VersionStatus]:
 
 def version_status(conn: psycopg.Connection, job: Job, v: Version) -> VersionStatus:
     """One version's exact counts (each version's are a few count(*)s over the source)."""
-    total, embedded, pending, failed = conn.execute(
-        sql.JobSQL(job, v).counts(), {"job_id": job.id, "version": v.version}
-    ).fetchone()
+    total, embedded, pending, failed = one_row(
+        conn.execute(sql.JobSQL(job, v).counts(), {"job_id": job.id, "version": v.version})
+    )
     return VersionStatus(
         version=v.version,
         model=v.model,
@@ -197,7 +209,10 @@ def version_status(conn: psycopg.Connection, job: Job, v: Version) -> VersionSta
 
 
 def _missing(conn: psycopg.Connection, job: Job, version: Version) -> tuple[int, int]:
-    return conn.execute(sql.JobSQL(job, version).missing(), {"job_id": job.id, "version": version.version}).fetchone()
+    pending, failed = one_row(
+        conn.execute(sql.JobSQL(job, version).missing(), {"job_id": job.id, "version": version.version})
+    )
+    return pending, failed
 
 
 def behind(conn: psycopg.Connection, job: Job, new: Version) -> tuple[int, int]:
@@ -211,9 +226,12 @@ def behind(conn: psycopg.Connection, job: Job, new: Version) -> tuple[int, int]:
     active = job.active
     if active is None or not (pending or failed):
         return pending, failed
-    return conn.execute(
-        sql.behind(sql.JobSQL(job, new), sql.JobSQL(job, active)), {"job_id": job.id, "version": new.version}
-    ).fetchone()
+    pending, failed = one_row(
+        conn.execute(
+            sql.behind(sql.JobSQL(job, new), sql.JobSQL(job, active)), {"job_id": job.id, "version": new.version}
+        )
+    )
+    return pending, failed
 
 
 def switch(conn: psycopg.Connection, name: str, *, force: bool = False) -> Version:
