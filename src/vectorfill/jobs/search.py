@@ -13,6 +13,7 @@ from vectorfill.jobs.registry import load_job
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.records import HNSW_MAX_DIMS
 from vectorfill.storage import sql
+from vectorfill.storage.db import one_row, scalar
 
 __all__ = ["INDEX_SUGGESTION_ROWS", "Hit", "check_indexable", "create_index", "has_index", "index_suggested", "search"]
 
@@ -75,16 +76,16 @@ def index_suggested(conn: psycopg.Connection, job_name: str) -> bool:
     if version is None or version.vector_dims is None:
         return False
     js = sql.JobSQL(job, version)
-    indexed, estimate = conn.execute(js.index_facts()).fetchone()
+    indexed, estimate = one_row(conn.execute(js.index_facts()))
     if indexed:
         return False
     if estimate is None or estimate < 0:  # never analysed: count
-        estimate = conn.execute(js.count_vectors()).fetchone()[0]
+        estimate = scalar(conn.execute(js.count_vectors()))
     return estimate >= INDEX_SUGGESTION_ROWS
 
 
 def has_index(conn: psycopg.Connection, job, version) -> bool:
-    return bool(conn.execute(sql.JobSQL(job, version).index_facts()).fetchone()[0])
+    return bool(scalar(conn.execute(sql.JobSQL(job, version).index_facts())))
 
 
 def check_indexable(job_name: str, version) -> None:
@@ -137,7 +138,7 @@ def create_index(
             raise JobError(f"has no typed vectors yet; run `vectorfill backfill {job_name}` first", job=job_name)
         check_indexable(job_name, version)
         js = sql.JobSQL(job, version)
-        if conn.execute(js.index_valid()).fetchone()[0] is False:
+        if scalar(conn.execute(js.index_valid())) is False:
             conn.execute(js.drop_index())
         try:
             conn.execute(js.create_index())

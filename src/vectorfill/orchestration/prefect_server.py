@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -82,7 +83,7 @@ def ensure_prefect_database(url: str, name: str) -> None:
 
 
 def build_deployments(
-    jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: list[str] = (), reembed: bool = True
+    jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: Sequence[str] = (), reembed: bool = True
 ) -> list:
     """The served deployments: a scheduled backfill per job; for ``batch_jobs`` (jobs whose
     default is the Batch API) a collection of their batches every :data:`COLLECT_EVERY_S`
