@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from vectorfill.errors import ConfigError
 
-__all__ = ["DEPLOYMENT", "PoolRun", "combine", "run_here", "run_on_pool", "split_rows"]
+__all__ = ["DEPLOYMENT", "PoolRun", "arun_on_pool", "combine", "run_here", "run_on_pool", "split_rows"]
 
 DEPLOYMENT = "backfill-workers"
 FLOW = "vectorfill-backfill"
@@ -97,49 +97,76 @@ def run_on_pool(
     timeout_s: float | None = None,
 ) -> list[PoolRun]:
     """Register the backfill deployment on ``pool`` and create ``workers`` flow runs of it for
-    ``job``; with ``wait``, return once every run is in a final state (or ``timeout_s``)."""
+    ``job``; with ``wait``, return once every run is in a final state (or ``timeout_s``).
+
+    For synchronous callers (the CLI); from a coroutine, await :func:`arun_on_pool`."""
+    return asyncio.run(
+        arun_on_pool(job, workers, pool, max_rows=max_rows, wait=wait, poll_s=poll_s, timeout_s=timeout_s)
+    )
+
+
+async def arun_on_pool(
+    job: str,
+    workers: int,
+    pool: str,
+    *,
+    max_rows: int | None = None,
+    wait: bool = True,
+    poll_s: float = 2.0,
+    timeout_s: float | None = None,
+) -> list[PoolRun]:
+    """:func:`run_on_pool` for a coroutine.
+
+    Prefect's ``to_deployment``, ``apply`` and ``run_deployment`` pick their sync or async
+    implementation from the calling context, and return a coroutine when an event loop is
+    running: called synchronously from one, the deployment was silently not registered and
+    the flow runs were coroutines. Here the async implementations are called explicitly."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
+    from prefect.client.schemas.objects import State
+    from prefect.deployments import arun_deployment
     from prefect.deployments.runner import EntrypointType
     from prefect.exceptions import ObjectNotFound
 
     from vectorfill.flows.backfill import backfill
 
-    with get_client(sync_client=True) as client:
+    def state_name(state: State | None) -> str:
+        return (state.name or state.type.value) if state is not None else "?"
+
+    async with get_client() as client:
         try:
-            client.read_work_pool(pool)
+            await client.read_work_pool(pool)
         except ObjectNotFound:
             raise ConfigError(
                 f"there is no work pool {pool!r} on the Prefect server: create it with "
                 f"`prefect work-pool create {pool} --type process`, then start workers with "
                 f"`prefect worker start --pool {pool}` on each machine"
             ) from None
-    deployment = backfill.to_deployment(
-        name=DEPLOYMENT,
-        tags=["vectorfill"],
-        description="One of the flow runs of `vectorfill backfill JOB --workers N --pool POOL`.",
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )
-    deployment.apply(work_pool_name=pool)
-    runs = [
-        run_deployment(
-            name=f"{FLOW}/{DEPLOYMENT}",
-            parameters={"job": job, "max_rows": m},
-            timeout=0,
-            tags=["vectorfill", f"job:{job}"],
+        deployment = await backfill.ato_deployment(
+            name=DEPLOYMENT,
+            tags=["vectorfill"],
+            description="One of the flow runs of `vectorfill backfill JOB --workers N --pool POOL`.",
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
-        for m in split_rows(max_rows, workers)
-    ]
-    out = [PoolRun(str(r.id), r.name, r.state.name if r.state else "?") for r in runs]
-    if not wait:
-        return out
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
+        await deployment.aapply(work_pool_name=pool)
+        runs = [
+            await arun_deployment(
+                name=f"{FLOW}/{DEPLOYMENT}",
+                client=client,
+                parameters={"job": job, "max_rows": m},
+                timeout=0,
+                tags=["vectorfill", f"job:{job}"],
+            )
+            for m in split_rows(max_rows, workers)
+        ]
+        out = [PoolRun(str(r.id), r.name, state_name(r.state)) for r in runs]
+        if not wait:
+            return out
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            states = [client.read_flow_run(r.id).state for r in runs]
-            out = [PoolRun(str(r.id), r.name, s.name if s else "?") for r, s in zip(runs, states, strict=True)]
+            states = [(await client.read_flow_run(r.id)).state for r in runs]
+            out = [PoolRun(str(r.id), r.name, state_name(s)) for r, s in zip(runs, states, strict=True)]
             if all(s is not None and s.is_final() for s in states):
                 return out
             if deadline is not None and time.monotonic() > deadline:
                 return out
-            time.sleep(poll_s)
+            await asyncio.sleep(poll_s)
