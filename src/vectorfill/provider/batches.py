@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -37,7 +37,10 @@ from vectorfill.errors import (
     TerminalProviderError,
     TransientProviderError,
 )
-from vectorfill.provider.client import _error_fields, _tls_for, parse_retry_after
+from vectorfill.provider.client import _error_fields, _ErrorDetails, _tls_for, parse_retry_after
+
+if TYPE_CHECKING:
+    from vectorfill.records import Version
 
 __all__ = [
     "ACTIVE",
@@ -187,7 +190,7 @@ class BatchesClient:
         )
 
     @classmethod
-    def for_version(cls, version, *, job: str, **kw) -> BatchesClient:
+    def for_version(cls, version: Version, *, job: str, **kw: Any) -> BatchesClient:
         from vectorfill.config import read_api_key
 
         return cls(
@@ -296,9 +299,13 @@ class BatchesClient:
         status = response.status_code
         message, code, err_type, param = _error_fields(response)
         message = self._scrub(message)
-        kw: dict[str, Any] = dict(
-            job=self.job, status=status, code=code, retry_after=parse_retry_after(response.headers), param=param
-        )
+        kw: _ErrorDetails = {
+            "job": self.job,
+            "status": status,
+            "code": code,
+            "retry_after": parse_retry_after(response.headers),
+            "param": param,
+        }
         if status in (401, 403):
             hint = f" in ${self.key_hint}" if self.key_hint else " (set --api-key-env)"
             return AuthenticationError(

@@ -23,7 +23,9 @@ import binascii
 import email.utils
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import httpx
 import numpy as np
@@ -35,17 +37,42 @@ from vectorfill.errors import (
     ConfigError,
     InputError,
     ModelNotFound,
+    ProviderError,
     QuotaExceeded,
     TerminalProviderError,
     TransientProviderError,
 )
 
+if TYPE_CHECKING:
+    from vectorfill.config import JobSettings
+    from vectorfill.provider.negotiate import Negotiator
+    from vectorfill.records import Version
+
 __all__ = ["Embeddings", "EmbeddingsClient", "parse_retry_after"]
 
+
+class _B64Decode(Protocol):
+    """What is used of ``b64decode``, which pybase64 and the standard library both offer."""
+
+    def __call__(self, s: str, /, *, validate: bool) -> bytes: ...
+
+
+_b64decode: _B64Decode
 try:  # SIMD base64: ~15x the standard library on a response of 1,024 x 1,536 floats
     from pybase64 import b64decode as _b64decode
 except ImportError:  # declared as a dependency; the standard library keeps a bare install working
     from base64 import b64decode as _b64decode
+
+
+class _ErrorDetails(TypedDict):
+    """The keyword arguments every :class:`vectorfill.errors.ProviderError` made here takes."""
+
+    job: str | None
+    status: int | None
+    code: str | None
+    retry_after: float | None
+    param: str | None
+
 
 # httpx 0.28: a response's stream refers back to the response, a cycle only the cyclic GC
 # frees (encode/httpx#3733); with ~8 MiB bodies, hundreds of MiB of read responses piled up
@@ -97,7 +124,7 @@ class EmbeddingsClient:
         self.job = job
         self._key = api_key
         self._key_hint = key_hint
-        self._negotiator = None
+        self._negotiator: Negotiator | None = None
         self.tokens_estimated = 0
         """Tokens counted locally because the endpoint's answers carried no ``usage``."""
         headers = {"Content-Type": "application/json", "User-Agent": "vectorfill"}
@@ -115,7 +142,9 @@ class EmbeddingsClient:
         )
 
     @classmethod
-    def for_version(cls, version, *, job: str, settings=None, **kw) -> EmbeddingsClient:
+    def for_version(
+        cls, version: Version, *, job: str, settings: JobSettings | None = None, **kw: Any
+    ) -> EmbeddingsClient:
         """The client for a job version (a :class:`vectorfill.records.Version`): its endpoint,
         model, dimensions, and the API key read now from the version's ``api_key_env``."""
         from vectorfill.config import read_api_key
@@ -138,7 +167,7 @@ class EmbeddingsClient:
         )
 
     @property
-    def negotiator(self):
+    def negotiator(self) -> Negotiator:
         """What this endpoint was found to accept (:class:`vectorfill.provider.negotiate.Negotiator`),
         shared by the run's lanes; a fresh one that remembers nothing unless one was set."""
         if self._negotiator is None:
@@ -148,13 +177,13 @@ class EmbeddingsClient:
         return self._negotiator
 
     @negotiator.setter
-    def negotiator(self, value) -> None:
+    def negotiator(self, value: Negotiator) -> None:
         self._negotiator = value
 
     async def __aenter__(self) -> EmbeddingsClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -163,7 +192,7 @@ class EmbeddingsClient:
     # ------------------------------------------------------------------ request
     async def embed(self, texts: list[str]) -> Embeddings:
         """Embed ``texts`` in one request; raises a :mod:`vectorfill.errors` ProviderError."""
-        body: dict = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
+        body: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": self.encoding_format}
         if self.dimensions:
             body["dimensions"] = self.dimensions
         url = f"{self.base_url}/embeddings"
@@ -246,7 +275,9 @@ class EmbeddingsClient:
                 status=200,
                 code="non_finite",
             )
-        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        usage = payload.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
         tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
         return Embeddings(
             vectors=vectors,
@@ -255,14 +286,13 @@ class EmbeddingsClient:
             headers={k: v for k, v in response.headers.items() if k.startswith(("x-ratelimit", "retry-after"))},
         )
 
-    def _order(self, data: list, n: int) -> list[int]:
+    def _order(self, data: list[object], n: int) -> list[int]:
         """Positions of the items sorted by their ``index``; in order only if none has one."""
         indices = [item.get("index") if isinstance(item, dict) else None for item in data]
         if all(i is None for i in indices):
             return list(range(n))
-        if sorted(i for i in indices if isinstance(i, int)) != list(range(n)) or any(
-            isinstance(i, bool) for i in indices
-        ):
+        ints = [i for i in indices if isinstance(i, int) and not isinstance(i, bool)]
+        if len(ints) != len(indices) or sorted(ints) != list(range(n)):
             raise TransientProviderError(
                 f"the response's index fields are not exactly 0..{n - 1}; no vector of this batch is stored",
                 job=self.job,
@@ -270,11 +300,11 @@ class EmbeddingsClient:
                 code="bad_index",
             )
         position = [0] * n
-        for pos, i in enumerate(indices):
+        for pos, i in enumerate(ints):
             position[i] = pos
         return position
 
-    def _vectors(self, embeddings: list, positions: list[int]) -> np.ndarray:
+    def _vectors(self, embeddings: list[object], positions: list[int]) -> np.ndarray:
         """The ``(n, d)`` float32 array of ``embeddings`` (in input order; ``positions`` are
         their places in ``data``, for messages).
 
@@ -282,9 +312,10 @@ class EmbeddingsClient:
         joined into one array in one copy; anything else (floats, odd lengths, bad base64)
         goes item by item, which also names the item at fault.
         """
-        if embeddings and all(isinstance(e, str) for e in embeddings):
+        texts = [e for e in embeddings if isinstance(e, str)]
+        if embeddings and len(texts) == len(embeddings):
             try:
-                raws = [_b64decode(e, validate=True) for e in embeddings]
+                raws = [_b64decode(e, validate=True) for e in texts]
             except (binascii.Error, ValueError):
                 raws = None
             if raws is not None:
@@ -302,7 +333,7 @@ class EmbeddingsClient:
             )
         return np.vstack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
-    def _decode(self, embedding, index: int) -> np.ndarray:
+    def _decode(self, embedding: object, index: int) -> np.ndarray:
         if isinstance(embedding, str):
             try:
                 raw = base64.b64decode(embedding, validate=True)
@@ -329,13 +360,19 @@ class EmbeddingsClient:
         )
 
     # ------------------------------------------------------------------ errors
-    def _error(self, response: httpx.Response):
+    def _error(self, response: httpx.Response) -> ProviderError:
         status = response.status_code
         message, code, err_type, param = _error_fields(response)
         message = self._scrub(message)
         where = f"{self.base_url}/embeddings"
         retry_after = parse_retry_after(response.headers)
-        kw = dict(job=self.job, status=status, code=code, retry_after=retry_after, param=param)
+        kw: _ErrorDetails = {
+            "job": self.job,
+            "status": status,
+            "code": code,
+            "retry_after": retry_after,
+            "param": param,
+        }
         if status in (401, 403):
             hint = f" in ${self._key_hint}" if self._key_hint else " (set --api-key-env)"
             return AuthenticationError(
@@ -406,7 +443,9 @@ def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None
         detail = payload.get("detail")
         if "error" not in payload and isinstance(detail, list) and detail and isinstance(detail[0], dict):
             first = detail[0]
-            loc = first.get("loc") if isinstance(first.get("loc"), list) else []
+            loc = first.get("loc")
+            if not isinstance(loc, list):
+                loc = []
             where = ".".join(str(p) for p in loc if p != "body")
             message = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail[:3])
             return message, None, first.get("type"), (where or None)
@@ -426,7 +465,7 @@ def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None
     return str(payload)[:300], None, None, None
 
 
-def parse_retry_after(headers: httpx.Headers | dict) -> float | None:
+def parse_retry_after(headers: httpx.Headers | Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
     ms = headers.get("retry-after-ms")
     if ms:
