@@ -79,7 +79,7 @@ import collections
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -308,7 +308,7 @@ class RateLimiter:
         self._shared = shared if any(self._buckets.values()) else None
         self._chunk = chunk
         self._leasing: asyncio.Task[Grant] | None = None  # one lease in flight at most
-        self._background: set[asyncio.Task] = set()  # 429 pauses being recorded
+        self._background: set[asyncio.Task[None]] = set()  # 429 pauses being recorded
         self._leases = 0
         self._lease_waits = 0
         self._lease_s = 0.0
@@ -442,7 +442,7 @@ class RateLimiter:
         chunk = bucket.capacity * self._chunk
         return max(1.0, math.floor(chunk)) if kind == "requests" else chunk
 
-    def _leased(self):
+    def _leased(self) -> Iterator[tuple[str, _Bucket]]:
         for kind in ("requests", "tokens"):
             bucket = self._buckets[kind]
             if bucket is not None and bucket.leased:
@@ -494,9 +494,10 @@ class RateLimiter:
             await asyncio.wait({task})
         finally:
             self._lease_wait_s += time.perf_counter() - started
-        if task.exception() is not None:
+        failure = task.exception()
+        if failure is not None:
             if mine:
-                raise task.exception()
+                raise failure
             return  # a background lease failed: try again with one of our own
         if not mine:
             return  # a background lease's grant: see whether it was enough
@@ -536,7 +537,7 @@ class RateLimiter:
         finally:
             await self._shared.aclose()
 
-    def _forget(self, task: asyncio.Task) -> None:
+    def _forget(self, task: asyncio.Task[object]) -> None:
         self._background.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved here; a failed lease is raised by _top_up
