@@ -120,9 +120,9 @@ def _byte_to_char(text: str, byte_offsets: np.ndarray) -> np.ndarray:
     raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
     starts = (raw & 0xC0) != 0x80
     before = np.concatenate(([0], np.cumsum(starts)))  # char starts in raw[:o]
-    inside = np.zeros(len(raw) + 1, dtype=bool)
+    inside = np.zeros(len(raw) + 1, dtype=np.int64)  # 1 where a byte continues a character
     inside[:-1] = ~starts
-    return before[byte_offsets] - inside[byte_offsets]
+    return np.take(before, byte_offsets) - np.take(inside, byte_offsets)
 
 
 class _Tokens:
@@ -141,6 +141,7 @@ class _Tokens:
         """Character offsets where each token starts, then ``len(text)``: non-decreasing,
         never inside a character."""
         c = self.counter
+        out: list[int]
         if isinstance(c, Cl100k):
             tokens = c._enc.encode_ordinary(text)
             lengths = np.fromiter((len(b) for b in c._enc.decode_tokens_bytes(tokens)), dtype=np.int64)
@@ -203,7 +204,14 @@ def chunk_text(
     return _cover(text, toks, chunks, settings, size, fields)
 
 
-def _cover(text: str, toks: _Tokens, chunks: list[Chunk], settings: ChunkSettings, size: int, fields) -> list[Chunk]:
+def _cover(
+    text: str,
+    toks: _Tokens,
+    chunks: list[Chunk],
+    settings: ChunkSettings,
+    size: int,
+    fields: dict[str, str | None] | None,
+) -> list[Chunk]:
     """Chunks shrunk by the exact check leave a gap before the next: chunk the gap too."""
     out: list[Chunk] = []
     covered = 0

