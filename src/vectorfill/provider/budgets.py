@@ -34,10 +34,13 @@ accounts with several keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
+from psycopg import sql as pgsql
 
 from vectorfill.errors import BudgetUnavailable, ConfigError, DatabaseError
 from vectorfill.provider.ratelimit import Grant
@@ -128,7 +131,9 @@ class PostgresBudget:
     async def aclose(self) -> None:
         await self._db.aclose()
 
-    async def _execute(self, statement, params: dict, *, fetch: bool = False):
+    async def _execute(
+        self, statement: pgsql.SQL | pgsql.Composed, params: Mapping[str, object], *, fetch: bool = False
+    ) -> tuple[Any, ...] | None:
         """Run one statement; after a connection failure, once more on a new connection."""
         for attempt in (1, 2):
             try:

@@ -35,6 +35,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -134,7 +135,13 @@ class Negotiator:
     endpoint, in Postgres (:func:`remember_caps`).
     """
 
-    def __init__(self, client: EmbeddingsClient, *, caps: Caps | None = None, remember=None) -> None:
+    def __init__(
+        self,
+        client: EmbeddingsClient,
+        *,
+        caps: Caps | None = None,
+        remember: Callable[[Caps, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.client = client
         self.max_inputs: int | None = None
         self.max_request_tokens: int | None = None
