@@ -45,6 +45,15 @@ def triggers_on(url, table="articles"):
         )
 
 
+def head_revision() -> str:
+    """The newest migration (whatever its number: branches add theirs)."""
+    from alembic.script import ScriptDirectory
+
+    from vectorfill.storage.db import _alembic_config
+
+    return ScriptDirectory.from_config(_alembic_config("postgresql://unused")).get_current_head()
+
+
 def test_migrations_upgrade_and_downgrade_leave_no_trace_on_user_tables(db):
     assert current_revision(db) == head_revision()
     create(db)
@@ -74,6 +83,18 @@ def test_the_budgets_migration_goes_down_and_up(db):
     assert budgets_table() is None
     assert migrate(db) == head_revision()
     assert budgets_table() == "vectorfill.budgets"
+
+
+def test_the_endpoint_caps_migration_goes_down_and_up(db):
+    def caps_table():
+        with connect(db) as conn:
+            return conn.execute("SELECT to_regclass('vectorfill.endpoint_caps')").fetchone()[0]
+
+    assert caps_table() == "vectorfill.endpoint_caps"
+    assert migrate(db, "0002", downgrade=True) == "0002"
+    assert caps_table() is None
+    assert migrate(db) == head_revision()
+    assert caps_table() == "vectorfill.endpoint_caps"
 
 
 def test_job_created_twice_is_a_clear_error(db):
