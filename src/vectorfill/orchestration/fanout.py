@@ -21,8 +21,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from vectorfill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 __all__ = ["DEPLOYMENT", "PoolRun", "combine", "run_here", "run_on_pool", "split_rows"]
 
@@ -121,23 +125,26 @@ def run_on_pool(
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     deployment.apply(work_pool_name=pool)
-    runs = [
-        run_deployment(
-            name=f"{FLOW}/{DEPLOYMENT}",
-            parameters={"job": job, "max_rows": m},
-            timeout=0,
-            tags=["vectorfill", f"job:{job}"],
+    runs: list[FlowRun] = [
+        cast(
+            "FlowRun",
+            run_deployment(
+                name=f"{FLOW}/{DEPLOYMENT}",
+                parameters={"job": job, "max_rows": m},
+                timeout=0,
+                tags=["vectorfill", f"job:{job}"],
+            ),
         )
         for m in split_rows(max_rows, workers)
     ]
-    out = [PoolRun(str(r.id), r.name, r.state.name if r.state else "?") for r in runs]
+    out = [PoolRun(str(r.id), r.name, (r.state.name or "?") if r.state else "?") for r in runs]
     if not wait:
         return out
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
             states = [client.read_flow_run(r.id).state for r in runs]
-            out = [PoolRun(str(r.id), r.name, s.name if s else "?") for r, s in zip(runs, states, strict=True)]
+            out = [PoolRun(str(r.id), r.name, (s.name or "?") if s else "?") for r, s in zip(runs, states, strict=True)]
             if all(s is not None and s.is_final() for s in states):
                 return out
             if deadline is not None and time.monotonic() > deadline:

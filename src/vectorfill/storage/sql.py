@@ -734,10 +734,10 @@ def create_trigger_function(job: Job) -> sql.Composable:
     # has none (its delete, or the key change that freed it, cleared them), and a run records
     # one only while the row's queue seq is the one it claimed.
     new_rows = sql.Identifier(_NEW) + sql.SQL(" n")
-    new_cols = [sql.SQL("n.{}").format(c) for c in src_k]
-    on_insert = sql.SQL("\n").join(_queue_rows(js, new_rows, new_cols, new_rows, []) for js in jss)
+    new_cols: list[sql.Composable] = [sql.SQL("n.{}").format(c) for c in src_k]
+    on_insert: sql.Composable = sql.SQL("\n").join([_queue_rows(js, new_rows, new_cols, new_rows, []) for js in jss])
     # DELETE: forget every old row
-    on_delete = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
+    on_delete: sql.Composable = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
     # UPDATE: one FULL JOIN of old and new rows by key, into arrays of keys gone and keys to queue
     gone = [sql.Identifier(f"gone{i + 1}") for i in range(n)]
     todo = [sql.Identifier(f"todo{i + 1}") for i in range(n)]
@@ -767,7 +767,7 @@ def create_trigger_function(job: Job) -> sql.Composable:
         sql.SQL(", ").join(sql.SQL("{}::{}[]").format(p, t) for p, t in zip(params, types, strict=True)), kcols
     )
     kk = [sql.Identifier(f"k{i + 1}") for i in range(n)]
-    on_update = sql.SQL(
+    on_update: sql.Composable = sql.SQL(
         """EXECUTE {diff} INTO {vars};
            IF {gone1} IS NOT NULL THEN
              {forget}
@@ -804,7 +804,7 @@ def create_trigger_function(job: Job) -> sql.Composable:
     declare = sql.SQL(" ").join(
         sql.SQL("{} {}[];").format(var, t) for var, t in zip(gone + todo, types + types, strict=True)
     )
-    truncate = sql.SQL(" ").join(sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss)
+    truncate: sql.Composable = sql.SQL(" ").join([sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss])
     if not jss:  # no live version (cannot happen today: the active one is always live)
         on_insert = on_delete = on_update = truncate = sql.SQL("NULL;")
     body = sql.SQL(
