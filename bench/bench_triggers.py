@@ -14,6 +14,7 @@ transaction, commit included in the time:
 * ``--single`` single-row INSERTs, in one transaction (the per-statement cost, without a
   commit's fsync per row to hide it), and ``--single`` more in autocommit (as an
   application writes them, a commit each);
+* ``--single`` single-row UPDATEs of a column the job does not embed, in one transaction;
 * bulk ``DELETE`` of ``--rows`` rows, with their vectors present.
 
 Before each statement both tables are vacuumed and analysed (not timed), and the job is put
@@ -152,6 +153,15 @@ def _statements(rows: int, single: int) -> list[tuple[str, Callable[[sql.Identif
 
         return run
 
+    def single_updates(t):
+        stmt = sql.SQL("UPDATE {} SET views = views + 1 WHERE id = %s").format(t)
+
+        def run(c):
+            for i in range(1, single + 1):
+                c.execute(stmt, (i,))
+
+        return run
+
     def delete(t):
         return lambda c: c.execute(sql.SQL("DELETE FROM {} WHERE id <= %s").format(t), (rows,))
 
@@ -162,6 +172,7 @@ def _statements(rows: int, single: int) -> list[tuple[str, Callable[[sql.Identif
         ("UPDATE of a column not embedded", other),
         (f"{single:,} single-row INSERTs (one transaction)", singles),
         (f"{single:,} single-row INSERTs (autocommit, as an application)", autocommit_singles),
+        (f"{single:,} single-row UPDATEs of a column not embedded (one transaction)", single_updates),
         ("bulk DELETE (vectors present)", delete),
     ]
 
