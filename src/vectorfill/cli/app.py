@@ -88,6 +88,9 @@ def job_create(
         None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
     ),
     prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
+    update_trigger: str = typer.Option(
+        "statement", help="statement (cheap bulk updates) or row (free updates of other columns)"
+    ),
     db: str | None = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows."""
@@ -112,6 +115,7 @@ def job_create(
             tpm=tpm,
             prices=_prices(price or [], name),
             prune_on_switch=prune_on_switch,
+            update_trigger=update_trigger,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

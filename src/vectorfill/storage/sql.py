@@ -820,10 +820,65 @@ def create_trigger_function(job: Job) -> sql.Composable:
     truncate: sql.Composable = sql.SQL(" ").join([sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss])
     if not jss:  # no live version (cannot happen today: the active one is always live)
         on_insert = on_delete = on_update = truncate = sql.SQL("NULL;")
+    # UPDATE, row-level (update_trigger = "row"): fired only when a key or text column changed
+    old_k = [sql.SQL("OLD.{}").format(c) for c in src_k]
+    new_k = [sql.SQL("NEW.{}").format(c) for c in src_k]
+    key_changed = sql.SQL(" OR ").join(sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=c) for c in src_k)
+    row_forget = sql.SQL("\n").join(
+        [
+            sql.SQL("DELETE FROM {t} WHERE {m};").format(
+                t=js.q if table == "q" else js.v,
+                m=sql.SQL(" AND ").join(sql.SQL("{} = {}").format(k, o) for k, o in zip(js.k, old_k, strict=True)),
+            )
+            for table in ("q", "v")
+            for js in jss
+        ]
+        + [
+            sql.SQL("DELETE FROM vectorfill.failures WHERE job_id = {j} AND row_key = jsonb_build_array({k});").format(
+                j=job_id, k=sql.SQL(", ").join(old_k)
+            )
+        ]
+    )
+    row_upsert = sql.SQL("\n").join(
+        [
+            sql.SQL(
+                """INSERT INTO {q} ({k}, seq, queued_at) VALUES ({nk}, vf_seq, now())
+                   ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
+                       lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
+            ).format(q=js.q, k=js._cols(), nk=sql.SQL(", ").join(new_k))
+            for js in jss
+        ]
+        + [
+            sql.SQL("DELETE FROM vectorfill.failures WHERE job_id = {j} AND row_key = jsonb_build_array({k});").format(
+                j=job_id, k=sql.SQL(", ").join(new_k)
+            )
+        ]
+    )
+    # the old key is forgotten only if no row holds it now (AFTER triggers fire once the whole
+    # statement is done): a swap of two keys in one statement keeps both queued
+    on_update_row: sql.Composable = sql.SQL(
+        """IF ({key_changed}) AND NOT EXISTS (SELECT 1 FROM {src} s WHERE {old_match}) THEN
+             {forget}
+           END IF;
+           vf_seq := nextval('vectorfill.queue_seq');
+           {upsert}"""
+    ).format(
+        key_changed=key_changed,
+        src=sql.Identifier(job.source_schema, job.source_table),
+        old_match=sql.SQL(" AND ").join(sql.SQL("s.{c} = OLD.{c}").format(c=c) for c in src_k),
+        forget=row_forget,
+        upsert=row_upsert,
+    )
+    if not jss:
+        on_update_row = sql.SQL("NULL;")
     body = sql.SQL(
         """
         DECLARE {declare} vf_seq bigint;
         BEGIN
+          IF TG_LEVEL = 'ROW' THEN  -- UPDATE, update_trigger = row
+            {on_update_row}
+            RETURN NULL;
+          END IF;
           IF TG_OP = 'INSERT' THEN
             vf_seq := nextval('vectorfill.queue_seq');
             {on_insert}
@@ -841,6 +896,7 @@ def create_trigger_function(job: Job) -> sql.Composable:
         """
     ).format(
         declare=declare,
+        on_update_row=on_update_row,
         on_insert=on_insert,
         on_update=on_update,
         on_delete=on_delete,
@@ -862,22 +918,42 @@ def trigger_names(job: Job) -> dict[str, sql.Identifier]:
 
 
 def create_triggers(job: Job) -> sql.Composable:
-    """Four statement-level triggers; INSERT, UPDATE and DELETE with transition tables."""
+    """Four triggers: INSERT, DELETE and TRUNCATE statement-level (the first two with transition
+    tables); UPDATE statement-level with transition tables too, or row-level, firing only
+    on a real change of a key or embedded column (job setting ``update_trigger``)."""
     names = trigger_names(job)
     src = sql.Identifier(job.source_schema, job.source_table)
     fn = trigger_function_name(job)
     new, old = sql.Identifier(_NEW), sql.Identifier(_OLD)
+    if job.settings.update_trigger == "row":
+        watched = list(dict.fromkeys(list(job.key_columns) + list(job.text_columns)))
+        changed = sql.SQL(" OR ").join(
+            sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in watched
+        )
+        update = sql.SQL(
+            "CREATE TRIGGER {upd} AFTER UPDATE OF {cols} ON {src} FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {fn}();"
+        ).format(
+            upd=names["update"],
+            cols=sql.SQL(", ").join(map(sql.Identifier, watched)),
+            src=src,
+            changed=changed,
+            fn=fn,
+        )
+    else:
+        update = sql.SQL(
+            """CREATE TRIGGER {upd} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS {old} NEW TABLE AS {new}
+               FOR EACH STATEMENT EXECUTE FUNCTION {fn}();"""
+        ).format(upd=names["update"], src=src, old=old, new=new, fn=fn)
     return sql.SQL(
         """CREATE TRIGGER {ins} AFTER INSERT ON {src} REFERENCING NEW TABLE AS {new}
                FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
-           CREATE TRIGGER {upd} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS {old} NEW TABLE AS {new}
-               FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
+           {update}
            CREATE TRIGGER {dele} AFTER DELETE ON {src} REFERENCING OLD TABLE AS {old}
                FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
            CREATE TRIGGER {trunc} AFTER TRUNCATE ON {src} FOR EACH STATEMENT EXECUTE FUNCTION {fn}();"""
     ).format(
         ins=names["insert"],
-        upd=names["update"],
+        update=update,
         dele=names["delete"],
         trunc=names["truncate"],
         src=src,
