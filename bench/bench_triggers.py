@@ -14,6 +14,7 @@ transaction, commit included in the time:
 * ``--single`` single-row INSERTs, in one transaction (the per-statement cost, without a
   commit's fsync per row to hide it), and ``--single`` more in autocommit (as an
   application writes them, a commit each);
+* ``--single`` single-row UPDATEs of a column the job does not embed, in one transaction;
 * bulk ``DELETE`` of ``--rows`` rows, with their vectors present.
 
 Before each statement both tables are vacuumed and analysed (not timed), and the job is put
@@ -52,7 +53,7 @@ def _db_url(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
-def _setup(url: str, dims: int) -> None:
+def _setup(url: str, dims: int, update_trigger: str | None = None) -> None:
     from vectorfill.jobs.registry import create_job
     from vectorfill.storage.db import connect, migrate
 
@@ -75,7 +76,14 @@ def _setup(url: str, dims: int) -> None:
             base_url="http://127.0.0.1:9/v1",
             api_key_env=None,
             dimensions=dims,
+            **({"settings": _settings(update_trigger)} if update_trigger else {}),
         )
+
+
+def _settings(update_trigger: str):
+    from vectorfill.config import JobSettings
+
+    return JobSettings(update_trigger=update_trigger)
 
 
 def _tables(conn: psycopg.Connection) -> tuple[sql.Identifier, sql.Identifier]:
@@ -152,6 +160,15 @@ def _statements(rows: int, single: int) -> list[tuple[str, Callable[[sql.Identif
 
         return run
 
+    def single_updates(t):
+        stmt = sql.SQL("UPDATE {} SET views = views + 1 WHERE id = %s").format(t)
+
+        def run(c):
+            for i in range(1, single + 1):
+                c.execute(stmt, (i,))
+
+        return run
+
     def delete(t):
         return lambda c: c.execute(sql.SQL("DELETE FROM {} WHERE id <= %s").format(t), (rows,))
 
@@ -162,6 +179,7 @@ def _statements(rows: int, single: int) -> list[tuple[str, Callable[[sql.Identif
         ("UPDATE of a column not embedded", other),
         (f"{single:,} single-row INSERTs (one transaction)", singles),
         (f"{single:,} single-row INSERTs (autocommit, as an application)", autocommit_singles),
+        (f"{single:,} single-row UPDATEs of a column not embedded (one transaction)", single_updates),
         ("bulk DELETE (vectors present)", delete),
     ]
 
@@ -224,6 +242,7 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=2_000, help="single-row INSERTs timed in one transaction")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dims", type=int, default=256)
+    ap.add_argument("--update-trigger", choices=["statement", "row"], default=None, help="the job's setting")
     args = ap.parse_args()
 
     root = None
@@ -240,7 +259,7 @@ def main() -> None:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        _setup(url, args.dims)
+        _setup(url, args.dims, args.update_trigger)
         print(f"pid {os.getpid()}, load {os.getloadavg()}", flush=True)
         results = bench(url, rows=args.rows, single=args.single, repeat=args.repeat, dims=args.dims)
         _print(results, args.rows, args.repeat)

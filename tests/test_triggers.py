@@ -267,3 +267,32 @@ def test_a_row_already_queued_gets_a_new_seq_and_loses_its_lease_in_bulk_and_sin
             assert seq > before[k1] and (lease, claimed, attempts, error) == (None, None, 0, None), k1
         else:
             assert seq == before[k1] and lease is not None, k1
+
+
+def test_row_level_update_trigger_ignores_other_columns_and_keeps_every_guarantee(db):
+    from vectorfill.config import JobSettings
+    from vectorfill.jobs.versions import set_model
+
+    create(db, settings=JobSettings(update_trigger="row"))
+    assert _trigger_shapes(db)["vectorfill_docs_update"] == (True, False, False)
+    with connect(db) as conn:
+        set_model(conn, "docs", model="m2")
+        conn.execute(
+            """INSERT INTO vectorfill._v_1_1 (k1, embedding, input_hash, model)
+               SELECT id, '[1,2,3]', '\\x00', 'm' FROM articles"""
+        )
+    for q in ("_q_1_1", "_q_1_2"):
+        drain(db, q)
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET views = views + 1")
+        conn.execute("UPDATE articles SET title = title, body = body")
+    assert queue(db) == {} and queue(db, "_q_1_2") == {}
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET body = 'new' WHERE id IN (1, 2)")
+        conn.execute("UPDATE articles SET id = 100 WHERE id = 3")
+        conn.execute("UPDATE articles SET id = 9 - id WHERE id IN (4, 5)")  # a swap (deferrable key)
+        conn.execute("DELETE FROM articles WHERE id = 10")
+        vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
+    for q in ("_q_1_1", "_q_1_2"):
+        assert set(queue(db, q)) == {1, 2, 100, 4, 5}, q
+    assert 3 not in vectors and 10 not in vectors and {4, 5} <= vectors

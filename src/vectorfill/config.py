@@ -77,6 +77,13 @@ class JobSettings(BaseModel):
     on_too_long: Literal["truncate", "fail"] = "truncate"
     """An input over the limit is cut to fit (token-exact where the tokenizer is known),
     or recorded as a failure."""
+    update_trigger: Literal["statement", "row"] = "statement"
+    """How UPDATEs of the source table are watched. ``statement``: one trigger per statement
+    compares old and new rows (cheap for bulk updates of the embedded columns; an UPDATE of
+    other columns still has its rows compared). ``row``: a row-level trigger that fires only
+    when a key or embedded column really changed (nothing for other columns; a function
+    call per changed row in bulk updates). INSERT, DELETE and TRUNCATE are statement-level
+    either way."""
     prune_on_switch: bool = False
     """Drop the old version's tables as soon as a new model's version replaces it (default:
     keep them until ``vectorfill job prune``)."""

@@ -110,6 +110,9 @@ def job_create(
     batch_price: list[str] | None = typer.Option(
         None, help="MODEL=USD per million tokens through the Batch API (default: half OpenAI's online price)"
     ),
+    update_trigger: str = typer.Option(
+        "statement", help="statement (cheap bulk updates) or row (free updates of other columns)"
+    ),
     db: str | None = DbOpt,
 ) -> None:
     """Register a job: install triggers on the source table and queue its rows.
@@ -141,6 +144,7 @@ def job_create(
             api_version=api_version,
             batch=batch,
             batch_prices=_prices(batch_price or [], name),
+            update_trigger=update_trigger,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

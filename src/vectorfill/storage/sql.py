@@ -363,11 +363,14 @@ class JobSQL:
         return sql.SQL("DROP TABLE IF EXISTS {q}; DROP TABLE IF EXISTS {v};").format(q=self.q, v=self.v)
 
     def enqueue_all(self) -> sql.Composed:
-        """Queue every existing source row (a new job, or a new version)."""
+        """Queue every existing source row into the queue of a new job or version, created in
+        the same transaction, with writes to the source blocked (by CREATE TRIGGER, or
+        :func:`lock_source`): the queue is empty, so no ON CONFLICT (its speculative
+        insertion cost 1.8x a plain insert), and one seq serves every row (it is compared
+        per key only)."""
         return sql.SQL(
             """INSERT INTO {q} ({k}, seq)
-               SELECT {sk}, nextval('vectorfill.queue_seq') FROM {src} s
-               ON CONFLICT ({k}) DO NOTHING"""
+               SELECT {sk}, n.seq FROM {src} s, (SELECT nextval('vectorfill.queue_seq') AS seq) n"""
         ).format(
             q=self.q,
             k=self._cols(),
@@ -743,6 +746,13 @@ class JobSQL:
 # * Deletes remove the queue rows first (waiting for a store that holds them) and then the
 #   vectors, in separate statements, so the second one's fresh snapshot sees vectors a
 #   concurrent store committed meanwhile (see the module docstring).
+# * The function runs with merge joins and sequential scans off and 32 MB of work_mem: the
+#   planner knows no statistics of transition tables and chose a merge FULL JOIN with two
+#   sorts (578 ms for 100,000 rows, under load; a hash join 406 ms), and a plan cached while
+#   the queue was empty probed it with a sequential scan per key (the queue's primary key
+#   is what every probe and join here must use once it holds a million rows). A DELETE
+#   turns sequential scans back on for its own statements (each planned at the call): a
+#   bulk delete hashes the vector table's keys faster from a sequential scan.
 # * The failures table is only touched when the job has failure records at all, and never
 #   by an INSERT (see below).
 #
@@ -865,10 +875,10 @@ def create_trigger_function(job: Job) -> sql.Composed:
     # has none (its delete, or the key change that freed it, cleared them), and a run records
     # one only while the row's queue seq is the one it claimed.
     new_rows = sql.Identifier(_NEW) + sql.SQL(" n")
-    new_cols = [sql.SQL("n.{}").format(c) for c in src_k]
-    on_insert = sql.SQL("\n").join(_queue_rows(js, new_rows, new_cols, new_rows, []) for js in jss)
+    new_cols: list[sql.Composable] = [sql.SQL("n.{}").format(c) for c in src_k]
+    on_insert: sql.Composable = sql.SQL("\n").join([_queue_rows(js, new_rows, new_cols, new_rows, []) for js in jss])
     # DELETE: forget every old row
-    on_delete = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
+    on_delete: sql.Composable = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
     # UPDATE: one FULL JOIN of old and new rows by key, into arrays of keys gone and keys to queue
     gone = [sql.Identifier(f"gone{i + 1}") for i in range(n)]
     todo = [sql.Identifier(f"todo{i + 1}") for i in range(n)]
@@ -876,11 +886,15 @@ def create_trigger_function(job: Job) -> sql.Composed:
     changed = sql.SQL(" OR ").join(
         [sql.SQL("o.{} IS NULL").format(first)] + [sql.SQL("o.{c} IS DISTINCT FROM n.{c}").format(c=c) for c in texts]
     )
+    # static SQL, its plan cached: a FULL JOIN can only be a hash join here (merge joins are
+    # off), which sizes itself at run time; planning it per statement (EXECUTE) cost a
+    # one-row UPDATE ~180 us
     diff = sql.SQL(
-        """SELECT {gone_aggs}, {todo_aggs}
+        """SELECT {gone_aggs}, {todo_aggs} INTO {vars}
              FROM {old} o FULL JOIN {new} n ON {on}
-            WHERE n.{first} IS NULL OR {changed}"""
+            WHERE n.{first} IS NULL OR {changed};"""
     ).format(
+        vars=sql.SQL(", ").join(gone + todo),
         gone_aggs=sql.SQL(", ").join(
             sql.SQL("array_agg(o.{}) FILTER (WHERE n.{} IS NULL)").format(c, first) for c in src_k
         ),
@@ -898,8 +912,8 @@ def create_trigger_function(job: Job) -> sql.Composed:
         sql.SQL(", ").join(sql.SQL("{}::{}[]").format(p, t) for p, t in zip(params, types, strict=True)), kcols
     )
     kk = [sql.Identifier(f"k{i + 1}") for i in range(n)]
-    on_update = sql.SQL(
-        """EXECUTE {diff} INTO {vars};
+    on_update: sql.Composable = sql.SQL(
+        """{diff}
            IF {gone1} IS NOT NULL THEN
              {forget}
            END IF;
@@ -909,8 +923,7 @@ def create_trigger_function(job: Job) -> sql.Composed:
              IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN {fail_clear} END IF;
            END IF;"""
     ).format(
-        diff=sql.Literal(diff.as_string()),
-        vars=sql.SQL(", ").join(gone + todo),
+        diff=diff,
         gone1=gone[0],
         forget=forget(unnest_params, "g", kk, list(gone)),
         todo1=todo[0],
@@ -935,19 +948,75 @@ def create_trigger_function(job: Job) -> sql.Composed:
     declare = sql.SQL(" ").join(
         sql.SQL("{} {}[];").format(var, t) for var, t in zip(gone + todo, types + types, strict=True)
     )
-    truncate = sql.SQL(" ").join(sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss)
+    truncate: sql.Composable = sql.SQL(" ").join([sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss])
     if not jss:  # no live version (cannot happen today: the active one is always live)
         on_insert = on_delete = on_update = truncate = sql.Composed([sql.SQL("NULL;")])
+    # UPDATE, row-level (update_trigger = "row"): fired only when a key or text column changed
+    old_k = [sql.SQL("OLD.{}").format(c) for c in src_k]
+    new_k = [sql.SQL("NEW.{}").format(c) for c in src_k]
+    key_changed = sql.SQL(" OR ").join(sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=c) for c in src_k)
+    row_forget = sql.SQL("\n").join(
+        [
+            sql.SQL("DELETE FROM {t} WHERE {m};").format(
+                t=js.q if table == "q" else js.v,
+                m=sql.SQL(" AND ").join(sql.SQL("{} = {}").format(k, o) for k, o in zip(js.k, old_k, strict=True)),
+            )
+            for table in ("q", "v")
+            for js in jss
+        ]
+        + [
+            sql.SQL("DELETE FROM vectorfill.failures WHERE job_id = {j} AND row_key = jsonb_build_array({k});").format(
+                j=job_id, k=sql.SQL(", ").join(old_k)
+            )
+        ]
+    )
+    row_upsert = sql.SQL("\n").join(
+        [
+            sql.SQL(
+                """INSERT INTO {q} ({k}, seq, queued_at) VALUES ({nk}, vf_seq, now())
+                   ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
+                       lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
+            ).format(q=js.q, k=js._cols(), nk=sql.SQL(", ").join(new_k))
+            for js in jss
+        ]
+        + [
+            sql.SQL("DELETE FROM vectorfill.failures WHERE job_id = {j} AND row_key = jsonb_build_array({k});").format(
+                j=job_id, k=sql.SQL(", ").join(new_k)
+            )
+        ]
+    )
+    # the old key is forgotten only if no row holds it now (AFTER triggers fire once the whole
+    # statement is done): a swap of two keys in one statement keeps both queued
+    on_update_row: sql.Composable = sql.SQL(
+        """IF ({key_changed}) AND NOT EXISTS (SELECT 1 FROM {src} s WHERE {old_match}) THEN
+             {forget}
+           END IF;
+           vf_seq := nextval('vectorfill.queue_seq');
+           {upsert}"""
+    ).format(
+        key_changed=key_changed,
+        src=sql.Identifier(job.source_schema, job.source_table),
+        old_match=sql.SQL(" AND ").join(sql.SQL("s.{c} = OLD.{c}").format(c=c) for c in src_k),
+        forget=row_forget,
+        upsert=row_upsert,
+    )
+    if not jss:
+        on_update_row = sql.SQL("NULL;")
     body = sql.SQL(
         """
         DECLARE {declare} vf_seq bigint;
         BEGIN
+          IF TG_LEVEL = 'ROW' THEN  -- UPDATE, update_trigger = row
+            {on_update_row}
+            RETURN NULL;
+          END IF;
           IF TG_OP = 'INSERT' THEN
             vf_seq := nextval('vectorfill.queue_seq');
             {on_insert}
           ELSIF TG_OP = 'UPDATE' THEN
             {on_update}
           ELSIF TG_OP = 'DELETE' THEN
+            PERFORM set_config('enable_seqscan', 'on', true);  -- restored at return (the function's SET)
             {on_delete}
           ELSE
             {truncate}
@@ -958,6 +1027,7 @@ def create_trigger_function(job: Job) -> sql.Composed:
         """
     ).format(
         declare=declare,
+        on_update_row=on_update_row,
         on_insert=on_insert,
         on_update=on_update,
         on_delete=on_delete,
@@ -968,6 +1038,7 @@ def create_trigger_function(job: Job) -> sql.Composed:
     return sql.SQL(
         """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+           SET enable_mergejoin = off SET enable_seqscan = off SET work_mem = '32MB'
            AS {body};
            COMMENT ON FUNCTION {fn}() IS {comment}"""
     ).format(fn=fn, body=sql.Literal(body.as_string()), comment=sql.Literal(f"vectorfill triggers v{TRIGGER_VERSION}"))
@@ -978,22 +1049,42 @@ def trigger_names(job: Job) -> dict[str, sql.Identifier]:
 
 
 def create_triggers(job: Job) -> sql.Composed:
-    """Four statement-level triggers; INSERT, UPDATE and DELETE with transition tables."""
+    """Four triggers: INSERT, DELETE and TRUNCATE statement-level (the first two with transition
+    tables); UPDATE statement-level with transition tables too, or row-level, firing only
+    on a real change of a key or embedded column (job setting ``update_trigger``)."""
     names = trigger_names(job)
     src = sql.Identifier(job.source_schema, job.source_table)
     fn = trigger_function_name(job)
     new, old = sql.Identifier(_NEW), sql.Identifier(_OLD)
+    if job.settings.update_trigger == "row":
+        watched = list(dict.fromkeys(list(job.key_columns) + list(job.text_columns)))
+        changed = sql.SQL(" OR ").join(
+            sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(c)) for c in watched
+        )
+        update = sql.SQL(
+            "CREATE TRIGGER {upd} AFTER UPDATE OF {cols} ON {src} FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {fn}();"
+        ).format(
+            upd=names["update"],
+            cols=sql.SQL(", ").join(map(sql.Identifier, watched)),
+            src=src,
+            changed=changed,
+            fn=fn,
+        )
+    else:
+        update = sql.SQL(
+            """CREATE TRIGGER {upd} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS {old} NEW TABLE AS {new}
+               FOR EACH STATEMENT EXECUTE FUNCTION {fn}();"""
+        ).format(upd=names["update"], src=src, old=old, new=new, fn=fn)
     return sql.SQL(
         """CREATE TRIGGER {ins} AFTER INSERT ON {src} REFERENCING NEW TABLE AS {new}
                FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
-           CREATE TRIGGER {upd} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS {old} NEW TABLE AS {new}
-               FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
+           {update}
            CREATE TRIGGER {dele} AFTER DELETE ON {src} REFERENCING OLD TABLE AS {old}
                FOR EACH STATEMENT EXECUTE FUNCTION {fn}();
            CREATE TRIGGER {trunc} AFTER TRUNCATE ON {src} FOR EACH STATEMENT EXECUTE FUNCTION {fn}();"""
     ).format(
         ins=names["insert"],
-        upd=names["update"],
+        update=update,
         dele=names["delete"],
         trunc=names["truncate"],
         src=src,
