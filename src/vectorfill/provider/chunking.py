@@ -26,9 +26,10 @@ Two chunkers:
     :data:`SECTION_SIZES` x ``size`` tokens), and no chunk spans an anchor. Anchors do not
     depend on what comes before them, so an edit changes only the chunks between the
     anchors around it (and only those from the edited piece on, because the merge is
-    greedy from the anchor before): measured, one edited paragraph of a 5,000-token text
-    re-sends 1.6 chunks of 400 tokens on average, 5 at most (60 paragraphs, 120 edits; ``tests/test_chunking.py``). The price: chunks
-    average ~63% of ``size``.
+    greedy from the anchor before): measured, one edited paragraph of a text of 60
+    paragraphs (~5,000 tokens) changes 1.6 chunks of 400 tokens on average, 5 at most, over
+    120 edits; ``bench/bench_chunks.py`` measures 1.5 re-sent a document. The price: chunks
+    average ~62% of ``size`` (``SECTION_SIZES`` trades one against the other).
 
 ``overlap`` repeats the end of the previous chunk at the start of the next (``tokens``:
 exactly ``overlap`` tokens; ``recursive``: whole pieces of at most ``overlap`` tokens).
