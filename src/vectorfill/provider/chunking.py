@@ -260,15 +260,24 @@ _LEVELS = (
 )
 
 
+#: Above this many characters per token of budget, the whole text is split without being
+#: counted first (English runs ~4 characters a cl100k token; very repetitive text can run
+#: more, and is then split into more chunks than it needs, each still within the size).
+_COUNT_WHOLE_CHARS = 16
+
+
 def _pieces(text: str, toks: _Tokens, budget: int) -> list[tuple[int, int, int]]:
     """``(start, end, tokens)`` pieces covering the text, each within ``budget`` tokens."""
     out: list[tuple[int, int, int]] = []
 
     def split(s: int, e: int, level: int) -> None:
-        n = toks.count(text[s:e]) - toks.overhead
-        if n <= budget:
-            out.append((s, e, max(n, 0)))
-            return
+        # a text of many times the budget in characters is not counted (a whole document
+        # would cost a full pass of the tokenizer): split; its pieces are counted
+        if level > 0 or e - s <= _COUNT_WHOLE_CHARS * budget:
+            n = toks.count(text[s:e]) - toks.overhead
+            if n <= budget:
+                out.append((s, e, max(n, 0)))
+                return
         if level == len(_LEVELS):
             for ws, we in _windows(text, toks, s, e, budget, 0):
                 out.append((ws, we, toks.count(text[ws:we]) - toks.overhead))
