@@ -3,6 +3,11 @@
 Rows that need no request are settled here, before anything is paid for: rows deleted
 from the source, rows whose text still hashes to the stored vector's input (unchanged),
 rows with no text (recorded as failures) and rows that ran out of attempts.
+
+With a chunker (:mod:`vectorfill.provider.chunking`) each row is cut into chunks here, and
+only chunks whose input (sha256) the row has no stored vector for become requests; the
+others are kept (:class:`RowPlan`). A row whose chunks are all stored, in another order,
+is renumbered here with no request; one with more than ``max_chunks`` fails.
 """
 
 from __future__ import annotations
