@@ -3,6 +3,11 @@
 Rows that need no request are settled here, before anything is paid for: rows deleted
 from the source, rows whose text still hashes to the stored vector's input (unchanged),
 rows with no text (recorded as failures) and rows that ran out of attempts.
+
+With a chunker (:mod:`vectorfill.provider.chunking`) each row is cut into chunks here, and
+only chunks whose input (sha256) the row has no stored vector for become requests; the
+others are kept (:class:`RowPlan`). A row whose chunks are all stored, in another order,
+is renumbered here with no request; one with more than ``max_chunks`` fails.
 """
 
 from __future__ import annotations
@@ -93,7 +98,8 @@ def pack(items: list[Item], max_inputs: int, max_tokens: int, plans: dict[tuple,
 
     The items of one row (its chunks, consecutive in ``items``) go in one request whenever
     they fit in one: a row that does not fit in what is left of a request starts the next.
-    A row larger than one request spans consecutive ones, marked :attr:`Batch.continues`."""
+    A row larger than one request spans consecutive ones (from the start of one, so that
+    it shares its store group with no other row), marked :attr:`Batch.continues`."""
     plans = plans or {}
     batches: list[Batch] = []
     current: list[Item] = []
@@ -112,12 +118,7 @@ def pack(items: list[Item], max_inputs: int, max_tokens: int, plans: dict[tuple,
                 group_end += 1
             size = group_end - n
             group_tokens = sum(i.tokens for i in items[n:group_end])
-            if (
-                current
-                and (len(current) + size > max_inputs or tokens + group_tokens > max_tokens)
-                and size <= max_inputs
-                and group_tokens <= max_tokens
-            ):
+            if current and (len(current) + size > max_inputs or tokens + group_tokens > max_tokens):
                 flush(False)
                 current, tokens = [], 0
         if current and (len(current) >= max_inputs or tokens + item.tokens > max_tokens):

@@ -1,10 +1,12 @@
 """Stage 3: write a batch's vectors with binary COPY and settle its queue rows.
 
-One transaction: :meth:`vectorfill.storage.sql.JobSQL.settle` takes the queue rows whose text is
-still the one that was embedded (and drops their old vectors), then one binary COPY writes
-the new vectors of exactly those rows straight into the vector table. Rows edited or
-deleted meanwhile are left alone: they are queued for their new text. Rows the provider
-rejected go to the failures table.
+One transaction: :meth:`vectorfill.storage.sql.JobSQL.settle` (or ``settle_chunks``, when
+some of a row's chunks keep their stored vectors) takes the queue rows whose text is still
+the one that was embedded and replaces their old chunks, then one binary COPY writes the
+new chunks of exactly those rows straight into the vector table: a reader sees a row's old
+chunks or its new ones, never a mix. Rows edited or deleted meanwhile are left alone: they
+are queued for their new text. A row with a chunk the provider rejected goes to the
+failures table (none of its chunks are written).
 """
 
 from __future__ import annotations

@@ -353,3 +353,47 @@ def test_set_model_refuses_a_version_its_index_could_not_follow_and_invalid_inde
 
         job = load_job(conn, "docs")
         assert not has_index(conn, job, job.active)  # an INVALID index is no index to mirror
+
+
+def test_a_row_with_more_chunks_than_one_request_takes_is_stored_whole(env):
+    """max_inputs 4 and ~20 chunks a row: a row's chunks span requests (Batch.continues) and
+    are stored together once every request is answered; an edit keeps the unchanged ones."""
+    from vectorfill.tasks.claim import Item, RowPlan, pack
+
+    docs = _docs(env, 3, paragraphs=10)
+    env.create_job(
+        table="longdocs",
+        template=None,
+        text_columns=["body"],
+        chunking=ChunkSettings(chunker="recursive", size=24),
+        settings_kw={"max_inputs": 4, "retries": 1},
+    )
+    env.backfill()
+    texts = {i: "\n\n".join(ps) for i, ps in docs.items()}
+    _assert_chunks_right(env, texts, 24)
+    per_row = [len(c) for c in _chunks(env).values()]
+    assert min(per_row) > 4 and env.provider.requests == sum(
+        -(-n // 4) for n in per_row
+    )  # each row from a fresh request
+
+    rng = random.Random(3)
+    docs[2][4] = _paragraph(rng)
+    with env.connect() as conn:
+        conn.execute("UPDATE longdocs SET body = %s WHERE id = 2", ("\n\n".join(docs[2]),))
+    env.provider.reset()
+    env.backfill()
+    _assert_chunks_right(env, {i: "\n\n".join(ps) for i, ps in docs.items()}, 24)
+    assert 0 < len(env.provider.inputs) < 10
+
+    # packing: a row that fits in what is left starts the next request; a larger one spans
+    items = [Item((k,), 1, f"{k}-{c}", b"h", 1) for k, c in [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]]
+    items += [Item((3,), 1, f"3-{c}", b"h", 1) for c in range(6)]
+    plans = {(k,): RowPlan((k,), 1, 1) for k in (1, 2, 3)}
+    batches = pack(items, 4, 1000, plans)
+    assert [[i.text for i in b.items] for b in batches] == [
+        ["1-0", "1-1", "1-2"],
+        ["2-0", "2-1"],
+        ["3-0", "3-1", "3-2", "3-3"],
+        ["3-4", "3-5"],
+    ]
+    assert [b.continues for b in batches] == [False, False, True, False]

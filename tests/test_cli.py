@@ -301,3 +301,26 @@ def test_check_create_and_backfill_exit_codes_through_the_cli(cli_env, provider)
     assert proc.returncode == 3, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["embedded"] == 299 and summary["failed"] == 1
+
+
+def test_chunked_job_search_per_row_and_index_refusal_through_the_cli(cli_env, provider):
+    vf("migrate", env=cli_env)
+    with connect(cli_env["VECTORFILL_DATABASE_URL"]) as conn:
+        conn.execute("UPDATE articles SET body = repeat('Some words of a paragraph. ', 40) || E'\\n\\n' || body")
+    common = ["--table", "public.articles", "--text", "body", "--base-url", provider.base_url, "--api-key-env"]
+    vf("job", "create", "docs", *common, "VF_KEY", "--model", "fake-embed", "--chunker", "recursive",
+       "--chunk-size", "64", env=cli_env)  # fmt: skip
+    vf("backfill", "docs", env=cli_env)
+    with connect(cli_env["VECTORFILL_DATABASE_URL"]) as conn:
+        per_row = conn.execute("SELECT count(*) / count(DISTINCT id)::float FROM vectorfill.docs").fetchone()[0]
+        target = conn.execute("SELECT chunk FROM vectorfill.docs WHERE id = 5 ORDER BY chunk_seq DESC").fetchone()[0]
+    assert per_row > 1
+    out = vf("search", "docs", target, "-k", "3", "--per-row", env=cli_env).stdout
+    assert "chunk" in out  # the table has the chunk column
+    assert " 5 " in out.splitlines()[3] or "│ 5 " in out
+    # 2,500 dims stored as float32 vector: refused before it starts, in one line, exit 1
+    vf("job", "create", "wide", *common, "VF_KEY", "--model", "fake-embed", "--dimensions", "2500",
+       "--storage", "vector", env=cli_env)  # fmt: skip
+    proc = vf("index", "wide", env=cli_env, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "at most 2,000 dimensions; store them as halfvec" in proc.stderr

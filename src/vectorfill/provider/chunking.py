@@ -26,9 +26,10 @@ Two chunkers:
     :data:`SECTION_SIZES` x ``size`` tokens), and no chunk spans an anchor. Anchors do not
     depend on what comes before them, so an edit changes only the chunks between the
     anchors around it (and only those from the edited piece on, because the merge is
-    greedy from the anchor before): measured, one edited paragraph of a 5,000-token text
-    re-sends 1.6 chunks of 400 tokens on average, 5 at most (60 paragraphs, 120 edits; ``tests/test_chunking.py``). The price: chunks
-    average ~63% of ``size``.
+    greedy from the anchor before): measured, one edited paragraph of a text of 60
+    paragraphs (~5,000 tokens) changes 1.6 chunks of 400 tokens on average, 5 at most, over
+    120 edits; ``bench/bench_chunks.py`` measures 1.5 re-sent a document. The price: chunks
+    average ~62% of ``size`` (``SECTION_SIZES`` trades one against the other).
 
 ``overlap`` repeats the end of the previous chunk at the start of the next (``tokens``:
 exactly ``overlap`` tokens; ``recursive``: whole pieces of at most ``overlap`` tokens).
@@ -267,15 +268,24 @@ _LEVELS = (
 )
 
 
+#: Above this many characters per token of budget, the whole text is split without being
+#: counted first (English runs ~4 characters a cl100k token; very repetitive text can run
+#: more, and is then split into more chunks than it needs, each still within the size).
+_COUNT_WHOLE_CHARS = 16
+
+
 def _pieces(text: str, toks: _Tokens, budget: int) -> list[tuple[int, int, int]]:
     """``(start, end, tokens)`` pieces covering the text, each within ``budget`` tokens."""
     out: list[tuple[int, int, int]] = []
 
     def split(s: int, e: int, level: int) -> None:
-        n = toks.count(text[s:e]) - toks.overhead
-        if n <= budget:
-            out.append((s, e, max(n, 0)))
-            return
+        # a text of many times the budget in characters is not counted (a whole document
+        # would cost a full pass of the tokenizer): split; its pieces are counted
+        if level > 0 or e - s <= _COUNT_WHOLE_CHARS * budget:
+            n = toks.count(text[s:e]) - toks.overhead
+            if n <= budget:
+                out.append((s, e, max(n, 0)))
+                return
         if level == len(_LEVELS):
             for ws, we in _windows(text, toks, s, e, budget, 0):
                 out.append((ws, we, toks.count(text[ws:we]) - toks.overhead))
