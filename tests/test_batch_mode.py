@@ -388,3 +388,28 @@ def test_a_crash_while_collecting_stores_the_rest_next_time_and_nothing_twice(en
     assert summary.batch_rows == 70 and summary.stale == 30  # the 30 stored before the crash: not again
     assert env.provider.batch_api.billed_inputs == 100 and env.provider.requests == 0
     assert_vectors_match_texts(env)
+
+
+def test_a_batch_api_outage_does_not_stop_online_runs(env, monkeypatch):
+    from vectorfill.errors import TransientProviderError
+    from vectorfill.provider.batches import BatchesClient
+
+    env.make_table(30)
+    env.create_job()
+    env.provider.batch_api.hold_next()
+    env.backfill(batch=True)
+    with env.connect() as conn:
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (1001, 'New', 'written meanwhile')")
+
+    async def down(self, batch_id):
+        raise TransientProviderError("batches endpoint answered 503")
+
+    with monkeypatch.context() as m:
+        m.setattr(BatchesClient, "retrieve", down)
+        summary = env.backfill(batch=False)
+    assert summary.embedded == 1 and summary.batches_open == 1 and env.provider.inputs == ["New\n\nwritten meanwhile"]
+    assert queue_state(env)[1] == 30, "the batch's rows stay claimed"
+    env.provider.batch_api.release()
+    wait_for_fake(env)
+    assert env.backfill().batch_rows == 30
+    assert_vectors_match_texts(env)
