@@ -413,3 +413,19 @@ def test_a_batch_api_outage_does_not_stop_online_runs(env, monkeypatch):
     wait_for_fake(env)
     assert env.backfill().batch_rows == 30
     assert_vectors_match_texts(env)
+
+
+def test_no_secret_in_batch_records_metadata_or_files(env):
+    env.make_table(20)
+    env.create_job()
+    env.backfill(batch=True, wait=True, poll_s=POLL)
+    with env.connect() as conn:
+        dumped = conn.execute(
+            "SELECT (SELECT jsonb_agg(to_jsonb(b)) FROM vectorfill.batches b)::text || "
+            "(SELECT jsonb_agg(to_jsonb(i)) FROM vectorfill.batch_items i)::text"
+        ).fetchone()[0]
+    assert API_KEY not in dumped and "Body of row" not in dumped, "no key, and no text kept in the database"
+    api = env.provider.batch_api
+    [batch] = api.batches.values()
+    assert set(batch.metadata) == {"vectorfill_job", "vectorfill_version", "vectorfill_submission"}
+    assert all(API_KEY.encode() not in f.content for f in api.files.values())
