@@ -10,6 +10,10 @@ Prefect tasks: ``prepare_run``, ``switch_versions``, ``report_run``, and ``fill_
 (``batch.py``), one task run per batch of rows (at least 4,096, sent as one or more
 requests side by side) that runs claim, embed and store and resumes at the stage that
 failed when retried. The stage functions themselves are plain.
+
+Batch mode (the provider's Batch API): ``collect`` (every run first: store finished batches,
+reconcile unfinished submissions) and ``submit`` (rows sent as batches, leased for their
+life) replace the lanes; see ``tasks/submit.py`` and ``tasks/collect.py``.
 """
 
 from .batch import Attempts, Filled, Lanes, batch_task, fill_batch, rows_per_task

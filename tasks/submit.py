@@ -198,6 +198,7 @@ async def _submit_one(
         lines.append(line)
         size += len(line)
     if fits == 0:
+        await _give_back(await db.get(), js, sub, "one request is larger than a batch input file may be")
         raise TerminalProviderError(
             "one request of this job is larger than a batch input file may be; lower max_inputs", job=work.job.name
         )

@@ -330,3 +330,102 @@ def test_a_collect_only_run_stores_finished_batches_and_submits_nothing(env):
     summary = env.backfill(**served["collect-batches-docs"].parameters)  # what `vectorfill serve` runs
     assert summary.batch_rows == 30 and summary.batches_submitted == 0 and summary.pending == 11
     assert env.provider.batch_api.created == 1 and env.provider.requests == 0
+
+
+def test_cancelled_batches_store_what_they_finished_and_give_the_rest_back(env):
+    from vectorfill.jobs.batches import cancel_batches
+
+    env.make_table(40)
+    env.create_job(settings_kw={"max_inputs": 10, "retries": 1})
+    env.provider.batch_api.hold_next()
+    env.backfill(batch=True)
+    [b] = batches(env)
+    api = env.provider.batch_api
+    deadline = time.monotonic() + 10
+    while api.batches[b.provider_batch_id].status != "in_progress":  # the fake validates it with time
+        api._advance(api.batches[b.provider_batch_id])
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with env.connect() as conn:
+        assert cancel_batches(conn, "docs") == [b.provider_batch_id]
+    assert batches(env)[0].provider_status == "cancelling"
+    wait_for_fake(env)
+    summary = env.backfill(batch=False)  # collects the half it finished; the rest goes online
+    assert summary.batch_rows == 20 and summary.embedded == 40 and summary.batch_retried == 20
+    [b] = batches(env)
+    assert (b.state, b.provider_status, b.written, b.retried) == ("done", "cancelled", 20, 20)
+    assert env.provider.batch_api.billed_inputs == 20 and len(env.provider.inputs) == 20
+    with env.connect() as conn:  # given back without counting the cancelled claim as an attempt
+        assert conn.execute("SELECT count(*) FROM vectorfill.failures").fetchone()[0] == 0
+    assert_vectors_match_texts(env)
+
+
+def test_a_crash_while_collecting_stores_the_rest_next_time_and_nothing_twice(env, monkeypatch):
+    import vectorfill.tasks.collect as collect
+
+    class Crash(BaseException):
+        pass
+
+    real_store, calls = collect.store_batch, []
+
+    async def store_then_die(work, embedded, db):
+        calls.append(len(embedded.items))
+        if len(calls) == 2:
+            raise Crash()
+        return await real_store(work, embedded, db)
+
+    env.make_table(100)
+    env.create_job(settings_kw={"max_inputs": 10, "retries": 1})
+    env.backfill(batch=True)
+    wait_for_fake(env)
+    with monkeypatch.context() as m:
+        m.setattr(collect, "STORE_ROWS", 30)
+        m.setattr(collect, "store_batch", store_then_die)
+        with pytest.raises(Crash):
+            env.backfill()
+    assert env.status().embedded == 30 and batches(env)[0].state == "submitted"
+    summary = env.backfill()
+    assert summary.batch_rows == 70 and summary.stale == 30  # the 30 stored before the crash: not again
+    assert env.provider.batch_api.billed_inputs == 100 and env.provider.requests == 0
+    assert_vectors_match_texts(env)
+
+
+def test_a_batch_api_outage_does_not_stop_online_runs(env, monkeypatch):
+    from vectorfill.errors import TransientProviderError
+    from vectorfill.provider.batches import BatchesClient
+
+    env.make_table(30)
+    env.create_job()
+    env.provider.batch_api.hold_next()
+    env.backfill(batch=True)
+    with env.connect() as conn:
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (1001, 'New', 'written meanwhile')")
+
+    async def down(self, batch_id):
+        raise TransientProviderError("batches endpoint answered 503")
+
+    with monkeypatch.context() as m:
+        m.setattr(BatchesClient, "retrieve", down)
+        summary = env.backfill(batch=False)
+    assert summary.embedded == 1 and summary.batches_open == 1 and env.provider.inputs == ["New\n\nwritten meanwhile"]
+    assert queue_state(env)[1] == 30, "the batch's rows stay claimed"
+    env.provider.batch_api.release()
+    wait_for_fake(env)
+    assert env.backfill().batch_rows == 30
+    assert_vectors_match_texts(env)
+
+
+def test_no_secret_in_batch_records_metadata_or_files(env):
+    env.make_table(20)
+    env.create_job()
+    env.backfill(batch=True, wait=True, poll_s=POLL)
+    with env.connect() as conn:
+        dumped = conn.execute(
+            "SELECT (SELECT jsonb_agg(to_jsonb(b)) FROM vectorfill.batches b)::text || "
+            "(SELECT jsonb_agg(to_jsonb(i)) FROM vectorfill.batch_items i)::text"
+        ).fetchone()[0]
+    assert API_KEY not in dumped and "Body of row" not in dumped, "no key, and no text kept in the database"
+    api = env.provider.batch_api
+    [batch] = api.batches.values()
+    assert set(batch.metadata) == {"vectorfill_job", "vectorfill_version", "vectorfill_submission"}
+    assert all(API_KEY.encode() not in f.content for f in api.files.values())

@@ -862,12 +862,18 @@ def batches(
     job: str,
     limit: int = typer.Option(50, help="How many submissions"),
     json_out: bool = typer.Option(False, "--json"),
+    cancel: bool = typer.Option(
+        False, "--cancel", help="Cancel the running batches (the next backfill stores what they finished)"
+    ),
     db: str | None = DbOpt,
 ) -> None:
     """JOB's Batch API submissions, newest first: state, rows, tokens, submitted, finished."""
-    from vectorfill.jobs.batches import list_batches
+    from vectorfill.jobs.batches import cancel_batches, list_batches
 
     with _conn(db) as conn:
+        if cancel:
+            ids = cancel_batches(conn, job)
+            err.print(f"cancelling {len(ids)} batch(es) of {job}; the next `vectorfill backfill {job}` collects them")
         rows = list_batches(conn, job, limit)
     if json_out:
         out.print_json(json.dumps([r.as_dict() for r in rows]))

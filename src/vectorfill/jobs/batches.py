@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -10,7 +11,7 @@ import psycopg
 from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
 
-__all__ = ["BatchRecord", "list_batches", "set_batch_mode"]
+__all__ = ["BatchRecord", "cancel_batches", "list_batches", "set_batch_mode"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,34 @@ def set_batch_mode(conn: psycopg.Connection, name: str, on: bool = True) -> None
     """Make the Batch API the job's default mode for backfills (or not)."""
     load_job(conn, name)  # a clear error for an unknown job
     conn.execute(sql.SET_JOB_BATCH, {"name": name, "batch": on})
+
+
+def cancel_batches(conn: psycopg.Connection, name: str) -> list[str]:
+    """Ask the provider to cancel the job's running batches; returns their provider ids.
+
+    The rows stay claimed until the next backfill collects the cancelled batches: what they
+    finished is stored, the rest goes back to the queue (not counted as an attempt)."""
+    from vectorfill.errors import TerminalProviderError
+    from vectorfill.provider.batches import BatchesClient
+
+    job = load_job(conn, name)
+    cur = conn.execute(sql.BATCH_OPEN, {"job_id": job.id})
+    names = [d.name for d in cur.description or ()]
+    running = [r for r in (dict(zip(names, v, strict=True)) for v in cur.fetchall()) if r["provider_batch_id"]]
+
+    async def cancel() -> list[tuple[object, str, str]]:
+        done = []
+        for r in running:
+            async with BatchesClient.for_version(job.version(r["version"]), job=name) as api:
+                try:
+                    info = await api.cancel(r["provider_batch_id"])
+                except TerminalProviderError:  # finished meanwhile: collected as it is
+                    continue
+                done.append((r["id"], info.id, info.status))
+        return done
+
+    cancelled = asyncio.run(cancel())
+    for sub, _, status in cancelled:
+        conn.execute(sql.BATCH_STATUS, {"id": sub, "status": status})
+    conn.commit()
+    return [batch_id for _, batch_id, _ in cancelled]
