@@ -47,8 +47,8 @@ def read_vm_hwm(pid: int) -> int | None:
 class FakeProvider:
     """The fake provider as its own process, on a fixed port (restartable).
 
-    ``args`` needs ``dimensions`` and ``latency_ms``; ``rpm`` and ``tpm`` are passed on when
-    it has them and they are set (the provider's budgets, none otherwise).
+    ``args`` needs ``dimensions`` and ``latency_ms``; ``rpm``, ``tpm`` and ``model`` are passed
+    on when it has them and they are set (the provider's budgets, none otherwise).
     """
 
     def __init__(self, args: argparse.Namespace, log_dir: Path, *, port: int | None = None) -> None:
@@ -83,7 +83,7 @@ class FakeProvider:
             "--latency-ms",
             str(a.latency_ms),
         ]
-        for name in ("rpm", "tpm"):
+        for name in ("rpm", "tpm", "model"):
             if getattr(a, name, None):
                 cmd += [f"--{name}", str(getattr(a, name))]
         with open(self.log_path, "ab") as log:

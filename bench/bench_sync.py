@@ -74,7 +74,9 @@ def wait_for_vectors(url: str, ids: tuple[int, int], timeout: float) -> float | 
     return None
 
 
-def run_phase(url: str, rate: float, seconds: float, queue_table: str, provider: FakeProvider) -> dict:
+def run_phase(
+    url: str, rate: float, seconds: float, queue_table: str, provider: FakeProvider, latency_sql: str | None = None
+) -> dict:
     per_tx = max(1, int(rate // 20))  # 20 transactions a second at most
     interval = per_tx / rate
     txs = max(1, int(seconds / interval))
@@ -112,14 +114,7 @@ def run_phase(url: str, rate: float, seconds: float, queue_table: str, provider:
     stop.set()
     sampler.join(5)
     with psycopg.connect(url, autocommit=True) as conn:
-        lags = [
-            r[0]
-            for r in conn.execute(
-                "SELECT extract(epoch FROM v.embedded_at - s.created_at)::float8 FROM bench_docs s "
-                "JOIN vectorfill.bench v ON v.id = s.id WHERE s.id BETWEEN %s AND %s",
-                (first, last),
-            )
-        ]
+        lags = [r[0] for r in conn.execute(latency_sql or PLAIN_LATENCY, (first, last))]
     rows = last - first + 1
     return {
         "rate_target": rate,
@@ -137,6 +132,58 @@ def run_phase(url: str, rate: float, seconds: float, queue_table: str, provider:
     }
 
 
+def run_reembed_phase(
+    url: str, rate: float, seconds: float, provider: FakeProvider, new_provider: FakeProvider
+) -> dict:
+    """``job set-model`` to another model, then writes at ``rate`` while the sync run fills the
+    new version; latency as readers see it (the first vector of either version), and when
+    the switch happened."""
+    from vectorfill.jobs import versions
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        queued_rows = conn.execute("SELECT count(*) FROM bench_docs").fetchone()[0]
+    with psycopg.connect(url) as conn:
+        versions.set_model(conn, "bench", model="fake-embed-v2", base_url=new_provider.base_url)
+    set_at = time.monotonic()
+    switched: list[float] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not stop.wait(0.2):
+                state = conn.execute(
+                    "SELECT state FROM vectorfill.versions v JOIN vectorfill.jobs j ON j.id = v.job_id "
+                    "WHERE j.name = 'bench' AND v.version = 2"
+                ).fetchone()[0]
+                if state == "active":
+                    switched.append(time.monotonic() - set_at)
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    phase = run_phase(url, rate, seconds, "_q_1_1", provider, latency_sql=READERS_LATENCY)
+    watcher.join(max(0.0, 600 - (time.monotonic() - set_at)))
+    stop.set()
+    phase.update(
+        reembed_rows=queued_rows,
+        switched_after_s=round(switched[0], 1) if switched else None,
+        new_model_requests=new_provider.stats().get("requests", 0),
+    )
+    return phase
+
+
+#: Latency as readers see it during a re-embed: the first vector of the row in either version.
+READERS_LATENCY = (
+    "SELECT extract(epoch FROM least(v1.embedded_at, v2.embedded_at) - s.created_at)::float8 FROM bench_docs s "
+    "LEFT JOIN vectorfill._v_1_1 v1 ON v1.k1 = s.id LEFT JOIN vectorfill._v_1_2 v2 ON v2.k1 = s.id "
+    "WHERE s.id BETWEEN %s AND %s AND (v1.k1 IS NOT NULL OR v2.k1 IS NOT NULL)"
+)
+PLAIN_LATENCY = (
+    "SELECT extract(epoch FROM v.embedded_at - s.created_at)::float8 FROM bench_docs s "
+    "JOIN vectorfill.bench v ON v.id = s.id WHERE s.id BETWEEN %s AND %s"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rates", default="2,1000", help="rows per second of each phase, comma-separated")
@@ -144,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dimensions", type=int, default=1536)
     p.add_argument("--db", default=None, help="a postgresql:// URL instead of an embedded Postgres")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--reembed-rate",
+        type=float,
+        default=0.0,
+        help="then `job set-model` (every row written so far to re-embed) and write at this rate meanwhile",
+    )
     args = p.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
 
@@ -225,6 +278,19 @@ def main(argv: list[str] | None = None) -> int:
             r = run_phase(url, rate, args.seconds, queue_table, provider)
             results.append(r)
             print(json.dumps(r), file=sys.stderr)
+        if args.reembed_rate:
+            new_provider = FakeProvider(
+                argparse.Namespace(dimensions=args.dimensions, latency_ms=0.0, model="fake-embed-v2"), root / "new"
+            )
+            (root / "new").mkdir(exist_ok=True)
+            new_provider.start()
+            try:
+                r = run_reembed_phase(url, args.reembed_rate, args.seconds, provider, new_provider)
+            finally:
+                new_provider.stop()
+            r["rate_target"] = f"{args.reembed_rate:g} during a re-embed of {r['reembed_rows']:,} rows"
+            results.append(r)
+            print(json.dumps(r), file=sys.stderr)
         if args.json:
             print(json.dumps({"dimensions": args.dimensions, "seconds": args.seconds, "phases": results}, indent=2))
         else:
@@ -235,11 +301,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             for r in results:
+                target = r["rate_target"] if isinstance(r["rate_target"], str) else f"{r['rate_target']:,.0f}"
                 print(
-                    f"| {r['rate_target']:,.0f} | {r['rate_achieved']:,.1f} | {r['rows']:,} | {r['p50_s']} | "
+                    f"| {target} | {r['rate_achieved']:,.1f} | {r['rows']:,} | {r['p50_s']} | "
                     f"{r['p95_s']} | {r['max_s']} | {r['queue_depth_max']} | {r['drained_after_last_write_s']} | "
                     f"{r['requests']:,} | {r['loadavg_1m']} |"
                 )
+            for r in results:
+                if "switched_after_s" in r:
+                    print(
+                        f"\nre-embed of {r['reembed_rows']:,} rows: readers switched to the new model "
+                        f"{r['switched_after_s']} s after set-model ({r['new_model_requests']:,} requests to it)"
+                    )
         return 0
     finally:
         if serve is not None and serve.poll() is None:

@@ -78,7 +78,7 @@ LOG_EVERY_S = 60.0
 OUTAGE_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 #: Most rows of a new model's version filled per cycle (the active version's new writes
 #: wait for no more than that).
-FILLING_ROWS_PER_CYCLE = 16_384
+FILLING_ROWS_PER_CYCLE = 4_096
 #: Seconds between two claims of a cycle's lanes: rows that arrive meanwhile are taken
 #: together (a burst of single-row writes makes few requests), for at most that much latency.
 CLAIM_GAP_S = 0.1

@@ -307,6 +307,31 @@ def test_a_provider_outage_backs_off_instead_of_spinning_and_loses_no_row(env):
         assert conn.execute("SELECT count(*) FROM vectorfill.failures").fetchone()[0] == 0
 
 
+@pytest.mark.slow
+def test_sync_rolls_over_to_a_new_run_per_window_and_each_summarises_its_own(env, since):
+    """A trickle of writes across window boundaries: one run per window (not per write),
+    each with its summary, together accounting for every row, none lost at a boundary."""
+    from vectorfill.orchestration.history import recent_runs
+
+    env.make_table(1)
+    env.create_job(settings_kw={"max_inputs": 50, "retries": 1})
+    with syncing(window_s=4):
+        wait_until(lambda: in_step(env, env.provider), 60, "the first row")
+        with env.connect() as conn:
+            conn.autocommit = True
+            for i in range(2, 26):  # 2 writes a second for 12 s: three windows or four
+                conn.execute("INSERT INTO articles (id, title, body) VALUES (%s, 'T', 'trickle ' || %s)", (i, i))
+                time.sleep(0.5)
+        wait_until(lambda: in_step(env, env.provider), 60, "every row of the trickle")
+        time.sleep(5)  # the window running ends and records its summary
+    runs = [r for r in recent_runs("docs", 20) if r.start and r.start >= since and r.name.startswith("sync-")]
+    assert 3 <= len(runs) <= 8, [r.name for r in runs]
+    print([(r.name, r.state, r.rows) for r in runs])
+    assert all(r.state == "Completed" for r in runs), [(r.name, r.state, r.rows) for r in runs]
+    assert len([r for r in runs if r.rows]) >= 3, "the trickle's rows were embedded by several windows' runs"
+    assert sum(r.rows or 0 for r in runs) == 25, "every row embedded once, by one window's run"
+
+
 # --------------------------------------------------------------------- serve --sync, as a user runs it
 
 

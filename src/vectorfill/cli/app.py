@@ -323,7 +323,9 @@ def job_set_model(
     )
     sent = emit_model_changed(name, version)
     if sent:
-        out.print(f"Event vectorfill.model.changed sent to {sent}: a served re-embed deployment starts it.")
+        out.print(
+            f"Event vectorfill.model.changed sent to {sent}: a served re-embed deployment (or `serve --sync`) starts it."
+        )
     else:
         out.print(f"Next: `vectorfill estimate {name}` for its cost, then `vectorfill backfill {name}`.")
 

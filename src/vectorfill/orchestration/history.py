@@ -69,7 +69,7 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
         runs = await client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=FLOW_NAMES)),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            limit=limit if job is None else max(limit * 10, 200),
+            limit=min(200, limit if job is None else max(limit * 10, 200)),  # the API takes at most 200
         )
         runs = [r for r in runs if job is None or r.parameters.get("job") == job][:limit]
         summaries: dict = {}
