@@ -22,10 +22,7 @@ from vectorfill.tasks.fill import switch_caught_up
 from vectorfill.tasks.report import final_state, progress_artifact, run_name
 from vectorfill.tasks.submit import batch_mode
 
-__all__ = ["CATCH_UP_PASSES", "backfill"]
-
-#: Passes over the new version after a refused switch, each while the last one found rows.
-CATCH_UP_PASSES = 5
+__all__ = ["backfill"]
 
 
 @flow(name="vectorfill-backfill", flow_run_name=run_name, persist_result=False, log_prints=False)
