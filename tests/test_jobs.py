@@ -45,15 +45,6 @@ def triggers_on(url, table="articles"):
         )
 
 
-def head_revision() -> str:
-    """The newest migration (whatever its number: branches add theirs)."""
-    from alembic.script import ScriptDirectory
-
-    from vectorfill.storage.db import _alembic_config
-
-    return ScriptDirectory.from_config(_alembic_config("postgresql://unused")).get_current_head()
-
-
 def test_migrations_upgrade_and_downgrade_leave_no_trace_on_user_tables(db):
     assert current_revision(db) == head_revision()
     create(db)
