@@ -120,6 +120,15 @@ class FakeBatches:
     ) -> None:
         self.encoder = encoder
         self.api_key = api_key
+        self._settings = dict(
+            stage_s=stage_s,
+            max_requests=max_requests,
+            max_inputs=max_inputs,
+            max_file_bytes=max_file_bytes,
+            token_limit=token_limit,
+            clock=clock,
+        )
+        self._seed = seed
         self.stage_s = stage_s
         self.max_requests = max_requests
         self.max_inputs = max_inputs
@@ -140,6 +149,26 @@ class FakeBatches:
         self.embedded: list[str] = []
         self.created = 0
         self.cancelled = 0
+
+    def reset(self) -> None:
+        """Forget every file and batch, zero the counters, drop the scripts and go back to
+        the settings it was made with (a provider shared by several tests)."""
+        with self._lock:
+            for key, value in self._settings.items():
+                setattr(self, key, value)
+            self._random = random.Random(self._seed)
+            self.files = {}
+            self.batches = {}
+            self._order = []
+            self._scripts = []
+            self._line_rules = []
+            self.held = set()
+            self.submitted_inputs = 0
+            self.billed_inputs = 0
+            self.billed_tokens = 0
+            self.embedded = []
+            self.created = 0
+            self.cancelled = 0
 
     # ------------------------------------------------------------------ scripting
     def expire_next(self, done_fraction: float = 0.5) -> None:

@@ -582,10 +582,13 @@ class FakeProvider:
             }
 
     def reset(self) -> None:
-        """Zero the counters and drop every scripted fault."""
+        """Zero the counters, drop every scripted fault, answer as itself again (no
+        ``behave_like`` variant) and empty the Batch API's files and batches."""
         with self._lock:
             self._zero()
+            self.variant = None
         self.clear_faults()
+        self.batch_api.reset()
 
     # ------------------------------------------------------------------ faults
 
