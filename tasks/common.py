@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from vectorfill.config import JobSettings
 from vectorfill.errors import is_transient
 from vectorfill.records import Job, Version
 from vectorfill.storage.db import resolve_database_url
 
-__all__ = ["TASK_OPTIONS", "Work", "database_url", "retry_transient"]
+__all__ = ["TASK_OPTIONS", "Work", "database_url", "retry_transient", "run_logger"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,17 @@ class Work:
 def retry_transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry only errors marked transient."""
     return isinstance(state.data, BaseException) and is_transient(state.data)
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger (its lines go to the run's Logs tab in the UI), or a plain one when
+    the stages run outside a Prefect run (their ``.fn``, as the benchmark's bare run does)."""
+    from prefect import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("vectorfill.run")
 
 
 def database_url() -> str:

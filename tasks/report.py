@@ -13,14 +13,14 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 
 from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
 from vectorfill.storage.db import connect
 
-from .common import TASK_OPTIONS, database_url
+from .common import TASK_OPTIONS, database_url, run_logger
 
 __all__ = ["PROGRESS_EVERY_S", "RunSummary", "artifact_key", "progress_artifact", "report_run", "run_name"]
 
@@ -91,7 +91,7 @@ async def report_run(job_name: str, totals: dict, duration_s: float, switched_to
         switched_to=switched_to,
         **totals,
     )
-    get_run_logger().info("%s", summary.log_line())
+    run_logger().info("%s", summary.log_line())
     await acreate_table_artifact(
         table=summary.table(),
         key=artifact_key(job_name),
