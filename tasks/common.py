@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.exceptions import MissingContextError
 
 from vectorfill.config import JobSettings
 from vectorfill.errors import is_transient
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from prefect import Task
     from prefect.client.schemas.objects import State, TaskRun
 
-__all__ = ["TASK_OPTIONS", "TaskOptions", "Work", "database_url", "retry_transient"]
+__all__ = ["TASK_OPTIONS", "TaskOptions", "Work", "database_url", "retry_transient", "run_logger"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,17 @@ class Work:
 def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry only errors marked transient."""
     return isinstance(state.data, BaseException) and is_transient(state.data)
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger (its lines go to the run's Logs tab in the UI), or a plain one when
+    the stages run outside a Prefect run (their ``.fn``, as the benchmark's bare run does)."""
+    from prefect import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("vectorfill.run")
 
 
 def database_url() -> str:

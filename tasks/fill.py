@@ -17,7 +17,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from prefect import get_run_logger
 from prefect.utilities.annotations import quote
 
 from vectorfill.errors import first_error, stop_reason, stops_run
@@ -32,7 +31,7 @@ from vectorfill.storage.db import LaneConnection, aconnect
 
 from .batch import Attempts, Filled, Lanes, batch_task, rows_per_task
 from .claim import keep_claims, release_rows
-from .common import Work, database_url
+from .common import Work, database_url, run_logger
 from .prepare import Prepared
 from .switch import switch_versions
 
@@ -208,7 +207,7 @@ async def _lane(
     look for futures, which cost about half the wall time (bench/bench_throughput.py).
     """
     price = price_per_million(work.version.model, work.settings)
-    logger = get_run_logger()
+    logger = run_logger()
     db = LaneConnection(url)
     try:
         while not lanes.drained.is_set() and (limit := tally.take(rows_per_task(work.settings))) > 0:

@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
@@ -23,7 +23,7 @@ from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
 from vectorfill.storage.db import connect, one_row
 
-from .common import TASK_OPTIONS, database_url
+from .common import TASK_OPTIONS, database_url, run_logger
 
 __all__ = [
     "PROGRESS_EVERY_S",
@@ -123,7 +123,7 @@ async def report_run(
         switched_to=switched_to,
         **totals,
     )
-    get_run_logger().info("%s", summary.log_line())
+    run_logger().info("%s", summary.log_line())
     await acreate_table_artifact(
         table=summary.table(),
         key=artifact_key(job_name, kind),

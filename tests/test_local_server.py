@@ -196,3 +196,28 @@ def test_runs_are_named_after_their_job_and_log_each_batch_and_a_summary(env):
     summaries = [m for m in messages if "rows embedded in" in m]
     assert len(summaries) == 1 and summaries[0].startswith("docs: 5,000 rows embedded in "), messages
     assert "0 still pending" in summaries[0]
+
+
+@pytest.mark.slow
+def test_a_role_that_cannot_create_the_database_gets_sqlite_and_is_told_so(fresh_db, home):
+    import psycopg
+    from psycopg import sql
+
+    from conftest import database_url
+
+    role = f"vf_nocreatedb_{os.getpid()}"
+    with psycopg.connect(database_url(fresh_db, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB").format(sql.Identifier(role)))
+    try:
+        parts = fresh_db.split("://", 1)[1].split("@", 1)[1]
+        as_role = f"postgresql://{role}@{parts}"  # trust auth in the test cluster: no password
+        out = vf(command_env(as_role, home), "runs", "--json")
+        assert STARTED in out.stderr
+        assert "may not create" in out.stderr and "prefect.db" in out.stderr
+        assert state(home)["database"] == f"sqlite:{home / 'prefect.db'}"
+        assert (home / "prefect.db").exists()
+    finally:
+        stop_local_prefect(home)
+        with psycopg.connect(database_url(fresh_db, "postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -12,6 +12,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from uuid import UUID
 
 __all__ = ["FLOW_NAME", "FLOW_NAMES", "RunRecord", "recent_runs"]
 
@@ -53,17 +54,8 @@ def recent_runs(job: str | None = None, limit: int = 20) -> list[RunRecord]:
 
 async def _read(job: str | None, limit: int) -> list[RunRecord]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterType,
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterId,
-        TaskRunFilter,
-    )
-    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
     async with get_client() as client:
         runs = await client.read_flow_runs(
@@ -75,20 +67,23 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
         summaries: dict = {}
         if runs:
             ids = [r.id for r in runs]
-            # every field given: Prefect 3.8.8's client sends None for missing ones, which its
-            # server refuses (422)
-            artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=ids), type=ArtifactFilterType(any_=["table"])
-                ),
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                task_run_filter=TaskRunFilter(),
-                limit=len(ids) * 4,
-                sort=ArtifactSort.CREATED_DESC,
+            # A raw filter with no task-run part: Prefect 3.8.8's client sends None for the
+            # filters it is not given, which its server refuses (422), and any task-run filter,
+            # even empty, makes the server keep only artifacts whose task run is recorded; the
+            # task-run recorder writes those a moment after the run, so the summary of a run
+            # that just ended was missing now and then.
+            response = await client._client.post(
+                "/artifacts/filter",
+                json={
+                    "artifacts": {"flow_run_id": {"any_": [str(i) for i in ids]}, "type": {"any_": ["table"]}},
+                    "limit": len(ids) * 4,
+                    "sort": "CREATED_DESC",
+                },
             )
-            for a in artifacts:
-                if a.key and a.key.startswith(("backfill-", "sync-")):
-                    summaries[a.flow_run_id] = _figures(a.data)
+            for a in response.json():
+                key = a.get("key") or ""
+                if key.startswith(("backfill-", "sync-")) and a.get("flow_run_id"):
+                    summaries.setdefault(UUID(a["flow_run_id"]), _figures(a.get("data")))  # the newest
         names: dict[uuid.UUID, str | None] = {}
         for r in runs:
             if r.deployment_id and r.deployment_id not in names:
