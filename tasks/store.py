@@ -244,7 +244,8 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
                 written = len(current)
             failed_rows: dict[tuple, tuple] = {}
             for item, status, message in embedded.rejected:
-                what = f" (chunk {item.chunk_seq})" if plans[item.key].chunks > 1 else ""
+                plan = plans.get(item.key)  # (a row rejected whole, as a Batch API line, has none)
+                what = f" (chunk {item.chunk_seq})" if plan is not None and plan.chunks > 1 else ""
                 failed_rows.setdefault(
                     item.key,
                     (

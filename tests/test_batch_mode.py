@@ -298,6 +298,7 @@ def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path):
         "--price",
         "fake-embed=2",
         "--batch",
+        "--no-check",  # the endpoint check is an online request; this test counts none
         env=env,
     )
     [est] = json.loads(vf("estimate", "docs", "--json", env=env).stdout)
