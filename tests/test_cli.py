@@ -251,7 +251,7 @@ def test_a_home_that_cannot_hold_prefects_state_fails_in_seconds_with_one_senten
     started = time.monotonic()
     proc = vf("backfill", "docs", env=env, check=False)
     assert proc.returncode == 1 and time.monotonic() - started < 30
-    assert "set PREFECT_HOME or VECTORFILL_HOME to a writable directory" in proc.stderr
+    assert "VECTORFILL_HOME to a writable directory" in proc.stderr and proc.stderr.count("\n") <= 2
     assert "Traceback" not in proc.stderr
 
 
@@ -319,8 +319,21 @@ def test_chunked_job_search_per_row_and_index_refusal_through_the_cli(cli_env, p
     assert "chunk" in out  # the table has the chunk column
     assert " 5 " in out.splitlines()[3] or "│ 5 " in out
     # 2,500 dims stored as float32 vector: refused before it starts, in one line, exit 1
-    vf("job", "create", "wide", *common, "VF_KEY", "--model", "fake-embed", "--dimensions", "2500",
-       "--storage", "vector", env=cli_env)  # fmt: skip
+    vf(
+        "job",
+        "create",
+        "wide",
+        *common,
+        "VF_KEY",
+        "--model",
+        "fake-embed",
+        "--dimensions",
+        "2500",
+        "--storage",
+        "vector",
+        "--no-check",
+        env=cli_env,
+    )  # fmt: skip (the fake makes 32 dims, not 2,500)
     proc = vf("index", "wide", env=cli_env, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "at most 2,000 dimensions; store them as halfvec" in proc.stderr
