@@ -142,25 +142,15 @@ def expire_leases(url: str, queue: str = "vectorfill._q_1_1") -> int:
 API_KEY = "sk-test-" + "k3y" * 8  # looks like a real key, so that leak checks can grep for it
 
 
-@pytest.fixture(scope="session")
-def shared_provider():
-    """One fake provider server for the session (starting and stopping one per test cost
-    a quarter of a second each); tests that need other settings make their own."""
+@pytest.fixture
+def provider():
+    """A fake provider server of its own for each test: one shared by the session leaked
+    state from test to test (a variant, learnt limits, Batch API files), which cost more
+    than the quarter of a second a start saves."""
     from fake_provider import FakeProvider
 
     with FakeProvider(dimensions=32, api_key=API_KEY) as fake:
         yield fake
-
-
-@pytest.fixture
-def provider(shared_provider):
-    """The session's fake provider, reset for this test: counters zeroed, no scripted
-    faults, no latency."""
-    shared_provider.reset()
-    shared_provider.latency_s = 0.0
-    yield shared_provider
-    shared_provider.reset()
-    shared_provider.latency_s = 0.0
 
 
 # --- vectorfill on a fresh database -----------------------------------------------------------
