@@ -67,4 +67,5 @@ def test_the_api_key_appears_nowhere_after_a_run(env, caplog):
     assert any(": batch of " in m and " tokens in " in m for m in messages), messages
     assert any("rows embedded in" in m for m in messages), messages
     # and the flow run's name is the job's, with nothing else in it
-    assert all(run.name.startswith("docs-") for run in runs if run.flow_id == runs[0].flow_id)
+    named = [run for run in runs if run.flow_id == runs[0].flow_id and run.parameters.get("job")]
+    assert named and all(run.name.startswith(run.parameters["job"] + "-") for run in named)

@@ -40,8 +40,9 @@ def test_workers_in_this_process_embed_every_row_exactly_once(env):
 def test_combined_summary_adds_the_runs_counts():
     from vectorfill.tasks.report import RunSummary
 
-    a = RunSummary("docs", 10, 1, 0, 0, 0, 0, 2, 100, 0.5, 3.0, 5, 0)
-    b = RunSummary("docs", 20, 0, 1, 0, 0, 0, 3, 200, None, 4.0, 0, 0)
+    counts = dict(failed=0, truncated=0, stale=0, tokens_estimated=0, failed_total=0)
+    a = RunSummary("docs", 10, 1, 0, requests=2, tokens=100, cost_usd=0.5, duration_s=3.0, pending=5, **counts)
+    b = RunSummary("docs", 20, 0, 1, requests=3, tokens=200, cost_usd=None, duration_s=4.0, pending=0, **counts)
     c = combine([a, b])
     assert (c.embedded, c.unchanged, c.deleted, c.requests, c.tokens) == (30, 1, 1, 5, 300)
     assert c.cost_usd is None and c.duration_s == 4.0 and c.pending == 0

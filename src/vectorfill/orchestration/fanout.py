@@ -50,13 +50,20 @@ def combine(summaries: list):
         return first
     added = {
         k: sum(getattr(s, k) for s in summaries)
-        for k in ("embedded", "unchanged", "deleted", "failed", "truncated", "stale", "requests", "tokens")
-    }
+        for k in (
+            "embedded", "unchanged", "deleted", "failed", "truncated", "stale", "requests", "tokens",
+            "tokens_estimated", "batches_submitted", "batch_rows_submitted", "batches_collected", "batch_rows",
+            "batch_tokens", "batch_retried",
+        )
+    }  # fmt: skip
     costs = [s.cost_usd for s in summaries]
+    batch_costs = [s.batch_cost_usd for s in summaries]
     return RunSummary(
         job=first.job,
         **added,
         cost_usd=None if any(c is None for c in costs) else sum(costs),
+        batch_cost_usd=None if any(c is None for c in batch_costs) else sum(batch_costs),
+        batches_open=min(s.batches_open for s in summaries),
         duration_s=max(s.duration_s for s in summaries),
         pending=min(s.pending for s in summaries),  # counted after each run: the last is the least
         failed_total=max(s.failed_total for s in summaries),
