@@ -139,6 +139,7 @@ def test_row_deleted_during_embedding_leaves_no_vector(env):
     assert env.status().pending == 0
 
 
+@pytest.mark.slow
 def test_concurrent_backfills_embed_every_row_exactly_once(env):
     env.make_table(3000)
     env.create_job(settings_kw={"max_inputs": 100, "concurrency": 3, "retries": 1})
@@ -167,6 +168,7 @@ def test_shuffled_responses_are_put_back_in_index_order(env):
     assert_vectors_match_texts(env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["short", "nan", "wrong_dims"])
 def test_a_malformed_response_stores_nothing_and_the_retry_gets_it_right(env, mode):
     env.make_table(30)
@@ -262,6 +264,7 @@ def test_unreachable_endpoint_gives_a_clear_error_and_loses_nothing(env):
     assert env.status().pending == 5
 
 
+@pytest.mark.slow
 def test_transient_server_errors_are_retried(env):
     env.make_table(20)
     env.create_job(settings_kw={"retries": 2})
@@ -376,6 +379,7 @@ def test_key_types_round_trip_into_the_vector_table(env, key_type, keys):
         np.testing.assert_allclose(emb.to_numpy(), env.provider.expected_vector(f"text of {k}"), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_prefect_keeps_the_runs_history_task_by_task(env):
     """Run history is the orchestrator's: the flow run and its task runs, one per API batch,
     are recorded (with vectorfill's Prefect defaults, e.g. no event log on the temporary server)."""
@@ -432,6 +436,7 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
     assert progress["data"] == 100.0, "the run's progress artifact ends at 100%"
 
 
+@pytest.mark.slow
 def test_a_batch_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
     """Leases are renewed while a run holds them: a batch that hangs past ``lease_s`` is
     not claimed (and paid for) by another worker."""

@@ -75,6 +75,7 @@ def test_a_store_failing_past_its_retries_fails_the_run_and_gives_the_rows_back(
     assert_vectors_match_texts(env)
 
 
+@pytest.mark.slow
 def test_of_a_batch_s_requests_only_the_one_that_failed_is_sent_again(env):
     """A batch task claims at least MIN_TASK_ROWS rows; with max_inputs 10 its 30 rows go in
     three requests side by side. One fails: the retry sends that one alone."""
@@ -106,6 +107,7 @@ def test_many_batch_tasks_over_several_lanes_embed_every_row_once(env, monkeypat
     assert_vectors_match_texts(env)
 
 
+@pytest.mark.slow
 def test_a_failed_request_is_retried_without_claiming_again(env):
     env.make_table(10)
     env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 1})

@@ -160,6 +160,7 @@ def test_input_level_400s_are_failures_with_the_reason_and_the_rest_of_the_line_
     assert env.provider.batch_api.billed_inputs == 39
 
 
+@pytest.mark.slow
 def test_token_limit_exceeded_gives_the_rows_back_without_an_attempt_and_they_go_later(env):
     env.make_table(100)
     env.create_job(settings_kw={"max_inputs": 25, "batch_max_inputs": 50, "retries": 1})
@@ -197,6 +198,7 @@ def test_a_crash_after_the_upload_gives_the_rows_back(env, monkeypatch):
     assert_vectors_match_texts(env)
 
 
+@pytest.mark.slow
 def test_sigkill_between_create_and_record_is_reconciled_by_metadata_and_paid_once(env, tmp_path):
     env.make_table(200)
     env.create_job(settings_kw={"max_inputs": 50, "retries": 1})
@@ -279,6 +281,7 @@ def test_estimate_shows_the_batch_price_beside_the_online_one(env):
     assert o.batch_cost_usd == pytest.approx(e.tokens * 0.05 / 1e6)
 
 
+@pytest.mark.slow
 def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path):
     from test_cli import user_env, vf
     from vectorfill.storage.db import connect

@@ -144,6 +144,7 @@ def test_chunk_template_and_a_chunker_change_is_a_new_version(env):
     assert {i: [c[1] for c in cs] for i, cs in got.items()} == {i: [t] for i, t in texts.items()}
 
 
+@pytest.mark.slow
 def test_halfvec_storage_index_and_search(env):
     from vectorfill.jobs.search import create_index, search
 
@@ -355,6 +356,7 @@ def test_set_model_refuses_a_version_its_index_could_not_follow_and_invalid_inde
         assert not has_index(conn, job, job.active)  # an INVALID index is no index to mirror
 
 
+@pytest.mark.slow
 def test_a_row_with_more_chunks_than_one_request_takes_is_stored_whole(env):
     """max_inputs 4 and ~20 chunks a row: a row's chunks span requests (Batch.continues) and
     are stored together once every request is answered; an edit keeps the unchanged ones."""

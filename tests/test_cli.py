@@ -52,6 +52,7 @@ def cli_env(fresh_db, provider, tmp_path, local_prefect_home):
     return env
 
 
+@pytest.mark.slow
 def test_migrate_create_backfill_status_through_the_cli(cli_env, provider):
     vf("migrate", env=cli_env)
     out = vf(
@@ -109,6 +110,7 @@ def test_errors_are_one_clear_line_and_exit_1(cli_env, provider):
     assert proc.returncode == 1 and "no job named 'ghost'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_api_key_variable_is_named(cli_env, provider):
     vf("migrate", env=cli_env)
     vf(
@@ -133,6 +135,7 @@ def test_a_missing_api_key_variable_is_named(cli_env, provider):
     assert provider.requests == 0
 
 
+@pytest.mark.slow
 def test_model_change_commands_through_the_cli(cli_env, provider):
     vf("migrate", env=cli_env)
     vf(
@@ -225,6 +228,7 @@ def test_a_template_with_non_ascii_text_and_escapes_is_kept_as_written(cli_env):
     assert stored == "Über {title} — {body}\n\nEnde"
 
 
+@pytest.mark.slow
 def test_a_run_whose_rows_failed_exits_3_and_its_flow_run_is_failed(cli_env, provider):
     """A cron job or a scheduler must tell a run whose rows failed from a clean one: exit 3
     (not 0), the summary still printed, and Prefect's state Failed."""
@@ -267,6 +271,7 @@ def test_without_a_usable_home_prefect_state_goes_to_vectorfill_home(tmp_path, m
     assert (tmp_path / "state" / "prefect").is_dir()
 
 
+@pytest.mark.slow
 def test_check_create_and_backfill_exit_codes_through_the_cli(cli_env, provider):
     """`vectorfill check` and the checks of `job create`: what works and what to change, exit
     0 only when a backfill would work; a backfill exits 1 on a refused request (rows queued)
@@ -303,6 +308,7 @@ def test_check_create_and_backfill_exit_codes_through_the_cli(cli_env, provider)
     assert summary["embedded"] == 299 and summary["failed"] == 1
 
 
+@pytest.mark.slow
 def test_chunked_job_search_per_row_and_index_refusal_through_the_cli(cli_env, provider):
     vf("migrate", env=cli_env)
     with connect(cli_env["VECTORFILL_DATABASE_URL"]) as conn:

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import API_KEY, expire_leases
 
+pytestmark = pytest.mark.slow  # real processes and servers: the whole module
+
 
 def leased_rows(env) -> int:
     with env.connect() as conn:

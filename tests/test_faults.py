@@ -9,6 +9,7 @@ from test_backfill import assert_vectors_match_texts
 from vectorfill.errors import QuotaExceeded, TransientProviderError
 
 
+@pytest.mark.slow
 def test_a_hang_past_the_timeout_is_retried(env):
     env.make_table(20)
     env.create_job(settings_kw={"timeout_s": 1, "retries": 2, "concurrency": 1})
@@ -18,6 +19,7 @@ def test_a_hang_past_the_timeout_is_retried(env):
     assert_vectors_match_texts(env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "status, body",
     [
@@ -115,6 +117,7 @@ def test_unusual_text_is_embedded_as_it_is(env):
     assert len(sent) == 1 and Cl100k().count(sent)[0] == 8191
 
 
+@pytest.mark.slow
 def test_a_tpm_budget_is_used_without_meeting_429s(env):
     """The provider enforces 1,500 tokens/minute; the job knows its budget, so its requests
     wait for budget instead of being refused (the run needs a little more than the budget)."""
@@ -133,6 +136,7 @@ def test_a_tpm_budget_is_used_without_meeting_429s(env):
     assert_vectors_match_texts(env)
 
 
+@pytest.mark.slow
 def test_without_a_configured_budget_the_limit_is_learnt_from_headers_and_the_run_completes(env):
     import time
 

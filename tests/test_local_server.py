@@ -20,7 +20,7 @@ import pytest
 
 from conftest import stop_local_prefect
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # real processes and servers: the whole module
 
 STARTED = "Started the local Prefect server"
 

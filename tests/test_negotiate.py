@@ -61,6 +61,7 @@ def test_a_model_refusing_dimensions_stops_the_run_with_every_row_queued(env, se
     assert st.pending == ROWS and st.failed == 0 and failed_rows(env) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "server, options, cap",
     [
@@ -87,6 +88,7 @@ def test_a_cap_on_inputs_named_by_the_server_is_learnt_once_and_remembered(env, 
     assert env.provider.requests - before == math.ceil(ROWS / cap), "packed to the remembered cap: no refusal"
 
 
+@pytest.mark.slow
 def test_a_gateway_413_page_that_names_no_limit_is_learnt_from_the_halves(env):
     env.make_table(ROWS)
     env.create_job(settings_kw={"retries": 1, "concurrency": 1})
@@ -114,6 +116,7 @@ def test_a_refusal_of_every_request_stops_after_a_probe(env):
     assert st.pending == ROWS and st.failed == 0 and failed_rows(env) == 0
 
 
+@pytest.mark.slow
 def test_a_refusal_of_one_input_is_still_bisected_down_to_that_row(env):
     env.make_table(100)
     env.create_job(settings_kw={"retries": 1, "concurrency": 1})
@@ -425,6 +428,7 @@ def test_check_fails_on_a_wrong_key(env, monkeypatch):
     assert _line(report, "API key").ok is False
 
 
+@pytest.mark.slow
 def test_prefect_states_tell_failed_rows_and_refused_requests_from_a_clean_run(env):
     import asyncio
 

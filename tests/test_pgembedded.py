@@ -61,6 +61,7 @@ def test_public_api_is_what_all_says():
     )
 
 
+@pytest.mark.slow
 def test_start_status_url_stop_round_trip(data_dir: Path):
     before = pgembedded.status(data_dir)
     assert (before.running, before.url, before.pid) == (False, None, None)
@@ -81,6 +82,7 @@ def test_start_status_url_stop_round_trip(data_dir: Path):
     assert pgembedded.url(data_dir) is None
 
 
+@pytest.mark.slow
 def test_restart_keeps_the_data(data_dir: Path):
     url = pgembedded.start(data_dir)
     with psycopg.connect(url) as conn:
@@ -94,6 +96,7 @@ def test_restart_keeps_the_data(data_dir: Path):
         assert conn.execute("SELECT id FROM kept").fetchall() == [(42,)]
 
 
+@pytest.mark.slow
 def test_starting_a_running_server_returns_the_same_url(shared_data_dir: Path):
     first = pgembedded.start(shared_data_dir)
     pid = pgembedded.status(shared_data_dir).pid
@@ -143,6 +146,7 @@ def test_server_started_by_a_process_outlives_it_and_is_seen_by_others(data_dir:
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone()
 
 
+@pytest.mark.slow
 def test_concurrent_starts_make_one_server(data_dir: Path):
     code = """
         import sys
@@ -166,6 +170,7 @@ def test_concurrent_starts_make_one_server(data_dir: Path):
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'vectorfill'").fetchone() == (1,)
 
 
+@pytest.mark.slow
 def test_stale_pid_file_whose_pid_was_reused_does_not_block_start(data_dir: Path):
     pgembedded.start(data_dir)
     pid_file = data_dir / "postmaster.pid"

@@ -688,6 +688,7 @@ def test_throttle_raises_other_errors_at_once_keeping_the_charge():
 # --------------------------------------------------------------------------- integration
 
 
+@pytest.mark.slow
 def test_the_limiter_keeps_a_real_rate_limited_provider_near_its_budget_without_429s():
     """Five seconds against the fake provider enforcing RPM 120 / TPM 20,000 (buckets full at
     start), requests of ~200 tokens: the limiter spends the stored minute (~100 requests,

@@ -23,7 +23,7 @@ from vectorfill.jobs.search import search
 from vectorfill.jobs.versions import list_versions
 from vectorfill.storage.db import connect, migrate
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # real processes and servers: the whole module
 
 
 @pytest.fixture(autouse=True)

@@ -523,6 +523,7 @@ def minilm():
         yield encoder, running
 
 
+@pytest.mark.slow
 @pytest.mark.local_model
 @pytest.mark.parametrize("encoding_format", [None, "float", "base64"])
 def test_minilm_through_the_openai_client(minilm, encoding_format):

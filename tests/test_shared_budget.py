@@ -453,6 +453,7 @@ def spender(url, endpoint, tpm, seconds, size, *extra):
     )
 
 
+@pytest.mark.slow
 def test_two_processes_each_given_the_whole_budget_together_stay_within_it(db):
     """Two processes, each configured with the whole 60,000 tokens per minute, spend from a
     bucket that other runs drained: together they get its refill (1,000 tokens per second),
@@ -480,6 +481,7 @@ def test_two_processes_each_given_the_whole_budget_together_stay_within_it(db):
     assert total < 60_000  # separate limiters would each have spent their full minute at once
 
 
+@pytest.mark.slow
 def test_a_killed_holder_blocks_nobody_and_its_lease_comes_back_with_the_refill(db):
     endpoint = "http://x/v1 m"
     holder = spender(db, endpoint, 60_000, 0.5, 1_000, "--hold")

@@ -21,7 +21,7 @@ from vectorfill.jobs import versions
 from vectorfill.orchestration.sync import SyncSupervisor
 from vectorfill.provider.budgets import PostgresBudget
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # serve --sync processes and waits
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ def drain(url, table="_q_1_1") -> None:
         conn.execute(f"DELETE FROM vectorfill.{table}")
 
 
+@pytest.mark.slow
 def test_bulk_statements_queue_exactly_the_rows_whose_embedded_text_changed(db):
     create(db)
     drain(db)

@@ -52,6 +52,7 @@ def queue_size(env, version: int) -> int:
         ).fetchone()[0]
 
 
+@pytest.mark.slow
 def test_a_new_model_fills_beside_the_old_and_readers_switch_only_when_complete(env, new):
     env.make_table(300)
     env.create_job(settings_kw={"max_inputs": 50, "retries": 1})
@@ -119,6 +120,7 @@ def test_rows_edited_during_a_reembed_get_the_right_vector_in_both_versions(env,
     view_matches(env, new)
 
 
+@pytest.mark.slow
 def test_no_switch_while_a_row_is_missing(env, new):
     env.make_table(50)
     env.create_job()

@@ -63,7 +63,10 @@ def test_the_cli_runs_workers_and_says_what_a_missing_pool_needs(env):
     assert "prefect work-pool create no-such-pool --type process" in str(result.exception)
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.slow,
+]  # flow runs side by side, workers
 
 
 def test_jobs_side_by_side_one_failing_does_not_stall_the_other(env, monkeypatch):
