@@ -33,22 +33,8 @@ def upgrade() -> None:
             END IF;
           END LOOP;
           -- the views of active versions, with the new column
-          FOR j IN SELECT jb.name, jb.key_columns, ve.job_id, ve.version
-                     FROM vectorfill.jobs jb JOIN vectorfill.versions ve ON ve.job_id = jb.id
-                    WHERE ve.state = 'active' LOOP
-            IF cardinality(j.key_columns) = 1 THEN
-              keys := 'v.k1 AS id';
-            ELSE
-              SELECT string_agg(format('v.%I AS %I', 'k' || o, c), ', ' ORDER BY o) INTO keys
-                FROM unnest(j.key_columns) WITH ORDINALITY AS u(c, o);
-            END IF;
-            EXECUTE format('DROP VIEW IF EXISTS vectorfill.%I', j.name);
-            EXECUTE format('CREATE VIEW vectorfill.%I AS SELECT %s, v.chunk_seq, v.chunk, v.embedding, v.model, '
-                           'v.embedded_at FROM vectorfill.%I v', j.name, keys,
-                           format('_v_%s_%s', j.job_id, j.version));
-          END LOOP;
-        END $$
-        """
+{views}        END $$
+        """.format(views=_recreate_views("v.chunk_seq, v.chunk, v.embedding, v.model, "))
     )
 
 
@@ -58,7 +44,16 @@ def downgrade() -> None:
         DO $$
         DECLARE j record; keys text;
         BEGIN
-          FOR j IN SELECT jb.name, jb.key_columns, ve.job_id, ve.version
+{views}        END $$
+        """.format(views=_recreate_views("v.chunk_seq, v.embedding, v.model, "))
+    )
+    op.execute("ALTER TABLE vectorfill.versions DROP COLUMN options")
+
+
+def _recreate_views(columns: str) -> str:
+    """PL/pgSQL that re-creates the view of every job's active version with ``columns``
+    after its key columns (the view's shape is the one thing up- and downgrade change)."""
+    return f"""          FOR j IN SELECT jb.name, jb.key_columns, ve.job_id, ve.version
                      FROM vectorfill.jobs jb JOIN vectorfill.versions ve ON ve.job_id = jb.id
                     WHERE ve.state = 'active' LOOP
             IF cardinality(j.key_columns) = 1 THEN
@@ -68,11 +63,8 @@ def downgrade() -> None:
                 FROM unnest(j.key_columns) WITH ORDINALITY AS u(c, o);
             END IF;
             EXECUTE format('DROP VIEW IF EXISTS vectorfill.%I', j.name);
-            EXECUTE format('CREATE VIEW vectorfill.%I AS SELECT %s, v.chunk_seq, v.embedding, v.model, '
+            EXECUTE format('CREATE VIEW vectorfill.%I AS SELECT %s, {columns}'
                            'v.embedded_at FROM vectorfill.%I v', j.name, keys,
                            format('_v_%s_%s', j.job_id, j.version));
           END LOOP;
-        END $$
-        """
-    )
-    op.execute("ALTER TABLE vectorfill.versions DROP COLUMN options")
+"""
