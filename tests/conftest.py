@@ -14,6 +14,26 @@ import psycopg
 import pytest
 from psycopg import sql
 
+# --- Running the suite in parallel -------------------------------------------------------------
+# `pytest` runs on every core (pytest-xdist, `-n auto` in pyproject.toml; `-n 0` runs in this
+# process). Each worker has a session of its own: its own embedded Postgres, template databases,
+# Prefect server and fake providers, so no test shares state with a test on another worker.
+# Modules whose module-scoped fixture is dear (the MiniLM model, a Postgres data directory) are
+# kept on one worker each (`xdist_group`, honoured by `--dist loadgroup`).
+
+MAX_WORKERS = 4  # beyond this, workers' session start-up (Postgres, Prefect) outweighs the gain
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests first (a stable sort): the long ones start early and overlap with the many
+    short ones, instead of one of them starting last and keeping a worker busy alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # --- Postgres ---------------------------------------------------------------------------------
 # Tests run against a real Postgres with pgvector: a throwaway embedded server for the session,
 # or the server named by VECTORFILL_TEST_DATABASE_URL (a postgresql:// URL; its role needs

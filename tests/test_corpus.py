@@ -15,6 +15,8 @@ from vectorfill.errors import ConfigError, DatabaseError
 from vectorfill.local import corpus
 from vectorfill.local.corpus import MAX_BODY_CHARS, DocRow, load_stdlib_docs, write_corpus
 
+pytestmark = pytest.mark.xdist_group("corpus")  # its module-scoped fixture is made once, on one worker
+
 
 @pytest.fixture(scope="module")
 def rows() -> list[DocRow]:

@@ -64,10 +64,10 @@ class FakeClock:
 
 
 def test_base_url_ends_in_v1_and_the_server_stops_cleanly():
-    provider = FakeProvider(8)
-    with provider:
-        assert provider.base_url.startswith("http://127.0.0.1:") and provider.base_url.endswith("/v1")
-        assert httpx.get(provider.base_url.removesuffix("/v1") + "/health").status_code == 200
+    provider = FakeProvider(8).start()
+    assert provider.base_url.startswith("http://127.0.0.1:") and provider.base_url.endswith("/v1")
+    assert httpx.get(provider.base_url.removesuffix("/v1") + "/health").status_code == 200
+    provider.stop()  # waits for the port to close (leaving a `with` block does not)
     with pytest.raises(httpx.ConnectError):
         httpx.get(provider.base_url.removesuffix("/v1") + "/health", timeout=1)
 

@@ -21,6 +21,8 @@ import sqlalchemy
 from vectorfill.errors import ConfigError
 from vectorfill.local import pgembedded
 
+pytestmark = pytest.mark.xdist_group("pgembedded")  # its module-scoped fixture is made once, on one worker
+
 
 def _scratch_data_dir() -> Iterator[Path]:
     # /tmp/<short> keeps the socket inside the data directory (pytest's tmp_path can be too long)

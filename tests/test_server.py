@@ -23,6 +23,8 @@ from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create
 from vectorfill.local.embeddings_server.batcher import MicroBatcher
 from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
 
+pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
+
 KEY = "sk-test-server"
 DIMS = 256
 MAX_TOKENS = 64

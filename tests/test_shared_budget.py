@@ -283,9 +283,8 @@ def test_endpoint_key_normalises_the_url_and_leaves_secrets_out(url, key):
 
 
 @pytest.fixture
-def db(fresh_db):
-    migrate(fresh_db)
-    return fresh_db
+def db(migrated_db):
+    return migrated_db
 
 
 def budget_row(url, endpoint):

@@ -10,15 +10,14 @@ from vectorfill.storage.db import connect, head_revision, migrate
 
 
 @pytest.fixture
-def db(fresh_db):
-    migrate(fresh_db)
-    with connect(fresh_db) as conn:
+def db(migrated_db):
+    with connect(migrated_db) as conn:
         # deferrable, so that a statement may swap two keys
         conn.execute(
             "CREATE TABLE articles (id bigint PRIMARY KEY DEFERRABLE, title text, body text, views int DEFAULT 0)"
         )
         conn.execute("INSERT INTO articles SELECT g, 't' || g, 'b' || g FROM generate_series(1, 10) g")
-    return fresh_db
+    return migrated_db
 
 
 def create(url, **kw):

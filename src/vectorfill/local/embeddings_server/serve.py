@@ -114,14 +114,25 @@ class ServerThread:
                 raise RuntimeError(f"the embeddings server on port {self.port} did not start")
             time.sleep(0.005)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._socket is not None:
-            self._socket.close()
+    def stop(self, timeout: float = 10.0, *, wait: bool = True) -> None:
+        """Stop serving. With ``wait=False`` return at once and let the thread wind down by
+        itself (uvicorn notices within ~0.2 s): for callers that need the server gone, not
+        the port closed before they go on."""
+        server, thread, sock = self._server, self._thread, self._socket
         self._server = self._thread = self._socket = None
+        if server is not None:
+            server.should_exit = True
+
+        def finish() -> None:
+            if thread is not None:
+                thread.join(timeout)
+            if sock is not None:
+                sock.close()
+
+        if wait:
+            finish()
+        else:
+            threading.Thread(target=finish, name="uvicorn-stop", daemon=True).start()
 
     def __enter__(self) -> ServerThread:
         self.start()
