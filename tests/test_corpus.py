@@ -128,3 +128,22 @@ def test_write_corpus_accepts_the_sqlalchemy_url(fresh_db: str, rows: list[DocRo
 def test_write_corpus_reports_an_unreachable_database_as_database_error(rows: list[DocRow]):
     with pytest.raises(DatabaseError, match="cannot write the corpus"):
         write_corpus("postgresql://nobody@/nowhere?host=/nonexistent-socket-dir", rows[:1])
+
+
+def test_stdlib_patched_by_a_third_party_package_does_not_change_the_rows(rows: list[DocRow], monkeypatch):
+    """torch replaces inspect.getfile, transformers adds methods to logging.Logger: a process
+    that imported them must read the same rows as one that did not."""
+    import inspect
+    import logging
+
+    def warning_once(self, msg):
+        """Log once (as transformers patches it in)."""
+
+    def getfile(obj):
+        """A wrapper of inspect.getfile (as torch patches it in)."""
+
+    monkeypatch.setattr(logging.Logger, "warning_once", warning_once, raising=False)
+    monkeypatch.setattr(inspect, "getfile", getfile)
+    again = load_stdlib_docs()
+    assert "logging.Logger.warning_once" not in {r.id for r in again}
+    assert _digest(again) == _digest(rows)

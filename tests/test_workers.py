@@ -167,7 +167,7 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
         procs.append(p)
         return p
 
-    rows, max_inputs, concurrency, rpm, tpm = 10_000, 100, 2, 60, 240_000
+    rows, max_inputs, concurrency, rpm, tpm = 4_000, 50, 2, 60, 240_000  # 80 requests: 60 at once, then 1 a second
     with FakeProvider(dimensions=32, api_key=API_KEY, rpm=rpm, tpm=tpm) as provider:
         try:
             start(["server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")

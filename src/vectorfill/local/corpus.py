@@ -34,8 +34,9 @@ import contextlib
 import importlib
 import inspect
 import io
-import itertools
+import json
 import pkgutil
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
@@ -102,12 +103,34 @@ class DocRow:
 def load_stdlib_docs(limit: int | None = None) -> list[DocRow]:
     """The standard library's docstrings as rows, in a deterministic order.
 
-    ``limit`` keeps the first ``limit`` rows (the same rows on every call). Imports a few
-    hundred stdlib modules into this process (quietly); about 0.2-0.5 s on Python 3.11.
+    ``limit`` keeps the first ``limit`` rows (the same rows on every call). The rows are read
+    in a fresh interpreter (about 0.5 s on Python 3.11), not in this process: third-party
+    packages patch stdlib modules at run time (torch replaces ``inspect.getfile``,
+    transformers adds methods to ``logging.Logger``), so rows read here would depend on what
+    this process had imported, and the demo would re-embed rows that only seemed to change.
+    That also keeps the few hundred stdlib modules it imports out of this process.
     """
     if limit is not None and limit < 0:
         raise ConfigError(f"corpus limit must be zero or more, not {limit}")
-    return list(itertools.islice(_iter_rows(), limit))
+    code = "from vectorfill.local.corpus import _print_rows; _print_rows()"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, check=True, timeout=300, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise ConfigError(
+            f"could not read the standard library's docstrings in a fresh interpreter ({sys.executable}): "
+            f"{exc}; {detail.decode(errors='replace')[-500:]}"
+        ) from None
+    rows = [DocRow(*fields) for fields in json.loads(out.stdout.rsplit(b"\n", 1)[-1])]
+    return rows if limit is None else rows[:limit]
+
+
+def _print_rows() -> None:
+    """Write every row as JSON to stdout (run by :func:`load_stdlib_docs` in a fresh interpreter)."""
+    rows = [[row.id, row.title, row.body] for row in _iter_rows()]
+    sys.stdout.write("\n" + json.dumps(rows))  # on the last line, whatever an import printed
 
 
 def write_corpus(
