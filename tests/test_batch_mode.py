@@ -282,11 +282,11 @@ def test_estimate_shows_the_batch_price_beside_the_online_one(env):
 
 
 @pytest.mark.slow
-def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path):
+def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path, local_prefect_home):
     from test_cli import user_env, vf
     from vectorfill.storage.db import connect
 
-    env = user_env(fresh_db, tmp_path)
+    env = user_env(fresh_db, tmp_path, local_prefect_home)  # the session's local Prefect server
     with connect(fresh_db) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
         conn.execute("INSERT INTO articles SELECT g, 'T' || g, 'B' || g FROM generate_series(1, 200) g")

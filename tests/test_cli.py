@@ -235,11 +235,13 @@ def test_a_run_whose_rows_failed_exits_3_and_its_flow_run_is_failed(cli_env, pro
     vf("migrate", env=cli_env)
     vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
        "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "100", env=cli_env)  # fmt: skip
-    provider.fail_when(lambda text: text.startswith("B"), status=400)  # every row's input refused
+    refused = {"B7", "B70", "B123"}  # three rows' inputs refused; the other 297 are embedded
+    provider.fail_when(lambda text: text in refused, status=400)
     proc = vf("backfill", "docs", "--json", env=cli_env, check=False)
     assert proc.returncode == 3, proc.stderr
-    assert json.loads(proc.stdout)["failed"] == 300
-    assert "300 rows failed in this run" in proc.stderr and "vectorfill failures docs" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["failed"] == 3 and summary["embedded"] == 297
+    assert "3 rows failed in this run" in proc.stderr and "vectorfill failures docs" in proc.stderr
     runs = json.loads(vf("runs", "docs", "--json", env=cli_env).stdout)
     assert runs[0]["state"] == "Failed"
 
