@@ -125,12 +125,12 @@ def test_a_tpm_budget_is_used_without_meeting_429s(env):
 
     from fake_provider import RateLimiter as ProviderLimits
 
-    env.make_table(60)  # ~1,800 tokens in all
+    env.make_table(54)  # ~1,620 tokens in all: the last request waits ~5 s for the minute's budget to refill
     env.provider.limiter = ProviderLimits(rpm=None, tpm=1500, model="fake-embed", clock=time.monotonic)
     env.create_job(settings_kw={"max_inputs": 5, "tpm": 1500, "retries": 2})
     started = time.monotonic()
     summary = env.backfill()
-    assert summary.embedded == 60
+    assert summary.embedded == 54
     assert env.provider.rate_limited == 0
     assert summary.tokens > 1500 and time.monotonic() - started > 3, "over budget, so the run had to wait"
     assert_vectors_match_texts(env)
@@ -142,10 +142,10 @@ def test_without_a_configured_budget_the_limit_is_learnt_from_headers_and_the_ru
 
     from fake_provider import RateLimiter as ProviderLimits
 
-    env.make_table(60)  # over the provider's minute budget
+    env.make_table(54)  # over the provider's minute budget (~1,620 tokens)
     env.provider.limiter = ProviderLimits(rpm=None, tpm=1500, model="fake-embed", clock=time.monotonic)
     env.create_job(settings_kw={"max_inputs": 5, "retries": 2})
     summary = env.backfill()
-    assert summary.embedded == 60 and summary.tokens > 1500
+    assert summary.embedded == 54 and summary.tokens > 1500
     assert env.provider.rate_limited <= 2, "the announced limit is followed after the first 429 at most"
     assert_vectors_match_texts(env)
