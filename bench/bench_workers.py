@@ -11,8 +11,14 @@ Postgres, the provider) do.
 
     python bench/bench_workers.py --rows 20000 --latencies 0 300
 
-All flow runs here share one process and one event loop; on several machines
-(``--pool``) each worker adds its own cores. State the machine's load beside any figure.
+All flow runs here share one process and one event loop. With ``--pool`` the runs are
+instead flow runs of the backfill deployment on a process work pool, as ``vectorfill
+backfill JOB --workers N --pool P`` makes them: vectorfill's local Prefect server (history
+on the same Postgres), one ``prefect worker`` process with N slots, each flow run a process
+of its own (so the runs use every core, and each pays its own start-up). Two rates are
+printed there: from the command's start to the last run's end (start-up included), and
+within the runs (first run's start to last run's end, from Prefect's records).
+State the machine's load beside any figure.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +79,68 @@ def _job(url: str, name: str, rows: int, base_url: str, args) -> None:
         )
 
 
+POOL = "vf-bench"
+
+
+def _on_pool(args, url: str, log_dir: Path) -> list:
+    """N flow runs on a process work pool per latency; one worker process with max(N) slots."""
+    home = Path(tempfile.mkdtemp(prefix="vf-bench-workers-home-"))
+    os.environ.update(VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
+    from vectorfill.orchestration import local_server
+
+    server = local_server.ensure(url, announce=lambda m: print(m, flush=True))
+    env = dict(os.environ, PREFECT_API_URL=server.api_url, PREFECT_LOGGING_LEVEL="WARNING")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    subprocess.run(
+        [prefect, "work-pool", "create", POOL, "--type", "process"], env=env, check=True, capture_output=True
+    )
+    with open(log_dir / "worker.log", "wb") as out:
+        worker = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", POOL, "--limit", str(max(args.workers))],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    results = []
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from vectorfill.orchestration.fanout import run_on_pool
+
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            for latency in args.latencies:
+                ns = argparse.Namespace(dimensions=args.dims, latency_ms=latency, rpm=None, tpm=None)
+                with FakeProvider(ns, log_dir) as fake:
+                    warm = f"pwarm_{int(latency)}"
+                    _job(url, warm, args.max_inputs * args.concurrency, fake.base_url, args)
+                    run_on_pool(warm, 1, POOL, wait=True, poll_s=0.5)  # the worker polling, files cached
+                    for n in args.workers:
+                        name = f"p{n}_{int(latency)}"
+                        _job(url, name, args.rows, fake.base_url, args)
+                        t0 = time.perf_counter()
+                        runs = run_on_pool(name, n, POOL, wait=True, poll_s=0.5)
+                        wall = time.perf_counter() - t0
+                        assert all(r.state == "Completed" for r in runs), runs
+                        with get_client(sync_client=True) as client:
+                            flow_runs = [client.read_flow_run(r.flow_run_id) for r in runs]
+                        inner = max(fr.end_time for fr in flow_runs) - min(fr.start_time for fr in flow_runs)
+                        inner_rate = args.rows / inner.total_seconds()
+                        results.append((latency, n, wall, args.rows / wall, inner_rate))
+                        print(
+                            f"latency {latency:.0f} ms, {n} pool run(s): {wall:.1f} s, {args.rows / wall:,.0f} rows/s; "
+                            f"within the runs {inner_rate:,.0f} rows/s",
+                            flush=True,
+                        )
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(30)
+        local_server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db")
@@ -80,6 +150,7 @@ def main() -> None:
     ap.add_argument("--max-inputs", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--dims", type=int, default=256)
+    ap.add_argument("--pool", action="store_true", help="flow runs on a process work pool (one process each)")
     args = ap.parse_args()
 
     from vectorfill.orchestration.runtime import prefect_defaults
@@ -107,7 +178,12 @@ def main() -> None:
 
         migrate(url)
         print(f"load {os.getloadavg()}", flush=True)
-        for latency in args.latencies:
+        if args.pool:
+            results = _on_pool(args, url, log_dir)
+            latencies: list[float] = []
+        else:
+            latencies = args.latencies
+        for latency in latencies:
             ns = argparse.Namespace(dimensions=args.dims, latency_ms=latency, rpm=None, tpm=None)
             with FakeProvider(ns, log_dir) as fake:
                 _job(url, f"warm_{int(latency)}", args.max_inputs * args.concurrency, fake.base_url, args)
@@ -124,12 +200,21 @@ def main() -> None:
                         f"latency {latency:.0f} ms, {n} run(s): {wall:.1f} s, {args.rows / wall:,.0f} rows/s",
                         flush=True,
                     )
-        print(
-            f"\n| provider latency | flow runs | rows/s ({args.rows:,} rows, {args.max_inputs} a request, "
-            f"{args.concurrency} in flight a run) |\n| ---: | ---: | ---: |"
-        )
-        for latency, n, _, rate in results:
-            print(f"| {latency:.0f} ms | {n} | {rate:,.0f} |")
+        if args.pool:
+            print(
+                f"\n| provider latency | flow runs (pool) | rows/s, command | rows/s, within the runs "
+                f"({args.rows:,} rows, {args.max_inputs} a request, {args.concurrency} in flight a run) |"
+                "\n| ---: | ---: | ---: | ---: |"
+            )
+            for latency, n, wall, rate, inner in results:
+                print(f"| {latency:.0f} ms | {n} | {rate:,.0f} ({wall:.1f} s) | {inner:,.0f} |")
+        else:
+            print(
+                f"\n| provider latency | flow runs | rows/s ({args.rows:,} rows, {args.max_inputs} a request, "
+                f"{args.concurrency} in flight a run) |\n| ---: | ---: | ---: |"
+            )
+            for latency, n, _, rate in results:
+                print(f"| {latency:.0f} ms | {n} | {rate:,.0f} |")
         print(f"\nload: {os.getloadavg()}")
     finally:
         with psycopg.connect(server, autocommit=True) as conn:
