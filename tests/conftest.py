@@ -34,6 +34,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# --- State ------------------------------------------------------------------------------------
+# Nothing a test runs writes to the developer's VECTORFILL_HOME: the session has one of its own
+# (per worker), and a local Prefect server something started there is stopped at the end.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="vf-test-session-"))
+    before = os.environ.get("VECTORFILL_HOME")
+    os.environ["VECTORFILL_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if (home / "prefect-local.json").exists():
+            stop_local_prefect(home)
+        if before is None:
+            os.environ.pop("VECTORFILL_HOME", None)
+        else:
+            os.environ["VECTORFILL_HOME"] = before
+        shutil.rmtree(home, ignore_errors=True)
+
+
 # --- Postgres ---------------------------------------------------------------------------------
 # Tests run against a real Postgres with pgvector: a throwaway embedded server for the session,
 # or the server named by VECTORFILL_TEST_DATABASE_URL (a postgresql:// URL; its role needs
@@ -263,6 +285,9 @@ class Env:
 def env(migrated_db, provider, prefect_server, monkeypatch) -> Env:
     monkeypatch.setenv("VECTORFILL_DATABASE_URL", migrated_db)
     monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
+    # a command invoked in this process (typer's CliRunner) uses the session's server too,
+    # instead of starting the local server (and setting PREFECT_API_URL for later tests)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     return Env(migrated_db, provider)
 
 

@@ -337,7 +337,7 @@ def test_sync_rolls_over_to_a_new_run_per_window_and_each_summarises_its_own(env
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path):
+def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, prefect_server):
     import signal
 
     from test_serve import Served, free_port, job_on_articles
@@ -352,7 +352,8 @@ def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path):
             fresh_db, tmp_path, slow.base_url, 400, "--max-inputs", "20", "--concurrency", "2", "--tpm", "1000000"
         )
         log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 -- the served process writes to it until stopped
-        served = Served(env, free_port(), log, "--sync", "--cron", "")
+        # the test session's Prefect server: serve starts none (and leaves none behind)
+        served = Served({**env, "PREFECT_API_URL": prefect_server}, free_port(), log, "--sync", "--cron", "")
         try:
 
             def mid_batch() -> bool:
