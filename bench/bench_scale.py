@@ -164,8 +164,13 @@ def _exec(url: str, stmt: str, params=None) -> None:
 def _backfill(url: str, args: argparse.Namespace, results: dict) -> None:
     """``vectorfill backfill`` as a child process; queue depth and RSS sampled every second."""
     target = args.backfill_rows or args.rows
-    env = dict(os.environ, VECTORFILL_DATABASE_URL=url)
-    cmd = [str(Path(sys.executable).with_name("vectorfill")), "backfill", JOB, "--max-rows", str(target)]
+    # a home of its own: the local Prefect server it starts keeps its history in this scratch
+    # server, so it is stopped below, not left to the user's later commands
+    home = Path(tempfile.mkdtemp(prefix="vf-bench-scale-home-"))
+    env = dict(os.environ, VECTORFILL_DATABASE_URL=url, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    vectorfill = str(Path(sys.executable).with_name("vectorfill"))
+    cmd = [vectorfill, "backfill", JOB, "--max-rows", str(target)]
     samples: list[tuple[float, int, int | None]] = []
     with psycopg.connect(url, autocommit=True) as conn:
         start_pending = conn.execute("SELECT count(*) FROM vectorfill._q_1_1").fetchone()[0]
@@ -188,6 +193,8 @@ def _backfill(url: str, args: argparse.Namespace, results: dict) -> None:
         stop.set()
         th.join()
     wall = time.perf_counter() - t0
+    subprocess.run([vectorfill, "stop"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(home, ignore_errors=True)
     results[f"backfill {target:,} rows (CLI process, start-up included)"] = wall
     print(f"backfill exit {rc}, {wall:.1f} s (log: {log})", flush=True)
     seg = args.segment
