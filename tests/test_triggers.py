@@ -39,13 +39,20 @@ def create(url, **kw):
         return create_job(conn, **args)
 
 
+def absorb(conn, job_id: int = 1) -> int:
+    """Fold the job's change log into its queues (what a claim or a count does first)."""
+    return conn.execute(f"SELECT vectorfill._absorb_{job_id}()").fetchone()[0]
+
+
 def queue(url, table="_q_1_1") -> dict[int, int]:
     with connect(url) as conn:
+        absorb(conn)
         return dict(conn.execute(f"SELECT k1, seq FROM vectorfill.{table}").fetchall())
 
 
 def drain(url, table="_q_1_1") -> None:
     with connect(url) as conn:
+        absorb(conn)
         conn.execute(f"DELETE FROM vectorfill.{table}")
 
 
@@ -85,6 +92,7 @@ def test_a_key_change_is_a_delete_plus_an_insert_and_a_swap_comes_out_right(db):
         )
         conn.execute("UPDATE articles SET id = 100 WHERE id = 3")
         conn.execute("UPDATE articles SET id = 3 - id WHERE id IN (1, 2)")  # swap keys, texts differ
+        absorb(conn)
         vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
     assert set(queue(db)) == {100, 1, 2}, "the new key and both swapped keys are queued"
     assert 3 not in vectors, "the old key's vector is gone"
@@ -113,6 +121,7 @@ def test_bulk_delete_removes_queue_rows_vectors_and_failure_records(db):
                VALUES (1, 1, '[2]', 'empty_text', 'x'), (1, 1, '[9]', 'empty_text', 'x')"""
         )
         conn.execute("DELETE FROM articles WHERE id <= 5")
+        absorb(conn)
         vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
         failures = {r[0] for r in conn.execute("SELECT row_key->>0 FROM vectorfill.failures")}
     assert set(queue(db)) == {6, 7, 8, 9, 10}
@@ -260,6 +269,7 @@ def test_a_row_already_queued_gets_a_new_seq_and_loses_its_lease_in_bulk_and_sin
         conn.execute("UPDATE articles SET body = 'edited' WHERE id <= 5")
         conn.execute("UPDATE articles SET body = 'edited again' WHERE id = 6")
         conn.execute("INSERT INTO articles (id, title, body) VALUES (5000, 't', 'b')")
+        absorb(conn)
         rows = conn.execute(
             "SELECT k1, seq, lease_until, claimed_by, attempts, last_error FROM vectorfill._q_1_1 ORDER BY k1"
         ).fetchall()
@@ -293,6 +303,7 @@ def test_row_level_update_trigger_ignores_other_columns_and_keeps_every_guarante
         conn.execute("UPDATE articles SET id = 100 WHERE id = 3")
         conn.execute("UPDATE articles SET id = 9 - id WHERE id IN (4, 5)")  # a swap (deferrable key)
         conn.execute("DELETE FROM articles WHERE id = 10")
+        absorb(conn)
         vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
     for q in ("_q_1_1", "_q_1_2"):
         assert set(queue(db, q)) == {1, 2, 100, 4, 5}, q
