@@ -308,3 +308,164 @@ def test_row_level_update_trigger_ignores_other_columns_and_keeps_every_guarante
     for q in ("_q_1_1", "_q_1_2"):
         assert set(queue(db, q)) == {1, 2, 100, 4, 5}, q
     assert 3 not in vectors and 10 not in vectors and {4, 5} <= vectors
+
+
+# ----------------------------------------------------------------- the change log and its absorber
+
+
+def log_rows(url) -> list[tuple[str, list[int]]]:
+    with connect(url) as conn:
+        return [(r[0], r[1]) for r in conn.execute("SELECT op, k1 FROM vectorfill._c_1 ORDER BY seq")]
+
+
+def add_vectors(conn) -> None:
+    conn.execute(
+        """INSERT INTO vectorfill._v_1_1 (k1, embedding, input_hash, model)
+           SELECT id, '[1,2,3]', '\\x00', 'm' FROM articles ON CONFLICT DO NOTHING"""
+    )
+
+
+def test_one_log_row_per_statement_and_the_log_absorbed_in_order(db):
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        add_vectors(conn)
+        conn.execute("INSERT INTO articles (id, title, body) SELECT g, 't', 'b' FROM generate_series(11, 1000) g")
+        conn.execute("UPDATE articles SET views = 1")  # nothing embedded changed: no log row
+        conn.execute("DELETE FROM articles WHERE id = 1")  # deleted, then inserted again: queued, old vector gone
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (1, 'again', 'again')")
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (2000, 't', 'b')")  # inserted, then deleted
+        conn.execute("DELETE FROM articles WHERE id = 2000")
+        conn.execute("UPDATE articles SET id = 3000 WHERE id = 2")  # a key change: 'D' 2 and 'I' 3000
+    assert [(op, len(keys)) for op, keys in log_rows(db)] == [
+        ("I", 990),
+        ("D", 1),
+        ("I", 1),
+        ("I", 1),
+        ("D", 1),
+        ("D", 1),
+        ("I", 1),
+    ]
+    with connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM vectorfill._q_1_1").fetchone()[0] == 0, "no queue row yet"
+        assert absorb(conn) == 990 + 4, "every key once: 11..1000, 1, 2000, 2, 3000"
+        vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
+        assert conn.execute("SELECT count(*) FROM vectorfill._c_1").fetchone()[0] == 0, "absorbed rows are gone"
+    assert set(queue(db)) == set(range(11, 1001)) | {1, 3000}
+    assert vectors == set(range(3, 11)), "1's old vector (deleted, then inserted again) and 2's are gone"
+    with connect(db) as conn:
+        assert absorb(conn) == 0, "nothing twice"
+
+
+def test_an_edit_absorbed_before_the_store_discards_its_vector_one_absorbed_after_requeues_the_row(db):
+    from vectorfill.jobs.registry import load_job
+    from vectorfill.storage import sql
+
+    create(db)
+    with connect(db) as conn:
+        job = load_job(conn, "docs")
+        js = sql.JobSQL(job, job.active)
+        token = "00000000-0000-0000-0000-000000000001"
+        claimed = {r[0]: r[1] for r in conn.execute(js.claim(), {"limit": 100, "lease_s": 600, "token": token})}
+    assert set(claimed) == set(range(1, 11))
+    with connect(db) as conn:  # edits while the texts are at the provider
+        conn.execute("UPDATE articles SET body = 'edited in flight' WHERE id IN (3, 4)")
+    with connect(db) as conn:  # 3's edit is absorbed before the store (as the store does first)...
+        absorb(conn)
+        conn.execute("UPDATE articles SET body = 'edited again' WHERE id = 4")
+    with connect(db) as conn:  # ... 4's second edit only after it
+        keys = list(claimed)
+        settled = {r[0] for r in conn.execute(js.settle(), [keys, [claimed[k] for k in keys], job.id, 1])}
+        assert settled == set(range(1, 11)) - {3, 4}, "3 and 4 were queued again with new seqs: not stored"
+    with connect(db) as conn:  # and an edit after the store: stored, then queued again by the absorber
+        conn.execute("UPDATE articles SET body = 'edited after the store' WHERE id = 5")
+    after = queue(db)
+    assert set(after) == {3, 4, 5} and all(after[k] > claimed[k] for k in (3, 4, 5))
+
+
+def test_two_absorbers_never_run_at_once(db):
+    import threading
+
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        conn.execute("INSERT INTO articles (id, title, body) SELECT g, 't', 'b' FROM generate_series(11, 500) g")
+    first = psycopg.connect(db)
+    absorb(first)  # holds the absorber's lock until it commits
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET body = 'later' WHERE id BETWEEN 11 AND 20")
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (600, 't', 'b')")
+    second: list[int] = []
+    pids: list[int] = []
+
+    def run() -> None:
+        with psycopg.connect(db) as conn:
+            pids.append(conn.info.backend_pid)
+            second.append(absorb(conn))
+
+    t = threading.Thread(target=run)
+    t.start()
+    with connect(db, autocommit=True) as watcher:  # the second one waits for the lock (no sleep: polled)
+        waiting = False
+        for _ in range(10_000):
+            if pids and watcher.execute(
+                "SELECT wait_event_type = 'Lock' AND wait_event = 'advisory' FROM pg_stat_activity WHERE pid = %s",
+                (pids[0],),
+            ).fetchone() == (True,):
+                waiting = True
+                break
+        assert waiting, "the second absorber must wait for the first one's lock"
+        assert not second
+    first.commit()
+    first.close()
+    t.join()
+    assert second == [11], "after the first committed, the second took only what was left: 11..20 and 600"
+    assert set(queue(db)) == set(range(11, 501)) | {600}
+
+
+def test_a_deleted_rows_vectors_are_not_shown_before_the_delete_is_absorbed(db):
+    from vectorfill.jobs.registry import job_status, load_job
+    from vectorfill.storage import sql
+
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        add_vectors(conn)
+        conn.execute("DELETE FROM articles WHERE id IN (2, 3)")
+        in_table = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
+        in_view = {r[0] for r in conn.execute("SELECT id FROM vectorfill.docs")}
+        job = load_job(conn, "docs")
+        found = {r[0] for r in conn.execute(sql.JobSQL(job, job.active).search(), {"q": "[1,2,3]", "k": 20, "fan": 1})}
+    assert in_table == set(range(1, 11)), "not absorbed yet: the vectors are still stored"
+    assert in_view == found == set(range(1, 11)) - {2, 3}, "but neither the view nor a search shows them"
+    with connect(db) as conn:
+        status = job_status(conn, "docs")  # counts absorb first: exact
+        assert (status.total, status.embedded, status.pending) == (8, 8, 0)
+        assert {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")} == set(range(1, 11)) - {2, 3}
+
+
+def test_status_is_exact_with_changes_not_absorbed(db):
+    from vectorfill.jobs.registry import job_status
+
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        add_vectors(conn)
+        conn.execute("INSERT INTO articles (id, title, body) SELECT g, 't', 'b' FROM generate_series(11, 30) g")
+        conn.execute("UPDATE articles SET body = 'new' WHERE id <= 4")
+        conn.execute("DELETE FROM articles WHERE id = 10")
+    assert [op for op, _ in log_rows(db)] == ["I", "I", "D"]
+    with connect(db) as conn:
+        status = job_status(conn, "docs")
+    assert (status.total, status.embedded, status.pending, status.failed) == (29, 5, 24, 0)
+    assert log_rows(db) == []
+
+
+def test_truncate_empties_the_change_log_too(db):
+    create(db)
+    with connect(db) as conn:
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (50, 't', 'b')")
+        conn.execute("TRUNCATE articles")
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (60, 't', 'b')")  # after it: kept
+    assert log_rows(db) == [("I", [60])]
+    assert set(queue(db)) == {60}
