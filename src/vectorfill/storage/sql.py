@@ -27,10 +27,32 @@ is the exact input that was embedded (the whole text for a job without a chunker
 How concurrency is made safe (the locking story)
 ------------------------------------------------
 * **Triggers** on the source table (statement-level, with transition tables: see the
-  section "triggers") upsert the queue rows of the rows a statement inserted, or whose key
-  or text columns it really changed, with a *new* ``seq`` (one value of the global sequence
-  per statement: each change of a key gets a value never used for that key), and clear
-  the lease, so a changed row is claimable again at once.
+  section "triggers and change log") write no queue row: each statement appends ONE row to
+  the job's change log ``_c_<job>`` (a new ``seq`` from the global sequence, taken in the
+  AFTER STATEMENT trigger, so after the statement's own row locks; ``op`` 'I' for keys to
+  queue, 'D' for keys to forget; the keys as arrays).
+* The **absorber** (``_absorb_<job>()``, :func:`create_absorb_function`) folds the log
+  into every live version's queue. It holds a per-job advisory lock until its transaction
+  commits, so two absorbers never run at once (the second waits, then sees the log rows
+  the first deleted as gone), and every change of a job's versions (set-model, switch,
+  abandon, drop, retry) takes the same lock, after the source's lock, so the absorber
+  never works from a stale list of versions. It takes every log row its snapshot sees
+  (``DELETE ... RETURNING``, in the same transaction as its queue writes: a crash loses
+  nothing) and applies, per key, its highest-``seq`` row, plus a delete when any row was a
+  'D'. That is the key's latest committed change: two statements that touch one key
+  serialise on it (row lock, or the unique index's check for an insert), so per key
+  ``seq`` order is commit order, and a snapshot that sees a later statement's log row sees
+  every earlier one for that key. Each queue row's ``seq`` is a value never given to that
+  key before (a log row is absorbed once), which is all the seq checks below rely on. It
+  runs before every claim, before every store's settle, before counts (status, progress,
+  estimate) and before set-model queues a new version's rows (under the source's lock).
+* A **row edited while in flight**: the store absorbs before it settles, so an edit
+  committed before that has moved the row's ``seq`` and the stale vector is discarded (the
+  row stays queued for its new text); an edit committed after it is absorbed later and
+  queues the row again, so the vector of the old text, stored meanwhile, is replaced.
+* A **deleted row**'s vectors stay stored until its 'D' is absorbed; the view
+  ``vectorfill.<job>`` and :meth:`JobSQL.search` show a vector only while its key is in
+  the source (a semi-join on the source's key), so readers never see them.
 * **Claim** (:meth:`JobSQL.claim`) is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP
   LOCKED)``: concurrent workers never pick the same row, and each claim records the ``seq``
   it saw. The texts are read by a *second* statement (:meth:`JobSQL.read_texts`), whose
@@ -41,10 +63,10 @@ How concurrency is made safe (the locking story)
   the vectors of exactly the rows it deleted. A row edited while its old text was in flight has a new ``seq``: its stale vector
   is discarded and the row stays queued for its new text. Because ``seq`` comes from a
   global sequence, a row that is completed and queued again never reuses a ``seq``.
-* A **delete** of a source row (or the old key of a key change) removes its queue row
-  first (waiting for any store that holds it) and then its vectors, in separate statements
-  with a fresh snapshot each, so a concurrent store cannot leave a vector behind for a
-  deleted row.
+* A **delete** (absorbed; or the old key of a key change) removes the key's queue rows
+  first (waiting for any store that holds them) and then its vectors, in separate
+  statements with a fresh snapshot each, so a concurrent store cannot leave a vector
+  behind for a deleted row.
 
 Shared rate budgets (``vectorfill.budgets``)
 --------------------------------------------
@@ -947,7 +969,7 @@ def create_absorb_function(job: Job) -> sql.Composed:
     return sql.SQL(
         """CREATE OR REPLACE FUNCTION {fn}() RETURNS bigint
            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-           SET enable_mergejoin = off SET work_mem = '32MB'
+           SET enable_seqscan = off SET work_mem = '32MB'
            AS {body}"""
     ).format(fn=fn, body=sql.Literal(body.as_string()))
 
