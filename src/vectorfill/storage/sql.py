@@ -858,8 +858,9 @@ def create_absorb_function(job: Job) -> sql.Composed:
        seen), their vectors (every chunk) and failure records;
     2. keys whose last row is an 'I': their queue rows get that row's ``seq`` (lease, attempts
        and error cleared: claimable again, and a store of the text in flight is discarded
-       by its seq check), and keys with no queue row get one (a fresh snapshot again: a
-       queue row a store deleted meanwhile is inserted anew); their failure records go.
+       by its seq check), and keys the UPDATE did not find get one, in the same statement
+       (a queue row a store deleted meanwhile is waited for by the UPDATE, found gone, and
+       inserted anew); their failure records go.
 
     Why the order of the log is safe: two statements that touch the same key serialise on
     that key (row lock, or the unique index's check for an insert), and each takes its
@@ -886,13 +887,17 @@ def create_absorb_function(job: Job) -> sql.Composed:
     match = " AND ".join(f"t.{c} = c.{c}" for c in k)
     # format() strings: %I is the version's table; everything else is fixed for the job
     del_q = f"DELETE FROM vectorfill.%I AS t USING {unnest(False)} WHERE {match}"
-    upd_q = (
-        "UPDATE vectorfill.%I AS t SET seq = c.seq, queued_at = now(), lease_until = NULL, claimed_by = NULL,"
-        f" attempts = 0, last_error = NULL FROM {unnest(True)} WHERE {match}"
-    )
-    ins_q = (
-        f"INSERT INTO vectorfill.%I ({', '.join(k)}, seq, queued_at) SELECT {', '.join('c.' + c for c in k)}, c.seq, now()"
-        f" FROM {unnest(True)} WHERE NOT EXISTS (SELECT 1 FROM vectorfill.%I AS t WHERE {match})"
+    # the keys queued already get the new seq; the others a queue row, in the same statement:
+    # every row the UPDATE did not find is inserted (a row a store deleted meanwhile is
+    # waited for by the UPDATE, then found gone; no other writer inserts queue rows while
+    # the absorber's lock is held), so the queue is not probed twice
+    u_match = " AND ".join(f"u.{c} = c.{c}" for c in k)
+    upsert_q = (
+        "WITH u AS (UPDATE vectorfill.%I AS t SET seq = c.seq, queued_at = now(), lease_until = NULL,"
+        f" claimed_by = NULL, attempts = 0, last_error = NULL FROM {unnest(True)} WHERE {match}"
+        f" RETURNING {', '.join('t.' + c for c in k)})"
+        f" INSERT INTO vectorfill.%I ({', '.join(k)}, seq, queued_at) SELECT {', '.join('c.' + c for c in k)}, c.seq, now()"
+        f" FROM {unnest(True)} WHERE NOT EXISTS (SELECT 1 FROM u WHERE {u_match})"
     )
     fkey = sql.SQL("jsonb_build_array({})").format(sql.SQL(", ").join(sql.SQL("c.{}").format(c) for c in kid))
     fail_del = sql.SQL(
@@ -934,8 +939,7 @@ def create_absorb_function(job: Job) -> sql.Composed:
             END IF;
           END IF;
           IF {i1} IS NOT NULL THEN
-            {upd_q}
-            {ins_q}
+            {upsert_q}
             IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN
               EXECUTE {fail_del} USING {iv};
             END IF;
@@ -961,8 +965,7 @@ def create_absorb_function(job: Job) -> sql.Composed:
         i1=ivars[0],
         del_q=each_version("q", del_q, dvars),
         del_v=each_version("v", del_q, dvars),
-        upd_q=each_version("q", upd_q, ivars + [sql.Identifier("iseq")]),
-        ins_q=each_version("q", ins_q, ivars + [sql.Identifier("iseq")], twice=True),
+        upsert_q=each_version("q", upsert_q, ivars + [sql.Identifier("iseq")], twice=True),
         fail_del=sql.Literal(fail_del.as_string()),
     )
     fn = absorb_function_name(job)
