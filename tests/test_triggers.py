@@ -469,3 +469,23 @@ def test_truncate_empties_the_change_log_too(db):
         conn.execute("INSERT INTO articles (id, title, body) VALUES (60, 't', 'b')")  # after it: kept
     assert log_rows(db) == [("I", [60])]
     assert set(queue(db)) == {60}
+
+
+def test_migration_0007_down_and_up_keeps_every_change_and_reinstalls_the_log(db):
+    create(db)
+    drain(db)
+    with connect(db) as conn:
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (70, 't', 'b')")  # in the log only
+    assert log_rows(db) == [("I", [70])]
+    migrate(db, "0006", downgrade=True)  # absorbs the log first, then drops it with its triggers
+    with connect(db) as conn:
+        assert conn.execute("SELECT to_regclass('vectorfill._c_1')").fetchone()[0] is None
+        assert {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._q_1_1")} == {70}, "nothing written is lost"
+    assert _trigger_shapes(db) == {}
+    said: list[str] = []
+    assert migrate(db, report=said.append) == head_revision()
+    assert said == ["job docs: triggers upgraded to statement-level triggers"]
+    with connect(db) as conn:
+        conn.execute("UPDATE articles SET body = 'after the upgrade' WHERE id = 1")
+    assert log_rows(db) == [("I", [1])]
+    assert set(queue(db)) == {70, 1}
