@@ -919,10 +919,18 @@ def create_absorb_function(job: Job) -> sql.Composed:
             RETURN 0;
           END IF;
           PERFORM pg_advisory_xact_lock({cls}, {j});
+          -- one log row (one statement since the last absorb, the usual case) holds each key
+          -- once: its keys are taken as they are; several are grouped by key
           WITH l AS (DELETE FROM {log} RETURNING seq, op, {kcols}),
-               e AS (SELECT {uk}, max(l.seq * 2 + (l.op = 'D')::int) AS last, bool_or(l.op = 'D') AS deleted
-                       FROM l CROSS JOIN LATERAL unnest({lk}) AS u({kcols})
-                      GROUP BY {uk})
+               rows_ AS (SELECT count(*) AS log_rows FROM l),
+               one AS (SELECT {uk}, l.seq * 2 + (l.op = 'D')::int AS last, l.op = 'D' AS deleted
+                         FROM l CROSS JOIN LATERAL unnest({lk}) AS u({kcols})),
+               grouped AS (SELECT {uk}, max(l.seq * 2 + (l.op = 'D')::int) AS last, bool_or(l.op = 'D') AS deleted
+                             FROM l CROSS JOIN LATERAL unnest({lk}) AS u({kcols})
+                            GROUP BY {uk}),
+               e AS (SELECT * FROM one WHERE (SELECT log_rows FROM rows_) = 1
+                     UNION ALL
+                     SELECT * FROM grouped WHERE (SELECT log_rows FROM rows_) > 1)
           SELECT {dagg}, {iagg}, array_agg(e.last / 2) FILTER (WHERE e.last % 2 = 0), count(*)
             INTO {dv}, {iv}, iseq, n
             FROM e;
