@@ -489,3 +489,33 @@ def test_migration_0007_down_and_up_keeps_every_change_and_reinstalls_the_log(db
         conn.execute("UPDATE articles SET body = 'after the upgrade' WHERE id = 1")
     assert log_rows(db) == [("I", [1])]
     assert set(queue(db)) == {70, 1}
+
+
+def test_composite_text_keys_through_the_change_log(env):
+    import numpy as np
+
+    with env.connect() as conn:
+        conn.execute("CREATE TABLE notes (tenant int, code varchar(10), a text, PRIMARY KEY (tenant, code))")
+        conn.execute(
+            "INSERT INTO notes SELECT t, 'c' || n, 'a' || t || n FROM generate_series(1, 3) t, generate_series(1, 4) n"
+        )
+    env.create_job("notes", table="notes", template=None, text_columns=["a"])
+    assert env.backfill("notes").embedded == 12
+    with env.connect() as conn:
+        conn.execute("INSERT INTO notes SELECT 9, 'n' || g, 'new ' || g FROM generate_series(1, 5) g")
+        conn.execute("UPDATE notes SET a = a || '!' WHERE tenant = 1")
+        conn.execute("UPDATE notes SET code = 'moved' WHERE tenant = 2 AND code = 'c1'")  # a key change
+        conn.execute("DELETE FROM notes WHERE tenant = 3")
+        logged = [
+            (op, len(k1), len(k2)) for op, k1, k2 in conn.execute("SELECT op, k1, k2 FROM vectorfill._c_1 ORDER BY seq")
+        ]
+    assert logged == [("I", 5, 5), ("I", 4, 4), ("D", 1, 1), ("I", 1, 1), ("D", 4, 4)], "one row a statement (and side)"
+    summary = env.backfill("notes")
+    assert summary.embedded == 5 + 4 + 1
+    with env.connect() as conn:
+        rows = conn.execute("SELECT tenant, code, embedding FROM vectorfill.notes").fetchall()
+        texts = {(t, c): a for t, c, a in conn.execute("SELECT tenant, code, a FROM notes")}
+        stored = conn.execute("SELECT count(*) FROM vectorfill._v_1_1").fetchone()[0]
+    assert {(t, c) for t, c, _ in rows} == set(texts) and stored == len(texts), "no vector of a deleted or moved key"
+    for t, c, emb in rows:
+        np.testing.assert_allclose(emb.to_numpy(), env.provider.expected_vector(texts[(t, c)]), atol=1e-6)
