@@ -519,3 +519,30 @@ def test_composite_text_keys_through_the_change_log(env):
     assert {(t, c) for t, c, _ in rows} == set(texts) and stored == len(texts), "no vector of a deleted or moved key"
     for t, c, emb in rows:
         np.testing.assert_allclose(emb.to_numpy(), env.provider.expected_vector(texts[(t, c)]), atol=1e-6)
+
+
+def test_a_deferrable_key_held_twice_within_a_transaction_is_absorbed_right(db):
+    create(db)
+    drain(db)
+    with connect(db) as conn:  # the fixture's key is DEFERRABLE: checked at the commit
+        add_vectors(conn)
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (50, 't', 'one'), (50, 't', 'two')")
+        conn.execute("DELETE FROM articles WHERE id = 50 AND body = 'two'")  # one row keeps the key
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (1, 't', 'dup of 1')")
+        conn.execute("DELETE FROM articles WHERE id = 1 AND body = 'dup of 1'")
+    assert [op for op, _ in log_rows(db)] == ["I", "D", "I", "D"]
+    with connect(db) as conn:
+        absorb(conn)
+        vectors = {r[0] for r in conn.execute("SELECT k1 FROM vectorfill._v_1_1")}
+    assert set(queue(db)) == {50, 1}, "a key a row still holds is queued, not forgotten"
+    assert 1 not in vectors, "its old vector is not trusted"
+    with connect(db) as conn:  # one statement holding a key twice, alone in the log: no duplicate queue row
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        conn.execute("INSERT INTO articles (id, title, body) VALUES (60, 't', 'a'), (60, 't', 'b')")
+        conn.execute("UPDATE articles SET id = 61 WHERE id = 60 AND body = 'b'")
+        conn.execute("DELETE FROM articles WHERE id = 1")  # (more log rows; the first is the one at stake)
+    with connect(db) as conn:
+        conn.execute("DELETE FROM vectorfill._c_1 WHERE op = 'D' OR k1 <> '{60,60}'")  # only the double row
+        assert absorb(conn) == 1
+    assert {60} <= set(queue(db))

@@ -878,6 +878,7 @@ def create_absorb_function(job: Job) -> sql.Composed:
     job_id = sql.Literal(job.id)
     dvars = [sql.Identifier(f"d{i + 1}") for i in range(n)]
     ivars = [sql.Identifier(f"i{i + 1}") for i in range(n)]
+    lvars = [sql.Identifier(f"l{i + 1}") for i in range(n)]  # keys whose last change is a delete
 
     def unnest(extra: bool) -> str:
         arrays = [f"${i + 1}::{t}[]" for i, t in enumerate(types)] + ([f"${n + 1}::bigint[]"] if extra else [])
@@ -913,12 +914,15 @@ def create_absorb_function(job: Job) -> sql.Composed:
 
     body = sql.SQL(
         """
-        DECLARE {declare} iseq bigint[]; n bigint; ver int; vers int[];
+        DECLARE {declare} iseq bigint[]; lseq bigint[]; n bigint; ver int; vers int[]; key_deferrable boolean;
         BEGIN
           IF NOT EXISTS (SELECT 1 FROM {log}) THEN
             RETURN 0;
           END IF;
           PERFORM pg_advisory_xact_lock({cls}, {j});
+          -- a deferrable unique key lets a statement hold a key twice (checked at commit)
+          key_deferrable := EXISTS (SELECT 1 FROM pg_catalog.pg_index
+                                 WHERE indrelid = {src_oid}::regclass AND indisunique AND NOT indimmediate);
           -- one log row (one statement since the last absorb, the usual case) holds each key
           -- once: its keys are taken as they are; several are grouped by key
           WITH l AS (DELETE FROM {log} RETURNING seq, op, {kcols}),
@@ -928,14 +932,22 @@ def create_absorb_function(job: Job) -> sql.Composed:
                grouped AS (SELECT {uk}, max(l.seq * 2 + (l.op = 'D')::int) AS last, bool_or(l.op = 'D') AS deleted
                              FROM l CROSS JOIN LATERAL unnest({lk}) AS u({kcols})
                             GROUP BY {uk}),
-               e AS (SELECT * FROM one WHERE (SELECT log_rows FROM rows_) = 1
+               e AS (SELECT * FROM one WHERE (SELECT log_rows FROM rows_) = 1 AND NOT key_deferrable
                      UNION ALL
-                     SELECT * FROM grouped WHERE (SELECT log_rows FROM rows_) > 1)
-          SELECT {dagg}, {iagg}, array_agg(e.last / 2) FILTER (WHERE e.last % 2 = 0), count(*)
-            INTO {dv}, {iv}, iseq, n
+                     SELECT * FROM grouped WHERE (SELECT log_rows FROM rows_) > 1 OR key_deferrable)
+          SELECT {dagg}, {iagg}, array_agg(e.last / 2) FILTER (WHERE e.last % 2 = 0), {lagg},
+                 array_agg(e.last / 2) FILTER (WHERE e.last % 2 = 1), count(*)
+            INTO {dv}, {iv}, iseq, {lv}, lseq, n
             FROM e;
           IF coalesce(n, 0) = 0 THEN
             RETURN 0;
+          END IF;
+          IF key_deferrable AND {l1} IS NOT NULL THEN
+            -- a key last seen deleted that a row holds now (a duplicate deleted before the
+            -- commit) is queued, not forgotten
+            SELECT {iext}, iseq || array_agg(c.seq) INTO {iv}, iseq
+              FROM (SELECT * FROM {unnest_l}) c
+             WHERE EXISTS (SELECT 1 FROM {src} s WHERE {src_match});  -- (x || NULL is x)
           END IF;
           SELECT coalesce(array_agg(version ORDER BY version), '{{}}') INTO vers
             FROM vectorfill.versions WHERE job_id = {j} AND state <> 'retired';
@@ -957,7 +969,20 @@ def create_absorb_function(job: Job) -> sql.Composed:
         """
     ).format(
         declare=sql.SQL(" ").join(
-            sql.SQL("{} {}[];").format(v, sql.SQL(t)) for v, t in zip(dvars + ivars, types + types, strict=True)
+            sql.SQL("{} {}[];").format(v, sql.SQL(t))
+            for v, t in zip(dvars + ivars + lvars, types + types + types, strict=True)
+        ),
+        src_oid=sql.Literal(sql.Identifier(job.source_schema, job.source_table).as_string()),
+        lagg=sql.SQL(", ").join(sql.SQL("array_agg(e.{}) FILTER (WHERE e.last % 2 = 1)").format(c) for c in kid),
+        lv=sql.SQL(", ").join(lvars),
+        l1=lvars[0],
+        iext=sql.SQL(", ").join(
+            sql.SQL("{} || array_agg(c.{})").format(iv, c) for iv, c in zip(ivars, kid, strict=True)
+        ),
+        unnest_l=sql.SQL("unnest({}, lseq) AS c({}, seq)").format(sql.SQL(", ").join(lvars), sql.SQL(", ").join(kid)),
+        src=sql.Identifier(job.source_schema, job.source_table),
+        src_match=sql.SQL(" AND ").join(
+            sql.SQL("s.{} = c.{}").format(sql.Identifier(sc), c) for sc, c in zip(job.key_columns, kid, strict=True)
         ),
         log=log,
         cls=sql.Literal(ABSORB_LOCK_CLASS),
