@@ -922,7 +922,7 @@ def create_absorb_function(job: Job) -> sql.Composed:
           PERFORM pg_advisory_xact_lock({cls}, {j});
           -- a deferrable unique key lets a statement hold a key twice (checked at commit)
           key_deferrable := EXISTS (SELECT 1 FROM pg_catalog.pg_index
-                                 WHERE indrelid = {src_oid}::regclass AND indisunique AND NOT indimmediate);
+                                 WHERE indrelid = to_regclass({src_oid}) AND indisunique AND NOT indimmediate);
           -- one log row (one statement since the last absorb, the usual case) holds each key
           -- once: its keys are taken as they are; several are grouped by key
           WITH l AS (DELETE FROM {log} RETURNING seq, op, {kcols}),
