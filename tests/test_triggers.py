@@ -546,3 +546,67 @@ def test_a_deferrable_key_held_twice_within_a_transaction_is_absorbed_right(db):
         conn.execute("DELETE FROM vectorfill._c_1 WHERE op = 'D' OR k1 <> '{60,60}'")  # only the double row
         assert absorb(conn) == 1
     assert {60} <= set(queue(db))
+
+
+@pytest.mark.slow
+def test_writes_during_two_concurrent_backfills_end_with_every_rows_own_vector(env):
+    """Inserts, edits, key changes and deletes committed while two runs claim, embed and store:
+    at the end every row has its own text's vector and no vector is left of a row gone."""
+    import random
+    import threading
+
+    env.make_table(3000)
+    env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "retries": 2})
+    env.provider.latency_s = 0.01
+    stop = threading.Event()
+    wrote: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            write()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    def write() -> None:
+        rnd = random.Random(7)
+        next_id, moves = 10_000, 0
+        with connect(env.url, autocommit=True) as conn:
+            while not stop.is_set():
+                k = rnd.randint(1, 3000)
+                what = rnd.random()
+                if what < 0.4:
+                    conn.execute("UPDATE articles SET body = body || '+' WHERE id BETWEEN %s AND %s", (k, k + 20))
+                elif what < 0.6:
+                    conn.execute("DELETE FROM articles WHERE id BETWEEN %s AND %s", (k, k + 5))
+                elif what < 0.8:
+                    conn.execute(
+                        "INSERT INTO articles (id, title, body) SELECT g, 't', 'new ' || g FROM generate_series(%s::int, %s::int) g",
+                        (next_id, next_id + 9),
+                    )
+                    next_id += 10
+                else:  # a key change, to a key never used
+                    moves += 1
+                    conn.execute("UPDATE articles SET id = %s WHERE id = %s", (1_000_000 + moves, k))
+                wrote.append(1)
+
+    results = []
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=lambda: results.append(env.backfill())) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    assert not errors and len(wrote) > 20, errors or "the writes landed while the runs ran"
+    env.backfill()
+    texts, vectors = env.texts(), env.vectors()
+    assert set(vectors) == set(texts)
+    for key, text in texts.items():
+        assert vectors[key] == pytest.approx(env.provider.expected_vector(text), abs=1e-6), key
+    with env.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM vectorfill._v_1_1").fetchone()[0] == len(texts), "none of a row gone"
+        assert conn.execute("SELECT count(*) FROM vectorfill._q_1_1").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM vectorfill._c_1").fetchone()[0] == 0
