@@ -154,6 +154,9 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     s = work.settings
     try:
         conn = await db.get()
+        # the changes written since the last claim reach the queues first (a transaction of
+        # its own, committed: what it queued is claimable below)
+        await conn.execute(sql.absorb(work.job))
         async with conn.transaction():
             claimed = await (
                 await conn.execute(js.claim(), {"limit": limit, "lease_s": s.lease_s, "token": token})

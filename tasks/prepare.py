@@ -9,7 +9,7 @@ from prefect import task
 
 from vectorfill.config import read_api_key
 from vectorfill.errors import SourceError
-from vectorfill.jobs.registry import load_job
+from vectorfill.jobs.registry import absorb, load_job
 from vectorfill.storage import sql
 from vectorfill.storage.db import connect, one_row
 
@@ -47,6 +47,8 @@ def _prepare(job_name: str) -> Prepared:
                 job=job.name,
             )
         works = tuple(Work(job, v) for v in job.versions if v.state in ("active", "filling"))
+        absorb(conn, job)
+        conn.commit()
         pending = 0
         for work in works:
             read_api_key(work.version.api_key_env, job=job.name)  # fail early if the key is missing

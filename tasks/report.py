@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
 from vectorfill.errors import RowsFailed
-from vectorfill.jobs.registry import load_job
+from vectorfill.jobs.registry import absorb, load_job
 from vectorfill.storage import sql
 from vectorfill.storage.db import connect, one_row
 
@@ -162,6 +162,8 @@ def _counts(job_name: str) -> tuple[int, int]:
     pending = failed = 0
     with connect(database_url()) as conn:
         job = load_job(conn, job_name)
+        absorb(conn, job)
+        conn.commit()
         for version in job.live_versions:
             counts = one_row(
                 conn.execute(sql.JobSQL(job, version).counts(), {"job_id": job.id, "version": version.version})

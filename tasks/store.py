@@ -204,6 +204,10 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
     settling = [p for k, p in plans.items() if k not in rejected_keys]
     try:
         conn = await db.get()
+        # edits and deletes committed while the texts were at the provider reach the queue
+        # first (their seq differs then: the stale vectors are not stored); one committed
+        # after this is absorbed later and queues the row again
+        await conn.execute(sql.absorb(job))
         async with conn.transaction():
             if len(items) and version.vector_dims is None:
                 version = await _ensure_dims(conn, work, int(vectors.shape[1]))

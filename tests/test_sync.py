@@ -63,6 +63,7 @@ def states(env) -> dict[int, str]:
 
 def queued(env, version: int) -> int:
     with env.connect() as conn:
+        conn.execute("SELECT vectorfill._absorb_1()")  # the change log into the queues, as a claim does
         return conn.execute(f"SELECT count(*) FROM vectorfill._q_1_{version}").fetchone()[0]
 
 

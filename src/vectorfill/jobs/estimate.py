@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import psycopg
 
 from vectorfill.errors import JobError
-from vectorfill.jobs.registry import load_job
+from vectorfill.jobs.registry import absorb, load_job
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.prices import batch_price_per_million, cost_usd, price_per_million
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
@@ -69,6 +69,8 @@ def estimate(
     """What the next backfill of ``name`` would send, per version it would fill; or, with
     ``model``, what re-embedding every row with that model would send."""
     job = load_job(conn, name)
+    if absorb(conn, job):  # the queues as the next claim will see them
+        conn.commit()
     if model is None:
         versions = [v for v in job.versions if v.state in ("active", "filling", "paused")]
         if not versions:

@@ -24,6 +24,7 @@ from vectorfill.storage.db import one_row, scalar
 __all__ = [
     "KNOWN_DIMENSIONS",
     "JobStatus",
+    "absorb",
     "check_endpoint_options",
     "create_job",
     "drop_job",
@@ -153,6 +154,8 @@ def create_job(
     version = job.version(1)
     js = sql.JobSQL(job, version)
     conn.execute(js.create_tables())
+    conn.execute(sql.create_log_table(job))
+    conn.execute(sql.create_absorb_function(job))
     conn.execute(sql.create_trigger_function(job))
     conn.execute(sql.create_triggers(job))
     conn.execute(sql.create_view(job, version))
@@ -284,9 +287,11 @@ def drop_job(conn: psycopg.Connection, name: str) -> None:
         conn.execute(sql.drop_triggers(job))
     else:
         conn.execute(pgsql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.trigger_function_name(job)))
+    conn.execute(sql.absorb_lock(job))  # (after the source's lock) no absorber of the job runs, nor starts
     conn.execute(pgsql.SQL("DROP VIEW IF EXISTS {}").format(sql.view_name(job)))
     for version in job.versions:
         conn.execute(sql.JobSQL(job, version).drop_tables())
+    conn.execute(sql.drop_log(job))
     conn.execute(sql.DELETE_JOB, (job.id,))
 
 
@@ -299,9 +304,9 @@ def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None =
     """Queue failed rows of every live version again, all of them or those whose key is in
     ``keys`` (a single key as written, or a composite one as a JSON array); returns how many."""
     job = load_job(conn, name)
-    # the triggers insert queue rows without ON CONFLICT: no other insert of them may race
-    if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone():
-        conn.execute(sql.lock_source(job))
+    # the absorber inserts queue rows without ON CONFLICT: it must not run meanwhile (its lock
+    # is held until this transaction ends); and a failed row deleted since is forgotten first
+    absorb(conn, job)
     rows = [Jsonb(json.loads(k)) for k in keys or [] if k.startswith("[")]
     ids = [k for k in keys or [] if not k.startswith("[")]
     total = 0
@@ -336,6 +341,7 @@ def job_status(conn: psycopg.Connection, name: str, version: int | None = None) 
     ver = job.version(version) if version else job.active
     if ver is None:
         raise JobError("has no active version", job=name)
+    absorb(conn, job)  # exact: changes still in the change log are counted as absorbed
     js = sql.JobSQL(job, ver)
     total, embedded, pending, failed = one_row(conn.execute(js.counts(), {"job_id": job.id, "version": ver.version}))
     return JobStatus(
@@ -352,10 +358,19 @@ def job_status(conn: psycopg.Connection, name: str, version: int | None = None) 
     )
 
 
+def absorb(conn: psycopg.Connection, job: Job) -> int:
+    """Fold the job's change log into every live version's queue (see
+    :func:`vectorfill.storage.sql.create_absorb_function`); returns how many keys it held.
+    In the caller's transaction, whose commit publishes it; the absorber's lock is held
+    until then, so no other absorber and no change of the job's versions runs meanwhile."""
+    return int(scalar(conn.execute(sql.absorb(job))) or 0)
+
+
 def upgrade_triggers(conn: psycopg.Connection) -> list[str]:
     """Re-install the triggers of every job whose trigger function predates this release's
     (:data:`vectorfill.storage.sql.TRIGGER_VERSION`, kept in the function's comment; none
     means the row-level triggers of version 1); returns the names of the jobs upgraded.
+    Jobs made before the change log (version 3) get theirs, and its absorber, here.
 
     Run by :func:`vectorfill.storage.db.migrate`, in the caller's transaction: each job's
     row is locked and writes to its source table wait until the commit, so no write runs
@@ -375,6 +390,8 @@ def upgrade_triggers(conn: psycopg.Connection) -> list[str]:
             continue
         conn.execute(sql.lock_source(job))
         conn.execute(sql.drop_triggers(job))
+        conn.execute(sql.create_log_table(job))
+        conn.execute(sql.create_absorb_function(job))
         conn.execute(sql.create_trigger_function(job))
         conn.execute(sql.create_triggers(job))
         upgraded.append(name)

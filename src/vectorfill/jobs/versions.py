@@ -27,7 +27,7 @@ import psycopg
 
 from vectorfill.config import ChunkSettings
 from vectorfill.errors import ConfigError, JobError, SourceError
-from vectorfill.jobs.registry import KNOWN_DIMENSIONS, check_endpoint_options, load_job, version_options
+from vectorfill.jobs.registry import KNOWN_DIMENSIONS, absorb, check_endpoint_options, load_job, version_options
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql
 from vectorfill.storage.db import one_row, scalar
@@ -90,10 +90,21 @@ def _locked(conn: psycopg.Connection, name: str) -> Job:
 
 
 def _rewire(conn: psycopg.Connection, name: str) -> Job:
-    """Rewrite the trigger function for the job's live versions; return the job re-read."""
+    """Rewrite the trigger function for the job's live versions (its TRUNCATE empties them);
+    return the job re-read. The absorber reads the live versions itself, under its lock,
+    which every change of them takes first (:func:`_hold_absorber`)."""
     job = load_job(conn, name)
     conn.execute(sql.create_trigger_function(job))
     return job
+
+
+def _hold_absorber(conn: psycopg.Connection, job: Job) -> None:
+    """Fold the change log into the live versions' queues and keep the absorber's lock until
+    the caller commits: no absorber runs with a stale list of versions (one that would miss a
+    new version's queue or find a dropped one's tables gone). Taken after
+    :func:`vectorfill.storage.sql.lock_source` (the source's lock first, then this one, as
+    a TRUNCATE of the source takes them: it writes the log)."""
+    absorb(conn, job)
 
 
 def set_model(
@@ -156,6 +167,7 @@ def set_model(
                 job=name,
             ) from None
     conn.execute(sql.lock_source(job))
+    _hold_absorber(conn, job)  # every change so far reaches the current versions; the new one starts from the source
     number = scalar(
         conn.execute(
             sql.INSERT_VERSION,
@@ -186,6 +198,7 @@ def _has_valid_index(conn: psycopg.Connection, job: Job, version: Version) -> bo
 
 def list_versions(conn: psycopg.Connection, name: str) -> list[VersionStatus]:
     job = load_job(conn, name)
+    absorb(conn, job)  # exact counts
     return [version_status(conn, job, v) for v in job.versions]
 
 
@@ -250,6 +263,7 @@ def switch(conn: psycopg.Connection, name: str, *, force: bool = False) -> Versi
     if not force:
         _refuse_if_behind(conn, job, new)
     conn.execute(sql.lock_source(job))
+    _hold_absorber(conn, job)
     if not force:
         _refuse_if_behind(conn, job, new)  # again, now that no write can queue a row
     old = job.active
@@ -313,6 +327,7 @@ def abandon(conn: psycopg.Connection, name: str) -> Version:
     if version is None:
         raise JobError("has no new version to abandon", job=name)
     conn.execute(sql.lock_source(job))  # no write may be running the old trigger function
+    _hold_absorber(conn, job)
     conn.execute(sql.DELETE_VERSION, {"job_id": job.id, "version": version.version})
     _rewire(conn, name)
     conn.execute(sql.JobSQL(job, version).drop_tables())

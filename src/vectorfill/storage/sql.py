@@ -27,10 +27,32 @@ is the exact input that was embedded (the whole text for a job without a chunker
 How concurrency is made safe (the locking story)
 ------------------------------------------------
 * **Triggers** on the source table (statement-level, with transition tables: see the
-  section "triggers") upsert the queue rows of the rows a statement inserted, or whose key
-  or text columns it really changed, with a *new* ``seq`` (one value of the global sequence
-  per statement: each change of a key gets a value never used for that key), and clear
-  the lease, so a changed row is claimable again at once.
+  section "triggers and change log") write no queue row: each statement appends ONE row to
+  the job's change log ``_c_<job>`` (a new ``seq`` from the global sequence, taken in the
+  AFTER STATEMENT trigger, so after the statement's own row locks; ``op`` 'I' for keys to
+  queue, 'D' for keys to forget; the keys as arrays).
+* The **absorber** (``_absorb_<job>()``, :func:`create_absorb_function`) folds the log
+  into every live version's queue. It holds a per-job advisory lock until its transaction
+  commits, so two absorbers never run at once (the second waits, then sees the log rows
+  the first deleted as gone), and every change of a job's versions (set-model, switch,
+  abandon, drop, retry) takes the same lock, after the source's lock, so the absorber
+  never works from a stale list of versions. It takes every log row its snapshot sees
+  (``DELETE ... RETURNING``, in the same transaction as its queue writes: a crash loses
+  nothing) and applies, per key, its highest-``seq`` row, plus a delete when any row was a
+  'D'. That is the key's latest committed change: two statements that touch one key
+  serialise on it (row lock, or the unique index's check for an insert), so per key
+  ``seq`` order is commit order, and a snapshot that sees a later statement's log row sees
+  every earlier one for that key. Each queue row's ``seq`` is a value never given to that
+  key before (a log row is absorbed once), which is all the seq checks below rely on. It
+  runs before every claim, before every store's settle, before counts (status, progress,
+  estimate) and before set-model queues a new version's rows (under the source's lock).
+* A **row edited while in flight**: the store absorbs before it settles, so an edit
+  committed before that has moved the row's ``seq`` and the stale vector is discarded (the
+  row stays queued for its new text); an edit committed after it is absorbed later and
+  queues the row again, so the vector of the old text, stored meanwhile, is replaced.
+* A **deleted row**'s vectors stay stored until its 'D' is absorbed; the view
+  ``vectorfill.<job>`` and :meth:`JobSQL.search` show a vector only while its key is in
+  the source (a semi-join on the source's key), so readers never see them.
 * **Claim** (:meth:`JobSQL.claim`) is one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP
   LOCKED)``: concurrent workers never pick the same row, and each claim records the ``seq``
   it saw. The texts are read by a *second* statement (:meth:`JobSQL.read_texts`), whose
@@ -41,10 +63,10 @@ How concurrency is made safe (the locking story)
   the vectors of exactly the rows it deleted. A row edited while its old text was in flight has a new ``seq``: its stale vector
   is discarded and the row stays queued for its new text. Because ``seq`` comes from a
   global sequence, a row that is completed and queued again never reuses a ``seq``.
-* A **delete** of a source row (or the old key of a key change) removes its queue row
-  first (waiting for any store that holds it) and then its vectors, in separate statements
-  with a fresh snapshot each, so a concurrent store cannot leave a vector behind for a
-  deleted row.
+* A **delete** (absorbed; or the old key of a key change) removes the key's queue rows
+  first (waiting for any store that holds them) and then its vectors, in separate
+  statements with a fresh snapshot each, so a concurrent store cannot leave a vector
+  behind for a deleted row.
 
 Shared rate budgets (``vectorfill.budgets``)
 --------------------------------------------
@@ -70,7 +92,6 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -658,15 +679,18 @@ class JobSQL:
         ``%(k)s * %(fan)s`` chunks (an index scan returns a bounded candidate list).
         Parameters: q (query vector), k, fan."""
         src_match = self._src_match("n")
+        # rows deleted whose deletion is still in the change log are not shown (their
+        # vectors go when it is absorbed): a probe of the source's key per candidate
+        live = sql.SQL("EXISTS (SELECT 1 FROM {src} s WHERE {m})").format(src=self.src, m=self._src_match("v"))
         inner = sql.SQL(
-            """SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v}
+            """SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v} v WHERE {live}
                 ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s"""
         )
         if per_row:
             inner = sql.SQL(
                 """SELECT * FROM (
                        SELECT DISTINCT ON ({k}) * FROM (
-                           SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v}
+                           SELECT {k}, chunk_seq, chunk, embedding <=> %(q)s{cast} AS distance FROM {v} v WHERE {live}
                             ORDER BY embedding <=> %(q)s{cast} LIMIT %(k)s * %(fan)s) c
                         ORDER BY {k}, distance) b
                     ORDER BY distance LIMIT %(k)s"""
@@ -677,7 +701,7 @@ class JobSQL:
                  LEFT JOIN {src} s ON {m}
                 ORDER BY n.distance"""
         ).format(
-            inner=inner.format(k=self._cols(), cast=self._query_cast(), v=self.v),
+            inner=inner.format(k=self._cols(), cast=self._query_cast(), v=self.v, live=live),
             nk=self._cols("n"),
             k=self._cols(),
             cast=self._query_cast(),
@@ -725,43 +749,45 @@ class JobSQL:
         return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(SCHEMA, self.index_name()))
 
 
-# ----------------------------------------------------------------- triggers (job-wide)
+# ----------------------------------------------------------------- triggers and change log (job-wide)
 # The source table carries four statement-level triggers, all calling one function per job
-# (``vectorfill._trg_<job id>``). INSERT, UPDATE and DELETE see the statement's rows through
-# transition tables (``vf_new``/``vf_old``), so a bulk statement costs a few set-based
-# statements instead of a function call and several index probes per row. Why each
-# statement is shaped as it is:
+# (``vectorfill._trg_<job id>``). They do not touch any version's queue or vectors: each
+# INSERT, UPDATE or DELETE statement writes ONE row into the job's change log
+# (``vectorfill._c_<job id>``: ``seq`` from ``vectorfill.queue_seq``, ``op`` 'I' (queue
+# these keys) or 'D' (forget these keys), and one array per key column), whatever the
+# number of rows it touched. A queue row per source row cost about what the source row
+# itself costs (100,000 rows: ~800 ms for the queue rows, ~80-110 ms for one array row);
+# a DELETE deleted 100,000 vector rows of ~1 KB in the user's statement. The change log is
+# folded into every live version's queue later, by :func:`create_absorb_function`'s
+# function, which vectorfill calls before it claims, counts, adds a version or retries.
+# Why each statement is shaped as it is:
 #
 # * Transition tables are not allowed on triggers with a column list (``UPDATE OF``), so the
 #   UPDATE trigger fires on every UPDATE and compares the watched columns itself: one hash
 #   FULL JOIN of old and new rows on the key, which yields at once the keys that left
-#   (a key change: delete), the keys that arrived (insert) and the keys whose text columns
-#   really changed (``IS DISTINCT FROM``). Set semantics on keys also make a key swap in one
-#   statement (``SET id = 3 - id``) come out right: each key is queued if its text changed.
-# * Statements that join a transition table run through ``EXECUTE``, so each is planned
-#   with the transition table's real row count (a plan cached from a one-row statement
-#   would probe indexes a million times; one cached from a bulk statement would scan the
-#   whole vector table for a one-row delete). The INSERT path has no join and keeps its
-#   cached plan: a single-row INSERT pays one plain statement.
-# * Deletes remove the queue rows first (waiting for a store that holds them) and then the
-#   vectors, in separate statements, so the second one's fresh snapshot sees vectors a
-#   concurrent store committed meanwhile (see the module docstring).
-# * The function runs with merge joins and sequential scans off and 32 MB of work_mem: the
-#   planner knows no statistics of transition tables and chose a merge FULL JOIN with two
-#   sorts (578 ms for 100,000 rows, under load; a hash join 406 ms), and a plan cached while
-#   the queue was empty probed it with a sequential scan per key (the queue's primary key
-#   is what every probe and join here must use once it holds a million rows). A DELETE
-#   turns sequential scans back on for its own statements (each planned at the call): a
-#   bulk delete hashes the vector table's keys faster from a sequential scan.
-# * The failures table is only touched when the job has failure records at all, and never
-#   by an INSERT (see below).
+#   (a key change: a 'D' row), and the keys that arrived or whose text columns really
+#   changed (``IS DISTINCT FROM``: an 'I' row). Set semantics on keys also make a key swap
+#   in one statement (``SET id = 3 - id``) come out right: each key is queued if its text
+#   changed. An UPDATE that changes nothing the job embeds writes no log row at all.
+# * The arrays are stored uncompressed (``STORAGE EXTERNAL``): pglz compressing a
+#   100,000-key array made a bulk DELETE's trigger cost 3.8x the plain DELETE instead of 2.1x.
+# * The function runs with merge joins off and 32 MB of work_mem: the planner knows no
+#   statistics of transition tables and chose a merge FULL JOIN with two sorts (578 ms
+#   for 100,000 rows, under load; a hash join 406 ms).
+# * TRUNCATE empties every live version's queue and vectors, the log and the failure
+#   records at once (the function is rewritten when the live versions change).
 #
 # The function is SECURITY DEFINER with a fixed search_path, so an application role that
 # may write the source table needs no rights on the vectorfill schema.
 TRIGGER_OPS = ("insert", "update", "delete", "truncate")
-TRIGGER_VERSION = 2
+TRIGGER_VERSION = 3
 """Written into the trigger function's comment; a job whose function says otherwise (or
-nothing: version 1 was row-level) is upgraded by :func:`vectorfill.jobs.registry.upgrade_triggers`."""
+nothing: version 1 was row-level, 2 queued rows itself) is upgraded by
+:func:`vectorfill.jobs.registry.upgrade_triggers`."""
+
+#: Two-int advisory lock key (class, job id) that the absorber holds, transaction-level: one
+#: absorber at a time per job, and nothing that adds or drops a version runs beside one.
+ABSORB_LOCK_CLASS = 0x5646434C  # "VFCL"
 
 _NEW, _OLD = "vf_new", "vf_old"
 
@@ -770,115 +796,262 @@ def trigger_function_name(job: Job) -> sql.Identifier:
     return sql.Identifier(SCHEMA, f"_trg_{job.id}")
 
 
-def _queue_rows(
-    js: JobSQL,
-    rows: sql.Composable,
-    cols: Sequence[sql.Composable],
-    dyn_rows: sql.Composable,
-    using: Sequence[sql.Composable],
-) -> sql.Composed:
-    """Queue the keys ``cols`` of ``rows`` with the seq ``vf_seq``, lease cleared.
+def log_table(job: Job) -> sql.Identifier:
+    """The job's change log, ``vectorfill._c_<job id>``."""
+    return sql.Identifier(SCHEMA, f"_c_{job.id}")
 
-    Not ``INSERT ... ON CONFLICT``: its speculative insertion made the queue's insert cost
-    1.8 times a plain one (100,000 rows). A nested loop of primary-key probes (``LIMIT 1``
-    keeps it a nested loop whatever plan is cached) asks whether any key is queued
-    already; usually none is (a new row, or a change of a row already embedded) and a plain
-    INSERT follows. Otherwise the queued rows are updated and the rest inserted, each a
-    statement of its own, planned at the call (``dyn_rows``: ``rows`` with ``using`` as
-    ``$1..``; the seq follows them). No other writer inserts a queue row for these keys
-    meanwhile: triggers of writes to the same source rows wait for those rows' locks, and
-    the other inserters (new job or version, retry of failures) lock the source table.
-    A store that deletes one of these queue rows meanwhile is waited for by the UPDATE and
-    seen by the INSERT's fresh snapshot, which then inserts the row again."""
-    m = sql.SQL(" AND ").join(sql.SQL("t.{} = {}").format(k, c) for k, c in zip(js.k, cols, strict=True))
-    seq = sql.SQL("${}").format(sql.SQL(str(len(using) + 1)))
-    cols_sql = sql.SQL(", ").join(cols)
-    fast = sql.SQL("INSERT INTO {q} ({k}, seq, queued_at) SELECT {cols}, vf_seq, now() FROM {rows};").format(
-        q=js.q, k=js._cols(), cols=cols_sql, rows=rows
-    )
-    update = sql.SQL(
-        """UPDATE {q} AS t SET seq = {seq}, queued_at = now(), lease_until = NULL, claimed_by = NULL,
-                  attempts = 0, last_error = NULL
-             FROM {rows} WHERE {m}"""
-    ).format(q=js.q, seq=seq, rows=dyn_rows, m=m)
-    insert = sql.SQL(
-        """INSERT INTO {q} ({k}, seq, queued_at) SELECT {cols}, {seq}, now() FROM {rows}
-            WHERE NOT EXISTS (SELECT 1 FROM {q} t WHERE {m})"""
-    ).format(q=js.q, k=js._cols(), cols=cols_sql, seq=seq, rows=dyn_rows, m=m)
-    args = [*using, sql.SQL("vf_seq")]
+
+def absorb_function_name(job: Job) -> sql.Identifier:
+    return sql.Identifier(SCHEMA, f"_absorb_{job.id}")
+
+
+def create_log_table(job: Job) -> sql.Composed:
+    """The change log (no primary key: nothing looks a row up; the absorber takes them all).
+    Also run by :func:`vectorfill.jobs.registry.upgrade_triggers` for jobs made before it."""
+    log = log_table(job)
+    arrays = [sql.Identifier(f"k{i + 1}") for i in range(len(job.key_columns))]
     return sql.SQL(
-        """IF EXISTS (SELECT 1 FROM {rows} CROSS JOIN LATERAL (SELECT 1 FROM {q} t WHERE {m} LIMIT 1) AS queued) THEN
-             {update}
-             {insert}
-           ELSE
-             {fast}
-           END IF;"""
-    ).format(rows=rows, q=js.q, m=m, update=_execute(update, args), insert=_execute(insert, args), fast=fast)
+        """CREATE TABLE IF NOT EXISTS {log} (seq bigint NOT NULL, op "char" NOT NULL, {cols});
+           {storage}"""
+    ).format(
+        log=log,
+        cols=sql.SQL(", ").join(
+            sql.SQL("{} {}[] NOT NULL").format(k, sql.SQL(t)) for k, t in zip(arrays, job.key_types, strict=True)
+        ),
+        storage=sql.SQL(" ").join(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL;").format(log, k) for k in arrays
+        ),
+    )
 
 
-def _execute(stmt: sql.Composable, using: list[sql.Composable] | None = None) -> sql.Composed:
-    """A PL/pgSQL ``EXECUTE`` of ``stmt`` (planned at each call), with ``$n`` parameters."""
-    if not using:
-        return sql.SQL("EXECUTE {};").format(sql.Literal(stmt.as_string()))
-    return sql.SQL("EXECUTE {} USING {};").format(sql.Literal(stmt.as_string()), sql.SQL(", ").join(using))
+def drop_log(job: Job) -> sql.Composed:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}(); DROP TABLE IF EXISTS {};").format(
+        absorb_function_name(job), log_table(job)
+    )
+
+
+def absorb(job: Job) -> sql.Composed:
+    """Fold the job's change log into every live version's queue; one row: how many keys.
+    Run it in a transaction of its own, committed before what needs the result (autocommit)."""
+    return sql.SQL("SELECT {}()").format(absorb_function_name(job))
+
+
+def absorb_lock(job: Job) -> sql.Composed:
+    """The absorber's lock, until the transaction ends (for changes of a job's versions)."""
+    return sql.SQL("SELECT pg_advisory_xact_lock({}, {})").format(sql.Literal(ABSORB_LOCK_CLASS), sql.Literal(job.id))
+
+
+def create_absorb_function(job: Job) -> sql.Composed:
+    """``vectorfill._absorb_<job id>()``: fold the change log into the queues.
+
+    Under the job's advisory lock (``ABSORB_LOCK_CLASS``, transaction-level: two absorbers of
+    one job never run at once; the second waits and then finds the log empty), it deletes
+    every log row its snapshot sees (``DELETE ... RETURNING``), and computes per key the
+    log row with the highest ``seq`` and whether any of its rows was a 'D'. Then, for every
+    live version (read from ``vectorfill.versions`` *after* taking the lock, so that a
+    version added or dropped by a committed change is known; those changes take the lock
+    too), in this order, each a statement of its own (``EXECUTE``, planned with the real
+    number of keys):
+
+    1. keys with a 'D': their queue rows are deleted (waiting for a store that holds them),
+       then, in the next statements (fresh snapshots: a store that committed meanwhile is
+       seen), their vectors (every chunk) and failure records;
+    2. keys whose last row is an 'I': their queue rows get that row's ``seq`` (lease, attempts
+       and error cleared: claimable again, and a store of the text in flight is discarded
+       by its seq check), and keys the UPDATE did not find get one, in the same statement
+       (a queue row a store deleted meanwhile is waited for by the UPDATE, found gone, and
+       inserted anew); their failure records go.
+
+    Why the order of the log is safe: two statements that touch the same key serialise on
+    that key (row lock, or the unique index's check for an insert), and each takes its
+    ``seq`` in its AFTER STATEMENT trigger, after its own row changes, so per key ``seq``
+    order is commit order; and a snapshot that sees a later statement's log row sees every
+    earlier one for that key. So the highest visible ``seq`` per key is the key's latest
+    committed change. Each queue row's ``seq`` is a value never given to that key before
+    (a log row is absorbed once), which is all the seq checks of claim/settle/fail rely on.
+    """
+    n = len(job.key_columns)
+    types = list(job.key_types)
+    k = [f"k{i + 1}" for i in range(n)]
+    kid = [sql.Identifier(c) for c in k]
+    log = log_table(job)
+    job_id = sql.Literal(job.id)
+    dvars = [sql.Identifier(f"d{i + 1}") for i in range(n)]
+    ivars = [sql.Identifier(f"i{i + 1}") for i in range(n)]
+    lvars = [sql.Identifier(f"l{i + 1}") for i in range(n)]  # keys whose last change is a delete
+
+    def unnest(extra: bool) -> str:
+        arrays = [f"${i + 1}::{t}[]" for i, t in enumerate(types)] + ([f"${n + 1}::bigint[]"] if extra else [])
+        names = k + (["seq"] if extra else [])
+        return f"unnest({', '.join(arrays)}) AS c({', '.join(names)})"
+
+    match = " AND ".join(f"t.{c} = c.{c}" for c in k)
+    # format() strings: %I is the version's table; everything else is fixed for the job
+    del_q = f"DELETE FROM vectorfill.%I AS t USING {unnest(False)} WHERE {match}"
+    # the keys queued already get the new seq; the others a queue row, in the same statement:
+    # every row the UPDATE did not find is inserted (a row a store deleted meanwhile is
+    # waited for by the UPDATE, then found gone; no other writer inserts queue rows while
+    # the absorber's lock is held), so the queue is not probed twice
+    u_match = " AND ".join(f"u.{c} = c.{c}" for c in k)
+    upsert_q = (
+        "WITH u AS (UPDATE vectorfill.%I AS t SET seq = c.seq, queued_at = now(), lease_until = NULL,"
+        f" claimed_by = NULL, attempts = 0, last_error = NULL FROM {unnest(True)} WHERE {match}"
+        f" RETURNING {', '.join('t.' + c for c in k)})"
+        f" INSERT INTO vectorfill.%I ({', '.join(k)}, seq, queued_at) SELECT {', '.join('c.' + c for c in k)}, c.seq, now()"
+        f" FROM {unnest(True)} WHERE NOT EXISTS (SELECT 1 FROM u WHERE {u_match})"
+    )
+    fkey = sql.SQL("jsonb_build_array({})").format(sql.SQL(", ").join(sql.SQL("c.{}").format(c) for c in kid))
+    fail_del = sql.SQL(
+        "DELETE FROM vectorfill.failures f USING {u} WHERE f.job_id = {j} AND f.row_key = {fkey}"
+    ).format(u=sql.SQL(unnest(False)), j=job_id, fkey=fkey)
+
+    def each_version(table: str, stmt: str, args: list[sql.Identifier], twice: bool = False) -> sql.Composed:
+        name = sql.SQL("'_{}_' || {} || '_' || ver").format(sql.SQL(table), job_id)
+        names = sql.SQL("{n}, {n}").format(n=name) if twice else name
+        return sql.SQL("FOREACH ver IN ARRAY vers LOOP EXECUTE format({s}, {names}) USING {a}; END LOOP;").format(
+            s=sql.Literal(stmt), names=names, a=sql.SQL(", ").join(args)
+        )
+
+    body = sql.SQL(
+        """
+        DECLARE {declare} iseq bigint[]; lseq bigint[]; n bigint; ver int; vers int[]; key_deferrable boolean;
+        BEGIN
+          IF NOT EXISTS (SELECT 1 FROM {log}) THEN
+            RETURN 0;
+          END IF;
+          PERFORM pg_advisory_xact_lock({cls}, {j});
+          -- a deferrable unique key lets a statement hold a key twice (checked at commit)
+          key_deferrable := EXISTS (SELECT 1 FROM pg_catalog.pg_index
+                                 WHERE indrelid = to_regclass({src_oid}) AND indisunique AND NOT indimmediate);
+          -- one log row (one statement since the last absorb, the usual case) holds each key
+          -- once: its keys are taken as they are; several are grouped by key
+          WITH l AS (DELETE FROM {log} RETURNING seq, op, {kcols}),
+               rows_ AS (SELECT count(*) AS log_rows FROM l),
+               one AS (SELECT {uk}, l.seq * 2 + (l.op = 'D')::int AS last, l.op = 'D' AS deleted
+                         FROM l CROSS JOIN LATERAL unnest({lk}) AS u({kcols})),
+               grouped AS (SELECT {uk}, max(l.seq * 2 + (l.op = 'D')::int) AS last, bool_or(l.op = 'D') AS deleted
+                             FROM l CROSS JOIN LATERAL unnest({lk}) AS u({kcols})
+                            GROUP BY {uk}),
+               e AS (SELECT * FROM one WHERE (SELECT log_rows FROM rows_) = 1 AND NOT key_deferrable
+                     UNION ALL
+                     SELECT * FROM grouped WHERE (SELECT log_rows FROM rows_) > 1 OR key_deferrable)
+          SELECT {dagg}, {iagg}, array_agg(e.last / 2) FILTER (WHERE e.last % 2 = 0), {lagg},
+                 array_agg(e.last / 2) FILTER (WHERE e.last % 2 = 1), count(*)
+            INTO {dv}, {iv}, iseq, {lv}, lseq, n
+            FROM e;
+          IF coalesce(n, 0) = 0 THEN
+            RETURN 0;
+          END IF;
+          IF key_deferrable AND {l1} IS NOT NULL THEN
+            -- a key last seen deleted that a row holds now (a duplicate deleted before the
+            -- commit) is queued, not forgotten
+            SELECT {iext}, iseq || array_agg(c.seq) INTO {iv}, iseq
+              FROM (SELECT * FROM {unnest_l}) c
+             WHERE EXISTS (SELECT 1 FROM {src} s WHERE {src_match});  -- (x || NULL is x)
+          END IF;
+          SELECT coalesce(array_agg(version ORDER BY version), '{{}}') INTO vers
+            FROM vectorfill.versions WHERE job_id = {j} AND state <> 'retired';
+          IF {d1} IS NOT NULL THEN
+            {del_q}
+            {del_v}
+            IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN
+              EXECUTE {fail_del} USING {dv};
+            END IF;
+          END IF;
+          IF {i1} IS NOT NULL THEN
+            {upsert_q}
+            IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN
+              EXECUTE {fail_del} USING {iv};
+            END IF;
+          END IF;
+          RETURN n;
+        END
+        """
+    ).format(
+        declare=sql.SQL(" ").join(
+            sql.SQL("{} {}[];").format(v, sql.SQL(t))
+            for v, t in zip(dvars + ivars + lvars, types + types + types, strict=True)
+        ),
+        src_oid=sql.Literal(sql.Identifier(job.source_schema, job.source_table).as_string()),
+        lagg=sql.SQL(", ").join(sql.SQL("array_agg(e.{}) FILTER (WHERE e.last % 2 = 1)").format(c) for c in kid),
+        lv=sql.SQL(", ").join(lvars),
+        l1=lvars[0],
+        iext=sql.SQL(", ").join(
+            sql.SQL("{} || array_agg(c.{})").format(iv, c) for iv, c in zip(ivars, kid, strict=True)
+        ),
+        unnest_l=sql.SQL("unnest({}, lseq) AS c({}, seq)").format(sql.SQL(", ").join(lvars), sql.SQL(", ").join(kid)),
+        src=sql.Identifier(job.source_schema, job.source_table),
+        src_match=sql.SQL(" AND ").join(
+            sql.SQL("s.{} = c.{}").format(sql.Identifier(sc), c) for sc, c in zip(job.key_columns, kid, strict=True)
+        ),
+        log=log,
+        cls=sql.Literal(ABSORB_LOCK_CLASS),
+        j=job_id,
+        kcols=sql.SQL(", ").join(kid),
+        uk=sql.SQL(", ").join(sql.SQL("u.{}").format(c) for c in kid),
+        lk=sql.SQL(", ").join(sql.SQL("l.{}").format(c) for c in kid),
+        dagg=sql.SQL(", ").join(sql.SQL("array_agg(e.{}) FILTER (WHERE e.deleted)").format(c) for c in kid),
+        iagg=sql.SQL(", ").join(sql.SQL("array_agg(e.{}) FILTER (WHERE e.last % 2 = 0)").format(c) for c in kid),
+        dv=sql.SQL(", ").join(dvars),
+        iv=sql.SQL(", ").join(ivars),
+        d1=dvars[0],
+        i1=ivars[0],
+        del_q=each_version("q", del_q, dvars),
+        del_v=each_version("v", del_q, dvars),
+        upsert_q=each_version("q", upsert_q, ivars + [sql.Identifier("iseq")], twice=True),
+        fail_del=sql.Literal(fail_del.as_string()),
+    )
+    fn = absorb_function_name(job)
+    return sql.SQL(
+        """CREATE OR REPLACE FUNCTION {fn}() RETURNS bigint
+           LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+           SET enable_seqscan = off SET work_mem = '32MB'
+           AS {body}"""
+    ).format(fn=fn, body=sql.Literal(body.as_string()))
 
 
 def create_trigger_function(job: Job) -> sql.Composed:
-    """The function the source table's triggers call. It keeps every live version's
-    queue (and, on delete, vectors) in step. SECURITY DEFINER, so that an application
-    role that may write the source table need not be granted the vectorfill schema."""
+    """The function the source table's triggers call: one change-log row per statement (and
+    per 'D'/'I' side), or, on TRUNCATE, every live version's queue and vectors emptied.
+    SECURITY DEFINER, so that an application role that may write the source table need not
+    be granted the vectorfill schema."""
     jss = [JobSQL(job, v) for v in job.live_versions]
     n = len(job.key_columns)
     src_k = [sql.Identifier(c) for c in job.key_columns]
     texts = [sql.Identifier(c) for c in job.text_columns if c not in job.key_columns]
     types = [sql.SQL(t) for t in job.key_types]
     job_id = sql.Literal(job.id)
+    log = log_table(job)
     kcols = sql.SQL(", ").join(sql.Identifier(f"k{i + 1}") for i in range(n))
-
-    def keys_of(alias: str) -> sql.Composed:
-        return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), c) for c in src_k)
 
     def on_keys(a: str, b: str) -> sql.Composed:
         return sql.SQL(" AND ").join(
             sql.SQL("{}.{} = {}.{}").format(sql.Identifier(a), c, sql.Identifier(b), c) for c in src_k
         )
 
-    def q_match(js: JobSQL, alias: str, cols: list[sql.Identifier]) -> sql.Composed:
-        return sql.SQL(" AND ").join(
-            sql.SQL("t.{k} = {a}.{c}").format(k=k, a=sql.Identifier(alias), c=c)
-            for k, c in zip(js.k, cols, strict=True)
+    def log_all(op: str, table: str) -> sql.Composed:
+        """One log row with every key of a transition table (none when it is empty)."""
+        aggs = sql.SQL(", ").join(
+            sql.SQL("array_agg(t.{}) AS {}").format(c, sql.Identifier(f"a{i + 1}")) for i, c in enumerate(src_k)
         )
-
-    def forget(rows: sql.Composable, alias: str, cols: list[sql.Identifier], using: list[sql.Composable]):
-        """Delete the queue rows, then (next statement, fresh snapshot) the vectors and the
-        failure records of the keys in ``rows``."""
-        out: list[sql.Composable] = []
-        for table in ("q", "v"):
-            for js in jss:
-                stmt = sql.SQL("DELETE FROM {t} AS t USING {rows} WHERE {m}").format(
-                    t=js.q if table == "q" else js.v, rows=rows, m=q_match(js, alias, cols)
-                )
-                out.append(_execute(stmt, using))
-        failures = sql.SQL(
-            "DELETE FROM vectorfill.failures f USING {rows} WHERE f.job_id = {j} AND f.row_key = jsonb_build_array({k})"
+        return sql.SQL(
+            """INSERT INTO {log} (seq, op, {kcols})
+               SELECT nextval('vectorfill.queue_seq'), {op}, {a}
+                 FROM (SELECT {aggs} FROM {t} t) x WHERE x.a1 IS NOT NULL;"""
         ).format(
-            rows=rows, j=job_id, k=sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), c) for c in cols)
+            log=log,
+            kcols=kcols,
+            op=sql.Literal(op),
+            a=sql.SQL(", ").join(sql.Identifier("x", f"a{i + 1}") for i in range(n)),
+            aggs=aggs,
+            t=sql.Identifier(table),
         )
-        out.append(
-            sql.SQL("IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN {d} END IF;").format(
-                j=job_id, d=_execute(failures, using)
-            )
-        )
-        return sql.SQL("\n").join(out)
 
-    # INSERT: queue every new row. No failure record to clear: a key that was not in the table
-    # has none (its delete, or the key change that freed it, cleared them), and a run records
-    # one only while the row's queue seq is the one it claimed.
-    new_rows = sql.Identifier(_NEW) + sql.SQL(" n")
-    new_cols: list[sql.Composable] = [sql.SQL("n.{}").format(c) for c in src_k]
-    on_insert: sql.Composable = sql.SQL("\n").join([_queue_rows(js, new_rows, new_cols, new_rows, []) for js in jss])
-    # DELETE: forget every old row
-    on_delete: sql.Composable = forget(sql.Identifier(_OLD) + sql.SQL(" o"), "o", src_k, [])
+    def log_vars(op: str, names: list[sql.Identifier]) -> sql.Composed:
+        return sql.SQL(
+            "IF {v1} IS NOT NULL THEN INSERT INTO {log} (seq, op, {kcols}) VALUES (nextval('vectorfill.queue_seq'), {op}, {vs}); END IF;"
+        ).format(v1=names[0], log=log, kcols=kcols, op=sql.Literal(op), vs=sql.SQL(", ").join(names))
+
     # UPDATE: one FULL JOIN of old and new rows by key, into arrays of keys gone and keys to queue
     gone = [sql.Identifier(f"gone{i + 1}") for i in range(n)]
     todo = [sql.Identifier(f"todo{i + 1}") for i in range(n)]
@@ -886,9 +1059,6 @@ def create_trigger_function(job: Job) -> sql.Composed:
     changed = sql.SQL(" OR ").join(
         [sql.SQL("o.{} IS NULL").format(first)] + [sql.SQL("o.{c} IS DISTINCT FROM n.{c}").format(c=c) for c in texts]
     )
-    # static SQL, its plan cached: a FULL JOIN can only be a hash join here (merge joins are
-    # off), which sizes itself at run time; planning it per statement (EXECUTE) cost a
-    # one-row UPDATE ~180 us
     diff = sql.SQL(
         """SELECT {gone_aggs}, {todo_aggs} INTO {vars}
              FROM {old} o FULL JOIN {new} n ON {on}
@@ -907,119 +1077,48 @@ def create_trigger_function(job: Job) -> sql.Composed:
         first=first,
         changed=changed,
     )
-    params = [sql.SQL("${}").format(sql.SQL(str(i + 1))) for i in range(n)]
-    unnest_params = sql.SQL("unnest({}) AS g({})").format(
-        sql.SQL(", ").join(sql.SQL("{}::{}[]").format(p, t) for p, t in zip(params, types, strict=True)), kcols
-    )
-    kk = [sql.Identifier(f"k{i + 1}") for i in range(n)]
-    on_update: sql.Composable = sql.SQL(
-        """{diff}
-           IF {gone1} IS NOT NULL THEN
-             {forget}
-           END IF;
-           IF {todo1} IS NOT NULL THEN
-             vf_seq := nextval('vectorfill.queue_seq');
-             {upserts}
-             IF EXISTS (SELECT 1 FROM vectorfill.failures WHERE job_id = {j}) THEN {fail_clear} END IF;
-           END IF;"""
-    ).format(
-        diff=diff,
-        gone1=gone[0],
-        forget=forget(unnest_params, "g", kk, list(gone)),
-        todo1=todo[0],
-        upserts=sql.SQL("\n").join(
-            _queue_rows(
-                js,
-                sql.SQL("unnest({arrs}) AS g({k})").format(k=kcols, arrs=sql.SQL(", ").join(todo)),
-                [sql.SQL("g.{}").format(k) for k in kk],
-                unnest_params,
-                list(todo),
-            )
-            for js in jss
-        ),
-        j=job_id,
-        fail_clear=_execute(
-            sql.SQL(
-                "DELETE FROM vectorfill.failures f USING {u} WHERE f.job_id = {j} AND f.row_key = jsonb_build_array({k})"
-            ).format(u=unnest_params, j=job_id, k=sql.SQL(", ").join(sql.SQL("g.{}").format(k) for k in kk)),
-            list(todo),
-        ),
-    )
+    on_update = sql.SQL("{diff}\n{gone}\n{todo}").format(diff=diff, gone=log_vars("D", gone), todo=log_vars("I", todo))
     declare = sql.SQL(" ").join(
         sql.SQL("{} {}[];").format(var, t) for var, t in zip(gone + todo, types + types, strict=True)
     )
     truncate: sql.Composable = sql.SQL(" ").join([sql.SQL("TRUNCATE {}, {};").format(js.q, js.v) for js in jss])
-    if not jss:  # no live version (cannot happen today: the active one is always live)
-        on_insert = on_delete = on_update = truncate = sql.Composed([sql.SQL("NULL;")])
-    # UPDATE, row-level (update_trigger = "row"): fired only when a key or text column changed
+    # UPDATE, row-level (update_trigger = "row"): fired only when a key or text column changed.
+    # The old key is forgotten only if no row holds it now (AFTER triggers fire once the whole
+    # statement is done): a swap of two keys in one statement keeps both queued.
     old_k = [sql.SQL("OLD.{}").format(c) for c in src_k]
     new_k = [sql.SQL("NEW.{}").format(c) for c in src_k]
     key_changed = sql.SQL(" OR ").join(sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=c) for c in src_k)
-    row_forget = sql.SQL("\n").join(
-        [
-            sql.SQL("DELETE FROM {t} WHERE {m};").format(
-                t=js.q if table == "q" else js.v,
-                m=sql.SQL(" AND ").join(sql.SQL("{} = {}").format(k, o) for k, o in zip(js.k, old_k, strict=True)),
-            )
-            for table in ("q", "v")
-            for js in jss
-        ]
-        + [
-            sql.SQL("DELETE FROM vectorfill.failures WHERE job_id = {j} AND row_key = jsonb_build_array({k});").format(
-                j=job_id, k=sql.SQL(", ").join(old_k)
-            )
-        ]
-    )
-    row_upsert = sql.SQL("\n").join(
-        [
-            sql.SQL(
-                """INSERT INTO {q} ({k}, seq, queued_at) VALUES ({nk}, vf_seq, now())
-                   ON CONFLICT ({k}) DO UPDATE SET seq = EXCLUDED.seq, queued_at = EXCLUDED.queued_at,
-                       lease_until = NULL, claimed_by = NULL, attempts = 0, last_error = NULL;"""
-            ).format(q=js.q, k=js._cols(), nk=sql.SQL(", ").join(new_k))
-            for js in jss
-        ]
-        + [
-            sql.SQL("DELETE FROM vectorfill.failures WHERE job_id = {j} AND row_key = jsonb_build_array({k});").format(
-                j=job_id, k=sql.SQL(", ").join(new_k)
-            )
-        ]
-    )
-    # the old key is forgotten only if no row holds it now (AFTER triggers fire once the whole
-    # statement is done): a swap of two keys in one statement keeps both queued
-    on_update_row: sql.Composable = sql.SQL(
+    on_update_row = sql.SQL(
         """IF ({key_changed}) AND NOT EXISTS (SELECT 1 FROM {src} s WHERE {old_match}) THEN
-             {forget}
+             INSERT INTO {log} (seq, op, {kcols}) VALUES (nextval('vectorfill.queue_seq'), 'D', {old_arrays});
            END IF;
-           vf_seq := nextval('vectorfill.queue_seq');
-           {upsert}"""
+           INSERT INTO {log} (seq, op, {kcols}) VALUES (nextval('vectorfill.queue_seq'), 'I', {new_arrays});"""
     ).format(
         key_changed=key_changed,
         src=sql.Identifier(job.source_schema, job.source_table),
         old_match=sql.SQL(" AND ").join(sql.SQL("s.{c} = OLD.{c}").format(c=c) for c in src_k),
-        forget=row_forget,
-        upsert=row_upsert,
+        log=log,
+        kcols=kcols,
+        old_arrays=sql.SQL(", ").join(sql.SQL("ARRAY[{}]").format(o) for o in old_k),
+        new_arrays=sql.SQL(", ").join(sql.SQL("ARRAY[{}]").format(o) for o in new_k),
     )
-    if not jss:
-        on_update_row = sql.SQL("NULL;")
     body = sql.SQL(
         """
-        DECLARE {declare} vf_seq bigint;
+        DECLARE {declare}
         BEGIN
           IF TG_LEVEL = 'ROW' THEN  -- UPDATE, update_trigger = row
             {on_update_row}
             RETURN NULL;
           END IF;
           IF TG_OP = 'INSERT' THEN
-            vf_seq := nextval('vectorfill.queue_seq');
             {on_insert}
           ELSIF TG_OP = 'UPDATE' THEN
             {on_update}
           ELSIF TG_OP = 'DELETE' THEN
-            PERFORM set_config('enable_seqscan', 'on', true);  -- restored at return (the function's SET)
             {on_delete}
           ELSE
             {truncate}
+            TRUNCATE {log};
             DELETE FROM vectorfill.failures WHERE job_id = {job_id};
           END IF;
           RETURN NULL;
@@ -1028,17 +1127,18 @@ def create_trigger_function(job: Job) -> sql.Composed:
     ).format(
         declare=declare,
         on_update_row=on_update_row,
-        on_insert=on_insert,
+        on_insert=log_all("I", _NEW),
         on_update=on_update,
-        on_delete=on_delete,
+        on_delete=log_all("D", _OLD),
         truncate=truncate,
+        log=log,
         job_id=job_id,
     )
     fn = trigger_function_name(job)
     return sql.SQL(
         """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-           SET enable_mergejoin = off SET enable_seqscan = off SET work_mem = '32MB'
+           SET enable_mergejoin = off SET work_mem = '32MB'
            AS {body};
            COMMENT ON FUNCTION {fn}() IS {comment}"""
     ).format(fn=fn, body=sql.Literal(body.as_string()), comment=sql.Literal(f"vectorfill triggers v{TRIGGER_VERSION}"))
@@ -1121,11 +1221,14 @@ def create_view(job: Job, version: Version) -> sql.Composed:
         keys = sql.SQL(", ").join(
             sql.SQL("v.{} AS {}").format(k, sql.Identifier(c)) for k, c in zip(js.k, job.key_columns, strict=True)
         )
+    # the semi-join hides the vectors of rows deleted whose deletion is still in the change
+    # log (absorbed at the next claim or count): a probe of the source's key per row shown
     return sql.SQL(
         """DROP VIEW IF EXISTS {view};
            CREATE VIEW {view} AS
-           SELECT {keys}, v.chunk_seq, v.chunk, v.embedding, v.model, v.embedded_at FROM {v} v"""
-    ).format(view=view_name(job), keys=keys, v=js.v)
+           SELECT {keys}, v.chunk_seq, v.chunk, v.embedding, v.model, v.embedded_at FROM {v} v
+            WHERE EXISTS (SELECT 1 FROM {src} s WHERE {m})"""
+    ).format(view=view_name(job), keys=keys, v=js.v, src=js.src, m=js._src_match("v"))
 
 
 # ----------------------------------------------------------------- shared rate budgets
@@ -1431,6 +1534,8 @@ def sync_poll(queues: list[JobSQL]) -> sql.Composed:
         sql.SQL("EXISTS (SELECT 1 FROM {q} WHERE lease_until IS NULL OR lease_until < now())").format(q=js.q)
         for js in queues
     ]
+    if queues:  # changes not absorbed yet are work too (the claim absorbs them)
+        exists.append(sql.SQL("EXISTS (SELECT 1 FROM {})").format(log_table(queues[0].job)))
     return sql.SQL(
         """SELECT (SELECT coalesce(string_agg(version::text || ':' || state, ',' ORDER BY version), '')
                      FROM vectorfill.versions WHERE job_id = %(job_id)s){}"""
