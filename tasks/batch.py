@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ __all__ = ["STAGE_DELAYS", "STAGE_RETRIES", "Attempts", "Filled", "Lanes", "batc
 #: The fewest rows one batch task claims (when ``max_inputs`` is smaller, the task sends
 #: several requests), so that Prefect's fixed cost per task run stays small beside the work.
 MIN_TASK_ROWS = 4096
+#: At most this many seconds of the job's request budget (``rpm``) in one batch task: a
+#: rate-limited run then does not hold thousands of rows it can send only minutes later,
+#: while the other runs of a ``--workers`` fan-out find nothing free to claim and stop.
+TASK_BUDGET_S = 10.0
 
 #: Retries of the database stages (the request's are the job's ``retries``).
 STAGE_RETRIES = {"claim": 3, "store": 3}
@@ -308,8 +313,12 @@ async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneC
 
 
 def rows_per_task(settings) -> int:
-    """Rows one batch task claims: a request's worth, and at least :data:`MIN_TASK_ROWS`."""
-    return max(settings.max_inputs, MIN_TASK_ROWS)
+    """Rows one batch task claims: :data:`MIN_TASK_ROWS`, or fewer when ``rpm`` allows fewer
+    requests' worth in :data:`TASK_BUDGET_S`; always at least a request's worth."""
+    rows = MIN_TASK_ROWS
+    if settings.rpm:
+        rows = min(rows, math.ceil(settings.rpm / 60 * TASK_BUDGET_S) * settings.max_inputs)
+    return max(settings.max_inputs, rows)
 
 
 def _severity(exc: BaseException) -> int:
