@@ -3,6 +3,8 @@ both versions kept in step, and the upgrade of jobs made with the older row-leve
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -404,15 +406,15 @@ def test_two_absorbers_never_run_at_once(db):
 
     t = threading.Thread(target=run)
     t.start()
-    with connect(db, autocommit=True) as watcher:  # the second one waits for the lock (no sleep: polled)
+    with connect(db, autocommit=True) as watcher:  # the second one waits for the lock (polled)
         waiting = False
-        for _ in range(10_000):
-            if pids and watcher.execute(
+        deadline = time.monotonic() + 30  # the thread may take a while to connect on a loaded machine
+        while not waiting and time.monotonic() < deadline:
+            waiting = bool(pids) and watcher.execute(
                 "SELECT wait_event_type = 'Lock' AND wait_event = 'advisory' FROM pg_stat_activity WHERE pid = %s",
                 (pids[0],),
-            ).fetchone() == (True,):
-                waiting = True
-                break
+            ).fetchone() == (True,)
+            time.sleep(0.01)
         assert waiting, "the second absorber must wait for the first one's lock"
         assert not second
     first.commit()
