@@ -572,8 +572,10 @@ def test_writes_during_two_concurrent_backfills_end_with_every_rows_own_vector(e
     def write() -> None:
         rnd = random.Random(7)
         next_id, moves = 10_000, 0
+        deadline = time.monotonic() + 6  # writes for 6 s at most: faster than the runs drain, they would never end
         with connect(env.url, autocommit=True) as conn:
-            while not stop.is_set():
+            while not stop.is_set() and time.monotonic() < deadline:
+                time.sleep(0.002)
                 k = rnd.randint(1, 3000)
                 what = rnd.random()
                 if what < 0.4:
