@@ -25,6 +25,8 @@ MAX_WORKERS = 4  # beyond this, workers' session start-up (Postgres, Prefect) ou
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """A worker a core. One more made the whole suite faster (its slow tests mostly wait), but
+    the load it adds made a test that bounds a stop in seconds fail one run in three."""
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
