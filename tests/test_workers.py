@@ -122,32 +122,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and every process descended from it, from /proc (parents before children)."""
-    import os
+def _descendants(pid: int) -> list:
+    """Every process under ``pid`` (psutil, as the local server's code uses it)."""
+    import psutil
 
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-            children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop(0))
-        todo.extend(children.get(tree[-1], []))
-    return tree
-
-
-def _alive(pid: int) -> bool:
-    """Running (not gone and not a zombie waiting for its parent)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(proc) -> bool:
+    """Running: not gone and not a zombie waiting for its parent."""
+    import psutil
+
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -168,12 +159,14 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
     """A Prefect server, a process work pool and two workers, each a process group of its
     own; `--workers 2 --pool`; one worker and its flow run SIGKILLed mid-run, as when its
     machine is lost."""
+    import contextlib
     import os
     import signal
     import subprocess
     import sys
 
     import httpx
+    import psutil
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from conftest import API_KEY, Env
@@ -243,9 +236,7 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
                 )
                 runs = run_on_pool("docs", 2, "vf-test", wait=False)
                 assert len(runs) == 2
-                _wait_for(
-                    "a flow run under each worker", lambda: all(len(_process_tree(w.pid)) > 1 for w in workers), 120
-                )
+                _wait_for("a flow run under each worker", lambda: all(_descendants(w.pid) for w in workers), 120)
                 provider.latency_s = 0.05
                 # past the burst (a minute's budget at once), into the paced part: kill worker 1
                 _wait_for("requests past the burst", lambda: provider.stats()["requests"] >= rpm + 5, 300)
@@ -253,15 +244,13 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
                 # worker starts each flow run in a session of its own (so that a signal to the
                 # worker's group does not reach it): killing the worker's group alone leaves
                 # its flow run working as an orphan, which is no machine's loss.
-                tree = _process_tree(workers[0].pid)
-                assert len(tree) > 1, "worker 1 had taken a flow run"
-                for pid in tree:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                flow_run = _descendants(workers[0].pid)
+                assert flow_run, "worker 1 had taken a flow run"
+                for proc in [psutil.Process(workers[0].pid), *flow_run]:  # the worker first: it cannot react
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        proc.kill()
                 workers[0].wait(10)
-                _wait_for("worker 1's flow run to die", lambda: not any(_alive(pid) for pid in tree[1:]), 10, 0.1)
+                _wait_for("worker 1's flow run to die", lambda: not any(map(_alive, flow_run)), 10, 0.1)
 
                 from prefect.client.orchestration import get_client
 
