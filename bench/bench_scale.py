@@ -2,9 +2,11 @@
 
 On a scratch database (``--db`` server, or an embedded Postgres in a temporary directory)
 it loads ``--rows`` rows (``id bigint, title, body``, ~25 cl100k tokens a row) and times,
-with the real functions the CLI calls:
+in this process with the real functions the CLI calls and, beside them, as the whole
+command a user types (a new process, start-up included):
 
-* ``job create`` (install the triggers and queue every row);
+* ``job create`` (install the triggers and queue every row; the command's run also checks
+  the endpoint, as a user's does, and creates a second job on the table, dropped after);
 * ``vectorfill status`` (:func:`job_status`, median of 3) and one tick of the backfill's
   progress bar (:class:`vectorfill.orchestration.runtime.Progress`);
 * ``vectorfill estimate``;
@@ -57,6 +59,30 @@ def _t(label: str, fn, results: dict):
     return out
 
 
+def _command_env(url: str) -> dict[str, str]:
+    """The environment of a user's command against ``url`` (no Prefect server needed)."""
+    env = dict(os.environ, VECTORFILL_DATABASE_URL=url, VF_BENCH_KEY="sk-bench-any-key")  # the fake takes any key
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _command(label: str, argv: list[str], env: dict[str, str], results: dict, repeat: int = 1) -> None:
+    """``vectorfill ARGV`` as a user runs it (a new process, start-up included); the median
+    of ``repeat`` runs."""
+    cmd = [str(Path(sys.executable).with_name("vectorfill")), *argv]
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+        times.append(time.perf_counter() - t0)
+        if done.returncode != 0:
+            raise SystemExit(
+                f"{' '.join(argv[:2])} exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+    results[label] = statistics.median(times)
+    print(f"{label}: {results[label]:.2f} s", flush=True)
+
+
 def _rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -69,7 +95,7 @@ def _rss_kib(pid: int) -> int | None:
 
 def run(url: str, args: argparse.Namespace) -> None:
     from vectorfill.jobs.estimate import estimate
-    from vectorfill.jobs.registry import create_job, job_status
+    from vectorfill.jobs.registry import create_job, drop_job, job_status
     from vectorfill.orchestration.runtime import Progress
     from vectorfill.storage.db import connect, migrate
 
@@ -108,6 +134,27 @@ def run(url: str, args: argparse.Namespace) -> None:
 
         _t("job create (queue every row)", create, results)
         _exec(url, "VACUUM ANALYZE vectorfill._q_1_1")
+        env = _command_env(url)
+        # the same as a user types it, endpoint check included, as a second job on the table
+        # (dropped after: the first keeps its id, which the queries below name)
+        _command(
+            "`vectorfill job create` command (queue every row)",
+            ["job", "create", f"{JOB}_cli", "--table", "articles", "--template", "{title}\\n\\n{body}"]
+            + [
+                "--model",
+                "fake-embed",
+                "--base-url",
+                fake.base_url,
+                "--api-key-env",
+                "VF_BENCH_KEY",
+                "--dimensions",
+                str(args.dims),
+            ],
+            env,
+            results,
+        )
+        with connect(url) as conn:
+            drop_job(conn, f"{JOB}_cli")
 
         def status():
             times = []
@@ -120,6 +167,7 @@ def run(url: str, args: argparse.Namespace) -> None:
 
         results["status (median of 3, connect included)"] = status()
         print(f"status: {results['status (median of 3, connect included)']:.3f} s", flush=True)
+        _command("`vectorfill status` command (median of 3)", ["status", JOB], env, results, repeat=3)
 
         with connect(url, autocommit=True) as conn:
             progress = Progress(conn, JOB)
@@ -137,6 +185,7 @@ def run(url: str, args: argparse.Namespace) -> None:
 
         e = _t("estimate", est, results)
         print(f"  estimate says {e[0].rows:,} rows, {e[0].tokens:,} tokens", flush=True)
+        _command("`vectorfill estimate` command", ["estimate", JOB], env, results)
 
         if not args.skip_backfill:
             _backfill(url, args, results)
