@@ -109,6 +109,38 @@ def test_commands_racing_to_start_the_local_server_get_one_server(fresh_db, home
     assert STARTED not in again.stderr and [p.pid for p in prefect_servers_of(home)] == [state(home)["pid"]]
 
 
+def test_a_server_of_another_home_on_the_port_is_not_taken_for_ours(fresh_db, home, monkeypatch):
+    """Two homes racing for Prefect's default port (two users, or test workers, on one machine):
+    the one that loses sees the winner's server answer there. It must not record that server
+    as its own (its own died on the port and it would use another home's history): it starts
+    again on a free port."""
+    from vectorfill.local.embeddings_server.serve import ServerThread
+    from vectorfill.orchestration import local_server
+
+    async def health(scope, receive, send):  # another server that answers /api/health
+        if scope["type"] == "http":
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": b"true"})
+        elif scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+
+    monkeypatch.setenv("VECTORFILL_HOME", str(home))
+    home.mkdir()
+    with ServerThread(health) as other:
+        assert answers(f"{other.url}/api")
+        monkeypatch.setattr(local_server, "_pick_port", lambda port: other.port)  # as if it were free when checked
+        server = local_server.ensure(fresh_db, announce=lambda _: None)
+        try:
+            assert server.port != other.port
+            assert local_server._listens(server.pid, server.port) and answers(server.api_url)
+            assert state(home)["pid"] == server.pid and state(home)["port"] == server.port
+        finally:
+            local_server.stop()
+
+
 @pytest.mark.slow
 def test_a_killed_server_is_restarted_by_the_next_command_and_a_stale_state_file_is_ignored(fresh_db, home):
     env = command_env(fresh_db, home)

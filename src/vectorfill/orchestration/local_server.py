@@ -271,11 +271,29 @@ def _pick_port(port: int | None) -> int:
         if not _free(port):
             raise ConfigError(f"port {port} is taken: choose another for the local Prefect server (--port)")
         return port
-    if _free(DEFAULT_PORT):
-        return DEFAULT_PORT
+    return DEFAULT_PORT if _free(DEFAULT_PORT) else _any_free_port()
+
+
+def _any_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its children listens on ``port``."""
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        procs = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.net_connections("tcp")):
+                return True
+    return False
 
 
 def _database(db_url: str, announce: Callable[[str], object]) -> tuple[str, str, str | None]:
@@ -314,11 +332,26 @@ def _embedded_pgdata(db_url: str) -> str | None:
     return str(st.data_dir) if socket_of(db_url) and socket_of(db_url) == socket_of(st.url) else None
 
 
+class _PortTaken(Exception):
+    """Another process took the port between our check and the server's bind."""
+
+
 def _start(db_url: str, port: int | None, announce: Callable[[str], object]) -> LocalServer:
+    database_url, database, pgdata = _database(db_url, announce)
+    try:
+        return _launch(database_url, database, pgdata, _pick_port(port), announce)
+    except _PortTaken:
+        if port is not None:
+            raise ConfigError(f"port {port} is taken: choose another for the local Prefect server (--port)") from None
+        # another home's server (or anything else) took the default port meanwhile: any free one
+        return _launch(database_url, database, pgdata, _any_free_port(), announce)
+
+
+def _launch(
+    database_url: str, database: str, pgdata: str | None, port: int, announce: Callable[[str], object]
+) -> LocalServer:
     import psutil
 
-    database_url, database, pgdata = _database(db_url, announce)
-    port = _pick_port(port)
     api_url = f"http://127.0.0.1:{port}/api"
     log = log_path()
     from vectorfill.orchestration.runtime import PREFECT_DEFAULTS
@@ -351,8 +384,11 @@ def _start(db_url: str, port: int | None, announce: Callable[[str], object]) -> 
             close_fds=True,
         )
     deadline = started + _START_TIMEOUT_S
-    while not healthy(api_url, timeout=1.0):
+    # healthy, and ours: a server of another VECTORFILL_HOME that took the port first answers too
+    while not (healthy(api_url, timeout=1.0) and _listens(process.pid, port)):
         if process.poll() is not None:
+            if not _free(port):
+                raise _PortTaken(port)
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
             raise DatabaseError(f"the local Prefect server exited with status {process.returncode}: {tail}")
         if time.monotonic() > deadline:
