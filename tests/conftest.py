@@ -17,7 +17,8 @@ from psycopg import sql
 # --- Running the suite in parallel -------------------------------------------------------------
 # `pytest` runs on every core (pytest-xdist, `-n auto` in pyproject.toml; `-n 0` runs in this
 # process). Each worker has a session of its own: its own embedded Postgres, template databases,
-# Prefect server and fake providers, so no test shares state with a test on another worker.
+# Prefect server and fake providers, so no test shares state with a test on another worker
+# (see "State and the session's servers" below).
 # Modules whose module-scoped fixture is dear (the MiniLM model, a Postgres data directory) are
 # kept on one worker each (`xdist_group`, honoured by `--dist loadgroup`).
 
@@ -30,32 +31,107 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
+PREFECT_FIXTURES = frozenset({"prefect_server", "local_prefect_home"})
+
+
+def _needs_prefect(item: pytest.Item) -> bool:
+    return not PREFECT_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests first (a stable sort): the long ones start early and overlap with the many
-    short ones, instead of one of them starting last and keeping a worker busy alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    short ones, instead of one of them starting last and keeping a worker busy alone. Among
+    the short ones, those that need no Prefect server come first, while it starts.
+
+    Then, when a collected test needs the session's servers, start them in the background."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, _needs_prefect(item)))
+    if not config.option.collectonly and any(_needs_prefect(item) for item in items):
+        _start_session_servers(config)
 
 
-# --- State ------------------------------------------------------------------------------------
-# Nothing a test runs writes to the developer's VECTORFILL_HOME: the session has one of its own
-# (per worker), and a local Prefect server something started there is stopped at the end.
+# --- State and the session's servers -----------------------------------------------------------
+# Nothing a test runs writes to the developer's VECTORFILL_HOME: each worker (or the one process
+# without xdist) has a home of its own, made when it starts. There, as a user's first command
+# does, one background `vectorfill runs` starts the embedded Postgres and the local Prefect
+# server (its history in Postgres) while collection ends and the first tests, which need neither,
+# run. Every test of the worker then uses that one Prefect server: flows run in-process
+# (`prefect_server`) and `vectorfill` commands run as subprocesses (`local_prefect_home`) alike.
+# At the end, `vectorfill stop` there stops both.
+
+_HOME_KEY = pytest.StashKey[Path]()
+_HOME_BEFORE_KEY = pytest.StashKey["str | None"]()
+_STARTER_KEY = pytest.StashKey["subprocess.Popen[bytes]"]()
+_HISTORY_DB_KEY = pytest.StashKey[str]()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def session_home() -> Iterator[Path]:
-    home = Path(tempfile.mkdtemp(prefix="vf-test-session-"))
-    before = os.environ.get("VECTORFILL_HOME")
+def _runs_tests(config: pytest.Config) -> bool:
+    """False in xdist's controller, which only hands tests to its workers."""
+    return hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _runs_tests(config):
+        return
+    home = Path(tempfile.mkdtemp(prefix="vf-test-session-"))  # in /tmp: a short socket path
+    config.stash[_HOME_KEY] = home
+    config.stash[_HOME_BEFORE_KEY] = os.environ.get("VECTORFILL_HOME")
     os.environ["VECTORFILL_HOME"] = str(home)
-    try:
-        yield home
-    finally:
-        if (home / "prefect-local.json").exists():
-            stop_local_prefect(home)
-        if before is None:
-            os.environ.pop("VECTORFILL_HOME", None)
-        else:
-            os.environ["VECTORFILL_HOME"] = before
-        shutil.rmtree(home, ignore_errors=True)
+
+
+def _home_env(home: Path) -> dict[str, str]:
+    """A `vectorfill` command's environment with ``home`` as its VECTORFILL_HOME."""
+    env = dict(os.environ, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    url = os.environ.get(TEST_DATABASE_URL_ENV)
+    if url:
+        env["VECTORFILL_DATABASE_URL"] = url
+    else:
+        env.pop("VECTORFILL_DATABASE_URL", None)  # the embedded Postgres in ``home``
+    return env
+
+
+def _start_session_servers(config: pytest.Config) -> None:
+    home = config.stash.get(_HOME_KEY, None)
+    if home is None or _STARTER_KEY in config.stash or os.environ.get(TEST_DATABASE_URL_ENV):
+        return  # with a server of the developer's, `prefect_server` starts Prefect's on first need
+    import subprocess
+    import sys
+
+    log = open(home / "session-servers.log", "wb")  # noqa: SIM115 -- the starter writes it until it exits
+    config.stash[_STARTER_KEY] = subprocess.Popen(
+        [sys.executable, "-m", "vectorfill.cli", "runs"],
+        env=_home_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the session's servers (here, not at unconfigure: xdist's controller may end a
+    worker as soon as it reports its session finished)."""
+    config = session.config
+    home = config.stash.get(_HOME_KEY, None)
+    if home is None:
+        return
+    starter = config.stash.get(_STARTER_KEY, None)
+    if starter is not None and starter.poll() is None:
+        starter.wait(timeout=300)
+    if (home / "prefect-local.json").exists() or (home / "pgdata").exists():
+        stop_local_prefect(home, config.stash.get(_HISTORY_DB_KEY, None))
+    before = config.stash[_HOME_BEFORE_KEY]
+    if before is None:
+        os.environ.pop("VECTORFILL_HOME", None)
+    else:
+        os.environ["VECTORFILL_HOME"] = before
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_home(pytestconfig: pytest.Config) -> Path:
+    """This worker's VECTORFILL_HOME, where its embedded Postgres and Prefect server run."""
+    return pytestconfig.stash[_HOME_KEY]
 
 
 # --- Postgres ---------------------------------------------------------------------------------
@@ -73,7 +149,7 @@ def database_url(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def pg_url(session_home: Path) -> Iterator[str]:
     """URL of a database with the vector extension, for the whole test session."""
     url = os.environ.get(TEST_DATABASE_URL_ENV)
     if url:
@@ -86,14 +162,9 @@ def pg_url() -> Iterator[str]:
 
     from vectorfill.local import pgembedded
 
-    # mkdtemp in /tmp keeps the socket path short; pytest's tmp dirs are removed only later
-    root = Path(tempfile.mkdtemp(prefix="vectorfill-test-pg-"))
-    data_dir = root / "pgdata"
-    try:
-        yield pgembedded.start(data_dir)
-    finally:
-        pgembedded.stop(data_dir)
-        shutil.rmtree(root, ignore_errors=True)
+    # the session home's (started by the background `vectorfill runs`, or now: starts are
+    # safe from several processes at once); stopped with the Prefect server at the end
+    yield pgembedded.start(session_home / "pgdata")
 
 
 # Templates, made once per session (as psycopg's tests do): a database is cloned from one in
@@ -155,7 +226,8 @@ def migrated_db(pg_url: str, db_templates: dict[str, str]) -> Iterator[str]:
 
 
 # --- Prefect ----------------------------------------------------------------------------------
-# One temporary Prefect server for the whole session; flows run through it for real.
+# The worker's local Prefect server (see "State and the session's servers"); flows run through
+# it for real.
 
 from vectorfill.orchestration.runtime import prefect_defaults  # noqa: E402
 
@@ -163,15 +235,36 @@ prefect_defaults(use_served=False)  # never a developer's running `vectorfill se
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[str]:
-    """The session's Prefect server; its API URL. Subprocesses that run flows get it as
-    ``PREFECT_API_URL`` (as a user's runs reuse a running server), so that none of them
-    pays for starting a temporary server of its own."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(pg_url: str, session_home: Path, pytestconfig: pytest.Config) -> Iterator[str]:
+    """The session's Prefect server; its API URL, in force for this process's flows as
+    Prefect's test harness does it. Subprocesses that run flows get it as ``PREFECT_API_URL``
+    (as a user's runs reuse a running server), so that none of them pays for starting a
+    temporary server of its own."""
+    import prefect.context
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
+    from vectorfill.orchestration import local_server
+
+    history_beside = pg_url
+    if os.environ.get(TEST_DATABASE_URL_ENV):  # a server the workers share: a history database each
+        history_beside = _create_database(pg_url, f"vf_session_{uuid.uuid4().hex[:12]}")
+        pytestconfig.stash[_HISTORY_DB_KEY] = history_beside
+    # waits for the background start (it holds the server's lock), or starts it if that failed
+    api_url = local_server.ensure(history_beside, announce=lambda _: None).api_url
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()),
+    ):
+        yield api_url
+        APILogWorker.drain_all(timeout=10)  # what runs logged, before the server stops
+
+
+@pytest.fixture(scope="session")
+def local_prefect_home(prefect_server: str, session_home: Path) -> Path:
+    """The VECTORFILL_HOME of the session's CLI tests: a `vectorfill` command run there with no
+    PREFECT_API_URL finds the local Prefect server running, as a user's second command does."""
+    return session_home
 
 
 def expire_leases(url: str, queue: str = "vectorfill._q_1_1") -> int:
@@ -300,7 +393,8 @@ def env(migrated_db, provider, prefect_server, monkeypatch) -> Env:
 
 def stop_local_prefect(home: Path, db_url: str | None = None) -> None:
     """`vectorfill stop` in ``home`` (the local Prefect server, and an embedded Postgres if one
-    runs there), then drop the Prefect database the server kept beside ``db_url``."""
+    runs there), then drop the Prefect database the server kept beside ``db_url``, and, if it
+    is one of the session's, ``db_url``'s own."""
     import subprocess
     import sys
 
@@ -311,25 +405,7 @@ def stop_local_prefect(home: Path, db_url: str | None = None) -> None:
         name = (urlsplit(db_url).path.lstrip("/") or "postgres") + "_prefect"
         with psycopg.connect(database_url(db_url, "postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture(scope="session")
-def local_prefect_home(pg_url: str) -> Iterator[Path]:
-    """A VECTORFILL_HOME shared by the session's CLI tests, its local Prefect server started
-    once (history in ``<test database>_prefect``) and stopped at the end of the session."""
-    import subprocess
-    import sys
-
-    home = Path(tempfile.mkdtemp(prefix="vf-test-home-"))
-    env = dict(
-        os.environ, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"), VECTORFILL_DATABASE_URL=pg_url
-    )
-    env.pop("PREFECT_API_URL", None)
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "vectorfill.cli", "runs"], env=env, capture_output=True, timeout=400, check=True
-        )
-        yield home
-    finally:
-        stop_local_prefect(home, pg_url)
-        shutil.rmtree(home, ignore_errors=True)
+            if name.startswith("vf_session_"):
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name[: -len("_prefect")]))
+                )
