@@ -114,14 +114,6 @@ def test_jobs_side_by_side_one_failing_does_not_stall_the_other(env, monkeypatch
 # --- real workers -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _descendants(pid: int) -> list:
     """Every process under ``pid`` (psutil, as the local server's code uses it)."""
     import psutil
@@ -155,17 +147,17 @@ def _wait_for(what: str, check, timeout: float, every: float = 0.5):
 
 
 @pytest.mark.slow
-def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(fresh_db, tmp_path):
-    """A Prefect server, a process work pool and two workers, each a process group of its
-    own; `--workers 2 --pool`; one worker and its flow run SIGKILLed mid-run, as when its
-    machine is lost."""
+def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(fresh_db, tmp_path, prefect_server):
+    """The session's Prefect server, a process work pool of this test's and two workers, each a
+    process group of its own; `--workers 2 --pool`; one worker and its flow run SIGKILLed
+    mid-run, as when its machine is lost."""
     import contextlib
     import os
     import signal
     import subprocess
     import sys
+    import uuid
 
-    import httpx
     import psutil
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -176,14 +168,12 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
 
     migrate(fresh_db)
     bin_dir = os.path.dirname(sys.executable)
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
+    api = prefect_server
+    pool = f"vf-test-{uuid.uuid4().hex[:8]}"
     base_env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # workers take their flow runs within seconds
         "VECTORFILL_DATABASE_URL": fresh_db,
@@ -206,23 +196,14 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
     rows, max_inputs, concurrency, rpm, tpm = 4_000, 50, 2, 60, 240_000  # 80 requests: 60 at once, then 1 a second
     with FakeProvider(dimensions=32, api_key=API_KEY, rpm=rpm, tpm=tpm) as provider:
         try:
-            start(["server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
-
-            def healthy():
-                try:
-                    return httpx.get(f"{api}/health", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            _wait_for("the Prefect server", healthy, 240, 1.0)
             subprocess.run(
-                [os.path.join(bin_dir, "prefect"), "work-pool", "create", "vf-test", "--type", "process"],
+                [os.path.join(bin_dir, "prefect"), "work-pool", "create", pool, "--type", "process"],
                 env=base_env,
                 check=True,
                 capture_output=True,
             )
             workers = [
-                start(["worker", "start", "--pool", "vf-test", "--limit", "1", "--name", f"w{i}"], f"worker{i}.log")
+                start(["worker", "start", "--pool", pool, "--limit", "1", "--name", f"w{i}"], f"worker{i}.log")
                 for i in (1, 2)
             ]
             env = Env(fresh_db, provider)
@@ -234,7 +215,7 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
                 provider.latency_s = (
                     2.0  # slow until both flow runs are up, so that the first cannot drain the queue alone
                 )
-                runs = run_on_pool("docs", 2, "vf-test", wait=False)
+                runs = run_on_pool("docs", 2, pool, wait=False)
                 assert len(runs) == 2
                 _wait_for("a flow run under each worker", lambda: all(_descendants(w.pid) for w in workers), 120)
                 provider.latency_s = 0.05
@@ -267,7 +248,7 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
                 assert survivor > 0, "both runs had rows to embed (the survivor's message: rows embedded)"
                 with env.connect() as conn:  # the dead run's leases: expired now, not after lease_s
                     conn.execute("UPDATE vectorfill._q_1_1 SET lease_until = now() - interval '1 second'")
-                again = run_on_pool("docs", 1, "vf-test", wait=True, timeout_s=600)
+                again = run_on_pool("docs", 1, pool, wait=True, timeout_s=600)
                 assert [r.state for r in again] == ["Completed"]
         finally:
             for p in procs:
