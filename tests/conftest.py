@@ -267,6 +267,22 @@ def local_prefect_home(prefect_server: str, session_home: Path) -> Path:
     return session_home
 
 
+@pytest.fixture
+def served_on_session_server(prefect_server: str) -> Iterator[str]:
+    """The session's Prefect server, for a test that serves deployments there (`vectorfill
+    serve`, a work pool's): afterwards every deployment and automation on it is deleted, so
+    that a later test's event (a CLI `set-model`) cannot start a run of them, nor a later
+    `serve` on this server pick up a run left scheduled."""
+    yield prefect_server
+    import httpx
+
+    # the REST API itself: Prefect 3.8.8's sync client sends a filter its own server refuses
+    with httpx.Client(base_url=prefect_server, timeout=30) as api:
+        for kind in ("automations", "deployments"):
+            for item in api.post(f"/{kind}/filter", json={"limit": 200}).raise_for_status().json():
+                api.delete(f"/{kind}/{item['id']}").raise_for_status()
+
+
 def expire_leases(url: str, queue: str = "vectorfill._q_1_1") -> int:
     """End every lease on ``queue`` now, as if its time had passed (instead of sleeping
     through it): a dead worker's rows become free for the next claim."""

@@ -44,11 +44,12 @@ def free_port() -> int:
 
 
 class Served:
-    """`vectorfill serve` in a subprocess, and its Prefect API."""
+    """`vectorfill serve` in a subprocess, and its Prefect API: the PREFECT_API_URL of ``env``,
+    else the local server it starts on ``port``."""
 
     def __init__(self, env: dict, port: int, log, *args: str) -> None:
         self.env, self.port, self.log = env, port, log
-        self.api = f"http://127.0.0.1:{port}/api"
+        self.api = env.get("PREFECT_API_URL") or f"http://127.0.0.1:{port}/api"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vectorfill.cli", "serve", "--port", str(port), *args],
             env=env,
@@ -238,9 +239,12 @@ def test_prefect_yaml_declares_what_serve_serves():
     assert served["backfill-docs"].parameters == {"job": "docs"}
 
 
-def test_a_run_cancelled_from_prefect_stops_within_seconds_and_gives_its_claims_back(fresh_db, tmp_path):
+def test_a_run_cancelled_from_prefect_stops_within_seconds_and_gives_its_claims_back(
+    fresh_db, tmp_path, served_on_session_server
+):
     with FakeProvider(dimensions=32, api_key=API_KEY, latency_s=0.3) as slow:
         env = job_on_articles(fresh_db, tmp_path, slow.base_url, 4000, "--max-inputs", "20", "--concurrency", "2")
+        env["PREFECT_API_URL"] = served_on_session_server  # the session's server: serve starts none
         log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 -- the served process writes to it until stopped
         served = Served(env, free_port(), log)
         try:

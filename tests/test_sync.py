@@ -338,7 +338,7 @@ def test_sync_rolls_over_to_a_new_run_per_window_and_each_summarises_its_own(env
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, prefect_server):
+def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, served_on_session_server):
     import signal
 
     from test_serve import Served, free_port, job_on_articles
@@ -354,7 +354,7 @@ def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, 
         )
         log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 -- the served process writes to it until stopped
         # the test session's Prefect server: serve starts none (and leaves none behind)
-        served = Served({**env, "PREFECT_API_URL": prefect_server}, free_port(), log, "--sync", "--cron", "")
+        served = Served({**env, "PREFECT_API_URL": served_on_session_server}, free_port(), log, "--sync", "--cron", "")
         try:
 
             def mid_batch() -> bool:
@@ -385,15 +385,13 @@ def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_path):
+def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_path, served_on_session_server):
     """A crash (SIGKILL) leaves the claims leased; a restarted `serve --sync` takes them over
     once their leases expire, and every row ends right, as after a crashed backfill."""
     import os
     import signal
     import subprocess
     import sys
-
-    from prefect.settings import PREFECT_API_URL
 
     env.make_table(300)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1, "lease_s": 10})
@@ -402,7 +400,7 @@ def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_p
         os.environ,
         VECTORFILL_DATABASE_URL=env.url,
         VF_TEST_API_KEY=API_KEY,
-        PREFECT_API_URL=PREFECT_API_URL.value(),  # the test session's server: serve starts none
+        PREFECT_API_URL=served_on_session_server,  # the test session's server: serve starts none
         PREFECT_HOME=str(tmp_path / "prefect"),
         VECTORFILL_HOME=str(tmp_path / "home"),
     )

@@ -147,7 +147,9 @@ def _wait_for(what: str, check, timeout: float, every: float = 0.5):
 
 
 @pytest.mark.slow
-def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(fresh_db, tmp_path, prefect_server):
+def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
+    fresh_db, tmp_path, served_on_session_server
+):
     """The session's Prefect server, a process work pool of this test's and two workers, each a
     process group of its own; `--workers 2 --pool`; one worker and its flow run SIGKILLed
     mid-run, as when its machine is lost."""
@@ -168,7 +170,7 @@ def test_two_real_workers_one_killed_every_row_once_and_right_within_the_limits(
 
     migrate(fresh_db)
     bin_dir = os.path.dirname(sys.executable)
-    api = prefect_server
+    api = served_on_session_server
     pool = f"vf-test-{uuid.uuid4().hex[:8]}"
     base_env = {
         **os.environ,
