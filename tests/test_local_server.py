@@ -186,7 +186,7 @@ def test_with_prefect_api_url_set_nothing_is_started(fresh_db, home, prefect_ser
     from prefect.settings import PREFECT_API_URL
 
     env = command_env(fresh_db, home)
-    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the test harness's server
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the session's server (another home's)
     assert isinstance(json.loads(vf(env, "runs", "--json").stdout), list)
     assert not (home / "prefect-local.json").exists() and prefect_servers_of(home) == []
 
