@@ -281,7 +281,8 @@ def _any_free_port() -> int:
 
 
 def _listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` or one of its children listens on ``port``."""
+    """Whether process ``pid`` or one of its children listens on ``port`` (True when the
+    system will not say: then an answer on the port is all there is to go by)."""
     import psutil
 
     try:
@@ -290,9 +291,13 @@ def _listens(pid: int, port: int) -> bool:
     except psutil.Error:
         return False
     for p in procs:
-        with contextlib.suppress(psutil.Error):
+        try:
             if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.net_connections("tcp")):
                 return True
+        except psutil.AccessDenied:
+            return True
+        except psutil.Error:
+            continue
     return False
 
 
