@@ -226,6 +226,7 @@ def test_tricky_texts_over_the_limit_are_truncated_token_exactly_and_the_rest_se
 
 
 @pytest.mark.local_model
+@pytest.mark.xdist_group("minilm")  # beside test_server's model: torch is imported once
 def test_the_bundled_minilm_is_counted_and_truncated_exactly_as_its_server_counts():
     """all-MiniLM-L6-v2's counts are the local server's own usage, special tokens included,
     and truncation keeps an original prefix that the server accepts (<= 256 tokens)."""
