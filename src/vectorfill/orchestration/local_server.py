@@ -269,9 +269,13 @@ def _free(port: int) -> bool:
 def _pick_port(port: int | None) -> int:
     if port is not None:
         if not _free(port):
-            raise ConfigError(f"port {port} is taken: choose another for the local Prefect server (--port)")
+            raise _port_taken(port)
         return port
     return DEFAULT_PORT if _free(DEFAULT_PORT) else _any_free_port()
+
+
+def _port_taken(port: int) -> ConfigError:
+    return ConfigError(f"port {port} is taken: choose another for the local Prefect server (--port)")
 
 
 def _any_free_port() -> int:
@@ -280,17 +284,23 @@ def _any_free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _process_tree(pid: int) -> list:
+    """Process ``pid`` and all its descendants (psutil processes); [] when it is gone."""
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        return [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def _listens(pid: int, port: int) -> bool:
     """Whether process ``pid`` or one of its children listens on ``port`` (True when the
     system will not say: then an answer on the port is all there is to go by)."""
     import psutil
 
-    try:
-        leader = psutil.Process(pid)
-        procs = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return False
-    for p in procs:
+    for p in _process_tree(pid):
         try:
             if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in p.net_connections("tcp")):
                 return True
@@ -347,7 +357,7 @@ def _start(db_url: str, port: int | None, announce: Callable[[str], object]) -> 
         return _launch(database_url, database, pgdata, _pick_port(port), announce)
     except _PortTaken:
         if port is not None:
-            raise ConfigError(f"port {port} is taken: choose another for the local Prefect server (--port)") from None
+            raise _port_taken(port) from None
         # another home's server (or anything else) took the default port meanwhile: any free one
         return _launch(database_url, database, pgdata, _any_free_port(), announce)
 
@@ -423,10 +433,8 @@ def _terminate(pid: int) -> None:
     then SIGKILL after :data:`_STOP_TIMEOUT_S`. Leaves no process behind."""
     import psutil
 
-    try:
-        leader = psutil.Process(pid)
-        procs = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
+    procs = _process_tree(pid)
+    if not procs:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in procs:
