@@ -235,7 +235,7 @@ prefect_defaults(use_served=False)  # never a developer's running `vectorfill se
 
 
 @pytest.fixture(scope="session")
-def prefect_server(pg_url: str, session_home: Path, pytestconfig: pytest.Config) -> Iterator[str]:
+def prefect_server(pg_url: str, pytestconfig: pytest.Config) -> Iterator[str]:
     """The session's Prefect server; its API URL, in force for this process's flows as
     Prefect's test harness does it. Subprocesses that run flows get it as ``PREFECT_API_URL``
     (as a user's runs reuse a running server), so that none of them pays for starting a
@@ -414,14 +414,12 @@ def stop_local_prefect(home: Path, db_url: str | None = None) -> None:
     import subprocess
     import sys
 
-    env = dict(os.environ, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
-    env.pop("PREFECT_API_URL", None)
-    subprocess.run([sys.executable, "-m", "vectorfill.cli", "stop"], env=env, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "vectorfill.cli", "stop"], env=_home_env(home), capture_output=True, timeout=120
+    )
     if db_url:
-        name = (urlsplit(db_url).path.lstrip("/") or "postgres") + "_prefect"
-        with psycopg.connect(database_url(db_url, "postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            if name.startswith("vf_session_"):
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name[: -len("_prefect")]))
-                )
+        own = urlsplit(db_url).path.lstrip("/") or "postgres"
+        maintenance = database_url(db_url, "postgres")
+        _drop_database(maintenance, own + "_prefect")
+        if own.startswith("vf_session_"):
+            _drop_database(maintenance, own)
