@@ -59,6 +59,9 @@ def _t(label: str, fn, results: dict):
     return out
 
 
+VECTORFILL = str(Path(sys.executable).with_name("vectorfill"))  # the command a user types
+
+
 def _command_env(url: str) -> dict[str, str]:
     """The environment of a user's command against ``url`` (no Prefect server needed)."""
     env = dict(os.environ, VECTORFILL_DATABASE_URL=url, VF_BENCH_KEY="sk-bench-any-key")  # the fake takes any key
@@ -69,7 +72,7 @@ def _command_env(url: str) -> dict[str, str]:
 def _command(label: str, argv: list[str], env: dict[str, str], results: dict, repeat: int = 1) -> None:
     """``vectorfill ARGV`` as a user runs it (a new process, start-up included); the median
     of ``repeat`` runs."""
-    cmd = [str(Path(sys.executable).with_name("vectorfill")), *argv]
+    cmd = [VECTORFILL, *argv]
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -216,10 +219,8 @@ def _backfill(url: str, args: argparse.Namespace, results: dict) -> None:
     # a home of its own: the local Prefect server it starts keeps its history in this scratch
     # server, so it is stopped below, not left to the user's later commands
     home = Path(tempfile.mkdtemp(prefix="vf-bench-scale-home-"))
-    env = dict(os.environ, VECTORFILL_DATABASE_URL=url, VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
-    env.pop("PREFECT_API_URL", None)
-    vectorfill = str(Path(sys.executable).with_name("vectorfill"))
-    cmd = [vectorfill, "backfill", JOB, "--max-rows", str(target)]
+    env = dict(_command_env(url), VECTORFILL_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
+    cmd = [VECTORFILL, "backfill", JOB, "--max-rows", str(target)]
     samples: list[tuple[float, int, int | None]] = []
     with psycopg.connect(url, autocommit=True) as conn:
         start_pending = conn.execute("SELECT count(*) FROM vectorfill._q_1_1").fetchone()[0]
@@ -242,7 +243,7 @@ def _backfill(url: str, args: argparse.Namespace, results: dict) -> None:
         stop.set()
         th.join()
     wall = time.perf_counter() - t0
-    subprocess.run([vectorfill, "stop"], env=env, capture_output=True, timeout=120)
+    subprocess.run([VECTORFILL, "stop"], env=env, capture_output=True, timeout=120)
     shutil.rmtree(home, ignore_errors=True)
     results[f"backfill {target:,} rows (CLI process, start-up included)"] = wall
     print(f"backfill exit {rc}, {wall:.1f} s (log: {log})", flush=True)
