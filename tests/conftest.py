@@ -27,8 +27,21 @@ MAX_WORKERS = 4  # beyond this, workers' session start-up (Postgres, Prefect) ou
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """A worker a core. One more made the whole suite faster (its slow tests mostly wait), but
-    the load it adds made a test that bounds a stop in seconds fail one run in three."""
+    the load it adds made a test that bounds a stop in seconds fail one run in three.
+
+    None for the unit tier alone (`pytest tests/unit`, `pytest -m unit`): its tests take
+    about as long as starting one worker does, so they run in this process."""
+    if _unit_tier_only(config):
+        return 0
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def _unit_tier_only(config: pytest.Config) -> bool:
+    if config.option.markexpr.strip() == "unit":
+        return True
+    where = config.invocation_params.dir
+    paths = [where / arg.split("::")[0] for arg in config.args]
+    return bool(paths) and all(tier_of(path) == "unit" for path in paths)
 
 
 PREFECT_FIXTURES = frozenset({"prefect_server", "local_prefect_home"})
@@ -38,15 +51,101 @@ def _needs_prefect(item: pytest.Item) -> bool:
     return not PREFECT_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+# --- Tiers ------------------------------------------------------------------------------------
+# A test's tier is the directory it lives in, and each tier is one command (see the README's
+# "Development"): `pytest tests/unit`, `pytest tests/integration`, `pytest tests/e2e`, or the
+# marker of the same name (`pytest -m "not e2e"`), which is added here to every test of the
+# directory.
+#   unit         no Postgres, no Prefect server, no subprocess, no socket: pure functions, the
+#                client on httpx's MockTransport, the rate limiter on a fake clock, `task.fn()`
+#   integration  a real Postgres and the session's Prefect server, flows run in this process,
+#                fake providers on loopback
+#   e2e          `vectorfill` commands as subprocesses, servers, workers
+# A test in tests/unit that asks for a fixture of the session's servers is refused at
+# collection, and one that starts a subprocess or opens a socket fails, naming the call: the
+# unit tier stays seconds long. Test modules are found by their base name (pytest's
+# "prepend" import mode; no __init__.py), so two modules of the tree cannot share one.
+
+TESTS_DIR = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e")
+
+# what a unit test may not ask for: fixtures that start (or wait for) the session's embedded
+# Postgres or Prefect server, and the fake provider's HTTP server
+SERVER_FIXTURES = frozenset({"pg_url", "session_home", "provider"}) | PREFECT_FIXTURES
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier of ``path`` (a test module or a directory): its first directory under tests/,
+    if that is a tier's."""
+    try:
+        parts = path.resolve().relative_to(TESTS_DIR).parts
+    except ValueError:
+        return None
+    return parts[0] if parts and parts[0] in TIERS else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Around the other hooks: mark each test with its directory's tier first, so that `-m`
+    selects by it. Then, once `-m` and `-k` have deselected, sort the tests and start the
+    session's servers if a selected test needs them (`pytest tests/unit`, `pytest -m unit`
+    start none)."""
+    _mark_tiers(items)
+    yield
+    _order_and_start_servers(config, items)
+
+
+def _mark_tiers(items: list[pytest.Item]) -> None:
+    refused = []
+    for item in items:
+        tier = tier_of(item.path)
+        if tier is None:
+            continue
+        item.add_marker(tier)
+        if tier == "unit":
+            servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            if servers:
+                refused.append(f"{item.nodeid} uses {', '.join(sorted(servers))}")
+    if refused:
+        raise pytest.UsageError(
+            "unit tests need no server; move these to tests/integration or tests/e2e:\n  " + "\n  ".join(refused)
+        )
+
+
+def _order_and_start_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests first (a stable sort): the long ones start early and overlap with the many
     short ones, instead of one of them starting last and keeping a worker busy alone. Among
     the short ones, those that need no Prefect server come first, while it starts.
 
-    Then, when a collected test needs the session's servers, start them in the background."""
+    Then, when a selected test needs the session's servers, start them in the background."""
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, _needs_prefect(item)))
     if not config.option.collectonly and any(_needs_prefect(item) for item in items):
         _start_session_servers(config)
+
+
+class _NotInUnitTests(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_isolation(request: pytest.FixtureRequest) -> None:
+    """In tests/unit, starting a subprocess or connecting a socket fails the test."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    import socket
+    import subprocess
+
+    def refuse(what: str):
+        def call(*args: object, **kwargs: object):
+            raise _NotInUnitTests(f"a unit test may not {what}: move it to tests/integration or tests/e2e")
+
+        return call
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("start a subprocess"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect a socket (use httpx.MockTransport)"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect a socket (use httpx.MockTransport)"))
+    monkeypatch.setattr(socket, "create_connection", refuse("connect a socket (use httpx.MockTransport)"))
 
 
 # --- State and the session's servers -----------------------------------------------------------
