@@ -87,25 +87,24 @@ def tier_of(path: Path) -> str | None:
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Around the other hooks: mark each test with its directory's tier first, so that `-m`
-    selects by it. Then, once `-m` and `-k` have deselected, sort the tests and start the
-    session's servers if a selected test needs them (`pytest tests/unit`, `pytest -m unit`
-    start none)."""
-    _mark_tiers(items)
+    selects by it. Then, once `-m`, `-k` and `--deselect` have deselected, refuse unit tests
+    that ask for a server, sort the tests and start the session's servers if a selected
+    test needs them (`pytest tests/unit`, `pytest -m unit` start none)."""
+    for item in items:
+        tier = tier_of(item.path)
+        if tier is not None:
+            item.add_marker(tier)
     yield
+    _refuse_servers_in_unit_tests(items)
     _order_and_start_servers(config, items)
 
 
-def _mark_tiers(items: list[pytest.Item]) -> None:
+def _refuse_servers_in_unit_tests(items: list[pytest.Item]) -> None:
     refused = []
     for item in items:
-        tier = tier_of(item.path)
-        if tier is None:
-            continue
-        item.add_marker(tier)
-        if tier == "unit":
-            servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-            if servers:
-                refused.append(f"{item.nodeid} uses {', '.join(sorted(servers))}")
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if servers and item.get_closest_marker("unit") is not None:
+            refused.append(f"{item.nodeid} uses {', '.join(sorted(servers))}")
     if refused:
         raise pytest.UsageError(
             "unit tests need no server; move these to tests/integration or tests/e2e:\n  " + "\n  ".join(refused)
