@@ -43,6 +43,11 @@ import numpy as np
 import orjson
 from prefect import task
 
+from vectorfill.engine.claim import Item
+from vectorfill.engine.counts import Counts
+from vectorfill.engine.embed import Embedded
+from vectorfill.engine.prepare import Prepared
+from vectorfill.engine.store import store_batch
 from vectorfill.errors import ProviderError, TransientProviderError
 from vectorfill.jobs.registry import load_job
 from vectorfill.provider.batches import ACTIVE, BatchesClient, BatchInfo, BatchLine, failure_code, parse_lines
@@ -52,15 +57,11 @@ from vectorfill.records import Job
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect, scalar
 
-from .claim import Item
 from .common import TASK_OPTIONS, Work, database_url
-from .embed import Embedded
-from .fill import _zero_totals
-from .prepare import Prepared, prepare_run
-from .store import store_batch
-from .submit import BATCH_LEASE_S, batch_lock, submit_batches
+from .prepare import prepare_run
+from .submit import BATCH_LEASE_S, Submitted, batch_lock, submit_batches
 
-__all__ = ["RESUBMIT_ROUNDS", "Collected", "add_batch_totals", "batch_round", "collect_batches"]
+__all__ = ["RESUBMIT_ROUNDS", "Collected", "batch_counts", "batch_round", "collect_batches"]
 
 #: How often a waiting batch run submits again the rows its batches gave back.
 RESUBMIT_ROUNDS = 3
@@ -98,45 +99,47 @@ class Collected:
 
         return Collected(**{f.name: add(f.name) for f in dataclasses.fields(self)})
 
+    def counts(self) -> Counts:
+        """These figures as the run's counts (the vectors written are part of ``embedded``)."""
+        return Counts(
+            embedded=self.written,
+            failed=self.failed,
+            stale=self.stale,
+            requests=self.requests,
+            tokens=self.tokens,
+            cost_usd=self.cost_usd,
+            batch_rows=self.written,
+            batch_tokens=self.tokens,
+            batch_cost_usd=self.cost_usd,
+            batches_collected=self.batches,
+            batches_open=self.open,
+            batch_retried=self.retried,
+        )
+
     def then(self, later: Collected) -> Collected:
         """This collect's counts and a later one's, with the later one's open batches."""
         return dataclasses.replace(self + later, open=later.open, busy=later.busy)
 
 
-def add_batch_totals(totals: dict, collected: Collected, submitted=None, *, collected_since: bool = False) -> dict:
-    """The run's totals (``Tally.totals``) with what went through batches added, for the
-    summary (:class:`~vectorfill.tasks.report.RunSummary`). ``collected_since``: the last
-    collect came after the last submission (so its count of open batches includes them)."""
-    out = dict(totals)
-    out["embedded"] += collected.written
-    out["failed"] += collected.failed
-    out["stale"] += collected.stale
-    out["requests"] += collected.requests
-    out["tokens"] += collected.tokens
-    out["cost_usd"] = (
-        None if out["cost_usd"] is None or collected.cost_usd is None else out["cost_usd"] + collected.cost_usd
+def batch_counts(collected: Collected, submitted: Submitted | None = None, *, collected_since: bool = False) -> Counts:
+    """What went through batches, as the run's :class:`~vectorfill.engine.counts.Counts`
+    (added to the online figures for the summary). ``collected_since``: the last collect
+    came after the last submission (so its count of open batches includes them)."""
+    counts = collected.counts()
+    if submitted is None:
+        return counts
+    return dataclasses.replace(
+        counts + submitted.counts(),
+        batches_open=collected.open if collected_since else collected.open + submitted.batches,
     )
-    out["batch_rows"] = collected.written
-    out["batch_tokens"] = collected.tokens
-    out["batch_cost_usd"] = collected.cost_usd
-    out["batches_collected"] = collected.batches
-    out["batches_open"] = collected.open
-    out["batch_retried"] = collected.retried
-    if submitted is not None:
-        for key in ("unchanged", "deleted", "failed", "truncated"):
-            out[key] += getattr(submitted, key)
-        out["batches_submitted"] = submitted.batches
-        out["batch_rows_submitted"] = submitted.rows
-        out["batches_open"] = collected.open if collected_since else collected.open + submitted.batches
-    return out
 
 
 async def batch_round(
     job: str, prepared: Prepared, collected: Collected, max_rows: int | None, *, wait: bool, poll_s: float
-) -> dict:
+) -> Counts:
     """Batch mode's part of a run: submit the pending rows as Batch API batches and, with
     ``wait``, collect until every open batch is done (submitting again, a bounded number of
-    times, the rows that batches gave back). Returns the run's totals."""
+    times, the rows that batches gave back). Returns the run's counts."""
     submitted = await submit_batches(prepared, max_rows)
     rounds = 0  # resubmissions of rows given back, bounded (a batch refused again and again)
     while wait and (collected.open or submitted.batches) and not collected.busy:
@@ -148,7 +151,7 @@ async def batch_round(
             collected = collected.then(await collect_batches(job))
         if not collected.open:
             break
-    return add_batch_totals(_zero_totals(), collected, submitted, collected_since=wait)
+    return batch_counts(collected, submitted, collected_since=wait)
 
 
 @task(name="collect", **TASK_OPTIONS)

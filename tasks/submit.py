@@ -33,15 +33,16 @@ from dataclasses import dataclass
 import psycopg
 from prefect import task
 
+from vectorfill.engine.claim import Claim, claim_rows, key_arrays
+from vectorfill.engine.counts import Counts
+from vectorfill.engine.prepare import Prepared
 from vectorfill.errors import DatabaseError, JobError, TerminalProviderError
 from vectorfill.provider import batches as batch_api
 from vectorfill.provider.batches import BatchesClient, request_line
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect, scalar
 
-from .claim import Claim, claim_rows, key_arrays
 from .common import TASK_OPTIONS, Work, database_url
-from .prepare import Prepared
 
 __all__ = ["BATCH_LEASE_S", "Submitted", "batch_lock", "batch_mode", "submit_batches", "submit_version"]
 
@@ -66,6 +67,17 @@ class Submitted:
     truncated: int = 0
     busy: bool = False
     """Another process was submitting or collecting this job's batches: nothing done."""
+
+    def counts(self) -> Counts:
+        """These figures as the run's counts (rows settled at the claim, batches sent)."""
+        return Counts(
+            unchanged=self.unchanged,
+            deleted=self.deleted,
+            failed=self.failed,
+            truncated=self.truncated,
+            batches_submitted=self.batches,
+            batch_rows_submitted=self.rows,
+        )
 
     def __add__(self, other: Submitted) -> Submitted:
         return Submitted(

@@ -26,8 +26,8 @@ from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aone_row, lane_error
 
 from .claim import RowPlan, _fail, settle_plans
-from .common import Work
 from .embed import Embedded
+from .work import Work
 
 __all__ = ["Stored", "store_batch"]
 

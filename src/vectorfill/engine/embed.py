@@ -29,7 +29,7 @@ from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.tokens import counter_for
 
 from .claim import Batch, Item, pack
-from .common import Work
+from .work import Work
 
 __all__ = ["Embedded", "embed_batch"]
 

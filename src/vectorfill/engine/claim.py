@@ -26,7 +26,7 @@ from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, cou
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect, lane_error
 
-from .common import Work, database_url
+from .work import Work, database_url
 
 __all__ = ["Batch", "Claim", "Item", "RowPlan", "claim_rows", "keep_claims", "pack", "release_rows", "settle_plans"]
 
