@@ -3,7 +3,7 @@
 ``vectorfill serve --sync`` runs it for each job, one window after another (an hour by
 default, aligned on the clock: the run of 15:00 to 16:00 is named ``sync-<job>-...T15:00``),
 so that the history holds one run per job and hour, each with its summary, whatever the
-number of writes. It only sequences the stages: follow (``tasks/follow.py``: wait for
+number of writes. It only sequences the stages: follow (``engine/follow.py``: wait for
 work -> claim -> embed -> store, each version, switching to a new model's version once it
 lacks nothing: :func:`vectorfill.engine.follow.follow_job`, the engine under its follow
 policy) -> report.

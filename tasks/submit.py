@@ -8,7 +8,7 @@ and pays nothing twice:
 1. **intent**: a ``vectorfill.batches`` row (state ``claiming``) with a new submission id;
 2. **claim**: the rows are leased in the queue under that id for the batch's life
    (:data:`BATCH_LEASE_S`, beyond the 24 h window), so online runs leave them alone; the
-   claim is the online one (:func:`~vectorfill.tasks.claim.claim_rows`: deleted, unchanged,
+   claim is the online one (:func:`~vectorfill.engine.claim.claim_rows`: deleted, unchanged,
    empty and too-long rows are settled here, texts are packed into requests);
 3. **items**: each input's key, claimed ``seq`` and text hash (``batch_items``), state
    ``uploading``;
