@@ -195,3 +195,36 @@ def test_a_sync_summary_counts_the_estimated_tokens_and_the_probes(env):
     assert summary.embedded == 120
     assert summary.tokens > 0 and summary.tokens_estimated == summary.tokens
     assert summary.requests == env.provider.requests, "every request sent is counted, the probe included"
+
+
+# --------------------------------------------------------------------- the claim's plan: pure
+
+
+def test_the_claims_plan_decides_each_rows_fate_without_a_database():
+    import hashlib
+
+    from vectorfill.config import JobSettings
+    from vectorfill.engine import Work
+    from vectorfill.engine.claim import Leased, plan_rows
+    from vectorfill.records import Job, Version
+
+    version = Version(1, 1, "fake-embed", "http://x/v1", None, None, None, "active")
+    job = Job(1, "docs", "public", "articles", ("id",), ("bigint",), ("body",), None, JobSettings(max_attempts=3), ())
+    work = Work(job, version)
+    same = hashlib.sha256(b"kept text").digest()
+    plan = plan_rows(
+        work,
+        [
+            Leased((1,), 10, False, None, None, (), 1, None),  # deleted from the source
+            Leased((2,), 11, True, "kept text", [same], (), 1, None),  # its vector is right
+            Leased((3,), 12, True, "   ", None, (), 1, None),  # whitespace only
+            Leased((4,), 13, True, "new text", None, (), 4, "HTTP 500"),  # out of attempts
+            Leased((5,), 14, True, "new text", None, (), 1, None),  # to send
+        ],
+    )
+    assert plan.gone == [((1,), 10)] and plan.unchanged == [((2,), 11)]
+    assert [(f.key, f.reason) for f in plan.failed] == [((3,), "empty_text"), ((4,), "max_attempts")]
+    assert "HTTP 500" in plan.failed[1].message and "vectorfill retry docs --all" in plan.failed[1].message
+    assert [(i.key, i.seq, i.text) for i in plan.items] == [((5,), 14, "new text")]
+    assert plan.items[0].input_hash == hashlib.sha256(b"new text").digest()
+    assert list(plan.rows) == [(5,)] and plan.settles
