@@ -13,21 +13,26 @@ URL and the API key come from the environment of the process that runs it
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prefect import flow
 
 from vectorfill.engine import Prepared, RunSummary, Tally, catch_up, fill_versions
+from vectorfill.engine.collect import Collected, batch_counts
+from vectorfill.engine.counts import Counts
 from vectorfill.orchestration.runtime import frozen_heap
 from vectorfill.tasks import BACKFILL, prepare_run, report_run, switch_versions
-from vectorfill.tasks.collect import batch_counts, batch_round, collect_batches
+from vectorfill.tasks.collect import collect_batches
 from vectorfill.tasks.report import final_state, progress_artifact, run_name
-from vectorfill.tasks.submit import batch_mode
+from vectorfill.tasks.submit import batch_mode, submit_batches
 
-__all__ = ["CATCH_UP_PASSES", "backfill", "switch_caught_up"]
+__all__ = ["CATCH_UP_PASSES", "RESUBMIT_ROUNDS", "backfill", "batch_round", "switch_caught_up"]
 
 #: Passes over the new version after a refused switch, each while the last one found rows.
 CATCH_UP_PASSES = 5
+#: How often a waiting batch run submits again the rows its batches gave back.
+RESUBMIT_ROUNDS = 3
 
 
 @flow(name="vectorfill-backfill", flow_run_name=run_name, persist_result=False, log_prints=False)
@@ -72,3 +77,23 @@ async def switch_caught_up(prepared: Prepared, tally: Tally, job: str) -> int | 
             break
         switched = await switch_versions(job)
     return switched
+
+
+async def batch_round(
+    job: str, prepared: Prepared, collected: Collected, max_rows: int | None, *, wait: bool, poll_s: float
+) -> Counts:
+    """Batch mode's part of a run: submit the pending rows as Batch API batches and, with
+    ``wait``, collect until every open batch is done (submitting again, a bounded number of
+    times, the rows that batches gave back). Returns the run's counts."""
+    submitted = await submit_batches(prepared, max_rows)
+    rounds = 0  # resubmissions of rows given back, bounded (a batch refused again and again)
+    while wait and (collected.open or submitted.batches) and not collected.busy:
+        await asyncio.sleep(poll_s)
+        collected = collected.then(await collect_batches(job))
+        if not collected.open and collected.retried and rounds < RESUBMIT_ROUNDS:  # send them again
+            rounds += 1
+            submitted = submitted + await submit_batches(await prepare_run(job), max_rows)
+            collected = collected.then(await collect_batches(job))
+        if not collected.open:
+            break
+    return batch_counts(collected, submitted, collected_since=wait)

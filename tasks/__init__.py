@@ -8,7 +8,8 @@ complete) -> ``report_run`` (the run summary artifact). Each returns a typed res
 
 Batch mode (the provider's Batch API): ``collect_batches`` (every run first: store finished
 batches, reconcile unfinished submissions) and ``submit_batches`` (rows sent as batches,
-leased for their life) replace the lanes; see ``submit.py`` and ``collect.py``.
+leased for their life) replace the lanes; their stages are the engine's
+(:mod:`vectorfill.engine.submit`, :mod:`vectorfill.engine.collect`).
 
 The stages' own names (``claim_rows``, ``embed_batch``, ``store_batch``, ``release_rows``,
 ``Work``, ...) are re-exported here from the engine, where they live.

@@ -6,8 +6,9 @@ request per packed batch), ``store`` (binary COPY and settle), ``batch`` (one ba
 claim -> embed -> store, with its retry policy), ``fill`` (the :class:`Filler`: lanes,
 client, learnt caps, throttle, claims keeper, give-backs and counts, under a stop
 :class:`Policy` and a row :class:`Budget`), ``follow`` (sync: follow what keeps
-arriving), ``counts`` (one typed record of a run's figures). Prefect's tasks around it are
-in :mod:`vectorfill.tasks`; nothing here imports them.
+arriving), ``submit`` and ``collect`` (the provider's Batch API, on the same claim and
+store), ``counts`` (one typed record of a run's figures). Prefect's tasks around it are in
+:mod:`vectorfill.tasks`; nothing here imports them.
 """
 
 from .batch import Attempts, BatchRunner, Filled, Lanes, fill_batch, rows_per_task, run_batch

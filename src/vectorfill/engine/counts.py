@@ -43,7 +43,7 @@ class Counts:
     estimate where the model's tokenizer is not known)."""
     cost_usd: float | None = 0.0
     """Those tokens at the model's price (:mod:`vectorfill.provider.prices`); None when unknown."""
-    # -- the Batch API (tasks/submit.py, tasks/collect.py); included in the figures above
+    # -- the Batch API (submit.py, collect.py); included in the figures above
     batches_submitted: int = 0
     batch_rows_submitted: int = 0
     batches_collected: int = 0
