@@ -1,4 +1,4 @@
-"""Prefect flows. Each flow only sequences the stage tasks of :mod:`vectorfill.tasks`."""
+"""Prefect flows. Each flow only sequences the tasks of :mod:`vectorfill.tasks` and the engine (:mod:`vectorfill.engine`)."""
 
 from .backfill import backfill
 from .sync import sync

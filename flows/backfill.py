@@ -1,28 +1,38 @@
 """The backfill flow: embed every queued row of a job, then report.
 
-It only sequences the stages (``tasks/``): prepare -> collect (finished Batch API
-batches, if any) -> fill (lanes of batch tasks, each claim -> embed -> store) or, in
-batch mode, submit (rows sent as Batch API batches; with ``wait``, collect again until
-they are all done) -> switch (a re-embed only; if another run made rows fresh in the
-active version meanwhile, the new version is filled again first) -> report. The flow holds no
-transaction and no secret: the database URL and the API key come from the environment of
-the process that runs it (``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
+It only sequences the stages: prepare -> collect (finished Batch API batches, if any) ->
+fill (the engine, :func:`vectorfill.engine.fill.fill_versions`, under the
+:data:`~vectorfill.tasks.batch.BACKFILL` policy: lanes of batch task runs, each claim ->
+embed -> store, until the queue is drained) or, in batch mode, submit (rows sent as Batch
+API batches; with ``wait``, collect again until they are all done) -> switch (a re-embed
+only; if another run made rows fresh in the active version meanwhile, the new version is
+filled again first) -> report. The flow holds no transaction and no secret: the database
+URL and the API key come from the environment of the process that runs it
+(``VECTORFILL_DATABASE_URL`` and the job's ``api_key_env``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prefect import flow
 
+from vectorfill.engine import Prepared, RunSummary, Tally, catch_up, fill_versions
+from vectorfill.engine.collect import Collected, batch_counts
+from vectorfill.engine.counts import Counts
 from vectorfill.orchestration.runtime import frozen_heap
-from vectorfill.tasks import RunSummary, Tally, fill_versions, prepare_run, report_run, switch_versions
-from vectorfill.tasks.collect import add_batch_totals, batch_round, collect_batches
-from vectorfill.tasks.fill import switch_caught_up
+from vectorfill.tasks import BACKFILL, prepare_run, report_run, switch_versions
+from vectorfill.tasks.collect import collect_batches
 from vectorfill.tasks.report import final_state, progress_artifact, run_name
-from vectorfill.tasks.submit import batch_mode
+from vectorfill.tasks.submit import batch_mode, submit_batches
 
-__all__ = ["backfill"]
+__all__ = ["CATCH_UP_PASSES", "RESUBMIT_ROUNDS", "backfill", "batch_round", "switch_caught_up"]
+
+#: Passes over the new version after a refused switch, each while the last one found rows.
+CATCH_UP_PASSES = 5
+#: How often a waiting batch run submits again the rows its batches gave back.
+RESUBMIT_ROUNDS = 3
 
 
 @flow(name="vectorfill-backfill", flow_run_name=run_name, persist_result=False, log_prints=False)
@@ -43,14 +53,47 @@ async def backfill(
         prepared = await prepare_run(job)
         collected = await collect_batches(job)
         if batch_mode(prepared, batch):
-            totals = await batch_round(job, prepared, collected, max_rows, wait=wait, poll_s=poll_s)
+            counts = await batch_round(job, prepared, collected, max_rows, wait=wait, poll_s=poll_s)
             switched = await switch_versions(job) if prepared.filling else None  # only a re-embed switches
-            return final_state(await report_run(job, totals, time.monotonic() - started, switched))
+            return final_state(await report_run(job, counts, time.monotonic() - started, switched))
         tally = Tally.for_run(prepared, max_rows, job)
         async with progress_artifact(lambda: tally.progress, job, enabled=tally.pending > 0) as finish:
-            await fill_versions(prepared, tally, job)
+            await fill_versions(prepared, tally, job, BACKFILL)
             finish()  # the progress artifact's last update goes on beside the switch
             switched = await switch_caught_up(prepared, tally, job) if prepared.filling else None  # a re-embed
-        totals = add_batch_totals(tally.totals, collected)
-        summary = await report_run(job, totals, time.monotonic() - started, switched)
+        summary = await report_run(job, tally.counts + batch_counts(collected), time.monotonic() - started, switched)
         return final_state(summary)  # Failed when rows failed: RowsFailed carries the summary
+
+
+async def switch_caught_up(prepared: Prepared, tally: Tally, job: str) -> int | None:
+    """The switch of a re-embed: to the new model's version once it lacks nothing the active
+    one has up to date. Refused because another run (``serve --sync``, say) made rows fresh
+    in the active version meanwhile, the new version is filled again (the engine's
+    :func:`~vectorfill.engine.fill.catch_up`) and the switch tried again, up to
+    :data:`CATCH_UP_PASSES` times. The version switched to, or None."""
+    switched = await switch_versions(job)
+    for _ in range(CATCH_UP_PASSES):
+        if switched is not None or not await catch_up(prepared, tally, job, BACKFILL):
+            break
+        switched = await switch_versions(job)
+    return switched
+
+
+async def batch_round(
+    job: str, prepared: Prepared, collected: Collected, max_rows: int | None, *, wait: bool, poll_s: float
+) -> Counts:
+    """Batch mode's part of a run: submit the pending rows as Batch API batches and, with
+    ``wait``, collect until every open batch is done (submitting again, a bounded number of
+    times, the rows that batches gave back). Returns the run's counts."""
+    submitted = await submit_batches(prepared, max_rows)
+    rounds = 0  # resubmissions of rows given back, bounded (a batch refused again and again)
+    while wait and (collected.open or submitted.batches) and not collected.busy:
+        await asyncio.sleep(poll_s)
+        collected = collected.then(await collect_batches(job))
+        if not collected.open and collected.retried and rounds < RESUBMIT_ROUNDS:  # send them again
+            rounds += 1
+            submitted = submitted + await submit_batches(await prepare_run(job), max_rows)
+            collected = collected.then(await collect_batches(job))
+        if not collected.open:
+            break
+    return batch_counts(collected, submitted, collected_since=wait)

@@ -3,9 +3,10 @@
 ``vectorfill serve --sync`` runs it for each job, one window after another (an hour by
 default, aligned on the clock: the run of 15:00 to 16:00 is named ``sync-<job>-...T15:00``),
 so that the history holds one run per job and hour, each with its summary, whatever the
-number of writes. It only sequences the stages: follow (``tasks/follow.py``: wait for
+number of writes. It only sequences the stages: follow (``engine/follow.py``: wait for
 work -> claim -> embed -> store, each version, switching to a new model's version once it
-lacks nothing) -> report.
+lacks nothing: :func:`vectorfill.engine.follow.follow_job`, the engine under its follow
+policy) -> report.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 
 from prefect import flow
 
+from vectorfill.engine import RunSummary, Tally
+from vectorfill.engine.follow import follow_job
 from vectorfill.orchestration.runtime import frozen_heap
-from vectorfill.tasks import RunSummary, Tally, report_run
-from vectorfill.tasks.follow import follow_job
+from vectorfill.tasks import report_run, switch_versions
 
 __all__ = ["DEFAULT_WINDOW_S", "sync", "window_bounds"]
 
@@ -41,6 +43,6 @@ async def sync(job: str, window_s: float = DEFAULT_WINDOW_S, aligned: bool = Tru
     with frozen_heap():
         started = time.monotonic()
         _, until = window_bounds(window_s, aligned=aligned)
-        tally = Tally(budget=None, pending=0)
-        followed = await follow_job(job, until, tally)
-        return await report_run(job, tally.totals, time.monotonic() - started, followed.switched_to, kind="sync")
+        tally = Tally()
+        followed = await follow_job(job, until, tally, switch_versions)
+        return await report_run(job, tally.counts, time.monotonic() - started, followed.switched_to, kind="sync")

@@ -1,35 +1,57 @@
-"""The backfill's stages, one module per stage, and the tasks that run them.
+"""The Prefect tasks of a run: thin wrappers around the engine (:mod:`vectorfill.engine`).
 
-``prepare`` (load the job, check its source) -> per batch: ``claim`` (lease queued rows,
-read their text, pack requests) -> ``embed`` (one API request per batch) -> ``store``
-(write vectors and failures) -> ``switch`` (to a new model's version, once complete) ->
-``report`` (the run summary artifact). Each returns a typed result. ``fill`` runs the
-batch tasks in ``concurrency`` lanes per version until the queue is drained.
+``prepare_run`` (load the job, check its source) -> ``fill_batch`` (``batch.py``: one task
+run per batch of rows, at least 4,096, running the engine's claim -> embed -> store and
+resuming at the stage that failed when retried; :data:`~vectorfill.tasks.batch.BACKFILL` is
+the engine's policy that runs it) -> ``switch_versions`` (to a new model's version, once
+complete) -> ``report_run`` (the run summary artifact). Each returns a typed result.
 
-Prefect tasks: ``prepare_run``, ``switch_versions``, ``report_run``, and ``fill_batch``
-(``batch.py``), one task run per batch of rows (at least 4,096, sent as one or more
-requests side by side) that runs claim, embed and store and resumes at the stage that
-failed when retried. The stage functions themselves are plain.
+Batch mode (the provider's Batch API): ``collect_batches`` (every run first: store finished
+batches, reconcile unfinished submissions) and ``submit_batches`` (rows sent as batches,
+leased for their life) replace the lanes; their stages are the engine's
+(:mod:`vectorfill.engine.submit`, :mod:`vectorfill.engine.collect`).
 
-Batch mode (the provider's Batch API): ``collect`` (every run first: store finished batches,
-reconcile unfinished submissions) and ``submit`` (rows sent as batches, leased for their
-life) replace the lanes; see ``tasks/submit.py`` and ``tasks/collect.py``.
+The stages' own names (``claim_rows``, ``embed_batch``, ``store_batch``, ``release_rows``,
+``Work``, ...) are re-exported here from the engine, where they live.
 """
 
-from .batch import Attempts, Filled, Lanes, batch_task, fill_batch, rows_per_task
-from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
-from .common import Work
-from .embed import Embedded, embed_batch
-from .fill import Tally, catch_up, fill_versions
-from .prepare import Prepared, prepare_run
-from .report import RunSummary, report_run
-from .store import Stored, store_batch
+from vectorfill.engine import (
+    Attempts,
+    Batch,
+    Claim,
+    Counts,
+    Embedded,
+    Filled,
+    Item,
+    Lanes,
+    Prepared,
+    RunSummary,
+    Stored,
+    Tally,
+    Work,
+    catch_up,
+    claim_rows,
+    embed_batch,
+    fill_versions,
+    keep_claims,
+    release_rows,
+    rows_per_task,
+    store_batch,
+)
+
+from .batch import BACKFILL, as_task_run, batch_task, fill_batch
+from .collect import collect_batches
+from .prepare import prepare_run
+from .report import report_run
+from .submit import submit_batches
 from .switch import switch_versions
 
 __all__ = [
+    "BACKFILL",
     "Attempts",
     "Batch",
     "Claim",
+    "Counts",
     "Embedded",
     "Filled",
     "Item",
@@ -39,9 +61,11 @@ __all__ = [
     "Stored",
     "Tally",
     "Work",
+    "as_task_run",
     "batch_task",
     "catch_up",
     "claim_rows",
+    "collect_batches",
     "embed_batch",
     "fill_batch",
     "fill_versions",
@@ -51,5 +75,6 @@ __all__ = [
     "report_run",
     "rows_per_task",
     "store_batch",
+    "submit_batches",
     "switch_versions",
 ]

@@ -1,19 +1,14 @@
-"""What every stage task shares: the unit of work and the retry policy."""
+"""What every Prefect task shares: its options and the retry condition."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from prefect.cache_policies import NO_CACHE, CachePolicy
-from prefect.exceptions import MissingContextError
 
-from vectorfill.config import JobSettings
+from vectorfill.engine.work import Work, database_url, run_logger
 from vectorfill.errors import is_transient
-from vectorfill.records import Job, Version
-from vectorfill.storage.db import resolve_database_url
 
 if TYPE_CHECKING:
     from prefect import Task
@@ -22,42 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["TASK_OPTIONS", "TaskOptions", "Work", "database_url", "retry_transient", "run_logger"]
 
 
-@dataclass(frozen=True)
-class Work:
-    """One job version being filled by one run."""
-
-    job: Job
-    version: Version
-
-    @property
-    def settings(self) -> JobSettings:
-        return self.job.settings
-
-    @property
-    def label(self) -> str:
-        return f"{self.job.name} v{self.version.version}"
-
-
 def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry only errors marked transient."""
     return isinstance(state.data, BaseException) and is_transient(state.data)
-
-
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The run's logger (its lines go to the run's Logs tab in the UI), or a plain one when
-    the stages run outside a Prefect run (their ``.fn``, as the benchmark's bare run does)."""
-    from prefect import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("vectorfill.run")
-
-
-def database_url() -> str:
-    """The run's database, from ``VECTORFILL_DATABASE_URL`` (the CLI sets it); never a parameter,
-    so a password in the URL never reaches Prefect's run records."""
-    return resolve_database_url(None, start_embedded=True)
 
 
 class TaskOptions(TypedDict):

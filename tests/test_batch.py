@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-import vectorfill.tasks.batch as batch_mod
+import vectorfill.engine.batch as batch_mod
 from test_backfill import assert_vectors_match_texts
+from vectorfill.engine.batch import Attempts
 from vectorfill.errors import DatabaseError, TerminalProviderError, TransientProviderError
-from vectorfill.tasks.batch import Attempts
 
 
 def fail_stores(env, times: int) -> None:
@@ -184,9 +184,9 @@ def test_an_input_the_client_cannot_send_fails_its_row_and_the_others_are_embedd
 
     from conftest import API_KEY
     from fake_provider import expected_vector
+    from vectorfill.engine.claim import Item
+    from vectorfill.engine.embed import _embed
     from vectorfill.provider.client import EmbeddingsClient
-    from vectorfill.tasks.claim import Item
-    from vectorfill.tasks.embed import _embed
 
     texts = ["first text", "bad \ud800 text", "third text"]
     items = tuple(Item((i,), i, t, b"", 3) for i, t in enumerate(texts))

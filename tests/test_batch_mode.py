@@ -365,7 +365,7 @@ def test_cancelled_batches_store_what_they_finished_and_give_the_rest_back(env):
 
 
 def test_a_crash_while_collecting_stores_the_rest_next_time_and_nothing_twice(env, monkeypatch):
-    import vectorfill.tasks.collect as collect
+    import vectorfill.engine.collect as collect
 
     class Crash(BaseException):
         pass

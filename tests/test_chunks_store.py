@@ -360,7 +360,7 @@ def test_set_model_refuses_a_version_its_index_could_not_follow_and_invalid_inde
 def test_a_row_with_more_chunks_than_one_request_takes_is_stored_whole(env):
     """max_inputs 4 and ~20 chunks a row: a row's chunks span requests (Batch.continues) and
     are stored together once every request is answered; an edit keeps the unchanged ones."""
-    from vectorfill.tasks.claim import Item, RowPlan, pack
+    from vectorfill.engine.claim import Item, RowPlan, pack
 
     docs = _docs(env, 3, paragraphs=10)
     env.create_job(

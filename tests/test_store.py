@@ -8,8 +8,8 @@ import uuid
 import numpy as np
 import pytest
 
-from vectorfill.tasks import store
-from vectorfill.tasks.claim import Item
+from vectorfill.engine import store
+from vectorfill.engine.claim import Item
 
 
 def _items(keys, hash_len=32):

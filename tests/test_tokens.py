@@ -147,7 +147,7 @@ def test_byte_estimate_is_its_own_estimate():
 
 
 def test_claim_counts_exactly_when_the_estimate_nears_the_request_limit():
-    from vectorfill.tasks.claim import ESTIMATE_HEADROOM, count_tokens
+    from vectorfill.engine.claim import ESTIMATE_HEADROOM, count_tokens
 
     texts = [f"note {i}: the committee reviewed the annual budget " * (1 + i % 7) for i in range(100)]
     exact = COUNTER.count(texts)
@@ -162,7 +162,7 @@ def test_claim_counts_exactly_when_the_estimate_nears_the_request_limit():
 def test_a_claim_of_several_requests_counts_exactly_only_when_one_request_nears_the_limit():
     """A batch task's claim may fill several requests (max_inputs texts each, in claim
     order): what decides is each request's estimate, not the whole claim's."""
-    from vectorfill.tasks.claim import ESTIMATE_HEADROOM, count_tokens
+    from vectorfill.engine.claim import ESTIMATE_HEADROOM, count_tokens
 
     texts = [f"note {i}: the committee reviewed the annual budget " * 3 for i in range(100)]
     exact = COUNTER.count(texts)
@@ -181,8 +181,8 @@ def _throttle(tpm: int | None) -> Throttle:
 
 @pytest.mark.parametrize("tpm", [None, 10_000_000])
 def test_the_rate_budget_is_charged_exact_counts_when_it_has_a_token_limit(tpm):
-    from vectorfill.tasks.claim import Item
-    from vectorfill.tasks.embed import _budget_tokens
+    from vectorfill.engine.claim import Item
+    from vectorfill.engine.embed import _budget_tokens
 
     texts = tricky_texts(11, 40)
     items = tuple(Item((i,), 0, t, b"", 1) for i, t in enumerate(texts))  # claim's counts: 1 each
@@ -263,8 +263,8 @@ def test_the_bundled_minilm_is_counted_and_truncated_exactly_as_its_server_count
 
 
 def test_texts_the_claim_counted_are_not_counted_again_for_the_rate_budget():
-    from vectorfill.tasks.claim import Item
-    from vectorfill.tasks.embed import _budget_tokens
+    from vectorfill.engine.claim import Item
+    from vectorfill.engine.embed import _budget_tokens
 
     texts = tricky_texts(12, 10)
     counted = tuple(Item((i,), 0, t, b"", 5, counted=True) for i, t in enumerate(texts))

@@ -22,7 +22,7 @@ def test_a_rate_limited_run_claims_ten_seconds_of_its_budget_a_task():
     """So that a run at 60 requests a minute does not hold 4,096 rows for minutes while the
     other runs of a fan-out find the queue empty and stop."""
     from vectorfill.config import JobSettings
-    from vectorfill.tasks.batch import MIN_TASK_ROWS, rows_per_task
+    from vectorfill.engine.batch import MIN_TASK_ROWS, rows_per_task
 
     assert rows_per_task(JobSettings(max_inputs=50)) == MIN_TASK_ROWS
     assert rows_per_task(JobSettings(max_inputs=50, rpm=60)) == 500  # 10 requests of 50

@@ -157,7 +157,7 @@ class InputError(VectorfillError):
 class RowsFailed(VectorfillError):
     """A run went through its queue, but some rows failed (each recorded with its reason in
     ``vectorfill failures``). The flow run ends Failed with this error, the CLI exits 3, and
-    ``.summary`` holds the run's :class:`~vectorfill.tasks.report.RunSummary`."""
+    ``.summary`` holds the run's :class:`~vectorfill.engine.counts.RunSummary`."""
 
     def __init__(self, summary: object, failed: int, job: str) -> None:
         self.summary = summary

@@ -1,7 +1,7 @@
 """Cost before spending: the tokens a backfill or a re-embed would send, and their price.
 
 The rows are read, never claimed (nothing changes and no request is made), and judged by
-the rules a run applies (:mod:`vectorfill.tasks.claim`): rows with no text are skipped, a
+the rules a run applies (:mod:`vectorfill.engine.claim`): rows with no text are skipped, a
 row whose text still hashes to its stored vector's input is not sent again, and an input
 over the model's limit is counted at the limit (``on_too_long=truncate``) or not at all
 (``fail``). Tokens are counted with the run's counter (:func:`vectorfill.provider.tokens.counter_for`):

@@ -13,15 +13,18 @@ to the others once its leases expire, and the shared RPM/TPM budget in Postgres
   ``pip install vectorfill``) and N flow runs of it are created (:func:`run_on_pool`); the
   workers (``prefect worker start --pool NAME`` on each machine, with
   ``VECTORFILL_DATABASE_URL`` and the API key variable in their environment) pick them up.
-  No parameter carries a secret: only the job's name and a row budget.
+  No parameter carries a secret: only the job's name, a row budget and the flow's options
+  (``batch``, ``wait``, ``poll_s``), the same for every run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
+from vectorfill.engine.counts import Counts, RunSummary
 from vectorfill.errors import ConfigError
 
 __all__ = ["DEPLOYMENT", "PoolRun", "arun_on_pool", "combine", "run_here", "run_on_pool", "split_rows"]
@@ -41,29 +44,17 @@ def split_rows(max_rows: int | None, workers: int) -> list[int | None]:
     return [n for n in shares if n > 0] or [0]
 
 
-def combine(summaries: list):
-    """One :class:`~vectorfill.tasks.report.RunSummary` for runs of one job side by side."""
-    from vectorfill.tasks.report import RunSummary
-
+def combine(summaries: list[RunSummary]) -> RunSummary:
+    """One :class:`~vectorfill.engine.counts.RunSummary` for runs of one job side by side:
+    their counts added, and what each found after it taken as the last run found it."""
     first = summaries[0]
     if len(summaries) == 1:
         return first
-    added = {
-        k: sum(getattr(s, k) for s in summaries)
-        for k in (
-            "embedded", "unchanged", "deleted", "failed", "truncated", "stale", "requests", "tokens",
-            "tokens_estimated", "batches_submitted", "batch_rows_submitted", "batches_collected", "batch_rows",
-            "batch_tokens", "batch_retried",
-        )
-    }  # fmt: skip
-    costs = [s.cost_usd for s in summaries]
-    batch_costs = [s.batch_cost_usd for s in summaries]
-    return RunSummary(
-        job=first.job,
-        **added,
-        cost_usd=None if any(c is None for c in costs) else sum(costs),
-        batch_cost_usd=None if any(c is None for c in batch_costs) else sum(batch_costs),
-        batches_open=min(s.batches_open for s in summaries),
+    counts = sum((s.counts for s in summaries), Counts())
+    return RunSummary.of(
+        first.job,
+        # batches still open are counted for the job by each run: not added
+        dataclasses.replace(counts, batches_open=min(s.batches_open for s in summaries)),
         duration_s=max(s.duration_s for s in summaries),
         pending=min(s.pending for s in summaries),  # counted after each run: the last is the least
         failed_total=max(s.failed_total for s in summaries),
@@ -71,18 +62,20 @@ def combine(summaries: list):
     )
 
 
-async def run_here(job: str, workers: int, max_rows: int | None = None):
+async def run_here(job: str, workers: int, max_rows: int | None = None, flow_kw: dict | None = None) -> RunSummary:
     """``workers`` flow runs of the backfill flow in this process; their combined summary.
-    Each runs to its end even when another fails; then the first error is raised."""
+    ``flow_kw``: the flow's other parameters (``batch``, ``wait``, ``poll_s``), the same for
+    every run. Each runs to its end even when another fails; then the first error is raised."""
     from vectorfill.flows.backfill import backfill
 
+    kw = dict(flow_kw or {})
     results = await asyncio.gather(
-        *(backfill(job, max_rows=m) for m in split_rows(max_rows, workers)), return_exceptions=True
+        *(backfill(job, max_rows=m, **kw) for m in split_rows(max_rows, workers)), return_exceptions=True
     )
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
-    return combine(list(results))
+    return combine([r for r in results if isinstance(r, RunSummary)])
 
 
 @dataclass(frozen=True)
@@ -99,16 +92,21 @@ def run_on_pool(
     pool: str,
     *,
     max_rows: int | None = None,
+    flow_kw: dict | None = None,
     wait: bool = True,
     poll_s: float = 2.0,
     timeout_s: float | None = None,
 ) -> list[PoolRun]:
     """Register the backfill deployment on ``pool`` and create ``workers`` flow runs of it for
-    ``job``; with ``wait``, return once every run is in a final state (or ``timeout_s``).
+    ``job``, with ``flow_kw`` (the flow's other parameters: ``batch``, ``wait``, ``poll_s``)
+    as parameters of each; with ``wait``, return once every run is in a final state (or
+    ``timeout_s``). (``wait`` and ``poll_s`` here are this call's, not the flow's.)
 
     For synchronous callers (the CLI); from a coroutine, await :func:`arun_on_pool`."""
     return asyncio.run(
-        arun_on_pool(job, workers, pool, max_rows=max_rows, wait=wait, poll_s=poll_s, timeout_s=timeout_s)
+        arun_on_pool(
+            job, workers, pool, max_rows=max_rows, flow_kw=flow_kw, wait=wait, poll_s=poll_s, timeout_s=timeout_s
+        )
     )
 
 
@@ -118,6 +116,7 @@ async def arun_on_pool(
     pool: str,
     *,
     max_rows: int | None = None,
+    flow_kw: dict | None = None,
     wait: bool = True,
     poll_s: float = 2.0,
     timeout_s: float | None = None,
@@ -159,7 +158,7 @@ async def arun_on_pool(
             await arun_deployment(
                 name=f"{FLOW}/{DEPLOYMENT}",
                 client=client,
-                parameters={"job": job, "max_rows": m},
+                parameters={**(flow_kw or {}), "job": job, "max_rows": m},
                 timeout=0,
                 tags=["vectorfill", f"job:{job}"],
             )

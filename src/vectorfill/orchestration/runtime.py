@@ -127,7 +127,7 @@ class Progress:
     and whenever ``recount_s`` has passed (or 50 times what the last exact count took, if
     longer: on a million-row table a count costs a few hundred milliseconds of Postgres, not
     something to pay every half second). Between exact counts, the counts of this process's
-    own run of the job (:data:`vectorfill.tasks.fill.LIVE_TALLIES`, free to read) are added
+    own run of the job (:data:`vectorfill.engine.fill.LIVE_TALLIES`, free to read) are added
     to the last exact ones; rows that other workers store show at the next exact count.
     """
 
@@ -137,13 +137,13 @@ class Progress:
 
     def _live(self) -> tuple[int, int]:
         """Rows embedded, and rows deleted or failed, by this process's runs of the job so far."""
-        from vectorfill.tasks.fill import LIVE_TALLIES
+        from vectorfill.engine.fill import LIVE_TALLIES
 
         embedded = gone = 0
         for tally in list(LIVE_TALLIES.get(self.job, ())):  # only appended to: a sum that only grows
-            t = tally.totals
-            embedded += t["embedded"]
-            gone += t["deleted"] + t["failed"]
+            t = tally.counts  # one read: a consistent record
+            embedded += t.embedded
+            gone += t.deleted + t.failed
         return embedded, gone
 
     def _recount(self) -> None:
@@ -215,7 +215,8 @@ def run_backfill(
 ):
     """Run the backfill flow in this process (``workers`` flow runs of it side by side:
     :func:`vectorfill.orchestration.fanout.run_here`) and return its :class:`RunSummary`.
-    ``flow_kw``: the flow's other parameters (``batch``, ``wait``)."""
+    ``flow_kw``: the flow's other parameters (``batch``, ``wait``, ``poll_s``), the same
+    for every flow run."""
     os.environ[DATABASE_URL_ENV] = url
     from vectorfill.flows.backfill import backfill
 
@@ -228,7 +229,7 @@ def run_backfill(
         if workers > 1:
             from vectorfill.orchestration.fanout import run_here
 
-            return asyncio.run(run_here(job, workers, max_rows))
+            return asyncio.run(run_here(job, workers, max_rows, flow_kw))
         return asyncio.run(backfill(job, max_rows=max_rows, **flow_kw))
     finally:
         stop.set()

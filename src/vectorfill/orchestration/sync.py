@@ -11,7 +11,7 @@ its summary.
 A run that fails (an error that is not transient: a wrong key, a dropped source table)
 is recorded as failed in Prefect and the next starts after :data:`RESTART_BACKOFF_S`, so a
 lasting fault costs a few runs an hour, not a loop. Transient faults (the provider down,
-Postgres restarting) are waited out inside the run (``tasks/follow.py``).
+Postgres restarting) are waited out inside the run (``engine/follow.py``).
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class SyncSupervisor:
                 group.create_task(self._keep_syncing(job))
 
     async def _keep_syncing(self, job: str) -> None:
+        from vectorfill.engine.follow import STOP
         from vectorfill.flows.sync import sync, window_bounds
-        from vectorfill.tasks.follow import STOP
 
         stop = asyncio.Event()
         self._stops.append(stop)

@@ -1,5 +1,9 @@
 """Stage 1: lease queued rows, read their current text, and pack them into requests.
 
+Three steps: claim (:func:`lease_rows`: SQL), plan (:func:`plan_rows`: a pure function over
+the typed rows read, :class:`Leased`, deciding each row's fate as a :class:`Plan`), settle
+(:func:`settle_claim`: SQL, for the rows that need no request); :func:`claim_rows` runs them.
+
 Rows that need no request are settled here, before anything is paid for: rows deleted
 from the source, rows whose text still hashes to the stored vector's input (unchanged),
 rows with no text (recorded as failures) and rows that ran out of attempts.
@@ -17,6 +21,7 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import psycopg
 
@@ -26,9 +31,25 @@ from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, cou
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect, lane_error
 
-from .common import Work, database_url
+from .work import Work, database_url
 
-__all__ = ["Batch", "Claim", "Item", "RowPlan", "claim_rows", "keep_claims", "pack", "release_rows", "settle_plans"]
+__all__ = [
+    "Batch",
+    "Claim",
+    "Failure",
+    "Item",
+    "Leased",
+    "Plan",
+    "RowPlan",
+    "claim_rows",
+    "keep_claims",
+    "lease_rows",
+    "pack",
+    "plan_rows",
+    "release_rows",
+    "settle_claim",
+    "settle_plans",
+]
 
 
 @dataclass(frozen=True)
@@ -131,66 +152,157 @@ def pack(items: list[Item], max_inputs: int, max_tokens: int, plans: dict[tuple,
     return batches
 
 
-async def _fail(conn, js: sql.JobSQL, work: Work, rows: list[tuple[tuple, int, str, int | None, str]]) -> None:
-    """Record rows as failed. rows: (key, seq, reason, HTTP status or None, message)."""
+async def _fail(conn, js: sql.JobSQL, work: Work, rows: list[Failure]) -> None:
+    """Record rows as failed."""
     if not rows:
         return
-    keys = [r[0] for r in rows]
+    keys = [r.key for r in rows]
     params = key_arrays(work, keys) + [
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        [r[3] for r in rows],
-        [r[4] for r in rows],
+        [r.seq for r in rows],
+        [r.reason for r in rows],
+        [r.status for r in rows],
+        [r.message for r in rows],
         work.job.id,
         work.version.version,
     ]
     await conn.execute(js.fail(), params)
 
 
+class Leased(NamedTuple):
+    """One claimed row as the claim read it."""
+
+    key: tuple
+    seq: int
+    present: bool
+    """The source row still exists."""
+    text: str | None
+    """The row's text (its text columns joined), or None."""
+    stored: list | None
+    """The input hashes of the row's stored vectors (by ``chunk_seq``), if any."""
+    fields: tuple
+    """The values of the columns the job's template or chunker names."""
+    attempts: int
+    last_error: str | None
+
+
+class Failure(NamedTuple):
+    """A row recorded as failed: why (``reason``: ``empty_text``, ``too_long``, ...), the
+    provider's HTTP status if it refused it, and the message a person reads."""
+
+    key: tuple
+    seq: int
+    reason: str
+    status: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a claim's rows need, decided before anything is paid for (:func:`plan_rows`)."""
+
+    items: list[Item]
+    """The inputs to send, in claim order (a row's chunks consecutive)."""
+    rows: dict[tuple, RowPlan]
+    """How each row with items is stored."""
+    gone: list[tuple[tuple, int]] = field(default_factory=list)
+    """(key, seq) of rows deleted from the source: settled (their vectors dropped)."""
+    unchanged: list[tuple[tuple, int]] = field(default_factory=list)
+    """(key, seq) of rows whose stored vectors are already right: dequeued."""
+    moved: list[RowPlan] = field(default_factory=list)
+    """Rows whose chunks are all stored already, in another order: renumbered."""
+    failed: list[Failure] = field(default_factory=list)
+    truncated: int = 0
+
+    @property
+    def settles(self) -> bool:
+        """Some rows are settled at the claim, with no request."""
+        return bool(self.gone or self.unchanged or self.failed or self.moved)
+
+
 async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnection) -> Claim:
     """Lease up to ``limit`` rows of ``work``'s queue for the run ``token`` and return them
-    packed into batches."""
+    packed into batches: claim (:func:`lease_rows`, SQL), plan (:func:`plan_rows`, pure),
+    settle what needs no request (:func:`settle_claim`, SQL)."""
     js = sql.JobSQL(work.job, work.version)
     s = work.settings
     try:
         conn = await db.get()
-        # the changes written since the last claim reach the queues first (a transaction of
-        # its own, committed: what it queued is claimable below)
-        await conn.execute(sql.absorb(work.job))
-        async with conn.transaction():
-            claimed = await (
-                await conn.execute(js.claim(), {"limit": limit, "lease_s": s.lease_s, "token": token})
-            ).fetchall()
-            if not claimed:
-                return Claim(batches=())
-            n = len(work.job.key_columns)
-            keys = [tuple(r[:n]) for r in claimed]
-            seqs = [r[n] for r in claimed]
-            attempts = {tuple(r[:n]): (r[n + 1], r[n + 2]) for r in claimed}
-            chunking = work.version.chunking
-            fields = chunk_fields(chunking)
-            rows = await (await conn.execute(js.read_texts(fields), key_arrays(work, keys) + [seqs])).fetchall()
+        claimed, leased = await lease_rows(conn, js, work, limit, token)
     except psycopg.Error as exc:
         raise await lane_error(db, exc, "claiming rows", job=work.job.name) from None
+    if not claimed:
+        return Claim(batches=())
+    plan = plan_rows(work, leased)
+    if plan.settles:
+        try:
+            await settle_claim(conn, js, work, plan)
+        except psycopg.Error as exc:  # the claims stay leased; their leases expire or the run gives them back
+            raise await lane_error(db, exc, "settling claimed rows", job=work.job.name) from None
+    return Claim(
+        batches=tuple(pack(plan.items, s.max_inputs, _request_tokens(s), plan.rows)),
+        claimed=claimed,
+        unchanged=len(plan.unchanged) + len(plan.moved),
+        deleted=len(plan.gone),
+        failed=len(plan.failed),
+        truncated=plan.truncated,
+        failures=tuple(f.message for f in plan.failed[:20]),
+    )
 
-    gone: list[tuple] = []
-    unchanged: list[tuple] = []
-    failed: list[tuple[tuple, int, str, int | None, str]] = []
+
+async def lease_rows(
+    conn: psycopg.AsyncConnection, js: sql.JobSQL, work: Work, limit: int, token: uuid.UUID
+) -> tuple[int, list[Leased]]:
+    """Claim: lease up to ``limit`` free rows of the queue for ``token`` (the changes written
+    since the last claim absorbed first) and read their current text; returns the number
+    leased and the rows as read."""
+    # the changes written since the last claim reach the queues first (a transaction of
+    # its own, committed: what it queued is claimable below)
+    await conn.execute(sql.absorb(work.job))
+    async with conn.transaction():
+        claimed = await (
+            await conn.execute(js.claim(), {"limit": limit, "lease_s": work.settings.lease_s, "token": token})
+        ).fetchall()
+        if not claimed:
+            return 0, []
+        n = len(work.job.key_columns)
+        keys = [tuple(r[:n]) for r in claimed]
+        seqs = [r[n] for r in claimed]
+        attempts = {tuple(r[:n]): (r[n + 1], r[n + 2]) for r in claimed}
+        fields = chunk_fields(work.version.chunking)
+        rows = await (await conn.execute(js.read_texts(fields), key_arrays(work, keys) + [seqs])).fetchall()
+    leased = []
+    for row in rows:
+        key = tuple(row[:n])
+        tries, last_error = attempts.get(key, (0, None))
+        leased.append(Leased(key, row[n], row[n + 1], row[n + 2], row[n + 3], tuple(row[n + 4 :]), tries, last_error))
+    return len(claimed), leased
+
+
+def plan_rows(work: Work, rows: list[Leased]) -> Plan:
+    """Plan: what each claimed row needs (a pure function, no I/O): deleted from the source,
+    unchanged, failed (no text, out of attempts, too long, too many chunks), renumbered
+    chunks, or inputs to send (rendered, chunked, counted, truncated)."""
+    s = work.settings
+    gone: list[tuple[tuple, int]] = []
+    unchanged: list[tuple[tuple, int]] = []
+    failed: list[Failure] = []
     todo: list[tuple[tuple, int, str, bytes]] = []
     counter = counter_for(work.version.model)
     max_tokens = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
+    chunking = work.version.chunking
+    fields = chunk_fields(chunking)
     chunked: list[Item] = []
     plans: dict[tuple, RowPlan] = {}
     moved: list[RowPlan] = []  # rows whose chunks are all stored already, in another order
     for row in rows:
-        key, seq, present, text, stored = tuple(row[:n]), row[n], row[n + 1], row[n + 2], row[n + 3]
-        if not present:
+        key, seq, text = row.key, row.seq, row.text
+        if not row.present:
             gone.append((key, seq))
             continue
         if text is None or not text.strip():
             what = "NULL" if text is None else "empty" if not text else "whitespace-only"
             failed.append(
-                (
+                Failure(
                     key,
                     seq,
                     "empty_text",
@@ -200,23 +312,22 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                 )
             )
             continue
-        tries, last_error = attempts[key]
-        if tries > s.max_attempts:
+        if row.attempts > s.max_attempts:
             failed.append(
-                (
+                Failure(
                     key,
                     seq,
                     "max_attempts",
                     None,
-                    f"row {_show(key)} failed {s.max_attempts} attempts (last error: {last_error or 'none recorded'}); "
+                    f"row {_show(key)} failed {s.max_attempts} attempts (last error: {row.last_error or 'none recorded'}); "
                     f"fix the cause, then `vectorfill retry {work.job.name} --all`",
                 )
             )
             continue
-        stored_hashes = [bytes(h) for h in stored] if stored else []
+        stored_hashes = [bytes(h) for h in row.stored] if row.stored else []
         if not chunking.enabled:  # the whole text, one input (truncated as before if too long)
             if chunking.template is not None:
-                text = render_template(chunking.template, text, dict(zip(fields, row[n + 4 :], strict=True)))
+                text = render_template(chunking.template, text, dict(zip(fields, row.fields, strict=True)))
             digest = hashlib.sha256(text.encode("utf-8")).digest()
             if stored_hashes == [digest]:
                 unchanged.append((key, seq))
@@ -226,10 +337,10 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             continue
         try:
             chunks = chunk_text(
-                text, chunking, counter, limit=max_tokens, fields=dict(zip(fields, row[n + 4 :], strict=True))
+                text, chunking, counter, limit=max_tokens, fields=dict(zip(fields, row.fields, strict=True))
             )
         except TooManyChunks as exc:
-            failed.append((key, seq, "too_many_chunks", None, f"row {_show(key)} of {work.job.source} {exc}"))
+            failed.append(Failure(key, seq, "too_many_chunks", None, f"row {_show(key)} of {work.job.source} {exc}"))
             continue
         hashes = [hashlib.sha256(c.text.encode("utf-8", "surrogatepass")).digest() for c in chunks]
         if stored_hashes == hashes:
@@ -259,7 +370,7 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         if max_tokens and counter.exact and tok > max_tokens:
             if s.on_too_long == "fail":
                 failed.append(
-                    (
+                    Failure(
                         key,
                         seq,
                         "too_long",
@@ -274,35 +385,25 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
             text, tok, truncated = counter.truncate(text, max_tokens), max_tokens, truncated + 1
         items.append(Item(key, seq, text, digest, tok, counted))
     items.extend(chunked)
+    return Plan(items, plans, gone, unchanged, moved, failed, truncated)
 
-    if gone or unchanged or failed or moved:
-        try:
-            async with conn.transaction():
-                if gone:  # source row deleted: drop the queue row, its vectors and failure record
-                    await conn.execute(
-                        js.settle(),
-                        key_arrays(work, [g[0] for g in gone])
-                        + [[g[1] for g in gone], work.job.id, work.version.version],
-                    )
-                if unchanged:  # the stored vector is already right
-                    await conn.execute(
-                        js.dequeue(), key_arrays(work, [g[0] for g in unchanged]) + [[g[1] for g in unchanged]]
-                    )
-                if moved:  # every chunk has its vector already: renumber them, no request
-                    await settle_plans(conn, js, work, moved)
-                await _fail(conn, js, work, failed)
-        except psycopg.Error as exc:  # the claims stay leased; their leases expire or the run gives them back
-            raise await lane_error(db, exc, "settling claimed rows", job=work.job.name) from None
 
-    return Claim(
-        batches=tuple(pack(items, s.max_inputs, _request_tokens(s), plans)),
-        claimed=len(claimed),
-        unchanged=len(unchanged) + len(moved),
-        deleted=len(gone),
-        failed=len(failed),
-        truncated=truncated,
-        failures=tuple(f[4] for f in failed[:20]),
-    )
+async def settle_claim(conn: psycopg.AsyncConnection, js: sql.JobSQL, work: Work, plan: Plan) -> None:
+    """Settle: in one transaction, the rows of ``plan`` that need no request: drop the
+    deleted ones (queue row, vectors, failure record), dequeue the unchanged ones, renumber
+    the moved chunks, record the failures."""
+    async with conn.transaction():
+        gone, unchanged = plan.gone, plan.unchanged
+        if gone:  # source row deleted: drop the queue row, its vectors and failure record
+            await conn.execute(
+                js.settle(),
+                key_arrays(work, [g[0] for g in gone]) + [[g[1] for g in gone], work.job.id, work.version.version],
+            )
+        if unchanged:  # the stored vector is already right
+            await conn.execute(js.dequeue(), key_arrays(work, [g[0] for g in unchanged]) + [[g[1] for g in unchanged]])
+        if plan.moved:  # every chunk has its vector already: renumber them, no request
+            await settle_plans(conn, js, work, plan.moved)
+        await _fail(conn, js, work, plan.failed)
 
 
 async def settle_plans(conn, js: sql.JobSQL, work: Work, plans: list[RowPlan]) -> set[tuple]:

@@ -25,9 +25,9 @@ from vectorfill.records import Version
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aone_row, lane_error
 
-from .claim import RowPlan, _fail, settle_plans
-from .common import Work
+from .claim import Failure, RowPlan, _fail, settle_plans
 from .embed import Embedded
+from .work import Work
 
 __all__ = ["Stored", "store_batch"]
 
@@ -246,13 +246,13 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
                                             )
                                         )
                 written = len(current)
-            failed_rows: dict[tuple, tuple] = {}
+            failed_rows: dict[tuple, Failure] = {}
             for item, status, message in embedded.rejected:
                 plan = plans.get(item.key)  # (a row rejected whole, as a Batch API line, has none)
                 what = f" (chunk {item.chunk_seq})" if plan is not None and plan.chunks > 1 else ""
                 failed_rows.setdefault(
                     item.key,
-                    (
+                    Failure(
                         item.key,
                         item.seq,
                         "rejected",

@@ -9,8 +9,8 @@ run with every row still queued (:class:`~vectorfill.errors.RequestRejected`). O
 refusal of the *inputs* is split in halves until the rejected inputs are isolated, so one
 bad input cannot block the others; the isolated inputs come back as failures with the
 provider's message. Errors that make every request pointless (401/403, 404, insufficient
-quota) stop the run at once; transient errors are raised, and Prefect retries the batch
-task (``batch.py``) at this stage, after the provider's Retry-After.
+quota) stop the run at once; transient errors are raised, and the batch is retried
+(``batch.py``) at this stage, after the provider's Retry-After.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.tokens import counter_for
 
 from .claim import Batch, Item, pack
-from .common import Work
+from .work import Work
 
 __all__ = ["Embedded", "embed_batch"]
 

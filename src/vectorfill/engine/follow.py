@@ -1,7 +1,7 @@
-"""The sync stage: follow a job's queues and embed what lands in them, until a window ends.
+"""Sync: follow a job's queues and embed what lands in them, until a window ends.
 
 ``vectorfill serve --sync`` runs the sync flow (``flows/sync.py``) for each job, one window
-(an hour by default) after another. Within a window this stage loops::
+(an hour by default) after another. Within a window :func:`follow_job` loops::
 
     wait for work (poll) -> one cycle: fill each version, active first -> switch? -> ...
 
@@ -13,11 +13,12 @@ notification queue, which serialises every notifying commit of the cluster) and 
 no schema; it adds at most :data:`POLL_S` to the latency. While work keeps coming, no
 poll is made: a cycle that found rows is followed by the next at once.
 
-**A cycle** fills each version with the stages of the backfill (claim -> embed -> store,
-the body of the batch task, ``batch.py``) in ``concurrency`` lanes until the queue is
-drained, so a burst of writes is taken in few claims: bursts coalesce. Under steady writes
-the lanes overlap (one claims while others embed and store) for up to :data:`PIPELINE_S`. A
-cycle takes no Prefect task run: at a trickle of writes that would be one task run per
+**A cycle** fills each version with the engine of the backfill (:class:`~vectorfill.engine.fill.Filler`,
+opened once per version for the window, with the endpoint's learnt caps) under the
+:data:`FOLLOW` policy, in ``concurrency`` lanes until the queue is drained, so a burst of
+writes is taken in few claims: bursts coalesce. Under steady writes the lanes overlap (one
+claims while others embed and store) for up to :data:`PIPELINE_S`. A cycle takes no
+Prefect task run (the batch body runs in the lane, retried by the same policy): at a trickle of writes that would be one task run per
 write or two (thousands an hour); the window's flow run, its log lines (one a minute, when
 anything happened) and its summary are the history. One cycle at a time per job: at most
 one sync run works on a job version, and a write during a cycle is claimed by it (if it
@@ -43,31 +44,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import logging
 import time
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import psycopg
 import psycopg.errors
-from prefect.utilities.math import clamped_poisson_interval
 
-from vectorfill.errors import DatabaseError, is_transient, stop_reason
-from vectorfill.provider.client import EmbeddingsClient
-from vectorfill.provider.prices import price_per_million
-from vectorfill.provider.ratelimit import Throttle
+from vectorfill.errors import DatabaseError
+from vectorfill.jobs.registry import load_job
+from vectorfill.jobs.versions import complete
 from vectorfill.provider.throttles import Throttles
 from vectorfill.records import Job
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, aone_row
+from vectorfill.storage.db import aone_row, connect
 
-from .batch import Attempts, Filled, Lanes, fill_batch, rows_per_task
-from .claim import keep_claims, release_rows
-from .common import Work, database_url
-from .fill import Tally
-from .prepare import _prepare
+from .counts import Counts
+from .fill import Budget, Filler, Policy, Tally
+from .prepare import prepare
+from .work import Work, database_url, run_logger
 
-__all__ = ["FILLING_ROWS_PER_CYCLE", "OUTAGE_BACKOFF_S", "POLL_S", "STOP", "Followed", "follow_job"]
+__all__ = [
+    "FILLING_ROWS_PER_CYCLE",
+    "FOLLOW",
+    "OUTAGE_BACKOFF_S",
+    "POLL_S",
+    "STOP",
+    "Followed",
+    "Switch",
+    "follow_job",
+]
 
 #: Seconds between two looks at an idle job's queues.
 POLL_S = 0.25
@@ -91,8 +97,6 @@ SWITCH_RETRY_S = 10.0
 #: Seconds between two looks when the database cannot be reached (the last repeats).
 POLL_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
-log = logging.getLogger("vectorfill.sync")
-
 
 @dataclass
 class Followed:
@@ -110,146 +114,32 @@ class Followed:
     """The run was stopped (:data:`STOP`) before its window ended."""
 
 
-@dataclass
-class _Worker:
-    """What one version's cycles keep for a whole window: its client, lane connections and
-    claims token (with the keeper that renews the token's leases)."""
+#: Sync's policy: lanes follow what keeps arriving; an outage is waited out with the claims kept.
+FOLLOW = Policy(
+    follow=True,
+    pipeline_s=PIPELINE_S,
+    claim_gap_s=CLAIM_GAP_S,
+    outage_backoff_s=OUTAGE_BACKOFF_S,
+    log_batches=False,
+)
 
-    work: Work
-    throttle: Throttle
-    url: str
-    token: uuid.UUID = field(default_factory=uuid.uuid4)
-    client: EmbeddingsClient | None = None
-    dbs: list[LaneConnection] = field(default_factory=list)
-    keeper: asyncio.Task | None = None
-    _client_cm: contextlib.AbstractAsyncContextManager[EmbeddingsClient] | None = None
-
-    async def open(self, job: str) -> None:
-        self._client_cm = EmbeddingsClient.for_version(self.work.version, job=job, settings=self.work.settings)
-        self.client = await self._client_cm.__aenter__()
-        self.dbs = [LaneConnection(self.url) for _ in range(self.work.settings.concurrency)]
-        self.keeper = asyncio.create_task(keep_claims(self.work, self.token, self.url))
-
-    async def close(self, reason: str | None) -> None:
-        """Give back what the token still holds (nothing after a clean cycle), stop renewing."""
-        try:
-            if reason is not None:
-                await asyncio.shield(release_rows(self.work, self.token, reason))
-        finally:
-            if self.keeper is not None:
-                self.keeper.cancel()
-            for db in self.dbs:
-                await db.aclose()
-            if self._client_cm is not None:
-                await self._client_cm.__aexit__(None, None, None)
-
-    async def drain(self, tally: Tally, budget: int | None, stats: Followed) -> tuple[int, bool]:
-        """Fill this version in ``concurrency`` lanes until the queue is drained (or ``budget``
-        rows are claimed); returns (rows claimed, whether the queue was drained).
-
-        Unlike a backfill's lanes, which all stop at the first short claim (rows written
-        after it are the next run's), these go on claiming what keeps arriving while the
-        others embed and store, so that under steady writes claims, requests and stores
-        overlap. A lane stops when its claim finds nothing, or, after :data:`PIPELINE_S`,
-        when it comes back short: a cycle ends, and the next version gets its turn. Claims
-        are :data:`CLAIM_GAP_S` apart at least, so that a burst is taken in few of them."""
-        shared = Lanes.for_settings(self.work.settings)
-        price = price_per_million(self.work.version.model, self.work.settings)
-        deadline = time.monotonic() + PIPELINE_S
-        done = asyncio.Event()  # the queue was drained: every lane stops after its batch
-        left = [budget]
-        claimed = 0
-        pacing, last_claim = asyncio.Lock(), [0.0]
-
-        async def paced() -> None:
-            """Claims at least CLAIM_GAP_S apart, so that what arrives meanwhile is taken in one."""
-            async with pacing:
-                wait = last_claim[0] + CLAIM_GAP_S - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                last_claim[0] = time.monotonic()
-
-        def take(want: int) -> int:
-            if left[0] is None:
-                return want
-            n = min(want, left[0])
-            left[0] -= n
-            return n
-
-        async def lane(db: LaneConnection) -> None:
-            nonlocal claimed
-            while not done.is_set() and (limit := take(rows_per_task(self.work.settings))) > 0:
-                await paced()
-                if done.is_set():
-                    left[0] = None if left[0] is None else left[0] + limit
-                    return
-                attempts = Attempts(self.work)
-                own = Lanes(shared.unstored, claiming=shared.claiming)  # its own "drained" flag
-                filled = await self._batch(attempts, limit, db, own, stats)
-                if left[0] is not None:
-                    left[0] += limit - filled.claimed
-                self.work = attempts.work  # typed by the first store, when the dims were not known
-                claimed += filled.claimed
-                tally.add(filled, price)
-                if filled.claimed < limit and (filled.claimed == 0 or time.monotonic() >= deadline):
-                    done.set()
-
-        async with asyncio.TaskGroup() as group:
-            for db in self.dbs:
-                group.create_task(lane(db))
-        return claimed, done.is_set()
-
-    async def _batch(self, attempts: Attempts, limit: int, db: LaneConnection, lanes: Lanes, stats: Followed) -> Filled:
-        """The batch task's body (claim -> embed -> store), retried as Prefect retries the
-        task; once its retries are spent on an error that may pass, tried again after
-        :data:`OUTAGE_BACKOFF_S` with its claims kept (see the module docstring)."""
-        if self.client is None:
-            raise RuntimeError("the worker's client is not open: call open() first")
-        client = self.client
-        rounds = 0
-        while True:
-            try:
-                return await fill_batch.fn(attempts, limit, self.token, db, client, self.throttle, lanes)
-            except Exception as exc:
-                if attempts.may_retry(exc):
-                    continue  # the task body waited out the stage's backoff already
-                if not is_transient(exc):
-                    raise
-                delay = OUTAGE_BACKOFF_S[min(rounds, len(OUTAGE_BACKOFF_S) - 1)]
-                rounds += 1
-                stats.outages += 1
-                _logger().warning(
-                    "%s: %s failed after its retries (%s); claims kept, trying again in %.0f s",
-                    self.work.label,
-                    attempts.stage,
-                    stop_reason(exc),
-                    delay,
-                )
-                attempts.failures.clear()
-                await asyncio.sleep(clamped_poisson_interval(delay, clamping_factor=0.3))
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """The flow run's logger (its lines show in the Prefect UI), else vectorfill's."""
-    try:
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # not in a run (a test calling the stage directly)
-        return log
+#: How sync switches a job to its complete new version (the switch task): the version
+#: switched to, or None.
+Switch = Callable[[str], Awaitable[int | None]]
 
 
 class _Following:
     """One job followed for one window."""
 
-    def __init__(self, job: str, tally: Tally, stats: Followed) -> None:
+    def __init__(self, job: str, tally: Tally, stats: Followed, switch: Switch) -> None:
         self.name = job
+        self.switch = switch
         self.tally = tally
         self.stats = stats
         self.url = database_url()
         self.throttles = Throttles(self.url, job)
         self.job: Job | None = None
-        self.workers: list[_Worker] = []
+        self.fillers: list[Filler] = []
         self.fingerprint: str | None = None
         self.poll_conn: psycopg.AsyncConnection | None = None
         self.check_switch = True
@@ -257,26 +147,31 @@ class _Following:
         self.switch_due: float | None = None
         """When to try a refused switch again (monotonic seconds), while nothing else happens."""
 
-    async def reload(self, reason: str | None = None) -> None:
-        """(Re)load the job and open a worker per version to fill (active first)."""
-        await self._close_workers(reason)
+    async def reload(self) -> None:
+        """(Re)load the job and open a filler per version to fill (active first)."""
+        await self._close_fillers()
         self.job, works = await asyncio.to_thread(_load, self.name)
-        self.workers = []
+        self.fillers = []
         for work in works:
-            worker = _Worker(work, self.throttles.for_version(work.version, work.settings), self.url)
-            await worker.open(self.name)
-            self.workers.append(worker)
+            filler = Filler(
+                work, self.name, self.url, self.throttles.for_version(work.version, work.settings), self.tally
+            )
+            self.fillers.append(filler)  # (closed with the others, if opening it fails)
+            await filler.open()
         self.fingerprint = None
         self.check_switch, self.switch_due = True, None
 
-    async def _close_workers(self, reason: str | None) -> None:
-        workers, self.workers = self.workers, []
-        for worker in workers:
-            await worker.close(reason)
-
-    async def close(self, reason: str | None) -> None:
+    async def _close_fillers(self, error: BaseException | None = None, reason: str | None = None) -> None:
+        fillers, self.fillers = self.fillers, []
         try:
-            await self._close_workers(reason)
+            for filler in fillers:
+                await filler.close(error, reason)
+        finally:
+            self.stats.outages += sum(f.outages for f in fillers)
+
+    async def close(self, error: BaseException | None = None, reason: str | None = None) -> None:
+        try:
+            await self._close_fillers(error, reason)
         finally:
             await asyncio.shield(self.throttles.aclose())  # gives back the unspent shared budget
             if self.poll_conn is not None:
@@ -286,9 +181,9 @@ class _Following:
         """Fill every version once (a new model's up to its per-cycle share); try the switch
         when that version was drained. Returns the rows claimed."""
         total = 0
-        for worker in self.workers:
-            filling = worker.work.version.state == "filling"
-            claimed, drained = await worker.drain(self.tally, FILLING_ROWS_PER_CYCLE if filling else None, self.stats)
+        for filler in self.fillers:
+            filling = filler.work.version.state == "filling"
+            claimed, drained = await filler.fill(FOLLOW, Budget(FILLING_ROWS_PER_CYCLE if filling else None))
             total += claimed
             due = self.switch_due is not None and time.monotonic() >= self.switch_due
             if filling and drained and (claimed or self.check_switch or due):
@@ -303,15 +198,13 @@ class _Following:
         return total
 
     async def _switch(self) -> bool:
-        from .switch import switch_versions
-
         if not await asyncio.to_thread(_ready, self.name):
             return False
-        version = await switch_versions(self.name)
+        version = await self.switch(self.name)
         if version is None:
             return False
         self.stats.switched_to = version
-        _logger().info("%s: version %s complete, readers switched to it", self.name, version)
+        run_logger().info("%s: version %s complete, readers switched to it", self.name, version)
         return True
 
     async def wait(self, until: float) -> bool:
@@ -327,7 +220,7 @@ class _Following:
             except (psycopg.OperationalError, DatabaseError) as exc:
                 delay = POLL_BACKOFF_S[min(failures, len(POLL_BACKOFF_S) - 1)]
                 failures += 1
-                _logger().warning("%s: cannot look at the queues (%s); again in %.0f s", self.name, exc, delay)
+                run_logger().warning("%s: cannot look at the queues (%s); again in %.0f s", self.name, exc, delay)
                 await self._drop_poll_conn()
                 await asyncio.sleep(min(delay, max(0.0, until - time.time())))
                 continue
@@ -344,7 +237,7 @@ class _Following:
         assert self.job is not None
         if self.poll_conn is None or self.poll_conn.closed:
             self.poll_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
-        queues = [sql.JobSQL(self.job, w.work.version) for w in self.workers]
+        queues = [sql.JobSQL(self.job, f.work.version) for f in self.fillers]
         row = await aone_row(await self.poll_conn.execute(sql.sync_poll(queues), {"job_id": self.job.id}))
         fingerprint, *claimable = row
         if self.fingerprint is None:
@@ -362,10 +255,7 @@ class _Following:
 
 def _load(job_name: str) -> tuple[Job, list[Work]]:
     """The job, and its versions to fill (active first), checked as a backfill checks them."""
-    from vectorfill.jobs.registry import load_job
-    from vectorfill.storage.db import connect
-
-    prepared = _prepare(job_name)
+    prepared = prepare(job_name)
     if prepared.works:
         job = prepared.works[0].job
     else:  # every version paused: nothing to fill, the versions are still watched
@@ -376,10 +266,6 @@ def _load(job_name: str) -> tuple[Job, list[Work]]:
 
 def _ready(job_name: str) -> bool:
     """The first look of the switch (no lock): the job's new version lacks nothing."""
-    from vectorfill.jobs.registry import load_job
-    from vectorfill.jobs.versions import complete
-    from vectorfill.storage.db import connect
-
     with connect(database_url()) as conn:
         return complete(conn, load_job(conn, job_name)) is not None
 
@@ -390,13 +276,16 @@ def _ready(job_name: str) -> bool:
 STOP: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("vectorfill_sync_stop", default=None)
 
 
-async def follow_job(job: str, until: float, tally: Tally) -> Followed:
+async def follow_job(job: str, until: float, tally: Tally, switch: Switch) -> Followed:
     """Keep ``job``'s versions in step with its source until ``until`` (epoch seconds), then
     return at the end of the cycle running then (nothing claimed is left held); or, once
-    :data:`STOP` is set, at once, having given back what the cycle held."""
+    :data:`STOP` is set, at once, having given back what the cycle held. ``switch`` makes a
+    complete new version active (the switch task). The window's counts are in ``tally``
+    (the tokens estimated and the probes included, counted as each filler closes)."""
     stats = Followed()
-    following = _Following(job, tally, stats)
+    following = _Following(job, tally, stats, switch)
     reason: str | None = None
+    error: BaseException | None = None
     stop = STOP.get()
     looping: asyncio.Task | None = None
     try:
@@ -413,23 +302,23 @@ async def follow_job(job: str, until: float, tally: Tally) -> Followed:
                 looping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await looping
-                _logger().info("%s: sync stopped; claims given back", job)
+                run_logger().info("%s: sync stopped; claims given back", job)
             else:
                 looping.result()
     except BaseException as exc:
-        reason = stop_reason(exc)
+        error = exc
         if looping is not None and not looping.done():
             looping.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(asyncio.wait({looping}))
         raise
     finally:
-        await following.close(reason)
+        await following.close(error, reason)
     return stats
 
 
 async def _loop(following: _Following, job: str, until: float, tally: Tally) -> None:
-    last_log, logged = time.monotonic(), dict(tally.totals)
+    last_log, logged = time.monotonic(), tally.counts
     try:
         while True:
             if not await following.cycle():
@@ -439,26 +328,22 @@ async def _loop(following: _Following, job: str, until: float, tally: Tally) -> 
                 break
             if time.monotonic() - last_log >= LOG_EVERY_S:
                 last_log = time.monotonic()
-                if tally.totals != logged:
-                    _log_period(job, logged, tally.totals)
-                    logged = dict(tally.totals)
+                if tally.counts != logged:
+                    _log_period(job, logged, tally.counts)
+                    logged = tally.counts
     finally:
-        if tally.totals != logged:
-            _log_period(job, logged, tally.totals)
+        if tally.counts != logged:
+            _log_period(job, logged, tally.counts)
 
 
-def _log_period(job: str, before: dict, now: dict) -> None:
-    d = {
-        k: (now[k] or 0) - (before.get(k) or 0)
-        for k in ("embedded", "deleted", "failed", "stale", "requests", "tokens")
-    }
-    _logger().info(
+def _log_period(job: str, before: Counts, now: Counts) -> None:
+    run_logger().info(
         "%s: %d rows embedded, %d deleted, %d failed, %d edited in flight; %d requests, %d tokens",
         job,
-        d["embedded"],
-        d["deleted"],
-        d["failed"],
-        d["stale"],
-        d["requests"],
-        d["tokens"],
+        now.embedded - before.embedded,
+        now.deleted - before.deleted,
+        now.failed - before.failed,
+        now.stale - before.stale,
+        now.requests - before.requests,
+        now.tokens - before.tokens,
     )

@@ -1,0 +1,46 @@
+"""The unit of work every stage takes: one job version filled by one run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+
+from vectorfill.config import JobSettings
+from vectorfill.records import Job, Version
+from vectorfill.storage.db import resolve_database_url
+
+__all__ = ["Work", "database_url", "run_logger"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """One job version being filled by one run."""
+
+    job: Job
+    version: Version
+
+    @property
+    def settings(self) -> JobSettings:
+        return self.job.settings
+
+    @property
+    def label(self) -> str:
+        return f"{self.job.name} v{self.version.version}"
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger (its lines go to the run's Logs tab in the UI), or a plain one when
+    the engine runs outside a Prefect run (a test, or the benchmark's bare run)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("vectorfill.run")
+
+
+def database_url() -> str:
+    """The run's database, from ``VECTORFILL_DATABASE_URL`` (the CLI sets it); never a parameter,
+    so a password in the URL never reaches Prefect's run records."""
+    return resolve_database_url(None, start_embedded=True)
