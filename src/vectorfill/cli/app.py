@@ -122,6 +122,7 @@ def job_create(
     from pydantic import ValidationError
 
     from vectorfill.errors import ConfigError
+    from vectorfill.jobs.model_change import chunk_settings
     from vectorfill.jobs.registry import create_job
 
     if template and text:
@@ -164,7 +165,9 @@ def job_create(
             dimensions=dimensions,
             settings=settings,
             storage=storage or "auto",
-            chunking=_chunking(None, name, chunker, chunk_size, chunk_overlap, chunk_template, max_chunks),
+            chunking=chunk_settings(
+                _chunk_options(chunker, chunk_size, chunk_overlap, chunk_template, max_chunks), job=name
+            ),
         )
         if not no_check:  # before the commit: a job that cannot work is not created
             _check_before(
@@ -185,25 +188,16 @@ def job_create(
     )
 
 
-def _chunking(base, job: str, chunker, size, overlap, template, max_chunks):
-    """Chunk settings: ``base`` (the active version's, or the defaults) with the options given."""
-    from pydantic import ValidationError
-
-    from vectorfill.config import ChunkSettings
-    from vectorfill.errors import ConfigError
-
-    given = {
+def _chunk_options(chunker, size, overlap, template, max_chunks) -> dict[str, object]:
+    """The chunk options given (a ``\\n`` in ``--chunk-template`` is a newline)."""
+    given: dict[str, object] = {
         k: v
         for k, v in dict(chunker=chunker, size=size, overlap=overlap, template=template, max_chunks=max_chunks).items()
         if v is not None
     }
-    if "template" in given and "\\" in given["template"]:
-        given["template"] = given["template"].encode().decode("unicode_escape")
-    try:
-        return ChunkSettings(**{**(base.model_dump() if base else {}), **given})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid chunk option: {problems}", job=job) from None
+    if template is not None and "\\" in template:
+        given["template"] = template.encode().decode("unicode_escape")
+    return given
 
 
 def _prices(items: list[str], job: str) -> dict[str, float]:
@@ -274,49 +268,37 @@ def job_set_model(
     that completes it switches the job's view over in one transaction. Chunk options not
     given keep the active version's.
     """
-    from vectorfill.jobs.registry import load_job
-    from vectorfill.jobs.versions import _UNSET, set_model, version_status
+    from vectorfill.jobs.model_change import change_model
     from vectorfill.orchestration.events import emit_model_changed
 
     url = _url(db)
-    with _conn(url) as conn:
-        if batch:  # before the version (and its event): the triggered re-embed reads the setting
-            from vectorfill.jobs.batches import set_batch_mode
 
-            set_batch_mode(conn, name, True)
-            conn.commit()
-        active = load_job(conn, name).active
-        version = set_model(
+    def check(version, settings) -> None:
+        _check_before(
+            name,
+            base_url=version.base_url,
+            model=version.model,
+            api_key_env=version.api_key_env,
+            dimensions=version.dimensions,
+            settings=settings,
+            url=url,
+            version=version.version,
+        )
+
+    with _conn(url) as conn:
+        change = change_model(
             conn,
             name,
             model=model,
             dimensions=dimensions,
             base_url=base_url,
-            api_key_env=_UNSET if api_key_env is None else api_key_env,
+            api_key_env=api_key_env,
             storage=storage,
-            chunking=_chunking(
-                active.chunking if active else None,
-                name,
-                chunker,
-                chunk_size,
-                chunk_overlap,
-                chunk_template,
-                max_chunks,
-            ),
+            chunk_options=_chunk_options(chunker, chunk_size, chunk_overlap, chunk_template, max_chunks),
+            batch=batch,
+            check=None if no_check else check,
         )
-        loaded = load_job(conn, name)
-        if not no_check:  # before the commit: a model that cannot work starts no version
-            _check_before(
-                name,
-                base_url=version.base_url,
-                model=version.model,
-                api_key_env=version.api_key_env,
-                dimensions=version.dimensions,
-                settings=loaded.settings,
-                url=url,
-                version=version.version,
-            )
-        queued = version_status(conn, loaded, version).pending
+    version, queued = change.version, change.queued
     out.print(
         f"job [bold]{name}[/]: version {version.version} ({model}) is filling, {queued:,} rows queued; "
         f"vectorfill.{name} keeps showing the current version until it is complete."
