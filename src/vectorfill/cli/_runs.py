@@ -106,7 +106,9 @@ def backfill(
     params = flow_kw(batch=batch, wait=wait, poll=poll)
     if pool is not None:
         pool_wait = True if wait is None else wait
-        _backfill_on_pool(job, workers, pool, max_rows=max_rows, wait=pool_wait, json_out=json_out, db=db)
+        _backfill_on_pool(
+            job, workers, pool, max_rows=max_rows, flow_params=params, wait=pool_wait, json_out=json_out, db=db
+        )
         return
     try:
         summary = run_backfill(
@@ -135,7 +137,9 @@ def backfill(
 
 def flow_kw(*, batch: bool | None, wait: bool | None, poll: float) -> dict[str, object]:
     """The backfill flow's parameters besides the job and ``max_rows``, from ``--batch/--online``,
-    ``--wait/--no-wait`` and ``--poll``."""
+    ``--wait/--no-wait`` and ``--poll``: the same for a run here, for each of ``--workers``
+    and for each flow run on a ``--pool`` (whose own wait, for the flow runs to end, is
+    ``--wait`` too, by default on)."""
     return {"batch": batch, "wait": bool(wait), "poll_s": poll}
 
 
@@ -145,6 +149,7 @@ def _backfill_on_pool(
     pool: str,
     *,
     max_rows: int | None,
+    flow_params: dict[str, object],
     wait: bool,
     json_out: bool,
     db: str | None,
@@ -155,7 +160,7 @@ def _backfill_on_pool(
         job_status(c, job)  # a clear error for a job that does not exist, before any flow run
     if not json_out:
         err.print(f"{workers} flow run(s) of {job} on work pool {pool}" + (", waiting for them" if wait else ""))
-    runs = run_on_pool(job, workers, pool, max_rows=max_rows, wait=wait)
+    runs = run_on_pool(job, workers, pool, max_rows=max_rows, flow_kw=flow_params, wait=wait)
     with conn(db) as c:
         st = job_status(c, job)
     if json_out:
