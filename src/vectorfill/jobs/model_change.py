@@ -66,14 +66,17 @@ def change_model(
     """Start re-embedding ``name`` with ``model`` and commit, or change nothing.
 
     ``base_url``, ``api_key_env`` and ``storage`` default to the active version's (``''``
-    for ``api_key_env``: no key), and so do the chunk settings not in ``chunk_options``. ``check`` (None: no check) is called with
-    the new version and the job's settings before anything is committed; if it raises, the
-    transaction is rolled back and the exception goes on. ``batch`` makes the Batch API the
-    job's default mode in the same transaction, so the re-embed that the change triggers
-    reads it. Raises :class:`~vectorfill.errors.JobError` or
+    for ``api_key_env``: no key), and so do the chunk settings not in ``chunk_options``.
+
+    The change is one transaction (``conn.transaction()``: committed at its end, or a
+    savepoint of the caller's transaction if one is open). ``check`` (None: no check) is
+    called with the new version and the job's settings before the commit; if it raises,
+    everything is rolled back and the exception goes on. ``batch`` makes the Batch API the
+    job's default mode in the same transaction, after the check, so the re-embed that the
+    change triggers reads it. Raises :class:`~vectorfill.errors.JobError` or
     :class:`~vectorfill.errors.ConfigError` for a change that makes no sense (see
     :func:`~vectorfill.jobs.versions.set_model`)."""
-    try:
+    with conn.transaction():  # committed at its end; rolled back if anything in it raises
         active = load_job(conn, name).active
         version = set_model(
             conn,
@@ -88,11 +91,7 @@ def change_model(
         job = load_job(conn, name)
         if check is not None:  # before the commit: a model that cannot work starts no version
             check(version, job.settings)
-        if batch:
+        if batch:  # with the version: the re-embed its event triggers reads the setting
             set_batch_mode(conn, name, True)
         queued = version_status(conn, job, version).pending
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
     return ModelChange(version=version, queued=queued, batch=batch or job.settings.batch)
