@@ -1,4 +1,5 @@
-"""The ``vectorfill`` command line (typer): one module, :mod:`vectorfill.cli.app`."""
+"""The ``vectorfill`` command line (typer): :mod:`vectorfill.cli.app` holds the apps and
+:func:`main`; the commands live in one private module per group."""
 
 from vectorfill.cli.app import app, main
 
