@@ -10,13 +10,19 @@ OpenAI's, close enough that the real ``openai`` client works against it unchange
 
 A batch moves through its statuses with time (``stage_s`` seconds per stage, measured
 from its creation): ``validating`` -> ``in_progress`` -> ``finalizing`` -> ``completed``.
-Validation fails the batch (status ``failed``, ``errors.data[]`` with ``code``, ``line``,
-``message``) for a line that is not JSON, a duplicate ``custom_id``, another url, more
-than ``max_requests`` requests, more than ``max_inputs`` embedding inputs, and enqueued
+Validation is as strict as OpenAI's: it fails the batch (status ``failed``, ``errors.data[]``
+with ``code``, ``line``, ``message``, ``param``, OpenAI's codes and messages) for a line
+that is not a JSON object (``invalid_json_line``), a missing ``custom_id``, ``method``,
+``url`` or ``body`` (``missing_required_parameter``), one of another type, a method other
+than ``POST`` or a body without ``model`` or ``input`` (``invalid_request``), a
+``custom_id`` seen before in the file (``duplicate_custom_id``), a url other than the
+batch's endpoint (``invalid_url``), a model other than the first line's
+(``mismatched_model``) or not served (``model_not_found``); and for more than
+``max_requests`` requests, more than ``max_inputs`` embedding inputs, and enqueued
 tokens over ``token_limit`` (``token_limit_exceeded``, counting the batches still running).
 Each line's request is answered as ``POST /v1/embeddings`` would be (the same vectors);
-successful lines go to the output file, failed ones (an empty input, an unknown model,
-an input over the model's context) to the error file; both files are shuffled.
+successful lines go to the output file, failed ones (an empty input, an input over the
+model's context) to the error file; both files are shuffled.
 
 Scripted behaviour, for the next batches created:
 
@@ -85,6 +91,7 @@ class _File:
 class _Batch:
     id: str
     input_file_id: str
+    endpoint: str
     metadata: dict[str, str]
     created: float  # clock time
     created_at: int
@@ -269,8 +276,14 @@ class FakeBatches:
         except orjson.JSONDecodeError:
             return openai_error(400, "We could not parse the JSON body of your request.")
         file_id = body.get("input_file_id")
-        if body.get("endpoint") not in ("/v1/embeddings", "/v1/chat/completions", "/v1/completions", "/v1/responses"):
-            return openai_error(400, f"Invalid value for 'endpoint': {body.get('endpoint')!r}.", param="endpoint")
+        if body.get("endpoint") not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"):
+            return openai_error(
+                400,
+                f"Invalid value: '{body.get('endpoint')}'. Supported values are: '/v1/chat/completions', "
+                "'/v1/completions', '/v1/embeddings', and '/v1/responses'.",
+                param="endpoint",
+                code="invalid_value",
+            )
         if body.get("endpoint") != "/v1/embeddings":
             return openai_error(400, "This fake serves embeddings batches only.", param="endpoint")
         if body.get("completion_window") != "24h":
@@ -289,6 +302,7 @@ class FakeBatches:
             batch = _Batch(
                 id=f"batch_{uuid.uuid4().hex[:24]}",
                 input_file_id=file_id,
+                endpoint=body["endpoint"],
                 metadata=metadata,
                 created=self.clock(),
                 created_at=int(time.time()),
@@ -377,45 +391,46 @@ class FakeBatches:
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
         lines: list[dict[str, Any]] = []
+        models: set[str] = set()
         inputs = tokens = 0
         for n, raw in enumerate(content.splitlines(), start=1):
             if not raw.strip():
                 continue
             try:
                 line = orjson.loads(raw)
-                assert isinstance(line, dict)
-            except (orjson.JSONDecodeError, AssertionError):
+            except orjson.JSONDecodeError:
+                line = None
+            if not isinstance(line, dict):
+                errors.append(_line_error("invalid_json_line", n, "This line is not parseable as valid JSON."))
+                continue
+            found = _line_errors(line, n, batch.endpoint, seen)
+            errors.extend(found)
+            if found:
+                continue
+            body = line["body"]
+            models.add(body["model"])
+            if len(models) > 1:
                 errors.append(
-                    {
-                        "code": "invalid_json_line",
-                        "line": n,
-                        "message": "This line is not parseable as valid JSON.",
-                        "param": None,
-                    }
+                    _line_error(
+                        "mismatched_model",
+                        n,
+                        f"The provided model '{body['model']}' for this request does not match the rest of the "
+                        "batch. Each batch must contain requests for a single model.",
+                        "body.model",
+                    )
                 )
                 continue
-            cid = line.get("custom_id")
-            if cid in seen:
+            if body["model"] != self.encoder.name:
                 errors.append(
-                    {
-                        "code": "duplicate_custom_id",
-                        "line": n,
-                        "message": "The custom_id for this request is a duplicate of another request.",
-                        "param": None,
-                    }
+                    _line_error(
+                        "model_not_found",
+                        n,
+                        f"The provided model '{body['model']}' is not supported by the Batch API.",
+                        "body.model",
+                    )
                 )
-            seen.add(cid)
-            if line.get("url") != "/v1/embeddings":
-                errors.append(
-                    {
-                        "code": "url_mismatch",
-                        "line": n,
-                        "message": "The url provided for this request does not match the batch endpoint.",
-                        "param": None,
-                    }
-                )
-            body = line.get("body") if isinstance(line.get("body"), dict) else {}
-            texts = body.get("input")
+                continue
+            texts = body["input"]
             texts = [texts] if isinstance(texts, str) else texts if isinstance(texts, list) else []
             inputs += len(texts)
             tokens += sum(self.encoder.count_tokens([t for t in texts if isinstance(t, str)]))
@@ -471,15 +486,7 @@ class FakeBatches:
 
     def _answer(self, line: dict[str, Any]) -> tuple[int, dict[str, Any], list[str], int]:
         """The response to one line's request: (status, body, texts billed, tokens billed)."""
-        body = line.get("body") if isinstance(line.get("body"), dict) else {}
-        model = body.get("model")
-        if model != self.encoder.name:
-            return (
-                404,
-                _err(f"The model `{model}` does not exist or you do not have access to it.", "model_not_found"),
-                [],
-                0,
-            )
+        body = line["body"]  # validated: an object with this encoder's model and an input
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
@@ -582,7 +589,7 @@ class FakeBatches:
         return {
             "id": batch.id,
             "object": "batch",
-            "endpoint": "/v1/embeddings",
+            "endpoint": batch.endpoint,
             "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
             "input_file_id": batch.input_file_id,
             "completion_window": "24h",
@@ -610,3 +617,67 @@ class FakeBatches:
 
 def _err(message: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+
+
+def _line_error(code: str, line: int | None, message: str, param: str | None = None) -> dict[str, Any]:
+    """One entry of a failed batch's ``errors.data``, in OpenAI's shape."""
+    return {"code": code, "line": line, "message": message, "param": param}
+
+
+_TYPES = {
+    "custom_id": (str, "a string"),
+    "method": (str, "a string"),
+    "url": (str, "a string"),
+    "body": (dict, "an object"),
+}
+
+
+def _line_errors(line: dict[str, Any], n: int, endpoint: str, seen: set[str]) -> list[dict[str, Any]]:
+    """What OpenAI's validation says of one request line of a batch for ``endpoint`` (the
+    codes, messages and params its Batch API answers with): every field present and of its
+    type, ``custom_id`` unique in the file, ``method`` POST, ``url`` the batch's endpoint,
+    a ``body`` with ``model`` and ``input``."""
+    errors: list[dict[str, Any]] = []
+    for name, (kind, spelled) in _TYPES.items():
+        if name not in line:
+            errors.append(_line_error("missing_required_parameter", n, f"Missing required parameter: '{name}'.", name))
+        elif not isinstance(line[name], kind):
+            errors.append(
+                _line_error(
+                    "invalid_request",
+                    n,
+                    f"Invalid type for '{name}': expected {spelled}, but got {type(line[name]).__name__} instead.",
+                    name,
+                )
+            )
+    if errors:
+        return errors
+    if line["custom_id"] in seen:
+        errors.append(
+            _line_error(
+                "duplicate_custom_id",
+                n,
+                "The custom_id for this request is a duplicate of another request. The custom_id parameter must "
+                "be unique for each request in a batch.",
+                "custom_id",
+            )
+        )
+    seen.add(line["custom_id"])
+    if line["method"] != "POST":
+        errors.append(
+            _line_error(
+                "invalid_request", n, f"Invalid value: '{line['method']}'. Supported values are: 'POST'.", "method"
+            )
+        )
+    if line["url"] != endpoint:
+        errors.append(
+            _line_error("invalid_url", n, "The URL provided for this request does not match the batch endpoint.", "url")
+        )
+    for name in ("model", "input"):
+        if name not in line["body"]:
+            errors.append(
+                _line_error("invalid_request", n, f"{name.capitalize()} parameter is required.", f"body.{name}")
+            )
+    if not isinstance(line["body"].get("model", ""), str):
+        errors.append(_line_error("invalid_request", n, "Model must be a string.", "body.model"))
+    return errors

@@ -20,7 +20,8 @@ As a process (for benchmarks; ``GET /_fake/stats`` returns the counters)::
 Scripted faults, each for the next ``n`` requests:
 
 * ``fail_next(n, status, body, headers)``: answer with that response (JSON or an HTML page);
-* ``hang_next(n, seconds)``: wait that long before answering normally (client timeouts);
+* ``hang_next(n, seconds)``: wait that long before answering normally (client timeouts),
+  or until ``release_hangs()``;
 * ``corrupt_next(n, mode)``: damage the next ``n`` successful responses, ``mode`` one of
   ``CORRUPT_MODES``;
 * ``fail_when(predicate, status=400)``: every request with an input matching the
@@ -37,6 +38,10 @@ wrapped errors, Ollama's float-only answers, Azure OpenAI's ``api-key`` header,
 ``fail_next`` and ``hang_next`` share one queue consumed in request arrival order, so
 ``fail_next(1); hang_next(1)`` fails the first request and delays the second.
 
+As a real provider does, the fake checks the API key first: a request without the right
+key gets its 401 before any scripted fault, variant or rate limit is applied, and consumes
+none of them (OpenAI answers 401 before anything else).
+
 Rate limits (``rpm``, ``tpm``) are token buckets the way OpenAI describes them: the
 capacity is the per-minute limit and it refills continuously at limit/60 per second. A
 request is admitted when one request and its prompt tokens are available, and is then
@@ -49,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hmac
 import json
 import math
 import os
@@ -474,6 +480,7 @@ class FakeProvider:
         self._scripted: collections.deque[_Scripted] = collections.deque()
         self._corrupt: collections.deque[str] = collections.deque()
         self._rules: list[_Rule] = []
+        self._released = threading.Event()  # ends the hangs under way (``release_hangs``)
         self.variant: Variant | None = None
         self._api_key = api_key
         self._zero()
@@ -604,10 +611,16 @@ class FakeProvider:
                 self._scripted.append(_Scripted("fail", status, body, dict(headers or {})))
 
     def hang_next(self, n: int = 1, seconds: float = 30.0) -> None:
-        """Wait ``seconds`` before answering each of the next ``n`` requests."""
+        """Wait ``seconds`` before answering each of the next ``n`` requests, or until
+        ``release_hangs()`` is called, whichever comes first."""
         with self._lock:
+            self._released.clear()
             for _ in range(n):
                 self._scripted.append(_Scripted("hang", seconds=seconds))
+
+    def release_hangs(self) -> None:
+        """End the hangs under way now: their requests are answered normally at once."""
+        self._released.set()
 
     def corrupt_next(self, n: int = 1, mode: str = "shuffle") -> None:
         """Damage the next ``n`` successful responses; ``mode`` is one of ``CORRUPT_MODES``.
@@ -649,6 +662,13 @@ class FakeProvider:
 
     # ------------------------------------------------------------------ interceptor
 
+    def _authorized(self, request: Request) -> bool:
+        """The same test as the server's own (``Authorization: Bearer <key>``), made first."""
+        if self._api_key is None:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._api_key.encode())
+
     async def before(self, request: Request, body: bytes) -> Response | None:
         texts: list[str] = []
         parsed: dict = {}
@@ -661,6 +681,8 @@ class FakeProvider:
         with self._lock:
             self._requests += 1
             self._batches.append(texts)
+            if not self._authorized(request):
+                return None  # the server's 401, before any fault: none is used up
             action = self._scripted.popleft() if self._scripted else None
             if action is not None and action.kind == "fail" and action.status == 429:
                 self._rate_limited += 1
@@ -669,7 +691,7 @@ class FakeProvider:
         if action is None:
             return self._variant_refusal(parsed, len(texts))
         if action.kind == "hang":
-            await asyncio.sleep(action.seconds)
+            await asyncio.to_thread(self._released.wait, action.seconds)  # the time, or a release
             return None
         return _response(action.status, action.body, action.headers)
 

@@ -39,7 +39,10 @@ def test_each_stored_vector_is_the_providers_vector_for_that_rows_text(env):
 def test_second_backfill_sends_zero_requests(env):
     env.make_table(200)
     env.create_job()
-    env.backfill()
+    first = env.backfill()
+    assert (first.embedded, first.pending, first.failed_total) == (200, 0, 0)
+    assert first.requests == env.provider.requests > 0
+    assert_vectors_match_texts(env)
     before = env.provider.requests
     summary = env.backfill()
     assert env.provider.requests == before
@@ -443,30 +446,40 @@ def test_a_batch_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
     import time
 
     env.make_table(10)
-    env.create_job(settings_kw={"lease_s": 10, "timeout_s": 40, "concurrency": 1, "retries": 1})
-    env.provider.hang_next(1, seconds=8)
+    env.create_job(settings_kw={"lease_s": 10, "timeout_s": 60, "concurrency": 1, "retries": 1})
+    env.provider.hang_next(1, seconds=50)  # until released below, well within the timeout
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("summary", env.backfill()))
     runner.start()
 
-    def leased() -> int:
+    def leases() -> list:
         with env.connect() as conn:
             return conn.execute(
-                "SELECT count(*) FROM vectorfill._q_1_1 WHERE claimed_by IS NOT NULL AND lease_until > now()"
-            ).fetchone()[0]
+                "SELECT lease_until, lease_until > now() FROM vectorfill._q_1_1 WHERE claimed_by IS NOT NULL"
+            ).fetchall()
 
-    deadline = time.monotonic() + 60
-    while leased() == 0:
-        assert time.monotonic() < deadline, "the run never claimed"
-        time.sleep(0.1)
-    # as if the lease were about to run out: 1 s left. Renewals (every lease_s / 3) must
-    # extend it while the request hangs, or the rows would be free for another worker.
-    with env.connect() as conn:
-        conn.execute(
-            "UPDATE vectorfill._q_1_1 SET lease_until = now() + interval '1 second' WHERE claimed_by IS NOT NULL"
-        )
-    time.sleep(5)  # past the shortened lease and a renewal period, while the request still hangs
-    assert leased() == 10, "the rows in flight are still leased to the run"
-    runner.join(60)
+    def wait_for(predicate, what: str, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert runner.is_alive(), f"the run ended before {what}: {result}"
+            assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+            time.sleep(0.1)
+
+    try:
+        wait_for(lambda: env.provider.requests == 1 and len(leases()) == 10, "the request to hang")
+        # as if the lease were about to run out: 1 s left. Renewals (every lease_s / 3) must
+        # extend it while the request hangs, or the rows would be free for another worker.
+        with env.connect() as conn:
+            (shortened,) = conn.execute(
+                "UPDATE vectorfill._q_1_1 SET lease_until = now() + interval '1 second' "
+                "WHERE claimed_by IS NOT NULL RETURNING lease_until"
+            ).fetchall()[0]
+        wait_for(lambda: all(until > shortened for until, _ in leases()), "a renewal", timeout=30)
+        held = leases()
+        assert len(held) == 10 and all(live for _, live in held), "the rows in flight are still leased to the run"
+        assert runner.is_alive() and env.provider.requests == 1, "the request still hangs, and was not sent again"
+    finally:
+        env.provider.release_hangs()
+        runner.join(60)
     assert result["summary"].embedded == 10
     assert sorted(env.provider.inputs) == sorted(env.texts().values()), "each text sent once"

@@ -45,6 +45,8 @@ def _wait(client: openai.OpenAI, batch_id: str, seen: list[str], timeout: float 
 
 def test_the_openai_client_runs_a_batch_against_the_fake(fake):
     client = openai.OpenAI(base_url=fake.base_url, api_key=API_KEY)
+    now = [0.0]
+    fake.batch_api.clock = lambda: now[0]  # the batch's time, moved by hand: no race with a poll
     texts = [[f"text {i}-{j}" for j in range(3)] for i in range(20)]
     f = client.files.create(file=("in.jsonl", _jsonl([(f"r{i}", t) for i, t in enumerate(texts)])), purpose="batch")
     assert f.purpose == "batch" and f.bytes > 0
@@ -52,10 +54,12 @@ def test_the_openai_client_runs_a_batch_against_the_fake(fake):
         input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h", metadata={"vectorfill_job": "docs"}
     )
     assert b.status == "validating" and b.metadata == {"vectorfill_job": "docs"}
-    seen = ["validating"]
-    b = _wait(client, b.id, seen)
-    assert seen == ["validating", "in_progress", "finalizing", "completed"] or seen[-1] == "completed"
-    assert "in_progress" in seen or "finalizing" in seen  # statuses over time, not at once
+    seen = []
+    for _ in range(4):  # one stage at a time: statuses move with time, one after the other
+        seen.append(client.batches.retrieve(b.id).status)
+        now[0] += fake.batch_api.stage_s
+    assert seen == ["validating", "in_progress", "finalizing", "completed"]
+    b = client.batches.retrieve(b.id)
     assert b.request_counts.completed == 20 and b.request_counts.failed == 0
     assert b.error_file_id is None
     lines = [json.loads(x) for x in client.files.content(b.output_file_id).text.splitlines()]
@@ -168,3 +172,113 @@ def test_vectorfill_batches_client_round_trip_and_paged_list(fake):
             assert "sk-wrong" not in str(info.value)
 
     asyncio.run(main())
+
+
+def _raw_file(client: openai.OpenAI, lines: list) -> str:
+    """An input file of these lines (dicts as JSON, strings as they are), uploaded."""
+    content = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
+    return client.files.create(file=("in.jsonl", content), purpose="batch").id
+
+
+def _line(cid: str, **changes) -> dict:
+    """A valid request line, with ``changes`` (a field set to None is left out)."""
+    line = {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "fake-embed", "input": ["t"]},
+    }
+    for key, value in changes.items():
+        if value is None:
+            line.pop(key)
+        else:
+            line[key] = value
+    return line
+
+
+def test_a_file_a_real_batch_api_refuses_fails_validation_line_by_line_as_openai_says(fake):
+    """Each line needs a unique ``custom_id``, ``method`` POST, the batch's ``url`` and a
+    ``body`` with ``model`` and ``input``: OpenAI fails the whole batch at validation, with a
+    code, the line and the parameter for each fault, and runs (and bills) none of it."""
+    client = openai.OpenAI(base_url=fake.base_url, api_key=API_KEY)
+    fid = _raw_file(
+        client,
+        [
+            _line("a"),
+            _line("b", custom_id=None),
+            _line("c", method=None),
+            _line("d", url=None),
+            _line("e", body=None),
+            _line("a"),  # a custom_id seen on line 1
+            _line("g", method="GET"),
+            _line("h", url="/v1/chat/completions"),
+            _line("i", body={"model": "fake-embed"}),
+            _line("j", body={"input": ["t"]}),
+            _line("k", custom_id=7),
+            "{not json",
+        ],
+    )
+    b = _wait(
+        client, client.batches.create(input_file_id=fid, endpoint="/v1/embeddings", completion_window="24h").id, []
+    )
+    assert b.status == "failed" and b.failed_at is not None
+    assert [(e.code, e.line, e.param) for e in b.errors.data] == [
+        ("missing_required_parameter", 2, "custom_id"),
+        ("missing_required_parameter", 3, "method"),
+        ("missing_required_parameter", 4, "url"),
+        ("missing_required_parameter", 5, "body"),
+        ("duplicate_custom_id", 6, "custom_id"),
+        ("invalid_request", 7, "method"),
+        ("invalid_url", 8, "url"),
+        ("invalid_request", 9, "body.input"),
+        ("invalid_request", 10, "body.model"),
+        ("invalid_request", 11, "custom_id"),
+        ("invalid_json_line", 12, None),
+    ]
+    assert b.errors.data[0].message == "Missing required parameter: 'custom_id'."
+    assert "does not match the batch endpoint" in b.errors.data[6].message
+    assert b.output_file_id is None and b.error_file_id is None
+    assert fake.batch_api.submitted_inputs == 0 and fake.batch_api.billed_inputs == 0
+
+
+def test_a_batch_is_for_one_model_the_provider_serves(fake):
+    client = openai.OpenAI(base_url=fake.base_url, api_key=API_KEY)
+    mixed = _raw_file(client, [_line("a"), _line("b", body={"model": "other-embed", "input": ["t"]})])
+    b = _wait(
+        client, client.batches.create(input_file_id=mixed, endpoint="/v1/embeddings", completion_window="24h").id, []
+    )
+    assert b.status == "failed" and [(e.code, e.line, e.param) for e in b.errors.data] == [
+        ("mismatched_model", 2, "body.model")
+    ]
+    unknown = _raw_file(client, [_line("a", body={"model": "no-such-model", "input": ["t"]})])
+    b = _wait(
+        client, client.batches.create(input_file_id=unknown, endpoint="/v1/embeddings", completion_window="24h").id, []
+    )
+    assert b.status == "failed" and [(e.code, e.line, e.param) for e in b.errors.data] == [
+        ("model_not_found", 1, "body.model")
+    ]
+    assert fake.batch_api.billed_inputs == 0
+
+
+def test_an_unknown_endpoint_is_refused_at_creation_with_openais_error(fake):
+    client = openai.OpenAI(base_url=fake.base_url, api_key=API_KEY)
+    fid = _raw_file(client, [_line("a")])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(input_file_id=fid, endpoint="/v1/nowhere", completion_window="24h")  # type: ignore[arg-type]
+    error = info.value.body
+    assert (
+        error["code"] == "invalid_value" and error["param"] == "endpoint" and "Supported values are" in error["message"]
+    )
+    assert fake.batch_api.created == 0
+
+
+def test_what_vectorfill_writes_is_a_file_the_strict_fake_accepts(fake):
+    """The other side of the strictness: vectorfill's own lines (provider/batches.py) pass."""
+    client = openai.OpenAI(base_url=fake.base_url, api_key=API_KEY)
+    fid = client.files.create(
+        file=("in.jsonl", _jsonl([("r1", ["one"]), ("r2", ["two", "three"])])), purpose="batch"
+    ).id
+    b = _wait(
+        client, client.batches.create(input_file_id=fid, endpoint="/v1/embeddings", completion_window="24h").id, []
+    )
+    assert b.status == "completed" and b.errors is None and b.request_counts.completed == 2

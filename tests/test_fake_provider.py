@@ -96,6 +96,43 @@ def test_api_key_is_enforced(provider):
     assert response.status_code == 401
 
 
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-wrong"}], ids=["no key", "wrong key"])
+def test_the_key_is_checked_before_any_scripted_fault_or_variant_and_uses_none_up(client, provider, headers):
+    """As OpenAI does, a request without the right key gets a 401 before anything else: a
+    scripted fault, a hang, a fail_when rule or a variant's refusal never answers it, and is
+    still there for the next request that has the key."""
+    provider.fail_next(1, status=503)
+    provider.hang_next(1, seconds=30)
+    provider.fail_when(lambda text: "poison" in text)
+    provider.behave_like("tei", max_client_batch_size=1)
+    started = time.perf_counter()
+    response = httpx.post(
+        provider.base_url + "/embeddings", json={"model": "fake-embed", "input": ["poison", "b"]}, headers=headers
+    )
+    assert response.status_code == 401 and time.perf_counter() - started < 10
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert provider.pending_faults() == 2 and provider.requests == 1, "counted, and no fault used up"
+    assert embed(client, "x").status_code == 503  # the scripted faults, in order, for the right key
+    provider.release_hangs()
+    assert embed(client, "y").status_code == 200
+
+
+def test_release_hangs_answers_a_hanging_request_at_once(client, provider):
+    provider.hang_next(1, seconds=60)
+    answer: list[httpx.Response] = []
+    hanging = threading.Thread(target=lambda: answer.append(embed(client, "x")))
+    hanging.start()
+    deadline = time.monotonic() + 10
+    while provider.requests == 0:
+        assert time.monotonic() < deadline, "the request never arrived"
+        time.sleep(0.01)
+    hanging.join(0.3)
+    assert hanging.is_alive(), "it hangs until released"
+    provider.release_hangs()
+    hanging.join(10)
+    assert not hanging.is_alive() and answer[0].status_code == 200
+
+
 def test_latency_delays_each_response(provider, client):
     provider.latency_s = 0.2
     try:

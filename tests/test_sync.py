@@ -8,7 +8,10 @@ application would, and waits for the vectors.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import math
+import statistics
 import threading
 import time
 
@@ -22,6 +25,8 @@ from vectorfill.orchestration.sync import SyncSupervisor
 from vectorfill.provider.budgets import PostgresBudget
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # serve --sync processes and waits
+
+LAG_P50_BOUND_S = 3.0  # the README promises about a second; a test on shared cores gets three
 
 
 @pytest.fixture
@@ -175,12 +180,17 @@ def test_sync_embeds_inserts_edits_and_deletes_as_they_are_written(env, since):
     provider = env.provider
     with syncing() as sup:
         wait_until(lambda: in_step(env, provider), 60, "the rows queued before sync started to be embedded")
-        lags = []
-        with env.connect() as conn:
-            conn.execute("INSERT INTO articles (id, title, body) VALUES (1001, 'Inserted', 'a new row')")
-        t = time.monotonic()
-        wait_until(lambda: 1001 in env.vectors(), 30, "the insert to be embedded")
-        lags.append(time.monotonic() - t)
+        lags = []  # from a write's commit to its vector being there
+        for i in range(1001, 1006):
+            time.sleep(1)  # the sync idle, polling, when the write lands (as at a trickle)
+            with env.connect() as conn:
+                conn.execute(
+                    "INSERT INTO articles (id, title, body) VALUES (%s, 'Inserted', 'a new row ' || %s)", (i, i)
+                )
+            t = time.monotonic()
+            wait_until(lambda i=i: i in env.vectors(), 30, "the insert to be embedded")
+            lags.append(time.monotonic() - t)
+        time.sleep(1)
         with env.connect() as conn:
             conn.execute("UPDATE articles SET body = 'an edited body' WHERE id = 3")
         t = time.monotonic()
@@ -199,7 +209,10 @@ def test_sync_embeds_inserts_edits_and_deletes_as_they_are_written(env, since):
         wait_until(lambda: in_step(env, provider), 60, "the burst to be embedded")
         burst_requests = provider.requests - before
         assert sup.runs == 1
-    print(f"insert->vector {lags[0]:.2f} s, edit->vector {lags[1]:.2f} s; burst of 100: {burst_requests} requests")
+    print(f"write->vector lags {', '.join(f'{lag:.2f}' for lag in lags)} s; burst of 100: {burst_requests} requests")
+    # The README's "within about a second", with room for a loaded machine: the sync reacts
+    # to the write (not to a poll of many seconds). bench/bench_sync.py holds the figure.
+    assert statistics.median(lags) < LAG_P50_BOUND_S, f"median write->vector lag {statistics.median(lags):.2f} s"
     assert burst_requests <= 25, f"{burst_requests} requests for a burst of 100 single-row inserts"
     assert queued(env, 1) == 0 and leased(env) == 0
     runs = sync_runs(since)
@@ -273,11 +286,10 @@ def test_stopping_sync_gives_back_its_claims_and_its_budget(env, monkeypatch, si
     try:
         wait_until(lambda: leased(env) > 0 and env.status().embedded > 0, 60, "sync to be mid-batch")
     finally:
-        stopped_at = time.monotonic()
         requests = env.provider.requests
-        assert sup.stop(30)
-    assert time.monotonic() - stopped_at < 15
-    assert env.provider.requests - requests <= 2, "no request after the stop"
+        # a generous deadline: the stop waits for the requests in flight (1 s each), no more
+        assert sup.stop(60), "the sync runs stopped"
+    assert env.provider.requests - requests <= 2, "no request after the stop, beyond the 2 in flight"
     assert leased(env) == 0, "claims given back, not left to expire"
     assert given_back and given_back[-1][1] > 0, "the unspent shared budget was given back"
     st = env.status()
@@ -316,19 +328,28 @@ def test_sync_rolls_over_to_a_new_run_per_window_and_each_summarises_its_own(env
 
     env.make_table(1)
     env.create_job(settings_kw={"max_inputs": 50, "retries": 1})
-    with syncing(window_s=4):
+    window_s = 4
+    started = time.monotonic()
+    with syncing(window_s=window_s):
         wait_until(lambda: in_step(env, env.provider), 60, "the first row")
         with env.connect() as conn:
             conn.autocommit = True
-            for i in range(2, 26):  # 2 writes a second for 12 s: three windows or four
+            for i in range(2, 26):  # 2 writes a second for 12 s at least: three windows or more
                 conn.execute("INSERT INTO articles (id, title, body) VALUES (%s, 'T', 'trickle ' || %s)", (i, i))
                 time.sleep(0.5)
         wait_until(lambda: in_step(env, env.provider), 60, "every row of the trickle")
-        time.sleep(5)  # the window running ends and records its summary
-    runs = [r for r in recent_runs("docs", 20) if r.start and r.start >= since and r.name.startswith("sync-")]
-    assert 3 <= len(runs) <= 8, [r.name for r in runs]
-    print([(r.name, r.state, r.rows) for r in runs])
-    assert all(r.state == "Completed" for r in runs), [(r.name, r.state, r.rows) for r in runs]
+    synced_s = time.monotonic() - started  # the stop ended the window running, with its summary
+
+    def sync_runs_recorded() -> list:
+        runs = [r for r in recent_runs("docs", 50) if r.start and r.start >= since and r.name.startswith("sync-")]
+        return runs if sum(r.rows or 0 for r in runs) >= 25 and all(r.state == "Completed" for r in runs) else []
+
+    try:
+        runs = wait_until(sync_runs_recorded, 60, "every sync run's summary to be recorded")
+    finally:
+        print([(r.name, r.state, r.rows) for r in recent_runs("docs", 50) if r.start and r.start >= since])
+    # one run per window the sync lived through (however long the load made it), not per write
+    assert 3 <= len(runs) <= math.ceil(synced_s / window_s) + 1, (synced_s, [r.name for r in runs])
     assert len([r for r in runs if r.rows]) >= 3, "the trickle's rows were embedded by several windows' runs"
     assert sum(r.rows or 0 for r in runs) == 25, "every row embedded once, by one window's run"
 
@@ -373,7 +394,7 @@ def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, 
                 served.stop(signal.SIGKILL)
             log.close()
         output = (tmp_path / "serve.log").read_text(errors="replace")
-        assert code in (0, 143, -signal.SIGTERM), output[-3000:]
+        assert code == 143, output[-3000:]  # the README's exit code for SIGTERM
         assert slow.requests - requests <= 2, "no request after SIGTERM"
         assert leased_rows() == 0, "claims given back, not left to expire"
         with connect(fresh_db) as conn:
@@ -427,8 +448,14 @@ def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_p
         wait_until(mid_batch, 300, "sync to be mid-batch", every=0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
-        held = leased(env)
-        assert held > 0, "a crash leaves its claims leased"
+        # What the dead process had in flight: the rows it held claimed (sent, or about to
+        # be, and not stored), read before anything else can claim them.
+        with env.connect() as conn:
+            in_flight = {k for (k,) in conn.execute("SELECT k1 FROM vectorfill._q_1_1 WHERE lease_until > now()")}
+            stored = {k for (k,) in conn.execute("SELECT id FROM vectorfill.docs")}
+        sent_before = len(env.provider.inputs)
+        assert in_flight, "a crash leaves its claims leased"
+        assert stored and not in_flight & stored
         proc = start()
         wait_until(lambda: in_step(env, env.provider), 300, "the restarted sync to finish every row", every=0.5)
     finally:
@@ -439,5 +466,11 @@ def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_p
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     inputs = env.provider.inputs
-    assert len(inputs) - len(set(inputs)) <= held, "only the rows in flight at the crash were sent again"
+    texts = env.texts()
+    times_sent = collections.Counter(inputs)
+    sent_again = {text for text, n in times_sent.items() if n > 1}
+    assert sent_again <= {texts[k] for k in in_flight}, "only rows in flight at the crash were sent again"
+    assert not sent_again & {texts[k] for k in stored}, "no row stored before the crash was paid for twice"
+    assert all(times_sent[t] == 2 for t in sent_again), "sent again once, by the restarted sync"
+    assert set(inputs[:sent_before]) >= sent_again, "each was first sent by the process that died"
     assert queued(env, 1) == 0 and leased(env) == 0

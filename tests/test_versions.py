@@ -7,6 +7,7 @@ model) and ``new`` (fake-embed-v2, 48 dims), so a vector shows which model made 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -170,29 +171,41 @@ def test_no_row_written_while_set_model_runs_is_missed(env, new):
     env.create_job()
     stop = threading.Event()
     written = []
+    failure: list[BaseException] = []
 
     def writer():
         from vectorfill.storage.db import connect
 
-        with connect(env.url, autocommit=True) as conn:
-            i = 100_000
-            while not stop.is_set():
-                conn.execute("INSERT INTO articles (id, title, body) VALUES (%s, 'w', 'written meanwhile')", (i,))
-                written.append(i)
-                i += 1
+        try:
+            with connect(env.url, autocommit=True) as conn:
+                i = 100_000
+                while not stop.is_set():
+                    conn.execute("INSERT INTO articles (id, title, body) VALUES (%s, 'w', 'written meanwhile')", (i,))
+                    written.append(i)
+                    i += 1
+        except BaseException as exc:  # shown by the test's wait, which would otherwise wait in vain
+            failure.append(exc)
+            raise
 
-    t = threading.Thread(target=writer)
+    t = threading.Thread(target=writer, daemon=True)
+
+    def wait_for_writes(n: int) -> None:
+        """Until the writer has written ``n`` rows: not forever if it dies or stalls."""
+        deadline = time.monotonic() + 60
+        while len(written) < n:
+            assert t.is_alive(), f"the writer stopped after {len(written)} rows: {failure}"
+            assert time.monotonic() < deadline, f"the writer wrote {len(written)} rows of {n} in 60 s"
+            time.sleep(0.001)
+
     t.start()
     try:
-        while len(written) < 20:
-            pass
+        wait_for_writes(20)
         set_model(env, new)
-        n = len(written)
-        while len(written) < n + 20:
-            pass
+        wait_for_writes(len(written) + 20)
     finally:
         stop.set()
-        t.join()
+        t.join(60)
+    assert not t.is_alive() and not failure, failure
     with env.connect() as conn:
         conn.execute("SELECT vectorfill._absorb_1()")  # the change log into the queues, as a claim does
         missing = conn.execute(
@@ -252,8 +265,16 @@ def test_prune_on_switch_drops_the_old_version_at_once(env, new):
     env.create_job(settings_kw={"prune_on_switch": True})
     env.backfill()
     set_model(env, new)
-    env.backfill()
+
+    def old_tables():
+        with env.connect() as conn:
+            return conn.execute("SELECT to_regclass('vectorfill._v_1_1'), to_regclass('vectorfill._q_1_1')").fetchone()
+
+    assert None not in old_tables(), "the old version's tables are there while the new one fills"
+    assert env.backfill().switched_to == 2
     assert states(env) == {2: "active"}
+    assert old_tables() == (None, None), "the old version's vector table and queue were dropped at the switch"
+    view_matches(env, new)
 
 
 # ------------------------------------------------------------------ estimates and cost

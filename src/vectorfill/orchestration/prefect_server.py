@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -149,7 +150,8 @@ def serve(
 ) -> None:
     """Serve the deployments until interrupted, on ``PREFECT_API_URL`` or the local Prefect
     server (started on ``port`` if it is not running yet; it keeps running afterwards); with
-    ``sync``, also a sync run per job (:mod:`vectorfill.orchestration.sync`)."""
+    ``sync``, also a sync run per job (:mod:`vectorfill.orchestration.sync`). SIGTERM ends it
+    with the README's exit code 143 (Prefect's runner would exit 0)."""
     from vectorfill.orchestration.api import use_api
 
     os.environ[DATABASE_URL_ENV] = url
@@ -173,7 +175,10 @@ def serve(
 
             syncing = SyncSupervisor(jobs, window_s=sync_window_s, announce=announce).start()
             announce(f"Syncing {', '.join(jobs)}: rows are embedded as they are written")
-        prefect_serve(*deployments, print_starting_message=False)
+        try:
+            prefect_serve(*deployments, print_starting_message=False)
+        except SystemExit as exc:  # Prefect's runner answers SIGTERM with exit(0); ours is 143
+            raise SystemExit(128 + signal.SIGTERM if exc.code in (0, None) else exc.code) from None
     finally:
         if syncing is not None and not syncing.stop():
             announce("sync runs did not stop within 60 s; their claims expire with their leases")
