@@ -11,9 +11,9 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.exceptions import MissingContextError
 
 from vectorfill.config import JobSettings
+from vectorfill.database import resolve_database_url
 from vectorfill.errors import is_transient
 from vectorfill.records import Job, Version
-from vectorfill.storage.db import resolve_database_url
 
 if TYPE_CHECKING:
     from prefect import Task

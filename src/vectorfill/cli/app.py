@@ -44,7 +44,7 @@ def _note(message: str) -> None:
 
 
 def _url(db: str | None) -> str:
-    from vectorfill.storage.db import resolve_database_url
+    from vectorfill.database import resolve_database_url
 
     return resolve_database_url(db, announce=_note)
 

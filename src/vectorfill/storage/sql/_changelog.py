@@ -72,7 +72,7 @@ TRIGGER_OPS = ("insert", "update", "delete", "truncate")
 TRIGGER_VERSION = 3
 """Written into the trigger function's comment; a job whose function says otherwise (or
 nothing: version 1 was row-level, 2 queued rows itself) is upgraded by
-:func:`vectorfill.jobs.registry.upgrade_triggers`."""
+:func:`vectorfill.storage.jobs.upgrade_triggers`."""
 
 #: Two-int advisory lock key (class, job id) that the absorber holds, transaction-level: one
 #: absorber at a time per job, and nothing that adds or drops a version runs beside one.
@@ -96,7 +96,7 @@ def absorb_function_name(job: Job) -> sql.Identifier:
 
 def create_log_table(job: Job) -> sql.Composed:
     """The change log (no primary key: nothing looks a row up; the absorber takes them all).
-    Also run by :func:`vectorfill.jobs.registry.upgrade_triggers` for jobs made before it."""
+    Also run by :func:`vectorfill.storage.jobs.upgrade_triggers` for jobs made before it."""
     log = log_table(job)
     arrays = [sql.Identifier(f"k{i + 1}") for i in range(len(job.key_columns))]
     return sql.SQL(
