@@ -129,7 +129,7 @@ def create_index(
     ``CREATE INDEX CONCURRENTLY`` that fails midway (cancelled, out of memory, a timeout)
     leaves an INVALID index behind, which a later ``IF NOT EXISTS`` would take for done:
     it is dropped on failure, and an invalid one left by an earlier crash is dropped first."""
-    with connect(url, autocommit=True) as conn:  # CONCURRENTLY needs autocommit
+    with connect(url, autocommit=True, vector_types=False) as conn:  # CONCURRENTLY needs autocommit
         if notices is not None:
             conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         if memory is not None:

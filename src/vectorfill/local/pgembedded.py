@@ -439,11 +439,11 @@ def _ensure_database(pm: _Postmaster, pgdata: Path) -> None:
     Runs under the start lock, so two starts never race on CREATE DATABASE / EXTENSION.
     """
     try:
-        with connect(_build_url(pm, "postgres"), autocommit=True) as conn:
+        with connect(_build_url(pm, "postgres"), autocommit=True, vector_types=False) as conn:
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
             if found is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
-        with connect(_build_url(pm, DATABASE), autocommit=True) as conn:
+        with connect(_build_url(pm, DATABASE), autocommit=True, vector_types=False) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except DatabaseError as exc:
         raise type(exc)(

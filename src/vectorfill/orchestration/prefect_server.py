@@ -68,7 +68,7 @@ def ensure_prefect_database(url: str, name: str) -> None:
     :data:`~vectorfill.errors.INSUFFICIENT_PRIVILEGE` as is when the role may not create it
     (the caller decides what to do then), a :class:`DatabaseError` for any other failure."""
     try:
-        with connect(url, autocommit=True) as conn:
+        with connect(url, autocommit=True, vector_types=False) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
                 conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
     except DatabaseError as exc:

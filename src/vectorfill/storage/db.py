@@ -92,16 +92,18 @@ async def lane_error(db: LaneConnection, exc: psycopg.Error, doing: str, *, job:
 
 
 @contextlib.contextmanager
-def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    """A psycopg connection with pgvector's types registered. A psycopg error, connecting
+def connect(url: str, *, autocommit: bool = False, vector_types: bool = True) -> Iterator[psycopg.Connection]:
+    """A psycopg connection with pgvector's types registered (unless ``vector_types`` is
+    False: DDL needs none, and the look-up costs a round trip). A psycopg error, connecting
     or raised out of the block, leaves it as vectorfill's (:mod:`vectorfill.storage.errors`)."""
     with translated(url=url):
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
         with conn:
-            try:
-                register_vector(conn)
-            except psycopg.ProgrammingError:
-                pass  # the vector extension is created by `vectorfill migrate`
+            if vector_types:
+                try:
+                    register_vector(conn)
+                except psycopg.ProgrammingError:
+                    pass  # the vector extension is created by `vectorfill migrate`
             yield conn
 
 
