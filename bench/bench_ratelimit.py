@@ -499,7 +499,8 @@ def bench_prefect(args) -> None:
 
 def bench_database(args) -> str:
     """The database that holds the shared budget, migrated."""
-    from vectorfill.storage.db import migrate, resolve_database_url
+    from vectorfill.database import resolve_database_url
+    from vectorfill.storage.db import migrate
 
     url = resolve_database_url(args.db, announce=lambda m: print(f"({m})"))
     migrate(url)

@@ -8,7 +8,7 @@ Create Date: 2026-12-01
 Each job gets ``vectorfill._c_<job id>`` (``seq``, ``op`` and one uncompressed array per key
 column, typed like the key). The absorber function and the triggers that write the log
 are per-job code, installed by ``vectorfill migrate`` right after this revision
-(:func:`vectorfill.jobs.registry.upgrade_triggers`), as for every job created from now on.
+(:func:`vectorfill.storage.jobs.upgrade_triggers`), as for every job created from now on.
 
 The downgrade first folds each job's log into its queues (nothing written is lost), then
 drops the logs, the absorbers and the jobs' triggers (which write the logs): the older

@@ -7,8 +7,12 @@ The tree::
     │   └── SecretMissing            the API key's environment variable is not set
     ├── JobError                     a job is missing, exists already, or is in the wrong state
     ├── SourceError                  the source table, a column or the key is unusable
-    ├── DatabaseError                Postgres is unreachable or refused a statement
-    │   └── BudgetUnavailable        the endpoint's shared rate budget could not be leased
+    ├── DatabaseError                Postgres is unreachable or refused a statement (has .sqlstate)
+    │   ├── DatabaseUnavailable      transient: cannot connect, connection lost, server shutting
+    │   │   │                        down, serialization failure or deadlock, a lock timeout
+    │   │   └── BudgetUnavailable    the endpoint's shared rate budget could not be leased
+    │   └── DatabaseRefused          terminal: Postgres refused the statement (permissions, an
+    │                                undefined table, a constraint, syntax)
     ├── ProviderError                the embeddings endpoint failed (has .status, .code)
     │   ├── TransientProviderError   429 rate limit, 408/409, 5xx, timeouts, resets, proxy pages
     │   └── TerminalProviderError    400/422 bad input, bad response shape
@@ -21,17 +25,29 @@ The tree::
     └── RowsFailed                   a run finished, but some of its rows failed (.summary)
 
 Each message names the job, the row or setting at fault, and what to do next. Foreign
-exceptions (httpx, psycopg) are translated at the edge where they happen and never leak
-to the user unwrapped.
+exceptions are translated at one edge each and never leak to the user unwrapped: httpx's in
+:mod:`vectorfill.provider.client`, psycopg's in :mod:`vectorfill.storage.errors` (which
+keeps Postgres's SQLSTATE as ``.sqlstate``; :func:`sqlstate_is_transient` is the one rule
+for which of them a retry can help). Code that needs one case asks the error, never psycopg::
+
+    except DatabaseError as exc:
+        if exc.sqlstate == UNDEFINED_TABLE:  # a version's tables were dropped
+            ...
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "DUPLICATE_DATABASE",
+    "INSUFFICIENT_PRIVILEGE",
+    "SCHEMA_GONE",
+    "UNDEFINED_TABLE",
     "AuthenticationError",
     "BudgetUnavailable",
     "ConfigError",
     "DatabaseError",
+    "DatabaseRefused",
+    "DatabaseUnavailable",
     "InputError",
     "JobError",
     "ModelNotFound",
@@ -45,10 +61,52 @@ __all__ = [
     "TransientProviderError",
     "VectorfillError",
     "first_error",
+    "first_line",
     "is_transient",
+    "sqlstate_is_transient",
     "stop_reason",
     "stops_run",
 ]
+
+# ------------------------------------------------------------------ Postgres's SQLSTATEs
+# (https://www.postgresql.org/docs/current/errcodes-appendix.html) that callers ask about
+UNDEFINED_TABLE = "42P01"
+"""A table is gone: a job version's tables dropped (abandon, prune), or a migration missing."""
+INSUFFICIENT_PRIVILEGE = "42501"
+DUPLICATE_DATABASE = "42P04"
+SCHEMA_GONE = frozenset({UNDEFINED_TABLE, "42703", "42883", "3F000"})
+"""Undefined table, column, function, schema: the job's tables or the source's columns
+changed under a run (a job dropped, a column removed). Retrying cannot help."""
+
+#: SQLSTATE classes (the first two characters) where a retry, on a new connection, can help:
+#: 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
+#: 53 insufficient resources (too many connections, out of memory, disk full),
+#: 57 operator intervention (admin/crash shutdown, cannot connect now, query cancelled).
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+#: Codes decided apart from their class: 55P03 lock_not_available (a lock timeout) is
+#: transient; 57P04 database_dropped is not.
+_TRANSIENT_SQLSTATES = frozenset({"55P03"})
+_TERMINAL_SQLSTATES = frozenset({"57P04"})
+
+
+def sqlstate_is_transient(sqlstate: str | None) -> bool | None:
+    """Whether a retry can help a statement Postgres failed with ``sqlstate``; None when
+    there is no SQLSTATE (the client failed before, or without, an answer from the server:
+    the caller decides from what failed)."""
+    if not sqlstate:
+        return None
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return True
+    if sqlstate in _TERMINAL_SQLSTATES:
+        return False
+    return sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (Postgres adds DETAIL/HINT lines), or its type's
+    name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class VectorfillError(Exception):
@@ -79,12 +137,33 @@ class SourceError(VectorfillError):
 
 
 class DatabaseError(VectorfillError):
-    """Postgres could not be reached or refused a statement."""
+    """Postgres could not be reached or refused a statement. ``sqlstate`` is Postgres's code
+    for it (None when the client failed without an answer from the server). Raised as one of
+    its two kinds by :mod:`vectorfill.storage.errors`; a plain one is transient."""
+
+    transient = True
+
+    def __init__(self, message: str, *, job: str | None = None, sqlstate: str | None = None) -> None:
+        self.sqlstate = sqlstate
+        super().__init__(message, job=job)
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Transient: the database cannot be used right now (cannot connect, the connection was
+    lost, the server is shutting down, a serialization failure or deadlock, a lock timeout).
+    The same work on a new connection can succeed."""
 
     transient = True
 
 
-class BudgetUnavailable(DatabaseError):
+class DatabaseRefused(DatabaseError):
+    """Terminal: Postgres refused the statement (permissions, an undefined table or column,
+    a constraint, syntax). Sending it again gets the same answer."""
+
+    transient = False
+
+
+class BudgetUnavailable(DatabaseUnavailable):
     """The endpoint's shared rate budget (``vectorfill.budgets``) could not be leased, because
     Postgres could not be reached or refused the statement. Transient: the request waits
     (its task retries); budget already leased is still spent meanwhile."""

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from vectorfill.config import ChunkSettings, JobSettings
 
-__all__ = ["HNSW_MAX_DIMS", "VECTOR_HNSW_MAX_DIMS", "VERSION_STATES", "Job", "Version"]
+__all__ = ["HNSW_MAX_DIMS", "VECTOR_HNSW_MAX_DIMS", "VERSION_STATES", "Caps", "Grant", "Job", "Version"]
 
 #: The most dimensions pgvector's HNSW indexes, per column type.
 HNSW_MAX_DIMS = {"vector": 2000, "halfvec": 4000}
@@ -104,3 +104,32 @@ class Job:
             if v.version == number:
                 return v
         raise KeyError(number)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What is remembered about an endpoint (None: nothing learnt)."""
+
+    max_inputs: int | None = None
+    max_request_tokens: int | None = None
+    encoding_format: str | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one lease from a shared budget (:class:`vectorfill.provider.ratelimit.SharedBudget`) gave and saw."""
+
+    requests: float
+    """Requests granted (what was asked, or less when the bucket held less)."""
+    tokens: float
+    """Tokens granted, likewise."""
+    left_requests: float | None
+    """Requests left in the shared bucket after the grant (None: no request limit)."""
+    left_tokens: float | None
+    """Tokens left in the shared bucket after the grant (None: no token limit)."""
+    rpm: float | None
+    """The request limit in force for the endpoint (the lowest asserted lately)."""
+    tpm: float | None
+    """The token limit in force, likewise."""
+    paused_s: float = 0.0
+    """Seconds of a pause that a 429 asked for and that are not over yet."""

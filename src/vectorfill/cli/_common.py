@@ -10,7 +10,8 @@ import typer
 
 from vectorfill.cli._output import note
 from vectorfill.config import DATABASE_URL_ENV
-from vectorfill.storage.db import connect, resolve_database_url
+from vectorfill.database import resolve_database_url
+from vectorfill.storage.db import connect
 
 __all__ = ["DbOpt", "chunk_options", "conn", "url"]
 

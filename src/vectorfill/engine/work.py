@@ -9,8 +9,8 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from vectorfill.config import JobSettings
+from vectorfill.database import resolve_database_url
 from vectorfill.records import Job, Version
-from vectorfill.storage.db import resolve_database_url
 
 __all__ = ["Work", "database_url", "run_logger"]
 

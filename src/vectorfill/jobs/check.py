@@ -70,7 +70,9 @@ async def check_endpoint(
     """Check one endpoint as a job's version would use it (see the module docstring)."""
     from vectorfill.provider.budgets import endpoint_key
     from vectorfill.provider.client import EmbeddingsClient
-    from vectorfill.provider.negotiate import Caps, load_caps, negotiator_for
+    from vectorfill.provider.negotiate import Negotiator
+    from vectorfill.records import Caps
+    from vectorfill.storage.caps import load_caps, remembering
 
     lines: list[CheckLine] = []
 
@@ -108,7 +110,7 @@ async def check_endpoint(
         lines.append(CheckLine("base URL", False, str(exc)))
         return report()
     async with client:
-        negotiator = negotiator_for(client, db_url, endpoint, caps)
+        negotiator = Negotiator(client, caps=caps, remember=remembering(db_url, endpoint))
         remembered = client.encoding_format
         try:
             result = await negotiator.embed(list(CHECK_TEXTS))

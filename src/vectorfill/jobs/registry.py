@@ -17,9 +17,10 @@ from psycopg.types.json import Jsonb
 
 from vectorfill.config import STORAGE_TYPES, ChunkSettings, JobSettings, validate_job_name
 from vectorfill.errors import ConfigError, JobError, SourceError
-from vectorfill.records import Job, Version
+from vectorfill.records import Job
 from vectorfill.storage import sql
 from vectorfill.storage.db import one_row, scalar
+from vectorfill.storage.jobs import job_names, read_job, upgrade_triggers
 
 __all__ = [
     "KNOWN_DIMENSIONS",
@@ -34,7 +35,7 @@ __all__ = [
     "load_job",
     "parse_table",
     "retry_failures",
-    "upgrade_triggers",
+    "upgrade_triggers",  # moved to vectorfill.storage.jobs (run by migrate); kept here for callers
     "version_options",
 ]
 
@@ -194,58 +195,12 @@ def _choose_key(conn, oid, key_columns, columns, table, job) -> list[str]:
 
 def load_job(conn: psycopg.Connection, name: str) -> Job:
     _require_schema(conn)
-    row = conn.execute(sql.JOB_ROWS, {"name": name}).fetchone()
-    if row is None:
-        names = [r[0] for r in conn.execute(sql.JOB_NAMES)]
+    job = read_job(conn, name)
+    if job is None:
+        names = job_names(conn)
         known = f" (jobs here: {', '.join(names)})" if names else " (no jobs yet: `vectorfill job create`)"
         raise JobError(f"no job named {name!r}{known}")
-    job_id, name, schema, table, keys, types, text_cols, template, settings = row
-    versions = tuple(_version(r) for r in conn.execute(sql.VERSION_ROWS, {"job_id": job_id}))
-    return Job(
-        id=job_id,
-        name=name,
-        source_schema=schema,
-        source_table=table,
-        key_columns=tuple(keys),
-        key_types=tuple(types),
-        text_columns=tuple(text_cols),
-        template=template,
-        settings=JobSettings(**settings),
-        versions=versions,
-    )
-
-
-def _version(row: tuple[Any, ...]) -> Version:
-    """A :data:`vectorfill.storage.sql.VERSION_ROWS` row; its columns named, not spread by
-    position into the dataclass (whose later fields are the options')."""
-    (
-        job_id,
-        version,
-        model,
-        base_url,
-        api_key_env,
-        dimensions,
-        vector_dims,
-        state,
-        created_at,
-        activated_at,
-        options,
-    ) = row
-    options = options or {}
-    return Version(
-        job_id=job_id,
-        version=version,
-        model=model,
-        base_url=base_url,
-        api_key_env=api_key_env,
-        dimensions=dimensions,
-        vector_dims=vector_dims,
-        state=state,
-        created_at=created_at,
-        activated_at=activated_at,
-        storage=options.get("storage", "vector"),  # versions made before the option existed
-        chunking=ChunkSettings(**options.get("chunking", {})),
-    )
+    return job
 
 
 def version_options(
@@ -277,7 +232,7 @@ def version_options(
 
 def list_jobs(conn: psycopg.Connection) -> list[str]:
     _require_schema(conn)
-    return [r[0] for r in conn.execute(sql.JOB_NAMES)]
+    return job_names(conn)
 
 
 def drop_job(conn: psycopg.Connection, name: str) -> None:
@@ -364,35 +319,3 @@ def absorb(conn: psycopg.Connection, job: Job) -> int:
     In the caller's transaction, whose commit publishes it; the absorber's lock is held
     until then, so no other absorber and no change of the job's versions runs meanwhile."""
     return int(scalar(conn.execute(sql.absorb(job))) or 0)
-
-
-def upgrade_triggers(conn: psycopg.Connection) -> list[str]:
-    """Re-install the triggers of every job whose trigger function predates this release's
-    (:data:`vectorfill.storage.sql.TRIGGER_VERSION`, kept in the function's comment; none
-    means the row-level triggers of version 1); returns the names of the jobs upgraded.
-    Jobs made before the change log (version 3) get theirs, and its absorber, here.
-
-    Run by :func:`vectorfill.storage.db.migrate`, in the caller's transaction: each job's
-    row is locked and writes to its source table wait until the commit, so no write runs
-    between the old triggers and the new ones. Jobs whose source table is gone are left
-    alone (their backfill says so).
-    """
-    if scalar(conn.execute(sql.SCHEMA_INSTALLED)) is None:
-        return []
-    upgraded = []
-    for name in list_jobs(conn):
-        conn.execute(sql.LOCK_JOB, {"name": name})
-        job = load_job(conn, name)
-        fn = sql.trigger_function_name(job).as_string() + "()"
-        if scalar(conn.execute(sql.TRIGGER_FUNCTION_VERSION, {"fn": fn})) == sql.TRIGGER_VERSION:
-            continue
-        if conn.execute(sql.LOOKUP_TABLE, {"schema": job.source_schema, "table": job.source_table}).fetchone() is None:
-            continue
-        conn.execute(sql.lock_source(job))
-        conn.execute(sql.drop_triggers(job))
-        conn.execute(sql.create_log_table(job))
-        conn.execute(sql.create_absorb_function(job))
-        conn.execute(sql.create_trigger_function(job))
-        conn.execute(sql.create_triggers(job))
-        upgraded.append(name)
-    return upgraded

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import psycopg
 
-from vectorfill.errors import JobError
+from vectorfill.errors import DatabaseError, JobError, first_line
 from vectorfill.jobs.registry import load_job
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.records import HNSW_MAX_DIMS
 from vectorfill.storage import sql
-from vectorfill.storage.db import one_row, scalar
+from vectorfill.storage.db import connect, one_row, scalar
+from vectorfill.storage.errors import translated
 
 __all__ = ["INDEX_SUGGESTION_ROWS", "Hit", "check_indexable", "create_index", "has_index", "index_suggested", "search"]
 
@@ -127,7 +129,7 @@ def create_index(
     ``CREATE INDEX CONCURRENTLY`` that fails midway (cancelled, out of memory, a timeout)
     leaves an INVALID index behind, which a later ``IF NOT EXISTS`` would take for done:
     it is dropped on failure, and an invalid one left by an earlier crash is dropped first."""
-    with psycopg.connect(url, autocommit=True) as conn:  # CONCURRENTLY needs autocommit
+    with connect(url, autocommit=True, vector_types=False) as conn:  # CONCURRENTLY needs autocommit
         if notices is not None:
             conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         if memory is not None:
@@ -141,15 +143,14 @@ def create_index(
         if scalar(conn.execute(js.index_valid())) is False:
             conn.execute(js.drop_index())
         try:
-            conn.execute(js.create_index())
-        except psycopg.Error as exc:
-            try:
+            with translated("building the HNSW index"):
+                conn.execute(js.create_index())
+        except DatabaseError as exc:
+            with contextlib.suppress(DatabaseError), translated():
                 conn.execute(js.drop_index())
-            except psycopg.Error:
-                pass
             raise JobError(
-                f"building the HNSW index failed ({str(exc).strip().splitlines()[0]}); the partial index was "
+                f"building the HNSW index failed ({first_line(exc.__cause__ or exc)}); the partial index was "
                 f"dropped: run `vectorfill index {job_name}` again",
                 job=job_name,
-            ) from None
+            ) from exc
         return f"vectorfill.{js.index_name()}"

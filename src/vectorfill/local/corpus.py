@@ -43,10 +43,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
-import psycopg
 from psycopg import sql
 
-from vectorfill.errors import ConfigError, DatabaseError
+from vectorfill.errors import ConfigError, DatabaseRefused, DatabaseUnavailable, first_line
+from vectorfill.storage.db import connect
 
 __all__ = ["MAX_BODY_CHARS", "DocRow", "load_stdlib_docs", "write_corpus"]
 
@@ -154,7 +154,7 @@ def write_corpus(
     target = sql.Identifier(schema, table)
     try:
         # one transaction: committed when the block ends, rolled back on any error
-        with psycopg.connect(url, connect_timeout=10) as conn:
+        with connect(url) as conn:
             found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
             if found.fetchone() is None:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
@@ -164,16 +164,18 @@ def write_corpus(
                 for row in by_id.values():
                     copy.write_row((row.id, row.title, row.body))
             conn.execute(_UPSERT.format(target=target))
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(
-            f"cannot write the corpus to {schema}.{table}: {_first_line(exc)}. Check the "
-            f"database URL (--db / VECTORFILL_DATABASE_URL) and that Postgres is running"
-        ) from None
-    except psycopg.Error as exc:
-        raise DatabaseError(
-            f"Postgres refused the corpus write to {schema}.{table}: {_first_line(exc)}. If the "
-            f"table exists with other columns, drop it or choose another --table"
-        ) from None
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(
+            f"cannot write the corpus to {schema}.{table}: {first_line(exc.__cause__ or exc)}. Check the "
+            f"database URL (--db / VECTORFILL_DATABASE_URL) and that Postgres is running",
+            sqlstate=exc.sqlstate,
+        ) from exc
+    except DatabaseRefused as exc:
+        raise DatabaseRefused(
+            f"Postgres refused the corpus write to {schema}.{table}: {first_line(exc.__cause__ or exc)}. If the "
+            f"table exists with other columns, drop it or choose another --table",
+            sqlstate=exc.sqlstate,
+        ) from exc
     return len(by_id)
 
 
@@ -387,8 +389,3 @@ def _psycopg_url(url: str) -> str:
     if sep and scheme.startswith(("postgresql+", "postgres+")):
         return "postgresql://" + rest
     return url
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,10 +13,11 @@ import time
 import httpx
 
 from vectorfill.config import JobSettings
+from vectorfill.database import resolve_database_url
 from vectorfill.errors import ConfigError, JobError
 from vectorfill.jobs.registry import create_job, job_status, load_job
 from vectorfill.storage import sql
-from vectorfill.storage.db import connect, migrate, resolve_database_url
+from vectorfill.storage.db import connect, migrate
 
 __all__ = ["DEMO_JOB", "DEMO_QUERIES", "DEMO_TABLE", "run_demo"]
 

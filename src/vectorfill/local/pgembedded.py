@@ -57,10 +57,10 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote
 
-import psycopg
 from psycopg import sql
 
-from vectorfill.errors import ConfigError, DatabaseError
+from vectorfill.errors import ConfigError, DatabaseError, first_line
+from vectorfill.storage.db import connect
 
 __all__ = [
     "DATABASE",
@@ -439,17 +439,18 @@ def _ensure_database(pm: _Postmaster, pgdata: Path) -> None:
     Runs under the start lock, so two starts never race on CREATE DATABASE / EXTENSION.
     """
     try:
-        with psycopg.connect(_build_url(pm, "postgres"), autocommit=True, connect_timeout=10) as conn:
+        with connect(_build_url(pm, "postgres"), autocommit=True, vector_types=False) as conn:
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
             if found is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
-        with psycopg.connect(_build_url(pm, DATABASE), autocommit=True, connect_timeout=10) as conn:
+        with connect(_build_url(pm, DATABASE), autocommit=True, vector_types=False) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    except psycopg.Error as exc:
-        raise DatabaseError(
+    except DatabaseError as exc:
+        raise type(exc)(
             f"the embedded Postgres in {pgdata} is running but refused to set up the "
-            f"{DATABASE!r} database: {_describe(exc)}. See its log {pgdata / 'log'}"
-        ) from None
+            f"{DATABASE!r} database: {_describe(exc.__cause__ or exc)}. See its log {pgdata / 'log'}",
+            sqlstate=exc.sqlstate,
+        ) from exc
 
 
 def _build_url(pm: _Postmaster, database: str) -> str:
@@ -465,8 +466,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, subprocess.CalledProcessError):
         program = Path(str(exc.cmd[0])).name if exc.cmd else "command"
         return f"{program} exited with status {exc.returncode}"
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def _log_tail(pgdata: Path, lines: int = 5) -> str:

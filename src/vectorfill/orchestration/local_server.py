@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vectorfill.errors import ConfigError, DatabaseError
+from vectorfill.errors import INSUFFICIENT_PRIVILEGE, ConfigError, DatabaseError
 
 __all__ = ["DEFAULT_PORT", "LocalServer", "ensure", "recorded", "running", "state_path", "stop"]
 
@@ -313,14 +313,14 @@ def _listens(pid: int, port: int) -> bool:
 
 def _database(db_url: str, announce: Callable[[str], object]) -> tuple[str, str, str | None]:
     """(SQLAlchemy URL, description, embedded data dir) of the server's database."""
-    import psycopg
-
     from vectorfill.orchestration.prefect_server import ensure_prefect_database, prefect_database_url
 
     prefect_url, name = prefect_database_url(db_url)
     try:
         ensure_prefect_database(db_url, name)
-    except psycopg.errors.InsufficientPrivilege:
+    except DatabaseError as exc:
+        if exc.sqlstate != INSUFFICIENT_PRIVILEGE:
+            raise
         path = home() / SQLITE_FILE
         announce(
             f"Your database role may not create {name!r}: the local Prefect server keeps its run history in "

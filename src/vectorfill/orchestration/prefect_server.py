@@ -32,13 +32,13 @@ import signal
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 from psycopg import sql as pgsql
 
 from vectorfill.config import DATABASE_URL_ENV
-from vectorfill.errors import DatabaseError
+from vectorfill.errors import DUPLICATE_DATABASE, INSUFFICIENT_PRIVILEGE, DatabaseError, first_line
 from vectorfill.orchestration.api import _state_path, served_api_url
 from vectorfill.orchestration.events import MODEL_CHANGED
+from vectorfill.storage.db import connect
 
 __all__ = [
     "DEFAULT_CRON",
@@ -65,22 +65,24 @@ def prefect_database_url(url: str) -> tuple[str, str]:
 def ensure_prefect_database(url: str, name: str) -> None:
     """Create the database ``name`` in ``url``'s cluster unless it exists.
 
-    Raises psycopg's ``InsufficientPrivilege`` as is when the role may not create it (the
-    caller decides what to do then), :class:`DatabaseError` for any other failure."""
+    Raises :class:`~vectorfill.errors.DatabaseRefused` with ``sqlstate``
+    :data:`~vectorfill.errors.INSUFFICIENT_PRIVILEGE` as is when the role may not create it
+    (the caller decides what to do then), a :class:`DatabaseError` for any other failure."""
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        with connect(url, autocommit=True, vector_types=False) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
                 conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
-    except psycopg.errors.InsufficientPrivilege:
-        raise
-    except psycopg.errors.DuplicateDatabase:
-        return  # created by another process meanwhile
-    except psycopg.Error as exc:
-        raise DatabaseError(
+    except DatabaseError as exc:
+        if exc.sqlstate == DUPLICATE_DATABASE:
+            return  # created by another process meanwhile
+        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
+            raise
+        raise type(exc)(
             f"cannot create Prefect's database {name!r} next to vectorfill's: "
-            f"{str(exc).strip().splitlines()[0]}. Grant CREATEDB, create it yourself, or point "
-            "PREFECT_API_URL at a Prefect server you run"
-        ) from None
+            f"{first_line(exc.__cause__ or exc)}. Grant CREATEDB, create it yourself, or point "
+            "PREFECT_API_URL at a Prefect server you run",
+            sqlstate=exc.sqlstate,
+        ) from exc
 
 
 def build_deployments(
@@ -192,7 +194,6 @@ def serve(
 def _batch_jobs(url: str, jobs: list[str]) -> list[str]:
     """The jobs whose backfills go through the Batch API by default (``job create --batch``)."""
     from vectorfill.jobs.registry import load_job
-    from vectorfill.storage.db import connect
 
     with connect(url) as conn:
         return [job for job in jobs if load_job(conn, job).settings.batch]

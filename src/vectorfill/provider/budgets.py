@@ -5,8 +5,11 @@ Providers count requests and tokens per minute per account, whoever sends them. 
 it cannot know what other runs spend (the provider's headers tell it only afterwards), so
 two runs given the whole budget overspend it. Every worker already talks to the vectorfill
 database, so the budget lives there too: one row of ``vectorfill.budgets`` per endpoint,
-a pair of token buckets refilled by the database's clock (the statements and their locking
-are in :mod:`vectorfill.storage.sql`).
+a pair of token buckets refilled by the database's clock (the table's access is
+:class:`vectorfill.storage.budgets.PostgresBudget`; the statements and their locking are in
+:mod:`vectorfill.storage.sql._budgets`). This module holds what the provider layer needs:
+the endpoint's name; the limiter (:mod:`vectorfill.provider.ratelimit`) receives the budget
+as a :class:`~vectorfill.provider.ratelimit.SharedBudget` and never sees the database.
 
 Asking the database before each request would put a round trip in front of every request,
 so runs take the budget in **chunks** (leases), by default 1/20 of a minute's budget, and
@@ -34,20 +37,10 @@ accounts with several keys.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-import psycopg.errors
-from psycopg import sql as pgsql
-
-from vectorfill.errors import BudgetUnavailable, ConfigError, DatabaseError
-from vectorfill.provider.ratelimit import Grant
-from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, redact_url
-
-__all__ = ["PostgresBudget", "endpoint_key"]
+__all__ = ["endpoint_key"]  # and PostgresBudget, for now (see __getattr__)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -76,89 +69,11 @@ def endpoint_key(base_url: str, model: str) -> str:
     return f"{urlunsplit((scheme, host, path, '', ''))} {model.strip()}"
 
 
-class PostgresBudget:
-    """An endpoint's :class:`~vectorfill.provider.ratelimit.SharedBudget`, kept in ``vectorfill.budgets``.
+def __getattr__(name: str) -> Any:
+    """``PostgresBudget`` (compat): the class is :class:`vectorfill.storage.budgets.PostgresBudget`;
+    this lazy name is the provider layer's last import of storage, kept while callers move."""
+    if name == "PostgresBudget":
+        from vectorfill.storage.budgets import PostgresBudget
 
-    It uses one autocommit connection of its own, opened at the first lease and reopened
-    after a failure; a statement that fails twice raises
-    :class:`~vectorfill.errors.BudgetUnavailable` (transient)::
-
-        budget = PostgresBudget(url, endpoint_key(base_url, model), job="docs")
-        limiter = RateLimiter(3_000, 1_000_000, job="docs", shared=budget)
-        ...
-        await limiter.aclose()  # gives back what was leased and not spent, closes the connection
-    """
-
-    def __init__(self, url: str, endpoint: str, *, job: str | None = None) -> None:
-        self.url = url
-        self.endpoint = endpoint
-        self.job = job
-        self._db = LaneConnection(url)
-        self._ensured = False
-
-    async def lease(self, rpm: float | None, tpm: float | None, requests: float, tokens: float) -> Grant:
-        params = dict(endpoint=self.endpoint, rpm=rpm, tpm=tpm, requests=float(requests), tokens=float(tokens))
-        row = None
-        for _ in range(2):
-            if not self._ensured:
-                await self._execute(sql.BUDGET_ENSURE, params)
-                self._ensured = True
-            row = await self._execute(sql.BUDGET_LEASE, params, fetch=True)
-            if row is not None:
-                break
-            self._ensured = False  # the row was deleted meanwhile: make it again
-        if row is None:
-            raise BudgetUnavailable(f"the shared rate budget of {self.endpoint} keeps disappearing", job=self.job)
-        got_requests, got_tokens, left_requests, left_tokens, row_rpm, row_tpm, paused_s = row
-        return Grant(
-            requests=got_requests,
-            tokens=got_tokens,
-            left_requests=left_requests if row_rpm is not None else None,
-            left_tokens=left_tokens if row_tpm is not None else None,
-            rpm=row_rpm,
-            tpm=row_tpm,
-            paused_s=paused_s or 0.0,
-        )
-
-    async def give_back(self, requests: float, tokens: float) -> None:
-        await self._execute(
-            sql.BUDGET_GIVE_BACK, dict(endpoint=self.endpoint, requests=float(requests), tokens=float(tokens))
-        )
-
-    async def pause(self, seconds: float) -> None:
-        await self._execute(sql.BUDGET_PAUSE, dict(endpoint=self.endpoint, seconds=float(seconds)))
-
-    async def aclose(self) -> None:
-        await self._db.aclose()
-
-    async def _execute(
-        self, statement: pgsql.SQL | pgsql.Composed, params: Mapping[str, object], *, fetch: bool = False
-    ) -> tuple[Any, ...] | None:
-        """Run one statement; after a connection failure, once more on a new connection."""
-        for attempt in (1, 2):
-            try:
-                conn = await self._db.get()
-                cur = await conn.execute(statement, params)
-                return await cur.fetchone() if fetch else None
-            except psycopg.errors.UndefinedTable:
-                raise ConfigError(
-                    "shared rate budgets need the table vectorfill.budgets, which this database "
-                    "lacks: run `vectorfill migrate` (schema revision 0002 or later)",
-                    job=self.job,
-                ) from None
-            except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseError) as exc:
-                await self._db.discard()
-                if attempt == 2:
-                    raise self._unavailable(exc) from None
-            except psycopg.Error as exc:
-                raise self._unavailable(exc) from None
-        raise AssertionError("unreachable")
-
-    def _unavailable(self, exc: Exception) -> BudgetUnavailable:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return BudgetUnavailable(
-            f"cannot lease the shared rate budget of {self.endpoint} from the database at "
-            f"{redact_url(self.url)}: {reason}. Check that Postgres is running and reachable; "
-            "the request waits and its task is retried",
-            job=self.job,
-        )
+        return PostgresBudget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,10 +42,10 @@ from vectorfill.errors import (
     TerminalProviderError,
     TransientProviderError,
 )
+from vectorfill.provider.negotiate import Negotiator
 
 if TYPE_CHECKING:
     from vectorfill.config import JobSettings
-    from vectorfill.provider.negotiate import Negotiator
     from vectorfill.records import Version
 
 __all__ = ["Embeddings", "EmbeddingsClient", "parse_retry_after"]
@@ -171,8 +171,6 @@ class EmbeddingsClient:
         """What this endpoint was found to accept (:class:`vectorfill.provider.negotiate.Negotiator`),
         shared by the run's lanes; a fresh one that remembers nothing unless one was set."""
         if self._negotiator is None:
-            from vectorfill.provider.negotiate import Negotiator
-
             self._negotiator = Negotiator(self)
         return self._negotiator
 

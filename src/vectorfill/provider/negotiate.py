@@ -26,7 +26,9 @@ for n rows and fails them all, for nothing.
 
 What is learnt (caps, the encoding) is kept per endpoint in ``vectorfill.endpoint_caps``
 (migration 0005), shared by every run like the rate budgets, and applied before a run's
-first request (:func:`load_caps`, :meth:`Negotiator.apply`).
+first request (:meth:`Negotiator.apply`). The negotiator never sees the database: it is given
+the caps remembered and a ``remember`` callable (:mod:`vectorfill.storage.caps`), and the
+client as the small :class:`EndpointClient` protocol, not as the client's module.
 """
 
 from __future__ import annotations
@@ -37,22 +39,24 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from vectorfill.errors import RequestRejected, TerminalProviderError, stops_run
+from vectorfill.records import Caps
 
 if TYPE_CHECKING:
     from vectorfill.config import JobSettings
-    from vectorfill.provider.client import Embeddings, EmbeddingsClient
 
 __all__ = [
     "PROBE_TEXT",
     "Caps",
+    "EndpointClient",
     "Negotiator",
     "Refusal",
     "Verdict",
     "classify",
     "load_caps",
+    "negotiator_for",
     "remember_caps",
 ]
 
@@ -117,13 +121,19 @@ def classify(exc: TerminalProviderError) -> Refusal:
     return Refusal("other")
 
 
-@dataclass(frozen=True)
-class Caps:
-    """What is remembered about an endpoint (None: nothing learnt)."""
+class EndpointClient(Protocol):
+    """What a :class:`Negotiator` uses of :class:`vectorfill.provider.client.EmbeddingsClient`:
+    the request's settings it may change, and one request."""
 
-    max_inputs: int | None = None
-    max_request_tokens: int | None = None
-    encoding_format: str | None = None
+    base_url: str
+    model: str
+    job: str | None
+    dimensions: int | None
+    encoding_format: str
+
+    async def embed(self, texts: list[str]) -> Any:
+        """One request; the client's :class:`~vectorfill.provider.client.Embeddings`."""
+        ...
 
 
 class Negotiator:
@@ -137,7 +147,7 @@ class Negotiator:
 
     def __init__(
         self,
-        client: EmbeddingsClient,
+        client: EndpointClient,
         *,
         caps: Caps | None = None,
         remember: Callable[[Caps, str], Awaitable[None]] | None = None,
@@ -341,7 +351,7 @@ class Negotiator:
                 log.warning("could not remember what endpoint %s accepts: %s", self.client.base_url, exc)
 
     # ------------------------------------------------------------------ sending
-    async def embed(self, texts: list[str]) -> Embeddings:
+    async def embed(self, texts: list[str]) -> Any:
         """One negotiated request for ``texts`` (no bisecting): split to the caps, retried
         after a setting changed; a refusal left is raised. For ``vectorfill check``."""
         import numpy as np
@@ -386,52 +396,28 @@ def _normalized(exc: BaseException) -> str:
     return f"{getattr(exc, 'status', None)} " + re.sub(r"\d+", "#", text)
 
 
-# ---------------------------------------------------------------------- persistence
+# ---------------------------------------------------------------------- persistence (compat)
+# Kept for callers of the names below while they move to vectorfill.storage.caps: these
+# are the provider layer's last imports of storage (delete them then).
 
 
 async def load_caps(url: str, endpoint: str) -> Caps:
-    """What ``vectorfill.endpoint_caps`` remembers of ``endpoint``; nothing when the table
-    does not exist yet (a database not migrated to 0005)."""
-    import psycopg.errors
+    """:func:`vectorfill.storage.caps.load_caps` (compat)."""
+    from vectorfill.storage import caps
 
-    from vectorfill.storage import sql
-    from vectorfill.storage.db import aconnect
-
-    try:
-        async with aconnect(url) as conn:
-            cur = await conn.execute(sql.ENDPOINT_CAPS, {"endpoint": endpoint})
-            row = await cur.fetchone()
-    except psycopg.errors.UndefinedTable:
-        return Caps()
-    if row is None:
-        return Caps()
-    return Caps(max_inputs=row[0], max_request_tokens=row[1], encoding_format=row[2])
+    return await caps.load_caps(url, endpoint)
 
 
 async def remember_caps(url: str, endpoint: str, caps: Caps, evidence: str) -> None:
-    """Keep what was learnt about ``endpoint`` for every run (limits only lowered)."""
-    from vectorfill.storage import sql
-    from vectorfill.storage.db import aconnect
+    """:func:`vectorfill.storage.caps.remember_caps` (compat)."""
+    from vectorfill.storage import caps as stored
 
-    async with aconnect(url) as conn:
-        await conn.execute(
-            sql.REMEMBER_ENDPOINT_CAPS,
-            {
-                "endpoint": endpoint,
-                "max_inputs": caps.max_inputs,
-                "max_request_tokens": caps.max_request_tokens,
-                "encoding_format": caps.encoding_format,
-                "evidence": evidence[:500],
-            },
-        )
-        await conn.commit()
+    await stored.remember_caps(url, endpoint, caps, evidence)
 
 
-def negotiator_for(client: EmbeddingsClient, url: str | None, endpoint: str, caps: Caps | None = None) -> Negotiator:
-    """A :class:`Negotiator` for ``client`` that remembers in the database at ``url`` (if any)."""
+def negotiator_for(client: EndpointClient, url: str | None, endpoint: str, caps: Caps | None = None) -> Negotiator:
+    """A :class:`Negotiator` for ``client`` that remembers in the database at ``url`` (if any)
+    (compat: ``Negotiator(client, caps=caps, remember=vectorfill.storage.caps.remembering(url, endpoint))``)."""
+    from vectorfill.storage.caps import remembering
 
-    async def remember(learnt: Caps, evidence: str) -> None:
-        if url:
-            await remember_caps(url, endpoint, learnt, evidence)
-
-    return Negotiator(client, caps=caps, remember=remember)
+    return Negotiator(client, caps=caps, remember=remembering(url, endpoint))

@@ -49,7 +49,7 @@ One limiter belongs to one run and one endpoint (it is not a module-level single
 every lane and every job of the run that talks to that endpoint shares it.
 
 Across processes and machines, the budget is shared through a :class:`SharedBudget`
-(:class:`vectorfill.provider.budgets.PostgresBudget`: a row of ``vectorfill.budgets``). With one,
+(:class:`vectorfill.storage.budgets.PostgresBudget`: a row of ``vectorfill.budgets``). With one,
 the limiter's buckets do not refill with time; they hold chunks **leased** from the shared
 buckets, which do::
 
@@ -84,6 +84,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from vectorfill.errors import ConfigError, TransientProviderError
+from vectorfill.records import Grant  # a record of the budgets table; named here too
 
 __all__ = [
     "Concurrency",
@@ -194,28 +195,8 @@ class LimiterStats:
     """Seconds acquirers spent waiting for lease round trips (not for the refill), summed."""
 
 
-@dataclass(frozen=True)
-class Grant:
-    """What one lease from a :class:`SharedBudget` gave and saw."""
-
-    requests: float
-    """Requests granted (what was asked, or less when the bucket held less)."""
-    tokens: float
-    """Tokens granted, likewise."""
-    left_requests: float | None
-    """Requests left in the shared bucket after the grant (None: no request limit)."""
-    left_tokens: float | None
-    """Tokens left in the shared bucket after the grant (None: no token limit)."""
-    rpm: float | None
-    """The request limit in force for the endpoint (the lowest asserted lately)."""
-    tpm: float | None
-    """The token limit in force, likewise."""
-    paused_s: float = 0.0
-    """Seconds of a pause that a 429 asked for and that are not over yet."""
-
-
 class SharedBudget(Protocol):
-    """An endpoint's budget shared with other processes (:class:`vectorfill.provider.budgets.PostgresBudget`).
+    """An endpoint's budget shared with other processes (:class:`vectorfill.storage.budgets.PostgresBudget`).
 
     It is a pair of token buckets kept by the store, refilled with time; a
     :class:`RateLimiter` takes chunks of them (leases) and spends those locally.

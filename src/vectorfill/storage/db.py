@@ -1,7 +1,10 @@
 """Connections and migrations: the one place that turns a URL into a Postgres session.
 
-The database URL comes from ``--db`` or ``VECTORFILL_DATABASE_URL``; when neither is set,
-commands fall back to the embedded Postgres (``vectorfill db start``) and say so.
+The database URL comes from ``--db`` or ``VECTORFILL_DATABASE_URL``
+(:func:`given_database_url`); when neither is set, commands fall back to the embedded
+Postgres (``vectorfill db start``), which :func:`vectorfill.database.resolve_database_url`
+starts: storage does not know it. psycopg's errors leave these helpers as vectorfill's
+(:mod:`vectorfill.storage.errors`).
 """
 
 from __future__ import annotations
@@ -15,17 +18,25 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector, register_vector_async
 
-from vectorfill.config import DATABASE_URL_ENV, database_url_from_env
-from vectorfill.errors import ConfigError, DatabaseError, JobError, VectorfillError
+from vectorfill.config import database_url_from_env
+from vectorfill.errors import DatabaseError, DatabaseUnavailable, VectorfillError
+from vectorfill.storage.errors import redact_url, translate, translate_error, translated
+from vectorfill.storage.jobs import upgrade_triggers
 
 __all__ = [
     "LaneConnection",
     "aconnect",
+    "aone_row",
     "connect",
     "current_revision",
+    "given_database_url",
+    "head_revision",
+    "lane_error",
     "migrate",
+    "one_row",
     "redact_url",
-    "resolve_database_url",
+    "scalar",
+    "translate_error",
 ]
 
 
@@ -36,75 +47,16 @@ def _migrations_dir() -> Path:
     return Path(str(migrations.__file__)).resolve().parent
 
 
-def resolve_database_url(url: str | None = None, *, announce=None, start_embedded: bool = True) -> str:
-    """``url``, else ``$VECTORFILL_DATABASE_URL``, else the embedded Postgres (started if needed)."""
+def given_database_url(url: str | None = None) -> str | None:
+    """``url``, else ``$VECTORFILL_DATABASE_URL``, normalised for psycopg; None when neither is
+    set (:func:`vectorfill.database.resolve_database_url` then starts the embedded Postgres)."""
     url = url or database_url_from_env()
-    if url:
-        return _normalise(url)
-    if not start_embedded:
-        raise ConfigError(f"no database given: pass --db or set {DATABASE_URL_ENV}")
-    from vectorfill.local import pgembedded
-
-    found = pgembedded.start()
-    if announce:
-        announce(
-            f"No --db or {DATABASE_URL_ENV} given: using the embedded Postgres in "
-            f"{pgembedded.status().data_dir} (`vectorfill db stop` stops it)."
-        )
-    return _normalise(found)
+    return _normalise(url) if url else None
 
 
 def _normalise(url: str) -> str:
     """psycopg wants ``postgresql://``; accept SQLAlchemy's ``postgresql+psycopg://`` too."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
-
-
-#: Errors that mean the job's own tables (or the source's columns) are gone or changed under
-#: a run: a job dropped mid-run, a column removed. Retrying cannot help.
-_SCHEMA_GONE = (
-    psycopg.errors.UndefinedTable,
-    psycopg.errors.UndefinedColumn,
-    psycopg.errors.UndefinedFunction,
-    psycopg.errors.InvalidSchemaName,
-)
-
-
-def translate_error(
-    exc: psycopg.Error, doing: str, *, job: str | None = None, url: str | None = None
-) -> VectorfillError:
-    """The one map from psycopg's errors to vectorfill's (as httpx maps httpcore's):
-
-    - the server unreachable, the connection lost (OperationalError, InterfaceError):
-      :class:`DatabaseError`, transient (a retry on a new connection can work);
-    - the job's tables or the source's columns gone (a job dropped mid-run): :class:`JobError`,
-      terminal;
-    - anything else Postgres refused: :class:`DatabaseError`, terminal.
-
-    ``doing`` says what failed ("claiming rows"); the message keeps Postgres's first line,
-    never the password of ``url``.
-    """
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if isinstance(exc, _SCHEMA_GONE):
-        return JobError(
-            f"{doing} failed: {first}. The job's tables or the source's columns changed under the run "
-            "(was the job dropped, or a column removed?): see `vectorfill job list` and the source table",
-            job=job,
-        )
-    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-        where = f" at {redact_url(url)}" if url else ""
-        return DatabaseError(
-            f"{doing} failed: cannot use the database{where}: {first}. "
-            f"Check --db / {DATABASE_URL_ENV} and that Postgres is running",
-            job=job,
-        )
-    error = DatabaseError(f"{doing} failed: Postgres refused it: {first}", job=job)
-    error.transient = False
-    return error
 
 
 def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
@@ -129,49 +81,51 @@ async def aone_row(cursor: psycopg.AsyncCursor[Any]) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def _translate(exc: psycopg.Error, url: str) -> VectorfillError:
-    return translate_error(exc, "connecting", url=url)
-
-
 async def lane_error(db: LaneConnection, exc: psycopg.Error, doing: str, *, job: str | None = None) -> VectorfillError:
     """:func:`translate_error` for a lane's statements; after a lost connection the lane's
     connection is dropped first, so that a retry opens a new one (``raise await
-    lane_error(...) from None``)."""
-    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+    lane_error(...) from exc``)."""
+    error = translate_error(exc, doing, job=job)
+    if isinstance(error, DatabaseUnavailable):
         await db.discard()
-    return translate_error(exc, doing, job=job)
+    return error
 
 
 @contextlib.contextmanager
-def connect(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    """A psycopg connection with pgvector's types registered."""
-    try:
+def connect(url: str, *, autocommit: bool = False, vector_types: bool = True) -> Iterator[psycopg.Connection]:
+    """A psycopg connection with pgvector's types registered (unless ``vector_types`` is
+    False: DDL needs none, and the look-up costs a round trip). A psycopg error, connecting
+    or raised out of the block, leaves it as vectorfill's (:mod:`vectorfill.storage.errors`)."""
+    with translated(url=url):
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise _translate(exc, url) from None
-    with conn:
-        try:
-            register_vector(conn)
-        except psycopg.ProgrammingError:
-            pass  # the vector extension is created by `vectorfill migrate`
-        yield conn
+        with conn:
+            if vector_types:
+                try:
+                    register_vector(conn)
+                except psycopg.ProgrammingError:
+                    pass  # the vector extension is created by `vectorfill migrate`
+            yield conn
 
 
 @contextlib.asynccontextmanager
 async def aconnect(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
-    try:
+    """:func:`connect` for asyncio (not autocommit; pgvector's types registered)."""
+    with translated(url=url):
         conn = await psycopg.AsyncConnection.connect(url, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise _translate(exc, url) from None
-    async with conn:
-        await register_vector_async(conn)
-        yield conn
+        async with conn:
+            await register_vector_async(conn)
+            yield conn
 
 
 class LaneConnection:
     """One autocommit connection that a lane's tasks share for a whole run, reopened after
     a failure. Transactions are explicit (``async with conn.transaction()``), so the
     connection never idles inside one.
+
+    :meth:`execute` runs one statement and translates its errors (dropping the connection
+    after a :class:`~vectorfill.errors.DatabaseUnavailable`, so that a retry opens a new one);
+    :meth:`get` hands out the connection itself, for a transaction or a COPY, whose errors
+    the caller translates (:func:`lane_error`).
     """
 
     def __init__(self, url: str) -> None:
@@ -180,13 +134,26 @@ class LaneConnection:
 
     async def get(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            try:
+            with translated("connecting", url=self.url):
                 conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
-            except psycopg.OperationalError as exc:
-                raise _translate(exc, self.url) from None
-            await register_vector_async(conn)
+                await register_vector_async(conn)
             self._conn = conn
         return self._conn
+
+    async def execute(
+        self, statement: Any, params: Any = None, *, doing: str | None = None, job: str | None = None
+    ) -> tuple[Any, ...] | None:
+        """Run one statement on the lane's connection; its first row (None: it returns none)."""
+        try:
+            conn = await self.get()
+            cur = await conn.execute(statement, params)
+            row = await cur.fetchone() if cur.description is not None else None
+        except psycopg.Error as exc:
+            error = translate(exc, doing, job=job, url=self.url)
+            if isinstance(error, DatabaseUnavailable):
+                await self.discard()
+            raise error from exc
+        return tuple(row) if row is not None else None
 
     async def discard(self) -> None:
         """Drop the connection (after an error); the next :meth:`get` opens a new one."""
@@ -231,8 +198,8 @@ def _alembic_run(url: str, fn, revision: str) -> None:
             conn.commit()
     except Exception as exc:  # sqlalchemy wraps psycopg errors
         orig = getattr(exc, "orig", None)
-        if isinstance(orig, psycopg.OperationalError):
-            raise _translate(orig, url) from None
+        if isinstance(orig, psycopg.Error):
+            raise translate(orig, "migrating", url=url) from exc
         raise
     finally:
         engine.dispose()
@@ -244,7 +211,7 @@ def migrate(
     """Upgrade (or downgrade) vectorfill's schema; returns the revision now in place.
 
     An upgrade also re-installs the triggers of jobs created by an older release
-    (:func:`vectorfill.jobs.registry.upgrade_triggers`), telling ``report`` which."""
+    (:func:`vectorfill.storage.jobs.upgrade_triggers`), telling ``report`` which."""
     from alembic import command
 
     if downgrade:
@@ -262,8 +229,6 @@ def migrate(
                     conn.execute("DROP SCHEMA IF EXISTS vectorfill")
     else:
         _alembic_run(url, command.upgrade, revision)
-        from vectorfill.jobs.registry import upgrade_triggers
-
         with connect(url) as conn:
             for job in upgrade_triggers(conn):
                 if report:
