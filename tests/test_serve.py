@@ -221,7 +221,7 @@ def test_prefect_yaml_declares_what_serve_serves():
 
     from vectorfill.flows.backfill import backfill
     from vectorfill.orchestration.events import MODEL_CHANGED
-    from vectorfill.orchestration.prefect_server import build_deployments
+    from vectorfill.orchestration.serve import build_deployments
 
     spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}

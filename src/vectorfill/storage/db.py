@@ -19,7 +19,7 @@ import psycopg
 from pgvector.psycopg import register_vector, register_vector_async
 
 from vectorfill.config import database_url_from_env
-from vectorfill.errors import DatabaseError, DatabaseUnavailable, VectorfillError
+from vectorfill.errors import DUPLICATE_DATABASE, DatabaseError, DatabaseUnavailable, VectorfillError
 from vectorfill.storage.errors import redact_url, translate, translate_error, translated
 from vectorfill.storage.jobs import upgrade_triggers
 
@@ -28,6 +28,7 @@ __all__ = [
     "aconnect",
     "aone_row",
     "connect",
+    "create_database",
     "current_revision",
     "given_database_url",
     "head_revision",
@@ -166,6 +167,25 @@ class LaneConnection:
 
     async def aclose(self) -> None:
         await self.discard()
+
+
+def create_database(url: str, name: str) -> bool:
+    """Create the database ``name`` in ``url``'s cluster unless it exists; True when this call
+    created it. Another process creating it meanwhile is not an error. Raises the
+    :class:`~vectorfill.errors.DatabaseError` of the refusal otherwise (``sqlstate`` tells
+    which: a role without CREATEDB is ``INSUFFICIENT_PRIVILEGE``)."""
+    from psycopg import sql as pgsql
+
+    try:
+        with connect(url, autocommit=True, vector_types=False) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None:
+                return False
+            conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+            return True
+    except DatabaseError as exc:
+        if exc.sqlstate == DUPLICATE_DATABASE:
+            return False  # created by another process meanwhile
+        raise
 
 
 def _alembic_config(url: str):

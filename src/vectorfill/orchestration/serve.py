@@ -30,21 +30,16 @@ import json
 import os
 import signal
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
-
-from psycopg import sql as pgsql
 
 from vectorfill.config import DATABASE_URL_ENV
-from vectorfill.errors import DUPLICATE_DATABASE, INSUFFICIENT_PRIVILEGE, DatabaseError, first_line
-from vectorfill.orchestration.api import _state_path, served_api_url
+from vectorfill.jobs.registry import load_job
+from vectorfill.orchestration.api import _state_path, served_api_url, use_api
 from vectorfill.orchestration.events import MODEL_CHANGED
 from vectorfill.storage.db import connect
 
 __all__ = [
     "DEFAULT_CRON",
     "build_deployments",
-    "ensure_prefect_database",
-    "prefect_database_url",
     "serve",
     "served_api_url",
 ]
@@ -52,37 +47,6 @@ __all__ = [
 DEFAULT_CRON = "0 2 * * *"
 #: Seconds between two collections of a job's Batch API batches by `vectorfill serve`.
 COLLECT_EVERY_S = 600
-
-
-def prefect_database_url(url: str) -> tuple[str, str]:
-    """(SQLAlchemy asyncpg URL of Prefect's database, its name) next to vectorfill's ``url``."""
-    parts = urlsplit(url)
-    vf_db = parts.path.lstrip("/") or "postgres"
-    name = f"{vf_db}_prefect"
-    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path="/" + name)), name
-
-
-def ensure_prefect_database(url: str, name: str) -> None:
-    """Create the database ``name`` in ``url``'s cluster unless it exists.
-
-    Raises :class:`~vectorfill.errors.DatabaseRefused` with ``sqlstate``
-    :data:`~vectorfill.errors.INSUFFICIENT_PRIVILEGE` as is when the role may not create it
-    (the caller decides what to do then), a :class:`DatabaseError` for any other failure."""
-    try:
-        with connect(url, autocommit=True, vector_types=False) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
-    except DatabaseError as exc:
-        if exc.sqlstate == DUPLICATE_DATABASE:
-            return  # created by another process meanwhile
-        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
-            raise
-        raise type(exc)(
-            f"cannot create Prefect's database {name!r} next to vectorfill's: "
-            f"{first_line(exc.__cause__ or exc)}. Grant CREATEDB, create it yourself, or point "
-            "PREFECT_API_URL at a Prefect server you run",
-            sqlstate=exc.sqlstate,
-        ) from exc
 
 
 def build_deployments(
@@ -95,6 +59,7 @@ def build_deployments(
     from prefect.deployments.runner import EntrypointType
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
+    # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
     from vectorfill.flows.backfill import backfill
 
     deployments = [
@@ -154,8 +119,6 @@ def serve(
     server (started on ``port`` if it is not running yet; it keeps running afterwards); with
     ``sync``, also a sync run per job (:mod:`vectorfill.orchestration.sync`). SIGTERM ends it
     with the README's exit code 143 (Prefect's runner would exit 0)."""
-    from vectorfill.orchestration.api import use_api
-
     os.environ[DATABASE_URL_ENV] = url
     api_url = use_api(url, port=port, announce=announce)
     if port is not None and not api_url.startswith(f"http://127.0.0.1:{port}/"):
@@ -173,6 +136,7 @@ def serve(
         ui = api_url.removesuffix("/api")
         announce(f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} (Ctrl-C stops)")
         if sync and jobs:
+            # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
             from vectorfill.orchestration.sync import SyncSupervisor
 
             syncing = SyncSupervisor(jobs, window_s=sync_window_s, announce=announce).start()
@@ -193,7 +157,5 @@ def serve(
 
 def _batch_jobs(url: str, jobs: list[str]) -> list[str]:
     """The jobs whose backfills go through the Batch API by default (``job create --batch``)."""
-    from vectorfill.jobs.registry import load_job
-
     with connect(url) as conn:
         return [job for job in jobs if load_job(conn, job).settings.batch]
