@@ -30,79 +30,100 @@ import json
 import os
 import signal
 from collections.abc import Sequence
+from importlib import resources
+from typing import Any
 
 from vectorfill.config import DATABASE_URL_ENV
+from vectorfill.errors import ConfigError
 from vectorfill.jobs.registry import load_job
 from vectorfill.orchestration.api import _state_path, served_api_url, use_api
-from vectorfill.orchestration.events import MODEL_CHANGED
 from vectorfill.storage.db import connect
 
 __all__ = [
+    "DECLARED_JOB",
     "DEFAULT_CRON",
     "build_deployments",
+    "declared_deployments",
     "serve",
     "served_api_url",
 ]
 
 DEFAULT_CRON = "0 2 * * *"
-#: Seconds between two collections of a job's Batch API batches by `vectorfill serve`.
-COLLECT_EVERY_S = 600
+
+
+#: The job the declared per-job deployments of ``deployments/prefect.yaml`` are written for:
+#: ``serve`` makes a copy of each for every job it serves, as a user copies them for ``prefect deploy``.
+DECLARED_JOB = "docs"
+
+
+def declared_deployments() -> list[dict[str, Any]]:
+    """The deployments of the packaged ``deployments/prefect.yaml``, the one declaration of
+    what vectorfill deploys (YAML anchors resolved)."""
+    import yaml  # lazy: only serve reads it
+
+    text = resources.files("vectorfill.deployments").joinpath("prefect.yaml").read_text(encoding="utf-8")
+    return list(yaml.safe_load(text)["deployments"])
 
 
 def build_deployments(
     jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: Sequence[str] = (), reembed: bool = True
 ) -> list:
-    """The served deployments: a scheduled backfill per job; for ``batch_jobs`` (jobs whose
-    default is the Batch API) a collection of their batches every :data:`COLLECT_EVERY_S`
-    seconds; and (unless ``reembed`` is False: ``serve --sync``, whose sync runs fill new
-    versions themselves) the event-triggered re-embed."""
+    """The served deployments, as ``deployments/prefect.yaml`` declares them: each
+    deployment declared for the job :data:`DECLARED_JOB` is made for every job in ``jobs``
+    (the scheduled backfill, on ``cron``: None for no schedule) or, if tagged ``batches``,
+    for every job of ``batch_jobs`` (jobs whose default is the Batch API: their batches
+    collected on the declared interval); a deployment declared with triggers (the re-embed
+    on ``vectorfill.model.changed``) is made once, unless ``reembed`` is False
+    (``serve --sync``, whose sync runs fill new versions themselves)."""
+    deployments = []
+    for spec in declared_deployments():
+        if spec.get("parameters", {}).get("job") == DECLARED_JOB:
+            for job in batch_jobs if "batches" in spec.get("tags", ()) else jobs:
+                deployments.append(_deployment(spec, job, cron))
+        elif spec.get("triggers"):
+            if reembed:
+                deployments.append(_deployment(spec, None, cron))
+        else:
+            raise ConfigError(f"deployments/prefect.yaml: {spec.get('name')!r} is neither per job nor triggered")
+    return deployments
+
+
+def _deployment(spec: dict[str, Any], job: str | None, cron: str | None):
+    """One declared deployment as a runner deployment; for ``job``, its copy for that job."""
     from prefect.deployments.runner import EntrypointType
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.utilities.importtools import import_object
 
-    # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
-    from vectorfill.flows.backfill import backfill
-
-    deployments = [
-        backfill.to_deployment(
-            name=f"backfill-{job}",
-            parameters={"job": job},
-            cron=cron,
-            tags=["vectorfill", f"job:{job}"],
-            description=f"Embed every pending row of the job {job!r}.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
+    flow = import_object(spec["entrypoint"])  # a module path into the installed package
+    name, description = spec["name"], spec.get("description")
+    parameters, tags = dict(spec.get("parameters", {})), list(spec.get("tags", []))
+    if job is not None:
+        name = name.removesuffix(f"-{DECLARED_JOB}") + f"-{job}"
+        description = description and description.replace(f"`{DECLARED_JOB}`", f"`{job}`")
+        parameters["job"] = job
+        tags.append(f"job:{job}")
+    schedule: dict[str, Any] = {}
+    for declared in spec.get("schedules", []):
+        if "cron" in declared:
+            schedule["cron"] = cron  # serve's --cron ('' for none) replaces the declared one
+        elif "interval" in declared:
+            schedule["interval"] = declared["interval"]
+    triggers = [
+        DeploymentEventTrigger(
+            name=f"vectorfill {name} on {', '.join(t['expect'])}", **{k: v for k, v in t.items() if k != "type"}
         )
-        for job in jobs
+        for t in spec.get("triggers", [])
     ]
-    deployments += [  # Batch API batches: collected every few minutes, nothing new submitted or embedded
-        backfill.to_deployment(
-            name=f"collect-batches-{job}",
-            parameters={"job": job, "batch": True, "max_rows": 0},
-            interval=COLLECT_EVERY_S,
-            tags=["vectorfill", f"job:{job}", "batches"],
-            description=f"Collect the job {job!r}'s finished Batch API batches and store their vectors.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
-        )
-        for job in batch_jobs
-    ]
-    if not reembed:
-        return deployments
-    deployments.append(
-        backfill.to_deployment(
-            name="reembed",
-            triggers=[
-                DeploymentEventTrigger(
-                    name="vectorfill re-embed on model change",
-                    expect={MODEL_CHANGED},
-                    match={"prefect.resource.id": "vectorfill.job.*"},
-                    parameters={"job": "{{ event.payload.job }}"},
-                )
-            ],
-            tags=["vectorfill", "reembed"],
-            description="Re-embed a job with its new model when `vectorfill job set-model` says so.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
-        )
+    return flow.to_deployment(
+        name=name,
+        parameters=parameters,
+        tags=tags,
+        description=description,
+        triggers=triggers or None,
+        concurrency_limit=spec.get("concurrency_limit"),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        **schedule,
     )
-    return deployments
 
 
 def serve(
