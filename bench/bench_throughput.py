@@ -906,8 +906,9 @@ def run_backfill(job: str, mode: str, args, cpu_pids, profile: bool = False) -> 
             profiler.start()
         if mode == "prefect":
             summary = asyncio.run(fb.backfill(job))
-        else:
+        else:  # the flow's body returns its final state (Prefect unwraps it for a flow call)
             summary = asyncio.run(fb.backfill.fn(job))
+            summary = getattr(summary, "data", summary)
         if profiler:
             profiler.stop()
         window.stop()
@@ -1020,6 +1021,11 @@ def profile_report(profiler, top: int) -> str:
 
 def _rate(d: dict) -> float:
     return d["rows"] / d["wall"] if d["wall"] > 0 else 0.0
+
+
+def _say(what: str, d: dict) -> None:
+    """One phase's rate as it ends, with the machine's load then."""
+    print(f"{what}: {_rate(d):,.0f} rows/s (load {d['load']:.2f})", flush=True)
 
 
 def _mib(kib: int | None) -> str:
@@ -1527,7 +1533,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def with_prefect() -> None:
                 results["vf"] = run_backfill(flow_job, "prefect", args, pids(), profile=args.profile and r == 0)
-                print(f"vectorfill (Prefect): {_rate(results['vf']):,.0f} rows/s", flush=True)
+                _say("vectorfill (Prefect)", results["vf"])
                 if results["vf"]["rows"] != args.rows:
                     print(
                         f"WARNING: the flow embedded {results['vf']['rows']} of {args.rows} rows: {results['vf']['summary']}"
@@ -1537,7 +1543,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["vf_bare"] = run_backfill(
                     f"bench_bare{tag}", "bare", args, pids(), profile=args.profile and r == 0
                 )
-                print(f"vectorfill (no Prefect): {_rate(results['vf_bare']):,.0f} rows/s", flush=True)
+                _say("vectorfill (no Prefect)", results["vf_bare"])
                 if results["vf_bare"]["rows"] != args.rows:
                     print(f"WARNING: the bare run embedded {results['vf_bare']['rows']} of {args.rows} rows")
 
@@ -1548,7 +1554,7 @@ def main(argv: list[str] | None = None) -> int:
                 settle(url)
                 provider.restart()
                 results["vf_cmd"] = run_command(cmd_job, pids(), command_env(url))
-                print(f"vectorfill backfill command: {_rate(results['vf_cmd']):,.0f} rows/s", flush=True)
+                _say("vectorfill backfill command", results["vf_cmd"])
                 if results["vf_cmd"]["rows"] != args.rows:
                     print(f"WARNING: the command embedded {results['vf_cmd']['rows']} of {args.rows} rows")
                 empties = sorted(
@@ -1559,7 +1565,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def pipelined() -> None:
                 results["p_pipe"] = bench_pipelined(url, provider, args, pipe_src, pipe_tables, pids())
-                print(f"P pipelined: {_rate(results['p_pipe']):,.0f} rows/s", flush=True)
+                _say("P pipelined", results["p_pipe"])
 
             def new_home() -> None:
                 """The command in a home of its own: it starts a local Prefect server first (on
@@ -1574,7 +1580,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["vf_home"] = run_command(home_job, pids(), env)
                 finally:
                     stop_home(env)
-                print(f"vectorfill backfill command, new home: {_rate(results['vf_home']):,.0f} rows/s", flush=True)
+                _say("vectorfill backfill command, new home", results["vf_home"])
 
             pipe_src = f"bench_src_pipe{tag}"
             jobs.append(("", pipe_src))
@@ -1595,16 +1601,16 @@ def main(argv: list[str] | None = None) -> int:
                 extra = {"Postgres": (pg_pid, True)}
                 texts = list(iter_texts(args.rows, args.tokens))  # only now: after the vectorfill peak
                 results["a_b64"] = bench_provider(provider, texts, args, "base64", extra)
-                print(f"A base64: {_rate(results['a_b64']):,.0f} rows/s", flush=True)
+                _say("A base64", results["a_b64"])
                 results["a_float"] = bench_provider(provider, texts, args, "float", extra)
-                print(f"A float: {_rate(results['a_float']):,.0f} rows/s", flush=True)
+                _say("A float", results["a_float"])
                 provider.stop()
                 settle(url)
                 results["b_copy"] = bench_copy(url, args, False, extra)
-                print(f"B COPY: {_rate(results['b_copy']):,.0f} rows/s", flush=True)
+                _say("B COPY", results["b_copy"])
                 settle(url)
                 results["b_copy_ext"] = bench_copy(url, args, True, extra)
-                print(f"B COPY (EXTERNAL): {_rate(results['b_copy_ext']):,.0f} rows/s", flush=True)
+                _say("B COPY (EXTERNAL)", results["b_copy_ext"])
             return results
 
         rounds: list[dict[str, dict]] = []
