@@ -1023,6 +1023,13 @@ def _rate(d: dict) -> float:
     return d["rows"] / d["wall"] if d["wall"] > 0 else 0.0
 
 
+def _bench_cpu_per_krow(d: dict) -> float:
+    """CPU seconds the benchmark's processes (not other work on the machine) spent per
+    1,000 rows of a phase."""
+    cpu = sum(v for k, v in d.get("cpu", {}).items() if k != "other processes")
+    return 1000 * cpu / d["rows"] if d["rows"] else 0.0
+
+
 def _say(what: str, d: dict) -> None:
     """One phase's rate as it ends, with the machine's load then."""
     print(f"{what}: {_rate(d):,.0f} rows/s (load {d['load']:.2f})", flush=True)
@@ -1132,6 +1139,12 @@ def rounds_report(args, rounds: list[dict]) -> str:
     with_p = [r for r in rounds if "p_pipe" in r]
     spread("vectorfill in-process / P", [_rate(r["vf"]) / _rate(r["p_pipe"]) for r in with_p])
     spread("the command / P", [_rate(r["vf_cmd"]) / _rate(r["p_pipe"]) for r in with_p if "vf_cmd" in r])
+
+    def cpu_ratio(r: dict, key: str) -> float:
+        return _bench_cpu_per_krow(r["p_pipe"]) / (_bench_cpu_per_krow(r[key]) or 1.0)
+
+    spread("P's CPU per row / the flow's (in-process)", [cpu_ratio(r, "vf") for r in with_p])
+    spread("P's CPU per row / the command's", [cpu_ratio(r, "vf_cmd") for r in with_p if "vf_cmd" in r])
     spread(
         "the command in a new home / P", [_rate(r["vf_home"]) / _rate(r["p_pipe"]) for r in with_p if "vf_home" in r]
     )
@@ -1190,9 +1203,14 @@ def report(args, meta: dict, results: dict) -> str:
         out.append("")
         out.append(f"Against the pipelined baseline P ({p:,.0f} rows/s), this job's limit on this machine:")
         out.append("")
-        out.append("| configuration | rows/s | / P | goal at 100,000 rows | load (1 min) after |")
-        out.append("|---|---:|---:|---|---:|")
+        out.append(
+            "| configuration | rows/s | / P | goal at 100,000 rows | CPU s per 1,000 rows | P's CPU / its CPU "
+            "| load (1 min) after |"
+        )
+        out.append("|---|---:|---:|---|---:|---:|---:|")
+        p_cpu = _bench_cpu_per_krow(results["p_pipe"])
         for key, label, goal in (
+            ("p_pipe", "P, pipelined", ""),
             ("vf", "the flow, in-process", ">= 80%"),
             ("vf_bare", "the flow's lanes without Prefect", ""),
             ("vf_cmd", "the whole `vectorfill backfill` command, local server running", ">= 65%"),
@@ -1200,7 +1218,17 @@ def report(args, meta: dict, results: dict) -> str:
         ):
             if key in results:
                 d = results[key]
-                out.append(f"| {label} | {_rate(d):,.0f} | {100 * _rate(d) / p:.0f}% | {goal} | {d['load']:.2f} |")
+                cpu = _bench_cpu_per_krow(d)
+                out.append(
+                    f"| {label} | {_rate(d):,.0f} | {100 * _rate(d) / p:.0f}% | {goal} | {cpu:.2f} "
+                    f"| {100 * p_cpu / cpu if cpu else 0:.0f}% | {d['load']:.2f} |"
+                )
+        out.append("")
+        out.append(
+            "(CPU: this process or the command, Prefect's server, the fake provider and Postgres, over the "
+            "phase; unlike rows/s it hardly moves with other work on the machine, so on a loaded machine "
+            "P's CPU / its CPU is the steadier ratio)"
+        )
 
     vf = results["vf"]
     r_vf = _rate(vf)
