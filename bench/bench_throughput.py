@@ -13,10 +13,11 @@ Everything below is measured in one run, on one machine, against the same texts:
   float noise; the second row shows whether skipping that attempt matters).
 * **P, pipelined**: the whole job done the plainest way, in this process: ``concurrency``
   httpx requests of ``--max-inputs`` texts in flight to the same fake provider, base64,
-  parsed with orjson and decoded with pybase64 + numpy as the client does, and one writer
-  that COPYs the vectors (binary, 1,000 rows a transaction) into ``(id bigint PRIMARY KEY,
-  embedding vector(d))`` and deletes their rows from a queue table of the source's keys,
-  whose pending texts the lanes read in key order (keyset pages). No Prefect, no leases, no
+  parsed with orjson and decoded with pybase64 + numpy as the client does, and transactions
+  of 1,000 rows, on ``--pipe-writers`` connections (default: ``concurrency``) side by side,
+  that COPY the vectors (binary) into ``(id bigint PRIMARY KEY, embedding vector(d))`` and
+  delete their rows from a queue table of the source's keys, whose pending texts the lanes
+  read in key order (keyset pages). No Prefect, no leases, no
   token counting, no per-row checks. With the fake provider and Postgres on the same
   cores, this is the job's real limit on the machine: each vectorfill figure is reported
   as a share of it.
@@ -381,10 +382,12 @@ class CpuWindow:
         self.wall = time.perf_counter() - self._t0
         self.load = os.getloadavg()[0]
         self.used["this process"] = _self_cpu() - self._self0
+        busy = _machine_busy() - self._busy0
+        if any(ch for _pid, ch in self.pids.values()):
+            time.sleep(0.3)  # Postgres: backends closed at the end count once their parent has reaped them
         for k, (pid, ch) in self.pids.items():
             if pid is not None:
                 self.used[k] = _proc_cpu(pid, with_children=ch) - self._p0[k]
-        busy = _machine_busy() - self._busy0
         if busy > 0:  # everything else on the machine (other users' work skews the numbers)
             self.used["other processes"] = max(0.0, busy - sum(self.used.values()))
         after = _thread_cpu()
@@ -602,9 +605,10 @@ async def _pipelined(url: str, base_url: str, args, source: str, queue: str, tab
     ``concurrency`` lanes each take the next ``max_inputs`` pending texts in key order
     (keyset pages under one lock, on one connection: each row is read once), POST them
     with httpx, parse with orjson and decode the base64 with pybase64 into one numpy array,
-    as the client does. One writer takes the decoded answers (at most ``concurrency``
-    waiting) and, :data:`PIPE_TXN_ROWS` rows a transaction, COPYs them and deletes their
-    queue rows. No Prefect, no leases, no token counting, no per-row checks.
+    as the client does. The decoded answers (at most ``concurrency`` waiting) are cut into
+    transactions of :data:`PIPE_TXN_ROWS` rows, each of which COPYs its vectors and deletes
+    its queue rows, on ``--pipe-writers`` connections side by side. No Prefect, no leases,
+    no token counting, no per-row checks.
     """
     import httpx
     import numpy as np
@@ -613,9 +617,12 @@ async def _pipelined(url: str, base_url: str, args, source: str, queue: str, tab
     from psycopg import sql
     from pybase64 import b64decode
 
-    page = sql.SQL("SELECT q.id, s.body FROM {} q JOIN {} s USING (id) WHERE q.id > %s ORDER BY q.id LIMIT %s").format(
-        sql.Identifier(queue), sql.Identifier(source)
-    )
+    # the bound on s.id too: a merge join would otherwise scan the source from its first key
+    # for every page (Postgres does not carry an inequality across the join's equality)
+    page = sql.SQL(
+        "SELECT q.id, s.body FROM {} q JOIN {} s USING (id) WHERE q.id > %(after)s AND s.id > %(after)s "
+        "ORDER BY q.id LIMIT %(n)s"
+    ).format(sql.Identifier(queue), sql.Identifier(source))
     copy_sql = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(sql.Identifier(table))
     dequeue = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(queue))
     request = {"model": MODEL, "encoding_format": "base64"}
@@ -625,10 +632,13 @@ async def _pipelined(url: str, base_url: str, args, source: str, queue: str, tab
     reading = asyncio.Lock()
     last_key = 0
     stored = 0
+    writers = [await psycopg.AsyncConnection.connect(url) for _ in range(args.pipe_writers or args.concurrency)]
+    idle: asyncio.Queue = asyncio.Queue()
+    for conn in writers:
+        idle.put_nowait(conn)
 
     async with (
         await psycopg.AsyncConnection.connect(url, autocommit=True) as reader,
-        await psycopg.AsyncConnection.connect(url) as writer,
         httpx.AsyncClient(
             timeout=60.0,
             limits=httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency),
@@ -639,7 +649,7 @@ async def _pipelined(url: str, base_url: str, args, source: str, queue: str, tab
         async def next_page() -> list[tuple]:
             nonlocal last_key
             async with reading:
-                rows = await (await reader.execute(page, (last_key, args.max_inputs))).fetchall()
+                rows = await (await reader.execute(page, {"after": last_key, "n": args.max_inputs})).fetchall()
                 if rows:
                     last_key = rows[-1][0]
                 return rows
@@ -660,31 +670,37 @@ async def _pipelined(url: str, base_url: str, args, source: str, queue: str, tab
                 vectors = np.frombuffer(raw, dtype="<f4").reshape(len(rows), -1)
                 await answered.put((np.fromiter((r[0] for r in rows), np.int64, len(rows)), vectors))
 
-        async def write(ids, vectors) -> None:
+        async def write(conn, ids, vectors) -> None:
             nonlocal stored
-            async with writer.transaction():
-                async with writer.cursor().copy(copy_sql) as copy:
-                    await copy.write(_copy_payload(ids, vectors))
-                await writer.execute(dequeue, (ids.tolist(),))
-            stored += len(ids)
+            try:
+                async with conn.transaction():
+                    async with conn.cursor().copy(copy_sql) as copy:
+                        await copy.write(_copy_payload(ids, vectors))
+                    await conn.execute(dequeue, (ids.tolist(),))
+                stored += len(ids)
+            finally:
+                idle.put_nowait(conn)
 
-        async def writer_loop() -> None:
+        async def store(group: asyncio.TaskGroup) -> None:
             ids, vectors = [], []  # answers held until PIPE_TXN_ROWS rows are in hand
             held = 0
-            while (answer := await answered.get()) is not None:
-                ids.append(answer[0])
-                vectors.append(answer[1])
-                held += len(answer[0])
-                if held >= PIPE_TXN_ROWS:
+            while True:
+                answer = await answered.get()
+                if answer is not None:
+                    ids.append(answer[0])
+                    vectors.append(answer[1])
+                    held += len(answer[0])
+                if held and (held >= PIPE_TXN_ROWS or answer is None):
                     all_ids, all_vectors = np.concatenate(ids), np.concatenate(vectors)
-                    for start in range(0, held - held % PIPE_TXN_ROWS, PIPE_TXN_ROWS):
-                        end = start + PIPE_TXN_ROWS
-                        await write(all_ids[start:end], all_vectors[start:end])
-                    rest = held % PIPE_TXN_ROWS
-                    ids, vectors = [all_ids[held - rest :]], [all_vectors[held - rest :]]
-                    held = rest
-            if held:
-                await write(np.concatenate(ids), np.concatenate(vectors))
+                    whole = held if answer is None else held - held % PIPE_TXN_ROWS
+                    for start in range(0, whole, PIPE_TXN_ROWS):
+                        conn = await idle.get()  # a free writer: at most one transaction each
+                        end = min(whole, start + PIPE_TXN_ROWS)
+                        group.create_task(write(conn, all_ids[start:end], all_vectors[start:end]))
+                    ids, vectors = [all_ids[whole:]], [all_vectors[whole:]]
+                    held -= whole
+                if answer is None:
+                    return
 
         async def requests() -> None:
             async with asyncio.TaskGroup() as lanes:
@@ -692,9 +708,13 @@ async def _pipelined(url: str, base_url: str, args, source: str, queue: str, tab
                     lanes.create_task(lane())
             await answered.put(None)
 
-        async with asyncio.TaskGroup() as group:
-            group.create_task(writer_loop())
-            group.create_task(requests())
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(store(group))
+                group.create_task(requests())
+        finally:
+            for conn in writers:
+                await conn.close()
     return stored
 
 
@@ -1419,6 +1439,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time the `vectorfill backfill` command as a subprocess (start-up included) and its "
         "fixed cost, on the local Prefect server of a fresh VECTORFILL_HOME",
+    )
+    p.add_argument(
+        "--pipe-writers",
+        type=int,
+        default=None,
+        help="connections the pipelined baseline P writes on, side by side (default: concurrency)",
     )
     p.add_argument(
         "--new-home",
