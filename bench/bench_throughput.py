@@ -1097,13 +1097,18 @@ def rounds_report(args, rounds: list[dict]) -> str:
     out.append(
         "| round | P rows/s | vectorfill rows/s | vectorfill / P | no Prefect rows/s | A base64 rows/s | B rows/s "
         "| vectorfill / lower of A and B | Prefect share, A/B | other processes' CPU s during vectorfill "
-        "| load (1 min) after vectorfill |"
+        "| load (1 min) after vectorfill | P's CPU per row / vectorfill's |"
     )
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, r in enumerate(rounds, 1):
 
         def cell(key: str, r: dict = r) -> str:
             return f"{_rate(r[key]):,.0f}" if key in r else "-"
+
+        def cpu_p(key: str, r: dict = r) -> str:
+            if "p_pipe" not in r or key not in r or not _bench_cpu_per_krow(r[key]):
+                return "-"
+            return f"{100 * _bench_cpu_per_krow(r['p_pipe']) / _bench_cpu_per_krow(r[key]):.0f}%"
 
         over_p = f"{100 * _rate(r['vf']) / _rate(r['p_pipe']):.0f}%" if "p_pipe" in r else "-"
         ratio = f"{100 * _rate(r['vf']) / min(_rate(r['a_b64']), _rate(r['b_copy'])):.0f}%" if "b_copy" in r else "-"
@@ -1112,7 +1117,7 @@ def rounds_report(args, rounds: list[dict]) -> str:
         out.append(
             f"| {i} | {cell('p_pipe')} | {cell('vf')} | {over_p} | {cell('vf_bare')} | {cell('a_b64')} "
             f"| {cell('b_copy')} | {ratio} | {share} | {'-' if other is None else f'{other:.2f}'} "
-            f"| {r['vf']['load']:.2f} |"
+            f"| {r['vf']['load']:.2f} | {cpu_p('vf')} |"
         )
     with_bare = [r for r in rounds if "vf_bare" in r]
     if len(with_bare) > 1:
@@ -1130,21 +1135,22 @@ def rounds_report(args, rounds: list[dict]) -> str:
         out.append("")
         out.append(
             "| round | command rows/s | command / P | command / lower of A and B | fixed cost s "
-            "| new home rows/s | new home / P | load (1 min) after the command |"
+            "| new home rows/s | new home / P | load (1 min) after the command | P's CPU per row / the command's |"
         )
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for i, r in enumerate(rounds, 1):
             if r in cmd_rounds:
                 lower = min(_rate(r["a_b64"]), _rate(r["b_copy"]))
                 fixed = r.get("vf_fixed", {}).get("wall")
                 home = r.get("vf_home")
                 home_p = "-" if home is None else f"{100 * _rate(home) / _rate(r['p_pipe']):.0f}%"
+                cmd_cpu = f"{100 * _bench_cpu_per_krow(r['p_pipe']) / (_bench_cpu_per_krow(r['vf_cmd']) or 1.0):.0f}%"
                 out.append(
                     f"| {i} | {_rate(r['vf_cmd']):,.0f} | {100 * _rate(r['vf_cmd']) / _rate(r['p_pipe']):.0f}% "
                     f"| {100 * _rate(r['vf_cmd']) / lower:.0f}% | {'-' if fixed is None else f'{fixed:.2f}'} "
                     f"| {'-' if home is None else f'{_rate(home):,.0f}'} "
                     f"| {home_p} "
-                    f"| {r['vf_cmd']['load']:.2f} |"
+                    f"| {r['vf_cmd']['load']:.2f} | {cmd_cpu} |"
                 )
 
     def spread(what: str, ratios: list[float]) -> None:
