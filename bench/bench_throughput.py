@@ -29,8 +29,9 @@ Everything below is measured in one run, on one machine, against the same texts:
   connections and this process's first allocations of full-size requests, which make a
   cold first run markedly slower).
 * **vectorfill without Prefect**: the same flow body and lanes, on a fresh job of the
-  same texts, with every task replaced by its plain function (``task.fn``), retried as its
-  ``retry_condition_fn`` allows, and the progress and summary artifacts by no-ops. Odd
+  same texts, with every task replaced by its plain function (``task.fn``, retried on
+  transient errors), each batch run in its lane by the engine's ``run_batch`` (as sync runs
+  it) instead of as a task run, and the progress and summary artifacts by no-ops. Odd
   rounds run the flow, this and P in that order, even rounds in the reverse order, so that
   no side always meets the colder machine.
 
@@ -50,7 +51,7 @@ Prefect's share of wall time is estimated three ways:
    ("inner"), and each call site in the flow module is wrapped to time the whole task call
    as the lane sees it ("outer"); the flow's ``.fn`` and the progress-artifact calls are
    timed the same way. Then ``prefect_time = (flow wall - flow body) + (outer - inner of
-   prepare, switch and report, which the flow runs alone) + (sum of outer - inner of the
+   prepare, collect, switch and report, which the flow runs alone) + (sum of outer - inner of the
    batch tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow
    wall``. Dividing lane time by ``concurrency`` assumes the lanes' overheads overlap
    evenly, and the CPU Prefect's server takes from the machine is not counted.
@@ -790,54 +791,50 @@ def _outer(task, record):
     return _timed(call, record)
 
 
-class _FailedState:
-    """What a ``retry_condition_fn`` reads of a failed state: its exception."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.data = exc
-
-
 class _Bare:
-    """Stands in for a Task without Prefect: calls its function, and retries it at once
-    while its ``retry_condition_fn`` allows (the batch task waits out its backoff itself),
-    or, without one, retries transient errors up to ``retries`` times."""
+    """Stands in for a Task without Prefect: calls its function, and retries it at once on
+    a transient error, up to ``retries`` times."""
 
-    def __init__(self, fn, retries: int, condition=None) -> None:
-        self.fn, self.retries, self.condition = fn, retries, condition
+    def __init__(self, fn, retries: int) -> None:
+        self.fn, self.retries = fn, retries
 
     def __call__(self, *a, **k):
         from prefect.utilities.annotations import BaseAnnotation
 
         from vectorfill.errors import is_transient
 
-        # the flow quote()s its arguments for Prefect; a plain call gets the values
+        # a caller may quote() its arguments for Prefect; a plain call gets the values
         a = tuple(x.unwrap() if isinstance(x, BaseAnnotation) else x for x in a)
-
-        def may_retry(exc: BaseException) -> bool:
-            if self.condition is not None:
-                return self.condition(None, None, _FailedState(exc))
-            return is_transient(exc)
 
         async def call():
             for attempt in range(self.retries + 1):
                 try:
                     return await self.fn(*a, **k)
                 except Exception as exc:
-                    if attempt == self.retries or not may_retry(exc):
+                    if attempt == self.retries or not is_transient(exc):
                         raise
 
         return call()
 
 
 #: The flow module's tasks, by the global name it calls them by.
-_TASK_GLOBALS = {"prepare": "prepare_run", "switch": "switch_versions", "report": "report_run"}
-#: The stage functions the batch task calls, by their global name in tasks/batch.py.
+_TASK_GLOBALS = {
+    "prepare": "prepare_run",
+    "collect": "collect_batches",
+    "switch": "switch_versions",
+    "report": "report_run",
+}
+#: The stage functions a batch calls, by their global name in the engine's ``batch`` module.
 _STAGES = {"claim": "claim_rows", "embed": "embed_batch", "store": "store_batch"}
 
 
 def _artifact_functions(module) -> list[str]:
     """Names of Prefect's artifact functions imported into ``module`` (the core changes)."""
-    return [n for n, v in vars(module).items() if "artifact" in n and callable(v) and n.startswith(("a", "c", "u"))]
+    return [
+        n
+        for n, v in vars(module).items()
+        if "artifact" in n and callable(v) and getattr(v, "__module__", "").startswith("prefect.")
+    ]
 
 
 def _no_op_like(fn):
@@ -852,18 +849,24 @@ def _no_op_like(fn):
 
 @contextlib.contextmanager
 def instrumented(mode: str):
-    """Patch the flow module for one run: ``mode`` "prefect" (time bodies and call sites)
-    or "bare" (tasks replaced by their timed functions, artifacts by no-ops). Either way
-    the stages inside the batch task are timed."""
+    """Patch the flow for one run: ``mode`` "prefect" (time bodies and call sites) or
+    "bare" (tasks replaced by their timed functions, each batch run by the engine's own
+    runner, ``run_batch``, as sync runs it, and artifacts by no-ops). Either way the stages
+    inside each batch are timed.
+
+    What is patched: the flow module's task globals (:data:`_TASK_GLOBALS`) and its
+    ``BACKFILL`` policy; ``batch_task`` in ``vectorfill.tasks.batch`` (which the policy's
+    runner, ``as_task_run``, calls); the stage functions in ``vectorfill.engine.batch``
+    (:data:`_STAGES`); Prefect's artifact functions in ``vectorfill.tasks.report``."""
     import importlib
 
     fb = flow_module()
-    fill_mod = importlib.import_module("vectorfill.tasks.fill")
-    batch_mod = importlib.import_module("vectorfill.tasks.batch")
+    task_mod = importlib.import_module("vectorfill.tasks.batch")
+    engine_mod = importlib.import_module("vectorfill.engine.batch")
     report_mod = importlib.import_module("vectorfill.tasks.report")
     clock = StageClock()
     tasks = {stage: getattr(fb, g) for stage, g in _TASK_GLOBALS.items()}
-    tasks["batch"] = batch_mod.fill_batch
+    tasks["batch"] = task_mod.fill_batch
     saved: list[tuple[object, str, object]] = []  # (object, attribute, original value)
 
     def patch(obj, attr: str, value) -> None:
@@ -872,15 +875,15 @@ def instrumented(mode: str):
 
     try:
         for stage, g in _STAGES.items():
-            patch(batch_mod, g, _timed(getattr(batch_mod, g), functools.partial(clock.add, "stage", stage)))
-        for name, t in tasks.items():
-            patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", name)))
-        batch_task = fill_mod.batch_task
+            patch(engine_mod, g, _timed(getattr(engine_mod, g), functools.partial(clock.add, "stage", stage)))
         if mode == "prefect":
+            for name, t in tasks.items():
+                patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", name)))
             for name, g in _TASK_GLOBALS.items():
                 patch(fb, g, _outer(tasks[name], functools.partial(clock.add, "outer", name)))
+            batch_task = task_mod.batch_task
             record_batch = functools.partial(clock.add, "outer", "batch")
-            patch(fill_mod, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
+            patch(task_mod, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
             for name in _artifact_functions(report_mod):
                 if "progress" in name:
                     patch(
@@ -895,15 +898,13 @@ def instrumented(mode: str):
             patch(fb.backfill, "fn", _timed(fb.backfill.fn, record_body))
         else:
             for name, g in _TASK_GLOBALS.items():
-                patch(fb, g, _Bare(tasks[name].fn, tasks[name].retries))
-
-            def bare_batch(attempts):
-                return _Bare(tasks["batch"].fn, attempts.total_retries, attempts.retry_condition())
-
-            patch(fill_mod, "batch_task", bare_batch)
-            for module in (report_mod,):  # progress and summary artifacts
-                for name in _artifact_functions(module):
-                    patch(module, name, _no_op_like(getattr(module, name)))
+                timed = _timed(tasks[name].fn, functools.partial(clock.add, "inner", name))
+                patch(fb, g, _Bare(timed, tasks[name].retries))
+            # each batch in its lane, retried by the engine as Prefect would retry the task
+            run_batch = _timed(engine_mod.run_batch, functools.partial(clock.add, "inner", "batch"))
+            patch(fb, "BACKFILL", fb.BACKFILL.with_runner(run_batch))
+            for name in _artifact_functions(report_mod):  # progress and summary artifacts
+                patch(report_mod, name, _no_op_like(getattr(report_mod, name)))
         yield clock
     finally:
         for obj, attr, value in reversed(saved):
@@ -1301,7 +1302,7 @@ def report(args, meta: dict, results: dict) -> str:
     def over(stages) -> float:
         return sum(clock.outer.get(s, 0.0) - clock.inner.get(s, 0.0) for s in stages)
 
-    sequential = over(("prepare", "switch", "report"))  # run by the flow body, one at a time
+    sequential = over(("prepare", "collect", "switch", "report"))  # run by the flow body, one at a time
     in_lanes = over(("batch",))
     artifacts = clock.outer.get("artifacts", 0.0)
     est = flow_over + sequential + (in_lanes + artifacts) / args.concurrency
@@ -1312,7 +1313,7 @@ def report(args, meta: dict, results: dict) -> str:
         out.append(
             f"| ... task-run overhead per batch task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |"
         )
-    out.append(f"| ... prepare + switch + report task-run overhead | {sequential:.2f} s | |")
+    out.append(f"| ... prepare + collect + switch + report task-run overhead | {sequential:.2f} s | |")
     out.append(f"| ... progress-artifact calls (lane time) | {artifacts:.2f} s | |")
     rss = meta.get("rss", vf)  # the first round's: later rounds follow baselines
     out.append(
@@ -1339,6 +1340,7 @@ def report(args, meta: dict, results: dict) -> str:
     bare_clock: StageClock | None = results.get("vf_bare", {}).get("clock")
     rows = [
         ("prepare", "inner"),
+        ("collect", "inner"),
         ("batch", "inner"),
         ("claim", "stage"),
         ("embed", "stage"),
