@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="vf-bench-sync-"))
     data_dir = root / "pgdata"
     serve = None
+    env: dict[str, str] | None = None
     provider = FakeProvider(argparse.Namespace(dimensions=args.dimensions, latency_ms=0.0), root)
     try:
         if args.db:
@@ -352,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                 serve.wait(90)
             except subprocess.TimeoutExpired:
                 os.killpg(serve.pid, signal.SIGKILL)
+        if env is not None:  # serve leaves the local Prefect server it started running, by design
+            subprocess.run(
+                [sys.executable, "-m", "vectorfill.cli", "stop"], env=env, capture_output=True, timeout=120, check=False
+            )
         provider.stop()
         if not args.db:
             from vectorfill.local import pgembedded
