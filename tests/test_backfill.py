@@ -9,18 +9,10 @@ import uuid
 import numpy as np
 import pytest
 
+from assertions import assert_vectors_match_texts
 from conftest import API_KEY
 from vectorfill.errors import AuthenticationError, ModelNotFound, TransientProviderError
 from vectorfill.storage.db import LaneConnection
-
-
-def assert_vectors_match_texts(env, job="docs", table="articles"):
-    """Every source row has exactly the provider's vector for its current text."""
-    texts = env.texts(table)
-    vectors = env.vectors(job)
-    assert set(vectors) == set(texts)
-    for key, text in texts.items():
-        np.testing.assert_allclose(vectors[key], env.provider.expected_vector(text), rtol=0, atol=1e-6)
 
 
 def test_each_stored_vector_is_the_providers_vector_for_that_rows_text(env):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import vectorfill.engine.batch as batch_mod
-from test_backfill import assert_vectors_match_texts
+from assertions import assert_vectors_match_texts
 from vectorfill.engine.batch import Attempts
 from vectorfill.errors import DatabaseError, TerminalProviderError, TransientProviderError
 

@@ -283,7 +283,7 @@ def test_estimate_shows_the_batch_price_beside_the_online_one(env):
 
 @pytest.mark.slow
 def test_batch_mode_through_the_cli(fresh_db, provider, tmp_path, local_prefect_home):
-    from test_cli import user_env, vf
+    from cli_helpers import user_env, vf
     from vectorfill.storage.db import connect
 
     env = user_env(fresh_db, tmp_path, local_prefect_home)  # the session's local Prefect server

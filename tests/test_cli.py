@@ -4,41 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import API_KEY
+from cli_helpers import user_env, vf
 from vectorfill.storage.db import connect
-
-
-def vf(*args, env=None, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "vectorfill.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vectorfill {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def user_env(db_url: str, tmp_path, home=None) -> dict:
-    """The environment of a user's shell: the database, the key in VF_KEY, state in tmp_path
-    (vectorfill's in ``home`` if given: where the local Prefect server runs)."""
-    env = dict(os.environ)
-    env.update(
-        VECTORFILL_DATABASE_URL=db_url,
-        VF_KEY=API_KEY,
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        VECTORFILL_HOME=str(home or tmp_path / "home"),
-    )
-    env.pop("PREFECT_API_URL", None)
-    return env
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from test_cli import user_env, vf
+from cli_helpers import user_env, vf
 from vectorfill.jobs.registry import load_job
 from vectorfill.storage.db import connect
 

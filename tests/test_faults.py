@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_backfill import assert_vectors_match_texts
+from assertions import assert_vectors_match_texts
 from vectorfill.errors import QuotaExceeded, TransientProviderError
 
 

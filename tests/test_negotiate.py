@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from test_backfill import assert_vectors_match_texts
+from assertions import assert_vectors_match_texts
 from vectorfill.errors import RequestRejected
 from vectorfill.provider.budgets import endpoint_key
 

@@ -13,27 +13,11 @@ import time
 import pytest
 
 import vectorfill.provider.ratelimit
+from fake_clock import FakeTime
 from fake_provider import FakeProvider, format_duration
 from fake_provider import RateLimiter as ProviderBuckets
 from vectorfill.errors import ConfigError, QuotaExceeded, TransientProviderError, stops_run
 from vectorfill.provider.ratelimit import Concurrency, RateLimiter, Throttle, parse_duration
-
-
-class FakeTime:
-    """A clock that moves only when someone sleeps on it."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        until = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, until)
 
 
 def limiter(rpm=None, tpm=None, **kw) -> tuple[RateLimiter, FakeTime]:

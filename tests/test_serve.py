@@ -7,21 +7,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import numpy as np
 import pytest
 
+from cli_helpers import Served, free_port, job_on_articles, vf
 from conftest import API_KEY
 from fake_provider import FakeProvider
-from test_cli import user_env, vf
 from vectorfill.jobs.search import search
 from vectorfill.jobs.versions import list_versions
-from vectorfill.storage.db import connect, migrate
+from vectorfill.storage.db import connect
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # real processes and servers: the whole module
 
@@ -35,53 +32,6 @@ def stops_local_prefect(request, tmp_path):
     from conftest import stop_local_prefect
 
     stop_local_prefect(tmp_path / "home", db)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """`vectorfill serve` in a subprocess, and its Prefect API: the PREFECT_API_URL of ``env``,
-    else the local server it starts on ``port``."""
-
-    def __init__(self, env: dict, port: int, log, *args: str) -> None:
-        self.env, self.port, self.log = env, port, log
-        self.api = env.get("PREFECT_API_URL") or f"http://127.0.0.1:{port}/api"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vectorfill.cli", "serve", "--port", str(port), *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # Ctrl-C must reach it: under the full suite this process may ignore SIGINT, and
-            # an ignored signal is inherited
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-
-    def wait_for_deployments(self, names: set[str], timeout: float = 400) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "vectorfill serve exited early"
-            try:
-                found = httpx.post(f"{self.api}/deployments/filter", json={}, timeout=5).json()
-                if names <= {d["name"] for d in found}:
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(1)
-        raise AssertionError(f"deployments {names} not served within {timeout} s")
-
-    def stop(self, sig: int = signal.SIGINT) -> int:
-        """Stop it as a user would: Ctrl-C (SIGINT to the group) or SIGTERM (systemd, kill)."""
-        os.killpg(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise
 
 
 def httpx_alive(api: str) -> bool:
@@ -99,33 +49,6 @@ def wait_until(predicate, timeout: float, what: str):
             return value
         time.sleep(1)
     raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
-def job_on_articles(db_url: str, tmp_path, base_url: str, rows: int, *options: str) -> dict:
-    """A migrated database with `rows` articles and the job `docs` on them; the user's env."""
-    env = user_env(db_url, tmp_path)
-    migrate(db_url)
-    with connect(db_url) as conn:
-        conn.execute("CREATE TABLE articles (id int PRIMARY KEY, body text)")
-        conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, %s) g", (rows,))
-    vf(
-        "job",
-        "create",
-        "docs",
-        "--table",
-        "articles",
-        "--text",
-        "body",
-        "--model",
-        "fake-embed",
-        "--base-url",
-        base_url,
-        "--api-key-env",
-        "VF_KEY",
-        *options,
-        env=env,
-    )
-    return env
 
 
 def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_path):

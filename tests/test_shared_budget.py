@@ -19,8 +19,8 @@ import time
 
 import pytest
 
+from fake_clock import FakeTime
 from fake_provider import RateLimiter as ProviderBuckets
-from test_ratelimit import FakeTime
 from vectorfill.errors import BudgetUnavailable, ConfigError
 from vectorfill.provider.budgets import PostgresBudget, endpoint_key
 from vectorfill.provider.ratelimit import Grant, RateLimiter

@@ -362,7 +362,7 @@ def test_sync_rolls_over_to_a_new_run_per_window_and_each_summarises_its_own(env
 def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, served_on_session_server):
     import signal
 
-    from test_serve import Served, free_port, job_on_articles
+    from cli_helpers import Served, free_port, job_on_articles
     from vectorfill.storage.db import connect
 
     def leased_rows() -> int:
