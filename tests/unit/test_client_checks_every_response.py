@@ -1,5 +1,5 @@
 """The client sends what the job asks for and takes a response only when it holds exactly one
-vector per input, each at its index: what tests/test_client.py does not already cover."""
+vector per input, each at its index: what tests/unit/test_client.py does not already cover."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The negotiator's judgements, with the client on a scripted endpoint: a refusal that names a
 cap or a setting is learnt or stops the run; one that names nothing is settled by a probe;
-only an input's fault is bisected. (Through the real flow: tests/test_negotiate.py.)"""
+only an input's fault is bisected. (Through the real flow: tests/integration/test_negotiate.py.)"""
 
 from __future__ import annotations
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 
 import psycopg
 import pytest
@@ -15,17 +13,14 @@ import pytest
 from vectorfill.errors import (
     INSUFFICIENT_PRIVILEGE,
     UNDEFINED_TABLE,
-    BudgetUnavailable,
-    ConfigError,
     DatabaseError,
     DatabaseRefused,
     DatabaseUnavailable,
     first_line,
     is_transient,
-    sqlstate_is_transient,
 )
 from vectorfill.storage.db import LaneConnection, aconnect, connect
-from vectorfill.storage.errors import translate, translated
+from vectorfill.storage.errors import translated
 
 
 def _refused(url: str, *statements: str) -> DatabaseError:
@@ -142,72 +137,3 @@ def test_translated_decorates_sync_and_async_functions(fresh_db):
     with pytest.raises(DatabaseRefused, match=r"^counting later failed: "):
         asyncio.run(acount())
     assert count.__name__ == "count" and acount.__name__ == "acount"
-
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [
-        (psycopg.errors.AdminShutdown, True),  # 57P01
-        (psycopg.errors.CannotConnectNow, True),  # 57P03
-        (psycopg.errors.DeadlockDetected, True),  # 40P01
-        (psycopg.errors.TooManyConnections, True),  # 53300
-        (psycopg.errors.ConnectionFailure, True),  # 08006
-        (psycopg.errors.LockNotAvailable, True),  # 55P03
-        (psycopg.errors.DatabaseDropped, False),  # 57P04
-        (psycopg.errors.ObjectInUse, False),  # 55006: class 55 is not transient but for the lock timeout
-        (psycopg.errors.InternalError_, False),  # XX000
-        (psycopg.errors.NotNullViolation, False),  # 23502
-        (psycopg.errors.UndefinedColumn, False),  # 42703
-    ],
-)
-def test_the_sqlstate_decides_what_a_retry_can_help(error, transient):
-    """The cases that cannot be produced on a test server on demand, by their class: the map
-    reads only the SQLSTATE the server sent, which psycopg's class carries."""
-    translated_error = translate(error("boom"))
-    assert translated_error.sqlstate == error.sqlstate
-    assert translated_error.transient is transient
-    assert isinstance(translated_error, DatabaseUnavailable if transient else DatabaseRefused)
-    assert sqlstate_is_transient(error.sqlstate) is transient
-
-
-def test_without_a_sqlstate_only_connection_failures_are_transient():
-    assert sqlstate_is_transient(None) is None
-    assert isinstance(translate(psycopg.OperationalError("connection refused")), DatabaseUnavailable)
-    assert isinstance(translate(psycopg.InterfaceError("the connection is closed")), DatabaseUnavailable)
-    assert isinstance(
-        translate(psycopg.ProgrammingError("the query has 2 placeholders but 1 parameter")), DatabaseRefused
-    )
-
-
-def test_the_error_kinds_sit_in_one_tree():
-    assert issubclass(DatabaseUnavailable, DatabaseError) and DatabaseUnavailable.transient
-    assert issubclass(DatabaseRefused, DatabaseError) and not DatabaseRefused.transient
-    assert issubclass(BudgetUnavailable, DatabaseUnavailable)
-    assert DatabaseError("x").transient  # a plain one, as before
-
-
-def test_first_line_is_the_message_s_first_line_or_the_type():
-    assert first_line(ValueError("  one\nDETAIL: two\n")) == "one"
-    assert first_line(ValueError()) == "ValueError"
-
-
-def test_a_database_url_is_resolved_without_starting_anything(monkeypatch):
-    from vectorfill.database import resolve_database_url
-
-    monkeypatch.delenv("VECTORFILL_DATABASE_URL", raising=False)
-    assert resolve_database_url("postgresql+psycopg://u@h/db") == "postgresql://u@h/db"
-    monkeypatch.setenv("VECTORFILL_DATABASE_URL", "postgres://u@h/env")
-    assert resolve_database_url(None) == "postgresql://u@h/env"
-    monkeypatch.delenv("VECTORFILL_DATABASE_URL")
-    with pytest.raises(ConfigError, match="no database given"):
-        resolve_database_url(None, start_embedded=False)
-
-
-def test_storage_imports_neither_the_jobs_nor_the_local_layer():
-    code = (
-        "import sys, vectorfill.storage.db, vectorfill.storage.budgets, vectorfill.storage.caps\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('vectorfill.jobs', 'vectorfill.local', "
-        "'vectorfill.provider'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

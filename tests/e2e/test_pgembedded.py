@@ -47,22 +47,6 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_public_api_is_what_all_says():
-    assert sorted(pgembedded.__all__) == sorted(
-        [
-            "DATABASE",
-            "HOME_ENV",
-            "EmbeddedStatus",
-            "default_data_dir",
-            "start",
-            "stop",
-            "status",
-            "url",
-            "sqlalchemy_url",
-        ]
-    )
-
-
 @pytest.mark.slow
 def test_start_status_url_stop_round_trip(data_dir: Path):
     before = pgembedded.status(data_dir)
@@ -191,21 +175,8 @@ def test_stale_pid_file_whose_pid_was_reused_does_not_block_start(data_dir: Path
             other.kill()
 
 
-def test_default_data_dir_follows_vectorfill_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv(pgembedded.HOME_ENV, str(tmp_path))
-    assert pgembedded.default_data_dir() == tmp_path / "pgdata"
-    assert pgembedded.status().data_dir == (tmp_path / "pgdata").resolve()
-
-
 def test_non_postgres_directory_is_refused_with_a_config_error(data_dir: Path):
     data_dir.mkdir()
     (data_dir / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a Postgres data directory"):
         pgembedded.start(data_dir)
-
-
-def test_sqlalchemy_url_swaps_only_the_scheme():
-    url = "postgresql://postgres@/vectorfill?host=/tmp/x/pgdata"
-    assert pgembedded.sqlalchemy_url(url) == "postgresql+psycopg://postgres@/vectorfill?host=/tmp/x/pgdata"
-    with pytest.raises(ConfigError):
-        pgembedded.sqlalchemy_url("mysql://x/y")

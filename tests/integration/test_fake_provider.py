@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import base64
 import math
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import tiktoken
 
-from fake_provider import CORRUPT_MODES, FakeProvider, RateLimiter, format_duration, wait_until_healthy
+from fake_provider import FakeProvider
 
 DIMS = 32
 KEY = "sk-fake"
@@ -252,12 +247,6 @@ def test_corrupt_floats_when_base64_ignores_the_requested_format(client, provide
     assert all(isinstance(item["embedding"], list) for item in data)
 
 
-def test_every_corruption_mode_is_covered():
-    assert set(CORRUPT_MODES) == {"shuffle", "short", "wrong_dims", "nan", "no_index", "floats_when_base64"}
-    with pytest.raises(ValueError, match="unknown corruption mode"):
-        FakeProvider(8).corrupt_next(1, "garbage")
-
-
 # ---------------------------------------------------------------- rate limits
 
 
@@ -312,72 +301,4 @@ def test_a_request_larger_than_the_tpm_limit_gets_a_429_without_retry_after():
     assert "retry-after" not in response.headers
 
 
-def test_rate_limiter_refills_continuously():
-    clock = FakeClock()
-    limiter = RateLimiter(rpm=60, tpm=600, model="m", clock=clock)
-    for _ in range(60):
-        assert limiter.admit(1).refused is None
-    assert limiter.admit(1).refused == "requests"
-    clock.advance(1)  # one request per second comes back
-    assert limiter.admit(1).refused is None
-    assert limiter.admit(1).refused == "requests"
-    clock.advance(60)
-    verdict = limiter.admit(600)
-    assert verdict.refused is None and verdict.headers["x-ratelimit-remaining-tokens"] == "0"
-    verdict = limiter.admit(10)
-    assert verdict.refused == "tokens" and verdict.retry_after == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize(
-    "seconds, text",
-    [(360, "6m0s"), (1, "1s"), (0.02, "20ms"), (1.5, "1.5s"), (0, "0s"), (3725.25, "1h2m5.25s"), (59.9999, "1m0s")],
-)
-def test_durations_are_formatted_like_openai(seconds, text):
-    assert format_duration(seconds) == text
-
-
 # ---------------------------------------------------------------- as a process
-
-
-def test_runs_as_its_own_process_with_stats():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = Path(__file__).with_name("fake_provider.py")
-    env = {**os.environ, "FAKE_KEY": "sk-proc"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(script),
-            "--port",
-            str(port),
-            "--dimensions",
-            "16",
-            "--latency-ms",
-            "1",
-            "--rpm",
-            "600",
-            "--tpm",
-            "100000",
-            "--api-key-env",
-            "FAKE_KEY",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url, proc, timeout=20)
-        headers = {"Authorization": "Bearer sk-proc"}
-        response = httpx.post(
-            url + "/v1/embeddings", json={"model": "fake-embed", "input": ["p", "q"]}, headers=headers
-        )
-        assert response.status_code == 200
-        assert len(response.json()["data"][0]["embedding"]) == 16
-        assert response.headers["x-ratelimit-limit-requests"] == "600"
-        stats = httpx.get(url + "/_fake/stats").json()
-        assert stats["requests"] == 1 and stats["embedded"] == 2 and stats["tokens_billed"] == 2
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)

@@ -4,10 +4,8 @@ reads of a run in Prefect: its name and its log lines."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -109,38 +107,6 @@ def test_commands_racing_to_start_the_local_server_get_one_server(fresh_db, home
     assert STARTED not in again.stderr and [p.pid for p in prefect_servers_of(home)] == [state(home)["pid"]]
 
 
-def test_a_server_of_another_home_on_the_port_is_not_taken_for_ours(fresh_db, home, monkeypatch):
-    """Two homes racing for Prefect's default port (two users, or test workers, on one machine):
-    the one that loses sees the winner's server answer there. It must not record that server
-    as its own (its own died on the port and it would use another home's history): it starts
-    again on a free port."""
-    from vectorfill.local.embeddings_server.serve import ServerThread
-    from vectorfill.orchestration import local_server
-
-    async def health(scope, receive, send):  # another server that answers /api/health
-        if scope["type"] == "http":
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
-            )
-            await send({"type": "http.response.body", "body": b"true"})
-        elif scope["type"] == "lifespan":
-            await receive()
-            await send({"type": "lifespan.startup.complete"})
-
-    monkeypatch.setenv("VECTORFILL_HOME", str(home))
-    home.mkdir()
-    with ServerThread(health) as other:
-        assert answers(f"{other.url}/api")
-        monkeypatch.setattr(local_server, "_pick_port", lambda port: other.port)  # as if it were free when checked
-        server = local_server.ensure(fresh_db, announce=lambda _: None)
-        try:
-            assert server.port != other.port
-            assert local_server._listens(server.pid, server.port) and answers(server.api_url)
-            assert state(home)["pid"] == server.pid and state(home)["port"] == server.port
-        finally:
-            local_server.stop()
-
-
 @pytest.mark.slow
 def test_a_killed_server_is_restarted_by_the_next_command_and_a_stale_state_file_is_ignored(fresh_db, home):
     env = command_env(fresh_db, home)
@@ -189,46 +155,6 @@ def test_with_prefect_api_url_set_nothing_is_started(fresh_db, home, prefect_ser
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the session's server (another home's)
     assert isinstance(json.loads(vf(env, "runs", "--json").stdout), list)
     assert not (home / "prefect-local.json").exists() and prefect_servers_of(home) == []
-
-
-def test_runs_are_named_after_their_job_and_log_each_batch_and_a_summary(env):
-    """The UI shows a run named after its job and, in its Logs tab, a line per batch and the
-    summary (counts only)."""
-    env.make_table(5000)
-    env.create_job(settings_kw={"max_inputs": 1000, "retries": 1})  # batches of 4,096 rows: two here
-    summary = env.backfill()
-    assert summary.embedded == 5000
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort, LogSort
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-
-    async def read():
-        async with get_client() as client:
-            run = (await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1))[0]
-            logs = await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
-                sort=LogSort.TIMESTAMP_ASC,
-                limit=200,
-                offset=0,
-            )
-        return run, [log.message for log in logs]
-
-    run, messages = asyncio.run(read())
-    assert run.parameters["job"] == "docs"
-    assert re.fullmatch(r"docs-\d{4}-\d\d-\d\dT\d\d:\d\d", run.name), run.name
-    assert run.name == f"docs-{run.expected_start_time:%Y-%m-%dT%H:%M}"
-    batches = [m for m in messages if ": batch of " in m]
-    assert len(batches) == 2, messages
-    assert any(m.startswith("docs v1: batch of 4,096 rows: 4,096 embedded") for m in batches), batches
-    assert any(m.startswith("docs v1: batch of 904 rows: 904 embedded") for m in batches), batches
-    assert all(re.search(r"tokens in \d+ requests; \d+\.\d\d s, 0 retries$", m) for m in batches), batches
-    summaries = [m for m in messages if "rows embedded in" in m]
-    assert len(summaries) == 1 and summaries[0].startswith("docs: 5,000 rows embedded in "), messages
-    assert "0 still pending" in summaries[0]
 
 
 @pytest.mark.slow

@@ -3,112 +3,13 @@ workers as separate processes, one killed mid-run."""
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
-
-from vectorfill.errors import ConfigError
-from vectorfill.orchestration.fanout import combine, split_rows
-
-
-def test_row_budgets_are_split_between_the_runs():
-    assert split_rows(None, 3) == [None, None, None]
-    assert split_rows(10, 3) == [4, 3, 3]
-    assert split_rows(2, 4) == [1, 1]
-
-
-def test_a_rate_limited_run_claims_ten_seconds_of_its_budget_a_task():
-    """So that a run at 60 requests a minute does not hold 4,096 rows for minutes while the
-    other runs of a fan-out find the queue empty and stop."""
-    from vectorfill.config import JobSettings
-    from vectorfill.engine.batch import MIN_TASK_ROWS, rows_per_task
-
-    assert rows_per_task(JobSettings(max_inputs=50)) == MIN_TASK_ROWS
-    assert rows_per_task(JobSettings(max_inputs=50, rpm=60)) == 500  # 10 requests of 50
-    assert rows_per_task(JobSettings(max_inputs=2048, rpm=3_000)) == MIN_TASK_ROWS
-    assert rows_per_task(JobSettings(max_inputs=8192, rpm=1)) == 8192, "always a request's worth"
-
-
-def test_workers_in_this_process_embed_every_row_exactly_once(env):
-    from vectorfill.orchestration.fanout import run_here
-    from vectorfill.orchestration.runtime import Progress
-
-    env.make_table(3000)
-    env.create_job(settings_kw={"max_inputs": 100, "concurrency": 2, "retries": 1})
-    env.provider.latency_s = 0.02
-    summary = asyncio.run(run_here("docs", 3))
-    assert summary.embedded == 3000 and summary.pending == 0
-    inputs = env.provider.inputs
-    assert len(inputs) == len(set(inputs)) == 3000, "no text paid for twice"
-    texts, vectors = env.texts(), env.vectors()
-    assert set(vectors) == set(texts)
-    for key, text in texts.items():
-        np.testing.assert_allclose(vectors[key], env.provider.expected_vector(text), rtol=0, atol=1e-6)
-    with env.connect() as conn:
-        assert Progress(conn, "docs").tick(exact=True) == (3000, 3000)
-
-
-def test_combined_summary_adds_the_runs_counts():
-    from vectorfill.tasks.report import RunSummary
-
-    counts = dict(failed=0, truncated=0, stale=0, tokens_estimated=0, failed_total=0)
-    a = RunSummary("docs", 10, 1, 0, requests=2, tokens=100, cost_usd=0.5, duration_s=3.0, pending=5, **counts)
-    b = RunSummary("docs", 20, 0, 1, requests=3, tokens=200, cost_usd=None, duration_s=4.0, pending=0, **counts)
-    c = combine([a, b])
-    assert (c.embedded, c.unchanged, c.deleted, c.requests, c.tokens) == (30, 1, 1, 5, 300)
-    assert c.cost_usd is None and c.duration_s == 4.0 and c.pending == 0
-
-
-def test_the_cli_runs_workers_and_says_what_a_missing_pool_needs(env):
-    from typer.testing import CliRunner
-
-    from vectorfill.cli.app import app
-
-    env.make_table(500)
-    env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "retries": 1})
-    result = CliRunner().invoke(app, ["backfill", "docs", "--workers", "2", "--json"])
-    assert result.exit_code == 0, result.output
-    assert '"embedded": 500' in result.output
-    result = CliRunner().invoke(app, ["backfill", "docs", "--workers", "2", "--pool", "no-such-pool"])
-    assert isinstance(result.exception, ConfigError)
-    assert "prefect work-pool create no-such-pool --type process" in str(result.exception)
-
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.slow,
 ]  # flow runs side by side, workers
-
-
-def test_jobs_side_by_side_one_failing_does_not_stall_the_other(env, monkeypatch):
-    import threading
-
-    from vectorfill.errors import AuthenticationError
-    from vectorfill.orchestration.fanout import run_here
-
-    env.make_table(2000, table="good")
-    env.make_table(500, table="bad")
-    env.create_job("good", table="good", settings_kw={"max_inputs": 50, "concurrency": 2, "retries": 1})
-    env.create_job("bad", table="bad", api_key_env="VF_WRONG_KEY", settings_kw={"max_inputs": 50, "retries": 3})
-    monkeypatch.setenv("VF_WRONG_KEY", "sk-wrong-key")
-    env.provider.latency_s = 0.01
-    results: dict = {}
-
-    def run(job: str) -> None:
-        try:
-            results[job] = asyncio.run(run_here(job, 2))
-        except Exception as exc:  # the failing job's error, kept for the assertion
-            results[job] = exc
-
-    threads = [threading.Thread(target=run, args=(job,)) for job in ("good", "bad")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert isinstance(results["bad"], AuthenticationError)
-    assert results["good"].embedded == 2000 and results["good"].pending == 0
-    assert env.status("bad").pending == 500, "the failed job lost nothing"
 
 
 # --- real workers -------------------------------------------------------------------------------

@@ -80,35 +80,3 @@ def test_chunk_options_of_set_model_are_checked_and_those_not_given_kept(job_env
         chunking = load_job(conn, "docs").next.chunking
     assert (chunking.chunker, chunking.size, chunking.template) == ("tokens", 64, "{body}\n{chunk}")
     assert (chunking.overlap, chunking.max_chunks) == (0, 10_000), "the active version's (the defaults)"
-
-
-def test_change_model_checks_the_new_version_and_a_refusal_undoes_all_of_it(migrated_db, provider):
-    from conftest import Env
-    from vectorfill.jobs.model_change import change_model
-
-    env = Env(migrated_db, provider)
-    env.make_table(20)
-    env.create_job()
-    seen = []
-
-    class Refused(Exception):
-        pass
-
-    def refuse(version, settings):
-        seen.append((version.version, version.model, version.dimensions, settings.batch))
-        raise Refused
-
-    with env.connect() as conn:
-        conn.execute("SELECT 1")  # the caller's transaction is open: the change is a savepoint of it
-        with pytest.raises(Refused):
-            change_model(conn, "docs", model="fake-embed", dimensions=16, batch=True, check=refuse)
-        job = load_job(conn, "docs")
-    assert seen == [(2, "fake-embed", 16, False)], "checked: the new version, before batch mode is set"
-    assert [v.version for v in job.versions] == [1] and job.settings.batch is False
-
-    with env.connect() as conn:
-        change = change_model(conn, "docs", model="fake-embed", dimensions=16, batch=True, check=lambda v, s: None)
-    assert (change.version.version, change.queued, change.batch) == (2, 20, True)
-    with env.connect() as conn:
-        job = load_job(conn, "docs")
-    assert job.next is not None and job.next.version == 2 and job.settings.batch is True

@@ -41,14 +41,6 @@ def test_every_error_is_marked_transient_or_terminal_and_exported():
     assert not vectorfill.errors.AuthenticationError.transient
 
 
-def test_importing_vectorfill_does_not_import_prefect():
-    import subprocess
-    import sys
-
-    code = "import sys, vectorfill; print('prefect' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-
-
 def test_stage_tasks_are_the_published_ones():
     assert {
         "prepare_run",

@@ -226,19 +226,6 @@ def test_index_refused_before_it_starts_above_the_limit_and_invalid_index_droppe
         ).fetchone()[0]
 
 
-def test_auto_storage_is_halfvec_above_2000_dimensions():
-    from vectorfill.records import Version
-
-    def v(storage, dims):
-        return Version(1, 1, "m", "u", None, None, dims, "active", storage=storage)
-
-    assert v("auto", 3072).vector_type == "halfvec"
-    assert v("auto", 2000).vector_type == "vector"
-    assert v("auto", None).vector_type == "vector"
-    assert v("vector", 3072).vector_type == "vector"
-    assert v("halfvec", 384).vector_type == "halfvec"
-
-
 def test_estimate_counts_chunks_exactly_and_search_shows_chunks(env):
     from vectorfill.jobs.estimate import estimate
     from vectorfill.jobs.search import search

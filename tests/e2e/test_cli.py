@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
@@ -230,18 +229,6 @@ def test_a_home_that_cannot_hold_prefects_state_fails_in_seconds_with_one_senten
     assert proc.returncode == 1 and time.monotonic() - started < 30
     assert "VECTORFILL_HOME to a writable directory" in proc.stderr and proc.stderr.count("\n") <= 2
     assert "Traceback" not in proc.stderr
-
-
-def test_without_a_usable_home_prefect_state_goes_to_vectorfill_home(tmp_path, monkeypatch):
-    from vectorfill.orchestration.runtime import _ensure_prefect_home
-
-    (tmp_path / "a-file").write_text("")
-    monkeypatch.setenv("HOME", str(tmp_path / "a-file" / "home"))
-    monkeypatch.delenv("PREFECT_HOME", raising=False)
-    monkeypatch.setenv("VECTORFILL_HOME", str(tmp_path / "state"))
-    _ensure_prefect_home()
-    assert os.environ["PREFECT_HOME"] == str(tmp_path / "state" / "prefect")
-    assert (tmp_path / "state" / "prefect").is_dir()
 
 
 @pytest.mark.slow

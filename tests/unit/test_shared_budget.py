@@ -9,13 +9,9 @@ easier to meet (a slow process spends less, never more).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 
@@ -24,7 +20,6 @@ from fake_provider import RateLimiter as ProviderBuckets
 from vectorfill.errors import BudgetUnavailable, ConfigError
 from vectorfill.provider.budgets import PostgresBudget, endpoint_key
 from vectorfill.provider.ratelimit import Grant, RateLimiter
-from vectorfill.storage.db import connect, migrate
 
 # --------------------------------------------------------------------------- in memory, fake clock
 
@@ -287,125 +282,6 @@ def db(migrated_db):
     return migrated_db
 
 
-def budget_row(url, endpoint):
-    with connect(url, autocommit=True) as conn:
-        return conn.execute(
-            "SELECT rpm, tpm, requests, tokens FROM vectorfill.budgets WHERE endpoint = %s", (endpoint,)
-        ).fetchone()
-
-
-def test_leases_take_at_most_what_the_bucket_holds_and_it_refills_with_time(db):
-    async def go():
-        b = PostgresBudget(db, "http://x/v1 m")
-        first = await b.lease(600, 60_000, 10, 50_000)
-        second = await b.lease(600, 60_000, 10, 50_000)  # only ~10,000 were left
-        await asyncio.sleep(0.3)
-        third = await b.lease(600, 60_000, 0, 50_000)  # the refill since: ~300 tokens
-        await b.aclose()
-        return first, second, third
-
-    started = time.monotonic()
-    first, second, third = run(go())
-    elapsed = time.monotonic() - started
-    assert (first.requests, first.tokens, first.rpm, first.tpm) == (10, 50_000, 600, 60_000)
-    assert 10_000 <= second.tokens <= 10_000 + 1_000 * elapsed
-    assert second.left_tokens == 0
-    assert 0 < third.tokens <= 1_000 * elapsed  # 1,000 tokens per second
-    assert third.left_tokens == 0
-
-
-def test_concurrent_leases_from_many_connections_never_grant_the_same_budget(db):
-    """Eight connections lease 500 tokens at a time, as fast as they can: together they get
-    no more than the bucket held plus its refill meanwhile."""
-    endpoint = "http://x/v1 m"
-
-    async def go():
-        budgets = [PostgresBudget(db, endpoint) for _ in range(8)]
-        await budgets[0].lease(None, 6_000, 0, 0)  # make the row: 6,000 tokens, 100 per second
-        started = time.monotonic()
-
-        async def worker(b):
-            got = 0.0
-            for _ in range(40):
-                got += (await b.lease(None, 6_000, 0, 500)).tokens
-            return got
-
-        got = await asyncio.gather(*(worker(b) for b in budgets))
-        elapsed = time.monotonic() - started
-        for b in budgets:
-            await b.aclose()
-        return sum(got), elapsed
-
-    total, elapsed = run(go())
-    assert total <= 6_000 + 100 * (elapsed + 0.5)
-    assert total >= 6_000  # the whole bucket was handed out
-
-
-def test_unspent_lease_is_given_back_when_the_limiter_closes(db):
-    endpoint = "http://x/v1 m"
-
-    async def go():
-        rl = RateLimiter(None, 1_000_000, shared=PostgresBudget(db, endpoint), chunk=0.5)
-        (await rl.acquire(100)).settle(100)
-        during = budget_row(db, endpoint)
-        await rl.aclose()
-        return during
-
-    during = run(go())
-    after = budget_row(db, endpoint)
-    assert during[3] <= 1_000_000 - 400_000  # a chunk of 500,000 was out (refill: ~16,700/s)
-    assert after[3] >= 1_000_000 - 100 - 1  # all but the 100 spent (and refilled, capped)
-
-
-def test_lowest_limit_asserted_in_the_last_minute_is_in_force(db):
-    endpoint = "http://x/v1 m"
-
-    async def go():
-        b = PostgresBudget(db, endpoint)
-        await b.lease(3_000, 1_000_000, 0, 0)
-        low = await b.lease(None, 500_000, 0, 0)  # another job configured lower; no rpm
-        high = await b.lease(3_000, 1_000_000, 0, 0)  # held to the lower one meanwhile
-        with connect(db, autocommit=True) as conn:  # a minute without the lower job
-            conn.execute("UPDATE vectorfill.budgets SET tpm_set_at = now() - interval '61 seconds'")
-        later = await b.lease(3_000, 1_000_000, 0, 0)
-        await b.aclose()
-        return low, high, later
-
-    low, high, later = run(go())
-    assert (low.rpm, low.tpm) == (3_000, 500_000)
-    assert low.left_tokens <= 500_000
-    assert (high.rpm, high.tpm) == (3_000, 500_000)
-    assert (later.rpm, later.tpm) == (3_000, 1_000_000)
-
-
-def test_a_429_pauses_and_empties_the_shared_budget(db):
-    endpoint = "http://x/v1 m"
-
-    async def go():
-        b = PostgresBudget(db, endpoint)
-        await b.lease(3_000, 1_000_000, 0, 0)
-        await b.pause(30.0)
-        grant = await b.lease(3_000, 1_000_000, 1, 1_000)
-        await b.aclose()
-        return grant
-
-    grant = run(go())
-    assert 29.0 < grant.paused_s <= 30.0
-    assert grant.tokens < 1_000  # emptied: only the refill since the pause
-    assert grant.left_tokens == 0
-
-
-def test_without_the_budgets_table_a_lease_says_to_migrate(fresh_db):
-    migrate(fresh_db)
-    migrate(fresh_db, "0001", downgrade=True)
-    with connect(fresh_db, autocommit=True) as conn:
-        assert conn.execute("SELECT to_regclass('vectorfill.budgets')").fetchone()[0] is None
-    b = PostgresBudget(fresh_db, "http://x/v1 m", job="docs")
-    with pytest.raises(ConfigError, match="vectorfill migrate"):
-        run(b.lease(None, 1_000, 0, 1))
-    run(b.aclose())
-
-
 def test_an_unreachable_database_is_a_transient_budget_error_without_the_password(tmp_path):
     url = f"postgresql://vf:hunter2@/nodb?host={tmp_path}"  # no server on this socket
     b = PostgresBudget(url, "http://x/v1 m", job="docs")
@@ -443,98 +319,7 @@ SPENDER = textwrap.dedent(
 )
 
 
-def spender(url, endpoint, tpm, seconds, size, *extra):
-    return subprocess.Popen(
-        [sys.executable, "-c", SPENDER, url, endpoint, str(tpm), str(seconds), str(size), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@pytest.mark.slow
-def test_two_processes_each_given_the_whole_budget_together_stay_within_it(db):
-    """Two processes, each configured with the whole 60,000 tokens per minute, spend from a
-    bucket that other runs drained: together they get its refill (1,000 tokens per second),
-    not twice that, and not a minute's budget each as separate limiters would."""
-    endpoint = "http://x/v1 m"
-
-    async def drain():
-        b = PostgresBudget(db, endpoint)
-        await b.lease(None, 60_000, 0, 60_000)
-        await b.aclose()
-
-    run(drain())
-    drained_at = time.time()
-    procs = [spender(db, endpoint, 60_000, 4.0, 200) for _ in range(2)]
-    spent = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        spent.append(json.loads(out.splitlines()[-1]))
-    total = sum(n for s in spent for _, n in s)
-    last = max(ts for s in spent for ts, _ in s)
-    assert all(spent), "both processes got budget"
-    # what refilled from the drain to the last spend, and the leases' rounding
-    assert total <= 1_000 * (last - drained_at) + 200 + 1, f"spent {total} in {last - drained_at:.1f} s"
-    assert total < 60_000  # separate limiters would each have spent their full minute at once
-
-
-@pytest.mark.slow
-def test_a_killed_holder_blocks_nobody_and_its_lease_comes_back_with_the_refill(db):
-    endpoint = "http://x/v1 m"
-    holder = spender(db, endpoint, 60_000, 0.5, 1_000, "--hold")
-    try:
-        assert holder.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 60
-        while (row := budget_row(db, endpoint)) is None or row[3] > 30_000:  # it spends the bucket
-            assert time.monotonic() < deadline and holder.poll() is None
-            time.sleep(0.1)
-        time.sleep(0.6)  # it is holding now, unspent lease and all
-    finally:
-        holder.kill()
-        holder.wait(10)
-
-    async def other():
-        rl = RateLimiter(None, 60_000, shared=PostgresBudget(db, endpoint))
-        permit = await asyncio.wait_for(rl.acquire(2_000), timeout=60)
-        await rl.aclose()
-        return permit
-
-    assert run(other()).tokens == 2_000
-
-
 # --------------------------------------------------------------------------- the flow
-
-
-def test_a_run_with_a_budget_leases_it_by_endpoint_never_by_key_and_gives_back_what_is_left(env, monkeypatch):
-    from conftest import API_KEY
-
-    given_back = []
-    give_back = PostgresBudget.give_back
-
-    async def spy(self, requests, tokens):
-        given_back.append((requests, tokens))
-        await give_back(self, requests, tokens)
-
-    monkeypatch.setattr(PostgresBudget, "give_back", spy)
-    env.make_table(120)
-    env.create_job(settings_kw={"rpm": 3_000, "tpm": 1_000_000, "max_inputs": 20, "retries": 1})
-    summary = env.backfill()
-    assert env.status().embedded == 120
-    with env.connect() as conn:
-        rows = conn.execute("SELECT endpoint, rpm, tpm, requests, tokens, b::text FROM vectorfill.budgets b").fetchall()
-    assert len(rows) == 1
-    endpoint, rpm, tpm, requests, tokens, text = rows[0]
-    assert endpoint == endpoint_key(env.provider.base_url, "fake-embed")
-    assert (rpm, tpm) == (3_000, 1_000_000)
-    assert API_KEY not in text and "VF_TEST_API_KEY" not in text
-    # the rest of the run's last chunk (150 requests, 50,000 tokens) came back
-    assert len(given_back) == 1
-    back_requests, back_tokens = given_back[0]
-    assert 0 < back_requests <= 150 and 0 < back_tokens <= 50_000
-    assert requests >= 3_000 - summary.requests - 1
-    assert tokens >= 1_000_000 - summary.tokens - 1
 
 
 def test_a_job_cannot_be_named_like_the_budgets_table():

