@@ -89,7 +89,7 @@ def test_sigkill_between_create_and_record_is_reconciled_by_metadata_and_paid_on
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).parent,
+        cwd=Path(__file__).parents[1],  # tests/, where the fakes are
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stdout.startswith("created batch_")

@@ -54,7 +54,7 @@ def test_runs_as_its_own_process_with_stats():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = Path(__file__).with_name("fake_provider.py")
+    script = Path(__file__).parents[1] / "fake_provider.py"
     env = {**os.environ, "FAKE_KEY": "sk-proc"}
     proc = subprocess.Popen(
         [

@@ -146,7 +146,7 @@ def test_prefect_yaml_declares_what_serve_serves():
     from vectorfill.orchestration.events import MODEL_CHANGED
     from vectorfill.orchestration.prefect_server import build_deployments
 
-    spec = yaml.safe_load((Path(__file__).parents[1] / "deployments" / "prefect.yaml").read_text())
+    spec = yaml.safe_load((Path(__file__).parents[2] / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert {"backfill-docs", "reembed"} <= set(deployments)
     for d in deployments.values():
