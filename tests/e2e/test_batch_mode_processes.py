@@ -1,5 +1,6 @@
-"""Backfills through the Batch API end to end: real Postgres, real Prefect, the fake
-provider's Files and Batches endpoints (tests/fake_batches.py)."""
+"""Backfills through the Batch API, the parts that need a process of their own: a submitter
+killed between creating a batch and recording it, and batch mode through the `vectorfill`
+command. The fake provider's Files and Batches endpoints are in tests/fake_batches.py."""
 
 from __future__ import annotations
 

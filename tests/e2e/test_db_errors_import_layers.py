@@ -1,6 +1,5 @@
-"""psycopg's errors leave storage as vectorfill's, through one map: DatabaseUnavailable when a
-retry on a new connection can help, DatabaseRefused when Postgres refused the statement;
-Postgres's SQLSTATE stays on the error. Each case is produced for real where it can be."""
+"""The storage layer imports neither the jobs nor the local layer, checked in a fresh
+interpreter (the rest of the database error map: test_db_errors.py, test_db_error_kinds.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The embeddings server honours OpenAI's embeddings contract, over real HTTP on loopback."""
+"""`python -m vectorfill.local.embeddings_server` serves in a process of its own, with its key
+from the environment (the OpenAI contract itself: test_embeddings_server.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The fake provider counts what it is sent, injects scripted faults and rate-limits like OpenAI."""
+"""The fake provider runs as a process of its own and reports its counts (its behaviour in
+this process: test_fake_provider.py, test_fake_provider_parts.py)."""
 
 from __future__ import annotations
 

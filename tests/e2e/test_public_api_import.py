@@ -1,4 +1,5 @@
-"""The public face is small and said out loud."""
+"""Importing vectorfill does not import Prefect, checked in a fresh interpreter (the public
+names: test_public_api.py)."""
 
 
 def test_importing_vectorfill_does_not_import_prefect():

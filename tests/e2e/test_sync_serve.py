@@ -1,9 +1,6 @@
-"""Continuous sync (`serve --sync`) and re-embeds that complete by themselves on a live table.
-
-The sync runs go through :class:`vectorfill.orchestration.sync.SyncSupervisor`, the piece
-`serve --sync` runs in its thread; the test writes to the source table meanwhile, as an
-application would, and waits for the vectors.
-"""
+"""`vectorfill serve --sync` as a process: SIGTERM gives back its claims and budget, and a
+sync killed mid-batch and restarted finishes every row (the sync in this process:
+test_sync.py)."""
 
 from __future__ import annotations
 

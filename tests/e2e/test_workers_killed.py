@@ -1,5 +1,5 @@
-"""`vectorfill backfill JOB --workers N`: N flow runs drain one queue; on a work pool, real
-workers as separate processes, one killed mid-run."""
+"""On a work pool, real workers as separate processes, one killed mid-run: every row once
+and right, within the limits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The embeddings client against scripted responses (httpx.MockTransport, no sockets)."""
+"""The embeddings client refuses a text with a lone surrogate as an input error, not a crash;
+the text comes from a real Postgres row."""
 
 from __future__ import annotations
 

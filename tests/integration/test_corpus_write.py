@@ -1,4 +1,4 @@
-"""The offline demo corpus: the standard library's docstrings, and writing them with COPY."""
+"""The offline demo corpus written with COPY into a real Postgres (reading it: test_corpus.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The local Prefect server: one per VECTORFILL_HOME, started on first need by any command,
-kept across commands, restarted when killed, stopped by `vectorfill stop`; and what a person
-reads of a run in Prefect: its name and its log lines."""
+"""The local Prefect server in this process: a server of another home on the port is not
+taken for ours; and what a person reads of a run in Prefect: its name and its log lines."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""`vectorfill job set-model`: the endpoint check decides whether the job changes at all.
-
-A model change is one transaction: the new version, its queue and, with ``--batch``, the
-job's batch mode are committed together, after the endpoint check; a refused check leaves
-the job exactly as it was.
-"""
+"""A model change is one transaction: a refused endpoint check undoes all of it (the same
+through the `vectorfill` command: test_cli_model_change.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The client-side rate limiter keeps requests inside the endpoint's budgets, in step with the
-provider's headers, and the concurrency controller adapts how many are in flight.
-
-Every test but the last runs on a fake clock: ``sleep`` moves it forward instead of waiting.
-"""
+"""The client-side rate limiter keeps a real rate-limited provider (the fake, on loopback)
+near its budget without a 429, in real time (the limiter on a fake clock: test_ratelimit.py)."""
 
 from __future__ import annotations
 

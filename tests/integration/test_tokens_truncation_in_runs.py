@@ -1,5 +1,5 @@
-"""Token counts: the cheap estimate never hides a text over the limit, and stays close to
-exact where it is used (packing); exact counts where a rate budget is in force."""
+"""Token counts in a run: tricky texts over the limit are truncated token-exactly, and the
+bundled MiniLM is counted as its server counts (the estimates themselves: test_tokens.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`vectorfill backfill JOB --workers N`: N flow runs drain one queue; on a work pool, real
-workers as separate processes, one killed mid-run."""
+"""`vectorfill backfill JOB --workers N`: N flow runs in this process drain one queue, the CLI
+runs them, jobs side by side (real workers, one killed: test_workers_killed.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Chunked jobs and halfvec storage, end to end with the fake provider."""
+"""The storage a chunked job's vectors get: halfvec above 2,000 dimensions (the chunked jobs
+end to end: test_chunks_store.py)."""
 
 from __future__ import annotations
 

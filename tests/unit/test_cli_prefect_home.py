@@ -1,4 +1,5 @@
-"""The `vectorfill` command as a user runs it: separate processes, real Prefect, real Postgres."""
+"""Without a usable home, the `vectorfill` command keeps Prefect's state in VECTORFILL_HOME
+(the commands as a user runs them: test_cli.py)."""
 
 from __future__ import annotations
 

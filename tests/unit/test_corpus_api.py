@@ -1,4 +1,4 @@
-"""The offline demo corpus: the standard library's docstrings, and writing them with COPY."""
+"""The offline demo corpus's public names (reading it: test_corpus.py)."""
 
 from __future__ import annotations
 

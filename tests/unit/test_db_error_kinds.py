@@ -1,6 +1,5 @@
-"""psycopg's errors leave storage as vectorfill's, through one map: DatabaseUnavailable when a
-retry on a new connection can help, DatabaseRefused when Postgres refused the statement;
-Postgres's SQLSTATE stays on the error. Each case is produced for real where it can be."""
+"""The database error map without a database: what the SQLSTATE says a retry can help, the
+error kinds' tree, the first line of a message, a URL resolved without starting anything."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The embeddings server honours OpenAI's embeddings contract, over real HTTP on loopback."""
+"""The embeddings server's parts without a socket: the micro-batcher, the hash vectors, the
+encoders' configuration errors and the public API (over HTTP: test_embeddings_server.py)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""The one run engine: every kind of run fills a version through it, so each gets what the
-others have (learnt caps, the flags of a backfill, the counts of a summary).
-
-Each test here failed before backfill and sync shared the engine: ``--workers``/``--pool``
-dropped ``--batch/--online/--wait/--poll``, a sync process neither loaded nor saved what
-the endpoint was found to accept, and sync summaries lacked the estimated tokens and the
-negotiation's probes.
-"""
+"""The one run engine's counts and plan without a database: counts add up, summaries keep
+their names, the fan-out totals, and the claims plan decides each row's fate."""
 
 from __future__ import annotations
 

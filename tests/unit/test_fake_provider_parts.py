@@ -1,4 +1,5 @@
-"""The fake provider counts what it is sent, injects scripted faults and rate-limits like OpenAI."""
+"""The fake provider's parts without a socket: every corruption mode is covered, its rate
+limiter refills continuously, durations are formatted like OpenAI's."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Real servers and wrong settings, through the real flow: a refusal of the *request* stops
-the run (or is negotiated) in a handful of requests, with every row still queued; only a
-refusal of an *input* is bisected. The fake provider answers as each server does
-(``FakeProvider.behave_like``), with that server's status codes and error bodies."""
+"""Refusals read for what they are about: each real server's error bodies (as the fake
+provider's ``behave_like`` answers them) tell a refused request from a refused input, and
+FastAPI's 422 names the field (through the real flow: test_negotiate.py)."""
 
 from __future__ import annotations
 

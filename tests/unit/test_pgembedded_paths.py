@@ -1,8 +1,5 @@
-"""The embedded Postgres: lifecycle, persistence, cross-process use.
-
-A cold start (initdb) takes ~1 s, so tests that only read share one module-wide server;
-tests that start, stop or race get their own data directory and stop their server afterwards.
-"""
+"""The embedded Postgres without starting one: its public API, its default data directory,
+its SQLAlchemy URL (the lifecycle: tests/e2e/test_pgembedded.py)."""
 
 from __future__ import annotations
 

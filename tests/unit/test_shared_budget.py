@@ -1,10 +1,6 @@
-"""One rate budget for every run on an endpoint: runs lease chunks of it from Postgres.
-
-The first tests run the leasing limiter on a fake clock against :class:`MemoryBudget`, the
-SQL's buckets in memory; the others run the SQL itself on the real Postgres, between
-connections and between processes, with bounds that a loaded machine can only make
-easier to meet (a slow process spends less, never more).
-"""
+"""One rate budget for every run on an endpoint: the leasing limiter on a fake clock against
+:class:`MemoryBudget`, the SQL's buckets in memory (the SQL itself on Postgres:
+test_shared_budget_in_postgres.py; between processes: test_shared_budget_across_processes.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`vectorfill backfill JOB --workers N`: N flow runs drain one queue; on a work pool, real
-workers as separate processes, one killed mid-run."""
+"""`vectorfill backfill JOB --workers N` without running it: the row budget split between the
+runs, a rate-limited run's claim per task, the combined summary."""
 
 from __future__ import annotations
 
