@@ -55,9 +55,6 @@ __all__ = [
     "Refusal",
     "Verdict",
     "classify",
-    "load_caps",
-    "negotiator_for",
-    "remember_caps",
 ]
 
 log = logging.getLogger("vectorfill")
@@ -142,7 +139,7 @@ class Negotiator:
     ``generation`` counts changes of the request's settings (the encoding, a cap): a
     refusal of a request sent under an older generation is retried under the new one
     without more evidence. ``remember`` (async, optional) keeps what is learnt for the
-    endpoint, in Postgres (:func:`remember_caps`).
+    endpoint, in Postgres (:func:`vectorfill.storage.caps.remembering`).
     """
 
     def __init__(
@@ -394,30 +391,3 @@ def _normalized(exc: BaseException) -> str:
     text = re.sub(r"input\[\d+\]", "input[]", text)
     text = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "''", text)
     return f"{getattr(exc, 'status', None)} " + re.sub(r"\d+", "#", text)
-
-
-# ---------------------------------------------------------------------- persistence (compat)
-# Kept for callers of the names below while they move to vectorfill.storage.caps: these
-# are the provider layer's last imports of storage (delete them then).
-
-
-async def load_caps(url: str, endpoint: str) -> Caps:
-    """:func:`vectorfill.storage.caps.load_caps` (compat)."""
-    from vectorfill.storage import caps
-
-    return await caps.load_caps(url, endpoint)
-
-
-async def remember_caps(url: str, endpoint: str, caps: Caps, evidence: str) -> None:
-    """:func:`vectorfill.storage.caps.remember_caps` (compat)."""
-    from vectorfill.storage import caps as stored
-
-    await stored.remember_caps(url, endpoint, caps, evidence)
-
-
-def negotiator_for(client: EndpointClient, url: str | None, endpoint: str, caps: Caps | None = None) -> Negotiator:
-    """A :class:`Negotiator` for ``client`` that remembers in the database at ``url`` (if any)
-    (compat: ``Negotiator(client, caps=caps, remember=vectorfill.storage.caps.remembering(url, endpoint))``)."""
-    from vectorfill.storage.caps import remembering
-
-    return Negotiator(client, caps=caps, remember=remembering(url, endpoint))
