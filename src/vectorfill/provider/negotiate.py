@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from vectorfill.errors import RequestRejected, TerminalProviderError, stops_run
+from vectorfill.errors import RequestRejected, TerminalProviderError, TransientProviderError, stops_run
 from vectorfill.records import Caps
 
 if TYPE_CHECKING:
@@ -295,7 +295,11 @@ class Negotiator:
         )
 
     async def _try(self) -> bool:
-        """Send the probe; True when it was accepted. Errors that stop the run propagate."""
+        """Send the probe; True when it was accepted. Errors that stop the run propagate.
+
+        Sent without ``dimensions``, an accepted probe comes back with the model's own size,
+        which the client refuses as a ``dimension_mismatch`` (it checks the job's size): the
+        server accepted the request all the same, so that counts as accepted."""
         self.probes += 1
         try:
             await self.client.embed([PROBE_TEXT])
@@ -303,6 +307,10 @@ class Negotiator:
             if stops_run(exc):
                 raise
             return False
+        except TransientProviderError as exc:
+            if exc.code == "dimension_mismatch" and not self.client.dimensions:
+                return True
+            raise
         return True
 
     def _dimensions_refused(self, exc: TerminalProviderError) -> RequestRejected:
