@@ -12,6 +12,9 @@ LISTEN/NOTIFY adds nothing to the user's writes (no trigger, no commit-time lock
 notification queue, which serialises every notifying commit of the cluster) and changes
 no schema; it adds at most :data:`POLL_S` to the latency. While work keeps coming, no
 poll is made: a cycle that found rows is followed by the next at once.
+A poll that cannot reach the database (a transient :class:`~vectorfill.errors.DatabaseError`)
+is tried again after :data:`POLL_BACKOFF_S`, on a new connection; one that finds a version's
+tables dropped (``UNDEFINED_TABLE``: an abandon, a prune) reloads the job.
 
 **A cycle** fills each version with the engine of the backfill (:class:`~vectorfill.engine.fill.Filler`,
 opened once per version for the window, with the endpoint's learnt caps) under the

@@ -35,6 +35,7 @@ from vectorfill.provider import batches as batch_api
 from vectorfill.provider.batches import BatchesClient, request_line
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect, scalar
+from vectorfill.storage.errors import translated
 
 from .claim import Claim, claim_rows, key_arrays
 from .counts import Counts
@@ -139,8 +140,9 @@ async def submit_version(work: Work, max_rows: int | None = None) -> Submitted:
             return Submitted(busy=True)
         async with BatchesClient.for_version(work.version, job=work.job.name) as api:
             db = LaneConnection(url)
-            try:
-                return await _submit_all(work, max_rows, api, db)
+            try:  # (the lane's statements outside a claim or a store: translated here)
+                with translated("submitting batches", job=work.job.name):
+                    return await _submit_all(work, max_rows, api, db)
             finally:
                 await db.aclose()
 

@@ -133,9 +133,10 @@ class LaneConnection:
         self.url = url
         self._conn: psycopg.AsyncConnection | None = None
 
-    async def get(self) -> psycopg.AsyncConnection:
+    async def get(self, doing: str = "connecting") -> psycopg.AsyncConnection:
+        """The connection, opened first if need be (failing, as ``doing`` failed)."""
         if self._conn is None or self._conn.closed or self._conn.broken:
-            with translated("connecting", url=self.url):
+            with translated(doing, url=self.url):
                 conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
                 await register_vector_async(conn)
             self._conn = conn
@@ -157,7 +158,7 @@ class LaneConnection:
                 async with conn.transaction():
                     ...
         """
-        conn = await self.get()
+        conn = await self.get(doing)
         try:
             yield conn
         except psycopg.Error as exc:
@@ -168,7 +169,7 @@ class LaneConnection:
     ) -> tuple[Any, ...] | None:
         """Run one statement on the lane's connection; its first row (None: it returns none)."""
         try:
-            conn = await self.get()
+            conn = await self.get(doing or "connecting")
             cur = await conn.execute(statement, params)
             row = await cur.fetchone() if cur.description is not None else None
         except psycopg.Error as exc:
