@@ -22,8 +22,9 @@ import pytest
 from fake_provider import RateLimiter as ProviderBuckets
 from test_ratelimit import FakeTime
 from vectorfill.errors import BudgetUnavailable, ConfigError
-from vectorfill.provider.budgets import PostgresBudget, endpoint_key
+from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.ratelimit import Grant, RateLimiter
+from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.db import connect, migrate
 
 # --------------------------------------------------------------------------- in memory, fake clock
@@ -420,7 +421,7 @@ def test_an_unreachable_database_is_a_transient_budget_error_without_the_passwor
 SPENDER = textwrap.dedent(
     """
     import asyncio, json, sys, time
-    from vectorfill.provider.budgets import PostgresBudget
+    from vectorfill.storage.budgets import PostgresBudget
     from vectorfill.provider.ratelimit import RateLimiter
 
     url, endpoint, tpm, seconds, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
