@@ -21,7 +21,7 @@ from prefect import flow
 from vectorfill.engine import Prepared, RunSummary, Tally, catch_up, fill_versions
 from vectorfill.engine.collect import Collected, batch_counts
 from vectorfill.engine.counts import Counts
-from vectorfill.orchestration.runtime import frozen_heap
+from vectorfill.engine.work import frozen_heap
 from vectorfill.tasks import BACKFILL, prepare_run, report_run, switch_versions
 from vectorfill.tasks.collect import collect_batches
 from vectorfill.tasks.report import final_state, progress_artifact, run_name

@@ -18,7 +18,7 @@ from prefect import flow
 
 from vectorfill.engine import RunSummary, Tally
 from vectorfill.engine.follow import follow_job
-from vectorfill.orchestration.runtime import frozen_heap
+from vectorfill.engine.work import frozen_heap
 from vectorfill.tasks import report_run, switch_versions
 
 __all__ = ["DEFAULT_WINDOW_S", "sync", "window_bounds"]

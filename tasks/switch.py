@@ -15,10 +15,10 @@ from prefect import task
 from prefect.events import emit_event
 
 from vectorfill.errors import JobError
+from vectorfill.events import VERSION_SWITCHED, job_resource
 from vectorfill.jobs.registry import load_job
 from vectorfill.jobs.search import check_indexable, create_index, has_index
 from vectorfill.jobs.versions import complete, switch
-from vectorfill.orchestration.events import VERSION_SWITCHED, job_resource
 from vectorfill.records import Version
 from vectorfill.storage.db import connect
 

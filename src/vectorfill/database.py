@@ -28,6 +28,7 @@ def resolve_database_url(
     if not start_embedded:
         raise ConfigError(f"no database given: pass --db or set {DATABASE_URL_ENV}")
     # imported here: a command given --db never loads the embedded server's machinery
+    # lazy: the embedded Postgres package, only when no database URL is given
     from vectorfill.local import pgembedded
 
     found = pgembedded.start()

@@ -19,8 +19,6 @@ import pytest
 from conftest import API_KEY
 from vectorfill.jobs.batches import list_batches
 
-POLL = 0.05
-
 
 def assert_vectors_match_texts(env, job="docs", table="articles"):
     texts = env.texts(table)

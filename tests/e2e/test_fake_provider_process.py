@@ -42,9 +42,6 @@ def embed(client, texts, **extra) -> httpx.Response:
 # ---------------------------------------------------------------- scripted faults
 
 
-TEXTS = [f"text {i}" for i in range(6)]
-
-
 # ---------------------------------------------------------------- rate limits
 
 

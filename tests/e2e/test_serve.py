@@ -134,8 +134,9 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
 
 
 def test_prefect_yaml_declares_what_serve_serves():
-    """deployments/prefect.yaml (for work pools) and `vectorfill serve` agree: same flow,
-    a scheduled backfill, and the re-embed triggered by the set-model event."""
+    """`vectorfill serve` serves what deployments/prefect.yaml (for work pools) declares, read
+    from the installed package: same flow, deployments, parameters and limits, a scheduled
+    backfill, and the re-embed triggered by the set-model event."""
     from pathlib import Path
 
     import yaml
@@ -144,7 +145,7 @@ def test_prefect_yaml_declares_what_serve_serves():
 
     from vectorfill.flows.backfill import backfill
     from vectorfill.orchestration.events import MODEL_CHANGED
-    from vectorfill.orchestration.prefect_server import build_deployments
+    from vectorfill.orchestration.serve import build_deployments
 
     spec = yaml.safe_load((Path(__file__).parents[2] / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
@@ -154,7 +155,13 @@ def test_prefect_yaml_declares_what_serve_serves():
     assert deployments["backfill-docs"]["schedules"][0]["cron"] == "0 2 * * *"
     (trigger,) = deployments["reembed"]["triggers"]
     parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
-    served = {d.name: d for d in build_deployments(["docs"])}
+    served = {d.name: d for d in build_deployments(["docs"], batch_jobs=["docs"])}
+    assert set(served) == set(deployments)  # one declaration: serve makes exactly what the file declares
+    for name, declared in deployments.items():
+        assert served[name].parameters == declared.get("parameters", {})
+        assert set(served[name].tags) >= set(declared["tags"])
+        assert served[name].concurrency_limit == declared.get("concurrency_limit")
+    assert {d.name for d in build_deployments(["a", "b"], reembed=False)} == {"backfill-a", "backfill-b"}
     (served_trigger,) = served["reembed"].triggers
     assert parsed.expect == served_trigger.expect == {MODEL_CHANGED}
     assert parsed.parameters == served_trigger.parameters == {"job": "{{ event.payload.job }}"}

@@ -16,8 +16,8 @@ import pytest
 
 from fake_clock import FakeTime
 from vectorfill.errors import BudgetUnavailable
-from vectorfill.provider.budgets import PostgresBudget
 from vectorfill.provider.ratelimit import Grant, RateLimiter
+from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.db import connect
 
 # --------------------------------------------------------------------------- in memory, fake clock
@@ -113,7 +113,7 @@ def budget_row(url, endpoint):
 SPENDER = textwrap.dedent(
     """
     import asyncio, json, sys, time
-    from vectorfill.provider.budgets import PostgresBudget
+    from vectorfill.storage.budgets import PostgresBudget
     from vectorfill.provider.ratelimit import RateLimiter
 
     url, endpoint, tpm, seconds, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])

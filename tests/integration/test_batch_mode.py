@@ -223,7 +223,7 @@ def test_estimate_shows_the_batch_price_beside_the_online_one(env):
 
 
 def test_a_collect_only_run_stores_finished_batches_and_submits_nothing(env):
-    from vectorfill.orchestration.prefect_server import build_deployments
+    from vectorfill.orchestration.serve import build_deployments
 
     served = {d.name: d for d in build_deployments(["docs", "other"], batch_jobs=["docs"])}
     assert "collect-batches-other" not in served

@@ -15,8 +15,6 @@ from conftest import stop_local_prefect
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # real processes and servers: the whole module
 
-STARTED = "Started the local Prefect server"
-
 
 def state(home: Path) -> dict:
     return json.loads((home / "prefect-local.json").read_text())
@@ -42,7 +40,7 @@ def test_a_server_of_another_home_on_the_port_is_not_taken_for_ours(fresh_db, ho
     the one that loses sees the winner's server answer there. It must not record that server
     as its own (its own died on the port and it would use another home's history): it starts
     again on a free port."""
-    from vectorfill.local.embeddings_server.serve import ServerThread
+    from vectorfill.local.embeddings_server.runner import ServerThread
     from vectorfill.orchestration import local_server
 
     async def health(scope, receive, send):  # another server that answers /api/health

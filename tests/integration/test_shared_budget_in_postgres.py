@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import textwrap
 import time
 
 import pytest
 
 from fake_clock import FakeTime
 from vectorfill.errors import BudgetUnavailable, ConfigError
-from vectorfill.provider.budgets import PostgresBudget, endpoint_key
+from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.ratelimit import Grant, RateLimiter
+from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.db import connect, migrate
 
 # --------------------------------------------------------------------------- in memory, fake clock
@@ -217,31 +217,6 @@ def test_without_the_budgets_table_a_lease_says_to_migrate(fresh_db):
 
 
 # --------------------------------------------------------------------------- between processes
-
-SPENDER = textwrap.dedent(
-    """
-    import asyncio, json, sys, time
-    from vectorfill.provider.budgets import PostgresBudget
-    from vectorfill.provider.ratelimit import RateLimiter
-
-    url, endpoint, tpm, seconds, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-
-    async def main():
-        rl = RateLimiter(None, tpm, shared=PostgresBudget(url, endpoint))
-        spent = []
-        print("ready", flush=True)
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            (await rl.acquire(size)).settle(size)
-            spent.append((time.time(), size))
-        if "--hold" in sys.argv:
-            time.sleep(3600)  # killed here, holding its lease
-        await rl.aclose()
-        print(json.dumps(spent), flush=True)
-
-    asyncio.run(main())
-    """
-)
 
 
 # --------------------------------------------------------------------------- the flow

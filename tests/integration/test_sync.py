@@ -21,7 +21,7 @@ from conftest import API_KEY
 from fake_provider import FakeProvider
 from vectorfill.jobs import versions
 from vectorfill.orchestration.sync import SyncSupervisor
-from vectorfill.provider.budgets import PostgresBudget
+from vectorfill.storage.budgets import PostgresBudget
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # serve --sync processes and waits
 

@@ -3,11 +3,6 @@ end to end: test_chunks_store.py)."""
 
 from __future__ import annotations
 
-from vectorfill.provider.tokens import counter_for
-
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
-CL100K = counter_for("fake-embed")
-
 
 def test_auto_storage_is_halfvec_above_2000_dimensions():
     from vectorfill.records import Version

@@ -13,6 +13,8 @@ from vectorfill.errors import (
     BudgetUnavailable,
     ConfigError,
     DatabaseError,
+    DatabaseRefused,
+    DatabaseUnavailable,
     InputError,
     JobError,
     ModelNotFound,
@@ -29,9 +31,9 @@ from vectorfill.errors import (
     stops_run,
 )
 
-TRANSIENT = [TransientProviderError, DatabaseError, BudgetUnavailable]
+TRANSIENT = [TransientProviderError, DatabaseError, DatabaseUnavailable, BudgetUnavailable]
 STOPS_THE_RUN = [AuthenticationError, ModelNotFound, QuotaExceeded, RequestRejected, ConfigError, SecretMissing]
-NEITHER = [TerminalProviderError, InputError, JobError, SourceError]
+NEITHER = [TerminalProviderError, InputError, JobError, SourceError, DatabaseRefused]
 
 
 @pytest.mark.parametrize("cls", TRANSIENT)

@@ -47,9 +47,6 @@ class FakeClock:
 # ---------------------------------------------------------------- scripted faults
 
 
-TEXTS = [f"text {i}" for i in range(6)]
-
-
 def test_every_corruption_mode_is_covered():
     assert set(CORRUPT_MODES) == {"shuffle", "short", "wrong_dims", "nan", "no_index", "floats_when_base64"}
     with pytest.raises(ValueError, match="unknown corruption mode"):

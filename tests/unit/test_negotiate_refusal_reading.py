@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-ROWS = 1000
-
-
 # ------------------------------------------------------------------ reading refusals (no server)
 
 

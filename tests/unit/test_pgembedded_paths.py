@@ -3,31 +3,12 @@ its SQLAlchemy URL (the lifecycle: tests/e2e/test_pgembedded.py)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from vectorfill.errors import ConfigError
 from vectorfill.local import pgembedded
-
-pytestmark = pytest.mark.xdist_group("pgembedded")  # its module-scoped fixture is made once, on one worker
-
-
-def _scratch_data_dir() -> Iterator[Path]:
-    # /tmp/<short> keeps the socket inside the data directory (pytest's tmp_path can be too long)
-    root = Path(tempfile.mkdtemp(prefix="vf-pgemb-"))
-    try:
-        yield root / "pgdata"
-    finally:
-        pgembedded.stop(root / "pgdata")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-data_dir = pytest.fixture(_scratch_data_dir)
-shared_data_dir = pytest.fixture(_scratch_data_dir, scope="module", name="shared_data_dir")
 
 
 def test_public_api_is_what_all_says():

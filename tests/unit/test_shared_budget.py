@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import textwrap
 
 import pytest
 
 from fake_clock import FakeTime
 from fake_provider import RateLimiter as ProviderBuckets
 from vectorfill.errors import BudgetUnavailable, ConfigError
-from vectorfill.provider.budgets import PostgresBudget, endpoint_key
+from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.ratelimit import Grant, RateLimiter
+from vectorfill.storage.budgets import PostgresBudget
 
 # --------------------------------------------------------------------------- in memory, fake clock
 
@@ -288,31 +288,6 @@ def test_an_unreachable_database_is_a_transient_budget_error_without_the_passwor
 
 
 # --------------------------------------------------------------------------- between processes
-
-SPENDER = textwrap.dedent(
-    """
-    import asyncio, json, sys, time
-    from vectorfill.provider.budgets import PostgresBudget
-    from vectorfill.provider.ratelimit import RateLimiter
-
-    url, endpoint, tpm, seconds, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-
-    async def main():
-        rl = RateLimiter(None, tpm, shared=PostgresBudget(url, endpoint))
-        spent = []
-        print("ready", flush=True)
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            (await rl.acquire(size)).settle(size)
-            spent.append((time.time(), size))
-        if "--hold" in sys.argv:
-            time.sleep(3600)  # killed here, holding its lease
-        await rl.aclose()
-        print(json.dumps(spent), flush=True)
-
-    asyncio.run(main())
-    """
-)
 
 
 # --------------------------------------------------------------------------- the flow

@@ -31,7 +31,7 @@ def demo(
     db: str | None = DbOpt,
 ) -> None:
     """The whole product, offline: embedded Postgres, a local model, a backfill, searches."""
-    from vectorfill.local.demo import run_demo  # lazy: httpx, the model server and Prefect, for the demo
+    from vectorfill.orchestration.demo import run_demo  # lazy: httpx, the model server and Prefect, for the demo
 
     run_demo(db_url=db, rows=rows or None, model=model, out=out, err=err)
 

@@ -28,8 +28,8 @@ def serve(
     With --sync, every job is also kept in step continuously (re-embeds included).
     """
     # lazy: Prefect, for the commands that use it
-    from vectorfill.orchestration.prefect_server import serve as run
     from vectorfill.orchestration.runtime import prefect_defaults
+    from vectorfill.orchestration.serve import serve as run
 
     db_url = url(db)
     with conn(db_url) as c:

@@ -29,7 +29,7 @@ from vectorfill.errors import DatabaseError
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, aconnect, lane_error
+from vectorfill.storage.db import LaneConnection, aconnect
 
 from .work import Work, database_url
 
@@ -225,19 +225,15 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     settle what needs no request (:func:`settle_claim`, SQL)."""
     js = sql.JobSQL(work.job, work.version)
     s = work.settings
-    try:
-        conn = await db.get()
+    async with db.translating("claiming rows", job=work.job.name) as conn:
         claimed, leased = await lease_rows(conn, js, work, limit, token)
-    except psycopg.Error as exc:
-        raise await lane_error(db, exc, "claiming rows", job=work.job.name) from None
     if not claimed:
         return Claim(batches=())
     plan = plan_rows(work, leased)
     if plan.settles:
-        try:
+        # (failing, the claims stay leased; their leases expire or the run gives them back)
+        async with db.translating("settling claimed rows", job=work.job.name) as conn:
             await settle_claim(conn, js, work, plan)
-        except psycopg.Error as exc:  # the claims stay leased; their leases expire or the run gives them back
-            raise await lane_error(db, exc, "settling claimed rows", job=work.job.name) from None
     return Claim(
         batches=tuple(pack(plan.items, s.max_inputs, _request_tokens(s), plan.rows)),
         claimed=claimed,
@@ -493,7 +489,7 @@ async def release_rows(work: Work, token: uuid.UUID, error: str) -> int:
         async with aconnect(database_url()) as conn:
             cur = await conn.execute(js.release(), (error[:2000], token))
             return cur.rowcount
-    except (psycopg.Error, DatabaseError) as exc:
+    except DatabaseError as exc:
         logging.getLogger("vectorfill").warning("giving back the claims of %s failed: %s", work.label, exc)
         return 0
 

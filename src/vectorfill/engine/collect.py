@@ -50,6 +50,7 @@ from vectorfill.provider.prices import batch_price_per_million
 from vectorfill.records import Job
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect, scalar
+from vectorfill.storage.errors import translated
 
 from .claim import Item
 from .counts import Counts
@@ -140,8 +141,9 @@ async def collect_batches(job_name: str) -> Collected:
             return Collected(busy=True, open=len(open_rows))
         job, open_rows = await asyncio.to_thread(_open_batches, url, job_name)  # as of the lock
         db = LaneConnection(url)
-        try:
-            return await _collect_all(job, open_rows, db)
+        try:  # (the lane's statements outside a store: translated here)
+            with translated("collecting batches", job=job.name):
+                return await _collect_all(job, open_rows, db)
         finally:
             await db.aclose()
 

@@ -40,10 +40,12 @@ from prefect.utilities.math import clamped_poisson_interval
 from vectorfill.errors import first_error, is_transient, stop_reason, stops_run
 from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.client import EmbeddingsClient
-from vectorfill.provider.negotiate import load_caps, negotiator_for
+from vectorfill.provider.negotiate import Negotiator
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
 from vectorfill.storage import sql
+from vectorfill.storage.budgets import PostgresBudget
+from vectorfill.storage.caps import load_caps, remembering
 from vectorfill.storage.db import LaneConnection, aconnect
 
 from .batch import Attempts, BatchRunner, Filled, Lanes, rows_per_task, run_batch
@@ -52,7 +54,17 @@ from .counts import Counts
 from .prepare import Prepared
 from .work import Work, database_url, run_logger
 
-__all__ = ["DRAIN", "LIVE_TALLIES", "Budget", "Filler", "Policy", "Tally", "catch_up", "fill_versions"]
+__all__ = [
+    "DRAIN",
+    "LIVE_TALLIES",
+    "Budget",
+    "Filler",
+    "Policy",
+    "Tally",
+    "catch_up",
+    "fill_versions",
+    "run_throttles",
+]
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,8 @@ class Filler:
         self._client = client = await self._client_cm.__aenter__()
         # what the endpoint was found to accept (by any run): caps, the encoding
         endpoint = endpoint_key(work.version.base_url, work.version.model)
-        client.negotiator = negotiator_for(client, self.url, endpoint, await load_caps(self.url, endpoint))
+        caps = await load_caps(self.url, endpoint)
+        client.negotiator = Negotiator(client, caps=caps, remember=remembering(self.url, endpoint))
         self.work = _negotiated(work, client)
         self._dbs = [LaneConnection(self.url) for _ in range(work.settings.concurrency)]
         self._keeper = asyncio.create_task(keep_claims(work, self.token, self.url))  # leases outlive slow batches
@@ -325,6 +338,12 @@ def _negotiated(work: Work, client: EmbeddingsClient) -> Work:
     return Work(dataclasses.replace(work.job, settings=settings), work.version)
 
 
+def run_throttles(url: str, job: str) -> Throttles:
+    """A run's throttles, whose budgets (with ``rpm``/``tpm``) are shared with every run on
+    the endpoint through ``vectorfill.budgets`` in the database at ``url``."""
+    return Throttles(job, shared_budget=lambda endpoint: PostgresBudget(url, endpoint, job=job))
+
+
 async def _refund_attempts(work: Work, token: uuid.UUID, url: str) -> None:
     async with aconnect(url) as conn:
         await conn.execute(sql.refund_attempts(sql.JobSQL(work.job, work.version)), (token,))
@@ -335,7 +354,7 @@ async def fill_versions(prepared: Prepared, tally: Tally, job: str, policy: Poli
     says, within the tally's budget. On any error, Ctrl-C or cancellation the run's claims
     are given back at once (not left to expire) and the error that stopped the run is raised."""
     url = database_url()
-    throttles = Throttles(url, job)  # per endpoint, for this run only
+    throttles = run_throttles(url, job)  # per endpoint, for this run only
     try:
         for work in prepared.works:
             async with Filler(work, job, url, throttles.for_version(work.version, work.settings), tally) as filler:

@@ -23,7 +23,7 @@ from psycopg import sql as pgsql
 from vectorfill.errors import TerminalProviderError
 from vectorfill.records import Version
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, aone_row, lane_error
+from vectorfill.storage.db import LaneConnection, aone_row
 
 from .claim import Failure, RowPlan, _fail, settle_plans
 from .embed import Embedded
@@ -202,8 +202,7 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
     if len(items) != len(embedded.items):
         vectors = vectors[[i.key not in rejected_keys for i in embedded.items]]
     settling = [p for k, p in plans.items() if k not in rejected_keys]
-    try:
-        conn = await db.get()
+    async with db.translating("storing a batch", job=job.name) as conn:
         # edits and deletes committed while the texts were at the provider reach the queue
         # first (their seq differs then: the stale vectors are not stored); one committed
         # after this is absorbed later and queues the row again
@@ -261,8 +260,6 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
                     ),
                 )
             await _fail(conn, js, work, list(failed_rows.values()))
-    except psycopg.Error as exc:
-        raise await lane_error(db, exc, "storing a batch", job=job.name) from None
     return Stored(
         written=written,
         stale=len(settling) - written,

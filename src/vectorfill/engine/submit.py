@@ -30,13 +30,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import psycopg
-
 from vectorfill.errors import DatabaseError, JobError, TerminalProviderError
 from vectorfill.provider import batches as batch_api
 from vectorfill.provider.batches import BatchesClient, request_line
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect, scalar
+from vectorfill.storage.errors import translated
 
 from .claim import Claim, claim_rows, key_arrays
 from .counts import Counts
@@ -102,19 +101,18 @@ async def batch_lock(url: str, job_id: int) -> AsyncIterator[bool]:
     """Hold the job's batch lock for the block; yields False (without waiting) when another
     process holds it. A session lock: it goes with the process, whatever stops it."""
     params = {"cls": sql.BATCH_LOCK_CLASS, "job_id": job_id}
+    lock = LaneConnection(url)  # its own session: the lock lives as long as it does
     try:
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot take the batch lock: {str(exc).strip().splitlines()[0]}") from None
-    async with conn:
-        row = await (await conn.execute(sql.BATCH_TRY_LOCK, params)).fetchone()
+        row = await lock.execute(sql.BATCH_TRY_LOCK, params, doing="taking the batch lock")
         held = bool(row and row[0])
         try:
-            yield bool(held)
+            yield held
         finally:
-            if held and not conn.closed:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute(sql.BATCH_UNLOCK, params)
+            if held and lock.connected:  # (a lost session took the lock with it)
+                with contextlib.suppress(DatabaseError):
+                    await lock.execute(sql.BATCH_UNLOCK, params, doing="releasing the batch lock")
+    finally:
+        await lock.aclose()
 
 
 async def submit_batches(prepared: Prepared, max_rows: int | None = None) -> Submitted:
@@ -142,8 +140,9 @@ async def submit_version(work: Work, max_rows: int | None = None) -> Submitted:
             return Submitted(busy=True)
         async with BatchesClient.for_version(work.version, job=work.job.name) as api:
             db = LaneConnection(url)
-            try:
-                return await _submit_all(work, max_rows, api, db)
+            try:  # (the lane's statements outside a claim or a store: translated here)
+                with translated("submitting batches", job=work.job.name):
+                    return await _submit_all(work, max_rows, api, db)
             finally:
                 await db.aclose()
 

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import psycopg
 
+from vectorfill.errors import TerminalProviderError
 from vectorfill.jobs.registry import load_job
 from vectorfill.storage import sql
 
@@ -86,7 +87,7 @@ def cancel_batches(conn: psycopg.Connection, name: str) -> list[str]:
 
     The rows stay claimed until the next backfill collects the cancelled batches: what they
     finished is stored, the rest goes back to the queue (not counted as an attempt)."""
-    from vectorfill.errors import TerminalProviderError
+    # lazy: httpx, only to cancel batches at the provider
     from vectorfill.provider.batches import BatchesClient
 
     job = load_job(conn, name)

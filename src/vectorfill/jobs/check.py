@@ -24,6 +24,14 @@ from vectorfill.errors import (
     TransientProviderError,
     VectorfillError,
 )
+from vectorfill.jobs.registry import load_job
+from vectorfill.provider.budgets import endpoint_key
+from vectorfill.provider.client import EmbeddingsClient
+from vectorfill.provider.negotiate import Negotiator
+from vectorfill.records import Caps
+from vectorfill.storage import sql
+from vectorfill.storage.caps import load_caps, remembering
+from vectorfill.storage.db import connect
 
 __all__ = ["CHECK_TEXTS", "CheckLine", "CheckReport", "check_endpoint", "check_job"]
 
@@ -68,12 +76,6 @@ async def check_endpoint(
     transport=None,
 ) -> CheckReport:
     """Check one endpoint as a job's version would use it (see the module docstring)."""
-    from vectorfill.provider.budgets import endpoint_key
-    from vectorfill.provider.client import EmbeddingsClient
-    from vectorfill.provider.negotiate import Negotiator
-    from vectorfill.records import Caps
-    from vectorfill.storage.caps import load_caps, remembering
-
     lines: list[CheckLine] = []
 
     def report() -> CheckReport:
@@ -190,11 +192,6 @@ def check_job(url: str, name: str, *, forget: bool = False) -> list[CheckReport]
     """Check each version of job ``name`` that a backfill would fill (active and filling);
     with ``forget``, what was learnt about their endpoints is forgotten first (after the
     server was upgraded or reconfigured), and learnt again by the check."""
-    from vectorfill.jobs.registry import load_job
-    from vectorfill.provider.budgets import endpoint_key
-    from vectorfill.storage import sql
-    from vectorfill.storage.db import connect
-
     with connect(url) as conn:
         job = load_job(conn, name)
         versions = [v for v in job.versions if v.state in ("active", "filling", "paused")]

@@ -155,6 +155,7 @@ def set_model(
         )
     vector_dims = dimensions or KNOWN_DIMENSIONS.get(model)
     if current is not None and vector_dims and _has_valid_index(conn, job, current):
+        # lazy: numpy and httpx, only when the active version has an index to carry
         from vectorfill.jobs.search import check_indexable
 
         probe = Version(job.id, 0, model, base, key_env, dimensions, vector_dims, "filling", storage=storage)

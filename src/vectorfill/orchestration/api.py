@@ -13,14 +13,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from vectorfill.orchestration import local_server
+from vectorfill.orchestration.local_server import healthy, home
+
 __all__ = ["served_api_url", "use_api", "use_running_api", "use_served_api"]
 
 _STATE_FILE = "prefect-server.json"
 
 
 def _home() -> Path:
-    from vectorfill.orchestration.local_server import home
-
     return home()
 
 
@@ -29,8 +30,6 @@ def _state_path() -> Path:
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
-    from vectorfill.orchestration.local_server import healthy
-
     return healthy(api_url, timeout)
 
 
@@ -64,8 +63,6 @@ def use_running_api() -> str | None:
     api = os.environ.get("PREFECT_API_URL")
     if api:
         return api
-    from vectorfill.orchestration import local_server
-
     server = local_server.running()
     return local_server.use(server) if server else None
 
@@ -76,6 +73,4 @@ def use_api(db_url: str | None, *, port: int | None = None, announce: Callable[[
     api = os.environ.get("PREFECT_API_URL")
     if api:
         return api
-    from vectorfill.orchestration import local_server
-
     return local_server.use(local_server.ensure(db_url, port=port, announce=announce))

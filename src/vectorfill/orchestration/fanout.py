@@ -66,6 +66,7 @@ async def run_here(job: str, workers: int, max_rows: int | None = None, flow_kw:
     """``workers`` flow runs of the backfill flow in this process; their combined summary.
     ``flow_kw``: the flow's other parameters (``batch``, ``wait``, ``poll_s``), the same for
     every run. Each runs to its end even when another fails; then the first error is raised."""
+    # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
     from vectorfill.flows.backfill import backfill
 
     kw = dict(flow_kw or {})
@@ -133,6 +134,7 @@ async def arun_on_pool(
     from prefect.deployments.runner import EntrypointType
     from prefect.exceptions import ObjectNotFound
 
+    # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
     from vectorfill.flows.backfill import backfill
 
     def state_name(state: State | None) -> str:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from uuid import UUID
 
+from vectorfill.orchestration.api import use_served_api
+
 __all__ = ["FLOW_NAME", "FLOW_NAMES", "RunRecord", "recent_runs"]
 
 FLOW_NAME = "vectorfill-backfill"
@@ -46,8 +48,6 @@ class RunRecord:
 
 def recent_runs(job: str | None = None, limit: int = 20) -> list[RunRecord]:
     """The latest backfill and sync runs (of ``job``, or of every job), newest first."""
-    from vectorfill.orchestration.api import use_served_api
-
     use_served_api()
     return asyncio.run(_read(job, limit))
 

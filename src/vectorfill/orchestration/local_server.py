@@ -48,6 +48,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vectorfill.errors import INSUFFICIENT_PRIVILEGE, ConfigError, DatabaseError
+from vectorfill.local import pgembedded
+from vectorfill.local.pgembedded import default_data_dir
+from vectorfill.orchestration.prefect_database import ensure_prefect_database, prefect_database_url
+from vectorfill.orchestration.settings import PREFECT_DEFAULTS
 
 __all__ = ["DEFAULT_PORT", "LocalServer", "ensure", "recorded", "running", "state_path", "stop"]
 
@@ -88,8 +92,6 @@ class LocalServer:
 
 
 def home() -> Path:
-    from vectorfill.local.pgembedded import default_data_dir
-
     return default_data_dir().parent
 
 
@@ -313,8 +315,6 @@ def _listens(pid: int, port: int) -> bool:
 
 def _database(db_url: str, announce: Callable[[str], object]) -> tuple[str, str, str | None]:
     """(SQLAlchemy URL, description, embedded data dir) of the server's database."""
-    from vectorfill.orchestration.prefect_server import ensure_prefect_database, prefect_database_url
-
     prefect_url, name = prefect_database_url(db_url)
     try:
         ensure_prefect_database(db_url, name)
@@ -334,8 +334,6 @@ def _database(db_url: str, announce: Callable[[str], object]) -> tuple[str, str,
 def _embedded_pgdata(db_url: str) -> str | None:
     """The embedded Postgres data directory if ``db_url`` is a database of that cluster."""
     from urllib.parse import parse_qs, urlsplit
-
-    from vectorfill.local import pgembedded
 
     st = pgembedded.status()
     if st.url is None:
@@ -369,8 +367,6 @@ def _launch(
 
     api_url = f"http://127.0.0.1:{port}/api"
     log = log_path()
-    from vectorfill.orchestration.runtime import PREFECT_DEFAULTS
-
     env = dict(os.environ)
     for key, value in PREFECT_DEFAULTS.items():  # the task-run recorder's batch sizes, no analytics
         if key.startswith("PREFECT_SERVER_") and "EPHEMERAL" not in key:

@@ -14,29 +14,20 @@ run's Logs tab in the UI; the console shows them only with ``--verbose``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from vectorfill.config import DATABASE_URL_ENV
+from vectorfill.errors import ConfigError
+from vectorfill.jobs.registry import job_status
+from vectorfill.local.pgembedded import default_data_dir
+from vectorfill.orchestration.api import use_running_api
+from vectorfill.orchestration.settings import PREFECT_DEFAULTS
+from vectorfill.storage.db import connect
 
-__all__ = ["Progress", "frozen_heap", "prefect_defaults", "run_backfill"]
-
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
-    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
-}
+__all__ = ["Progress", "prefect_defaults", "run_backfill"]
 
 
 def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
@@ -47,8 +38,6 @@ def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
     started here (the CLI's :func:`~vectorfill.orchestration.api.use_api` does that)."""
     _ensure_prefect_home()
     if use_served:
-        from vectorfill.orchestration.api import use_running_api
-
         use_running_api()
     if not os.environ.get("PREFECT_API_URL"):
         # Prefect's temporary server: its event log feeds nothing after the run (automations
@@ -79,8 +68,6 @@ def _ensure_prefect_home() -> None:
     without ``PREFECT_HOME`` we fall back to ``prefect/`` in vectorfill's own state directory
     (``VECTORFILL_HOME``), and when neither can be written we say so before starting anything.
     """
-    from vectorfill.errors import ConfigError
-
     given = os.environ.get("PREFECT_HOME")
     if given:
         why = _writable_dir(Path(given).expanduser())
@@ -90,8 +77,6 @@ def _ensure_prefect_home() -> None:
     default = Path("~/.prefect").expanduser()
     if _writable_dir(default) is None:
         return
-    from vectorfill.local.pgembedded import default_data_dir
-
     fallback = default_data_dir().parent / "prefect"
     why = _writable_dir(fallback)
     if why:
@@ -100,24 +85,6 @@ def _ensure_prefect_home() -> None:
             f"and neither can {fallback} ({why}); set PREFECT_HOME or VECTORFILL_HOME to a writable directory"
         )
     os.environ["PREFECT_HOME"] = str(fallback)
-
-
-@contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Leave the objects that exist now out of the garbage collector's full passes while
-    the block runs (:func:`gc.freeze`), and give them back to it afterwards.
-
-    A backfill process holds a large, long-lived heap (Prefect, pydantic, SQLAlchemy and
-    their modules): each full (generation 2) collection walks all of it, about 150 ms on
-    these machines with the event loop stopped, and a run makes several. Frozen, those
-    passes walk only what the run itself allocated. Nothing is leaked: garbage that
-    existed before the block is collected after it, by the next full pass.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 class Progress:
@@ -137,6 +104,7 @@ class Progress:
 
     def _live(self) -> tuple[int, int]:
         """Rows embedded, and rows deleted or failed, by this process's runs of the job so far."""
+        # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
         from vectorfill.engine.fill import LIVE_TALLIES
 
         embedded = gone = 0
@@ -147,8 +115,6 @@ class Progress:
         return embedded, gone
 
     def _recount(self) -> None:
-        from vectorfill.jobs.registry import job_status
-
         t0 = time.monotonic()
         st = job_status(self.conn, self.job)
         took = time.monotonic() - t0
@@ -169,8 +135,6 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
     own counts between (:class:`Progress`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar
-
-    from vectorfill.storage.db import connect
 
     try:
         with connect(url, autocommit=True) as conn:
@@ -218,6 +182,7 @@ def run_backfill(
     ``flow_kw``: the flow's other parameters (``batch``, ``wait``, ``poll_s``), the same
     for every flow run."""
     os.environ[DATABASE_URL_ENV] = url
+    # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
     from vectorfill.flows.backfill import backfill
 
     stop = threading.Event()
@@ -227,6 +192,7 @@ def run_backfill(
         poller.start()
     try:
         if workers > 1:
+            # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
             from vectorfill.orchestration.fanout import run_here
 
             return asyncio.run(run_here(job, workers, max_rows, flow_kw))

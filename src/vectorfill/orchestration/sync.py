@@ -45,6 +45,7 @@ class SyncSupervisor:
     def __init__(
         self, jobs: list[str], *, window_s: float | None = None, announce: Callable[[str], object] = print
     ) -> None:
+        # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
         from vectorfill.flows.sync import DEFAULT_WINDOW_S
 
         self.jobs = list(jobs)
@@ -78,6 +79,7 @@ class SyncSupervisor:
                 group.create_task(self._keep_syncing(job))
 
     async def _keep_syncing(self, job: str) -> None:
+        # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
         from vectorfill.engine.follow import STOP
         from vectorfill.flows.sync import sync, window_bounds
 

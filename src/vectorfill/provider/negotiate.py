@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from vectorfill.errors import RequestRejected, TerminalProviderError, stops_run
+from vectorfill.errors import RequestRejected, TerminalProviderError, TransientProviderError, stops_run
 from vectorfill.records import Caps
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ __all__ = [
     "Refusal",
     "Verdict",
     "classify",
-    "load_caps",
-    "negotiator_for",
-    "remember_caps",
 ]
 
 log = logging.getLogger("vectorfill")
@@ -142,7 +139,7 @@ class Negotiator:
     ``generation`` counts changes of the request's settings (the encoding, a cap): a
     refusal of a request sent under an older generation is retried under the new one
     without more evidence. ``remember`` (async, optional) keeps what is learnt for the
-    endpoint, in Postgres (:func:`remember_caps`).
+    endpoint, in Postgres (:func:`vectorfill.storage.caps.remembering`).
     """
 
     def __init__(
@@ -298,7 +295,11 @@ class Negotiator:
         )
 
     async def _try(self) -> bool:
-        """Send the probe; True when it was accepted. Errors that stop the run propagate."""
+        """Send the probe; True when it was accepted. Errors that stop the run propagate.
+
+        Sent without ``dimensions``, an accepted probe comes back with the model's own size,
+        which the client refuses as a ``dimension_mismatch`` (it checks the job's size): the
+        server accepted the request all the same, so that counts as accepted."""
         self.probes += 1
         try:
             await self.client.embed([PROBE_TEXT])
@@ -306,6 +307,10 @@ class Negotiator:
             if stops_run(exc):
                 raise
             return False
+        except TransientProviderError as exc:
+            if exc.code == "dimension_mismatch" and not self.client.dimensions:
+                return True
+            raise
         return True
 
     def _dimensions_refused(self, exc: TerminalProviderError) -> RequestRejected:
@@ -394,30 +399,3 @@ def _normalized(exc: BaseException) -> str:
     text = re.sub(r"input\[\d+\]", "input[]", text)
     text = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "''", text)
     return f"{getattr(exc, 'status', None)} " + re.sub(r"\d+", "#", text)
-
-
-# ---------------------------------------------------------------------- persistence (compat)
-# Kept for callers of the names below while they move to vectorfill.storage.caps: these
-# are the provider layer's last imports of storage (delete them then).
-
-
-async def load_caps(url: str, endpoint: str) -> Caps:
-    """:func:`vectorfill.storage.caps.load_caps` (compat)."""
-    from vectorfill.storage import caps
-
-    return await caps.load_caps(url, endpoint)
-
-
-async def remember_caps(url: str, endpoint: str, caps: Caps, evidence: str) -> None:
-    """:func:`vectorfill.storage.caps.remember_caps` (compat)."""
-    from vectorfill.storage import caps as stored
-
-    await stored.remember_caps(url, endpoint, caps, evidence)
-
-
-def negotiator_for(client: EndpointClient, url: str | None, endpoint: str, caps: Caps | None = None) -> Negotiator:
-    """A :class:`Negotiator` for ``client`` that remembers in the database at ``url`` (if any)
-    (compat: ``Negotiator(client, caps=caps, remember=vectorfill.storage.caps.remembering(url, endpoint))``)."""
-    from vectorfill.storage.caps import remembering
-
-    return Negotiator(client, caps=caps, remember=remembering(url, endpoint))

@@ -19,7 +19,7 @@ import psycopg
 from pgvector.psycopg import register_vector, register_vector_async
 
 from vectorfill.config import database_url_from_env
-from vectorfill.errors import DatabaseError, DatabaseUnavailable, VectorfillError
+from vectorfill.errors import DUPLICATE_DATABASE, DatabaseError, DatabaseUnavailable, VectorfillError
 from vectorfill.storage.errors import redact_url, translate, translate_error, translated
 from vectorfill.storage.jobs import upgrade_triggers
 
@@ -28,6 +28,7 @@ __all__ = [
     "aconnect",
     "aone_row",
     "connect",
+    "create_database",
     "current_revision",
     "given_database_url",
     "head_revision",
@@ -124,28 +125,52 @@ class LaneConnection:
 
     :meth:`execute` runs one statement and translates its errors (dropping the connection
     after a :class:`~vectorfill.errors.DatabaseUnavailable`, so that a retry opens a new one);
-    :meth:`get` hands out the connection itself, for a transaction or a COPY, whose errors
-    the caller translates (:func:`lane_error`).
+    :meth:`translating` hands out the connection itself for a block (a transaction, a COPY)
+    and translates the block's errors as :func:`lane_error` does; :meth:`get` hands it out
+    bare, for callers that translate their errors themselves.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.AsyncConnection | None = None
 
-    async def get(self) -> psycopg.AsyncConnection:
+    async def get(self, doing: str = "connecting") -> psycopg.AsyncConnection:
+        """The connection, opened first if need be (failing, as ``doing`` failed)."""
         if self._conn is None or self._conn.closed or self._conn.broken:
-            with translated("connecting", url=self.url):
+            with translated(doing, url=self.url):
                 conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
                 await register_vector_async(conn)
             self._conn = conn
         return self._conn
+
+    @property
+    def connected(self) -> bool:
+        """The connection is open and usable (False before the first :meth:`get`, and after
+        a failure dropped it)."""
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.broken
+
+    @contextlib.asynccontextmanager
+    async def translating(self, doing: str, *, job: str | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        """The lane's connection for a block of statements; a psycopg error out of the block
+        leaves as :func:`lane_error`'s (the connection dropped after a lost one)::
+
+            async with db.translating("storing a batch", job="docs") as conn:
+                async with conn.transaction():
+                    ...
+        """
+        conn = await self.get(doing)
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise await lane_error(self, exc, doing, job=job) from None
 
     async def execute(
         self, statement: Any, params: Any = None, *, doing: str | None = None, job: str | None = None
     ) -> tuple[Any, ...] | None:
         """Run one statement on the lane's connection; its first row (None: it returns none)."""
         try:
-            conn = await self.get()
+            conn = await self.get(doing or "connecting")
             cur = await conn.execute(statement, params)
             row = await cur.fetchone() if cur.description is not None else None
         except psycopg.Error as exc:
@@ -166,6 +191,25 @@ class LaneConnection:
 
     async def aclose(self) -> None:
         await self.discard()
+
+
+def create_database(url: str, name: str) -> bool:
+    """Create the database ``name`` in ``url``'s cluster unless it exists; True when this call
+    created it. Another process creating it meanwhile is not an error. Raises the
+    :class:`~vectorfill.errors.DatabaseError` of the refusal otherwise (``sqlstate`` tells
+    which: a role without CREATEDB is ``INSUFFICIENT_PRIVILEGE``)."""
+    from psycopg import sql as pgsql
+
+    try:
+        with connect(url, autocommit=True, vector_types=False) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None:
+                return False
+            conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+            return True
+    except DatabaseError as exc:
+        if exc.sqlstate == DUPLICATE_DATABASE:
+            return False  # created by another process meanwhile
+        raise
 
 
 def _alembic_config(url: str):

@@ -18,7 +18,7 @@ from vectorfill.local.embeddings_server.encoders import (
     expected_vector,
     load_encoder,
 )
-from vectorfill.local.embeddings_server.serve import ServerThread, main, run_server
+from vectorfill.local.embeddings_server.runner import ServerThread, main, run_server
 
 __all__ = [
     "FAKE_MODEL",

@@ -1,5 +1,5 @@
 import sys
 
-from vectorfill.local.embeddings_server.serve import main
+from vectorfill.local.embeddings_server.runner import main
 
 sys.exit(main())

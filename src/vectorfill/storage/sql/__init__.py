@@ -3,7 +3,7 @@ family behind this one face (``from vectorfill.storage import sql``; ``sql.JobSQ
 
 (Except bootstrap statements that belong to their own machinery: the embedded server's
 ``CREATE DATABASE`` in :mod:`vectorfill.local.pgembedded` and
-:mod:`vectorfill.orchestration.prefect_server`, Alembic's revision check in
+:mod:`vectorfill.orchestration.serve`, Alembic's revision check in
 :mod:`vectorfill.storage.db`, the demo corpus loader in :mod:`vectorfill.local.corpus`,
 and the migrations themselves.)
 

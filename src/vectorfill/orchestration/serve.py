@@ -30,114 +30,100 @@ import json
 import os
 import signal
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
-
-from psycopg import sql as pgsql
+from importlib import resources
+from typing import Any
 
 from vectorfill.config import DATABASE_URL_ENV
-from vectorfill.errors import DUPLICATE_DATABASE, INSUFFICIENT_PRIVILEGE, DatabaseError, first_line
-from vectorfill.orchestration.api import _state_path, served_api_url
-from vectorfill.orchestration.events import MODEL_CHANGED
+from vectorfill.errors import ConfigError
+from vectorfill.jobs.registry import load_job
+from vectorfill.orchestration.api import _state_path, served_api_url, use_api
 from vectorfill.storage.db import connect
 
 __all__ = [
+    "DECLARED_JOB",
     "DEFAULT_CRON",
     "build_deployments",
-    "ensure_prefect_database",
-    "prefect_database_url",
+    "declared_deployments",
     "serve",
     "served_api_url",
 ]
 
 DEFAULT_CRON = "0 2 * * *"
-#: Seconds between two collections of a job's Batch API batches by `vectorfill serve`.
-COLLECT_EVERY_S = 600
 
 
-def prefect_database_url(url: str) -> tuple[str, str]:
-    """(SQLAlchemy asyncpg URL of Prefect's database, its name) next to vectorfill's ``url``."""
-    parts = urlsplit(url)
-    vf_db = parts.path.lstrip("/") or "postgres"
-    name = f"{vf_db}_prefect"
-    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", path="/" + name)), name
+#: The job the declared per-job deployments of ``deployments/prefect.yaml`` are written for:
+#: ``serve`` makes a copy of each for every job it serves, as a user copies them for ``prefect deploy``.
+DECLARED_JOB = "docs"
 
 
-def ensure_prefect_database(url: str, name: str) -> None:
-    """Create the database ``name`` in ``url``'s cluster unless it exists.
+def declared_deployments() -> list[dict[str, Any]]:
+    """The deployments of the packaged ``deployments/prefect.yaml``, the one declaration of
+    what vectorfill deploys (YAML anchors resolved)."""
+    import yaml  # lazy: only serve reads it
 
-    Raises :class:`~vectorfill.errors.DatabaseRefused` with ``sqlstate``
-    :data:`~vectorfill.errors.INSUFFICIENT_PRIVILEGE` as is when the role may not create it
-    (the caller decides what to do then), a :class:`DatabaseError` for any other failure."""
-    try:
-        with connect(url, autocommit=True, vector_types=False) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
-    except DatabaseError as exc:
-        if exc.sqlstate == DUPLICATE_DATABASE:
-            return  # created by another process meanwhile
-        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
-            raise
-        raise type(exc)(
-            f"cannot create Prefect's database {name!r} next to vectorfill's: "
-            f"{first_line(exc.__cause__ or exc)}. Grant CREATEDB, create it yourself, or point "
-            "PREFECT_API_URL at a Prefect server you run",
-            sqlstate=exc.sqlstate,
-        ) from exc
+    text = resources.files("vectorfill.deployments").joinpath("prefect.yaml").read_text(encoding="utf-8")
+    return list(yaml.safe_load(text)["deployments"])
 
 
 def build_deployments(
     jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: Sequence[str] = (), reembed: bool = True
 ) -> list:
-    """The served deployments: a scheduled backfill per job; for ``batch_jobs`` (jobs whose
-    default is the Batch API) a collection of their batches every :data:`COLLECT_EVERY_S`
-    seconds; and (unless ``reembed`` is False: ``serve --sync``, whose sync runs fill new
-    versions themselves) the event-triggered re-embed."""
+    """The served deployments, as ``deployments/prefect.yaml`` declares them: each
+    deployment declared for the job :data:`DECLARED_JOB` is made for every job in ``jobs``
+    (the scheduled backfill, on ``cron``: None for no schedule) or, if tagged ``batches``,
+    for every job of ``batch_jobs`` (jobs whose default is the Batch API: their batches
+    collected on the declared interval); a deployment declared with triggers (the re-embed
+    on ``vectorfill.model.changed``) is made once, unless ``reembed`` is False
+    (``serve --sync``, whose sync runs fill new versions themselves)."""
+    deployments = []
+    for spec in declared_deployments():
+        if spec.get("parameters", {}).get("job") == DECLARED_JOB:
+            for job in batch_jobs if "batches" in spec.get("tags", ()) else jobs:
+                deployments.append(_deployment(spec, job, cron))
+        elif spec.get("triggers"):
+            if reembed:
+                deployments.append(_deployment(spec, None, cron))
+        else:
+            raise ConfigError(f"deployments/prefect.yaml: {spec.get('name')!r} is neither per job nor triggered")
+    return deployments
+
+
+def _deployment(spec: dict[str, Any], job: str | None, cron: str | None):
+    """One declared deployment as a runner deployment; for ``job``, its copy for that job."""
     from prefect.deployments.runner import EntrypointType
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.utilities.importtools import import_object
 
-    from vectorfill.flows.backfill import backfill
-
-    deployments = [
-        backfill.to_deployment(
-            name=f"backfill-{job}",
-            parameters={"job": job},
-            cron=cron,
-            tags=["vectorfill", f"job:{job}"],
-            description=f"Embed every pending row of the job {job!r}.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
+    flow = import_object(spec["entrypoint"])  # a module path into the installed package
+    name, description = spec["name"], spec.get("description")
+    parameters, tags = dict(spec.get("parameters", {})), list(spec.get("tags", []))
+    if job is not None:
+        name = name.removesuffix(f"-{DECLARED_JOB}") + f"-{job}"
+        description = description and description.replace(f"`{DECLARED_JOB}`", f"`{job}`")
+        parameters["job"] = job
+        tags.append(f"job:{job}")
+    schedule: dict[str, Any] = {}
+    for declared in spec.get("schedules", []):
+        if "cron" in declared:
+            schedule["cron"] = cron  # serve's --cron ('' for none) replaces the declared one
+        elif "interval" in declared:
+            schedule["interval"] = declared["interval"]
+    triggers = [
+        DeploymentEventTrigger(
+            name=f"vectorfill {name} on {', '.join(t['expect'])}", **{k: v for k, v in t.items() if k != "type"}
         )
-        for job in jobs
+        for t in spec.get("triggers", [])
     ]
-    deployments += [  # Batch API batches: collected every few minutes, nothing new submitted or embedded
-        backfill.to_deployment(
-            name=f"collect-batches-{job}",
-            parameters={"job": job, "batch": True, "max_rows": 0},
-            interval=COLLECT_EVERY_S,
-            tags=["vectorfill", f"job:{job}", "batches"],
-            description=f"Collect the job {job!r}'s finished Batch API batches and store their vectors.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
-        )
-        for job in batch_jobs
-    ]
-    if not reembed:
-        return deployments
-    deployments.append(
-        backfill.to_deployment(
-            name="reembed",
-            triggers=[
-                DeploymentEventTrigger(
-                    name="vectorfill re-embed on model change",
-                    expect={MODEL_CHANGED},
-                    match={"prefect.resource.id": "vectorfill.job.*"},
-                    parameters={"job": "{{ event.payload.job }}"},
-                )
-            ],
-            tags=["vectorfill", "reembed"],
-            description="Re-embed a job with its new model when `vectorfill job set-model` says so.",
-            entrypoint_type=EntrypointType.MODULE_PATH,
-        )
+    return flow.to_deployment(
+        name=name,
+        parameters=parameters,
+        tags=tags,
+        description=description,
+        triggers=triggers or None,
+        concurrency_limit=spec.get("concurrency_limit"),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        **schedule,
     )
-    return deployments
 
 
 def serve(
@@ -154,8 +140,6 @@ def serve(
     server (started on ``port`` if it is not running yet; it keeps running afterwards); with
     ``sync``, also a sync run per job (:mod:`vectorfill.orchestration.sync`). SIGTERM ends it
     with the README's exit code 143 (Prefect's runner would exit 0)."""
-    from vectorfill.orchestration.api import use_api
-
     os.environ[DATABASE_URL_ENV] = url
     api_url = use_api(url, port=port, announce=announce)
     if port is not None and not api_url.startswith(f"http://127.0.0.1:{port}/"):
@@ -173,6 +157,7 @@ def serve(
         ui = api_url.removesuffix("/api")
         announce(f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} (Ctrl-C stops)")
         if sync and jobs:
+            # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
             from vectorfill.orchestration.sync import SyncSupervisor
 
             syncing = SyncSupervisor(jobs, window_s=sync_window_s, announce=announce).start()
@@ -193,7 +178,5 @@ def serve(
 
 def _batch_jobs(url: str, jobs: list[str]) -> list[str]:
     """The jobs whose backfills go through the Batch API by default (``job create --batch``)."""
-    from vectorfill.jobs.registry import load_job
-
     with connect(url) as conn:
         return [job for job in jobs if load_job(conn, job).settings.batch]

@@ -16,6 +16,11 @@ from vectorfill.config import JobSettings
 from vectorfill.database import resolve_database_url
 from vectorfill.errors import ConfigError, JobError
 from vectorfill.jobs.registry import create_job, job_status, load_job
+from vectorfill.jobs.search import search
+from vectorfill.local.corpus import DocRow, load_stdlib_docs, write_corpus
+from vectorfill.local.embeddings_server import ServerThread, create_app, load_encoder
+from vectorfill.orchestration.api import use_api
+from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
 from vectorfill.storage import sql
 from vectorfill.storage.db import connect, migrate
 
@@ -49,8 +54,6 @@ def sample_docs(docs: list, n: int | None) -> list:
 
 def _find_endpoint(model: str, err):
     """Reuse a vectorfill endpoint on :8000 serving ``model``, else start one in-process."""
-    from vectorfill.local.embeddings_server import ServerThread, create_app, load_encoder
-
     url = f"http://127.0.0.1:{LOCAL_PORT}/v1"
     try:
         listed = httpx.get(f"{url}/models", timeout=2).json()
@@ -81,11 +84,6 @@ def _find_endpoint(model: str, err):
 
 
 def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> None:
-    from vectorfill.jobs.search import search
-    from vectorfill.local.corpus import DocRow, load_stdlib_docs, write_corpus
-    from vectorfill.orchestration.api import use_api
-    from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
-
     url = resolve_database_url(db_url, announce=lambda m: err.print(f"[dim]{m}[/]"))
     use_api(url, announce=lambda m: err.print(f"[dim]{m}[/]"))
     prefect_defaults()

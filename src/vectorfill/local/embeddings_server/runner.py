@@ -19,7 +19,8 @@ from typing import Any
 
 import uvicorn
 
-from vectorfill.errors import SecretMissing
+from vectorfill.errors import SecretMissing, VectorfillError
+from vectorfill.local.embeddings_server.app import create_app
 from vectorfill.local.embeddings_server.encoders import LOCAL_MODEL, load_encoder
 
 __all__ = ["ServerThread", "main", "run_server"]
@@ -33,8 +34,6 @@ def run_server(model: str, host: str, port: int, api_key_env: str | None) -> Non
     must send ``Authorization: Bearer`` with the key read from that environment
     variable; the key itself is never printed or logged.
     """
-    from vectorfill.local.embeddings_server.app import create_app
-
     api_key: str | None = None
     if api_key_env:
         api_key = os.environ.get(api_key_env) or None
@@ -65,8 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key to require")
     args = parser.parse_args(argv)
-    from vectorfill.errors import VectorfillError
-
     try:
         run_server(args.model, args.host, args.port, args.api_key_env)
     except VectorfillError as exc:
