@@ -41,11 +41,11 @@ Prefect's share of wall time is estimated three ways:
    as the lane sees it ("outer"); the flow's ``.fn`` and the progress-artifact calls are
    timed the same way. Then ``prefect_time = (flow wall - flow body) + (outer - inner of
    prepare, switch and report, which the flow runs alone) + (sum of outer - inner of the
-   batch tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow
+   slice tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow
    wall``. Dividing lane time by ``concurrency`` assumes the lanes' overheads overlap
    evenly, and the CPU Prefect's server takes from the machine is not counted.
 
-Both runs also report seconds per task and per stage inside the batch task (claim, embed,
+Both runs also report seconds per task and per stage inside the slice task (claim, embed,
 store; sums over the lanes, which overlap, so a sum can exceed the wall time), and CPU seconds per process over each timed window (this
 process and its threads, Prefect's server, the fake provider, Postgres, and everything
 else on the machine), which on a small machine shows who competes for the cores. A large
@@ -538,7 +538,7 @@ def flow_module():
 @dataclass
 class StageClock:
     """Seconds and calls per task ("inner": its body, "outer": the whole call as the flow
-    sees it, Prefect's engine included) and per stage inside the batch task ("stage")."""
+    sees it, Prefect's engine included) and per stage inside the slice task ("stage")."""
 
     inner: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     outer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -589,7 +589,7 @@ class _FailedState:
 
 class _Bare:
     """Stands in for a Task without Prefect: calls its function, and retries it at once
-    while its ``retry_condition_fn`` allows (the batch task waits out its backoff itself),
+    while its ``retry_condition_fn`` allows (the slice task waits out its backoff itself),
     or, without one, retries transient errors up to ``retries`` times."""
 
     def __init__(self, fn, retries: int, condition=None) -> None:
@@ -621,8 +621,8 @@ class _Bare:
 
 #: The flow module's tasks, by the global name it calls them by.
 _TASK_GLOBALS = {"prepare": "prepare_run", "switch": "switch_versions", "report": "report_run"}
-#: The stage functions the batch task calls, by their global name in tasks/batch.py.
-_STAGES = {"claim": "claim_rows", "embed": "embed_batch", "store": "store_batch"}
+#: The stage functions the slice task calls, by their global name in tasks/slice.py.
+_STAGES = {"claim": "claim_rows", "embed": "embed_request", "store": "store_vectors"}
 
 
 def _artifact_functions(module) -> list[str]:
@@ -644,16 +644,16 @@ def _no_op_like(fn):
 def instrumented(mode: str):
     """Patch the flow module for one run: ``mode`` "prefect" (time bodies and call sites)
     or "bare" (tasks replaced by their timed functions, artifacts by no-ops). Either way
-    the stages inside the batch task are timed."""
+    the stages inside the slice task are timed."""
     import importlib
 
     fb = flow_module()
     fill_mod = importlib.import_module("vectorfill.tasks.fill")
-    batch_mod = importlib.import_module("vectorfill.tasks.batch")
+    slice_mod = importlib.import_module("vectorfill.tasks.slice")
     report_mod = importlib.import_module("vectorfill.tasks.report")
     clock = StageClock()
     tasks = {stage: getattr(fb, g) for stage, g in _TASK_GLOBALS.items()}
-    tasks["batch"] = batch_mod.fill_batch
+    tasks["slice"] = slice_mod.fill_slice
     saved: list[tuple[object, str, object]] = []  # (object, attribute, original value)
 
     def patch(obj, attr: str, value) -> None:
@@ -662,15 +662,15 @@ def instrumented(mode: str):
 
     try:
         for stage, g in _STAGES.items():
-            patch(batch_mod, g, _timed(getattr(batch_mod, g), functools.partial(clock.add, "stage", stage)))
+            patch(slice_mod, g, _timed(getattr(slice_mod, g), functools.partial(clock.add, "stage", stage)))
         for name, t in tasks.items():
             patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", name)))
-        batch_task = fill_mod.batch_task
+        slice_task = fill_mod.slice_task
         if mode == "prefect":
             for name, g in _TASK_GLOBALS.items():
                 patch(fb, g, _outer(tasks[name], functools.partial(clock.add, "outer", name)))
-            record_batch = functools.partial(clock.add, "outer", "batch")
-            patch(fill_mod, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
+            record_slice = functools.partial(clock.add, "outer", "slice")
+            patch(fill_mod, "slice_task", lambda attempts: _outer(slice_task(attempts), record_slice))
             for name in _artifact_functions(report_mod):
                 if "progress" in name:
                     patch(
@@ -687,10 +687,10 @@ def instrumented(mode: str):
             for name, g in _TASK_GLOBALS.items():
                 patch(fb, g, _Bare(tasks[name].fn, tasks[name].retries))
 
-            def bare_batch(attempts):
-                return _Bare(tasks["batch"].fn, attempts.total_retries, attempts.retry_condition())
+            def bare_slice(attempts):
+                return _Bare(tasks["slice"].fn, attempts.total_retries, attempts.retry_condition())
 
-            patch(fill_mod, "batch_task", bare_batch)
+            patch(fill_mod, "slice_task", bare_slice)
             for module in (report_mod,):  # progress and summary artifacts
                 for name in _artifact_functions(module):
                     patch(module, name, _no_op_like(getattr(module, name)))
@@ -997,15 +997,15 @@ def report(args, meta: dict, results: dict) -> str:
         return sum(clock.outer.get(s, 0.0) - clock.inner.get(s, 0.0) for s in stages)
 
     sequential = over(("prepare", "switch", "report"))  # run by the flow body, one at a time
-    in_lanes = over(("batch",))
+    in_lanes = over(("slice",))
     artifacts = clock.outer.get("artifacts", 0.0)
     est = flow_over + sequential + (in_lanes + artifacts) / args.concurrency
     out.append(f"| Prefect share of wall time, instrumented (see docstring) | {100 * est / vf['wall']:.1f}% | <= 5% |")
     out.append(f"| ... flow-run overhead (wall - flow body) | {flow_over:.2f} s | |")
-    calls = clock.calls.get("batch", 0)
+    calls = clock.calls.get("slice", 0)
     if calls:
         out.append(
-            f"| ... task-run overhead per batch task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |"
+            f"| ... task-run overhead per slice task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |"
         )
     out.append(f"| ... prepare + switch + report task-run overhead | {sequential:.2f} s | |")
     out.append(f"| ... progress-artifact calls (lane time) | {artifacts:.2f} s | |")
@@ -1025,7 +1025,7 @@ def report(args, meta: dict, results: dict) -> str:
 
     # tasks and stages
     out.append("")
-    out.append("Seconds per task and per stage inside the batch task (sums over all lanes; the lanes overlap):")
+    out.append("Seconds per task and per stage inside the slice task (sums over all lanes; the lanes overlap):")
     out.append("")
     out.append(
         "| task / stage | calls | flow: body s | flow: body ms/call | flow: Prefect ms/call | bare: body s | bare: body ms/call |"
@@ -1034,7 +1034,7 @@ def report(args, meta: dict, results: dict) -> str:
     bare_clock: StageClock | None = results.get("vf_bare", {}).get("clock")
     rows = [
         ("prepare", "inner"),
-        ("batch", "inner"),
+        ("slice", "inner"),
         ("claim", "stage"),
         ("embed", "stage"),
         ("store", "stage"),
@@ -1100,7 +1100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-inputs",
         type=int,
         default=1024,
-        help="job setting max_inputs (and the baselines' batch); 1024 gives 20,000 rows "
+        help="job setting max_inputs (and the baselines' request size); 1024 gives 20,000 rows "
         "5 requests per lane at concurrency 4",
     )
     p.add_argument("--concurrency", type=int, default=4, help="job setting concurrency (and requests in flight)")

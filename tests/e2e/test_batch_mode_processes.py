@@ -1,6 +1,6 @@
 """Backfills through the Batch API, the parts that need a process of their own: a submitter
 killed between creating a batch and recording it, and batch mode through the `vectorfill`
-command. The fake provider's Files and Batches endpoints are in tests/fake_batches.py."""
+command. The fake provider's Files and Batches endpoints are in tests/fake_batch_api.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crashes: a worker killed mid-batch loses nothing; its leases expire and another run finishes."""
+"""Crashes: a worker killed mid-slice loses nothing; its leases expire and another run finishes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def leased_rows(env) -> int:
         return conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
 
 
-def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, tmp_path, prefect_server):
+def test_a_worker_killed_mid_slice_loses_nothing_and_a_later_run_finishes(env, tmp_path, prefect_server):
     env.make_table(600)
     env.create_job(settings_kw={"max_inputs": 50, "concurrency": 2, "retries": 1})
     env.provider.latency_s = 0.3  # slow enough that the kill lands while requests are in flight
@@ -53,7 +53,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_a_later_run_finishes(env, t
     )
     try:
         deadline = time.monotonic() + 120
-        while env.status().embedded < 100 or leased_rows(env) == 0:  # well into the work, mid-batch
+        while env.status().embedded < 100 or leased_rows(env) == 0:  # well into the work, mid-slice
             assert proc.poll() is None, "the worker ended before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -128,7 +128,7 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(
         first = outcome["summary"]
         assert first.failed == 0 and first.embedded > 300, first
         provider.latency_s = 0
-        expire_leases(url)  # the leases of batches that were in flight at the restart
+        expire_leases(url)  # the leases of slices that were in flight at the restart
         rest = env.backfill()
         assert first.embedded + rest.embedded == 2000, "each row counted once, by the run that stored it"
         st = env.status()
@@ -137,7 +137,7 @@ def test_postgres_restarting_mid_run_loses_nothing_and_duplicates_nothing(
         for key, vector in env.vectors().items():
             np.testing.assert_allclose(vector, provider.expected_vector(texts[key]), atol=1e-6)
         resent = len(provider.inputs) - len(set(provider.inputs))
-        assert resent <= 100, f"{resent} texts sent twice (at most the batches in flight at the restart)"
+        assert resent <= 100, f"{resent} texts sent twice (at most the requests in flight at the restart)"
     finally:
         pgembedded.stop(data_dir)
 

@@ -99,7 +99,7 @@ def test_serve_set_model_event_reembed_switch_search(fresh_db, provider, tmp_pat
                 np.testing.assert_allclose(rows[7].to_numpy(), new.expected_vector("article number 7"), atol=1e-6)
                 os.environ["VF_KEY"] = API_KEY
                 hits = search(conn, "docs", "article number 7", k=1)
-            assert hits[0].id == 7 and new.requests >= 4  # 3 batches + the query, all to the new model
+            assert hits[0].id == 7 and new.requests >= 4  # 3 requests + the query, all to the new model
 
             def completed():
                 found = json.loads(vf("runs", "docs", "--json", env=env).stdout)

@@ -1,5 +1,5 @@
 """`vectorfill serve --sync` as a process: SIGTERM gives back its claims and budget, and a
-sync killed mid-batch and restarted finishes every row (the sync in this process:
+sync killed mid-slice and restarted finishes every row (the sync in this process:
 test_sync.py)."""
 
 from __future__ import annotations
@@ -75,12 +75,12 @@ def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, 
         served = Served({**env, "PREFECT_API_URL": served_on_session_server}, free_port(), log, "--sync", "--cron", "")
         try:
 
-            def mid_batch() -> bool:
+            def mid_slice() -> bool:
                 with connect(fresh_db) as conn:
                     done = conn.execute("SELECT count(*) FROM vectorfill._v_1_1").fetchone()[0]
                 return done > 0 and leased_rows() > 0
 
-            wait_until(mid_batch, 400, "serve --sync to be mid-batch", every=0.2)
+            wait_until(mid_slice, 400, "serve --sync to be mid-slice", every=0.2)
             assert served.proc.poll() is None
             with connect(fresh_db) as conn:
                 signalled_at = conn.execute("SELECT now()").fetchone()[0]
@@ -103,7 +103,7 @@ def test_sigterm_of_serve_sync_gives_back_claims_and_budget(fresh_db, tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_path, served_on_session_server):
+def test_serve_sync_killed_mid_slice_and_restarted_finishes_every_row(env, tmp_path, served_on_session_server):
     """A crash (SIGKILL) leaves the claims leased; a restarted `serve --sync` takes them over
     once their leases expire, and every row ends right, as after a crashed backfill."""
     import os
@@ -138,11 +138,11 @@ def test_serve_sync_killed_mid_batch_and_restarted_finishes_every_row(env, tmp_p
     proc = start()
     try:
 
-        def mid_batch() -> bool:
+        def mid_slice() -> bool:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             return leased(env) > 0 and env.status().embedded > 0
 
-        wait_until(mid_batch, 300, "sync to be mid-batch", every=0.1)
+        wait_until(mid_slice, 300, "sync to be mid-slice", every=0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
         # What the dead process had in flight: the rows it held claimed (sent, or about to

@@ -89,7 +89,7 @@ def one_pass_with_a_change_in_flight(env, statement: str):
 
     from vectorfill.jobs.registry import load_job
     from vectorfill.provider.client import EmbeddingsClient
-    from vectorfill.tasks import Work, claim_rows, embed_batch, store_batch
+    from vectorfill.tasks import Work, claim_rows, embed_request, store_vectors
 
     with env.connect() as conn:
         job = load_job(conn, "docs")
@@ -104,8 +104,8 @@ def one_pass_with_a_change_in_flight(env, statement: str):
             async with EmbeddingsClient(
                 base_url=env.provider.base_url, model="fake-embed", api_key=SecretStr(API_KEY)
             ) as client:
-                embedded = await embed_batch(work, client, claim.batches[0])
-            return await store_batch(work, embedded, db)
+                embedded = await embed_request(work, client, claim.requests[0])
+            return await store_vectors(work, embedded, db)
         finally:
             await db.aclose()
 
@@ -167,7 +167,7 @@ def test_shuffled_responses_are_put_back_in_index_order(env):
 @pytest.mark.parametrize("mode", ["short", "nan", "wrong_dims"])
 def test_a_malformed_response_stores_nothing_and_the_retry_gets_it_right(env, mode):
     env.make_table(30)
-    env.create_job(dimensions=32, settings_kw={"concurrency": 1, "retries": 1})  # one batch
+    env.create_job(dimensions=32, settings_kw={"concurrency": 1, "retries": 1})  # one slice
     env.provider.corrupt_next(1, mode)
     summary = env.backfill()
     assert summary.embedded == 30
@@ -185,7 +185,7 @@ def test_tolerated_quirks_are_accepted_in_one_request(env, mode):
     assert_vectors_match_texts(env)
 
 
-def test_one_bad_input_is_isolated_and_the_rest_of_its_batch_is_stored(env):
+def test_one_bad_input_is_isolated_and_the_rest_of_its_request_is_stored(env):
     env.make_table(64)
     with env.connect() as conn:
         conn.execute("UPDATE articles SET body = 'POISON pill' WHERE id = 17")
@@ -376,7 +376,7 @@ def test_key_types_round_trip_into_the_vector_table(env, key_type, keys):
 
 @pytest.mark.slow
 def test_prefect_keeps_the_runs_history_task_by_task(env):
-    """Run history is the orchestrator's: the flow run and its task runs, one per API batch,
+    """Run history is the orchestrator's: the flow run and its task runs, one per slice,
     are recorded (with vectorfill's Prefect defaults, e.g. no event log on the temporary server)."""
     import time
 
@@ -405,9 +405,9 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
         return sorted(r["name"].rsplit("-", 1)[0] for r in runs if r["state"]["type"] == "COMPLETED")
 
     def recorded(names) -> bool:  # the server records task runs a little after they end
-        # 300 rows, 100 a request: one batch task (it claims at least 4,096 rows) sends 3
+        # 300 rows, 100 a request: one slice task (it claims at least 4,096 rows) sends 3
         # no new model's version is filling: no switch stage
-        return names.count("batch") == 1 and {"prepare", "report"} <= set(names) and "switch" not in names
+        return names.count("slice") == 1 and {"prepare", "report"} <= set(names) and "switch" not in names
 
     deadline = time.monotonic() + 60
     while not recorded(names := asyncio.run(task_names())) and time.monotonic() < deadline:
@@ -432,8 +432,8 @@ def test_prefect_keeps_the_runs_history_task_by_task(env):
 
 
 @pytest.mark.slow
-def test_a_batch_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
-    """Leases are renewed while a run holds them: a batch that hangs past ``lease_s`` is
+def test_a_slice_slower_than_its_lease_keeps_its_rows_so_nobody_pays_twice(env):
+    """Leases are renewed while a run holds them: a slice that hangs past ``lease_s`` is
     not claimed (and paid for) by another worker."""
     import time
 

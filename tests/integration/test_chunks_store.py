@@ -345,7 +345,7 @@ def test_set_model_refuses_a_version_its_index_could_not_follow_and_invalid_inde
 
 @pytest.mark.slow
 def test_a_row_with_more_chunks_than_one_request_takes_is_stored_whole(env):
-    """max_inputs 4 and ~20 chunks a row: a row's chunks span requests (Batch.continues) and
+    """max_inputs 4 and ~20 chunks a row: a row's chunks span requests (Request.continues) and
     are stored together once every request is answered; an edit keeps the unchanged ones."""
     from vectorfill.engine.claim import Item, RowPlan, pack
 
@@ -378,11 +378,11 @@ def test_a_row_with_more_chunks_than_one_request_takes_is_stored_whole(env):
     items = [Item((k,), 1, f"{k}-{c}", b"h", 1) for k, c in [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]]
     items += [Item((3,), 1, f"3-{c}", b"h", 1) for c in range(6)]
     plans = {(k,): RowPlan((k,), 1, 1) for k in (1, 2, 3)}
-    batches = pack(items, 4, 1000, plans)
-    assert [[i.text for i in b.items] for b in batches] == [
+    requests = pack(items, 4, 1000, plans)
+    assert [[i.text for i in b.items] for b in requests] == [
         ["1-0", "1-1", "1-2"],
         ["2-0", "2-1"],
         ["3-0", "3-1", "3-2", "3-3"],
         ["3-4", "3-5"],
     ]
-    assert [b.continues for b in batches] == [False, False, True, False]
+    assert [b.continues for b in requests] == [False, False, True, False]

@@ -125,8 +125,8 @@ def sync_until_done(env, *, timeout: float = 120.0) -> RunSummary:
     return asyncio.run(main())
 
 
-def refused(batches: list[list[str]], cap: int) -> int:
-    return sum(1 for b in batches if len(b) > cap)
+def refused(requests: list[list[str]], cap: int) -> int:
+    return sum(1 for b in requests if len(b) > cap)
 
 
 @pytest.mark.slow
@@ -137,13 +137,13 @@ def test_a_second_sync_process_packs_to_the_cap_the_first_learnt_with_no_refusal
     env.provider.behave_like("tei", max_client_batch_size=cap)
     first = sync_until_done(env)
     assert first.embedded == rows and first.failed == 0
-    assert refused(env.provider.batches, cap) >= 1, "the first process learnt the cap by a refusal"
+    assert refused(env.provider.request_inputs, cap) >= 1, "the first process learnt the cap by a refusal"
     assert_vectors_match_texts(env)
 
     env.make_table(rows, start=rows + 1)
-    before = len(env.provider.batches)
+    before = len(env.provider.request_inputs)
     second = sync_until_done(env)  # a new run: a new engine, client and negotiator
-    sent = env.provider.batches[before:]
+    sent = env.provider.request_inputs[before:]
     assert second.embedded == rows and second.failed == 0
     assert refused(sent, cap) == 0, "no refused request: the learnt cap was loaded"
     assert max(map(len, sent)) == cap, "claims packed to the learnt cap"

@@ -52,9 +52,9 @@ def test_a_lane_block_that_loses_its_connection_is_transient_and_reconnects(fres
             with connect(fresh_db, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
             with pytest.raises(DatabaseUnavailable) as info:
-                async with db.translating("storing a batch", job="docs") as conn:
+                async with db.translating("storing vectors", job="docs") as conn:
                     await conn.execute("SELECT 1")
-            assert info.value.transient and "storing a batch failed" in str(info.value)
+            assert info.value.transient and "storing vectors failed" in str(info.value)
             assert not db.connected, "the lost connection is dropped"
             again = await db.execute("SELECT pg_backend_pid()")
             assert again is not None and again[0] != row[0]

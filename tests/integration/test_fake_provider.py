@@ -80,7 +80,7 @@ def test_counts_requests_inputs_in_order_and_tokens_billed(client, provider):
     assert client.post("/embeddings", json={"model": "fake-embed", "input": ["bad", ""]}).status_code == 400
     assert provider.requests == 3
     assert provider.inputs == ["one", "two", "three fourth fifth", "bad", ""]
-    assert provider.batches == [first, second, ["bad", ""]]
+    assert provider.request_inputs == [first, second, ["bad", ""]]
     assert provider.embedded == ["one", "two", "three fourth fifth"]
     assert provider.tokens_billed == tokens(first + second)
     assert provider.rate_limited == 0
@@ -184,7 +184,7 @@ def test_fail_and_hang_are_consumed_in_request_order(client, provider):
     assert time.perf_counter() - started >= 0.3
 
 
-def test_fail_when_refuses_any_batch_holding_a_matching_input(client, provider):
+def test_fail_when_refuses_any_request_holding_a_matching_input(client, provider):
     provider.fail_when(lambda text: "poison" in text)
     response = embed(client, ["ok", "poison pill", "fine"])
     assert response.status_code == 400

@@ -67,11 +67,11 @@ def test_a_server_of_another_home_on_the_port_is_not_taken_for_ours(fresh_db, ho
             local_server.stop()
 
 
-def test_runs_are_named_after_their_job_and_log_each_batch_and_a_summary(env):
-    """The UI shows a run named after its job and, in its Logs tab, a line per batch and the
+def test_runs_are_named_after_their_job_and_log_each_slice_and_a_summary(env):
+    """The UI shows a run named after its job and, in its Logs tab, a line per slice and the
     summary (counts only)."""
     env.make_table(5000)
-    env.create_job(settings_kw={"max_inputs": 1000, "retries": 1})  # batches of 4,096 rows: two here
+    env.create_job(settings_kw={"max_inputs": 1000, "retries": 1})  # slices of 4,096 rows: two here
     summary = env.backfill()
     assert summary.embedded == 5000
 
@@ -97,11 +97,11 @@ def test_runs_are_named_after_their_job_and_log_each_batch_and_a_summary(env):
     assert run.parameters["job"] == "docs"
     assert re.fullmatch(r"docs-\d{4}-\d\d-\d\dT\d\d:\d\d", run.name), run.name
     assert run.name == f"docs-{run.expected_start_time:%Y-%m-%dT%H:%M}"
-    batches = [m for m in messages if ": batch of " in m]
-    assert len(batches) == 2, messages
-    assert any(m.startswith("docs v1: batch of 4,096 rows: 4,096 embedded") for m in batches), batches
-    assert any(m.startswith("docs v1: batch of 904 rows: 904 embedded") for m in batches), batches
-    assert all(re.search(r"tokens in \d+ requests; \d+\.\d\d s, 0 retries$", m) for m in batches), batches
+    slices = [m for m in messages if ": slice of " in m]
+    assert len(slices) == 2, messages
+    assert any(m.startswith("docs v1: slice of 4,096 rows: 4,096 embedded") for m in slices), slices
+    assert any(m.startswith("docs v1: slice of 904 rows: 904 embedded") for m in slices), slices
+    assert all(re.search(r"tokens in \d+ requests; \d+\.\d\d s, 0 retries$", m) for m in slices), slices
     summaries = [m for m in messages if "rows embedded in" in m]
     assert len(summaries) == 1 and summaries[0].startswith("docs: 5,000 rows embedded in "), messages
     assert "0 still pending" in summaries[0]

@@ -97,7 +97,7 @@ def test_a_gateway_413_page_that_names_no_limit_is_learnt_from_the_halves(env):
     assert summary.embedded == ROWS and summary.failed == 0
     learnt = caps(env)[0]
     assert learnt is not None and learnt <= 20
-    # bisecting every batch would cost ~2x; once learnt, each request is accepted
+    # bisecting every request would cost ~2x; once learnt, each request is accepted
     assert env.provider.requests <= 20 + math.ceil(ROWS / learnt), env.provider.requests
     assert_vectors_match_texts(env)
 
@@ -237,7 +237,7 @@ def test_check_passes_and_says_what_works(env):
     assert report.ok and env.provider.requests == 1
     from vectorfill.jobs.check import CHECK_TEXTS
 
-    assert env.provider.batches[-1] == list(CHECK_TEXTS)
+    assert env.provider.request_inputs[-1] == list(CHECK_TEXTS)
     assert "32-dimensional" in _line(report, "dimensions").detail
     assert "base64 accepted" in _line(report, "encoding").detail
     assert "usage reported" in _line(report, "usage").detail
@@ -248,7 +248,7 @@ def test_check_negotiates_base64_and_remembers_it(env):
     report = _check(env)
     assert report.ok, report
     assert "float is used instead" in _line(report, "encoding").detail
-    assert "at most 1 inputs per request" in _line(report, "batching").detail
+    assert "at most 1 inputs per request" in _line(report, "inputs").detail
     assert caps(env) == (1, None, "float")
 
 

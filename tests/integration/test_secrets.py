@@ -129,7 +129,7 @@ def test_the_api_key_appears_nowhere_after_a_run(env, caplog):
     # the runs' own log lines, each run's by its id (the Logs tab)
     ok_lines = [log["message"] for log in kept["logs"][str(ok_run)]]
     refused_lines = [log["message"] for log in kept["logs"][str(refused_run)]]
-    assert any(": batch of " in m and " tokens in " in m for m in ok_lines), ok_lines
+    assert any(": slice of " in m and " tokens in " in m for m in ok_lines), ok_lines
     assert any("rows embedded in" in m for m in ok_lines), ok_lines
     assert any("401" in m for m in refused_lines), refused_lines
     assert all(API_KEY not in m for m in ok_lines + refused_lines)

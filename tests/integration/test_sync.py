@@ -283,7 +283,7 @@ def test_stopping_sync_gives_back_its_claims_and_its_budget(env, monkeypatch, si
     monkeypatch.setattr(PostgresBudget, "give_back", spy)
     sup = SyncSupervisor(["docs"], announce=lambda m: None).start()
     try:
-        wait_until(lambda: leased(env) > 0 and env.status().embedded > 0, 60, "sync to be mid-batch")
+        wait_until(lambda: leased(env) > 0 and env.status().embedded > 0, 60, "sync to be mid-slice")
     finally:
         requests = env.provider.requests
         # a generous deadline: the stop waits for the requests in flight (1 s each), no more

@@ -100,7 +100,7 @@ def test_items_without_index_are_taken_in_order_and_usage_may_be_missing():
         ({"nope": 1}, "bad_response"),
     ],
 )
-def test_violations_reject_the_whole_batch(body, code):
+def test_violations_reject_the_whole_request(body, code):
     with pytest.raises(TransientProviderError) as info:
         run(lambda r: httpx.Response(200, json=body))
     assert info.value.code == code
@@ -132,7 +132,7 @@ def test_base64_rows_land_at_their_index_with_either_decoder(dims, decoder, monk
         (["AACAPw==", "AACAPw==AACAPw=="], "bad_base64"),  # data after padding
     ],
 )
-def test_malformed_base64_rejects_the_batch_whichever_path_sees_it(embeddings, code):
+def test_malformed_base64_rejects_the_request_whichever_path_sees_it(embeddings, code):
     body = {"data": [{"index": i, "embedding": e} for i, e in enumerate(embeddings)]}
     with pytest.raises(TransientProviderError) as info:
         run(lambda r: httpx.Response(200, json=body))
@@ -219,7 +219,7 @@ def test_base_url_must_be_http():
 
 
 def test_read_responses_are_freed_without_waiting_for_the_cyclic_gc():
-    """A response body (megabytes for a big batch) must not wait for a full GC to be freed."""
+    """A response body (megabytes for a big request) must not wait for a full GC to be freed."""
     import gc
     import weakref
 

@@ -28,7 +28,7 @@ def test_indices_must_be_exactly_a_permutation_of_the_inputs(indices):
     data = [{"index": i, "embedding": [float(j)]} for j, i in enumerate(indices)]
     exc = violation({"object": "list", "data": data})
     assert exc.code == "bad_index" and exc.status == 200
-    assert "no vector of this batch is stored" in str(exc)
+    assert "no vector of this request is stored" in str(exc)
 
 
 def test_more_vectors_than_inputs_is_a_count_mismatch():

@@ -49,7 +49,7 @@ def test_errors_that_make_every_further_request_pointless_stop_the_run_and_are_n
 
 
 @pytest.mark.parametrize("cls", NEITHER)
-def test_an_inputs_or_a_batchs_terminal_error_neither_retries_nor_stops(cls):
+def test_an_inputs_or_a_requests_terminal_error_neither_retries_nor_stops(cls):
     exc = cls("boom")
     assert not stops_run(exc) and not is_transient(exc)
 

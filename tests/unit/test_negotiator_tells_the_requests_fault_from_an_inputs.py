@@ -148,7 +148,7 @@ def test_a_probe_accepted_only_without_dimensions_blames_dimensions():
     ],
     ids=["too-long", "too-large"],
 )
-def test_a_too_long_input_or_a_too_large_batch_is_bisected_without_a_probe(response, n):
+def test_a_too_long_input_or_a_too_large_request_is_bisected_without_a_probe(response, n):
     neg, endpoint, _ = negotiator(answer)
     assert judge(neg, refusal(response), n) == "bisect" and endpoint.bodies == []
 

@@ -44,10 +44,10 @@ def test_every_error_is_marked_transient_or_terminal_and_exported():
 def test_stage_tasks_are_the_published_ones():
     assert {
         "prepare_run",
-        "fill_batch",
+        "fill_slice",
         "claim_rows",
-        "embed_batch",
-        "store_batch",
+        "embed_request",
+        "store_vectors",
         "switch_versions",
         "report_run",
         "release_rows",

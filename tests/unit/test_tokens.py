@@ -160,7 +160,7 @@ def test_claim_counts_exactly_when_the_estimate_nears_the_request_limit():
 
 
 def test_a_claim_of_several_requests_counts_exactly_only_when_one_request_nears_the_limit():
-    """A batch task's claim may fill several requests (max_inputs texts each, in claim
+    """A slice's claim may fill several requests (max_inputs texts each, in claim
     order): what decides is each request's estimate, not the whole claim's."""
     from vectorfill.engine.claim import ESTIMATE_HEADROOM, count_tokens
 

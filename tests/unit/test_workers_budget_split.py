@@ -18,12 +18,12 @@ def test_a_rate_limited_run_claims_ten_seconds_of_its_budget_a_task():
     """So that a run at 60 requests a minute does not hold 4,096 rows for minutes while the
     other runs of a fan-out find the queue empty and stop."""
     from vectorfill.config import JobSettings
-    from vectorfill.engine.batch import MIN_TASK_ROWS, rows_per_task
+    from vectorfill.engine.slice import MIN_SLICE_ROWS, rows_per_slice
 
-    assert rows_per_task(JobSettings(max_inputs=50)) == MIN_TASK_ROWS
-    assert rows_per_task(JobSettings(max_inputs=50, rpm=60)) == 500  # 10 requests of 50
-    assert rows_per_task(JobSettings(max_inputs=2048, rpm=3_000)) == MIN_TASK_ROWS
-    assert rows_per_task(JobSettings(max_inputs=8192, rpm=1)) == 8192, "always a request's worth"
+    assert rows_per_slice(JobSettings(max_inputs=50)) == MIN_SLICE_ROWS
+    assert rows_per_slice(JobSettings(max_inputs=50, rpm=60)) == 500  # 10 requests of 50
+    assert rows_per_slice(JobSettings(max_inputs=2048, rpm=3_000)) == MIN_SLICE_ROWS
+    assert rows_per_slice(JobSettings(max_inputs=8192, rpm=1)) == 8192, "always a request's worth"
 
 
 def test_combined_summary_adds_the_runs_counts():

@@ -55,7 +55,7 @@ from vectorfill.storage.errors import translated
 from .claim import Item
 from .counts import Counts
 from .embed import Embedded
-from .store import store_batch
+from .store import store_vectors
 from .submit import BATCH_LEASE_S, Submitted, batch_lock
 from .work import Work, database_url
 
@@ -256,7 +256,7 @@ async def _collect_one(
                 requests=len(pending),
             )
             pending.clear()
-            stored = await store_batch(work, embedded, db)
+            stored = await store_vectors(work, embedded, db)
             written += stored.written
             stale += stored.stale
             if work.version.vector_dims is None and stored.vector_dims:
@@ -292,7 +292,7 @@ async def _collect_one(
                     rejected.append((bad, line.status, line.message or "refused by the provider"))
         await flush()
     if rejected:
-        stored = await store_batch(
+        stored = await store_vectors(
             work, Embedded((), np.zeros((0, 0), np.float32), version.model, 0, 0, tuple(rejected)), db
         )
         failed += stored.failed

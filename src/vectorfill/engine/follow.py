@@ -21,7 +21,7 @@ opened once per version for the window, with the endpoint's learnt caps) under t
 :data:`FOLLOW` policy, in ``concurrency`` lanes until the queue is drained, so a burst of
 writes is taken in few claims: bursts coalesce. Under steady writes the lanes overlap (one
 claims while others embed and store) for up to :data:`PIPELINE_S`. A cycle takes no
-Prefect task run (the batch body runs in the lane, retried by the same policy): at a trickle of writes that would be one task run per
+Prefect task run (the slice body runs in the lane, retried by the same policy): at a trickle of writes that would be one task run per
 write or two (thousands an hour); the window's flow run, its log lines (one a minute, when
 anything happened) and its summary are the history. One cycle at a time per job: at most
 one sync run works on a job version, and a write during a cycle is claimed by it (if it
@@ -33,8 +33,8 @@ keep their latency while a re-embed runs. Once a cycle drained it, the switch is
 every row written before the cycle started was embedded by it in both versions, so the
 new version lacks nothing the active one has (:func:`vectorfill.jobs.versions.behind`).
 
-**Errors.** A batch retries as in a backfill (``batch.py``). When its retries are spent
-on an error that may pass (the provider down, Postgres restarting), the batch keeps its
+**Errors.** A slice retries as in a backfill (``slice.py``). When its retries are spent
+on an error that may pass (the provider down, Postgres restarting), the slice keeps its
 claims (renewed by the keeper, so nothing is paid twice) and is tried again after
 :data:`OUTAGE_BACKOFF_S`: an outage backs off instead of spinning, and the rows do not
 use up their ``max_attempts``. Any other error ends the run (given back its claims, as a
@@ -78,7 +78,7 @@ __all__ = [
 POLL_S = 0.25
 #: Seconds between the run's log lines (one per period in which anything happened).
 LOG_EVERY_S = 60.0
-#: Seconds before a batch whose retries are spent on a transient error is tried again (the
+#: Seconds before a slice whose retries are spent on a transient error is tried again (the
 #: last repeats), jittered.
 OUTAGE_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 #: Most rows of a new model's version filled per cycle (the active version's new writes
@@ -106,7 +106,7 @@ class Followed:
     switched_to: int | None = None
     """The version a switch in this window made active (the last one)."""
     outages: int = 0
-    """Times a batch waited out :data:`OUTAGE_BACKOFF_S` after spending its retries."""
+    """Times a slice waited out :data:`OUTAGE_BACKOFF_S` after spending its retries."""
     reloads: int = 0
     """Times the job's versions changed under the run (set-model, switch, pause, ...)."""
     stopped: bool = False
@@ -119,7 +119,7 @@ FOLLOW = Policy(
     pipeline_s=PIPELINE_S,
     claim_gap_s=CLAIM_GAP_S,
     outage_backoff_s=OUTAGE_BACKOFF_S,
-    log_batches=False,
+    log_slices=False,
 )
 
 #: How sync switches a job to its complete new version (the switch task): the version

@@ -165,7 +165,7 @@ async def _submit_all(work: Work, max_rows: int | None, api: BatchesClient, db: 
         )
         if remaining is not None:
             remaining -= claim.claimed
-        if not claim.batches:
+        if not claim.requests:
             await conn.execute(sql.BATCH_DELETE, {"id": sub})  # nothing to send: no record needed
             total = total + settled
             if claim.claimed < limit:
@@ -199,8 +199,8 @@ async def _submit_one(
         body["dimensions"] = work.version.dimensions
     lines: list[bytes] = []
     size = 0
-    fits = len(claim.batches)
-    for req, request in enumerate(claim.batches):
+    fits = len(claim.requests)
+    for req, request in enumerate(claim.requests):
         line = request_line(f"{sub.hex[:12]}-{req}", {**body, "input": [i.text for i in request.items]})
         if req >= batch_api.MAX_REQUESTS or size + len(line) > batch_api.MAX_FILE_BYTES:
             fits = req
@@ -212,7 +212,7 @@ async def _submit_one(
         raise TerminalProviderError(
             "one request of this job is larger than a batch input file may be; lower max_inputs", job=work.job.name
         )
-    kept, over = claim.batches[:fits], claim.batches[fits:]
+    kept, over = claim.requests[:fits], claim.requests[fits:]
     items = [(req, pos, item) for req, request in enumerate(kept) for pos, item in enumerate(request.items)]
     conn = await db.get()
     async with conn.transaction():

@@ -11,7 +11,7 @@ for n rows and fails them all, for nothing.
 :meth:`Negotiator.judge` decides which it is, from evidence, in this order:
 
 1. the refusal itself (:func:`classify`): a cap on inputs or tokens that it names (learnt,
-   and the batch is split to fit), ``encoding_format``/base64 (fall back to ``float``),
+   and the request is split to fit), ``encoding_format``/base64 (fall back to ``float``),
    ``dimensions`` (the run stops: dropping it would store other vectors than asked for);
 2. a request that succeeded already in this run with the same settings: the request is
    fine, so the refusal is the inputs' (bisect);
@@ -21,7 +21,7 @@ for n rows and fails them all, for nothing.
    accepted, the refusal is the inputs' (bisect);
 4. while bisecting, the same refusal for several different single inputs makes the
    negotiator probe again (the endpoint may have changed its mind mid-run);
-5. a refused batch whose halves were both accepted whole was refused for its size: its
+5. a refused request whose halves were both accepted whole was refused for its size: its
    larger half becomes the endpoint's cap on inputs (gateways' 413 pages name no number).
 
 What is learnt (caps, the encoding) is kept per endpoint in ``vectorfill.endpoint_caps``
@@ -224,7 +224,7 @@ class Negotiator:
         if refusal.kind == "dimensions" and self.client.dimensions:
             raise self._dimensions_refused(exc)
         if refusal.kind in ("too_long", "size") and (n > 1 or refusal.kind == "too_long"):
-            return "bisect"  # an input's length, or the batch's size: halves will tell
+            return "bisect"  # an input's length, or the request's size: halves will tell
         if self.proven:
             return "bisect"
         return await self._probe(exc)
@@ -252,13 +252,13 @@ class Negotiator:
                     raise
 
     async def size_refused(self, accepted_half: int) -> None:
-        """A batch was refused and both its halves were then accepted whole: it was refused
+        """A request was refused and both its halves were then accepted whole: it was refused
         for its size. Its larger half is a cap the endpoint accepts."""
         async with self._lock:
             if self.max_inputs is None or accepted_half < self.max_inputs:
                 await self._learn(
                     max_inputs=accepted_half,
-                    evidence=f"a batch of more than {accepted_half} inputs was refused and its halves accepted",
+                    evidence=f"a request of more than {accepted_half} inputs was refused and its halves accepted",
                 )
 
     async def _probe(self, exc: TerminalProviderError) -> Verdict:
@@ -382,7 +382,7 @@ class Negotiator:
 
 
 def _message(exc: BaseException) -> str:
-    """The server's words, without the client's prefix ("... rejected the batch (422): ")."""
+    """The server's words, without the client's prefix ("... rejected the request (422): ")."""
     text = str(exc)
     m = re.search(r"\(\d{3}\): (.*)$", text, re.S)
     return (m.group(1) if m else text).strip()[:300]

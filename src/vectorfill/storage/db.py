@@ -155,7 +155,7 @@ class LaneConnection:
         """The lane's connection for a block of statements; a psycopg error out of the block
         leaves as :func:`lane_error`'s (the connection dropped after a lost one)::
 
-            async with db.translating("storing a batch", job="docs") as conn:
+            async with db.translating("storing vectors", job="docs") as conn:
                 async with conn.transaction():
                     ...
         """

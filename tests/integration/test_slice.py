@@ -1,4 +1,4 @@
-"""The batch task: one Prefect task per API batch, resumed at the stage that failed.
+"""The slice task: one Prefect task per slice of the queue, resumed at the stage that failed.
 
 A retry must never pay twice: a store that fails is retried with the vectors in hand (the
 texts are not sent again), and each stage keeps its own retry budget and backoff.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-import vectorfill.engine.batch as batch_mod
+import vectorfill.engine.slice as slice_mod
 from assertions import assert_vectors_match_texts
-from vectorfill.engine.batch import Attempts
+from vectorfill.engine.slice import Attempts
 from vectorfill.errors import DatabaseError, TerminalProviderError, TransientProviderError
 
 
@@ -44,7 +44,7 @@ def stores_tried(env) -> int:
 
 @pytest.fixture
 def quick_db_retries(monkeypatch):
-    monkeypatch.setattr(batch_mod, "STAGE_DELAYS", {"claim": (0.05,), "store": (0.05,)})
+    monkeypatch.setattr(slice_mod, "STAGE_DELAYS", {"claim": (0.05,), "store": (0.05,)})
 
 
 def test_a_failed_store_is_retried_with_the_vectors_in_hand_so_nothing_is_sent_twice(env, quick_db_retries):
@@ -55,7 +55,7 @@ def test_a_failed_store_is_retried_with_the_vectors_in_hand_so_nothing_is_sent_t
     summary = env.backfill()
     assert stores_tried(env) == 3 + 2, "a store per request, and the two injected failures"
     assert summary.embedded == 30 and env.status().pending == 0
-    assert env.provider.requests == 3, "one request per batch: no store retry re-sent its texts"
+    assert env.provider.requests == 3, "one request each: no store retry re-sent its texts"
     assert sorted(env.provider.inputs) == sorted(env.texts().values()), "each text sent exactly once"
     assert summary.tokens == env.provider.tokens_billed
     assert_vectors_match_texts(env)
@@ -64,8 +64,8 @@ def test_a_failed_store_is_retried_with_the_vectors_in_hand_so_nothing_is_sent_t
 def test_a_store_failing_past_its_retries_fails_the_run_and_gives_the_rows_back(env, quick_db_retries):
     env.make_table(10)
     env.create_job(settings_kw={"max_inputs": 10, "concurrency": 1, "retries": 0})
-    fail_stores(env, 1 + batch_mod.STAGE_RETRIES["store"])
-    with pytest.raises(DatabaseError, match="job 'docs': storing a batch failed"):
+    fail_stores(env, 1 + slice_mod.STAGE_RETRIES["store"])
+    with pytest.raises(DatabaseError, match="job 'docs': storing vectors failed"):
         env.backfill()
     assert env.provider.requests == 1, "the store's retries did not send the texts again"
     with env.connect() as conn:
@@ -76,8 +76,8 @@ def test_a_store_failing_past_its_retries_fails_the_run_and_gives_the_rows_back(
 
 
 @pytest.mark.slow
-def test_of_a_batch_s_requests_only_the_one_that_failed_is_sent_again(env):
-    """A batch task claims at least MIN_TASK_ROWS rows; with max_inputs 10 its 30 rows go in
+def test_of_a_slice_s_requests_only_the_one_that_failed_is_sent_again(env):
+    """A slice task claims at least MIN_SLICE_ROWS rows; with max_inputs 10 its 30 rows go in
     three requests side by side. One fails: the retry sends that one alone."""
     from collections import Counter
 
@@ -86,18 +86,18 @@ def test_of_a_batch_s_requests_only_the_one_that_failed_is_sent_again(env):
     env.provider.fail_next(1, status=503, headers={"retry-after-ms": "10"})
     summary = env.backfill()
     assert summary.embedded == 30 and env.provider.requests == 4 and summary.requests == 3
-    failed = env.provider.batches[0]  # the first to arrive got the 503
+    failed = env.provider.request_inputs[0]  # the first to arrive got the 503
     sent = Counter(env.provider.inputs)
     assert {t for t, n in sent.items() if n == 2} == set(failed) and len(failed) == 10
     assert set(sent) == set(env.texts().values()) and max(sent.values()) == 2
     assert_vectors_match_texts(env)
 
 
-def test_many_batch_tasks_over_several_lanes_embed_every_row_once(env, monkeypatch):
-    """With a task per request (MIN_TASK_ROWS lowered to 1), four lanes run 25 batch tasks
-    side by side: their claims take turns, so every batch is full, and the lanes stop once
+def test_many_slice_tasks_over_several_lanes_embed_every_row_once(env, monkeypatch):
+    """With a task per request (MIN_SLICE_ROWS lowered to 1), four lanes run 25 slice tasks
+    side by side: their claims take turns, so every slice is full, and the lanes stop once
     the queue is drained."""
-    monkeypatch.setattr(batch_mod, "MIN_TASK_ROWS", 1)
+    monkeypatch.setattr(slice_mod, "MIN_SLICE_ROWS", 1)
     env.make_table(500)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 4, "retries": 1})
     summary = env.backfill()
@@ -114,8 +114,8 @@ def test_a_failed_request_is_retried_without_claiming_again(env):
     env.provider.fail_next(1, status=503, headers={"retry-after-ms": "10"})
     summary = env.backfill()
     assert summary.embedded == 10 and env.provider.requests == 2
-    assert env.provider.batches[0] == env.provider.batches[1], "the same claimed rows, sent again"
-    with env.connect() as conn:  # a second claim of the batch would have counted a second attempt
+    assert env.provider.request_inputs[0] == env.provider.request_inputs[1], "the same claimed rows, sent again"
+    with env.connect() as conn:  # a second claim of the slice would have counted a second attempt
         assert conn.execute("SELECT count(*) FROM vectorfill._q_1_1").fetchone()[0] == 0
     assert_vectors_match_texts(env)
 
@@ -142,9 +142,9 @@ def test_each_stage_has_its_own_retry_budget(env):
     assert not attempts.failed(transient)
     attempts.stage = "store"
     db_error = DatabaseError("down")
-    assert all(attempts.failed(db_error) for _ in range(batch_mod.STAGE_RETRIES["store"]))
+    assert all(attempts.failed(db_error) for _ in range(slice_mod.STAGE_RETRIES["store"]))
     assert not attempts.failed(db_error)
-    assert attempts.total_retries == 1 + sum(batch_mod.STAGE_RETRIES.values())
+    assert attempts.total_retries == 1 + sum(slice_mod.STAGE_RETRIES.values())
     attempts.stage = "claim"
     assert not attempts.failed(TerminalProviderError("bad input", status=400)), "terminal errors are not retried"
 
@@ -167,7 +167,7 @@ def test_backoff_is_the_stage_s_own_and_honours_retry_after(env):
     assert attempts.delay(rate_limited, throttle=object()) <= 3, "a throttled 429 paused every lane already"
     attempts.failures.clear()
     attempts.failed(huge := TransientProviderError("503", status=503, retry_after=3600))
-    assert attempts.delay(huge) <= batch_mod.MAX_DELAY_S
+    assert attempts.delay(huge) <= slice_mod.MAX_DELAY_S
     attempts.stage = "store"
     attempts.failed(db_error := DatabaseError("down"))
     assert 0.5 <= attempts.delay(db_error) <= 1.5
@@ -213,14 +213,14 @@ def test_a_job_dropped_under_a_run_stops_it_with_one_job_error(env, monkeypatch)
 
     env.make_table(20)
     env.create_job()
-    claim_rows = batch_mod.claim_rows
+    claim_rows = slice_mod.claim_rows
 
     async def drop_then_claim(*args, **kwargs):
         with env.connect() as conn:
             conn.execute("DROP TABLE vectorfill._q_1_1")
         return await claim_rows(*args, **kwargs)
 
-    monkeypatch.setattr(batch_mod, "claim_rows", drop_then_claim)
+    monkeypatch.setattr(slice_mod, "claim_rows", drop_then_claim)
     with pytest.raises(JobError, match=r"claiming rows failed: .*was the job dropped"):
         env.backfill()
     assert env.provider.requests == 0
@@ -245,5 +245,5 @@ def test_database_errors_are_translated_in_one_place(pg_url):
     unreachable = translate_error(down.value, "connecting", url="postgresql://u:secret@127.0.0.1:9/x")
     assert isinstance(unreachable, DatabaseError) and unreachable.transient
     assert "secret" not in str(unreachable) and "u:***@127.0.0.1:9" in str(unreachable)
-    refusal = translate_error(refused.value, "storing a batch", job="docs")
+    refusal = translate_error(refused.value, "storing vectors", job="docs")
     assert isinstance(refusal, DatabaseError) and not refusal.transient and "division by zero" in str(refusal)

@@ -1,10 +1,10 @@
-"""One batch of rows: claim -> embed -> store, resumed at the stage that failed when retried.
+"""One slice of the queue: claim -> embed -> store, resumed at the stage that failed when retried.
 
-:func:`fill_batch` is the body a backfill runs as one Prefect task run per batch (the task,
-``tasks/batch.py``: its states, retries and duration are the run's history) and sync runs
+:func:`fill_slice` is the body a backfill runs as one Prefect task run per slice (the task,
+``tasks/slice.py``: its states, retries and duration are the run's history) and sync runs
 as it is (:class:`~vectorfill.engine.fill.Policy`); the three stages inside it are the
-plain functions of ``claim.py``, ``embed.py`` and ``store.py``. A batch is
-:data:`MIN_TASK_ROWS` rows, or one API request's worth (``max_inputs``) when that is more:
+plain functions of ``claim.py``, ``embed.py`` and ``store.py``. A slice is
+:data:`MIN_SLICE_ROWS` rows, or one API request's worth (``max_inputs``) when that is more:
 it sends its requests side by side, through the run's throttle (which holds the run to
 ``concurrency`` requests in flight), and stores each answer as it comes.
 
@@ -14,18 +14,18 @@ HTTP parsing and the COPY, so a task per request of a server that takes few inpu
 32) would cost more than the work (``bench/bench_throughput.py``; figures in bench/README.md).
 
 A retry of the task **resumes** it at the stage that failed, because :class:`Attempts`,
-the batch's record of what it has done, is kept across Prefect's retries of the task:
+the slice's record of what it has done, is kept across Prefect's retries of the task:
 
 - a store that fails (Postgres restarted, say) is retried with the vectors already in
   hand: the texts are **not sent (and paid for) again**;
 - a request that fails is retried without claiming again (the rows stay leased to the run),
-  and of a batch's requests only those that failed are sent again;
+  and of a slice's requests only those that failed are sent again;
 - each stage keeps its own budget of retries and its own backoff (:data:`STAGE_RETRIES`,
   :data:`STAGE_DELAYS`; the request's is the job's ``retries``, exponential, and at least
   the provider's ``Retry-After``), and only errors marked transient are retried.
 
 The body waits out the backoff itself before it fails the attempt, so it is retried at
-once (by Prefect, or by :func:`run_batch`): one retry policy, :meth:`Attempts.may_retry`
+once (by Prefect, or by :func:`run_slice`): one retry policy, :meth:`Attempts.may_retry`
 and :meth:`Attempts.delay`, whatever runs it.
 """
 
@@ -49,32 +49,32 @@ from vectorfill.provider.prices import price_per_million
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.storage.db import LaneConnection
 
-from .claim import Batch, Claim, claim_rows
+from .claim import Claim, Request, claim_rows
 from .counts import Counts
-from .embed import Embedded, embed_batch
-from .store import Stored, store_batch
+from .embed import Embedded, embed_request
+from .store import Stored, store_vectors
 from .work import Work
 
 __all__ = [
-    "MIN_TASK_ROWS",
+    "MIN_SLICE_ROWS",
     "STAGE_DELAYS",
     "STAGE_RETRIES",
     "Attempts",
-    "BatchRunner",
     "Filled",
     "Lanes",
-    "fill_batch",
-    "rows_per_task",
-    "run_batch",
+    "SliceRunner",
+    "fill_slice",
+    "rows_per_slice",
+    "run_slice",
 ]
 
-#: The fewest rows one batch task claims (when ``max_inputs`` is smaller, the task sends
+#: The fewest rows one slice claims (when ``max_inputs`` is smaller, the task sends
 #: several requests), so that Prefect's fixed cost per task run stays small beside the work.
-MIN_TASK_ROWS = 4096
-#: At most this many seconds of the job's request budget (``rpm``) in one batch task: a
+MIN_SLICE_ROWS = 4096
+#: At most this many seconds of the job's request budget (``rpm``) in one slice task: a
 #: rate-limited run then does not hold thousands of rows it can send only minutes later,
 #: while the other runs of a ``--workers`` fan-out find nothing free to claim and stop.
-TASK_BUDGET_S = 10.0
+SLICE_BUDGET_S = 10.0
 
 #: Retries of the database stages (the request's are the job's ``retries``).
 STAGE_RETRIES = {"claim": 3, "store": 3}
@@ -88,17 +88,17 @@ JITTER = 0.5
 
 @dataclass
 class Attempts:
-    """What one batch has done so far, kept across Prefect's retries of its task.
+    """What one slice has done so far, kept across Prefect's retries of its task.
 
     ``stage`` is the stage running (or that failed last); ``failures`` counts each stage's
-    failed attempts. The vectors of the batch (``embedded``) are kept until the store
+    failed attempts. The vectors of the slice (``embedded``) are kept until the store
     succeeds, so a retry of the store never sends the texts again.
     """
 
     work: Work
     claim: Claim | None = None
     embedded: dict[int, Embedded] = field(default_factory=dict)
-    """The vectors of the claim's requests (by index in ``claim.batches``), until stored."""
+    """The vectors of the claim's requests (by index in ``claim.requests``), until stored."""
     stored: list[Stored] = field(default_factory=list)
     sent: set[int] = field(default_factory=set)
     """Requests of the claim embedded (and then stored) already."""
@@ -106,11 +106,11 @@ class Attempts:
     failures: Counter = field(default_factory=Counter)
 
     @property
-    def batches(self) -> tuple[Batch, ...]:
+    def requests(self) -> tuple[Request, ...]:
         """The claim's requests; only the stages after the claim ask for them."""
         if self.claim is None:
-            raise RuntimeError("the batch's rows are not claimed yet")
-        return self.claim.batches
+            raise RuntimeError("the slice's rows are not claimed yet")
+        return self.claim.requests
 
     @property
     def retries(self) -> dict[str, int]:
@@ -144,7 +144,7 @@ class Attempts:
         return min(MAX_DELAY_S, clamped_poisson_interval(base, clamping_factor=JITTER))
 
     def retry_condition(self):
-        """A Prefect ``retry_condition_fn`` for this batch's task (a plain function: Prefect
+        """A Prefect ``retry_condition_fn`` for this slice's task (a plain function: Prefect
         calls functions, not bound methods)."""
 
         def may_retry(task, task_run, state) -> bool:
@@ -159,7 +159,7 @@ class Lanes:
     """What the lanes filling one job version share.
 
     ``unstored`` holds the requests sent and not yet stored to ``concurrency`` for the whole
-    run, whatever the number of lanes and of requests per batch: a crash loses no more paid
+    run, whatever the number of lanes and of requests per slice: a crash loses no more paid
     answers than that, and memory stays bounded (an answer of 1,024 x 1,536 floats is ~14 MB
     in flight). ``drained`` is set once a claim comes back short: no free row was left
     then, and the lanes stop (see :class:`~vectorfill.engine.fill.Policy`).
@@ -169,7 +169,7 @@ class Lanes:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
     """One claim at a time: a claim never takes part of the rows another lane's claim is
-    taking (``SKIP LOCKED`` would hand the remainder to it), so each lane's batches are
+    taking (``SKIP LOCKED`` would hand the remainder to it), so each lane's slices are
     full but the last, and a lane that finds the queue drained does not claim at all."""
 
     @classmethod
@@ -179,7 +179,7 @@ class Lanes:
 
 @dataclass(frozen=True)
 class Filled:
-    """What one batch did: the rows it claimed, and the claim's and its stores' counts."""
+    """What one slice did: the rows it claimed, and the claim's and its stores' counts."""
 
     claimed: int = 0
     counts: Counts = field(default_factory=Counts)
@@ -201,9 +201,9 @@ class Filled:
         )
 
 
-class BatchRunner(Protocol):
-    """How a run runs one batch: :func:`run_batch` (in the caller's task), or as a Prefect
-    task run (``vectorfill.tasks.batch.as_task_run``)."""
+class SliceRunner(Protocol):
+    """How a run runs one slice: :func:`run_slice` (in the caller's task), or as a Prefect
+    task run (``vectorfill.tasks.slice.as_task_run``)."""
 
     def __call__(
         self,
@@ -217,7 +217,7 @@ class BatchRunner(Protocol):
     ) -> Awaitable[Filled]: ...
 
 
-async def fill_batch(
+async def fill_slice(
     attempts: Attempts,
     limit: int,
     token: uuid.UUID,
@@ -226,8 +226,8 @@ async def fill_batch(
     throttle: Throttle,
     lanes: Lanes,
 ) -> Filled:
-    """Lease up to ``limit`` queued rows for the run ``token``, embed them (one request per
-    packed batch, side by side, through ``throttle``) and store their vectors; resumes at
+    """Lease up to ``limit`` queued rows for the run ``token``, embed them (their
+    packed requests side by side, through ``throttle``) and store their vectors; resumes at
     the stage that failed when run again with the same ``attempts`` (see the module
     docstring). A failed attempt is counted and its backoff waited out before it raises."""
     try:
@@ -235,7 +235,7 @@ async def fill_batch(
             attempts.stage = "claim"
             async with lanes.claiming:
                 if lanes.drained.is_set():
-                    attempts.claim = Claim(batches=())
+                    attempts.claim = Claim(requests=())
                 else:
                     attempts.claim = await claim_rows(attempts.work, limit, token, db)
                     if attempts.claim.claimed < limit:
@@ -248,7 +248,7 @@ async def fill_batch(
     return Filled.of(attempts.work, attempts.claim, attempts.stored)
 
 
-async def run_batch(
+async def run_slice(
     attempts: Attempts,
     limit: int,
     token: uuid.UUID,
@@ -257,11 +257,11 @@ async def run_batch(
     throttle: Throttle,
     lanes: Lanes,
 ) -> Filled:
-    """:func:`fill_batch` retried here as Prefect retries the batch task (same condition,
+    """:func:`fill_slice` retried here as Prefect retries the slice task (same condition,
     same backoff, waited out by the body), without a task run."""
     while True:
         try:
-            return await fill_batch(attempts, limit, token, db, client, throttle, lanes)
+            return await fill_slice(attempts, limit, token, db, client, throttle, lanes)
         except Exception as exc:
             if not attempts.may_retry(exc):
                 raise
@@ -297,7 +297,7 @@ async def _embed_and_store(
             if any(stops_run(e) for _, e in errors):
                 return
             try:
-                attempts.embedded[i] = await embed_batch(attempts.work, client, attempts.batches[i], throttle)
+                attempts.embedded[i] = await embed_request(attempts.work, client, attempts.requests[i], throttle)
             except Exception as exc:
                 errors.append(("embed", exc))
                 return
@@ -306,20 +306,20 @@ async def _embed_and_store(
 
     for i in sorted(attempts.embedded):
         await store(i)
-    await asyncio.gather(*(request(i) for i in range(len(attempts.batches)) if i not in attempts.sent))
+    await asyncio.gather(*(request(i) for i in range(len(attempts.requests)) if i not in attempts.sent))
     if errors:
         attempts.stage, exc = min(errors, key=lambda e: _severity(e[1]))
         raise exc
 
 
-def _group(batches, i: int) -> range:
+def _group(requests, i: int) -> range:
     """The requests stored together with request ``i``: those a row too big for one request
-    spans (:attr:`vectorfill.engine.claim.Batch.continues`), so its chunks are replaced at once."""
+    spans (:attr:`vectorfill.engine.claim.Request.continues`), so its chunks are replaced at once."""
     first = i
-    while first > 0 and batches[first - 1].continues:
+    while first > 0 and requests[first - 1].continues:
         first -= 1
     last = i
-    while batches[last].continues and last + 1 < len(batches):
+    while requests[last].continues and last + 1 < len(requests):
         last += 1
     return range(first, last + 1)
 
@@ -340,35 +340,35 @@ def _merged(parts: list[Embedded]) -> Embedded:
 async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneConnection) -> None:
     """Store request ``i``'s vectors (with those of the requests of its group, once all are
     answered); the first store of a version types its vector column."""
-    batches = attempts.batches
-    group = _group(batches, i)
+    requests = attempts.requests
+    group = _group(requests, i)
     if any(j not in attempts.embedded for j in group):
         return  # the rest of a row's chunks are still in flight: the last answer stores them all
     parts = [attempts.embedded[j] for j in group]
-    rows = tuple({p.key: p for j in group for p in batches[j].rows}.values())
-    stored = await store_batch(attempts.work, parts[0] if len(parts) == 1 else _merged(parts), db, rows)
+    rows = tuple({p.key: p for j in group for p in requests[j].rows}.values())
+    stored = await store_vectors(attempts.work, parts[0] if len(parts) == 1 else _merged(parts), db, rows)
     for j in group:
         del attempts.embedded[j]
     attempts.stored.append(stored)
     work = attempts.work
     if work.version.vector_dims is None and stored.vector_dims:
-        # the first store typed the vector column: later batches must match it
+        # the first store typed the vector column: later requests must match it
         attempts.work = Work(work.job, dataclasses.replace(work.version, vector_dims=stored.vector_dims))
         client.expected_dims = stored.vector_dims
 
 
-def rows_per_task(settings) -> int:
-    """Rows one batch task claims: :data:`MIN_TASK_ROWS`, or fewer when ``rpm`` allows fewer
-    requests' worth in :data:`TASK_BUDGET_S`; always at least a request's worth."""
-    rows = MIN_TASK_ROWS
+def rows_per_slice(settings) -> int:
+    """Rows one slice claims: :data:`MIN_SLICE_ROWS`, or fewer when ``rpm`` allows fewer
+    requests' worth in :data:`SLICE_BUDGET_S`; always at least a request's worth."""
+    rows = MIN_SLICE_ROWS
     if settings.rpm:
-        rows = min(rows, math.ceil(settings.rpm / 60 * TASK_BUDGET_S) * settings.max_inputs)
+        rows = min(rows, math.ceil(settings.rpm / 60 * SLICE_BUDGET_S) * settings.max_inputs)
     return max(settings.max_inputs, rows)
 
 
 def _severity(exc: BaseException) -> int:
-    """Which of several errors a batch raises first (lowest): an error that stops the run,
-    a terminal error, a transient one (only then is the batch retried)."""
+    """Which of several errors a slice raises first (lowest): an error that stops the run,
+    a terminal error, a transient one (only then is the slice retried)."""
     if stops_run(exc):
         return 0
     return 2 if is_transient(exc) else 1

@@ -1,5 +1,5 @@
 """Backfills through the Batch API end to end: real Postgres, real Prefect, the fake
-provider's Files and Batches endpoints (tests/fake_batches.py)."""
+provider's Files and Batches endpoints (tests/fake_batch_api.py)."""
 
 from __future__ import annotations
 
@@ -273,7 +273,7 @@ def test_a_crash_while_collecting_stores_the_rest_next_time_and_nothing_twice(en
     class Crash(BaseException):
         pass
 
-    real_store, calls = collect.store_batch, []
+    real_store, calls = collect.store_vectors, []
 
     async def store_then_die(work, embedded, db):
         calls.append(len(embedded.items))
@@ -287,7 +287,7 @@ def test_a_crash_while_collecting_stores_the_rest_next_time_and_nothing_twice(en
     wait_for_fake(env)
     with monkeypatch.context() as m:
         m.setattr(collect, "STORE_ROWS", 30)
-        m.setattr(collect, "store_batch", store_then_die)
+        m.setattr(collect, "store_vectors", store_then_die)
         with pytest.raises(Crash):
             env.backfill()
     assert env.status().embedded == 30 and batches(env)[0].state == "submitted"
