@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 from pydantic import SecretStr
 
+from vectorfill.config import read_api_key
 from vectorfill.errors import (
     AuthenticationError,
     ConfigError,
@@ -147,8 +148,6 @@ class EmbeddingsClient:
     ) -> EmbeddingsClient:
         """The client for a job version (a :class:`vectorfill.records.Version`): its endpoint,
         model, dimensions, and the API key read now from the version's ``api_key_env``."""
-        from vectorfill.config import read_api_key
-
         if settings is not None:
             kw.setdefault("encoding_format", settings.encoding_format)
             kw.setdefault("timeout_s", settings.timeout_s)
