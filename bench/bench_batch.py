@@ -1,7 +1,7 @@
 """The Batch API path against the online path: same rows, same vectors, its wall time and cost.
 
 Two jobs on one table of ``--rows`` rows (``--dimensions``-d, the fake provider in this
-process, its Files and Batches endpoints from ``tests/fake_batches.py``):
+process, its Files and Batches endpoints from ``tests/fake_batch_api.py``):
 
 * **online**: ``backfill(job)``, the online flow;
 * **batch**: ``backfill(job, batch=True)`` (submit, returns), then the provider's

@@ -210,9 +210,10 @@ async def drive(
     when given; ``start_at`` (time.monotonic(), one clock for every process on Linux) lines
     up several processes."""
     from vectorfill.errors import TransientProviderError
-    from vectorfill.provider.budgets import PostgresBudget, endpoint_key
+    from vectorfill.provider.budgets import endpoint_key
     from vectorfill.provider.client import EmbeddingsClient
     from vectorfill.provider.ratelimit import Concurrency, RateLimiter, Throttle
+    from vectorfill.storage.budgets import PostgresBudget
 
     run = Run("limiter" if limited else "baseline", seconds)
     batches = [
@@ -509,7 +510,7 @@ def bench_database(args) -> str:
 
 def lease_cost(url: str) -> dict:
     """Seconds per lease: alone, on a budget that never binds, and with 16 leasers on one row."""
-    from vectorfill.provider.budgets import PostgresBudget
+    from vectorfill.storage.budgets import PostgresBudget
 
     async def measure() -> dict:
         endpoint = f"bench-lease-cost-{os.getpid()}-{time.time_ns()} m"

@@ -18,7 +18,7 @@ queue took to empty after the last write. The machine's load average is printed 
 Then each phase's p50 and p95 against the README's promise, "a row written is embedded
 within about a second" (``--promise-s``, 1 s): the benchmark exits 1 when a phase's p50
 (or a phase with no row embedded) breaks it, so that a regression cannot pass unseen. The
-test suite bounds the same lag only loosely (tests/test_sync.py), as shared cores allow.
+test suite bounds the same lag only loosely (tests/integration/test_sync.py), as shared cores allow.
 
     python bench/bench_sync.py                     # 2 and 1,000 rows/s, 60 s each
     python bench/bench_sync.py --rates 2,200,1000 --seconds 30 --dimensions 384

@@ -30,7 +30,7 @@ Everything below is measured in one run, on one machine, against the same texts:
   cold first run markedly slower).
 * **vectorfill without Prefect**: the same flow body and lanes, on a fresh job of the
   same texts, with every task replaced by its plain function (``task.fn``, retried on
-  transient errors), each batch run in its lane by the engine's ``run_batch`` (as sync runs
+  transient errors), each slice run in its lane by the engine's ``run_slice`` (as sync runs
   it) instead of as a task run, and the progress and summary artifacts by no-ops. Odd
   rounds run the flow, this and P in that order, even rounds in the reverse order, so that
   no side always meets the colder machine.
@@ -52,11 +52,11 @@ Prefect's share of wall time is estimated three ways:
    as the lane sees it ("outer"); the flow's ``.fn`` and the progress-artifact calls are
    timed the same way. Then ``prefect_time = (flow wall - flow body) + (outer - inner of
    prepare, collect, switch and report, which the flow runs alone) + (sum of outer - inner of the
-   batch tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow
+   slice tasks + artifact calls) / concurrency`` and the share is ``prefect_time / flow
    wall``. Dividing lane time by ``concurrency`` assumes the lanes' overheads overlap
    evenly, and the CPU Prefect's server takes from the machine is not counted.
 
-Both runs also report seconds per task and per stage inside the batch task (claim, embed,
+Both runs also report seconds per task and per stage inside the slice task (claim, embed,
 store; sums over the lanes, which overlap, so a sum can exceed the wall time), and CPU seconds per process over each timed window (this
 process and its threads, Prefect's server, the fake provider, Postgres, and everything
 else on the machine), which on a small machine shows who competes for the cores. A large
@@ -749,7 +749,7 @@ def flow_module():
 @dataclass
 class StageClock:
     """Seconds and calls per task ("inner": its body, "outer": the whole call as the flow
-    sees it, Prefect's engine included) and per stage inside the batch task ("stage")."""
+    sees it, Prefect's engine included) and per stage inside the slice task ("stage")."""
 
     inner: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     outer: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -824,8 +824,8 @@ _TASK_GLOBALS = {
     "switch": "switch_versions",
     "report": "report_run",
 }
-#: The stage functions a batch calls, by their global name in the engine's ``batch`` module.
-_STAGES = {"claim": "claim_rows", "embed": "embed_batch", "store": "store_batch"}
+#: The stage functions a slice calls, by their global name in the engine's ``slice`` module.
+_STAGES = {"claim": "claim_rows", "embed": "embed_request", "store": "store_vectors"}
 
 
 def _artifact_functions(module) -> list[str]:
@@ -850,23 +850,23 @@ def _no_op_like(fn):
 @contextlib.contextmanager
 def instrumented(mode: str):
     """Patch the flow for one run: ``mode`` "prefect" (time bodies and call sites) or
-    "bare" (tasks replaced by their timed functions, each batch run by the engine's own
-    runner, ``run_batch``, as sync runs it, and artifacts by no-ops). Either way the stages
-    inside each batch are timed.
+    "bare" (tasks replaced by their timed functions, each slice run by the engine's own
+    runner, ``run_slice``, as sync runs it, and artifacts by no-ops). Either way the stages
+    inside each slice are timed.
 
     What is patched: the flow module's task globals (:data:`_TASK_GLOBALS`) and its
-    ``BACKFILL`` policy; ``batch_task`` in ``vectorfill.tasks.batch`` (which the policy's
-    runner, ``as_task_run``, calls); the stage functions in ``vectorfill.engine.batch``
+    ``BACKFILL`` policy; ``slice_task`` in ``vectorfill.tasks.slice`` (which the policy's
+    runner, ``as_task_run``, calls); the stage functions in ``vectorfill.engine.slice``
     (:data:`_STAGES`); Prefect's artifact functions in ``vectorfill.tasks.report``."""
     import importlib
 
     fb = flow_module()
-    task_mod = importlib.import_module("vectorfill.tasks.batch")
-    engine_mod = importlib.import_module("vectorfill.engine.batch")
+    task_mod = importlib.import_module("vectorfill.tasks.slice")
+    engine_mod = importlib.import_module("vectorfill.engine.slice")
     report_mod = importlib.import_module("vectorfill.tasks.report")
     clock = StageClock()
     tasks = {stage: getattr(fb, g) for stage, g in _TASK_GLOBALS.items()}
-    tasks["batch"] = task_mod.fill_batch
+    tasks["slice"] = task_mod.fill_slice
     saved: list[tuple[object, str, object]] = []  # (object, attribute, original value)
 
     def patch(obj, attr: str, value) -> None:
@@ -881,9 +881,9 @@ def instrumented(mode: str):
                 patch(t, "fn", _timed(t.fn, functools.partial(clock.add, "inner", name)))
             for name, g in _TASK_GLOBALS.items():
                 patch(fb, g, _outer(tasks[name], functools.partial(clock.add, "outer", name)))
-            batch_task = task_mod.batch_task
-            record_batch = functools.partial(clock.add, "outer", "batch")
-            patch(task_mod, "batch_task", lambda attempts: _outer(batch_task(attempts), record_batch))
+            slice_task = task_mod.slice_task
+            record_slice = functools.partial(clock.add, "outer", "slice")
+            patch(task_mod, "slice_task", lambda attempts: _outer(slice_task(attempts), record_slice))
             for name in _artifact_functions(report_mod):
                 if "progress" in name:
                     patch(
@@ -900,9 +900,9 @@ def instrumented(mode: str):
             for name, g in _TASK_GLOBALS.items():
                 timed = _timed(tasks[name].fn, functools.partial(clock.add, "inner", name))
                 patch(fb, g, _Bare(timed, tasks[name].retries))
-            # each batch in its lane, retried by the engine as Prefect would retry the task
-            run_batch = _timed(engine_mod.run_batch, functools.partial(clock.add, "inner", "batch"))
-            patch(fb, "BACKFILL", fb.BACKFILL.with_runner(run_batch))
+            # each slice in its lane, retried by the engine as Prefect would retry the task
+            run_slice = _timed(engine_mod.run_slice, functools.partial(clock.add, "inner", "slice"))
+            patch(fb, "BACKFILL", fb.BACKFILL.with_runner(run_slice))
             for name in _artifact_functions(report_mod):  # progress and summary artifacts
                 patch(report_mod, name, _no_op_like(getattr(report_mod, name)))
         yield clock
@@ -1303,15 +1303,15 @@ def report(args, meta: dict, results: dict) -> str:
         return sum(clock.outer.get(s, 0.0) - clock.inner.get(s, 0.0) for s in stages)
 
     sequential = over(("prepare", "collect", "switch", "report"))  # run by the flow body, one at a time
-    in_lanes = over(("batch",))
+    in_lanes = over(("slice",))
     artifacts = clock.outer.get("artifacts", 0.0)
     est = flow_over + sequential + (in_lanes + artifacts) / args.concurrency
     out.append(f"| Prefect share of wall time, instrumented (see docstring) | {100 * est / vf['wall']:.1f}% | <= 5% |")
     out.append(f"| ... flow-run overhead (wall - flow body) | {flow_over:.2f} s | |")
-    calls = clock.calls.get("batch", 0)
+    calls = clock.calls.get("slice", 0)
     if calls:
         out.append(
-            f"| ... task-run overhead per batch task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |"
+            f"| ... task-run overhead per slice task (outer - inner) | {1000 * in_lanes / calls:.1f} ms x {calls} | |"
         )
     out.append(f"| ... prepare + collect + switch + report task-run overhead | {sequential:.2f} s | |")
     out.append(f"| ... progress-artifact calls (lane time) | {artifacts:.2f} s | |")
@@ -1331,7 +1331,7 @@ def report(args, meta: dict, results: dict) -> str:
 
     # tasks and stages
     out.append("")
-    out.append("Seconds per task and per stage inside the batch task (sums over all lanes; the lanes overlap):")
+    out.append("Seconds per task and per stage inside the slice task (sums over all lanes; the lanes overlap):")
     out.append("")
     out.append(
         "| task / stage | calls | flow: body s | flow: body ms/call | flow: Prefect ms/call | bare: body s | bare: body ms/call |"
@@ -1341,7 +1341,7 @@ def report(args, meta: dict, results: dict) -> str:
     rows = [
         ("prepare", "inner"),
         ("collect", "inner"),
-        ("batch", "inner"),
+        ("slice", "inner"),
         ("claim", "stage"),
         ("embed", "stage"),
         ("store", "stage"),
@@ -1408,7 +1408,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-inputs",
         type=int,
         default=1024,
-        help="job setting max_inputs (and the baselines' batch); 1024 gives 20,000 rows "
+        help="job setting max_inputs (and the baselines' request size); 1024 gives 20,000 rows "
         "5 requests per lane at concurrency 4",
     )
     p.add_argument("--concurrency", type=int, default=4, help="job setting concurrency (and requests in flight)")

@@ -6,7 +6,7 @@ injects faults without pause: 429s with ``retry-after``, 500/503s, HTML pages fr
 SIGKILLs the first workers mid-run, restarts Postgres once, and lets a last worker finish
 (after the dead workers' leases expire). At the end it verifies that every row holds exactly
 the vector of its text, and reports tokens billed against tokens needed (the price of the
-faults: batches in flight when a worker died are paid twice).
+faults: requests in flight when a worker died are paid twice).
 
     python bench/soak.py --rows 5000 --kills 2
 

@@ -2,7 +2,7 @@
 
 It only sequences the stages: prepare -> collect (finished Batch API batches, if any) ->
 fill (the engine, :func:`vectorfill.engine.fill.fill_versions`, under the
-:data:`~vectorfill.tasks.batch.BACKFILL` policy: lanes of batch task runs, each claim ->
+:data:`~vectorfill.tasks.slice.BACKFILL` policy: lanes of slice task runs, each claim ->
 embed -> store, until the queue is drained) or, in batch mode, submit (rows sent as Batch
 API batches; with ``wait``, collect again until they are all done) -> switch (a re-embed
 only; if another run made rows fresh in the active version meanwhile, the new version is

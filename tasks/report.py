@@ -111,8 +111,8 @@ async def progress_artifact(
 ) -> AsyncIterator[Callable[[], object]]:
     """The run's progress artifact, kept up to date while the block runs.
 
-    It is created beside the first batches (not before them), updated every
-    :data:`PROGRESS_EVERY_S` seconds (not once per batch) from ``progress()`` (a percent),
+    It is created beside the first slices (not before them), updated every
+    :data:`PROGRESS_EVERY_S` seconds (not once per slice) from ``progress()`` (a percent),
     and the block gets a ``finish`` function: call it when the work is done to have the
     last update sent beside what follows (the switch); the block's exit awaits it. An error
     in the block cancels the reporter. With ``enabled`` False (nothing queued) there is no

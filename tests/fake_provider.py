@@ -74,7 +74,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fake_batches import FakeBatches
+from fake_batch_api import FakeBatches
 from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
 from vectorfill.local.embeddings_server.app import (
     EmbeddingCall,
@@ -538,7 +538,7 @@ class FakeProvider:
 
     def _zero(self) -> None:
         self._requests = 0
-        self._batches: list[list[str]] = []
+        self._request_inputs: list[list[str]] = []
         self._embedded: list[str] = []
         self._tokens_billed = 0
         self._rate_limited = 0
@@ -550,16 +550,16 @@ class FakeProvider:
             return self._requests
 
     @property
-    def batches(self) -> list[list[str]]:
+    def request_inputs(self) -> list[list[str]]:
         """The inputs of each request received, in arrival order (unparseable ones as [])."""
         with self._lock:
-            return [list(b) for b in self._batches]
+            return [list(b) for b in self._request_inputs]
 
     @property
     def inputs(self) -> list[str]:
         """Every input text received, in order, including those of refused requests."""
         with self._lock:
-            return [text for batch in self._batches for text in batch]
+            return [text for inputs in self._request_inputs for text in inputs]
 
     @property
     def embedded(self) -> list[str]:
@@ -583,7 +583,7 @@ class FakeProvider:
         with self._lock:
             return {
                 "requests": self._requests,
-                "inputs": sum(map(len, self._batches)),
+                "inputs": sum(map(len, self._request_inputs)),
                 "embedded": len(self._embedded),
                 "tokens_billed": self._tokens_billed,
                 "rate_limited": self._rate_limited,
@@ -680,7 +680,7 @@ class FakeProvider:
             pass
         with self._lock:
             self._requests += 1
-            self._batches.append(texts)
+            self._request_inputs.append(texts)
             if not self._authorized(request):
                 return None  # the server's 401, before any fault: none is used up
             action = self._scripted.popleft() if self._scripted else None

@@ -71,7 +71,7 @@ class JobSettings(BaseModel):
     """Seconds a claimed row stays reserved for its worker; after that any worker may take it."""
     retries: int = Field(4, ge=0, le=20)
     """Retries of one request after a transient error (exponential backoff with jitter, at least
-    the provider's Retry-After); the database stages of a batch have their own."""
+    the provider's Retry-After); the database stages of a slice have their own."""
     max_input_tokens: int | None = Field(None, ge=1, le=10_000_000)
     """Most tokens in one input; default: the model's known limit (8191 for OpenAI's)."""
     on_too_long: Literal["truncate", "fail"] = "truncate"

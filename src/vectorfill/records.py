@@ -33,7 +33,7 @@ class Version:
     dimensions: int | None
     """The ``dimensions`` request parameter, or None to use the model's native size."""
     vector_dims: int | None
-    """The vector column's size, known once the first batch is stored."""
+    """The vector column's size, known once the first request is stored."""
     state: str
     """``active`` (what the view shows), ``filling`` (being built beside it), ``paused``
     (a filling version that runs skip) or ``retired`` (replaced; kept until pruned)."""

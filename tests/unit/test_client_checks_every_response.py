@@ -1,5 +1,5 @@
 """The client sends what the job asks for and takes a response only when it holds exactly one
-vector per input, each at its index: what tests/test_client.py does not already cover."""
+vector per input, each at its index: what tests/unit/test_client.py does not already cover."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_indices_must_be_exactly_a_permutation_of_the_inputs(indices):
     data = [{"index": i, "embedding": [float(j)]} for j, i in enumerate(indices)]
     exc = violation({"object": "list", "data": data})
     assert exc.code == "bad_index" and exc.status == 200
-    assert "no vector of this batch is stored" in str(exc)
+    assert "no vector of this request is stored" in str(exc)
 
 
 def test_more_vectors_than_inputs_is_a_count_mismatch():

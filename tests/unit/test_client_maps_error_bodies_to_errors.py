@@ -130,7 +130,7 @@ def test_dimension_refusals_of_openai_vllm_and_litellm_keep_the_servers_words(va
     words = orjson.loads(fake.body)["error"]["message"]
     exc = refused(from_fake(fake), dimensions=16)
     assert type(exc) is TerminalProviderError and exc.status == 400
-    assert str(exc).endswith(f"rejected the batch (400): {words}"), str(exc)
+    assert str(exc).endswith(f"rejected the request (400): {words}"), str(exc)
 
 
 def test_vllm_top_level_error_object_is_read():

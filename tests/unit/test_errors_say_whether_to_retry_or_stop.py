@@ -13,6 +13,8 @@ from vectorfill.errors import (
     BudgetUnavailable,
     ConfigError,
     DatabaseError,
+    DatabaseRefused,
+    DatabaseUnavailable,
     InputError,
     JobError,
     ModelNotFound,
@@ -29,9 +31,9 @@ from vectorfill.errors import (
     stops_run,
 )
 
-TRANSIENT = [TransientProviderError, DatabaseError, BudgetUnavailable]
+TRANSIENT = [TransientProviderError, DatabaseError, DatabaseUnavailable, BudgetUnavailable]
 STOPS_THE_RUN = [AuthenticationError, ModelNotFound, QuotaExceeded, RequestRejected, ConfigError, SecretMissing]
-NEITHER = [TerminalProviderError, InputError, JobError, SourceError]
+NEITHER = [TerminalProviderError, InputError, JobError, SourceError, DatabaseRefused]
 
 
 @pytest.mark.parametrize("cls", TRANSIENT)
@@ -47,7 +49,7 @@ def test_errors_that_make_every_further_request_pointless_stop_the_run_and_are_n
 
 
 @pytest.mark.parametrize("cls", NEITHER)
-def test_an_inputs_or_a_batchs_terminal_error_neither_retries_nor_stops(cls):
+def test_an_inputs_or_a_requests_terminal_error_neither_retries_nor_stops(cls):
     exc = cls("boom")
     assert not stops_run(exc) and not is_transient(exc)
 

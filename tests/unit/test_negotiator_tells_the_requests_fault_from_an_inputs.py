@@ -1,6 +1,6 @@
 """The negotiator's judgements, with the client on a scripted endpoint: a refusal that names a
 cap or a setting is learnt or stops the run; one that names nothing is settled by a probe;
-only an input's fault is bisected. (Through the real flow: tests/test_negotiate.py.)"""
+only an input's fault is bisected. (Through the real flow: tests/integration/test_negotiate.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from fake_provider import VARIANTS
 from mock_endpoint import answer, body, client, from_fake, openai_error, run
 from vectorfill.config import JobSettings
-from vectorfill.errors import AuthenticationError, RequestRejected, TerminalProviderError, TransientProviderError
+from vectorfill.errors import AuthenticationError, RequestRejected, TerminalProviderError
 from vectorfill.provider.negotiate import PROBE_TEXT, Caps, Negotiator
 
 
@@ -128,12 +128,6 @@ def test_a_probe_accepted_only_in_float_learns_float():
     assert neg.client.encoding_format == "float" and len(endpoint.probes) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TransientProviderError,
-    reason="the probe without `dimensions` gets the model's own size, which the client refuses as a "
-    "dimension mismatch (transient), so the run retries instead of naming the setting",
-)
 def test_a_probe_accepted_only_without_dimensions_blames_dimensions():
     def respond(request):
         return httpx.Response(400, text="Bad Request") if "dimensions" in body(request) else answer(request)
@@ -154,7 +148,7 @@ def test_a_probe_accepted_only_without_dimensions_blames_dimensions():
     ],
     ids=["too-long", "too-large"],
 )
-def test_a_too_long_input_or_a_too_large_batch_is_bisected_without_a_probe(response, n):
+def test_a_too_long_input_or_a_too_large_request_is_bisected_without_a_probe(response, n):
     neg, endpoint, _ = negotiator(answer)
     assert judge(neg, refusal(response), n) == "bisect" and endpoint.bodies == []
 

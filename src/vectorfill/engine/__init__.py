@@ -2,7 +2,7 @@
 
 One module per stage: ``work`` (the unit of work), ``prepare`` (what a run fills),
 ``claim`` (lease rows, pack requests; give claims back, renew leases), ``embed`` (one API
-request per packed batch), ``store`` (binary COPY and settle), ``batch`` (one batch:
+request each), ``store`` (binary COPY and settle), ``slice`` (one slice:
 claim -> embed -> store, with its retry policy), ``fill`` (the :class:`Filler`: lanes,
 client, learnt caps, throttle, claims keeper, give-backs and counts, under a stop
 :class:`Policy` and a row :class:`Budget`), ``follow`` (sync: follow what keeps
@@ -11,21 +11,19 @@ store), ``counts`` (one typed record of a run's figures). Prefect's tasks around
 :mod:`vectorfill.tasks`; nothing here imports them.
 """
 
-from .batch import Attempts, BatchRunner, Filled, Lanes, fill_batch, rows_per_task, run_batch
-from .claim import Batch, Claim, Item, claim_rows, keep_claims, release_rows
+from .claim import Claim, Item, Request, claim_rows, keep_claims, release_rows
 from .counts import Counts, RunSummary
-from .embed import Embedded, embed_batch
+from .embed import Embedded, embed_request
 from .fill import DRAIN, LIVE_TALLIES, Budget, Filler, Policy, Tally, catch_up, fill_versions
 from .prepare import Prepared, prepare
-from .store import Stored, store_batch
+from .slice import Attempts, Filled, Lanes, SliceRunner, fill_slice, rows_per_slice, run_slice
+from .store import Stored, store_vectors
 from .work import Work, database_url
 
 __all__ = [
     "DRAIN",
     "LIVE_TALLIES",
     "Attempts",
-    "Batch",
-    "BatchRunner",
     "Budget",
     "Claim",
     "Counts",
@@ -36,20 +34,22 @@ __all__ = [
     "Lanes",
     "Policy",
     "Prepared",
+    "Request",
     "RunSummary",
+    "SliceRunner",
     "Stored",
     "Tally",
     "Work",
     "catch_up",
     "claim_rows",
     "database_url",
-    "embed_batch",
-    "fill_batch",
+    "embed_request",
+    "fill_slice",
     "fill_versions",
     "keep_claims",
     "prepare",
     "release_rows",
-    "rows_per_task",
-    "run_batch",
-    "store_batch",
+    "rows_per_slice",
+    "run_slice",
+    "store_vectors",
 ]

@@ -29,17 +29,17 @@ from vectorfill.errors import DatabaseError
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, aconnect, lane_error
+from vectorfill.storage.db import LaneConnection, aconnect
 
 from .work import Work, database_url
 
 __all__ = [
-    "Batch",
     "Claim",
     "Failure",
     "Item",
     "Leased",
     "Plan",
+    "Request",
     "RowPlan",
     "claim_rows",
     "keep_claims",
@@ -80,14 +80,14 @@ class RowPlan:
 
 
 @dataclass(frozen=True)
-class Batch:
+class Request:
     """The inputs of one API request."""
 
     items: tuple[Item, ...]
     rows: tuple[RowPlan, ...] = ()
     """The plans of the rows with items here (none for rows packed by :func:`pack` alone)."""
     continues: bool = False
-    """The last row's chunks go on in the next batch (a row too big for one request): the
+    """The last row's chunks go on in the next request (a row too big for one request): the
     two are stored together, so a row's chunks are replaced in one transaction."""
 
     @property
@@ -100,7 +100,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Claim:
-    batches: tuple[Batch, ...]
+    requests: tuple[Request, ...]
     claimed: int = 0
     unchanged: int = 0
     deleted: int = 0
@@ -114,22 +114,24 @@ def key_arrays(work: Work, keys: list[tuple]) -> list[list]:
     return [list(col) for col in zip(*keys, strict=True)] if keys else [[] for _ in work.job.key_columns]
 
 
-def pack(items: list[Item], max_inputs: int, max_tokens: int, plans: dict[tuple, RowPlan] | None = None) -> list[Batch]:
+def pack(
+    items: list[Item], max_inputs: int, max_tokens: int, plans: dict[tuple, RowPlan] | None = None
+) -> list[Request]:
     """Greedy packing in claim order, bounded by input count and by tokens per request.
 
     The items of one row (its chunks, consecutive in ``items``) go in one request whenever
     they fit in one: a row that does not fit in what is left of a request starts the next.
     A row larger than one request spans consecutive ones (from the start of one, so that
-    it shares its store group with no other row), marked :attr:`Batch.continues`."""
+    it shares its store group with no other row), marked :attr:`Request.continues`."""
     plans = plans or {}
-    batches: list[Batch] = []
+    requests: list[Request] = []
     current: list[Item] = []
     tokens = 0
 
     def flush(continues: bool) -> None:
         keys = dict.fromkeys(i.key for i in current)
         rows = tuple(plans[k] for k in keys if k in plans)
-        batches.append(Batch(tuple(current), rows, continues))
+        requests.append(Request(tuple(current), rows, continues))
 
     group_end = 0
     for n, item in enumerate(items):
@@ -149,7 +151,7 @@ def pack(items: list[Item], max_inputs: int, max_tokens: int, plans: dict[tuple,
         tokens += item.tokens
     if current:
         flush(False)
-    return batches
+    return requests
 
 
 async def _fail(conn, js: sql.JobSQL, work: Work, rows: list[Failure]) -> None:
@@ -221,25 +223,21 @@ class Plan:
 
 async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnection) -> Claim:
     """Lease up to ``limit`` rows of ``work``'s queue for the run ``token`` and return them
-    packed into batches: claim (:func:`lease_rows`, SQL), plan (:func:`plan_rows`, pure),
+    packed into requests: claim (:func:`lease_rows`, SQL), plan (:func:`plan_rows`, pure),
     settle what needs no request (:func:`settle_claim`, SQL)."""
     js = sql.JobSQL(work.job, work.version)
     s = work.settings
-    try:
-        conn = await db.get()
+    async with db.translating("claiming rows", job=work.job.name) as conn:
         claimed, leased = await lease_rows(conn, js, work, limit, token)
-    except psycopg.Error as exc:
-        raise await lane_error(db, exc, "claiming rows", job=work.job.name) from None
     if not claimed:
-        return Claim(batches=())
+        return Claim(requests=())
     plan = plan_rows(work, leased)
     if plan.settles:
-        try:
+        # (failing, the claims stay leased; their leases expire or the run gives them back)
+        async with db.translating("settling claimed rows", job=work.job.name) as conn:
             await settle_claim(conn, js, work, plan)
-        except psycopg.Error as exc:  # the claims stay leased; their leases expire or the run gives them back
-            raise await lane_error(db, exc, "settling claimed rows", job=work.job.name) from None
     return Claim(
-        batches=tuple(pack(plan.items, s.max_inputs, _request_tokens(s), plan.rows)),
+        requests=tuple(pack(plan.items, s.max_inputs, _request_tokens(s), plan.rows)),
         claimed=claimed,
         unchanged=len(plan.unchanged) + len(plan.moved),
         deleted=len(plan.gone),
@@ -429,7 +427,7 @@ async def settle_plans(conn, js: sql.JobSQL, work: Work, plans: list[RowPlan]) -
     want = sum(len(p.kept) for p in plans if p.key in done)
     if got != want:  # the claim saw those chunks stored; nothing but this row's own store may change them
         raise DatabaseError(
-            f"{want - got} stored chunks to keep were gone when storing; the batch is stored again",
+            f"{want - got} stored chunks to keep were gone when storing; the request is stored again",
             job=work.job.name,
         )
     if want:
@@ -493,7 +491,7 @@ async def release_rows(work: Work, token: uuid.UUID, error: str) -> int:
         async with aconnect(database_url()) as conn:
             cur = await conn.execute(js.release(), (error[:2000], token))
             return cur.rowcount
-    except (psycopg.Error, DatabaseError) as exc:
+    except DatabaseError as exc:
         logging.getLogger("vectorfill").warning("giving back the claims of %s failed: %s", work.label, exc)
         return 0
 

@@ -50,11 +50,12 @@ from vectorfill.provider.prices import batch_price_per_million
 from vectorfill.records import Job
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect, scalar
+from vectorfill.storage.errors import translated
 
 from .claim import Item
 from .counts import Counts
 from .embed import Embedded
-from .store import store_batch
+from .store import store_vectors
 from .submit import BATCH_LEASE_S, Submitted, batch_lock
 from .work import Work, database_url
 
@@ -140,8 +141,9 @@ async def collect_batches(job_name: str) -> Collected:
             return Collected(busy=True, open=len(open_rows))
         job, open_rows = await asyncio.to_thread(_open_batches, url, job_name)  # as of the lock
         db = LaneConnection(url)
-        try:
-            return await _collect_all(job, open_rows, db)
+        try:  # (the lane's statements outside a store: translated here)
+            with translated("collecting batches", job=job.name):
+                return await _collect_all(job, open_rows, db)
         finally:
             await db.aclose()
 
@@ -254,7 +256,7 @@ async def _collect_one(
                 requests=len(pending),
             )
             pending.clear()
-            stored = await store_batch(work, embedded, db)
+            stored = await store_vectors(work, embedded, db)
             written += stored.written
             stale += stored.stale
             if work.version.vector_dims is None and stored.vector_dims:
@@ -290,7 +292,7 @@ async def _collect_one(
                     rejected.append((bad, line.status, line.message or "refused by the provider"))
         await flush()
     if rejected:
-        stored = await store_batch(
+        stored = await store_vectors(
             work, Embedded((), np.zeros((0, 0), np.float32), version.model, 0, 0, tuple(rejected)), db
         )
         failed += stored.failed

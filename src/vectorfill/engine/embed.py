@@ -1,16 +1,16 @@
-"""Stage 2: one API request per batch; a batch the provider rejects is bisected, when
+"""Stage 2: embed one request's inputs; a request the provider rejects is bisected, when
 the rejection is an input's.
 
 A terminal rejection (400/413/422) is first judged by the endpoint's
 :class:`~vectorfill.provider.negotiate.Negotiator`: a refusal of the *request* (a cap on
 inputs or tokens, ``encoding_format``, ``dimensions``, anything a one-input probe is refused
-for too) is negotiated (the batch split to the cap, base64 given up for float) or stops the
+for too) is negotiated (the request split to the cap, base64 given up for float) or stops the
 run with every row still queued (:class:`~vectorfill.errors.RequestRejected`). Only a
 refusal of the *inputs* is split in halves until the rejected inputs are isolated, so one
 bad input cannot block the others; the isolated inputs come back as failures with the
 provider's message. Errors that make every request pointless (401/403, 404, insufficient
-quota) stop the run at once; transient errors are raised, and the batch is retried
-(``batch.py``) at this stage, after the provider's Retry-After.
+quota) stop the run at once; transient errors are raised, and the slice is retried
+(``slice.py``) at this stage, after the provider's Retry-After.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from vectorfill.provider.negotiate import classify
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.tokens import counter_for
 
-from .claim import Batch, Item, pack
+from .claim import Item, Request, pack
 from .work import Work
 
-__all__ = ["Embedded", "embed_batch"]
+__all__ = ["Embedded", "embed_request"]
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ async def _embed(
     negotiator = client.negotiator
     cap, cap_tokens = negotiator.max_inputs, negotiator.max_request_tokens
     if len(items) > 1 and ((cap and len(items) > cap) or (cap_tokens and sum(i.tokens for i in items) > cap_tokens)):
-        # a cap learnt since the batch was packed: split to it (as a claim packs)
+        # a cap learnt since the request was packed: split to it (as a claim packs)
         chunks = [b.items for b in pack(list(items), cap or len(items), cap_tokens or sys.maxsize)]
         if len(chunks) > 1:
             return _merge([await _embed(client, chunk, truncate, throttle) for chunk in chunks], client.model)
@@ -142,7 +142,7 @@ async def _embed(
         left = await _embed(client, items[:mid], truncate, throttle)
         right = await _embed(client, items[mid:], truncate, throttle)
         if not (left.rejected or right.rejected or left.truncated or right.truncated) and not _too_long(exc):
-            # refused whole, accepted in halves: the batch was too big for the endpoint
+            # refused whole, accepted in halves: the request was too big for the endpoint
             await negotiator.size_refused(max(mid, len(items) - mid))
         return _merge([left, right], client.model, requests=1)
     negotiator.succeeded(generation)
@@ -154,8 +154,10 @@ async def _embed(
     return Embedded(items, result.vectors, result.model, tokens, 1)
 
 
-async def embed_batch(work: Work, client: EmbeddingsClient, batch: Batch, throttle: Throttle | None = None) -> Embedded:
-    """Embed one batch with one request (more only when bisecting a rejected batch), through
+async def embed_request(
+    work: Work, client: EmbeddingsClient, request: Request, throttle: Throttle | None = None
+) -> Embedded:
+    """Embed one request's inputs with one request (more only when bisecting a rejected one), through
     the run's ``throttle`` for the endpoint when given: it waits for the rate budget and
     retries 429s itself, after a pause shared by every lane."""
-    return await _embed(client, batch.items, work.settings.on_too_long == "truncate", throttle)
+    return await _embed(client, request.items, work.settings.on_too_long == "truncate", throttle)

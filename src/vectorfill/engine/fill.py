@@ -1,4 +1,4 @@
-"""The run engine: one job version filled by one run, in ``concurrency`` lanes of batches.
+"""The run engine: one job version filled by one run, in ``concurrency`` lanes of slices.
 
 Every caller fills a version through :class:`Filler`: a backfill (:func:`fill_versions`,
 each flow run of ``--workers``/``--pool``, the re-embed's :func:`catch_up`) and sync
@@ -6,19 +6,19 @@ each flow run of ``--workers``/``--pool``, the re-embed's :func:`catch_up`) and 
 :class:`Policy` and a row :class:`Budget`:
 
 * :data:`DRAIN` (a backfill): every lane stops at the first short claim: no free row was
-  left then, so each lane stops after its current batch instead of each paying for one more
-  batch that would claim nothing. Rows queued after that are the next run's.
+  left then, so each lane stops after its current slice instead of each paying for one more
+  slice that would claim nothing. Rows queued after that are the next run's.
 * ``FOLLOW`` (sync, ``follow.py``): the lanes go on claiming what keeps arriving for
-  ``pipeline_s``, claims ``claim_gap_s`` apart, and a batch whose retries are spent on a
+  ``pipeline_s``, claims ``claim_gap_s`` apart, and a slice whose retries are spent on a
   transient error keeps its claims and is tried again after ``outage_backoff_s``.
 
-Both use one retry policy (:class:`~vectorfill.engine.batch.Attempts`); the policy's
-``runner`` says whether a batch is one Prefect task run (a backfill's history:
-``vectorfill.tasks.batch.as_task_run``) or runs in the lane (:func:`run_batch`).
+Both use one retry policy (:class:`~vectorfill.engine.slice.Attempts`); the policy's
+``runner`` says whether a slice is one Prefect task run (a backfill's history:
+``vectorfill.tasks.slice.as_task_run``) or runs in the lane (:func:`run_slice`).
 
 A :class:`Filler` holds what a version's fill needs for its whole life: the client, with
 the endpoint's learnt caps and negotiation (loaded when opened, saved as learnt, and
-re-applied to the claims after each batch), the run's throttle for the endpoint (the
+re-applied to the claims after each slice), the run's throttle for the endpoint (the
 shared budget), one connection per lane, the claims token and the keeper that renews its
 leases. Closed after an error, Ctrl-C or a cancellation, it gives the claims back at once
 (and the rows' attempts, when the error was a setting's fault). Its counts go to the run's
@@ -40,24 +40,36 @@ from prefect.utilities.math import clamped_poisson_interval
 from vectorfill.errors import first_error, is_transient, stop_reason, stops_run
 from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.client import EmbeddingsClient
-from vectorfill.provider.negotiate import load_caps, negotiator_for
+from vectorfill.provider.negotiate import Negotiator
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
 from vectorfill.storage import sql
+from vectorfill.storage.budgets import PostgresBudget
+from vectorfill.storage.caps import load_caps, remembering
 from vectorfill.storage.db import LaneConnection, aconnect
 
-from .batch import Attempts, BatchRunner, Filled, Lanes, rows_per_task, run_batch
 from .claim import keep_claims, release_rows
 from .counts import Counts
 from .prepare import Prepared
+from .slice import Attempts, Filled, Lanes, SliceRunner, rows_per_slice, run_slice
 from .work import Work, database_url, run_logger
 
-__all__ = ["DRAIN", "LIVE_TALLIES", "Budget", "Filler", "Policy", "Tally", "catch_up", "fill_versions"]
+__all__ = [
+    "DRAIN",
+    "LIVE_TALLIES",
+    "Budget",
+    "Filler",
+    "Policy",
+    "Tally",
+    "catch_up",
+    "fill_versions",
+    "run_throttles",
+]
 
 
 @dataclass(frozen=True)
 class Policy:
-    """How a :class:`Filler` fills: when its lanes stop, how a batch runs and is retried.
+    """How a :class:`Filler` fills: when its lanes stop, how a slice runs and is retried.
 
     The default is :data:`DRAIN`; ``follow.FOLLOW`` is sync's."""
 
@@ -69,14 +81,14 @@ class Policy:
     """Seconds at least between two claims of the lanes, so that rows arriving meanwhile are
     taken in one."""
     outage_backoff_s: tuple[float, ...] = ()
-    """After a batch's retries are spent on a transient error: seconds before it is tried
+    """After a slice's retries are spent on a transient error: seconds before it is tried
     again with its claims kept (the last repeats); empty: the error ends the fill."""
-    log_batches: bool = True
-    """One log line per batch (a backfill's); sync logs a line a minute instead."""
-    runner: BatchRunner = run_batch
-    """How one batch runs: in the lane (:func:`run_batch`) or as a Prefect task run."""
+    log_slices: bool = True
+    """One log line per slice (a backfill's); sync logs a line a minute instead."""
+    runner: SliceRunner = run_slice
+    """How one slice runs: in the lane (:func:`run_slice`) or as a Prefect task run."""
 
-    def with_runner(self, runner: BatchRunner) -> Policy:
+    def with_runner(self, runner: SliceRunner) -> Policy:
         return dataclasses.replace(self, runner=runner)
 
 
@@ -86,7 +98,7 @@ DRAIN = Policy()
 
 @dataclass
 class Budget:
-    """Rows a fill may still claim; None: no limit. Lanes take a batch's worth and give
+    """Rows a fill may still claim; None: no limit. Lanes take a slice's worth and give
     back what their claim did not find (so that another version or lane gets it)."""
 
     rows: int | None = None
@@ -130,7 +142,7 @@ class Tally:
         return tally
 
     def add(self, filled: Filled) -> None:
-        """Count one batch."""
+        """Count one slice."""
         self.counts = self.counts + filled.counts
         self.done += filled.claimed
 
@@ -152,7 +164,7 @@ class Filler:
         self.tally = tally
         self.token = uuid.uuid4()  # marks this run's claims, so that it can give them back
         self.outages = 0
-        """Times a batch waited out ``outage_backoff_s`` after spending its retries."""
+        """Times a slice waited out ``outage_backoff_s`` after spending its retries."""
         self._client: EmbeddingsClient | None = None
         self._client_cm: contextlib.AbstractAsyncContextManager[EmbeddingsClient] | None = None
         self._dbs: list[LaneConnection] = []
@@ -170,10 +182,11 @@ class Filler:
         self._client = client = await self._client_cm.__aenter__()
         # what the endpoint was found to accept (by any run): caps, the encoding
         endpoint = endpoint_key(work.version.base_url, work.version.model)
-        client.negotiator = negotiator_for(client, self.url, endpoint, await load_caps(self.url, endpoint))
+        caps = await load_caps(self.url, endpoint)
+        client.negotiator = Negotiator(client, caps=caps, remember=remembering(self.url, endpoint))
         self.work = _negotiated(work, client)
         self._dbs = [LaneConnection(self.url) for _ in range(work.settings.concurrency)]
-        self._keeper = asyncio.create_task(keep_claims(work, self.token, self.url))  # leases outlive slow batches
+        self._keeper = asyncio.create_task(keep_claims(work, self.token, self.url))  # leases outlive slow slices
         return self
 
     async def close(self, error: BaseException | None = None, reason: str | None = None) -> None:
@@ -218,17 +231,17 @@ class Filler:
         ``budget`` rows; returns (rows claimed, whether the queue was drained). Raises the
         error that stopped a lane (the claims are given back by :meth:`close`)."""
         shared = Lanes.for_settings(self.work.settings)
-        # drain: the first short claim (Lanes.drained, set by the batch) stops every lane;
-        # follow: each batch has its own flag, and the lanes stop as the policy says
+        # drain: the first short claim (Lanes.drained, set by the slice) stops every lane;
+        # follow: each slice has its own flag, and the lanes stop as the policy says
         done = asyncio.Event() if policy.follow else shared.drained
         deadline = time.monotonic() + policy.pipeline_s
         pace = _Pacing(policy.claim_gap_s) if policy.claim_gap_s > 0 else None
         claimed = 0
-        logger = run_logger() if policy.log_batches else None
+        logger = run_logger() if policy.log_slices else None
 
         async def lane(db: LaneConnection) -> None:
             nonlocal claimed
-            while not done.is_set() and (limit := budget.take(rows_per_task(self.work.settings))) > 0:
+            while not done.is_set() and (limit := budget.take(rows_per_slice(self.work.settings))) > 0:
                 if pace is not None:
                     await pace.wait()
                     if done.is_set():
@@ -237,13 +250,13 @@ class Filler:
                 attempts = Attempts(self.work)
                 lanes = Lanes(shared.unstored, claiming=shared.claiming) if policy.follow else shared
                 started = time.monotonic()
-                filled = await self._batch(policy, attempts, limit, db, lanes)
+                filled = await self._slice(policy, attempts, limit, db, lanes)
                 budget.give_back(limit - filled.claimed)
                 self.work = _negotiated(attempts.work, self.client)  # typed by the first store; caps learnt meanwhile
                 claimed += filled.claimed
                 self.tally.add(filled)
                 if logger is not None and filled.claimed:
-                    _log_batch(logger, self.work, filled, time.monotonic() - started, attempts)
+                    _log_slice(logger, self.work, filled, time.monotonic() - started, attempts)
                 if policy.follow and filled.claimed < limit and (filled.claimed == 0 or time.monotonic() >= deadline):
                     done.set()
 
@@ -255,8 +268,8 @@ class Filler:
             raise first_error(exc) from None
         return claimed, done.is_set()
 
-    async def _batch(self, policy: Policy, attempts: Attempts, limit: int, db: LaneConnection, lanes: Lanes) -> Filled:
-        """One batch, run by the policy's runner (which retries it); once its retries are
+    async def _slice(self, policy: Policy, attempts: Attempts, limit: int, db: LaneConnection, lanes: Lanes) -> Filled:
+        """One slice, run by the policy's runner (which retries it); once its retries are
         spent on an error that may pass, tried again after ``outage_backoff_s`` with its
         claims kept (renewed by the keeper, so nothing is paid twice), when the policy says so."""
         rounds = 0
@@ -297,11 +310,11 @@ class _Pacing:
             self.last = time.monotonic()
 
 
-def _log_batch(logger, work: Work, filled: Filled, took_s: float, attempts: Attempts) -> None:
-    """One line per batch (>= 4,096 rows): counts only, never a text or a URL."""
+def _log_slice(logger, work: Work, filled: Filled, took_s: float, attempts: Attempts) -> None:
+    """One line per slice (>= 4,096 rows): counts only, never a text or a URL."""
     c = filled.counts
     logger.info(
-        "%s: batch of %s rows: %s embedded, %s unchanged, %s deleted, %s failed, %s stale; "
+        "%s: slice of %s rows: %s embedded, %s unchanged, %s deleted, %s failed, %s stale; "
         "%s tokens in %s requests; %.2f s, %s retries",
         work.label,
         f"{filled.claimed:,}",
@@ -325,6 +338,12 @@ def _negotiated(work: Work, client: EmbeddingsClient) -> Work:
     return Work(dataclasses.replace(work.job, settings=settings), work.version)
 
 
+def run_throttles(url: str, job: str) -> Throttles:
+    """A run's throttles, whose budgets (with ``rpm``/``tpm``) are shared with every run on
+    the endpoint through ``vectorfill.budgets`` in the database at ``url``."""
+    return Throttles(job, shared_budget=lambda endpoint: PostgresBudget(url, endpoint, job=job))
+
+
 async def _refund_attempts(work: Work, token: uuid.UUID, url: str) -> None:
     async with aconnect(url) as conn:
         await conn.execute(sql.refund_attempts(sql.JobSQL(work.job, work.version)), (token,))
@@ -335,7 +354,7 @@ async def fill_versions(prepared: Prepared, tally: Tally, job: str, policy: Poli
     says, within the tally's budget. On any error, Ctrl-C or cancellation the run's claims
     are given back at once (not left to expire) and the error that stopped the run is raised."""
     url = database_url()
-    throttles = Throttles(url, job)  # per endpoint, for this run only
+    throttles = run_throttles(url, job)  # per endpoint, for this run only
     try:
         for work in prepared.works:
             async with Filler(work, job, url, throttles.for_version(work.version, work.settings), tally) as filler:

@@ -12,13 +12,16 @@ LISTEN/NOTIFY adds nothing to the user's writes (no trigger, no commit-time lock
 notification queue, which serialises every notifying commit of the cluster) and changes
 no schema; it adds at most :data:`POLL_S` to the latency. While work keeps coming, no
 poll is made: a cycle that found rows is followed by the next at once.
+A poll that cannot reach the database (a transient :class:`~vectorfill.errors.DatabaseError`)
+is tried again after :data:`POLL_BACKOFF_S`, on a new connection; one that finds a version's
+tables dropped (``UNDEFINED_TABLE``: an abandon, a prune) reloads the job.
 
 **A cycle** fills each version with the engine of the backfill (:class:`~vectorfill.engine.fill.Filler`,
 opened once per version for the window, with the endpoint's learnt caps) under the
 :data:`FOLLOW` policy, in ``concurrency`` lanes until the queue is drained, so a burst of
 writes is taken in few claims: bursts coalesce. Under steady writes the lanes overlap (one
 claims while others embed and store) for up to :data:`PIPELINE_S`. A cycle takes no
-Prefect task run (the batch body runs in the lane, retried by the same policy): at a trickle of writes that would be one task run per
+Prefect task run (the slice body runs in the lane, retried by the same policy): at a trickle of writes that would be one task run per
 write or two (thousands an hour); the window's flow run, its log lines (one a minute, when
 anything happened) and its summary are the history. One cycle at a time per job: at most
 one sync run works on a job version, and a write during a cycle is claimed by it (if it
@@ -30,8 +33,8 @@ keep their latency while a re-embed runs. Once a cycle drained it, the switch is
 every row written before the cycle started was embedded by it in both versions, so the
 new version lacks nothing the active one has (:func:`vectorfill.jobs.versions.behind`).
 
-**Errors.** A batch retries as in a backfill (``batch.py``). When its retries are spent
-on an error that may pass (the provider down, Postgres restarting), the batch keeps its
+**Errors.** A slice retries as in a backfill (``slice.py``). When its retries are spent
+on an error that may pass (the provider down, Postgres restarting), the slice keeps its
 claims (renewed by the keeper, so nothing is paid twice) and is tried again after
 :data:`OUTAGE_BACKOFF_S`: an outage backs off instead of spinning, and the rows do not
 use up their ``max_attempts``. Any other error ends the run (given back its claims, as a
@@ -48,19 +51,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import psycopg
-import psycopg.errors
-
-from vectorfill.errors import DatabaseError
+from vectorfill.errors import UNDEFINED_TABLE, DatabaseError
 from vectorfill.jobs.registry import load_job
 from vectorfill.jobs.versions import complete
-from vectorfill.provider.throttles import Throttles
 from vectorfill.records import Job
 from vectorfill.storage import sql
-from vectorfill.storage.db import aone_row, connect
+from vectorfill.storage.db import LaneConnection, connect
 
 from .counts import Counts
-from .fill import Budget, Filler, Policy, Tally
+from .fill import Budget, Filler, Policy, Tally, run_throttles
 from .prepare import prepare
 from .work import Work, database_url, run_logger
 
@@ -79,7 +78,7 @@ __all__ = [
 POLL_S = 0.25
 #: Seconds between the run's log lines (one per period in which anything happened).
 LOG_EVERY_S = 60.0
-#: Seconds before a batch whose retries are spent on a transient error is tried again (the
+#: Seconds before a slice whose retries are spent on a transient error is tried again (the
 #: last repeats), jittered.
 OUTAGE_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 #: Most rows of a new model's version filled per cycle (the active version's new writes
@@ -107,7 +106,7 @@ class Followed:
     switched_to: int | None = None
     """The version a switch in this window made active (the last one)."""
     outages: int = 0
-    """Times a batch waited out :data:`OUTAGE_BACKOFF_S` after spending its retries."""
+    """Times a slice waited out :data:`OUTAGE_BACKOFF_S` after spending its retries."""
     reloads: int = 0
     """Times the job's versions changed under the run (set-model, switch, pause, ...)."""
     stopped: bool = False
@@ -120,7 +119,7 @@ FOLLOW = Policy(
     pipeline_s=PIPELINE_S,
     claim_gap_s=CLAIM_GAP_S,
     outage_backoff_s=OUTAGE_BACKOFF_S,
-    log_batches=False,
+    log_slices=False,
 )
 
 #: How sync switches a job to its complete new version (the switch task): the version
@@ -137,11 +136,12 @@ class _Following:
         self.tally = tally
         self.stats = stats
         self.url = database_url()
-        self.throttles = Throttles(self.url, job)
+        self.throttles = run_throttles(self.url, job)
         self.job: Job | None = None
         self.fillers: list[Filler] = []
         self.fingerprint: str | None = None
-        self.poll_conn: psycopg.AsyncConnection | None = None
+        self.poll_conn = LaneConnection(self.url)
+        """The connection that looks at the queues between cycles."""
         self.check_switch = True
         """Try the switch after the next drained cycle of a new version, even if it claimed nothing."""
         self.switch_due: float | None = None
@@ -174,8 +174,7 @@ class _Following:
             await self._close_fillers(error, reason)
         finally:
             await asyncio.shield(self.throttles.aclose())  # gives back the unspent shared budget
-            if self.poll_conn is not None:
-                await self.poll_conn.close()
+            await self.poll_conn.aclose()
 
     async def cycle(self) -> int:
         """Fill every version once (a new model's up to its per-cycle share); try the switch
@@ -215,15 +214,18 @@ class _Following:
             try:
                 found = await self._poll()
                 failures = 0
-            except psycopg.errors.UndefinedTable:  # a version's tables were dropped (abandon, prune)
-                found = "changed"
-            except (psycopg.OperationalError, DatabaseError) as exc:
-                delay = POLL_BACKOFF_S[min(failures, len(POLL_BACKOFF_S) - 1)]
-                failures += 1
-                run_logger().warning("%s: cannot look at the queues (%s); again in %.0f s", self.name, exc, delay)
-                await self._drop_poll_conn()
-                await asyncio.sleep(min(delay, max(0.0, until - time.time())))
-                continue
+            except DatabaseError as exc:
+                if exc.sqlstate == UNDEFINED_TABLE:  # a version's tables were dropped (abandon, prune)
+                    found = "changed"
+                elif not exc.transient:
+                    raise
+                else:  # the database is unreachable: wait (the claims held stay held), then again
+                    delay = POLL_BACKOFF_S[min(failures, len(POLL_BACKOFF_S) - 1)]
+                    failures += 1
+                    run_logger().warning("%s: cannot look at the queues (%s); again in %.0f s", self.name, exc, delay)
+                    await self.poll_conn.discard()  # a new connection next time
+                    await asyncio.sleep(min(delay, max(0.0, until - time.time())))
+                    continue
             if found == "changed":
                 self.stats.reloads += 1
                 await self.reload()
@@ -235,22 +237,18 @@ class _Following:
 
     async def _poll(self) -> bool | str:
         assert self.job is not None
-        if self.poll_conn is None or self.poll_conn.closed:
-            self.poll_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
         queues = [sql.JobSQL(self.job, f.work.version) for f in self.fillers]
-        row = await aone_row(await self.poll_conn.execute(sql.sync_poll(queues), {"job_id": self.job.id}))
+        row = await self.poll_conn.execute(
+            sql.sync_poll(queues), {"job_id": self.job.id}, doing="looking at the queues", job=self.name
+        )
+        if row is None:
+            raise DatabaseError("a statement that returns one row returned none", job=None)
         fingerprint, *claimable = row
         if self.fingerprint is None:
             self.fingerprint = fingerprint
         elif fingerprint != self.fingerprint:
             return "changed"
         return any(claimable) or (self.switch_due is not None and time.monotonic() >= self.switch_due)
-
-    async def _drop_poll_conn(self) -> None:
-        conn, self.poll_conn = self.poll_conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
 
 
 def _load(job_name: str) -> tuple[Job, list[Work]]:

@@ -1,4 +1,4 @@
-"""Stage 3: write a batch's vectors with binary COPY and settle its queue rows.
+"""Stage 3: write a request's vectors with binary COPY and settle its queue rows.
 
 One transaction: :meth:`vectorfill.storage.sql.JobSQL.settle` (or ``settle_chunks``, when
 some of a row's chunks keep their stored vectors) takes the queue rows whose text is still
@@ -23,13 +23,13 @@ from psycopg import sql as pgsql
 from vectorfill.errors import TerminalProviderError
 from vectorfill.records import Version
 from vectorfill.storage import sql
-from vectorfill.storage.db import LaneConnection, aone_row, lane_error
+from vectorfill.storage.db import LaneConnection, aone_row
 
 from .claim import Failure, RowPlan, _fail, settle_plans
 from .embed import Embedded
 from .work import Work
 
-__all__ = ["Stored", "store_batch"]
+__all__ = ["Stored", "store_vectors"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Stored:
     requests: int
     truncated: int = 0
     vector_dims: int | None = None
-    """The vector column's size after this store (known once the first batch is stored)."""
+    """The vector column's size after this store (known once the first request is stored)."""
 
 
 async def _type_oids(conn: psycopg.AsyncConnection[Any], work: Work, vtype: str = "vector") -> list[int]:
@@ -66,7 +66,7 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 
 
-#: Key types of one width: a batch's rows are then all alike, one numpy record each.
+#: Key types of one width: a request's rows are then all alike, one numpy record each.
 _FIXED_KEYS = {"bigint": ">i8", "integer": ">i4", "smallint": ">i2", "uuid": "S16"}
 
 
@@ -186,7 +186,7 @@ def binary_copy_payload(
     return b"".join(parts)
 
 
-async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: tuple[RowPlan, ...] = ()) -> Stored:
+async def store_vectors(work: Work, embedded: Embedded, db: LaneConnection, rows: tuple[RowPlan, ...] = ()) -> Stored:
     """Write ``embedded``'s vectors in one transaction: the rows whose text is still the one
     embedded get their chunks (the new ones from ``embedded``, the unchanged ones kept as
     ``rows`` plans, all in place of the old ones at once), the others are left queued; a
@@ -202,8 +202,7 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
     if len(items) != len(embedded.items):
         vectors = vectors[[i.key not in rejected_keys for i in embedded.items]]
     settling = [p for k, p in plans.items() if k not in rejected_keys]
-    try:
-        conn = await db.get()
+    async with db.translating("storing vectors", job=job.name) as conn:
         # edits and deletes committed while the texts were at the provider reach the queue
         # first (their seq differs then: the stale vectors are not stored); one committed
         # after this is absorbed later and queues the row again
@@ -261,8 +260,6 @@ async def store_batch(work: Work, embedded: Embedded, db: LaneConnection, rows: 
                     ),
                 )
             await _fail(conn, js, work, list(failed_rows.values()))
-    except psycopg.Error as exc:
-        raise await lane_error(db, exc, "storing a batch", job=job.name) from None
     return Stored(
         written=written,
         stale=len(settling) - written,
@@ -279,7 +276,7 @@ async def _ensure_dims(conn, work: Work, dims: int) -> Version:
 
     Locks the version row so that concurrent first stores agree; the view, which depends
     on the column, is rebuilt in the same transaction. Lanes carry the returned version
-    forward, so this runs once per run, not once per batch.
+    forward, so this runs once per run, not once per request.
     """
     job, version = work.job, work.version
     params = {"job_id": job.id, "version": version.version, "dims": dims}

@@ -30,13 +30,12 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import psycopg
-
 from vectorfill.errors import DatabaseError, JobError, TerminalProviderError
 from vectorfill.provider import batches as batch_api
 from vectorfill.provider.batches import BatchesClient, request_line
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect, scalar
+from vectorfill.storage.errors import translated
 
 from .claim import Claim, claim_rows, key_arrays
 from .counts import Counts
@@ -102,19 +101,18 @@ async def batch_lock(url: str, job_id: int) -> AsyncIterator[bool]:
     """Hold the job's batch lock for the block; yields False (without waiting) when another
     process holds it. A session lock: it goes with the process, whatever stops it."""
     params = {"cls": sql.BATCH_LOCK_CLASS, "job_id": job_id}
+    lock = LaneConnection(url)  # its own session: the lock lives as long as it does
     try:
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot take the batch lock: {str(exc).strip().splitlines()[0]}") from None
-    async with conn:
-        row = await (await conn.execute(sql.BATCH_TRY_LOCK, params)).fetchone()
+        row = await lock.execute(sql.BATCH_TRY_LOCK, params, doing="taking the batch lock")
         held = bool(row and row[0])
         try:
-            yield bool(held)
+            yield held
         finally:
-            if held and not conn.closed:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute(sql.BATCH_UNLOCK, params)
+            if held and lock.connected:  # (a lost session took the lock with it)
+                with contextlib.suppress(DatabaseError):
+                    await lock.execute(sql.BATCH_UNLOCK, params, doing="releasing the batch lock")
+    finally:
+        await lock.aclose()
 
 
 async def submit_batches(prepared: Prepared, max_rows: int | None = None) -> Submitted:
@@ -142,8 +140,9 @@ async def submit_version(work: Work, max_rows: int | None = None) -> Submitted:
             return Submitted(busy=True)
         async with BatchesClient.for_version(work.version, job=work.job.name) as api:
             db = LaneConnection(url)
-            try:
-                return await _submit_all(work, max_rows, api, db)
+            try:  # (the lane's statements outside a claim or a store: translated here)
+                with translated("submitting batches", job=work.job.name):
+                    return await _submit_all(work, max_rows, api, db)
             finally:
                 await db.aclose()
 
@@ -166,7 +165,7 @@ async def _submit_all(work: Work, max_rows: int | None, api: BatchesClient, db: 
         )
         if remaining is not None:
             remaining -= claim.claimed
-        if not claim.batches:
+        if not claim.requests:
             await conn.execute(sql.BATCH_DELETE, {"id": sub})  # nothing to send: no record needed
             total = total + settled
             if claim.claimed < limit:
@@ -200,8 +199,8 @@ async def _submit_one(
         body["dimensions"] = work.version.dimensions
     lines: list[bytes] = []
     size = 0
-    fits = len(claim.batches)
-    for req, request in enumerate(claim.batches):
+    fits = len(claim.requests)
+    for req, request in enumerate(claim.requests):
         line = request_line(f"{sub.hex[:12]}-{req}", {**body, "input": [i.text for i in request.items]})
         if req >= batch_api.MAX_REQUESTS or size + len(line) > batch_api.MAX_FILE_BYTES:
             fits = req
@@ -213,7 +212,7 @@ async def _submit_one(
         raise TerminalProviderError(
             "one request of this job is larger than a batch input file may be; lower max_inputs", job=work.job.name
         )
-    kept, over = claim.batches[:fits], claim.batches[fits:]
+    kept, over = claim.requests[:fits], claim.requests[fits:]
     items = [(req, pos, item) for req, request in enumerate(kept) for pos, item in enumerate(request.items)]
     conn = await db.get()
     async with conn.transaction():

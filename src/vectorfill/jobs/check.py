@@ -36,7 +36,7 @@ from vectorfill.storage.db import connect
 __all__ = ["CHECK_TEXTS", "CheckLine", "CheckReport", "check_endpoint", "check_job"]
 
 #: The two inputs of a check: short, plain, different (two vectors must come back, differing).
-CHECK_TEXTS = ("vectorfill check: a first short input", "and a second, different one, to see batching")
+CHECK_TEXTS = ("vectorfill check: a first short input", "and a second, different one, to see two inputs in one request")
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,11 @@ async def check_endpoint(
         lines.append(CheckLine("encoding", True, f"encoding_format {client.encoding_format} accepted"))
     vectors = result.vectors
     if len(vectors) != 2 or np.allclose(vectors[0], vectors[1]):
-        lines.append(CheckLine("batching", False, "two different inputs did not get two different vectors"))
+        lines.append(CheckLine("inputs", False, "two different inputs did not get two different vectors"))
     else:
         cap = negotiator.max_inputs
         note = f"; at most {cap} inputs per request here (learnt, remembered)" if cap else ""
-        lines.append(CheckLine("batching", True, f"two inputs in one request, two vectors{note}"))
+        lines.append(CheckLine("inputs", True, f"two inputs in one request, two vectors{note}"))
     for learnt in negotiator.learnt:
         lines.append(CheckLine("negotiated", True, learnt))
     if result.prompt_tokens is None:

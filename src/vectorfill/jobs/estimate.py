@@ -105,9 +105,9 @@ def _count(
     with conn.cursor(name="vectorfill_estimate") as cur:  # server-side: any table size
         cur.itersize = _CHUNK
         cur.execute(js.pending_texts(fields) if pending else js.all_texts(fields))
-        while batch := cur.fetchmany(_CHUNK):
+        while page := cur.fetchmany(_CHUNK):
             texts = []
-            for text, stored, *values in batch:
+            for text, stored, *values in page:
                 stored_hashes = [bytes(h) for h in stored] if stored else []
                 if text is None or not text.strip():
                     empty += 1

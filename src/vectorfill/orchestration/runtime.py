@@ -7,7 +7,7 @@ that reliable (a generous start-up timeout, task-run history kept, no telemetry)
 already in the environment wins.
 
 Logs: Prefect's own loggers stay at WARNING, but the run loggers (``prefect.flow_runs``,
-``prefect.task_runs``) are at INFO, so that the per-batch and summary lines reach the
+``prefect.task_runs``) are at INFO, so that the per-slice and summary lines reach the
 run's Logs tab in the UI; the console shows them only with ``--verbose``.
 """
 

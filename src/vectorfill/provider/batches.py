@@ -30,6 +30,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
+from vectorfill.config import read_api_key
 from vectorfill.errors import (
     AuthenticationError,
     ConfigError,
@@ -191,8 +192,6 @@ class BatchesClient:
 
     @classmethod
     def for_version(cls, version: Version, *, job: str, **kw: Any) -> BatchesClient:
-        from vectorfill.config import read_api_key
-
         return cls(
             base_url=version.base_url,
             api_key=read_api_key(version.api_key_env, job=job),

@@ -37,10 +37,9 @@ accounts with several keys.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["endpoint_key"]  # and PostgresBudget, for now (see __getattr__)
+__all__ = ["endpoint_key"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -67,13 +66,3 @@ def endpoint_key(base_url: str, model: str) -> str:
         host = f"{host}:{port}"
     path = parts.path.rstrip("/")
     return f"{urlunsplit((scheme, host, path, '', ''))} {model.strip()}"
-
-
-def __getattr__(name: str) -> Any:
-    """``PostgresBudget`` (compat): the class is :class:`vectorfill.storage.budgets.PostgresBudget`;
-    this lazy name is the provider layer's last import of storage, kept while callers move."""
-    if name == "PostgresBudget":
-        from vectorfill.storage.budgets import PostgresBudget
-
-        return PostgresBudget
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

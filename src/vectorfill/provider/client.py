@@ -1,4 +1,4 @@
-"""The embeddings client: one ``POST {base_url}/embeddings`` per batch, checked strictly.
+"""The embeddings client: one ``POST {base_url}/embeddings`` per request, checked strictly.
 
 It speaks the OpenAI contract and tolerates what servers vary in (TEI, vLLM, Ollama,
 Infinity, LiteLLM, gateways): a missing ``object`` or ``usage``, float lists where base64
@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 from pydantic import SecretStr
 
+from vectorfill.config import read_api_key
 from vectorfill.errors import (
     AuthenticationError,
     ConfigError,
@@ -147,8 +148,6 @@ class EmbeddingsClient:
     ) -> EmbeddingsClient:
         """The client for a job version (a :class:`vectorfill.records.Version`): its endpoint,
         model, dimensions, and the API key read now from the version's ``api_key_env``."""
-        from vectorfill.config import read_api_key
-
         if settings is not None:
             kw.setdefault("encoding_format", settings.encoding_format)
             kw.setdefault("timeout_s", settings.timeout_s)
@@ -209,7 +208,7 @@ class EmbeddingsClient:
         except httpx.TimeoutException as exc:
             raise TransientProviderError(
                 f"no answer from {url} within the timeout ({type(exc).__name__}); "
-                "the request will be retried. Raise the job's timeout_s if batches are large",
+                "the request will be retried. Raise the job's timeout_s if requests are large",
                 job=self.job,
             ) from None
         except httpx.TransportError as exc:
@@ -246,7 +245,7 @@ class EmbeddingsClient:
         data = payload["data"]
         if len(data) != n:
             raise TransientProviderError(
-                f"sent {n} inputs but the response holds {len(data)} embeddings; no vector of this batch is stored",
+                f"sent {n} inputs but the response holds {len(data)} embeddings; no vector of this request is stored",
                 job=self.job,
                 status=200,
                 code="count_mismatch",
@@ -268,7 +267,7 @@ class EmbeddingsClient:
         if not np.isfinite(vectors).all():
             bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
             raise TransientProviderError(
-                f"the vector for input {bad} holds NaN or infinity; no vector of this batch is stored",
+                f"the vector for input {bad} holds NaN or infinity; no vector of this request is stored",
                 job=self.job,
                 status=200,
                 code="non_finite",
@@ -292,7 +291,7 @@ class EmbeddingsClient:
         ints = [i for i in indices if isinstance(i, int) and not isinstance(i, bool)]
         if len(ints) != len(indices) or sorted(ints) != list(range(n)):
             raise TransientProviderError(
-                f"the response's index fields are not exactly 0..{n - 1}; no vector of this batch is stored",
+                f"the response's index fields are not exactly 0..{n - 1}; no vector of this request is stored",
                 job=self.job,
                 status=200,
                 code="bad_index",
@@ -324,7 +323,7 @@ class EmbeddingsClient:
         dims = {len(r) for r in rows}
         if len(dims) != 1:
             raise TransientProviderError(
-                f"the response mixes vector lengths {sorted(dims)}; no vector of this batch is stored",
+                f"the response mixes vector lengths {sorted(dims)}; no vector of this request is stored",
                 job=self.job,
                 status=200,
                 code="dimension_mismatch",
@@ -392,7 +391,7 @@ class EmbeddingsClient:
             )
         if status in (408, 409, 429) or status >= 500:
             return TransientProviderError(f"{where} answered {status}: {message}", **kw)
-        return TerminalProviderError(f"{where} rejected the batch ({status}): {message}", **kw)
+        return TerminalProviderError(f"{where} rejected the request ({status}): {message}", **kw)
 
     def _scrub(self, text: str) -> str:
         if self._key is not None:

@@ -11,7 +11,7 @@ for n rows and fails them all, for nothing.
 :meth:`Negotiator.judge` decides which it is, from evidence, in this order:
 
 1. the refusal itself (:func:`classify`): a cap on inputs or tokens that it names (learnt,
-   and the batch is split to fit), ``encoding_format``/base64 (fall back to ``float``),
+   and the request is split to fit), ``encoding_format``/base64 (fall back to ``float``),
    ``dimensions`` (the run stops: dropping it would store other vectors than asked for);
 2. a request that succeeded already in this run with the same settings: the request is
    fine, so the refusal is the inputs' (bisect);
@@ -21,7 +21,7 @@ for n rows and fails them all, for nothing.
    accepted, the refusal is the inputs' (bisect);
 4. while bisecting, the same refusal for several different single inputs makes the
    negotiator probe again (the endpoint may have changed its mind mid-run);
-5. a refused batch whose halves were both accepted whole was refused for its size: its
+5. a refused request whose halves were both accepted whole was refused for its size: its
    larger half becomes the endpoint's cap on inputs (gateways' 413 pages name no number).
 
 What is learnt (caps, the encoding) is kept per endpoint in ``vectorfill.endpoint_caps``
@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from vectorfill.errors import RequestRejected, TerminalProviderError, stops_run
+from vectorfill.errors import RequestRejected, TerminalProviderError, TransientProviderError, stops_run
 from vectorfill.records import Caps
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ __all__ = [
     "Refusal",
     "Verdict",
     "classify",
-    "load_caps",
-    "negotiator_for",
-    "remember_caps",
 ]
 
 log = logging.getLogger("vectorfill")
@@ -142,7 +139,7 @@ class Negotiator:
     ``generation`` counts changes of the request's settings (the encoding, a cap): a
     refusal of a request sent under an older generation is retried under the new one
     without more evidence. ``remember`` (async, optional) keeps what is learnt for the
-    endpoint, in Postgres (:func:`remember_caps`).
+    endpoint, in Postgres (:func:`vectorfill.storage.caps.remembering`).
     """
 
     def __init__(
@@ -227,7 +224,7 @@ class Negotiator:
         if refusal.kind == "dimensions" and self.client.dimensions:
             raise self._dimensions_refused(exc)
         if refusal.kind in ("too_long", "size") and (n > 1 or refusal.kind == "too_long"):
-            return "bisect"  # an input's length, or the batch's size: halves will tell
+            return "bisect"  # an input's length, or the request's size: halves will tell
         if self.proven:
             return "bisect"
         return await self._probe(exc)
@@ -255,13 +252,13 @@ class Negotiator:
                     raise
 
     async def size_refused(self, accepted_half: int) -> None:
-        """A batch was refused and both its halves were then accepted whole: it was refused
+        """A request was refused and both its halves were then accepted whole: it was refused
         for its size. Its larger half is a cap the endpoint accepts."""
         async with self._lock:
             if self.max_inputs is None or accepted_half < self.max_inputs:
                 await self._learn(
                     max_inputs=accepted_half,
-                    evidence=f"a batch of more than {accepted_half} inputs was refused and its halves accepted",
+                    evidence=f"a request of more than {accepted_half} inputs was refused and its halves accepted",
                 )
 
     async def _probe(self, exc: TerminalProviderError) -> Verdict:
@@ -298,7 +295,11 @@ class Negotiator:
         )
 
     async def _try(self) -> bool:
-        """Send the probe; True when it was accepted. Errors that stop the run propagate."""
+        """Send the probe; True when it was accepted. Errors that stop the run propagate.
+
+        Sent without ``dimensions``, an accepted probe comes back with the model's own size,
+        which the client refuses as a ``dimension_mismatch`` (it checks the job's size): the
+        server accepted the request all the same, so that counts as accepted."""
         self.probes += 1
         try:
             await self.client.embed([PROBE_TEXT])
@@ -306,6 +307,10 @@ class Negotiator:
             if stops_run(exc):
                 raise
             return False
+        except TransientProviderError as exc:
+            if exc.code == "dimension_mismatch" and not self.client.dimensions:
+                return True
+            raise
         return True
 
     def _dimensions_refused(self, exc: TerminalProviderError) -> RequestRejected:
@@ -377,7 +382,7 @@ class Negotiator:
 
 
 def _message(exc: BaseException) -> str:
-    """The server's words, without the client's prefix ("... rejected the batch (422): ")."""
+    """The server's words, without the client's prefix ("... rejected the request (422): ")."""
     text = str(exc)
     m = re.search(r"\(\d{3}\): (.*)$", text, re.S)
     return (m.group(1) if m else text).strip()[:300]
@@ -394,30 +399,3 @@ def _normalized(exc: BaseException) -> str:
     text = re.sub(r"input\[\d+\]", "input[]", text)
     text = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "''", text)
     return f"{getattr(exc, 'status', None)} " + re.sub(r"\d+", "#", text)
-
-
-# ---------------------------------------------------------------------- persistence (compat)
-# Kept for callers of the names below while they move to vectorfill.storage.caps: these
-# are the provider layer's last imports of storage (delete them then).
-
-
-async def load_caps(url: str, endpoint: str) -> Caps:
-    """:func:`vectorfill.storage.caps.load_caps` (compat)."""
-    from vectorfill.storage import caps
-
-    return await caps.load_caps(url, endpoint)
-
-
-async def remember_caps(url: str, endpoint: str, caps: Caps, evidence: str) -> None:
-    """:func:`vectorfill.storage.caps.remember_caps` (compat)."""
-    from vectorfill.storage import caps as stored
-
-    await stored.remember_caps(url, endpoint, caps, evidence)
-
-
-def negotiator_for(client: EndpointClient, url: str | None, endpoint: str, caps: Caps | None = None) -> Negotiator:
-    """A :class:`Negotiator` for ``client`` that remembers in the database at ``url`` (if any)
-    (compat: ``Negotiator(client, caps=caps, remember=vectorfill.storage.caps.remembering(url, endpoint))``)."""
-    from vectorfill.storage.caps import remembering
-
-    return Negotiator(client, caps=caps, remember=remembering(url, endpoint))

@@ -25,7 +25,7 @@ bottleneck), half the slots after a 429.
 :class:`Throttle` puts the two together around one request::
 
     throttle = Throttle(RateLimiter(rpm=3_000, tpm=1_000_000, job="docs"), Concurrency(4, max_limit=16))
-    result = await throttle.send(batch.tokens, lambda: client.embed(texts))
+    result = await throttle.send(request.tokens, lambda: client.embed(texts))
 
 which is, spelled out::
 

@@ -26,17 +26,10 @@ class Throttles:
     """The throttles of one run, by endpoint. Close them when the run ends (``aclose``):
     that gives back the shared budget the run leased and did not spend."""
 
-    def __init__(
-        self,
-        database_url: str | None,
-        job: str,
-        *,
-        shared_budget: Callable[[str], SharedBudget] | None = None,
-    ) -> None:
+    def __init__(self, job: str, *, shared_budget: Callable[[str], SharedBudget] | None = None) -> None:
         """``shared_budget`` makes the budget of an endpoint (named by :func:`endpoint_key`)
-        that its runs share. Without it, a ``database_url`` makes it in that database (compat:
-        the provider layer's last use of storage; pass ``shared_budget`` instead)."""
-        self._url = database_url
+        that its runs share (:class:`vectorfill.storage.budgets.PostgresBudget` in a run);
+        without it, each endpoint's budget is this run's alone."""
         self._job = job
         self._shared_budget = shared_budget
         self._by_endpoint: dict[tuple[str, str, str | None], Throttle] = {}
@@ -54,13 +47,7 @@ class Throttles:
         return self._by_endpoint[key]
 
     def _budget(self, endpoint: str) -> SharedBudget | None:
-        if self._shared_budget is not None:
-            return self._shared_budget(endpoint)
-        if self._url is None:
-            return None
-        from vectorfill.storage.budgets import PostgresBudget  # compat, see __init__
-
-        return PostgresBudget(self._url, endpoint, job=self._job)
+        return self._shared_budget(endpoint) if self._shared_budget is not None else None
 
     async def aclose(self) -> None:
         """Give back the unspent shared budget (best effort, shielded from the run's

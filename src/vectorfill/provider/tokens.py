@@ -50,7 +50,7 @@ class Cl100k:
 
     def count(self, texts: list[str]) -> list[int]:
         # A plain loop: encode_ordinary_batch builds a thread pool per call, which costs more
-        # than it saves on batches of short texts (measured in bench/bench_throughput.py).
+        # than it saves on lists of short texts (measured in bench/bench_throughput.py).
         encode = self._enc.encode_ordinary
         return [len(encode(t)) for t in texts]
 

@@ -125,28 +125,52 @@ class LaneConnection:
 
     :meth:`execute` runs one statement and translates its errors (dropping the connection
     after a :class:`~vectorfill.errors.DatabaseUnavailable`, so that a retry opens a new one);
-    :meth:`get` hands out the connection itself, for a transaction or a COPY, whose errors
-    the caller translates (:func:`lane_error`).
+    :meth:`translating` hands out the connection itself for a block (a transaction, a COPY)
+    and translates the block's errors as :func:`lane_error` does; :meth:`get` hands it out
+    bare, for callers that translate their errors themselves.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: psycopg.AsyncConnection | None = None
 
-    async def get(self) -> psycopg.AsyncConnection:
+    async def get(self, doing: str = "connecting") -> psycopg.AsyncConnection:
+        """The connection, opened first if need be (failing, as ``doing`` failed)."""
         if self._conn is None or self._conn.closed or self._conn.broken:
-            with translated("connecting", url=self.url):
+            with translated(doing, url=self.url):
                 conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
                 await register_vector_async(conn)
             self._conn = conn
         return self._conn
+
+    @property
+    def connected(self) -> bool:
+        """The connection is open and usable (False before the first :meth:`get`, and after
+        a failure dropped it)."""
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.broken
+
+    @contextlib.asynccontextmanager
+    async def translating(self, doing: str, *, job: str | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        """The lane's connection for a block of statements; a psycopg error out of the block
+        leaves as :func:`lane_error`'s (the connection dropped after a lost one)::
+
+            async with db.translating("storing vectors", job="docs") as conn:
+                async with conn.transaction():
+                    ...
+        """
+        conn = await self.get(doing)
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise await lane_error(self, exc, doing, job=job) from None
 
     async def execute(
         self, statement: Any, params: Any = None, *, doing: str | None = None, job: str | None = None
     ) -> tuple[Any, ...] | None:
         """Run one statement on the lane's connection; its first row (None: it returns none)."""
         try:
-            conn = await self.get()
+            conn = await self.get(doing or "connecting")
             cur = await conn.execute(statement, params)
             row = await cur.fetchone() if cur.description is not None else None
         except psycopg.Error as exc:

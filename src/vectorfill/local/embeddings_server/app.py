@@ -293,7 +293,7 @@ class _EmbeddingsEndpoint:
             return openai_error(
                 400,
                 f"Too many inputs: {len(texts)}. The max number of inputs is {self.max_inputs}. "
-                "Split them into smaller batches.",
+                "Split them into smaller requests.",
                 param="input",
             )
         for i, text in enumerate(texts):

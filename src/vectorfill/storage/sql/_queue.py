@@ -142,7 +142,7 @@ class QueueStatements(JobTables):
     def renew(self) -> sql.Composed:
         """Extend the leases of every row the run ``%(token)s`` still holds (claimed, not yet
         stored, released or changed by a trigger, which all clear ``claimed_by``), so that a
-        batch whose retries outlast the lease is not claimed and paid for by a second worker.
+        slice whose retries outlast the lease is not claimed and paid for by a second worker.
         A run that dies stops renewing and its leases expire as before."""
         return sql.SQL(
             """UPDATE {q} SET lease_until = now() + make_interval(secs => %(lease_s)s)

@@ -127,7 +127,7 @@ class VectorStatements(JobTables):
         ).format(v=self.v, unnest=self._unnest([]), m=self._match("v", "c"))
 
     def settle(self) -> sql.Composed:
-        """Start storing a batch: delete the queue rows still at their claimed ``seq`` and,
+        """Start storing vectors: delete the queue rows still at their claimed ``seq`` and,
         for exactly those keys, the old vectors and failure records; return the keys.
 
         The DELETE locks each queue row until the transaction ends (waiting for a

