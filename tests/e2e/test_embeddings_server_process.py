@@ -14,55 +14,12 @@ import openai
 import pytest
 
 from fake_provider import wait_until_healthy
-from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
+from vectorfill.local.embeddings_server import ServerThread, create_app, expected_vector
 from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
 
 pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
 
 KEY = "sk-test-server"
-DIMS = 256
-MAX_TOKENS = 64
-MAX_INPUTS = 16
-MAX_REQUEST_TOKENS = 400
-
-
-@pytest.fixture(scope="module")
-def server():
-    encoders = [
-        HashEncoder("fake-embed", dimensions=DIMS, max_tokens=MAX_TOKENS),
-        HashEncoder("fake-embed-large", dimensions=1536),
-    ]
-    app = create_app(encoders, api_key=KEY, max_inputs=MAX_INPUTS, max_request_tokens=MAX_REQUEST_TOKENS)
-    with ServerThread(app) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
-        yield c
-
-
-def embed(client: httpx.Client, input, **extra) -> httpx.Response:
-    return client.post("/embeddings", json={"model": "fake-embed", "input": input, **extra})
-
-
-# ---------------------------------------------------------------- auth
-
-
-# ---------------------------------------------------------------- happy paths
-
-
-# ---------------------------------------------------------------- request errors
-
-
-# ---------------------------------------------------------------- other routes
-
-
-# ---------------------------------------------------------------- the official client
-
-
-# ---------------------------------------------------------------- batching
 
 
 # ---------------------------------------------------------------- encoders and wiring
