@@ -10,6 +10,7 @@ import math
 from fake_clock import FakeTime
 from vectorfill.errors import BudgetUnavailable
 from vectorfill.provider.ratelimit import Grant
+from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.db import connect
 
 
@@ -85,3 +86,17 @@ def budget_row(url, endpoint):
         return conn.execute(
             "SELECT rpm, tpm, requests, tokens FROM vectorfill.budgets WHERE endpoint = %s", (endpoint,)
         ).fetchone()
+
+
+def record_give_backs(monkeypatch) -> list[tuple[float, float]]:
+    """Every (requests, tokens) a :class:`PostgresBudget` gives back from now on, in order; the
+    budget still gets them back."""
+    given_back: list[tuple[float, float]] = []
+    give_back = PostgresBudget.give_back
+
+    async def spy(self, requests, tokens):
+        given_back.append((requests, tokens))
+        await give_back(self, requests, tokens)
+
+    monkeypatch.setattr(PostgresBudget, "give_back", spy)
+    return given_back

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from budget_helpers import budget_row, run
+from budget_helpers import budget_row, record_give_backs, run
 from vectorfill.errors import ConfigError
 from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.ratelimit import RateLimiter
@@ -150,14 +150,7 @@ def test_without_the_budgets_table_a_lease_says_to_migrate(fresh_db):
 def test_a_run_with_a_budget_leases_it_by_endpoint_never_by_key_and_gives_back_what_is_left(env, monkeypatch):
     from conftest import API_KEY
 
-    given_back = []
-    give_back = PostgresBudget.give_back
-
-    async def spy(self, requests, tokens):
-        given_back.append((requests, tokens))
-        await give_back(self, requests, tokens)
-
-    monkeypatch.setattr(PostgresBudget, "give_back", spy)
+    given_back = record_give_backs(monkeypatch)
     env.make_table(120)
     env.create_job(settings_kw={"rpm": 3_000, "tpm": 1_000_000, "max_inputs": 20, "retries": 1})
     summary = env.backfill()
