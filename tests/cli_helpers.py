@@ -97,21 +97,12 @@ def job_on_articles(db_url: str, tmp_path, base_url: str, rows: int, *options: s
     with connect(db_url) as conn:
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO articles SELECT g, 'article number ' || g FROM generate_series(1, %s) g", (rows,))
-    vf(
-        "job",
-        "create",
-        "docs",
-        "--table",
-        "articles",
-        "--text",
-        "body",
-        "--model",
-        "fake-embed",
-        "--base-url",
-        base_url,
-        "--api-key-env",
-        "VF_KEY",
-        *options,
-        env=env,
-    )
+    create_docs_job(env, base_url, *options)
     return env
+
+
+def create_docs_job(env: dict, base_url: str, *options: str, key_env: str = "VF_KEY"):
+    """`vectorfill job create docs` embedding articles.body with fake-embed at ``base_url``,
+    its key in ``key_env``."""
+    create = ["job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed"]
+    return vf(*create, "--base-url", base_url, "--api-key-env", key_env, *options, env=env)

@@ -505,6 +505,14 @@ def env(migrated_db, provider, prefect_server, monkeypatch) -> Env:
 # server of its VECTORFILL_HOME (and leaves it running). Tests that start one stop it.
 
 
+@pytest.fixture
+def home(fresh_db: str, tmp_path: Path) -> Iterator[Path]:
+    """A new VECTORFILL_HOME; whatever a test starts there is stopped afterwards."""
+    path = tmp_path / "home"
+    yield path
+    stop_local_prefect(path, fresh_db)
+
+
 def stop_local_prefect(home: Path, db_url: str | None = None) -> None:
     """`vectorfill stop` in ``home`` (the local Prefect server, and an embedded Postgres if one
     runs there), then drop the Prefect database the server kept beside ``db_url``, and, if it

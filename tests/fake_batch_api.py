@@ -251,21 +251,22 @@ class FakeBatches:
             self.files[f.id] = f
             return f
 
-    async def _file(self, request: Request) -> Response:
+    def _found_file(self, request: Request) -> _File | Response:
+        """The file the request names; or the refusal (key, 404) to answer."""
         if (denied := self._denied(request)) is not None:
             return denied
         f = self.files.get(request.path_params["file_id"])
         if f is None:
             return openai_error(404, "No such File object.", code="file_not_found")
-        return Response(orjson.dumps(f.as_dict()), media_type="application/json")
+        return f
+
+    async def _file(self, request: Request) -> Response:
+        f = self._found_file(request)
+        return f if isinstance(f, Response) else Response(orjson.dumps(f.as_dict()), media_type="application/json")
 
     async def _content(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
-            return denied
-        f = self.files.get(request.path_params["file_id"])
-        if f is None:
-            return openai_error(404, "No such File object.", code="file_not_found")
-        return Response(f.content, media_type="application/octet-stream")
+        f = self._found_file(request)
+        return f if isinstance(f, Response) else Response(f.content, media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ batches
     async def _create(self, request: Request) -> Response:
@@ -315,22 +316,24 @@ class FakeBatches:
             self.created += 1
         return self._render(batch)
 
-    async def _retrieve(self, request: Request) -> Response:
+    def _batch(self, request: Request) -> _Batch | Response:
+        """The batch the request names, moved on to now; or the refusal (key, 404) to answer."""
         if (denied := self._denied(request)) is not None:
             return denied
         batch = self.batches.get(request.path_params["batch_id"])
         if batch is None:
             return openai_error(404, "No batch found.", code="batch_not_found")
         self._advance(batch)
-        return self._render(batch)
+        return batch
+
+    async def _retrieve(self, request: Request) -> Response:
+        batch = self._batch(request)
+        return batch if isinstance(batch, Response) else self._render(batch)
 
     async def _cancel(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
-            return denied
-        batch = self.batches.get(request.path_params["batch_id"])
-        if batch is None:
-            return openai_error(404, "No batch found.", code="batch_not_found")
-        self._advance(batch)
+        batch = self._batch(request)
+        if isinstance(batch, Response):
+            return batch
         with self._lock:
             if batch.status in ("validating", "in_progress"):
                 batch.status = "cancelling"

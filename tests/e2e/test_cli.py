@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cli_helpers import user_env, vf
+from cli_helpers import create_docs_job, user_env, vf
 from vectorfill.storage.db import connect
 
 
@@ -83,22 +83,7 @@ def test_errors_are_one_clear_line_and_exit_1(cli_env, provider):
 @pytest.mark.slow
 def test_a_missing_api_key_variable_is_named(cli_env, provider):
     vf("migrate", env=cli_env)
-    vf(
-        "job",
-        "create",
-        "docs",
-        "--table",
-        "articles",
-        "--text",
-        "body",
-        "--model",
-        "fake-embed",
-        "--base-url",
-        provider.base_url,
-        "--api-key-env",
-        "NOT_SET_ANYWHERE",
-        env=cli_env,
-    )
+    create_docs_job(cli_env, provider.base_url, key_env="NOT_SET_ANYWHERE")
     proc = vf("backfill", "docs", env=cli_env, check=False)
     assert proc.returncode == 1
     assert "NOT_SET_ANYWHERE is not set" in proc.stderr
@@ -108,24 +93,7 @@ def test_a_missing_api_key_variable_is_named(cli_env, provider):
 @pytest.mark.slow
 def test_model_change_commands_through_the_cli(cli_env, provider):
     vf("migrate", env=cli_env)
-    vf(
-        "job",
-        "create",
-        "docs",
-        "--table",
-        "articles",
-        "--text",
-        "body",
-        "--model",
-        "fake-embed",
-        "--base-url",
-        provider.base_url,
-        "--api-key-env",
-        "VF_KEY",
-        "--price",
-        "fake-embed=2.5",
-        env=cli_env,
-    )
+    create_docs_job(cli_env, provider.base_url, "--price", "fake-embed=2.5")
     est = json.loads(vf("estimate", "docs", "--json", env=cli_env).stdout)
     assert est[0]["rows"] == 300 and est[0]["price_per_million"] == 2.5
     assert provider.requests == 1, "only job create's check: the estimate sends nothing"
@@ -203,8 +171,7 @@ def test_a_run_whose_rows_failed_exits_3_and_its_flow_run_is_failed(cli_env, pro
     """A cron job or a scheduler must tell a run whose rows failed from a clean one: exit 3
     (not 0), the summary still printed, and Prefect's state Failed."""
     vf("migrate", env=cli_env)
-    vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", "fake-embed",
-       "--base-url", provider.base_url, "--api-key-env", "VF_KEY", "--max-inputs", "100", env=cli_env)  # fmt: skip
+    create_docs_job(cli_env, provider.base_url, "--max-inputs", "100")
     refused = {"B7", "B70", "B123"}  # three rows' inputs refused; the other 297 are embedded
     provider.fail_when(lambda text: text in refused, status=400)
     proc = vf("backfill", "docs", "--json", env=cli_env, check=False)

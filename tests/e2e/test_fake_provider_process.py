@@ -10,40 +10,8 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
-from fake_provider import FakeProvider, wait_until_healthy
-
-DIMS = 32
-KEY = "sk-fake"
-
-
-@pytest.fixture
-def provider():
-    """A provider of its own for each test (~50 ms), so that no stray request from another
-    test can consume a scripted fault."""
-    with FakeProvider(DIMS, api_key=KEY) as provider:
-        yield provider
-
-
-@pytest.fixture
-def client(provider):
-    with httpx.Client(base_url=provider.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
-        yield c
-
-
-def embed(client, texts, **extra) -> httpx.Response:
-    return client.post("/embeddings", json={"model": "fake-embed", "input": texts, **extra})
-
-
-# ---------------------------------------------------------------- lifecycle and accounting
-
-
-# ---------------------------------------------------------------- scripted faults
-
-
-# ---------------------------------------------------------------- rate limits
-
+from fake_provider import wait_until_healthy
 
 # ---------------------------------------------------------------- as a process
 

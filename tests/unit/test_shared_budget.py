@@ -5,86 +5,19 @@ test_shared_budget_in_postgres.py; between processes: test_shared_budget_across_
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 
 import pytest
 
+from budget_helpers import MemoryBudget, run
 from fake_clock import FakeTime
 from fake_provider import RateLimiter as ProviderBuckets
 from vectorfill.errors import BudgetUnavailable, ConfigError
 from vectorfill.provider.budgets import endpoint_key
-from vectorfill.provider.ratelimit import Grant, RateLimiter
+from vectorfill.provider.ratelimit import RateLimiter
 from vectorfill.storage.budgets import PostgresBudget
 
 # --------------------------------------------------------------------------- in memory, fake clock
-
-
-class MemoryBudget:
-    """What the SQL does (``vectorfill.storage.sql.BUDGET_*``), in memory on a fake clock, with
-    fixed limits; counts its calls and can be told to fail."""
-
-    def __init__(self, t: FakeTime, rpm: float | None, tpm: float | None) -> None:
-        self.t = t
-        self.rpm, self.tpm = rpm, tpm
-        self.requests, self.tokens = float(rpm or 0), float(tpm or 0)
-        self.updated = t.clock()
-        self.paused_until = -math.inf
-        self.leases = 0
-        self.closed = 0
-        self.failures = 0  # the next leases that raise
-
-    def _refill(self) -> float:
-        now = self.t.clock()
-        elapsed = max(0.0, now - self.updated)
-        if self.rpm:
-            self.requests = min(self.rpm, self.requests + elapsed * self.rpm / 60)
-        if self.tpm:
-            self.tokens = min(self.tpm, self.tokens + elapsed * self.tpm / 60)
-        self.updated = max(self.updated, now)
-        return now
-
-    async def lease(self, rpm, tpm, requests, tokens) -> Grant:
-        await asyncio.sleep(0)  # a round trip
-        if self.failures:
-            self.failures -= 1
-            raise BudgetUnavailable("the database is down")
-        now = self._refill()
-        self.leases += 1
-        got_r = min(requests, max(0.0, self.requests)) if self.rpm else requests
-        got_t = min(tokens, max(0.0, self.tokens)) if self.tpm else tokens
-        if self.rpm:
-            self.requests -= got_r
-        if self.tpm:
-            self.tokens -= got_t
-        return Grant(
-            got_r,
-            got_t,
-            self.requests if self.rpm else None,
-            self.tokens if self.tpm else None,
-            self.rpm,
-            self.tpm,
-            max(0.0, self.paused_until - now),
-        )
-
-    async def give_back(self, requests, tokens) -> None:
-        self._refill()
-        if self.rpm:
-            self.requests = min(self.rpm, self.requests + requests)
-        if self.tpm:
-            self.tokens = min(self.tpm, self.tokens + tokens)
-
-    async def pause(self, seconds) -> None:
-        now = self._refill()
-        self.paused_until = max(self.paused_until, now + seconds)
-        self.requests, self.tokens = min(self.requests, 0.0), min(self.tokens, 0.0)
-
-    async def aclose(self) -> None:
-        self.closed += 1
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def drive(limiters, t, provider, rng, *, lanes=3, requests=30):
@@ -271,11 +204,6 @@ def test_endpoint_key_normalises_the_url_and_leaves_secrets_out(url, key):
 
 
 # --------------------------------------------------------------------------- Postgres
-
-
-@pytest.fixture
-def db(migrated_db):
-    return migrated_db
 
 
 def test_an_unreachable_database_is_a_transient_budget_error_without_the_password(tmp_path):
