@@ -110,12 +110,27 @@ def first_line(exc: BaseException) -> str:
 
 
 class VectorfillError(Exception):
-    """Base of all vectorfill errors. ``transient`` is True when retrying can help."""
+    """Base of all vectorfill errors. ``transient`` is True when retrying can help.
+
+    What the command line prints as one error block (``vectorfill.cli._output.print_error``),
+    for this class and every subclass, including ones added later: ``reason`` (the message
+    without the job), ``job``, ``setting`` (the job setting or option at fault, when known)
+    and ``fix`` (what to do, when the message does not already say it; a class may set a
+    default)."""
 
     transient: bool = False
+    setting: str | None = None
+    fix: str | None = None
 
-    def __init__(self, message: str, *, job: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, job: str | None = None, setting: str | None = None, fix: str | None = None
+    ) -> None:
         self.job = job
+        self.reason = message
+        if setting is not None:
+            self.setting = setting
+        if fix is not None:
+            self.fix = fix
         prefix = f"job {job!r}: " if job else ""
         super().__init__(prefix + message)
 
@@ -126,6 +141,8 @@ class ConfigError(VectorfillError):
 
 class SecretMissing(ConfigError):
     """The environment variable that should hold the API key is not set."""
+
+    setting = "api_key_env"
 
 
 class JobError(VectorfillError):
@@ -143,9 +160,9 @@ class DatabaseError(VectorfillError):
 
     transient = True
 
-    def __init__(self, message: str, *, job: str | None = None, sqlstate: str | None = None) -> None:
+    def __init__(self, message: str, *, job: str | None = None, sqlstate: str | None = None, **kw) -> None:
         self.sqlstate = sqlstate
-        super().__init__(message, job=job)
+        super().__init__(message, job=job, **kw)
 
 
 class DatabaseUnavailable(DatabaseError):
@@ -154,6 +171,10 @@ class DatabaseUnavailable(DatabaseError):
     The same work on a new connection can succeed."""
 
     transient = True
+    fix = (
+        "check that Postgres is running and that the URL (--db, else $VECTORFILL_DATABASE_URL, else the "
+        "embedded Postgres) is right, then run the command again"
+    )
 
 
 class DatabaseRefused(DatabaseError):
@@ -181,13 +202,15 @@ class ProviderError(VectorfillError):
         code: str | None = None,
         retry_after: float | None = None,
         param: str | None = None,
+        setting: str | None = None,
+        fix: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.retry_after = retry_after
         self.param = param
         """The request field the server blamed (OpenAI's ``param``, FastAPI's ``loc``), if any."""
-        super().__init__(message, job=job)
+        super().__init__(message, job=job, setting=setting, fix=fix)
 
 
 class TransientProviderError(ProviderError):
@@ -203,9 +226,13 @@ class TerminalProviderError(ProviderError):
 class AuthenticationError(TerminalProviderError):
     """401/403: the API key is wrong, missing, or lacks access. The run stops at once."""
 
+    setting = "api_key_env"
+
 
 class ModelNotFound(TerminalProviderError):
     """404: the model is unknown to the endpoint, or the base URL is wrong. The run stops."""
+
+    setting = "model"
 
 
 class QuotaExceeded(TerminalProviderError):
@@ -221,16 +248,15 @@ class RequestRejected(TerminalProviderError):
     the job setting at fault, when known."""
 
     def __init__(self, message: str, *, setting: str | None = None, **kw) -> None:
-        self.setting = setting
-        super().__init__(message, **kw)
+        super().__init__(message, setting=setting, **kw)
 
 
 class InputError(VectorfillError):
     """One row's text cannot be embedded; the row is recorded as failed, the run goes on."""
 
-    def __init__(self, message: str, *, job: str | None = None, row: object = None) -> None:
+    def __init__(self, message: str, *, job: str | None = None, row: object = None, **kw) -> None:
         self.row = row
-        super().__init__(message, job=job)
+        super().__init__(message, job=job, **kw)
 
 
 class RowsFailed(VectorfillError):

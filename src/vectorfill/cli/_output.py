@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # the modules themselves are imported by the commands that need them
     from vectorfill.jobs.check import CheckReport
     from vectorfill.jobs.search import Hit
 
-__all__ = ["err", "note", "out", "print_check", "print_hits", "print_summary"]
+__all__ = ["err", "error_block", "note", "out", "print_check", "print_error", "print_hits", "print_summary"]
 
 out = Console()
 """Results: what a script reads (``--json`` goes here, and nothing else then)."""
@@ -21,7 +22,35 @@ err = Console(stderr=True)
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]{message}[/]")
+    err.print(f"[dim]{escape(message)}[/]")
+
+
+def error_block(exc: BaseException) -> list[str]:
+    """The lines of the one block an error prints, as plain text: ``error: job 'J': <reason>``
+    (the same greppable first line as ever) and, when the error knows them, the setting at
+    fault and the fix. Works for any :class:`~vectorfill.errors.VectorfillError` (its
+    ``job``, ``setting`` and ``fix``), including subclasses added later; anything else
+    prints its message."""
+    lines = [f"error: {str(exc) or type(exc).__name__}"]
+    for label in ("setting", "fix"):
+        value = getattr(exc, label, None)
+        if value:
+            lines.append(f"  {label + ':':<8} {value}")
+    return lines
+
+
+def print_error(exc: BaseException, *, verbose: bool = False, label: str = "error", style: str = "red") -> None:
+    """Print an error once, as one block on stderr (:func:`error_block`); with ``verbose``,
+    its traceback first. Messages are printed as text, never as markup: a ``[local]`` in one
+    stays as it is."""
+    if verbose:
+        import traceback
+
+        err.print(escape("".join(traceback.format_exception(exc)).rstrip()), highlight=False, soft_wrap=True)
+    first, *rest = error_block(exc)
+    err.print(f"[{style}]{label}:[/]" + escape(first.removeprefix("error:")), highlight=False, soft_wrap=True)
+    for line in rest:
+        err.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def print_summary(s) -> None:

@@ -74,7 +74,7 @@ def backfill(
     job: str,
     max_rows: int | None = typer.Option(None, help="Stop after this many rows"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's task logs"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs, and an error's traceback"),
     workers: int = typer.Option(1, "--workers", help="Flow runs side by side, all claiming from the job's queue"),
     pool: str | None = typer.Option(
         None, "--pool", help="Run the --workers flow runs on this Prefect work pool (its workers), not here"
@@ -112,7 +112,14 @@ def backfill(
         return
     try:
         summary = run_backfill(
-            db_url, job, max_rows=max_rows, progress=not json_out and not batch, console=err, workers=workers, **params
+            db_url,
+            job,
+            max_rows=max_rows,
+            progress=not json_out and not batch,
+            console=err,
+            workers=workers,
+            verbose=verbose,
+            **params,
         )
         failed = None
     except RowsFailed as exc:  # the run went through, but rows failed: summary, then exit 3

@@ -9,8 +9,9 @@ prints, ``_common`` holds the ``--db`` option. An import inside a command is del
 lazy (its ``# lazy:`` comment says what it brings): Prefect, numpy and httpx, the
 tokenizers, the model server; only the commands that use them pay for them at start-up.
 
-Every :class:`vectorfill.errors.VectorfillError` is printed as one clear line (exit 1);
-nothing here prints a secret. Exit codes: 0 all done, 1 could not proceed, 3 a backfill
+Every :class:`vectorfill.errors.VectorfillError` is printed once, as one block (the error
+naming the job, then the setting at fault and the fix when known: exit 1), without
+traceback unless ``--verbose``; nothing here prints a secret. Exit codes: 0 all done, 1 could not proceed, 3 a backfill
 finished with failed rows, 130/143 interrupted.
 """
 
@@ -26,7 +27,7 @@ import threading
 import typer
 
 from vectorfill.cli import _jobs, _local, _reports, _runs, _search, _serve, _versions
-from vectorfill.cli._output import err
+from vectorfill.cli._output import err, print_error
 from vectorfill.errors import RowsFailed, VectorfillError
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_ROWS_FAILED", "EXIT_USAGE", "app", "db_app", "job_app", "main"]
@@ -172,15 +173,23 @@ def _exit_now(code: object) -> None:
         os._exit(status)
 
 
+def _verbose(argv: list[str] | None) -> bool:
+    """Whether the command line asks for everything (``--verbose``/``-v``, wherever it is)."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--" in args:
+        args = args[: args.index("--")]
+    return any(a in ("--verbose", "-v") for a in args)
+
+
 def _main(argv: list[str] | None) -> None:
     terminated = _stop_on_sigterm()
     try:
         code = app(args=argv, prog_name="vectorfill", standalone_mode=False)  # the exit code of Exit/Ctrl-C
     except RowsFailed as exc:
-        err.print(f"[yellow]warning:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc, label="warning", style="yellow")
         sys.exit(EXIT_ROWS_FAILED)
-    except VectorfillError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, greppable
+    except VectorfillError as exc:  # one block (error, setting, fix); the traceback only with --verbose
+        print_error(exc, verbose=_verbose(argv))
         sys.exit(EXIT_ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

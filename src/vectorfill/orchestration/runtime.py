@@ -14,6 +14,7 @@ run's Logs tab in the UI; the console shows them only with ``--verbose``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ from vectorfill.orchestration.api import use_running_api
 from vectorfill.orchestration.settings import PREFECT_DEFAULTS
 from vectorfill.storage.db import connect
 
-__all__ = ["Progress", "prefect_defaults", "run_backfill"]
+__all__ = ["Progress", "RunErrorsOffConsole", "prefect_defaults", "quiet_run_errors", "run_backfill"]
 
 
 def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
@@ -48,6 +49,31 @@ def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
         if key in ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL") and verbose:
             value = "INFO"
         os.environ.setdefault(key, value)
+
+
+class RunErrorsOffConsole(logging.Filter):
+    """Keeps the ERROR records of flow and task runs (``prefect.flow_runs``,
+    ``prefect.task_runs``: "Encountered exception", "Finished in state Failed", each with
+    its traceback) off the console. They still reach the run's logs in the Prefect API, so
+    the UI keeps the full traceback; the command prints the error once itself. Warnings and
+    everything else pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+        )
+
+
+def quiet_run_errors(verbose: bool = False) -> None:
+    """Put :class:`RunErrorsOffConsole` on the root logger's console handlers (Prefect's),
+    unless ``verbose``. Call after importing prefect (which configures logging)."""
+    if verbose:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
+            isinstance(f, RunErrorsOffConsole) for f in handler.filters
+        ):
+            handler.addFilter(RunErrorsOffConsole())
 
 
 def _writable_dir(path: Path) -> str | None:
@@ -175,6 +201,7 @@ def run_backfill(
     progress: bool = True,
     console=None,
     workers: int = 1,
+    verbose: bool = False,
     **flow_kw,
 ):
     """Run the backfill flow in this process (``workers`` flow runs of it side by side:
@@ -185,6 +212,7 @@ def run_backfill(
     # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
     from vectorfill.flows.backfill import backfill
 
+    quiet_run_errors(verbose)
     stop = threading.Event()
     poller = None
     if progress:
