@@ -113,6 +113,8 @@ def setup(side: Side, base: Path, provider_url: str, refusing_url: str) -> None:
         *common,
         "--base-url",
         refusing_url,
+        "--api-key-env",
+        "VF_KEY",
         "--dimensions",
         "128",
         "--no-check",

@@ -131,7 +131,7 @@ def job_create(
             )
         st = job_status(c, name)
     out.print(
-        f"job [bold]{job.name}[/]: {st.pending:,} rows of {job.source} queued for {model}; "
+        f"job {job.name}: {st.pending:,} rows of {job.source} queued for {model}; "
         f"vectors will be readable in {st.target}. Next: `vectorfill backfill {job.name}`"
     )
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:  # the modules themselves are imported by the commands that need them
     from vectorfill.jobs.check import CheckReport
@@ -15,14 +15,17 @@ if TYPE_CHECKING:  # the modules themselves are imported by the commands that ne
 
 __all__ = ["err", "error_block", "note", "out", "print_check", "print_error", "print_hits", "print_summary"]
 
-out = Console()
+out = Console(markup=False)
 """Results: what a script reads (``--json`` goes here, and nothing else then)."""
-err = Console(stderr=True)
-"""Progress, notes, warnings and errors."""
+err = Console(stderr=True, markup=False)
+"""Progress, notes, warnings and errors.
+
+Neither console reads markup: what is printed is printed as it is (a ``[local]`` in a help
+text, a message or a server's answer stays), and styles are given with ``style=``."""
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]{escape(message)}[/]")
+    err.print(message, style="dim")
 
 
 def error_block(exc: BaseException) -> list[str]:
@@ -41,16 +44,15 @@ def error_block(exc: BaseException) -> list[str]:
 
 def print_error(exc: BaseException, *, verbose: bool = False, label: str = "error", style: str = "red") -> None:
     """Print an error once, as one block on stderr (:func:`error_block`); with ``verbose``,
-    its traceback first. Messages are printed as text, never as markup: a ``[local]`` in one
-    stays as it is."""
+    its traceback first."""
     if verbose:
         import traceback
 
-        err.print(escape("".join(traceback.format_exception(exc)).rstrip()), highlight=False, soft_wrap=True)
+        err.print("".join(traceback.format_exception(exc)).rstrip(), highlight=False, soft_wrap=True)
     first, *rest = error_block(exc)
-    err.print(f"[{style}]{label}:[/]" + escape(first.removeprefix("error:")), highlight=False, soft_wrap=True)
+    err.print(Text.assemble((f"{label}:", style), first.removeprefix("error:")), highlight=False, soft_wrap=True)
     for line in rest:
-        err.print(escape(line), highlight=False, soft_wrap=True)
+        err.print(line, highlight=False, soft_wrap=True)
 
 
 def print_summary(s) -> None:
@@ -82,9 +84,13 @@ def print_check(report: CheckReport) -> None:
     version = f" v{report.version}" if report.version is not None else ""
     out.print(f"check {report.job}{version}: {report.model} at {report.base_url}")
     for line in report.lines:
-        mark = "[green]ok[/]  " if line.ok else "[red]FAIL[/]"
-        out.print(f"  {mark} {line.what}: {line.detail}", highlight=False, soft_wrap=True)
+        mark = ("ok  ", "green") if line.ok else ("FAIL", "red")
+        out.print(Text.assemble("  ", mark, f" {line.what}: {line.detail}"), highlight=False, soft_wrap=True)
     if report.ok:
         out.print("  a backfill would work")
     else:
-        out.print("  [red]a backfill would not work:[/] fix the setting above (`vectorfill check` again after)")
+        out.print(
+            Text.assemble(
+                ("  a backfill would not work:", "red"), " fix the setting above (`vectorfill check` again after)"
+            )
+        )

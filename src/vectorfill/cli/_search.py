@@ -95,7 +95,7 @@ def check_before(
 
     if api_key_env and not os.environ.get(api_key_env):
         err.print(
-            f"[yellow]not checked:[/] ${api_key_env} is not set in this shell; run `vectorfill check {name}` "
+            f"not checked: ${api_key_env} is not set in this shell; run `vectorfill check {name}` "
             "where it is, before a long backfill"
         )
         return

@@ -77,7 +77,7 @@ def job_set_model(
             check=None if no_check else check,
         )
     out.print(
-        f"job [bold]{name}[/]: version {change.version.version} ({model}) is filling, {change.queued:,} rows queued; "
+        f"job {name}: version {change.version.version} ({model}) is filling, {change.queued:,} rows queued; "
         f"vectorfill.{name} keeps showing the current version until it is complete."
     )
     from vectorfill.orchestration.events import emit_model_changed  # lazy: Prefect, for the commands that use it

@@ -33,14 +33,18 @@ from vectorfill.errors import RowsFailed, VectorfillError
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_ROWS_FAILED", "EXIT_USAGE", "app", "db_app", "job_app", "main"]
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts as written: rich markup would eat "[local]" and the like
     help="Keep pgvector embeddings in step with the text in Postgres (Prefect + any OpenAI-compatible endpoint).",
 )
 job_app = typer.Typer(
-    no_args_is_help=True, help="Create, list and drop jobs; change their model (blue/green versions)."
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Create, list and drop jobs; change their model (blue/green versions).",
 )
-db_app = typer.Typer(no_args_is_help=True, help="The embedded Postgres, for users without their own.")
+db_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="The embedded Postgres, for users without their own."
+)
 app.add_typer(job_app, name="job")
 app.add_typer(db_app, name="db")
 

@@ -58,7 +58,7 @@ def _find_endpoint(model: str, err):
     try:
         listed = httpx.get(f"{url}/models", timeout=2).json()
         if any(m.get("id") == model for m in listed.get("data", [])):
-            err.print(f"[dim]Reusing the embeddings endpoint at {url}.[/]")
+            err.print(f"Reusing the embeddings endpoint at {url}.", style="dim")
             return url, None
     except (httpx.HTTPError, ValueError, AttributeError):
         pass
@@ -77,15 +77,16 @@ def _find_endpoint(model: str, err):
         server = ServerThread(create_app(encoder), port=0)
         server.start()
     err.print(
-        f"[dim]Serving {encoder.name} ({encoder.dimensions} dims) at {server.url}/v1 "
-        f"(loaded in {time.monotonic() - t0:.1f} s).[/]"
+        f"Serving {encoder.name} ({encoder.dimensions} dims) at {server.url}/v1 "
+        f"(loaded in {time.monotonic() - t0:.1f} s).",
+        style="dim",
     )
     return f"{server.url}/v1", server
 
 
 def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> None:
-    url = resolve_database_url(db_url, announce=lambda m: err.print(f"[dim]{m}[/]"))
-    use_api(url, announce=lambda m: err.print(f"[dim]{m}[/]"))
+    url = resolve_database_url(db_url, announce=lambda m: err.print(m, style="dim"))
+    use_api(url, announce=lambda m: err.print(m, style="dim"))
     prefect_defaults()
     migrate(url)
     docs = sample_docs(load_stdlib_docs(), rows)
@@ -140,7 +141,7 @@ def run_demo(*, db_url: str | None, rows: int | None, model: str, out, err) -> N
         with connect(url) as conn:
             for query in DEMO_QUERIES:
                 hits = search(conn, DEMO_JOB, query, k=3)
-                out.print(f"\n[bold]search:[/] {query}")
+                out.print(f"\nsearch: {query}")
                 for h in hits:
                     first = (h.text or "").split("\n")[0]
                     out.print(f"  {h.distance:.3f}  {first}")

@@ -167,7 +167,7 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
             counts = Progress(conn, job)
             embedded, total = counts.tick(exact=True)
             with Bar(
-                TextColumn(f"[bold]{job}[/]"),
+                TextColumn(job, style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
