@@ -13,7 +13,17 @@ if TYPE_CHECKING:  # the modules themselves are imported by the commands that ne
     from vectorfill.jobs.check import CheckReport
     from vectorfill.jobs.search import Hit
 
-__all__ = ["err", "error_block", "note", "out", "print_check", "print_error", "print_hits", "print_summary"]
+__all__ = [
+    "err",
+    "error_block",
+    "failed_line",
+    "note",
+    "out",
+    "print_check",
+    "print_error",
+    "print_hits",
+    "print_summary",
+]
 
 out = Console(markup=False)
 """Results: what a script reads (``--json`` goes here, and nothing else then)."""
@@ -63,12 +73,22 @@ def print_summary(s) -> None:
             table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     out.print(table)
     if s.failed_total:
-        out.print(f"{s.failed_total} rows failed: `vectorfill failures {s.job}` lists them")
+        out.print(failed_line(s.job, s.failed, s.failed_total))
     if s.batches_open:
         out.print(
             f"{s.batches_open} batch(es) still running at the provider: `vectorfill batches {s.job}` shows them; "
             f"the next `vectorfill backfill {s.job}` collects them"
         )
+
+
+def failed_line(job: str, this_run: int, in_all: int) -> str:
+    """What a summary says of failed rows: how many failed in this run, how many are from
+    earlier runs (still failed: nothing retries them by itself), and where to see them."""
+    earlier = max(in_all - this_run, 0)
+    said = [f"{this_run:,} rows failed in this run"] if this_run else []
+    if earlier:
+        said.append(f"{earlier:,} rows failed in earlier runs")
+    return "; ".join(said) + f": `vectorfill failures {job}` lists them, `vectorfill retry {job}` queues them again"
 
 
 def print_hits(query: str, hits: list[Hit]) -> None:

@@ -4,16 +4,17 @@ Prefect work pool); what each flow run gets is one dict, :func:`flow_kw`."""
 from __future__ import annotations
 
 import json
+import time
 
 import typer
 from rich.table import Table
 
 from vectorfill.cli._common import DbOpt, conn, url
-from vectorfill.cli._output import err, note, out, print_summary
+from vectorfill.cli._output import err, failed_line, note, out, print_summary
 from vectorfill.errors import ConfigError, RowsFailed
-from vectorfill.jobs.registry import job_status, retry_failures
+from vectorfill.jobs.registry import WorkLeft, job_status, retry_failures, work_left
 
-__all__ = ["backfill", "estimate", "flow_kw", "retry"]
+__all__ = ["SUMMARY_KEYS", "backfill", "estimate", "flow_kw", "nothing_to_do_summary", "retry"]
 
 
 def estimate(
@@ -95,12 +96,20 @@ def backfill(
     db: str | None = DbOpt,
 ) -> None:
     """Embed every pending row of JOB through the Prefect backfill flow (batches submitted
-    earlier are collected first)."""
+    earlier are collected first). With nothing pending, leased or at the Batch API, it says
+    so at once, without starting a flow run."""
+    started = time.monotonic()
+    db_url = url(db)
+    if pool is None:
+        with conn(db_url) as c:
+            left = work_left(c, job)
+        if left is not None and left.nothing:
+            _nothing_to_do(left, json_out, time.monotonic() - started)
+            return
     # lazy: Prefect, for the commands that use it
     from vectorfill.orchestration.api import use_api
     from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
 
-    db_url = url(db)
     use_api(db_url, announce=note)
     prefect_defaults(verbose=verbose)
     params = flow_kw(batch=batch, wait=wait, poll=poll)
@@ -140,6 +149,64 @@ def backfill(
                 f"Tip: {job} has enough vectors for an HNSW index: `vectorfill index {job}` "
                 "makes searches fast (it is built without blocking writes)."
             )
+
+
+#: The keys of a run's summary (``RunSummary.as_dict``), for the summary of a backfill that
+#: had nothing to do, printed without importing the engine (a unit test keeps them in step).
+SUMMARY_KEYS = (
+    "job",
+    "embedded",
+    "unchanged",
+    "deleted",
+    "failed",
+    "truncated",
+    "stale",
+    "requests",
+    "tokens",
+    "tokens_estimated",
+    "cost_usd",
+    "duration_s",
+    "pending",
+    "failed_total",
+    "switched_to",
+    "batches_submitted",
+    "batch_rows_submitted",
+    "batches_collected",
+    "batches_open",
+    "batch_rows",
+    "batch_tokens",
+    "batch_cost_usd",
+    "batch_retried",
+    "rows_per_s",
+)
+
+
+def nothing_to_do_summary(left: WorkLeft, duration_s: float) -> dict[str, object]:
+    """The ``--json`` summary of a backfill that found nothing to do: every figure 0, the
+    failed rows those of earlier runs, and ``nothing_to_do`` true."""
+    summary: dict[str, object] = dict.fromkeys(SUMMARY_KEYS, 0)
+    summary.update(
+        job=left.job,
+        cost_usd=0.0,
+        batch_cost_usd=0.0,
+        switched_to=None,
+        duration_s=round(duration_s, 3),
+        failed_total=left.failed,
+        rows_per_s=0.0,
+        nothing_to_do=True,
+    )
+    return summary
+
+
+def _nothing_to_do(left: WorkLeft, json_out: bool, duration_s: float) -> None:
+    """A backfill with nothing to do: said from one query, no flow run (so none in the run
+    history; ``vectorfill serve``'s scheduled runs do record one each)."""
+    if json_out:
+        out.print_json(json.dumps(nothing_to_do_summary(left, duration_s)))
+        return
+    out.print(f"{left.job}: nothing to embed (no row pending or leased, no batch at the provider); no run was started")
+    if left.failed:
+        out.print(failed_line(left.job, 0, left.failed))
 
 
 def flow_kw(*, batch: bool | None, wait: bool | None, poll: float) -> dict[str, object]:

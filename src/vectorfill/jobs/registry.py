@@ -25,6 +25,7 @@ from vectorfill.storage.jobs import job_names, read_job, upgrade_triggers
 __all__ = [
     "KNOWN_DIMENSIONS",
     "JobStatus",
+    "WorkLeft",
     "absorb",
     "check_endpoint_options",
     "create_job",
@@ -37,6 +38,7 @@ __all__ = [
     "retry_failures",
     "upgrade_triggers",  # moved to vectorfill.storage.jobs (run by migrate); kept here for callers
     "version_options",
+    "work_left",
 ]
 
 #: Native sizes of well-known models, so their vector column is typed from the start.
@@ -272,6 +274,41 @@ def retry_failures(conn: psycopg.Connection, name: str, keys: list[str] | None =
         )
         total += cur.rowcount
     return total
+
+
+@dataclass(frozen=True)
+class WorkLeft:
+    """What a backfill of a job would find to do (:func:`work_left`)."""
+
+    job: str
+    queued: bool
+    """Rows pending or leased in any version's queue, or changes not yet absorbed."""
+    batches_open: bool
+    """Batches still at the provider's Batch API (a run collects them)."""
+    failed: int
+    """Rows of the active version that failed in earlier runs (nothing retries them by itself)."""
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.queued or self.batches_open)
+
+
+def work_left(conn: psycopg.Connection, name: str) -> WorkLeft | None:
+    """Whether a backfill of job ``name`` has anything to do, from two small statements in
+    one transaction (:data:`vectorfill.storage.sql.WORK_LEFT_JOB`, then
+    :func:`vectorfill.storage.sql.work_left`), nothing else read or imported; None when it
+    cannot be told this way (no such job, or no vectorfill schema): the full path then says
+    what is wrong."""
+    try:
+        row = conn.execute(sql.WORK_LEFT_JOB, {"name": name}).fetchone()
+        if row is None:
+            return None
+        job_id, versions, batches_open, failed = row
+        queued = scalar(conn.execute(sql.work_left(job_id, list(versions))))
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        return None
+    return WorkLeft(job=name, queued=bool(queued), batches_open=bool(batches_open), failed=int(failed))
 
 
 @dataclass(frozen=True)

@@ -156,9 +156,11 @@ class Progress:
         return self.embedded + embedded - self._base[0], max(self.total - (gone - self._base[1]), 0)
 
 
-def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
-    """A progress bar: exact counts at the start, the end and every few seconds; this run's
-    own counts between (:class:`Progress`)."""
+def _poll_progress(url: str, job: str, stop: threading.Event, console, max_rows: int | None = None) -> None:
+    """A progress bar of this run: its total is what the run will embed (the rows pending
+    when it starts, plus any queued meanwhile; at most ``max_rows``), not the job's size.
+    Exact counts at the start, the end and every few seconds; this run's own counts between
+    (:class:`Progress`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as Bar
 
@@ -166,6 +168,14 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
         with connect(url, autocommit=True) as conn:
             counts = Progress(conn, job)
             embedded, total = counts.tick(exact=True)
+            base = embedded  # the job's vectors before this run: not this run's to count
+
+            def this_run(embedded: int, total: int) -> tuple[int, int]:
+                done, todo = embedded - base, total - base
+                if max_rows is not None:
+                    todo = min(todo, max_rows)
+                return done, max(todo, done, 1)
+
             with Bar(
                 TextColumn(job, style="bold", markup=False),
                 BarColumn(),
@@ -175,19 +185,15 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console) -> None:
                 console=console,
                 transient=False,
             ) as bar:
-                task = bar.add_task("embedding", total=max(total, 1), completed=embedded, rate="")
-                started, base = time.monotonic(), embedded
+                done, todo = this_run(embedded, total)
+                task = bar.add_task("embedding", total=todo, completed=done, rate="")
+                started = time.monotonic()
                 while True:
-                    done = stop.wait(0.5)
-                    embedded, total = counts.tick(exact=done)
+                    finished = stop.wait(0.5)
+                    done, todo = this_run(*counts.tick(exact=finished))
                     elapsed = max(time.monotonic() - started, 1e-6)
-                    bar.update(
-                        task,
-                        total=max(total, 1),
-                        completed=embedded,
-                        rate=f"{(embedded - base) / elapsed:,.0f} rows/s",
-                    )
-                    if done:
+                    bar.update(task, total=todo, completed=done, rate=f"{done / elapsed:,.0f} rows/s")
+                    if finished:
                         break
     except Exception:  # the bar is a convenience; the flow reports its own errors
         return
@@ -216,7 +222,7 @@ def run_backfill(
     stop = threading.Event()
     poller = None
     if progress:
-        poller = threading.Thread(target=_poll_progress, args=(url, job, stop, console), daemon=True)
+        poller = threading.Thread(target=_poll_progress, args=(url, job, stop, console, max_rows), daemon=True)
         poller.start()
     try:
         if workers > 1:

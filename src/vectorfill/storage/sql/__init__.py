@@ -128,7 +128,7 @@ from vectorfill.storage.sql._jobs import (
     lock_source,
 )
 from vectorfill.storage.sql._progress import behind, sync_poll
-from vectorfill.storage.sql._queue import QueueStatements, refund_attempts
+from vectorfill.storage.sql._queue import WORK_LEFT_JOB, QueueStatements, refund_attempts, work_left
 from vectorfill.storage.sql._triggers import (
     TRIGGER_FUNCTION_VERSION,
     create_trigger_function,
@@ -185,6 +185,7 @@ __all__ = [
     "TRIGGER_VERSION",
     "VERSION_DIMS_FOR_UPDATE",
     "VERSION_ROWS",
+    "WORK_LEFT_JOB",
     "JobSQL",
     "JobTables",
     "TextSpec",
@@ -212,6 +213,7 @@ __all__ = [
     "trigger_function_name",
     "trigger_names",
     "view_name",
+    "work_left",
 ]
 
 

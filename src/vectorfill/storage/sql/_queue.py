@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from vectorfill.storage.sql._compose import JobTables, text_expression
+from vectorfill.storage.sql._compose import SCHEMA, JobTables, text_expression
 
 
 class QueueStatements(JobTables):
@@ -214,3 +214,28 @@ def refund_attempts(js: JobTables) -> sql.Composed:
     return sql.SQL("UPDATE {q} SET attempts = greatest(attempts - 1, 0) WHERE claimed_by = %s AND attempts > 0").format(
         q=js.q
     )
+
+
+WORK_LEFT_JOB = sql.SQL(
+    """SELECT j.id,
+              ARRAY(SELECT v.version FROM vectorfill.versions v
+                     WHERE v.job_id = j.id AND v.state <> 'retired' ORDER BY v.version) AS versions,
+              EXISTS (SELECT 1 FROM vectorfill.batches b
+                       WHERE b.job_id = j.id AND b.state IN ('claiming', 'uploading', 'submitted')) AS batches_open,
+              (SELECT count(*) FROM vectorfill.failures f JOIN vectorfill.versions v
+                   ON v.job_id = f.job_id AND v.version = f.version AND v.state = 'active'
+                WHERE f.job_id = j.id) AS failed
+         FROM vectorfill.jobs j WHERE j.name = %(name)s"""
+)
+"""For :func:`work_left`: job ``%(name)s``'s id, its live versions, whether batches are
+still open at the Batch API, and the failed rows of its active version; no row when there
+is no such job."""
+
+
+def work_left(job_id: int, versions: list[int]) -> sql.Composed:
+    """Whether anything is queued for the job: a row, pending or leased, in one of the
+    live versions' queues (``_q_<job id>_<version>``), or a change not yet absorbed in its
+    change log (``_c_<job id>``). Each ``EXISTS`` reads at most one row; no lock beyond
+    ``ACCESS SHARE``."""
+    tables = [sql.Identifier(SCHEMA, f"_c_{job_id}")] + [sql.Identifier(SCHEMA, f"_q_{job_id}_{v}") for v in versions]
+    return sql.SQL("SELECT ") + sql.SQL(" OR ").join(sql.SQL("EXISTS (SELECT 1 FROM {})").format(t) for t in tables)
