@@ -37,14 +37,21 @@ RESUBMIT_ROUNDS = 3
 
 @flow(name="vectorfill-backfill", flow_run_name=run_name, persist_result=False, log_prints=False)
 async def backfill(
-    job: str, max_rows: int | None = None, batch: bool | None = None, wait: bool = False, poll_s: float = 30.0
+    job: str,
+    max_rows: int | None = None,
+    batch: bool | None = None,
+    wait: bool = False,
+    poll_s: float = 30.0,
+    run_part: str | None = None,
 ) -> RunSummary:
     """Embed every pending row of ``job`` (or at most ``max_rows`` of them), for its active
     version and the new model's version, if one is filling; switch to the latter once complete.
 
     Batches submitted earlier are collected first. ``batch`` (default: the job's setting)
     submits the rows to the provider's Batch API instead of embedding them now; ``wait``
-    then waits for them (polling every ``poll_s`` seconds) and stores them.
+    then waits for them (polling every ``poll_s`` seconds) and stores them. ``run_part``
+    names one of several runs of one backfill (``w1``, ``w2``...: ``--workers``, ``--pool``):
+    the run is named ``<job>-<start>-<part>``.
 
     Returns the run's summary; when rows failed, the run ends Failed and calling the flow
     raises :class:`~vectorfill.errors.RowsFailed`, whose ``summary`` is the same summary."""

@@ -32,6 +32,7 @@ __all__ = [
     "final_state",
     "progress_artifact",
     "report_run",
+    "run_label",
     "run_name",
 ]
 
@@ -75,14 +76,21 @@ def final_state(summary: RunSummary) -> State:
     return Completed(message=f"{summary.embedded:,} rows embedded", data=summary)
 
 
+def run_label(job: str, start: datetime.datetime, part: str | None = None) -> str:
+    """A flow run's name: its job, its start (UTC, to the minute) and, for one of several
+    runs of one backfill, its part: ``docs-2026-12-07T00:22``, ``docs-2026-12-07T00:22-w1``."""
+    name = f"{job}-{start.astimezone(datetime.UTC):%Y-%m-%dT%H:%M}"
+    return f"{name}-{part}" if part else name
+
+
 def run_name() -> str:
-    """The flow run's name: its job and scheduled start (UTC, to the minute), e.g.
-    ``docs-2026-12-01T02:00`` (Prefect's ``flow_run_name``; called inside the run)."""
+    """The flow run's name (:func:`run_label`) from its ``job`` and ``run_part`` parameters
+    and its scheduled start (Prefect's ``flow_run_name``; called inside the run, also for
+    runs created from a deployment: on a pool, by a schedule, by a trigger)."""
     from prefect.runtime import flow_run
 
-    job = flow_run.parameters.get("job", "backfill")
-    start = flow_run.scheduled_start_time
-    return f"{job}-{start.astimezone(datetime.UTC):%Y-%m-%dT%H:%M}"
+    params = flow_run.parameters
+    return run_label(params.get("job", "backfill"), flow_run.scheduled_start_time, params.get("run_part"))
 
 
 def artifact_key(job_name: str, kind: str = "backfill") -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import time
 from dataclasses import dataclass
 
@@ -70,8 +71,13 @@ async def run_here(job: str, workers: int, max_rows: int | None = None, flow_kw:
     from vectorfill.flows.backfill import backfill
 
     kw = dict(flow_kw or {})
+    shares = split_rows(max_rows, workers)
     results = await asyncio.gather(
-        *(backfill(job, max_rows=m, **kw) for m in split_rows(max_rows, workers)), return_exceptions=True
+        *(
+            backfill(job, max_rows=m, **kw, **({"run_part": f"w{i}"} if len(shares) > 1 else {}))
+            for i, m in enumerate(shares, 1)
+        ),
+        return_exceptions=True,
     )
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
@@ -136,6 +142,7 @@ async def arun_on_pool(
 
     # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
     from vectorfill.flows.backfill import backfill
+    from vectorfill.tasks.report import run_label
 
     def state_name(state: State | None) -> str:
         return (state.name or state.type.value) if state is not None else "?"
@@ -156,15 +163,17 @@ async def arun_on_pool(
             entrypoint_type=EntrypointType.MODULE_PATH,
         )
         await deployment.aapply(work_pool_name=pool)
+        start = datetime.datetime.now(datetime.UTC)
         runs = [
             await arun_deployment(
                 name=f"{FLOW}/{DEPLOYMENT}",
                 client=client,
-                parameters={**(flow_kw or {}), "job": job, "max_rows": m},
+                parameters={**(flow_kw or {}), "job": job, "max_rows": m, "run_part": f"w{i}"},
+                flow_run_name=run_label(job, start, f"w{i}"),  # its name from the start (the run keeps it)
                 timeout=0,
                 tags=["vectorfill", f"job:{job}"],
             )
-            for m in split_rows(max_rows, workers)
+            for i, m in enumerate(split_rows(max_rows, workers), 1)
         ]
         out = [PoolRun(str(r.id), r.name, state_name(r.state)) for r in runs]
         if not wait:

@@ -6,7 +6,9 @@ Every command that needs the Prefect API (``backfill``, ``runs``, ``serve``, ``d
 (``prefect server start``, in a session of its own, so the end of the command or Ctrl-C in
 its terminal does not reach it); every later one finds it through its state file and uses
 it, so that each run costs no server start-up and every run, from the CLI or from
-``vectorfill serve``, lands in one history. ``vectorfill stop`` calls :func:`stop`.
+``vectorfill serve``, lands in one history. ``vectorfill stop`` calls :func:`stop`; the
+server also stops by itself after hours unused (:mod:`vectorfill.orchestration.prefect_server`),
+and runs only the Prefect services vectorfill uses (:data:`~vectorfill.orchestration.settings.LOCAL_SERVER_SERVICES`).
 
 Its database
 ------------
@@ -51,9 +53,9 @@ from vectorfill.errors import INSUFFICIENT_PRIVILEGE, ConfigError, DatabaseError
 from vectorfill.local import pgembedded
 from vectorfill.local.pgembedded import default_data_dir
 from vectorfill.orchestration.prefect_database import ensure_prefect_database, prefect_database_url
-from vectorfill.orchestration.settings import PREFECT_DEFAULTS
+from vectorfill.orchestration.settings import LOCAL_SERVER_SERVICES, PREFECT_DEFAULTS
 
-__all__ = ["DEFAULT_PORT", "LocalServer", "ensure", "recorded", "running", "state_path", "stop"]
+__all__ = ["DEFAULT_PORT", "LocalServer", "ensure", "recorded", "running", "state_path", "stop", "used_path"]
 
 DEFAULT_PORT = 4200
 """Prefect's usual port: taken when free, so that the UI's address stays the same."""
@@ -61,6 +63,9 @@ DEFAULT_PORT = 4200
 STATE_FILE = "prefect-local.json"
 LOCK_FILE = "prefect-local.lock"
 LOG_FILE = "prefect-server.log"
+USED_FILE = "prefect-local.used"
+"""Touched by every command that uses the server: the idle stop's clock
+(:mod:`vectorfill.orchestration.prefect_server`)."""
 SQLITE_FILE = "prefect.db"
 CA_FILE = "prefect-local-ca.pem"
 
@@ -103,6 +108,10 @@ def log_path() -> Path:
     return home() / LOG_FILE
 
 
+def used_path() -> Path:
+    return home() / USED_FILE
+
+
 def healthy(api_url: str, timeout: float = 5.0) -> bool:
     import httpx
 
@@ -122,6 +131,8 @@ def use(server: LocalServer) -> str:
     certificate makes that free; it is never used to verify anything.
     """
     os.environ["PREFECT_API_URL"] = server.api_url
+    with contextlib.suppress(OSError):
+        used_path().touch()  # the idle stop counts from here
     if not os.environ.get("PREFECT_API_SSL_CERT_FILE"):
         path = home() / CA_FILE
         if not path.exists():
@@ -371,6 +382,8 @@ def _launch(
     for key, value in PREFECT_DEFAULTS.items():  # the task-run recorder's batch sizes, no analytics
         if key.startswith("PREFECT_SERVER_") and "EPHEMERAL" not in key:
             env.setdefault(key, value)
+    for key, value in LOCAL_SERVER_SERVICES.items():  # only the services vectorfill uses
+        env.setdefault(key, value)
     env.update(
         # on for the server that keeps history (off only for Prefect's temporary servers:
         # see runtime.prefect_defaults): the UI's event pages and automations read them
@@ -386,7 +399,9 @@ def _launch(
         out.write(f"\n--- vectorfill: starting Prefect's server on port {port}, database {database}\n".encode())
         out.flush()
         process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            # Prefect's `prefect server start`, with vectorfill's idle stop beside it
+            [sys.executable, "-m", "vectorfill.orchestration.prefect_server", "prefect", "server", "start"]
+            + ["--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,

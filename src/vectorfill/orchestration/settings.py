@@ -7,7 +7,7 @@ Any value already in the environment wins (:func:`vectorfill.orchestration.runti
 
 from __future__ import annotations
 
-__all__ = ["PREFECT_DEFAULTS"]
+__all__ = ["LOCAL_SERVER_SERVICES", "PREFECT_DEFAULTS"]
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
@@ -20,3 +20,17 @@ PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
 }
+
+LOCAL_SERVER_SERVICES = {
+    # used: schedules of `vectorfill serve` (scheduler), the re-embed deployment's event
+    # trigger (triggers, event persister), task-run history (task run recorder): left on.
+    # and the cleanup reconciler (work pools' workers): left on. Not used by vectorfill,
+    # each a loop waking every 5-20 s on the idle server: off.
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED": "false",  # cancelling parent runs' children
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",  # paused flow runs (never paused here)
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",  # relabels overdue scheduled runs "Late"
+    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",  # marks silent workers and pools offline
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED": "false",  # global concurrency-limit leases (none used)
+}
+"""Prefect server services the local server (:mod:`vectorfill.orchestration.local_server`)
+runs without: Prefect's own settings, each overridable from the environment."""
