@@ -107,11 +107,11 @@ def backfill(
             _nothing_to_do(left, json_out, time.monotonic() - started)
             return
     # lazy: Prefect, for the commands that use it
-    from vectorfill.orchestration.api import use_api
-    from vectorfill.orchestration.runtime import prefect_defaults, run_backfill
+    from vectorfill.orchestration.api import use_api_while
+    from vectorfill.orchestration.runtime import prepare_run, run_backfill
 
-    use_api(db_url, announce=note)
-    prefect_defaults(verbose=verbose)
+    # a local server to start: imports and the like go on while it starts
+    use_api_while(db_url, lambda: prepare_run(verbose=verbose), announce=note)
     params = flow_kw(batch=batch, wait=wait, poll=poll)
     if pool is not None:
         pool_wait = True if wait is None else wait

@@ -16,7 +16,7 @@ from pathlib import Path
 from vectorfill.orchestration import local_server
 from vectorfill.orchestration.local_server import healthy, home
 
-__all__ = ["served_api_url", "use_api", "use_running_api", "use_served_api"]
+__all__ = ["served_api_url", "use_api", "use_api_while", "use_running_api", "use_served_api"]
 
 _STATE_FILE = "prefect-server.json"
 
@@ -74,3 +74,57 @@ def use_api(db_url: str | None, *, port: int | None = None, announce: Callable[[
     if api:
         return api
     return local_server.use(local_server.ensure(db_url, port=port, announce=announce))
+
+
+def use_api_while(
+    db_url: str | None, prepare: Callable[[], object], *, announce: Callable[[str], object] = print
+) -> str:
+    """:func:`use_api`, and ``prepare()`` run as early as it can: when the local server must
+    be started, as soon as its address is known, while it starts (a server start is seconds
+    of work in another process; ``prepare`` is the caller's own, such as importing Prefect,
+    which needs ``PREFECT_API_URL`` set first). Returns the API URL once the server answers.
+
+    Raises what starting the server raised; a :class:`~vectorfill.errors.ConfigError` if the
+    server came up on another address than first announced (another process took the port
+    meanwhile: running the command again finds it)."""
+    import threading
+
+    if os.environ.get("PREFECT_API_URL") or local_server.running() is not None:
+        api = use_api(db_url, announce=announce)
+        prepare()
+        return api
+    known = threading.Event()
+    address: list[str] = []
+    result: list[local_server.LocalServer] = []
+    failure: list[BaseException] = []
+
+    def told(api_url: str) -> None:
+        if not address:
+            address.append(api_url)
+            known.set()
+
+    def start() -> None:
+        try:
+            result.append(local_server.ensure(db_url, announce=announce, on_address=told))
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            known.set()
+
+    starter = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    starter.start()
+    known.wait()
+    if address:
+        local_server.use_address(address[0])
+        prepare()
+    starter.join()
+    if failure:
+        raise failure[0]
+    api = local_server.use(result[0])
+    if address and api != address[0]:
+        from vectorfill.errors import ConfigError
+
+        raise ConfigError(f"the local Prefect server started on {api}, not {address[0]}: run the command again")
+    if not address:
+        prepare()
+    return api

@@ -122,6 +122,10 @@ def healthy(api_url: str, timeout: float = 5.0) -> bool:
 
 
 def use(server: LocalServer) -> str:
+    return use_address(server.api_url)
+
+
+def use_address(api_url: str) -> str:
     """Point this process's Prefect client at ``server``: ``PREFECT_API_URL``, and a
     one-certificate CA file as ``PREFECT_API_SSL_CERT_FILE`` unless one is set.
 
@@ -130,7 +134,7 @@ def use(server: LocalServer) -> str:
     a run makes about six of them (0.2-0.3 s of CPU per command, measured). A file of one
     certificate makes that free; it is never used to verify anything.
     """
-    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_API_URL"] = api_url
     with contextlib.suppress(OSError):
         used_path().touch()  # the idle stop counts from here
     if not os.environ.get("PREFECT_API_SSL_CERT_FILE"):
@@ -138,7 +142,7 @@ def use(server: LocalServer) -> str:
         if not path.exists():
             _write_ca_file(path)
         os.environ["PREFECT_API_SSL_CERT_FILE"] = str(path)
-    return server.api_url
+    return api_url
 
 
 def _write_ca_file(path: Path) -> None:
@@ -160,11 +164,19 @@ def running() -> LocalServer | None:
     return server if healthy(server.api_url) else None
 
 
-def ensure(db_url: str | None, *, port: int | None = None, announce: Callable[[str], object] = print) -> LocalServer:
+def ensure(
+    db_url: str | None,
+    *,
+    port: int | None = None,
+    announce: Callable[[str], object] = print,
+    on_address: Callable[[str], object] | None = None,
+) -> LocalServer:
     """The running local server, started now if none is (its database beside ``db_url``).
 
     ``port`` is used only when the server is started here (default: 4200 if free, else any
     free port). Safe to call from several processes at once: one server is started.
+    ``on_address`` is told the API URL of a server started here as soon as it is chosen,
+    before the server answers (the caller can prepare meanwhile).
     """
     server = running()
     if server is not None:
@@ -181,7 +193,7 @@ def ensure(db_url: str | None, *, port: int | None = None, announce: Callable[[s
                 "the local Prefect server is not running and no database was given to keep its history: "
                 "pass --db, set VECTORFILL_DATABASE_URL, or set PREFECT_API_URL"
             )
-        return _start(db_url, port, announce)
+        return _start(db_url, port, announce, on_address)
 
 
 def stop() -> LocalServer | None:
@@ -360,19 +372,26 @@ class _PortTaken(Exception):
     """Another process took the port between our check and the server's bind."""
 
 
-def _start(db_url: str, port: int | None, announce: Callable[[str], object]) -> LocalServer:
+def _start(
+    db_url: str, port: int | None, announce: Callable[[str], object], on_address: Callable[[str], object] | None
+) -> LocalServer:
     database_url, database, pgdata = _database(db_url, announce)
     try:
-        return _launch(database_url, database, pgdata, _pick_port(port), announce)
+        return _launch(database_url, database, pgdata, _pick_port(port), announce, on_address)
     except _PortTaken:
         if port is not None:
             raise _port_taken(port) from None
         # another home's server (or anything else) took the default port meanwhile: any free one
-        return _launch(database_url, database, pgdata, _any_free_port(), announce)
+        return _launch(database_url, database, pgdata, _any_free_port(), announce, on_address)
 
 
 def _launch(
-    database_url: str, database: str, pgdata: str | None, port: int, announce: Callable[[str], object]
+    database_url: str,
+    database: str,
+    pgdata: str | None,
+    port: int,
+    announce: Callable[[str], object],
+    on_address: Callable[[str], object] | None = None,
 ) -> LocalServer:
     import psutil
 
@@ -409,6 +428,8 @@ def _launch(
             start_new_session=True,  # its own session: Ctrl-C in this terminal does not reach it
             close_fds=True,
         )
+    if on_address is not None:
+        on_address(api_url)
     deadline = started + _START_TIMEOUT_S
     # healthy, and ours: a server of another VECTORFILL_HOME that took the port first answers too
     while not (healthy(api_url, timeout=1.0) and _listens(process.pid, port)):

@@ -28,7 +28,7 @@ from vectorfill.orchestration.api import use_running_api
 from vectorfill.orchestration.settings import PREFECT_DEFAULTS
 from vectorfill.storage.db import connect
 
-__all__ = ["Progress", "RunErrorsOffConsole", "prefect_defaults", "quiet_run_errors", "run_backfill"]
+__all__ = ["Progress", "RunErrorsOffConsole", "prefect_defaults", "prepare_run", "quiet_run_errors", "run_backfill"]
 
 
 def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
@@ -74,6 +74,16 @@ def quiet_run_errors(verbose: bool = False) -> None:
             isinstance(f, RunErrorsOffConsole) for f in handler.filters
         ):
             handler.addFilter(RunErrorsOffConsole())
+
+
+def prepare_run(*, verbose: bool = False) -> None:
+    """What a run needs before its first claim that does not need the Prefect server to
+    answer: vectorfill's Prefect settings (:func:`prefect_defaults`), then the imports of
+    Prefect and the backfill flow (most of a small run's start). Call once the API URL is
+    set (:func:`vectorfill.orchestration.api.use_api_while` calls it while the local server
+    starts)."""
+    prefect_defaults(verbose=verbose)
+    import vectorfill.flows.backfill  # noqa: F401  (lazy: Prefect reads its settings when imported)
 
 
 def _writable_dir(path: Path) -> str | None:
