@@ -24,6 +24,7 @@ from vectorfill.engine.counts import Counts
 from vectorfill.engine.work import frozen_heap
 from vectorfill.tasks import BACKFILL, prepare_run, report_run, switch_versions
 from vectorfill.tasks.collect import collect_batches
+from vectorfill.tasks.common import plain_parameters
 from vectorfill.tasks.report import final_state, progress_artifact, run_name
 from vectorfill.tasks.submit import batch_mode, submit_batches
 
@@ -70,6 +71,9 @@ async def backfill(
             switched = await switch_caught_up(prepared, tally, job) if prepared.filling else None  # a re-embed
         summary = await report_run(job, tally.counts + batch_counts(collected), time.monotonic() - started, switched)
         return final_state(summary)  # Failed when rows failed: RowsFailed carries the summary
+
+
+backfill.serialize_parameters = plain_parameters(backfill.serialize_parameters)  # type: ignore[method-assign]
 
 
 async def switch_caught_up(prepared: Prepared, tally: Tally, job: str) -> int | None:

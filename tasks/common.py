@@ -14,7 +14,25 @@ if TYPE_CHECKING:
     from prefect import Task
     from prefect.client.schemas.objects import State, TaskRun
 
-__all__ = ["TASK_OPTIONS", "TaskOptions", "Work", "database_url", "retry_transient", "run_logger"]
+__all__ = ["TASK_OPTIONS", "TaskOptions", "Work", "database_url", "plain_parameters", "retry_transient", "run_logger"]
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def plain_parameters(
+    serialize: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A flow's ``serialize_parameters`` that sends parameters of plain JSON types (all of
+    vectorfill's: a job name, counts, flags) as they are, and anything else through
+    Prefect's own (``serialize``). Prefect's imports FastAPI for its ``jsonable_encoder`` on
+    every flow run: 0.3-0.6 s of a small run's start, to encode strings and integers."""
+
+    def serialize_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+        if all(isinstance(v, _PLAIN) for v in parameters.values()):
+            return dict(parameters)
+        return serialize(parameters)
+
+    return serialize_parameters
 
 
 def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
