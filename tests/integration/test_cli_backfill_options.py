@@ -35,6 +35,7 @@ def recorded(migrated_db, provider, monkeypatch) -> list[tuple[str, dict]]:
         return []
 
     monkeypatch.setattr(api, "use_api", lambda url, announce=None: None)  # no Prefect server
+    monkeypatch.setattr(api, "use_api_while", lambda url, prepare, announce=None: prepare())
     monkeypatch.setattr(runtime, "prefect_defaults", lambda **kw: None)
     monkeypatch.setattr(runtime, "run_backfill", run_backfill)
     monkeypatch.setattr(fanout, "run_on_pool", run_on_pool)
