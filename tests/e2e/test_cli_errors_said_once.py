@@ -4,6 +4,9 @@ shows everything. One test per terminal error class a backfill meets."""
 
 from __future__ import annotations
 
+import datetime
+
+import httpx
 import pytest
 
 from cli_helpers import create_docs_job, user_env, vf
@@ -35,13 +38,31 @@ def said_once(proc, first_line: str) -> list[str]:
     return lines[errors[0] :]
 
 
-def test_a_refused_setting_prints_one_block_naming_the_job_setting_and_fix(cli_env, provider):
+def run_logs(api: str, since: datetime.datetime) -> list[str]:
+    """The log messages, in Prefect, of the flow runs started since ``since``."""
+    runs = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={"flow_runs": {"start_time": {"after_": since.isoformat()}}, "limit": 50},
+        timeout=30,
+    ).json()
+    logs = httpx.post(
+        f"{api}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [r["id"] for r in runs]}}, "limit": 200},
+        timeout=30,
+    ).json()
+    return [entry["message"] for entry in logs]
+
+
+def test_a_refused_setting_prints_one_block_naming_the_job_setting_and_fix(cli_env, provider, prefect_server):
     create_docs_job(cli_env, provider.base_url, "--dimensions", "16", "--no-check")
     provider.behave_like("openai")  # refuses `dimensions`, as text-embedding-ada-002 does
+    since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
     block = said_once(vf("backfill", "docs", env=cli_env, check=False), "refuses the `dimensions` parameter")
     assert block[0].startswith("error: job 'docs':")
     assert "  setting: dimensions" in block
     assert "vectorfill job set-model docs" in block[0], "the fix: start a version without --dimensions"
+    logs = run_logs(prefect_server, since)
+    assert any("Traceback" in m and "RequestRejected" in m for m in logs), "the flow run in Prefect keeps the traceback"
 
 
 def test_verbose_shows_the_traceback_and_prefects_logs(cli_env, provider):
