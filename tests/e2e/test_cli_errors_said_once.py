@@ -103,3 +103,16 @@ def test_an_unreachable_database_prints_one_block(cli_env, tmp_path):
 
 def test_an_unknown_job_prints_one_block(cli_env):
     said_once(vf("backfill", "ghost", env=cli_env, check=False), "no job named 'ghost'")
+
+
+def test_no_quota_prints_one_block(cli_env, provider):
+    create_docs_job(cli_env, provider.base_url, "--no-check")
+    quota = {
+        "error": {
+            "message": "You exceeded your current quota.",
+            "type": "insufficient_quota",
+            "code": "insufficient_quota",
+        }
+    }
+    provider.fail_when(lambda text: True, status=429, body=quota)
+    said_once(vf("backfill", "docs", env=cli_env, check=False), "says the account is out of quota")
