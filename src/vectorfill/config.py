@@ -95,6 +95,12 @@ class JobSettings(BaseModel):
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     """USD per million input tokens by model, for estimates and run summaries, over the
     table in :mod:`vectorfill.provider.prices` (a model in neither has an unknown cost)."""
+    matryoshka: bool = False
+    """The model's vectors may be shortened: a vector at fewer ``dimensions`` is the full one
+    cut to its first values and L2-normalised again (a self-hosted Matryoshka model). The
+    models known to work so (:data:`vectorfill.provider.matryoshka.SHORTENS`) need not say
+    it. A model change to fewer dimensions is then derived from the active version's vectors
+    with no request."""
     # -- the Batch API (vectorfill.provider.batches)
     batch: bool = False
     """Backfills go through the provider's Batch API (half price at OpenAI, results within

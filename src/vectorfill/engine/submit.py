@@ -159,7 +159,7 @@ async def _submit_all(work: Work, max_rows: int | None, api: BatchesClient, db: 
         sub = uuid.uuid4()
         conn = await db.get()
         await conn.execute(sql.BATCH_INSERT, {"id": sub, "job_id": work.job.id, "version": work.version.version})
-        claim = await claim_rows(leased, limit, sub, db)
+        claim = await claim_rows(leased, limit, sub, db, reuse=False)
         settled = Submitted(
             unchanged=claim.unchanged, deleted=claim.deleted, failed=claim.failed, truncated=claim.truncated
         )

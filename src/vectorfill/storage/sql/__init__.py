@@ -18,6 +18,7 @@ module              tables and statements
 ``_jobs``           ``vectorfill.jobs``, ``versions``, ``failures``; catalog look-ups; job locks
 ``_queue``          a version's queue: fill, claim, read texts, fail, renew, release, counts
 ``_vectors``        a version's vectors: tables, the store, search, the HNSW index, the view
+``_reuse``          a version's vectors by input hash: the stored vector of an exact input
 ``_changelog``      the job's change log and its absorber
 ``_triggers``       the source table's triggers and their function
 ``_budgets``        shared rate budgets and learnt endpoint caps
@@ -129,6 +130,7 @@ from vectorfill.storage.sql._jobs import (
 )
 from vectorfill.storage.sql._progress import behind, sync_poll
 from vectorfill.storage.sql._queue import QueueStatements, refund_attempts
+from vectorfill.storage.sql._reuse import ReuseStatements
 from vectorfill.storage.sql._triggers import (
     TRIGGER_FUNCTION_VERSION,
     create_trigger_function,
@@ -215,7 +217,7 @@ __all__ = [
 ]
 
 
-class JobSQL(QueueStatements, VectorStatements):
+class JobSQL(QueueStatements, VectorStatements, ReuseStatements):
     """Every statement that touches one job version's queue, vectors or source::
 
         js = sql.JobSQL(job, version)

@@ -1,0 +1,31 @@
+"""Content-addressed look-ups in a version's vectors: the stored vector of an exact input.
+
+A vector table's ``input_hash`` is the sha256 of the exact input embedded; within one
+version (one model, one ``dimensions``) two inputs with the same hash have the same vector.
+:meth:`ReuseStatements.find_vectors` finds one stored vector per hash asked, through the
+``<table>_input_hash`` index (created with the table), so that a claim
+copies the vectors it already has instead of paying for them again.
+
+Locking: a plain read, no lock taken. A vector found may be deleted (its row edited or
+deleted) right after the read; that does not matter, since a vector is a function of its
+input alone: the copy is right whatever happens to the row it was read from.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from vectorfill.storage.sql._compose import JobTables
+
+
+class ReuseStatements(JobTables):
+    """The content-addressed family of :class:`~vectorfill.storage.sql.JobSQL`."""
+
+    def find_vectors(self) -> sql.Composed:
+        """One stored vector (with the model the provider named) for each input hash given
+        that this version has, in one index probe per hash. Parameter: hashes (bytea[])."""
+        return sql.SQL(
+            """SELECT DISTINCT ON (input_hash) input_hash, embedding, model FROM {v}
+                WHERE input_hash = ANY(%s::bytea[]) AND chunk_seq >= 0
+                ORDER BY input_hash"""
+        ).format(v=self.v)
