@@ -221,3 +221,36 @@ def test_without_the_option_a_model_not_known_to_shorten_is_sent_again(env):
     summary = env.backfill()
     assert summary.sent == 10 and summary.derived == 0
     _assert_exact(env, _stored(env), 16)
+
+
+def test_estimate_counts_only_the_inputs_really_sent(env):
+    from vectorfill.jobs.estimate import estimate
+
+    distinct = [f"boilerplate paragraph {n}" for n in range(5)]
+    _texts_table(env, {i: distinct[i % 5] for i in range(1, 101)})
+    _notes_job(env)
+    with env.connect() as conn:
+        (before,) = estimate(conn, "docs")
+    assert before.chunks == 5 and before.reused == 95
+    summary = env.backfill()
+    assert summary.sent == before.chunks and summary.tokens == before.tokens
+    env.provider.reset()
+    with env.connect() as conn:
+        conn.execute("INSERT INTO notes SELECT id + 1000, body FROM notes WHERE id <= 10")
+        conn.execute("INSERT INTO notes VALUES (5000, 'a new text')")
+        (after,) = estimate(conn, "docs")
+    assert after.chunks == 1 and after.reused == 10
+    assert env.backfill().sent == 1 and env.provider.inputs == ["a new text"]
+
+
+def test_estimate_of_a_derived_version_sends_nothing(env):
+    from vectorfill.jobs.estimate import estimate
+
+    env.make_table(20)
+    env.create_job(settings_kw={"retries": 1, "matryoshka": True})
+    env.backfill()
+    _set_model(env, dimensions=8)
+    with env.connect() as conn:
+        estimates = {e.version: e for e in estimate(conn, "docs")}
+    assert estimates[2].tokens == 0 and estimates[2].reused == estimates[2].derived == 20
+    assert estimates[2].cost_usd in (0, None)

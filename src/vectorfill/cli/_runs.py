@@ -52,6 +52,8 @@ def estimate(
     for r in rows:
         skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
         skipped += f", {r.failing:,} too many chunks" if r.failing else ""
+        skipped += f", {r.reused:,} inputs reused (copied, not sent)" if r.reused else ""
+        skipped += f", of which {r.derived:,} derived from the active version" if r.derived else ""
         table.add_row(
             str(r.version) if r.version is not None else "(new)",
             r.model,

@@ -29,3 +29,10 @@ class ReuseStatements(JobTables):
                 WHERE input_hash = ANY(%s::bytea[]) AND chunk_seq >= 0
                 ORDER BY input_hash"""
         ).format(v=self.v)
+
+    def known_hashes(self) -> sql.Composed:
+        """Which of the input hashes given this version has a vector for (an estimate's
+        look-up: no vector read). Parameter: hashes (bytea[])."""
+        return sql.SQL(
+            "SELECT DISTINCT input_hash FROM {v} WHERE input_hash = ANY(%s::bytea[]) AND chunk_seq >= 0"
+        ).format(v=self.v)
