@@ -49,6 +49,10 @@ def job_create(
         None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
     ),
     prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
+    matryoshka: bool = typer.Option(
+        False,
+        help="The model's shorter vectors are its full ones cut and renormalised (text-embedding-3-* need not say)",
+    ),
     api_key_header: str = typer.Option("bearer", help="bearer (Authorization: Bearer KEY) or api-key (Azure OpenAI)"),
     api_version: str | None = typer.Option(None, help="api-version query parameter (Azure OpenAI, e.g. 2024-02-01)"),
     no_check: bool = typer.Option(False, "--no-check", help="Do not send the check request (offline setups)"),
@@ -91,6 +95,7 @@ def job_create(
             tpm=tpm,
             prices=_prices(price or [], name),
             prune_on_switch=prune_on_switch,
+            matryoshka=matryoshka,
             api_key_header=api_key_header,
             api_version=api_version,
             batch=batch,
