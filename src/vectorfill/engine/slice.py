@@ -53,6 +53,7 @@ from .claim import Claim, Request, claim_rows
 from .counts import Counts
 from .embed import Embedded, embed_request
 from .reuse import fill_in
+from .spend import SpendCap
 from .store import Stored, store_vectors
 from .work import Work
 
@@ -181,13 +182,15 @@ class Lanes:
     unstored: asyncio.Semaphore
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    spend: SpendCap | None = None
+    """The run's daily spend caps, charged before each request (:mod:`.spend`)."""
     """One claim at a time: a claim never takes part of the rows another lane's claim is
     taking (``SKIP LOCKED`` would hand the remainder to it), so each lane's slices are
     full but the last, and a lane that finds the queue drained does not claim at all."""
 
     @classmethod
-    def for_settings(cls, settings) -> Lanes:
-        return cls(asyncio.Semaphore(settings.concurrency))
+    def for_settings(cls, settings, spend: SpendCap | None = None) -> Lanes:
+        return cls(asyncio.Semaphore(settings.concurrency), spend=spend)
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,7 @@ async def fill_slice(
                     if attempts.claim.claimed < limit:
                         lanes.drained.set()
             attempts.known.update(attempts.claim.found.vectors)
-        await _embed_and_store(attempts, client, throttle, db, lanes.unstored)
+        await _embed_and_store(attempts, client, throttle, db, lanes.unstored, lanes.spend)
     except Exception as exc:
         if attempts.failed(exc):
             await asyncio.sleep(attempts.delay(exc, throttle))
@@ -286,7 +289,12 @@ async def run_slice(
 
 
 async def _embed_and_store(
-    attempts: Attempts, client: EmbeddingsClient, throttle, db: LaneConnection, unstored: asyncio.Semaphore
+    attempts: Attempts,
+    client: EmbeddingsClient,
+    throttle,
+    db: LaneConnection,
+    unstored: asyncio.Semaphore,
+    spend: SpendCap | None = None,
 ) -> None:
     """Send the claim's requests not answered yet side by side, and store each answer as it
     comes (one transaction each); vectors left from an earlier attempt are stored first.
@@ -296,7 +304,8 @@ async def _embed_and_store(
     fails, the rest goes on (answers are paid for: they are stored if the store still
     works, else kept for the retry), then the worst error is raised (:func:`_severity`)
     with ``attempts.stage`` set to its stage. After an error that stops the run (a wrong
-    key, say), requests not sent yet are not sent.
+    key, say, or a spend cap reached: ``spend`` is charged before each request), requests
+    not sent yet are not sent.
     """
     errors: list[tuple[str, BaseException]] = []
     storing = asyncio.Lock()  # one transaction at a time on the lane's connection
@@ -315,9 +324,17 @@ async def _embed_and_store(
             if any(stops_run(e) for _, e in errors):
                 return
             try:
-                attempts.embedded[i] = answer = await embed_request(
-                    attempts.work, client, attempts.requests[i], throttle
-                )
+                req = attempts.requests[i]
+                charge = None
+                if spend is not None and req.sent:
+                    charge = await spend.charge(spend.tokens(attempts.work.version.model, req.sent))
+                answer: Embedded | None = None
+                try:
+                    answer = await embed_request(attempts.work, client, req, throttle)
+                finally:  # corrected to the tokens billed (none when the request failed)
+                    if charge is not None and spend is not None:
+                        await spend.billed(charge, answer.tokens if answer is not None else 0)
+                attempts.embedded[i] = answer
             except Exception as exc:
                 errors.append(("embed", exc))
                 return
