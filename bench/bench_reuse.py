@@ -51,10 +51,17 @@ from bench_chunks import make_docs
 MODEL = "text-embedding-3-small"
 PRICE = 0.02  # USD per million tokens, OpenAI's online price for text-embedding-3-small
 HEADER = "ACME Corporation - internal engineering handbook. Confidential: do not forward outside the company."
-FOOTER = (
-    "Licensed under the Apache License, Version 2.0. You may not use this file except in compliance "
-    "with the License. Unless required by applicable law or agreed to in writing, software distributed "
-    "under the License is distributed on an AS IS BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND."
+FOOTER = (  # the MIT licence, as many repositories append it to each document
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
+    "associated documentation files (the Software), to deal in the Software without restriction, including "
+    "without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell "
+    "copies of the Software, and to permit persons to whom the Software is furnished to do so, subject to the "
+    "following conditions: The above copyright notice and this permission notice shall be included in all "
+    "copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY "
+    "KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A "
+    "PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR "
+    "ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, "
+    "OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE."
 )
 
 
@@ -88,12 +95,19 @@ def drop_hash_index(url: str, job: str) -> None:
 
 def backfill(job: str) -> tuple[object, float]:
     """The flow body without Prefect (bench_throughput's bare mode): its summary and wall."""
+    summary, wall, _stages = timed_backfill(job)
+    return summary, wall
+
+
+def timed_backfill(job: str) -> tuple[object, float, dict[str, float]]:
+    """:func:`backfill`, with the seconds of each stage inside the slices (claim, embed,
+    store; sums over the lanes)."""
     fb = bt.flow_module()
-    with bt.instrumented("bare"):
+    with bt.instrumented("bare") as clock:
         t = time.perf_counter()
         result = asyncio.run(fb.backfill.fn(job))
         wall = time.perf_counter() - t
-    return getattr(result, "data", result), wall
+    return getattr(result, "data", result), wall, dict(clock.stage)
 
 
 def create(url: str, name: str, table: str, rows, base_url: str, *, chunking=None, max_inputs: int = 2048) -> None:
@@ -128,7 +142,7 @@ def set_model(url: str, name: str, base_url: str, **kw) -> None:
 
 def measured(provider: FakeProvider, job: str) -> dict:
     s0 = provider.stats()
-    summary, wall = backfill(job)
+    summary, wall, stages = timed_backfill(job)
     s1 = provider.stats()
     tokens = s1["tokens_billed"] - s0["tokens_billed"]
     return dict(
@@ -138,6 +152,7 @@ def measured(provider: FakeProvider, job: str) -> dict:
         usd=tokens * PRICE / 1e6,
         wall=wall,
         embedded=summary.embedded,
+        stages={k: round(v, 2) for k, v in stages.items()},
     )
 
 

@@ -76,3 +76,29 @@ def test_a_cap_the_whole_backfill_fits_in_changes_nothing(env, monkeypatch):
     assert summary.embedded == 30
     (spent,) = _spent(env).values()
     assert spent == pytest.approx(summary.cost_usd)
+
+
+def test_a_sync_run_waits_for_the_reset_instead_of_failing(env, monkeypatch):
+    import asyncio
+
+    from vectorfill.flows.sync import sync
+
+    clock = FakeClock()
+    clock.now = datetime(2026, 12, 7, 23, 0, tzinfo=UTC).timestamp()  # an hour before the reset
+    monkeypatch.setattr("vectorfill.engine.spend.wall_clock", clock)
+    env.make_table(100)
+    env.create_job(
+        settings_kw={
+            "retries": 1,
+            "max_inputs": 10,
+            "concurrency": 1,
+            "prices": {"fake-embed": 1000.0},
+            "max_usd_per_day": 0.5,
+        }
+    )
+    # a 4-second window: the cap is reached at once, the run waits (the reset is an hour away
+    # on the run's clock, so it waits out the window) and ends with its summary, not an error
+    summary = asyncio.run(sync(job="docs", window_s=4.0, aligned=False))
+    sent = env.provider.requests
+    assert summary.job == "docs" and 1 <= sent < 10 and len(env.vectors()) == sent * 10
+    assert _queued(env) == 100 - sent * 10 and _leased(env) == 0

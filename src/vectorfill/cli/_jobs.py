@@ -49,6 +49,12 @@ def job_create(
         None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
     ),
     prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
+    max_usd_per_day: float | None = typer.Option(
+        None, help="Most USD a UTC day at the job's prices; the run stops (rows queued) before passing it"
+    ),
+    endpoint_max_usd_per_day: float | None = typer.Option(
+        None, help="The same, shared by every job on this endpoint and model"
+    ),
     matryoshka: bool = typer.Option(
         False,
         help="The model's shorter vectors are its full ones cut and renormalised (text-embedding-3-* need not say)",
@@ -96,6 +102,8 @@ def job_create(
             prices=_prices(price or [], name),
             prune_on_switch=prune_on_switch,
             matryoshka=matryoshka,
+            max_usd_per_day=max_usd_per_day,
+            endpoint_max_usd_per_day=endpoint_max_usd_per_day,
             api_key_header=api_key_header,
             api_version=api_version,
             batch=batch,

@@ -66,6 +66,11 @@ def estimate(
             skipped,
         )
     out.print(table)
+    for r in rows:
+        if r.days_under_cap is not None:
+            out.print(
+                f"version {r.version if r.version is not None else '(new)'}: {r.days_under_cap:,} day(s) under the daily spend cap."
+            )
     if any(r.cost_usd is None for r in rows):
         out.print("No price known for a model here: pass --price USD_PER_1M_TOKENS.")
     if any(not r.exact for r in rows):

@@ -13,6 +13,7 @@ exact for OpenAI's models, a byte-based over-estimate for tokenizers not known h
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 
 import psycopg
@@ -61,6 +62,10 @@ class Estimate:
     same input (the run copies them)."""
     derived: int = 0
     """Of those, inputs whose vector would be derived from the active version's (shortened)."""
+    days_under_cap: int | None = None
+    """UTC days the sending takes under the job's daily spend cap (the lower of
+    ``max_usd_per_day`` and ``endpoint_max_usd_per_day``; the batch price when the job
+    backfills through the Batch API); None without a cap or a price."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -181,7 +186,17 @@ def _count(
         batch_cost_usd=cost_usd(tokens, batch_unit),
         reused=reuse.reused,
         derived=reuse.derived,
+        days_under_cap=days_under_cap(cost_usd(tokens, batch_unit if s.batch else unit), s),
     )
+
+
+def days_under_cap(cost: float | None, settings) -> int | None:
+    """UTC days it takes to spend ``cost`` under the settings' daily cap (a day's last
+    request may not fit, so this is a lower bound by at most one day)."""
+    caps = [c for c in (settings.max_usd_per_day, settings.endpoint_max_usd_per_day) if c is not None]
+    if not caps or cost is None:
+        return None
+    return max(1, math.ceil(cost / min(caps))) if cost > 0 else 0
 
 
 def _take(sent: set[bytes], h: bytes) -> bool:
