@@ -10,6 +10,7 @@ from psycopg import sql
 
 from fake_clock import FakeClock
 from vectorfill.errors import SpendCapReached
+from vectorfill.provider.tokens import counter_for
 
 
 def _queued(env) -> int:
@@ -102,3 +103,23 @@ def test_a_sync_run_waits_for_the_reset_instead_of_failing(env, monkeypatch):
     sent = env.provider.requests
     assert summary.job == "docs" and 1 <= sent < 10 and len(env.vectors()) == sent * 10
     assert _queued(env) == 100 - sent * 10 and _leased(env) == 0
+
+
+def test_a_batch_is_charged_at_the_batch_price_and_one_over_the_cap_is_not_created(env):
+    env.make_table(100)
+    prices = {"prices": {"fake-embed": 1000.0}, "batch_prices": {"fake-embed": 500.0}}
+    env.create_job(settings_kw={"retries": 1, "max_inputs": 50, "max_usd_per_day": 0.1, **prices})
+    with pytest.raises(SpendCapReached):  # ~2,000 tokens at $500/M = ~$1: over the cap
+        env.backfill(batch=True)
+    assert env.provider.batch_api.batches == {} and _leased(env) == 0 and _queued(env) == 100
+    assert _spent(env) == {}
+
+    with env.connect() as conn:  # a cap the batch fits in
+        conn.execute(
+            "UPDATE vectorfill.jobs SET settings = settings || '{\"max_usd_per_day\": 100.0}'::jsonb WHERE name = 'docs'"
+        )
+    summary = env.backfill(batch=True)
+    assert summary.batches_submitted == 1
+    (spent,) = _spent(env).values()
+    tokens = sum(counter_for("fake-embed").count(list(env.texts().values())))
+    assert spent == pytest.approx(tokens * 500.0 / 1e6)  # the batch price, not the online one
