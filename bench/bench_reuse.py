@@ -246,7 +246,11 @@ def hotpath(url: str, provider: FakeProvider, args) -> str:
             assert m["embedded"] == args.rows, m
             got[side] = m["wall"]
             walls[side].append(m["wall"])
-            print(f"round {r + 1} {side}: {m['wall']:.2f} s ({args.rows / m['wall']:,.0f} rows/s)", flush=True)
+            print(
+                f"round {r + 1} {side}: {m['wall']:.2f} s ({args.rows / m['wall']:,.0f} rows/s); "
+                f"stage seconds (summed over lanes) {m['stages']}",
+                flush=True,
+            )
             bt.drop_jobs(url, [(job, f"src_{job}")])
         ratios.append(got["after"] / got["before"])
     mb, ma = statistics.median(walls["before"]), statistics.median(walls["after"])
@@ -258,10 +262,81 @@ def hotpath(url: str, provider: FakeProvider, args) -> str:
     )
 
 
+def lookup_cost(url: str, args) -> str:
+    """The look-up's own cost, measured directly (the machine is too noisy for a 5% wall-time
+    difference to show): the store's binary COPY of ``--rows`` rows of 1,536 dimensions, in
+    slices of 4,096 rows as a backfill stores them, into a version's real vector table (with
+    its ``input_hash`` index) and into a copy of it without the index, alternating which
+    goes first; and the claim's query (``find_vectors``, 4,096 hashes not in the table)
+    before each slice. Per slice: with-index COPY + query against the plain COPY."""
+    import hashlib
+
+    import numpy as np
+    import psycopg
+
+    from vectorfill.engine.claim import Item
+    from vectorfill.engine.store import binary_copy_payload
+    from vectorfill.jobs.registry import load_job
+    from vectorfill.storage import sql as vsql
+    from vectorfill.storage.db import connect
+
+    create(url, "lookup", "src_lookup", (f"row {i}" for i in range(10)), "http://127.0.0.1:9/v1")
+    with connect(url) as conn:
+        job = load_job(conn, "lookup")
+        version = job.versions[0]
+        conn.execute("DROP VIEW IF EXISTS vectorfill.lookup")  # (the column's type changes under it)
+        conn.execute(vsql.JobSQL(job, version).set_vector_dims(args.dimensions))
+        conn.commit()
+    table = f"vectorfill.{version.vector_table}"
+    js = vsql.JobSQL(job, version)
+    rng = np.random.default_rng(1)
+    slice_rows = 4096
+    copy_with, copy_without, queries = [], [], []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE vectorfill.plain_copy (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        conn.execute("ALTER TABLE vectorfill.plain_copy ADD PRIMARY KEY (k1, chunk_seq)")
+        for n, first in enumerate(range(0, args.rows, slice_rows)):
+            keys = range(first, min(first + slice_rows, args.rows))
+            texts = [f"text {k} {rng.random()}" for k in keys]
+            items = [
+                Item((k,), 1, t, hashlib.sha256(t.encode()).digest(), 20) for k, t in zip(keys, texts, strict=True)
+            ]
+            vectors = rng.standard_normal((len(items), args.dimensions)).astype(np.float32)
+            payload = binary_copy_payload(("bigint",), items, vectors, {(k,) for k in keys}, MODEL)
+            probe = [hashlib.sha256(f"absent {n} {i}".encode()).digest() for i in range(slice_rows)]
+
+            def copy_into(target: str, payload: bytes | bytearray | None) -> float:
+                t = time.perf_counter()
+                with conn.transaction(), conn.cursor() as cur:
+                    with cur.copy(
+                        f"COPY {target} (k1, chunk_seq, embedding, input_hash, model, chunk) FROM STDIN (FORMAT BINARY)"
+                    ) as copy:
+                        copy.write(payload)
+                return time.perf_counter() - t
+
+            t = time.perf_counter()
+            found = conn.execute(js.find_vectors(), {"hashes": vsql.digests(probe)}, binary=True).fetchall()
+            queries.append(time.perf_counter() - t)
+            assert not found
+            order = [(table, copy_with), ("vectorfill.plain_copy", copy_without)]
+            for target, out in order if n % 2 == 0 else reversed(order):
+                out.append(copy_into(target, payload))
+        conn.execute("DROP TABLE vectorfill.plain_copy")
+    added = [w - wo + q for w, wo, q in zip(copy_with, copy_without, queries, strict=True)]
+    return (
+        f"{args.rows:,} rows in {len(queries)} slices of {slice_rows:,}: COPY with the index {sum(copy_with):.2f} s, "
+        f"without {sum(copy_without):.2f} s; the look-up query {sum(queries):.3f} s "
+        f"(median {statistics.median(queries) * 1000:.1f} ms a slice); added per slice, median "
+        f"{statistics.median(added) * 1000:.1f} ms, in all {sum(added):.2f} s "
+        f"({sum(added) / sum(copy_without) * 100:+.1f}% of the plain COPY)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--figures", action="store_true")
     ap.add_argument("--hotpath", action="store_true")
+    ap.add_argument("--lookup", action="store_true", help="the look-up's own cost, measured directly")
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--docs", type=int, default=500)
@@ -285,6 +360,8 @@ def main() -> None:
                 print(figures_table(figures(url, provider, args)))
             if args.hotpath:
                 print(hotpath(url, provider, args))
+            if args.lookup:
+                print(lookup_cost(url, args))
     finally:
         pgembedded.stop(root / "pgdata")
         shutil.rmtree(root, ignore_errors=True)

@@ -67,7 +67,7 @@ async def find_vectors(conn: psycopg.AsyncConnection, job: Job, version: Version
         if not want:
             break
         statement = sql.JobSQL(job, source.version).find_vectors()
-        rows = await (await conn.execute(statement, (want,), binary=True)).fetchall()
+        rows = await (await conn.execute(statement, {"hashes": sql.digests(want)}, binary=True)).fetchall()
         if not rows:
             continue
         got = [bytes(r[0]) for r in rows]

@@ -229,7 +229,8 @@ class _Reuse:
             want = [h for h in fresh if h not in found]
             if not want:
                 break
-            rows = self.conn.execute(sql.JobSQL(self.job, source.version).known_hashes(), (want,)).fetchall()
+            statement = sql.JobSQL(self.job, source.version).known_hashes()
+            rows = self.conn.execute(statement, {"hashes": sql.digests(want)}).fetchall()
             got = {bytes(r[0]) for r in rows}
             if source.shorten_to is not None:
                 derived |= got

@@ -131,7 +131,7 @@ from vectorfill.storage.sql._jobs import (
 )
 from vectorfill.storage.sql._progress import behind, sync_poll
 from vectorfill.storage.sql._queue import QueueStatements, refund_attempts
-from vectorfill.storage.sql._reuse import ReuseStatements
+from vectorfill.storage.sql._reuse import ReuseStatements, digests
 from vectorfill.storage.sql._spend import SPEND_ADJUST, SPEND_CHARGE, SPEND_TODAY
 from vectorfill.storage.sql._triggers import (
     TRIGGER_FUNCTION_VERSION,
@@ -208,6 +208,7 @@ __all__ = [
     "create_trigger_function",
     "create_triggers",
     "create_view",
+    "digests",
     "drop_log",
     "drop_triggers",
     "lock_source",

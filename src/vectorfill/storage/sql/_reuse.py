@@ -17,22 +17,36 @@ from psycopg import sql
 
 from vectorfill.storage.sql._compose import JobTables
 
+#: The 32-byte digests of the ``hashes`` parameter, as an array.
+_DIGESTS = sql.SQL(
+    "ARRAY(SELECT substring(%(hashes)s::bytea FROM i * 32 + 1 FOR 32)"
+    " FROM generate_series(0, length(%(hashes)s::bytea) / 32 - 1) AS i)"
+)
+
+
+def digests(hashes) -> bytes:
+    """The ``hashes`` parameter of :class:`ReuseStatements`' statements (sha256 digests)."""
+    return b"".join(hashes)
+
 
 class ReuseStatements(JobTables):
     """The content-addressed family of :class:`~vectorfill.storage.sql.JobSQL`."""
 
     def find_vectors(self) -> sql.Composed:
         """One stored vector (with the model the provider named) for each input hash given
-        that this version has, in one index probe per hash. Parameter: hashes (bytea[])."""
+        that this version has, in one index probe per hash. Parameter ``hashes``: the
+        sha256 digests concatenated in one ``bytea`` (cut into 32-byte digests here: a
+        ``bytea[]`` of thousands of elements costs the client and the server more than the
+        look-up itself)."""
         return sql.SQL(
             """SELECT DISTINCT ON (input_hash) input_hash, embedding, model FROM {v}
-                WHERE input_hash = ANY(%s::bytea[]) AND chunk_seq >= 0
+                WHERE input_hash = ANY({digests}) AND chunk_seq >= 0
                 ORDER BY input_hash"""
-        ).format(v=self.v)
+        ).format(v=self.v, digests=_DIGESTS)
 
     def known_hashes(self) -> sql.Composed:
         """Which of the input hashes given this version has a vector for (an estimate's
-        look-up: no vector read). Parameter: hashes (bytea[])."""
+        look-up: no vector read). Parameter ``hashes``, as for :meth:`find_vectors`."""
         return sql.SQL(
-            "SELECT DISTINCT input_hash FROM {v} WHERE input_hash = ANY(%s::bytea[]) AND chunk_seq >= 0"
-        ).format(v=self.v)
+            "SELECT DISTINCT input_hash FROM {v} WHERE input_hash = ANY({digests}) AND chunk_seq >= 0"
+        ).format(v=self.v, digests=_DIGESTS)
