@@ -12,6 +12,7 @@ import random
 import numpy as np
 from psycopg import sql
 
+from conftest import expire_leases
 from vectorfill.config import ChunkSettings
 from vectorfill.jobs import versions
 
@@ -254,3 +255,42 @@ def test_estimate_of_a_derived_version_sends_nothing(env):
         estimates = {e.version: e for e in estimate(conn, "docs")}
     assert estimates[2].tokens == 0 and estimates[2].reused == estimates[2].derived == 20
     assert estimates[2].cost_usd in (0, None)
+
+
+def test_a_store_without_the_copies_filled_in_leaves_their_rows_queued(env):
+    """The stages called by hand (claim -> embed -> store, as the slice does but without its
+    fill-in of the copies): the rows whose inputs are copies are not settled without their
+    vectors; they stay queued, and a run embeds them."""
+    import asyncio
+    import uuid
+
+    from vectorfill.jobs.registry import load_job
+    from vectorfill.provider.client import EmbeddingsClient
+    from vectorfill.storage.db import LaneConnection
+    from vectorfill.tasks import Work, claim_rows, embed_request, store_vectors
+
+    _texts_table(env, {i: ("the same text" if i <= 3 else f"text {i}") for i in range(1, 7)})
+    _notes_job(env)
+    with env.connect() as conn:
+        job = load_job(conn, "docs")
+    work = Work(job, job.active)
+
+    async def run():
+        db = LaneConnection(env.url)
+        try:
+            claim = await claim_rows(work, 100, uuid.uuid4(), db)
+            assert claim.reused == 2 and len(claim.requests) == 1
+            async with EmbeddingsClient.for_version(work.version, job="docs", settings=work.settings) as client:
+                embedded = await embed_request(work, client, claim.requests[0])
+            return await store_vectors(work, embedded, db, claim.requests[0].rows)
+        finally:
+            await db.aclose()
+
+    stored = asyncio.run(run())
+    assert stored.written == 4 and len(env.vectors()) == 4  # the sender and the 3 others
+    assert env.status().pending == 2  # the two copies: queued, not settled without a vector
+    expire_leases(env.url)
+    env.provider.reset()
+    summary = env.backfill()
+    assert summary.embedded == 2 and summary.reused == 2 and env.provider.requests == 0
+    _assert_exact(env, _stored(env))
