@@ -95,6 +95,19 @@ class JobSettings(BaseModel):
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     """USD per million input tokens by model, for estimates and run summaries, over the
     table in :mod:`vectorfill.provider.prices` (a model in neither has an unknown cost)."""
+    max_usd_per_day: float | None = Field(None, gt=0, le=1_000_000)
+    """Most USD this job may spend a UTC day (at its prices: ``prices``, and ``batch_prices``
+    for the Batch API), checked before each request: the request that would pass it is not
+    sent and the run stops with the rows queued (``serve`` waits for midnight UTC). None: no cap."""
+    endpoint_max_usd_per_day: float | None = Field(None, gt=0, le=1_000_000)
+    """The same, shared by every job on this endpoint and model (``vectorfill.spend``, like
+    the rpm/tpm budget): give each job the endpoint's whole cap."""
+    matryoshka: bool = False
+    """The model's vectors may be shortened: a vector at fewer ``dimensions`` is the full one
+    cut to its first values and L2-normalised again (a self-hosted Matryoshka model). The
+    models known to work so (:data:`vectorfill.provider.matryoshka.SHORTENS`) need not say
+    it. A model change to fewer dimensions is then derived from the active version's vectors
+    with no request."""
     # -- the Batch API (vectorfill.provider.batches)
     batch: bool = False
     """Backfills go through the provider's Batch API (half price at OpenAI, results within

@@ -21,6 +21,8 @@ The tree::
     │       ├── QuotaExceeded        429 insufficient_quota: billing, not a rate limit; stops the run
     │       └── RequestRejected      a 4xx that belongs to the request (a setting), not to an input;
     │                                stops the run with every row still queued
+    ├── SpendCapReached              the next request would pass max_usd_per_day; stops the run
+    │                                with every row still queued (.resets_at: when it resets)
     ├── InputError                   one row's text cannot be embedded (NULL, empty, too long)
     └── RowsFailed                   a run finished, but some of its rows failed (.summary)
 
@@ -57,6 +59,7 @@ __all__ = [
     "RowsFailed",
     "SecretMissing",
     "SourceError",
+    "SpendCapReached",
     "TerminalProviderError",
     "TransientProviderError",
     "VectorfillError",
@@ -251,6 +254,26 @@ class RequestRejected(TerminalProviderError):
         super().__init__(message, setting=setting, **kw)
 
 
+class SpendCapReached(VectorfillError):
+    """The next request would pass a daily spend cap (the job's ``max_usd_per_day``, or the
+    endpoint's ``endpoint_max_usd_per_day``). Terminal for this run, which stops cleanly:
+    the rows stay queued and its claims are given back. The CLI exits 4; ``serve`` waits for
+    ``resets_at`` (midnight UTC) and goes on."""
+
+    def __init__(self, *, job: str, setting: str, cap: float, spent: float, cost: float, resets_at) -> None:
+        self.setting = setting
+        self.cap = cap
+        self.spent = spent
+        self.resets_at = resets_at
+        super().__init__(
+            f"the spend cap {setting}={cap:g} USD is reached: {spent:,.4f} USD spent today (UTC) and the next "
+            f"request would cost {cost:,.4f} USD; nothing more is sent and the rows stay queued. The cap resets "
+            f"at {resets_at:%Y-%m-%d %H:%M} UTC: run again then (`serve` waits for it), or raise {setting} "
+            "in the job's settings",
+            job=job,
+        )
+
+
 class InputError(VectorfillError):
     """One row's text cannot be embedded; the row is recorded as failed, the run goes on."""
 
@@ -280,7 +303,9 @@ def is_transient(exc: BaseException) -> bool:
 
 def stops_run(exc: BaseException) -> bool:
     """True for errors that make every further request pointless (auth, model, quota, a refused setting)."""
-    return isinstance(exc, (AuthenticationError, ModelNotFound, QuotaExceeded, RequestRejected, ConfigError))
+    return isinstance(
+        exc, (AuthenticationError, ModelNotFound, QuotaExceeded, RequestRejected, ConfigError, SpendCapReached)
+    )
 
 
 def first_error(group: BaseExceptionGroup) -> BaseException:

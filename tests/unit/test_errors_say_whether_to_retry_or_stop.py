@@ -61,7 +61,12 @@ def test_foreign_errors_are_never_taken_for_transient(exc):
 
 def test_every_exported_error_is_classified_above():
     exported = {getattr(errors, n) for n in errors.__all__ if isinstance(getattr(errors, n), type)}
-    classified = set(TRANSIENT + STOPS_THE_RUN + NEITHER) | {errors.VectorfillError, errors.ProviderError, RowsFailed}
+    classified = set(TRANSIENT + STOPS_THE_RUN + NEITHER) | {
+        errors.VectorfillError,
+        errors.ProviderError,
+        RowsFailed,
+        errors.SpendCapReached,  # (below: it takes the cap's figures)
+    }
     assert exported == classified
 
 
@@ -105,3 +110,20 @@ def test_stop_reason_is_one_line_for_the_rows_given_back():
     assert stop_reason(KeyboardInterrupt()) == "run interrupted"
     assert stop_reason(BaseExceptionGroup("lanes", [asyncio.CancelledError()])) == "run interrupted"
     assert stop_reason(RuntimeError()) == "RuntimeError"
+
+
+def test_a_spend_cap_reached_stops_the_run_and_says_which_cap_and_when_it_resets():
+    from datetime import UTC, datetime
+
+    exc = errors.SpendCapReached(
+        job="docs",
+        setting="max_usd_per_day",
+        cap=5.0,
+        spent=4.99,
+        cost=0.04,
+        resets_at=datetime(2026, 12, 8, tzinfo=UTC),
+    )
+    assert stops_run(exc) and not is_transient(exc)
+    text = str(exc)
+    assert text.startswith("job 'docs': ") and "max_usd_per_day=5 USD" in text and "4.9900 USD spent" in text
+    assert "resets at 2026-12-08 00:00 UTC" in text and "rows stay queued" in text

@@ -49,6 +49,16 @@ def job_create(
         None, help="MODEL=USD per million tokens, for estimates and summaries (over the built-in table)"
     ),
     prune_on_switch: bool = typer.Option(False, help="Drop a model's vectors as soon as a new model replaces them"),
+    max_usd_per_day: float | None = typer.Option(
+        None, help="Most USD a UTC day at the job's prices; the run stops (rows queued) before passing it"
+    ),
+    endpoint_max_usd_per_day: float | None = typer.Option(
+        None, help="The same, shared by every job on this endpoint and model"
+    ),
+    matryoshka: bool = typer.Option(
+        False,
+        help="The model's shorter vectors are its full ones cut and renormalised (text-embedding-3-* need not say)",
+    ),
     api_key_header: str = typer.Option("bearer", help="bearer (Authorization: Bearer KEY) or api-key (Azure OpenAI)"),
     api_version: str | None = typer.Option(None, help="api-version query parameter (Azure OpenAI, e.g. 2024-02-01)"),
     no_check: bool = typer.Option(False, "--no-check", help="Do not send the check request (offline setups)"),
@@ -91,6 +101,9 @@ def job_create(
             tpm=tpm,
             prices=_prices(price or [], name),
             prune_on_switch=prune_on_switch,
+            matryoshka=matryoshka,
+            max_usd_per_day=max_usd_per_day,
+            endpoint_max_usd_per_day=endpoint_max_usd_per_day,
             api_key_header=api_key_header,
             api_version=api_version,
             batch=batch,

@@ -53,6 +53,8 @@ def estimate(
     for r in rows:
         skipped = f"{r.unchanged:,} unchanged, {r.empty:,} empty" + (f", {r.too_long:,} too long" if r.too_long else "")
         skipped += f", {r.failing:,} too many chunks" if r.failing else ""
+        skipped += f", {r.reused:,} inputs reused (copied, not sent)" if r.reused else ""
+        skipped += f", of which {r.derived:,} derived from the active version" if r.derived else ""
         table.add_row(
             str(r.version) if r.version is not None else "(new)",
             r.model,
@@ -65,6 +67,11 @@ def estimate(
             skipped,
         )
     out.print(table)
+    for r in rows:
+        if r.days_under_cap is not None:
+            out.print(
+                f"version {r.version if r.version is not None else '(new)'}: {r.days_under_cap:,} day(s) under the daily spend cap."
+            )
     if any(r.cost_usd is None for r in rows):
         out.print("No price known for a model here: pass --price USD_PER_1M_TOKENS.")
     if any(not r.exact for r in rows):

@@ -28,7 +28,7 @@ import typer
 
 from vectorfill.cli import _jobs, _local, _reports, _runs, _search, _serve, _versions
 from vectorfill.cli._output import err, print_error
-from vectorfill.errors import RowsFailed, VectorfillError
+from vectorfill.errors import RowsFailed, SpendCapReached, VectorfillError
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_ROWS_FAILED", "EXIT_USAGE", "app", "db_app", "job_app", "main"]
 
@@ -123,7 +123,7 @@ def _interrupted(terminated: threading.Event, released: str) -> None:
 #: Exit codes (the README's table): 0 done; 1 the command could not proceed (a setting, the
 #: database, the provider: the message says which and what to do); 2 a usage mistake;
 #: 3 a run went through but rows failed; 130/143 stopped by Ctrl-C/SIGTERM.
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ROWS_FAILED, EXIT_SPEND_CAP = 0, 1, 2, 3, 4
 
 
 def _usage_error_types() -> tuple[type[BaseException], ...]:
@@ -192,6 +192,9 @@ def _main(argv: list[str] | None) -> None:
     except RowsFailed as exc:
         print_error(exc, label="warning", style="yellow")
         sys.exit(EXIT_ROWS_FAILED)
+    except SpendCapReached as exc:  # a planned stop, not a fault: rows stay queued
+        print_error(exc, label="stopped", style="yellow", verbose=_verbose(argv))
+        sys.exit(EXIT_SPEND_CAP)
     except VectorfillError as exc:  # one block (error, setting, fix); the traceback only with --verbose
         print_error(exc, verbose=_verbose(argv))
         sys.exit(EXIT_ERROR)

@@ -31,6 +31,7 @@ from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, cou
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
 
+from .reuse import Found, find_vectors, mark_reused
 from .work import Work, database_url
 
 __all__ = [
@@ -65,6 +66,9 @@ class Item:
     budget), or for a truncated text its bound: the embed stage need not count it again."""
     chunk_seq: int = 0
     """Which chunk of its row this input is (0 for a job without a chunker)."""
+    reuse: bool = False
+    """Not sent: its vector is stored already, or another item of the claim sends the same
+    input (:mod:`vectorfill.engine.reuse`); the store copies it."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,13 @@ class Request:
 
     @property
     def tokens(self) -> int:
-        return sum(i.tokens for i in self.items)
+        """Tokens sent (items copied from a stored vector are not)."""
+        return sum(i.tokens for i in self.items if not i.reuse)
+
+    @property
+    def sent(self) -> tuple[Item, ...]:
+        """The items the request sends: all but those it copies."""
+        return tuple(i for i in self.items if not i.reuse)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -107,6 +117,19 @@ class Claim:
     failed: int = 0
     truncated: int = 0
     failures: tuple[str, ...] = field(default_factory=tuple)
+    found: Found = field(default_factory=Found)
+    """The vectors stored already for some of its inputs (their items are marked
+    :attr:`Item.reuse`)."""
+
+    @property
+    def reused(self) -> int:
+        """Inputs copied, not sent (:attr:`Item.reuse`)."""
+        return sum(i.reuse for r in self.requests for i in r.items)
+
+    @property
+    def derived(self) -> int:
+        """Of those, inputs whose vector is derived from another version's (shortened)."""
+        return sum(i.reuse and i.input_hash in self.found.derived for r in self.requests for i in r.items)
 
 
 def key_arrays(work: Work, keys: list[tuple]) -> list[list]:
@@ -122,7 +145,8 @@ def pack(
     The items of one row (its chunks, consecutive in ``items``) go in one request whenever
     they fit in one: a row that does not fit in what is left of a request starts the next.
     A row larger than one request spans consecutive ones (from the start of one, so that
-    it shares its store group with no other row), marked :attr:`Request.continues`."""
+    it shares its store group with no other row), marked :attr:`Request.continues`. Items
+    copied rather than sent (:attr:`Item.reuse`) count towards neither bound."""
     plans = plans or {}
     requests: list[Request] = []
     current: list[Item] = []
@@ -134,21 +158,24 @@ def pack(
         requests.append(Request(tuple(current), rows, continues))
 
     group_end = 0
+    inputs = 0  # items of ``current`` sent
     for n, item in enumerate(items):
         if n >= group_end and plans:  # the start of a row's items: keep them together if they fit
             group_end = n + 1
             while group_end < len(items) and items[group_end].key == item.key:
                 group_end += 1
-            size = group_end - n
-            group_tokens = sum(i.tokens for i in items[n:group_end])
-            if current and (len(current) + size > max_inputs or tokens + group_tokens > max_tokens):
+            size = sum(not i.reuse for i in items[n:group_end])
+            group_tokens = sum(i.tokens for i in items[n:group_end] if not i.reuse)
+            if current and (inputs + size > max_inputs or tokens + group_tokens > max_tokens):
                 flush(False)
-                current, tokens = [], 0
-        if current and (len(current) >= max_inputs or tokens + item.tokens > max_tokens):
+                current, tokens, inputs = [], 0, 0
+        if not item.reuse and current and (inputs >= max_inputs or tokens + item.tokens > max_tokens):
             flush(bool(plans) and current[-1].key == item.key)
-            current, tokens = [], 0
+            current, tokens, inputs = [], 0, 0
         current.append(item)
-        tokens += item.tokens
+        if not item.reuse:
+            tokens += item.tokens
+            inputs += 1
     if current:
         flush(False)
     return requests
@@ -221,10 +248,12 @@ class Plan:
         return bool(self.gone or self.unchanged or self.failed or self.moved)
 
 
-async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnection) -> Claim:
+async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnection, *, reuse: bool = True) -> Claim:
     """Lease up to ``limit`` rows of ``work``'s queue for the run ``token`` and return them
     packed into requests: claim (:func:`lease_rows`, SQL), plan (:func:`plan_rows`, pure),
-    settle what needs no request (:func:`settle_claim`, SQL)."""
+    settle what needs no request (:func:`settle_claim`, SQL), and, with ``reuse``, find
+    the inputs whose vectors exist already (:mod:`vectorfill.engine.reuse`: one query),
+    so that only the others are sent, each distinct one once."""
     js = sql.JobSQL(work.job, work.version)
     s = work.settings
     async with db.translating("claiming rows", job=work.job.name) as conn:
@@ -232,18 +261,25 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     if not claimed:
         return Claim(requests=())
     plan = plan_rows(work, leased)
-    if plan.settles:
+    found = Found()
+    items = plan.items
+    if plan.settles or (reuse and items):
         # (failing, the claims stay leased; their leases expire or the run gives them back)
         async with db.translating("settling claimed rows", job=work.job.name) as conn:
-            await settle_claim(conn, js, work, plan)
+            if plan.settles:
+                await settle_claim(conn, js, work, plan)
+            if reuse and items:
+                found = await find_vectors(conn, work.job, work.version, [i.input_hash for i in items])
+                items = mark_reused(items, found.vectors)
     return Claim(
-        requests=tuple(pack(plan.items, s.max_inputs, _request_tokens(s), plan.rows)),
+        requests=tuple(pack(items, s.max_inputs, _request_tokens(s), plan.rows)),
         claimed=claimed,
         unchanged=len(plan.unchanged) + len(plan.moved),
         deleted=len(plan.gone),
         failed=len(plan.failed),
         truncated=plan.truncated,
         failures=tuple(f.message for f in plan.failed[:20]),
+        found=found,
     )
 
 

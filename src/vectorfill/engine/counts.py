@@ -36,6 +36,15 @@ class Counts:
     stale: int = 0
     """Rows edited while in flight: their old vector was discarded, they stay queued."""
     requests: int = 0
+    sent: int = 0
+    """Inputs sent to the provider (each distinct input of a claim once)."""
+    reused: int = 0
+    """Inputs not sent because their vector existed (stored in this version or the active
+    one, or sent for another row of the same claim): copied, not paid for."""
+    derived: int = 0
+    """Of those, inputs whose vector was derived from the active version's (shortened)."""
+    derived_from: int | None = None
+    """The version they were derived from (a sum keeps the first one known)."""
     tokens: int = 0
     """Tokens billed, as the provider reported them (``usage``), else as counted."""
     tokens_estimated: int = 0
@@ -61,7 +70,14 @@ class Counts:
         if not isinstance(other, Counts):
             return NotImplemented
         a, b = self.__dict__, other.__dict__
-        added: dict[str, Any] = {n: _add_cost(a[n], b[n]) if n in _COSTS else a[n] + b[n] for n in _NAMES}
+        added: dict[str, Any] = {
+            n: _add_cost(a[n], b[n])
+            if n in _COSTS
+            else (a[n] if a[n] is not None else b[n])
+            if n in _FIRST
+            else a[n] + b[n]
+            for n in _NAMES
+        }
         return Counts(**added)
 
     def billed(self, tokens: int, price: float | None) -> Counts:
@@ -76,6 +92,7 @@ class Counts:
 _FIELDS = fields(Counts)
 _NAMES = tuple(f.name for f in _FIELDS)
 _COSTS = frozenset({"cost_usd", "batch_cost_usd"})
+_FIRST = frozenset({"derived_from"})
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,8 @@ class RunSummary:
     """Rows in the failures table after the run."""
     switched_to: int | None = None
     """The version this run made active (a new model's, now complete), if any."""
+    derived_from: int | None = None
+    """The version the ``derived`` vectors were derived from, if any."""
     # -- the Batch API; included in the figures above (see Counts)
     batches_submitted: int = 0
     batch_rows_submitted: int = 0
@@ -117,6 +136,13 @@ class RunSummary:
     batch_tokens: int = 0
     batch_cost_usd: float | None = 0.0
     batch_retried: int = 0
+    # -- reuse (vectorfill.engine.reuse); see Counts
+    sent: int = 0
+    """Inputs sent to the provider."""
+    reused: int = 0
+    """Inputs copied from a vector that existed, not sent."""
+    derived: int = 0
+    """Of those, inputs whose vector was derived from the active version's (shortened)."""
 
     @classmethod
     def of(
@@ -160,10 +186,23 @@ class RunSummary:
         switched = f"; switched readers to version {self.switched_to}" if self.switched_to is not None else ""
         return (
             f"{self.job}: {self.embedded:,} rows embedded in {self.duration_s:,.1f} s ({self.rows_per_s:,.0f} rows/s), "
-            f"{self.tokens:,} tokens in {self.requests:,} requests ({cost}); {self.unchanged:,} unchanged, "
+            f"{self.tokens:,} tokens in {self.requests:,} requests ({cost}); {self.reuse_line()}{self.unchanged:,} unchanged, "
             f"{self.deleted:,} deleted, {self.failed:,} failed, {self.truncated:,} truncated, {self.stale:,} stale; "
             f"{self.pending:,} still pending, {self.failed_total:,} failed in all{switched}"
         )
+
+    def reuse_line(self) -> str:
+        """What was not paid for ("1,000 inputs reused, 12 sent; derived from version 1: 0
+        requests, $0; "), or nothing when every input was sent."""
+        if not self.reused:
+            return ""
+        sent = f"{self.reused:,} inputs reused, {self.sent:,} sent; "
+        if self.derived and self.derived_from is not None:
+            cost = (
+                "$0" if self.requests == 0 else ("unknown cost" if self.cost_usd is None else f"${self.cost_usd:,.4f}")
+            )
+            sent += f"derived from version {self.derived_from}: {self.requests:,} requests, {cost}; "
+        return sent
 
     def table(self) -> list[dict]:
         """The figures as artifact rows (``vectorfill runs`` reads them back by name)."""

@@ -159,5 +159,10 @@ async def embed_request(
 ) -> Embedded:
     """Embed one request's inputs with one request (more only when bisecting a rejected one), through
     the run's ``throttle`` for the endpoint when given: it waits for the rate budget and
-    retries 429s itself, after a pause shared by every lane."""
-    return await _embed(client, request.items, work.settings.on_too_long == "truncate", throttle)
+    retries 429s itself, after a pause shared by every lane. Only the items the request
+    sends are embedded (:attr:`Request.sent`: not those it copies); a request that copies
+    all its items sends nothing."""
+    sent = request.sent
+    if not sent:
+        return Embedded((), np.zeros((0, 0), np.float32), client.model, 0, 0)
+    return await _embed(client, sent, work.settings.on_too_long == "truncate", throttle)

@@ -52,6 +52,7 @@ from .claim import keep_claims, release_rows
 from .counts import Counts
 from .prepare import Prepared
 from .slice import Attempts, Filled, Lanes, SliceRunner, rows_per_slice, run_slice
+from .spend import SpendCap
 from .work import Work, database_url, run_logger
 
 __all__ = [
@@ -169,6 +170,8 @@ class Filler:
         self._client_cm: contextlib.AbstractAsyncContextManager[EmbeddingsClient] | None = None
         self._dbs: list[LaneConnection] = []
         self._keeper: asyncio.Task | None = None
+        self.spend: SpendCap | None = None
+        """The job's daily spend caps, charged before each request (None: no cap)."""
 
     @property
     def client(self) -> EmbeddingsClient:
@@ -186,6 +189,7 @@ class Filler:
         client.negotiator = Negotiator(client, caps=caps, remember=remembering(self.url, endpoint))
         self.work = _negotiated(work, client)
         self._dbs = [LaneConnection(self.url) for _ in range(work.settings.concurrency)]
+        self.spend = SpendCap.for_work(self.work, self.url)
         self._keeper = asyncio.create_task(keep_claims(work, self.token, self.url))  # leases outlive slow slices
         return self
 
@@ -212,6 +216,8 @@ class Filler:
             for db in self._dbs:
                 await db.aclose()
             self._dbs = []
+            if self.spend is not None:
+                await self.spend.aclose()
             if self._client_cm is not None:
                 cm, self._client_cm = self._client_cm, None
                 await cm.__aexit__(None, None, None)
@@ -230,7 +236,7 @@ class Filler:
         """Fill the version in ``concurrency`` lanes as ``policy`` says, claiming at most
         ``budget`` rows; returns (rows claimed, whether the queue was drained). Raises the
         error that stopped a lane (the claims are given back by :meth:`close`)."""
-        shared = Lanes.for_settings(self.work.settings)
+        shared = Lanes.for_settings(self.work.settings, spend=self.spend)
         # drain: the first short claim (Lanes.drained, set by the slice) stops every lane;
         # follow: each slice has its own flag, and the lanes stop as the policy says
         done = asyncio.Event() if policy.follow else shared.drained
@@ -248,7 +254,9 @@ class Filler:
                         budget.give_back(limit)
                         return
                 attempts = Attempts(self.work)
-                lanes = Lanes(shared.unstored, claiming=shared.claiming) if policy.follow else shared
+                lanes = (
+                    Lanes(shared.unstored, claiming=shared.claiming, spend=shared.spend) if policy.follow else shared
+                )
                 started = time.monotonic()
                 filled = await self._slice(policy, attempts, limit, db, lanes)
                 budget.give_back(limit - filled.claimed)

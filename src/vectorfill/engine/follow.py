@@ -51,13 +51,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from vectorfill.errors import UNDEFINED_TABLE, DatabaseError
+from vectorfill.errors import UNDEFINED_TABLE, DatabaseError, SpendCapReached
 from vectorfill.jobs.registry import load_job
 from vectorfill.jobs.versions import complete
 from vectorfill.records import Job
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, connect
 
+from . import spend
 from .counts import Counts
 from .fill import Budget, Filler, Policy, Tally, run_throttles
 from .prepare import prepare
@@ -319,7 +320,14 @@ async def _loop(following: _Following, job: str, until: float, tally: Tally) -> 
     last_log, logged = time.monotonic(), tally.counts
     try:
         while True:
-            if not await following.cycle():
+            try:
+                claimed = await following.cycle()
+            except SpendCapReached as exc:  # wait for the reset instead of failing the run
+                await _wait_for_reset(following, job, exc, until)
+                if time.time() >= until:
+                    break
+                continue
+            if not claimed:
                 if time.time() >= until or not await following.wait(until):
                     break
             elif time.time() >= until:
@@ -332,6 +340,17 @@ async def _loop(following: _Following, job: str, until: float, tally: Tally) -> 
     finally:
         if tally.counts != logged:
             _log_period(job, logged, tally.counts)
+
+
+async def _wait_for_reset(following: _Following, job: str, exc: SpendCapReached, until: float) -> None:
+    """A spend cap was reached: give the claims back, wait for the cap's reset (or the end of
+    the window, whichever comes first), then open the fillers again."""
+    await following._close_fillers(exc)
+    wait_s = max(0.0, min(exc.resets_at.timestamp() - spend.wall_clock(), until - time.time()))
+    run_logger().warning("%s: %s; waiting %.0f s", job, exc, wait_s)
+    await asyncio.sleep(wait_s)
+    if time.time() < until:
+        await following.reload()
 
 
 def _log_period(job: str, before: Counts, now: Counts) -> None:

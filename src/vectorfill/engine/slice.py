@@ -52,6 +52,8 @@ from vectorfill.storage.db import LaneConnection
 from .claim import Claim, Request, claim_rows
 from .counts import Counts
 from .embed import Embedded, embed_request
+from .reuse import fill_in
+from .spend import SpendCap
 from .store import Stored, store_vectors
 from .work import Work
 
@@ -104,6 +106,18 @@ class Attempts:
     """Requests of the claim embedded (and then stored) already."""
     stage: str = "claim"
     failures: Counter = field(default_factory=Counter)
+    known: dict[bytes, np.ndarray] = field(default_factory=dict)
+    """Vectors by input hash, for the inputs the claim copies (:mod:`.reuse`): those found
+    stored, then those its requests are answered with."""
+    refused: dict[bytes, tuple[int | None, str]] = field(default_factory=dict)
+    """Inputs the provider refused (status, message), by hash: their copies fail alike."""
+
+    def answered(self, embedded: Embedded) -> None:
+        """Note an answer's vectors and refusals, for the inputs that copy them."""
+        if not self.claim or not self.claim.reused:
+            return
+        self.known.update(zip((i.input_hash for i in embedded.items), embedded.vectors, strict=True))
+        self.refused.update((i.input_hash, (status, message)) for i, status, message in embedded.rejected)
 
     @property
     def requests(self) -> tuple[Request, ...]:
@@ -168,13 +182,15 @@ class Lanes:
     unstored: asyncio.Semaphore
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    spend: SpendCap | None = None
+    """The run's daily spend caps, charged before each request (:mod:`.spend`)."""
     """One claim at a time: a claim never takes part of the rows another lane's claim is
     taking (``SKIP LOCKED`` would hand the remainder to it), so each lane's slices are
     full but the last, and a lane that finds the queue drained does not claim at all."""
 
     @classmethod
-    def for_settings(cls, settings) -> Lanes:
-        return cls(asyncio.Semaphore(settings.concurrency))
+    def for_settings(cls, settings, spend: SpendCap | None = None) -> Lanes:
+        return cls(asyncio.Semaphore(settings.concurrency), spend=spend)
 
 
 @dataclass(frozen=True)
@@ -197,6 +213,10 @@ class Filled:
                 truncated=claim.truncated + sum(s.truncated for s in stored),
                 stale=sum(s.stale for s in stored),
                 requests=sum(s.requests for s in stored),
+                sent=sum(len(r.sent) for r in claim.requests),
+                reused=claim.reused,
+                derived=claim.derived,
+                derived_from=claim.found.derived_from if claim.derived else None,
             ).billed(tokens, price_per_million(work.version.model, work.settings)),
         )
 
@@ -240,7 +260,8 @@ async def fill_slice(
                     attempts.claim = await claim_rows(attempts.work, limit, token, db)
                     if attempts.claim.claimed < limit:
                         lanes.drained.set()
-        await _embed_and_store(attempts, client, throttle, db, lanes.unstored)
+            attempts.known.update(attempts.claim.found.vectors)
+        await _embed_and_store(attempts, client, throttle, db, lanes.unstored, lanes.spend)
     except Exception as exc:
         if attempts.failed(exc):
             await asyncio.sleep(attempts.delay(exc, throttle))
@@ -268,7 +289,12 @@ async def run_slice(
 
 
 async def _embed_and_store(
-    attempts: Attempts, client: EmbeddingsClient, throttle, db: LaneConnection, unstored: asyncio.Semaphore
+    attempts: Attempts,
+    client: EmbeddingsClient,
+    throttle,
+    db: LaneConnection,
+    unstored: asyncio.Semaphore,
+    spend: SpendCap | None = None,
 ) -> None:
     """Send the claim's requests not answered yet side by side, and store each answer as it
     comes (one transaction each); vectors left from an earlier attempt are stored first.
@@ -278,7 +304,8 @@ async def _embed_and_store(
     fails, the rest goes on (answers are paid for: they are stored if the store still
     works, else kept for the retry), then the worst error is raised (:func:`_severity`)
     with ``attempts.stage`` set to its stage. After an error that stops the run (a wrong
-    key, say), requests not sent yet are not sent.
+    key, say, or a spend cap reached: ``spend`` is charged before each request), requests
+    not sent yet are not sent.
     """
     errors: list[tuple[str, BaseException]] = []
     storing = asyncio.Lock()  # one transaction at a time on the lane's connection
@@ -297,15 +324,31 @@ async def _embed_and_store(
             if any(stops_run(e) for _, e in errors):
                 return
             try:
-                attempts.embedded[i] = await embed_request(attempts.work, client, attempts.requests[i], throttle)
+                req = attempts.requests[i]
+                charge = None
+                if spend is not None and req.sent:
+                    charge = await spend.charge(spend.tokens(attempts.work.version.model, req.sent))
+                answer: Embedded | None = None
+                try:
+                    answer = await embed_request(attempts.work, client, req, throttle)
+                finally:  # corrected to the tokens billed (none when the request failed)
+                    if charge is not None and spend is not None:
+                        await spend.billed(charge, answer.tokens if answer is not None else 0)
+                attempts.embedded[i] = answer
             except Exception as exc:
                 errors.append(("embed", exc))
                 return
             attempts.sent.add(i)
+            attempts.answered(answer)
             await store(i)
+            if attempts.claim is not None and attempts.claim.reused:
+                for j in sorted(attempts.embedded):  # requests that waited for an input this one sent
+                    if j in attempts.embedded:
+                        await store(j)
 
     for i in sorted(attempts.embedded):
-        await store(i)
+        if i in attempts.embedded:
+            await store(i)
     await asyncio.gather(*(request(i) for i in range(len(attempts.requests)) if i not in attempts.sent))
     if errors:
         attempts.stage, exc = min(errors, key=lambda e: _severity(e[1]))
@@ -344,7 +387,12 @@ async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneC
     group = _group(requests, i)
     if any(j not in attempts.embedded for j in group):
         return  # the rest of a row's chunks are still in flight: the last answer stores them all
-    parts = [attempts.embedded[j] for j in group]
+    parts = []
+    for j in group:
+        part = _with_copies(attempts, requests[j], attempts.embedded[j])
+        if part is None:
+            return  # an input it copies is still in flight: its answer stores this one
+        parts.append(part)
     rows = tuple({p.key: p for j in group for p in requests[j].rows}.values())
     stored = await store_vectors(attempts.work, parts[0] if len(parts) == 1 else _merged(parts), db, rows)
     for j in group:
@@ -355,6 +403,25 @@ async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneC
         # the first store typed the vector column: later requests must match it
         attempts.work = Work(work.job, dataclasses.replace(work.version, vector_dims=stored.vector_dims))
         client.expected_dims = stored.vector_dims
+
+
+def _with_copies(attempts: Attempts, request: Request, answer: Embedded) -> Embedded | None:
+    """``answer`` with the vectors of the inputs ``request`` copies (:func:`.reuse.fill_in`);
+    None while one of them is not answered yet."""
+    filled = fill_in(request.items, answer.items, answer.vectors, attempts.known, attempts.refused)
+    if filled is None:
+        return None
+    items, vectors, refused = filled
+    if len(items) == len(answer.items) and not refused:
+        return answer
+    found = attempts.claim.found.model if attempts.claim is not None else None
+    return dataclasses.replace(
+        answer,
+        items=tuple(items),
+        vectors=vectors,
+        model=answer.model if len(answer.items) else (found or answer.model),
+        rejected=answer.rejected + tuple((i, status, message) for i, (status, message) in refused),
+    )
 
 
 def rows_per_slice(settings) -> int:

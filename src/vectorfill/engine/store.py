@@ -12,6 +12,7 @@ failures table (none of its chunks are written).
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -201,7 +202,10 @@ async def store_vectors(work: Work, embedded: Embedded, db: LaneConnection, rows
     vectors = embedded.vectors
     if len(items) != len(embedded.items):
         vectors = vectors[[i.key not in rejected_keys for i in embedded.items]]
-    settling = [p for k, p in plans.items() if k not in rejected_keys]
+    # a row is settled only with every new chunk's vector in hand: a row whose inputs are
+    # copies (engine/reuse.py) not filled in (the slice fills them in) is left queued
+    arrived = Counter(i.key for i in embedded.items)
+    settling = [p for k, p in plans.items() if k not in rejected_keys and arrived[k] >= p.chunks - len(p.kept)]
     async with db.translating("storing vectors", job=job.name) as conn:
         # edits and deletes committed while the texts were at the provider reach the queue
         # first (their seq differs then: the stale vectors are not stored); one committed

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from vectorfill.errors import DatabaseError, JobError, TerminalProviderError
+from vectorfill.errors import DatabaseError, JobError, SpendCapReached, TerminalProviderError
 from vectorfill.provider import batches as batch_api
 from vectorfill.provider.batches import BatchesClient, request_line
 from vectorfill.storage import sql
@@ -40,6 +40,7 @@ from vectorfill.storage.errors import translated
 from .claim import Claim, claim_rows, key_arrays
 from .counts import Counts
 from .prepare import Prepared
+from .spend import SpendCap
 from .work import Work, database_url
 
 __all__ = ["BATCH_LEASE_S", "Submitted", "batch_lock", "batch_mode", "submit_batches", "submit_version"]
@@ -140,14 +141,19 @@ async def submit_version(work: Work, max_rows: int | None = None) -> Submitted:
             return Submitted(busy=True)
         async with BatchesClient.for_version(work.version, job=work.job.name) as api:
             db = LaneConnection(url)
+            spend = SpendCap.for_work(work, url, batch=True)  # a batch is charged at the batch price
             try:  # (the lane's statements outside a claim or a store: translated here)
                 with translated("submitting batches", job=work.job.name):
-                    return await _submit_all(work, max_rows, api, db)
+                    return await _submit_all(work, max_rows, api, db, spend)
             finally:
                 await db.aclose()
+                if spend is not None:
+                    await spend.aclose()
 
 
-async def _submit_all(work: Work, max_rows: int | None, api: BatchesClient, db: LaneConnection) -> Submitted:
+async def _submit_all(
+    work: Work, max_rows: int | None, api: BatchesClient, db: LaneConnection, spend: SpendCap | None = None
+) -> Submitted:
     # the claim's lease is the batch's life; the job's own lease_s is for online runs
     leased = _with_lease(work)
     total = Submitted()
@@ -159,7 +165,7 @@ async def _submit_all(work: Work, max_rows: int | None, api: BatchesClient, db: 
         sub = uuid.uuid4()
         conn = await db.get()
         await conn.execute(sql.BATCH_INSERT, {"id": sub, "job_id": work.job.id, "version": work.version.version})
-        claim = await claim_rows(leased, limit, sub, db)
+        claim = await claim_rows(leased, limit, sub, db, reuse=False)
         settled = Submitted(
             unchanged=claim.unchanged, deleted=claim.deleted, failed=claim.failed, truncated=claim.truncated
         )
@@ -171,7 +177,7 @@ async def _submit_all(work: Work, max_rows: int | None, api: BatchesClient, db: 
             if claim.claimed < limit:
                 break
             continue
-        sent, left = await _submit_one(work, sub, claim, api, db)
+        sent, left = await _submit_one(work, sub, claim, api, db, spend)
         total = total + settled + sent
         if remaining is not None:
             remaining += left  # given back, not sent: still to send
@@ -188,11 +194,13 @@ def _with_lease(work: Work) -> Work:
 
 
 async def _submit_one(
-    work: Work, sub: uuid.UUID, claim: Claim, api: BatchesClient, db: LaneConnection
+    work: Work, sub: uuid.UUID, claim: Claim, api: BatchesClient, db: LaneConnection, spend: SpendCap | None = None
 ) -> tuple[Submitted, int]:
     """Record, upload and create one batch of ``claim``'s requests (those that fit a file;
     the rows of the rest are given back at once, for the next submission: their number is
-    returned beside what was submitted)."""
+    returned beside what was submitted). With a daily spend cap (``spend``), the batch's
+    tokens are charged at the batch price before the file is uploaded: a batch that would
+    pass the cap is not created and its rows are given back."""
     js = sql.JobSQL(work.job, work.version)
     body: dict = {"model": work.version.model, "encoding_format": work.settings.encoding_format}
     if work.version.dimensions:
@@ -228,10 +236,19 @@ async def _submit_one(
         )
         tokens = sum(i.tokens for _, _, i in items)
         await conn.execute(sql.BATCH_CLAIMED, {"id": sub, "rows": len(items), "requests": len(kept), "tokens": tokens})
+    charge = None
+    if spend is not None:
+        try:
+            charge = await spend.charge(spend.tokens(work.version.model, [i for _, _, i in items]))
+        except SpendCapReached as exc:
+            await _give_back(conn, js, sub, str(exc))
+            raise
     try:
         file_id = await api.upload(b"".join(lines), filename=f"vectorfill-{work.job.name}-{sub.hex[:12]}.jsonl")
-    except Exception as exc:  # nothing was created: give the rows back now
+    except Exception as exc:  # nothing was created: give the rows back now (and the charge)
         await _give_back(conn, js, sub, f"uploading the batch file failed: {exc}")
+        if charge is not None and spend is not None:
+            await spend.billed(charge, 0)
         raise
     await conn.execute(sql.BATCH_UPLOADED, {"id": sub, "file_id": file_id})
     metadata = {
@@ -243,6 +260,8 @@ async def _submit_one(
         info = await api.create(file_id, metadata)
     except TerminalProviderError as exc:  # refused (4xx): no batch exists
         await _give_back(conn, js, sub, f"creating the batch failed: {exc}")
+        if charge is not None and spend is not None:
+            await spend.billed(charge, 0)
         raise
     # any other failure (a timeout, a crash) leaves the record in `uploading`: the next
     # collect finds the batch in the provider's list by its metadata, or gives the rows back

@@ -18,6 +18,8 @@ module              tables and statements
 ``_jobs``           ``vectorfill.jobs``, ``versions``, ``failures``; catalog look-ups; job locks
 ``_queue``          a version's queue: fill, claim, read texts, fail, renew, release, counts
 ``_vectors``        a version's vectors: tables, the store, search, the HNSW index, the view
+``_reuse``          a version's vectors by input hash: the stored vector of an exact input
+``_spend``          the daily spend ledger behind ``max_usd_per_day``
 ``_changelog``      the job's change log and its absorber
 ``_triggers``       the source table's triggers and their function
 ``_budgets``        shared rate budgets and learnt endpoint caps
@@ -129,6 +131,8 @@ from vectorfill.storage.sql._jobs import (
 )
 from vectorfill.storage.sql._progress import behind, sync_poll
 from vectorfill.storage.sql._queue import WORK_LEFT_JOB, QueueStatements, refund_attempts, work_left
+from vectorfill.storage.sql._reuse import ReuseStatements, digests
+from vectorfill.storage.sql._spend import SPEND_ADJUST, SPEND_CHARGE, SPEND_TODAY
 from vectorfill.storage.sql._triggers import (
     TRIGGER_FUNCTION_VERSION,
     create_trigger_function,
@@ -180,6 +184,9 @@ __all__ = [
     "SET_JOB_BATCH",
     "SET_VERSION_DIMS",
     "SET_VERSION_STATE",
+    "SPEND_ADJUST",
+    "SPEND_CHARGE",
+    "SPEND_TODAY",
     "TRIGGER_FUNCTION_VERSION",
     "TRIGGER_OPS",
     "TRIGGER_VERSION",
@@ -202,6 +209,7 @@ __all__ = [
     "create_trigger_function",
     "create_triggers",
     "create_view",
+    "digests",
     "drop_log",
     "drop_triggers",
     "lock_source",
@@ -217,7 +225,7 @@ __all__ = [
 ]
 
 
-class JobSQL(QueueStatements, VectorStatements):
+class JobSQL(QueueStatements, VectorStatements, ReuseStatements):
     """Every statement that touches one job version's queue, vectors or source::
 
         js = sql.JobSQL(job, version)

@@ -57,8 +57,16 @@ class VectorStatements(JobTables):
                 chunk text,
                 PRIMARY KEY ({k}, chunk_seq)
             );
+            CREATE INDEX {hash_index} ON {v} (input_hash);
             """
-        ).format(q=self.q, v=self.v, key_defs=key_defs, k=self._cols(), vtype=vtype)
+        ).format(
+            q=self.q,
+            v=self.v,
+            key_defs=key_defs,
+            k=self._cols(),
+            vtype=vtype,
+            hash_index=sql.Identifier(f"{self.version.vector_table}_input_hash"),
+        )
 
     def drop_tables(self) -> sql.Composed:
         return sql.SQL("DROP TABLE IF EXISTS {q}; DROP TABLE IF EXISTS {v};").format(q=self.q, v=self.v)
