@@ -260,8 +260,9 @@ class SpendCapReached(VectorfillError):
     the rows stay queued and its claims are given back. The CLI exits 4; ``serve`` waits for
     ``resets_at`` (midnight UTC) and goes on."""
 
-    def __init__(self, *, job: str, setting: str, cap: float, spent: float, cost: float, resets_at) -> None:
-        self.setting = setting
+    def __init__(
+        self, *, job: str, setting: str, cap: float, spent: float, cost: float, resets_at, fix: str | None = None
+    ) -> None:
         self.cap = cap
         self.spent = spent
         self.resets_at = resets_at
@@ -271,6 +272,8 @@ class SpendCapReached(VectorfillError):
             f"at {resets_at:%Y-%m-%d %H:%M} UTC: run again then (`serve` waits for it), or raise {setting} "
             "in the job's settings",
             job=job,
+            setting=setting,
+            fix=fix,
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,10 @@ def test_every_error_prints_its_brackets_as_written(cls):
     if cls is errors.RowsFailed:
         exc = cls(None, 3, "docs")
         wanted = ["vectorfill failures docs"]
+    elif cls is errors.SpendCapReached:
+        when = datetime(2026, 12, 8, tzinfo=UTC)
+        exc = cls(job="docs", setting="[x]", cap=1.0, spent=0.99, cost=0.02, resets_at=when, fix="see [y]")
+        wanted = ["job 'docs'", "[x]", "see [y]", "2026-12-08 00:00 UTC"]
     else:
         exc = cls("needs the [local] extra: pip install '.[local]'", job="docs", setting="[x]", fix="see [y]")
         wanted = ["needs the [local] extra: pip install '.[local]'", "job 'docs'", "[x]", "see [y]"]

@@ -176,6 +176,7 @@ SUMMARY_KEYS = (
     "pending",
     "failed_total",
     "switched_to",
+    "derived_from",
     "batches_submitted",
     "batch_rows_submitted",
     "batches_collected",
@@ -184,6 +185,9 @@ SUMMARY_KEYS = (
     "batch_tokens",
     "batch_cost_usd",
     "batch_retried",
+    "sent",
+    "reused",
+    "derived",
     "rows_per_s",
 )
 
@@ -197,6 +201,7 @@ def nothing_to_do_summary(left: WorkLeft, duration_s: float) -> dict[str, object
         cost_usd=0.0,
         batch_cost_usd=0.0,
         switched_to=None,
+        derived_from=None,
         duration_s=round(duration_s, 3),
         failed_total=left.failed,
         rows_per_s=0.0,
