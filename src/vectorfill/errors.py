@@ -269,8 +269,8 @@ class SpendCapReached(VectorfillError):
         super().__init__(
             f"the spend cap {setting}={cap:g} USD is reached: {spent:,.4f} USD spent today (UTC) and the next "
             f"request would cost {cost:,.4f} USD; nothing more is sent and the rows stay queued. The cap resets "
-            f"at {resets_at:%Y-%m-%d %H:%M} UTC: run again then (`serve` waits for it), or raise {setting} "
-            "in the job's settings",
+            f"at {resets_at:%Y-%m-%d %H:%M} UTC: run again then (`serve` waits for it), or raise it: "
+            f"`vectorfill job set {job} --{setting.replace('_', '-')} USD`",
             job=job,
             setting=setting,
             fix=fix,

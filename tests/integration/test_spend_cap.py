@@ -70,6 +70,49 @@ def test_a_cap_stops_the_run_before_the_request_that_would_pass_it_and_resets_at
     assert set(spent_by_day) == {"2026-12-07", "2026-12-08"} and max(spent_by_day.values()) <= 0.5
 
 
+def test_a_cap_raised_with_job_set_lets_the_same_day_go_on(env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vectorfill.cli.app import app
+
+    monkeypatch.setenv("VECTORFILL_DATABASE_URL", env.url)
+    env.make_table(40)
+    env.create_job(
+        settings_kw={"retries": 1, "max_inputs": 10, "concurrency": 1, "prices": {"fake-embed": 1000.0}}
+        | {"max_usd_per_day": 0.2}
+    )
+    with pytest.raises(SpendCapReached) as stopped:
+        env.backfill()
+    assert "`vectorfill job set docs --max-usd-per-day USD`" in str(stopped.value)
+    assert stopped.value.setting == "max_usd_per_day"
+    sent = env.provider.requests
+
+    refused = CliRunner().invoke(app, ["job", "set", "docs", "--max-usd-per-day", "-1"])
+    assert refused.exit_code == 1 and "max_usd_per_day" in str(refused.exception)
+    raised = CliRunner().invoke(app, ["job", "set", "docs", "--max-usd-per-day", "100", "--rpm", "6000"])
+    assert raised.exit_code == 0, raised.output
+    assert "max_usd_per_day=100.0" in raised.output and "rpm=6000" in raised.output
+
+    summary = env.backfill()  # the same day, under the raised cap: the rest goes out
+    assert summary.embedded == 40 - sent * 10 and len(env.vectors()) == 40 and _queued(env) == 0
+
+    removed = CliRunner().invoke(app, ["job", "set", "docs", "--max-usd-per-day", "0", "--rpm", "0"])
+    assert removed.exit_code == 0 and "max_usd_per_day=none" in removed.output and "rpm=none" in removed.output
+    with env.connect() as conn:
+        (settings,) = conn.execute("SELECT settings FROM vectorfill.jobs WHERE name = 'docs'").fetchone()
+    assert settings["max_usd_per_day"] is None and settings["rpm"] is None and settings["concurrency"] == 1
+
+
+def test_job_set_refuses_what_changes_a_vectors_meaning(env):
+    from vectorfill.errors import ConfigError
+    from vectorfill.jobs.registry import set_job_settings
+
+    env.make_table(1)
+    env.create_job()
+    with env.connect() as conn, pytest.raises(ConfigError, match="cannot change on_too_long"):
+        set_job_settings(conn, "docs", {"on_too_long": "fail"})
+
+
 def test_a_cap_the_whole_backfill_fits_in_changes_nothing(env, monkeypatch):
     env.make_table(30)
     env.create_job(settings_kw={"retries": 1, "max_inputs": 10, "max_usd_per_day": 100.0})

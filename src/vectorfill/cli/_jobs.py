@@ -11,10 +11,10 @@ from vectorfill.cli._search import check_before
 from vectorfill.config import JobSettings, unescape_template
 from vectorfill.errors import ConfigError
 from vectorfill.jobs.model_change import chunk_settings
-from vectorfill.jobs.registry import create_job, drop_job, job_status, list_jobs
+from vectorfill.jobs.registry import create_job, drop_job, job_status, list_jobs, set_job_settings
 from vectorfill.storage.db import migrate as migrate_schema
 
-__all__ = ["job_create", "job_drop", "job_list", "migrate"]
+__all__ = ["job_create", "job_drop", "job_list", "job_set", "migrate"]
 
 
 def migrate(
@@ -176,3 +176,37 @@ def job_drop(name: str, db: str | None = DbOpt) -> None:
     with conn(db) as c:
         drop_job(c, name)
     out.print(f"job {name} dropped")
+
+
+def job_set(
+    name: str = typer.Argument(..., help="The job"),
+    rpm: int | None = typer.Option(None, help="Requests-per-minute budget of the endpoint (0: none)"),
+    tpm: int | None = typer.Option(None, help="Tokens-per-minute budget of the endpoint (0: none)"),
+    concurrency: int | None = typer.Option(None, help="Requests in flight per run"),
+    timeout: float | None = typer.Option(None, help="Seconds to wait for one response"),
+    retries: int | None = typer.Option(None, help="Retries of one request after a transient error"),
+    max_usd_per_day: float | None = typer.Option(None, help="Most USD a UTC day at the job's prices (0: no cap)"),
+    endpoint_max_usd_per_day: float | None = typer.Option(
+        None, help="The same, shared by every job on this endpoint and model (0: no cap)"
+    ),
+    price: list[str] | None = typer.Option(None, help="MODEL=USD per million tokens (replaces the job's own table)"),
+    db: str | None = DbOpt,
+) -> None:
+    """Change how a job's runs behave: budgets, spend caps, concurrency, timeouts, prices.
+
+    The next run reads them. What a vector means (model, dimensions, chunking) is changed
+    with `vectorfill job set-model`, which re-embeds beside the current vectors."""
+    none_if_zero = {"rpm": rpm, "tpm": tpm, "max_usd_per_day": max_usd_per_day}
+    none_if_zero["endpoint_max_usd_per_day"] = endpoint_max_usd_per_day
+    changes: dict[str, object] = {k: (None if v == 0 else v) for k, v in none_if_zero.items() if v is not None}
+    for key, value in (("concurrency", concurrency), ("timeout_s", timeout), ("retries", retries)):
+        if value is not None:
+            changes[key] = value
+    if price:
+        changes["prices"] = _prices(price, name)
+    if not changes:
+        raise ConfigError("nothing to change: give at least one option (`vectorfill job set --help`)", job=name)
+    with conn(url(db)) as c:
+        settings = set_job_settings(c, name, changes)
+    shown = {k: getattr(settings, k) for k in changes}
+    out.print(f"job {name!r}: " + ", ".join(f"{k}={'none' if v is None else v}" for k, v in shown.items()))

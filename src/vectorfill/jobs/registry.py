@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from pydantic import ValidationError
 
 from vectorfill.config import STORAGE_TYPES, ChunkSettings, JobSettings, validate_job_name
 from vectorfill.errors import ConfigError, JobError, SourceError
@@ -230,6 +231,46 @@ def version_options(
             f"--chunk-overlap ({chunking.overlap}) must be smaller than --chunk-size ({chunking.size})", job=job
         )
     return Jsonb({"storage": storage, "chunking": chunking.model_dump()})
+
+
+#: The settings ``vectorfill job set`` may change on an existing job: how runs behave
+#: (budgets, caps, concurrency, timeouts, prices), never what a vector means or how the
+#: table is watched (a new model, size or chunking is ``job set-model``).
+RUN_SETTINGS = frozenset(
+    {
+        "rpm",
+        "tpm",
+        "concurrency",
+        "timeout_s",
+        "retries",
+        "max_usd_per_day",
+        "endpoint_max_usd_per_day",
+        "prices",
+        "batch_prices",
+        "batch",
+        "prune_on_switch",
+    }
+)
+
+
+def set_job_settings(conn: psycopg.Connection, name: str, changes: dict[str, Any]) -> JobSettings:
+    """Change run settings (:data:`RUN_SETTINGS`) of job ``name`` and return its new
+    settings, checked as ``job create`` checks them. A value of None removes a limit (an
+    rpm, tpm or spend cap). The next run reads them; a run in flight keeps its own."""
+    unknown = sorted(set(changes) - RUN_SETTINGS)
+    if unknown:
+        raise ConfigError(f"`job set` cannot change {', '.join(unknown)}", job=name)
+    with conn.transaction():
+        _require_schema(conn)
+        conn.execute(sql.LOCK_JOB, {"name": name})
+        job = load_job(conn, name)  # "no job named ..." with the jobs there are
+        try:
+            settings = JobSettings(**{**job.settings.model_dump(), **changes})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"invalid setting: {problems}", job=name) from None
+        conn.execute(sql.UPDATE_JOB_SETTINGS, {"settings": Jsonb(settings.model_dump()), "job_id": job.id})
+    return settings
 
 
 def list_jobs(conn: psycopg.Connection) -> list[str]:

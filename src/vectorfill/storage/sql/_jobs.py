@@ -48,6 +48,9 @@ INSERT_JOB = sql.SQL(
                                     text_columns, template, settings)
        VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
 )
+UPDATE_JOB_SETTINGS = sql.SQL(  # `job set`; under LOCK_JOB, so two changes do not interleave
+    "UPDATE vectorfill.jobs SET settings = %(settings)s WHERE id = %(job_id)s"
+)
 DELETE_JOB = sql.SQL("DELETE FROM vectorfill.jobs WHERE id = %s")  # versions, failures: ON DELETE CASCADE
 FAILURE_ROWS = sql.SQL(
     """SELECT version, row_key, reason, status, message, attempts, failed_at
