@@ -36,6 +36,7 @@ __all__ = [
     "parse_table",
     "retry_failures",
     "upgrade_triggers",  # moved to vectorfill.storage.jobs (run by migrate); kept here for callers
+    "use_base_url",
     "version_options",
 ]
 
@@ -228,6 +229,13 @@ def version_options(
             f"--chunk-overlap ({chunking.overlap}) must be smaller than --chunk-size ({chunking.size})", job=job
         )
     return Jsonb({"storage": storage, "chunking": chunking.model_dump()})
+
+
+def use_base_url(conn: psycopg.Connection, name: str, base_url: str) -> None:
+    """Point job ``name``'s active version at ``base_url`` (``job create``, when its check
+    found the endpoint at the other form of the URL given: with or without ``/v1``)."""
+    job = load_job(conn, name)
+    conn.execute(sql.SET_ACTIVE_BASE_URL, (base_url.rstrip("/"), job.id))
 
 
 def list_jobs(conn: psycopg.Connection) -> list[str]:

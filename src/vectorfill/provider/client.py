@@ -90,6 +90,9 @@ class Embeddings:
     model: str
     prompt_tokens: int | None
     headers: dict[str, str] = field(default_factory=dict)
+    encoding: str = "float"
+    """How the vectors came back: ``base64`` strings or ``float`` lists (servers that ignore
+    ``encoding_format`` answer floats whatever was asked)."""
 
 
 class EmbeddingsClient:
@@ -251,6 +254,7 @@ class EmbeddingsClient:
                 code="count_mismatch",
             )
         order = self._order(data, n)
+        first = data[0].get("embedding") if data and isinstance(data[0], dict) else None
         vectors = self._vectors([data[j].get("embedding") if isinstance(data[j], dict) else None for j in order], order)
         d = vectors.shape[1]
         if self.expected_dims and d != self.expected_dims:
@@ -281,6 +285,7 @@ class EmbeddingsClient:
             model=str(payload.get("model") or self.model),
             prompt_tokens=int(tokens) if isinstance(tokens, (int, float)) else None,
             headers={k: v for k, v in response.headers.items() if k.startswith(("x-ratelimit", "retry-after"))},
+            encoding="base64" if isinstance(first, str) else "float",
         )
 
     def _order(self, data: list[object], n: int) -> list[int]:
