@@ -298,6 +298,13 @@ class Variant:
     extra_fields: bool = False
     azure_key: str | None = None
     """Azure OpenAI: the ``api-key`` header required, with ``api-version`` in the query."""
+    refuse_too_long: Callable[[int, int, int], Response] | None = None
+    """Given (input index, its tokens, the limit): the refusal of an input over ``input_limit``."""
+    input_limit: int | None = None
+    truncate_at: int | None = None
+    """Inputs cut silently to this many tokens before they are embedded (Infinity)."""
+    usage_chars: bool = False
+    """``usage.prompt_tokens`` counts characters, not tokens (Infinity)."""
 
 
 def _column(raw: bytes, field_name: str) -> int:
@@ -357,11 +364,15 @@ def _vllm(**_: Any) -> Variant:
     )
 
 
-def _infinity(**_: Any) -> Variant:
+def _infinity(truncate_at: int | None = None, usage_chars: bool = False, **_: Any) -> Variant:
     """Infinity (michaelfeil/infinity) before base64 support: FastAPI's 422 for a literal
-    that does not match, ``{"detail": [{"type", "loc", "msg", "input", "ctx"}]}``."""
+    that does not match, ``{"detail": [{"type", "loc", "msg", "input", "ctx"}]}``. As 0.0.78
+    serves MiniLM: inputs over the model's 256 tokens cut silently (``truncate_at``) and
+    ``usage.prompt_tokens`` the inputs' characters (``usage_chars``)."""
     return Variant(
         "infinity",
+        truncate_at=truncate_at,
+        usage_chars=usage_chars,
         refuse_base64=lambda body: JSONResponse(
             {
                 "detail": [
@@ -379,11 +390,27 @@ def _infinity(**_: Any) -> Variant:
     )
 
 
-def _litellm(**_: Any) -> Variant:
+def _litellm(max_input_tokens: int | None = None, **_: Any) -> Variant:
     """LiteLLM proxy in front of a model without ``dimensions``: the upstream message
-    wrapped, ``type`` null and ``code`` a string."""
+    wrapped, ``type`` null and ``code`` a string. With ``max_input_tokens``, in front of a
+    server that refuses longer inputs: 1.108.7's body, the upstream's words wrapped and its
+    ``param`` dropped (so the refused input is named only in the message)."""
+
+    def too_long(i: int, n: int, limit: int) -> Response:
+        message = (
+            "litellm.ContextWindowExceededError: litellm.BadRequestError: ContextWindowExceededError: "
+            f"OpenAIException - Error code: 400 - This model's maximum context length is {limit} tokens, however "
+            f"input[{i}] has {n} tokens. Shorten that input; this server never truncates.\nmodel=minilm. "
+            "context_window_fallbacks=None. fallbacks=None.\n\nSet 'context_window_fallback' - "
+            "https://docs.litellm.ai/docs/routing#fallbacks\n\nLiteLLM: model group 'minilm' failed with the "
+            "error above. No fallback was attempted."
+        )
+        return _openai_error(400, message, "invalid_request_error", "400")
+
     return Variant(
         "litellm",
+        refuse_too_long=too_long,
+        input_limit=max_input_tokens,
         refuse_dimensions=lambda body: _openai_error(
             400,
             "litellm.BadRequestError: OpenAIException - This model does not support specifying dimensions.",
@@ -542,12 +569,19 @@ class FakeProvider:
         self._embedded: list[str] = []
         self._tokens_billed = 0
         self._rate_limited = 0
+        self._answered = 0
 
     @property
     def requests(self) -> int:
         """Embeddings requests received, whatever they were answered with."""
         with self._lock:
             return self._requests
+
+    @property
+    def refused(self) -> int:
+        """Embeddings requests not answered with vectors (refused, rate-limited, failed)."""
+        with self._lock:
+            return self._requests - self._answered
 
     @property
     def request_inputs(self) -> list[list[str]]:
@@ -705,6 +739,12 @@ class FakeProvider:
             return variant.refuse_dimensions(body)
         if variant.max_batch is not None and variant.refuse_batch is not None and n > variant.max_batch:
             return variant.refuse_batch(n, variant.max_batch)
+        if variant.refuse_too_long is not None and variant.input_limit is not None:
+            texts = body.get("input")
+            texts = [texts] if isinstance(texts, str) else [t for t in texts or [] if isinstance(t, str)]
+            for i, count in enumerate(self.encoder.count_tokens(texts)):
+                if count > variant.input_limit:
+                    return variant.refuse_too_long(i, count, variant.input_limit)
         return None
 
     async def _azure_route(self, request: Request) -> Response:
@@ -769,9 +809,17 @@ class FakeProvider:
                             }
                         }
                     return _response(rule.status, body, headers)
+        variant = self.variant
+        if variant is not None and variant.truncate_at is not None:  # cut silently, as Infinity does
+            counts = self.encoder.count_tokens(call.texts)
+            call.texts = [
+                _cl100k_truncate(t, variant.truncate_at) if n > variant.truncate_at else t
+                for t, n in zip(call.texts, counts, strict=True)
+            ]
         result: EmbeddingResult = await proceed(call)
         result.headers.update(headers)
         with self._lock:
+            self._answered += 1
             self._tokens_billed += call.prompt_tokens
             self._embedded.extend(call.texts)
             mode = self._corrupt.popleft() if self._corrupt else None
@@ -781,11 +829,16 @@ class FakeProvider:
 
     def _variant_shape(self, result: EmbeddingResult) -> EmbeddingResult | Response:
         variant = self.variant
-        if variant is None or not (variant.floats_only or variant.no_usage or variant.no_index or variant.extra_fields):
+        if variant is None or not (
+            variant.floats_only or variant.no_usage or variant.no_index or variant.extra_fields or variant.usage_chars
+        ):
             return result
         payload = render_embeddings(result, encoding_format="float" if variant.floats_only else None)
         if variant.no_usage:
             payload.pop("usage", None)
+        if variant.usage_chars:
+            chars = sum(map(len, result.call.texts))
+            payload["usage"] = {"prompt_tokens": chars, "total_tokens": chars}
         for item in payload["data"]:
             if variant.no_index:
                 item.pop("index", None)
@@ -873,3 +926,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cl100k_truncate(text: str, tokens: int) -> str:
+    """The first ``tokens`` cl100k tokens of ``text`` (what the fake model counts in)."""
+    from vectorfill.provider.tokens import Cl100k
+
+    return Cl100k().truncate(text, tokens)

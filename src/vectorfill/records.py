@@ -113,6 +113,8 @@ class Caps:
     max_inputs: int | None = None
     max_request_tokens: int | None = None
     encoding_format: str | None = None
+    max_input_tokens: int | None = None
+    """The most tokens one input may have (the model's limit, as the server said it)."""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def long_text(seed: int) -> str:
         "postgres",
         "text",
     ]
-    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))).capitalize() + "." for _ in range(360)]
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 14))).capitalize() + "." for _ in range(250)]
     return " ".join(sentences)
 
 
@@ -75,6 +75,11 @@ def make_table(db_url: str) -> None:
         rows += [(i, long_text(i)) for i in LONG_ROWS]
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO articles VALUES (%s, %s)", rows)
+
+
+def failed_rows(db_url: str) -> list[int]:
+    with connect(db_url) as conn:
+        return [int(r[0]) for r in conn.execute("SELECT row_key->>0 FROM vectorfill.failures").fetchall()]
 
 
 def stored(db_url: str) -> dict[int, tuple[str, np.ndarray]]:
@@ -128,8 +133,11 @@ def run_scenario(name: str, env: dict, db_url: str, url: str, model: str, key: s
     created = vf("job", "create", "docs", "--table", "articles", "--text", "body", "--model", model,
                  "--base-url", url, *(["--api-key-env", "VF_KEY"] if key else []), env=env)  # fmt: skip
     figures["create"] = created.stdout + created.stderr
-    first = vf("backfill", "docs", env=env)
+    first = vf("backfill", "docs", env=env, check=False)
     figures["backfill"] = first.stdout + first.stderr
+    # exit 3: the run went through its queue but rows failed: the NULL, empty and blank ones
+    assert first.returncode == 3, figures["backfill"]
+    assert sorted(failed_rows(db_url)) == [61, 62, 63], failed_rows(db_url)
     statuses = server.statuses()[before:]
     figures["requests"] = len(statuses)
     figures["refused"] = sum(1 for s in statuses if s != 200)

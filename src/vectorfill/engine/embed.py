@@ -26,7 +26,7 @@ from vectorfill.errors import InputError, TerminalProviderError, stops_run
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import classify
 from vectorfill.provider.ratelimit import Throttle
-from vectorfill.provider.tokens import counter_for
+from vectorfill.provider.tokens import counter_for, fit_limit
 
 from .claim import Item, Request, pack
 from .work import Work
@@ -100,10 +100,31 @@ def _merge(parts: list[Embedded], model: str, requests: int = 0) -> Embedded:
     )
 
 
+def _fit(model: str, items: tuple[Item, ...], limit: int) -> tuple[tuple[Item, ...], int]:
+    """``items`` with every input over the model's learnt ``limit`` cut to it (by the model's
+    tokenizer, or a conservative estimate); and how many were cut. The stored text is the
+    text sent, so it stays exactly what its vector was made from."""
+    counter = counter_for(model)
+    budget = fit_limit(counter, limit)
+    counts = counter.estimate([i.text for i in items], budget)
+    if all(n <= budget for n in counts):
+        return items, 0
+    fitted = tuple(
+        dataclasses.replace(i, text=counter.truncate(i.text, budget), tokens=min(i.tokens, limit)) if n > budget else i
+        for i, n in zip(items, counts, strict=True)
+    )
+    return fitted, sum(1 for n in counts if n > budget)
+
+
 async def _embed(
     client: EmbeddingsClient, items: tuple[Item, ...], truncate: bool, throttle: Throttle | None = None
 ) -> Embedded:
     negotiator = client.negotiator
+    if truncate and negotiator.max_input_tokens:  # the model's limit, learnt: cut to it before sending
+        items, cut = _fit(client.model, items, negotiator.max_input_tokens)
+        if cut:
+            sent = await _embed(client, items, truncate, throttle)
+            return dataclasses.replace(sent, truncated=sent.truncated + cut)
     cap, cap_tokens = negotiator.max_inputs, negotiator.max_request_tokens
     if len(items) > 1 and ((cap and len(items) > cap) or (cap_tokens and sum(i.tokens for i in items) > cap_tokens)):
         # a cap learnt since the request was packed: split to it (as a claim packs)

@@ -184,6 +184,8 @@ async def _check_one(
             return report(), False
         except TransientProviderError as exc:
             what = "dimensions" if exc.code == "dimension_mismatch" else "endpoint"
+            if exc.status == 500 and not api_key_env:
+                what = "API key"  # no key sent, and a bare 500 back (LiteLLM's proxy)
             lines.append(CheckLine(what, False, str(exc)))
             return report(), False
         except ProviderError as exc:

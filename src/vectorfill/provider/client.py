@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -382,6 +383,21 @@ class EmbeddingsClient:
                 "the run stops here instead of retrying",
                 **kw,
             )
+        if status == 400 and (err_type == "no_db_connection" or _NO_DB.search(message)):
+            # LiteLLM's proxy without a database of virtual keys: a key that is not its master key
+            hint = f" in ${self._key_hint}" if self._key_hint else " (set --api-key-env)"
+            return AuthenticationError(
+                f"{where} refused the API key ({status}: {message}): LiteLLM's proxy answers so when the key "
+                f"is not its master key (LITELLM_MASTER_KEY) and it has no database of keys. Check the API key{hint}; "
+                "the run stops here instead of retrying",
+                **kw,
+            )
+        if status in (400, 422) and _UNKNOWN_MODEL.search(message):
+            return ModelNotFound(
+                f"{where} does not serve model {self.model!r} ({status}: {message}). Check --model "
+                "(the name the server or proxy lists at /v1/models)",
+                **kw,
+            )
         if status == 404:
             return ModelNotFound(
                 f"{where} answered 404 for model {self.model!r}: {message}. Check --model and "
@@ -395,6 +411,12 @@ class EmbeddingsClient:
                 **kw,
             )
         if status in (408, 409, 429) or status >= 500:
+            if self._key is None and status == 500:
+                # LiteLLM's proxy answers a request without a key with a bare 500
+                message += (
+                    "; no API key was sent (the job has no --api-key-env): if the server needs one, "
+                    "set the job's --api-key-env to the variable that holds it"
+                )
             return TransientProviderError(f"{where} answered {status}: {message}", **kw)
         return TerminalProviderError(f"{where} rejected the request ({status}): {message}", **kw)
 
@@ -404,6 +426,14 @@ class EmbeddingsClient:
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+_NO_DB = re.compile(r"no connected db", re.I)
+# "Invalid model name passed in model=nope" (LiteLLM), "The model `x` does not exist" (OpenAI,
+# vLLM), "model 'x' not found" (Ollama, TEI's router)
+_UNKNOWN_MODEL = re.compile(
+    r"invalid model name|model\b.{0,80}\b(?:does not exist|not found)|unknown model|no such model", re.I
+)
 
 
 def _tls_for(base_url: str) -> ssl.SSLContext | bool:

@@ -55,6 +55,7 @@ __all__ = [
     "Refusal",
     "Verdict",
     "classify",
+    "input_limit",
 ]
 
 log = logging.getLogger("vectorfill")
@@ -87,6 +88,21 @@ _DIMENSIONS = re.compile(r"dimensions|matryoshka", re.I)
 _TOO_LONG = re.compile(
     r"context.length|too long|maximum.*tokens|tokens.*maximum|less than \d+ tokens|input.*exceeds", re.I
 )
+# the model's limit on one input, as servers name it: "This model's maximum context length is
+# 256 tokens, however input[0] has 3667 tokens" (OpenAI, vLLM, vectorfill's own, and LiteLLM
+# wrapping them), "`inputs` must have less than 512 tokens. Given: 600" (TEI)
+_INPUT_LIMIT = [
+    re.compile(r"maximum context length is (\d+) tokens", re.I),
+    re.compile(r"must have less than (\d+) tokens", re.I),
+]
+
+
+def input_limit(message: str) -> int | None:
+    """The per-input token limit a refusal names, if it names one."""
+    for pattern in _INPUT_LIMIT:
+        if m := pattern.search(message):
+            return int(m.group(1))
+    return None
 
 
 @dataclass(frozen=True)
@@ -152,6 +168,8 @@ class Negotiator:
         self.client = client
         self.max_inputs: int | None = None
         self.max_request_tokens: int | None = None
+        self.max_input_tokens: int | None = None
+        """The model's limit on one input, as the server said it (learnt or remembered)."""
         self.proven = False
         """A request succeeded with the current settings in this run."""
         self.generation = 0
@@ -173,11 +191,16 @@ class Negotiator:
             self.max_request_tokens = caps.max_request_tokens
         if caps.encoding_format:
             self.client.encoding_format = caps.encoding_format
+        if caps.max_input_tokens:
+            self.max_input_tokens = caps.max_input_tokens
 
     # ------------------------------------------------------------------ settings
     def apply(self, settings: JobSettings) -> JobSettings:
-        """``settings`` with the endpoint's learnt caps (never raised above the job's)."""
-        update = {}
+        """``settings`` with the endpoint's learnt caps (never raised above the job's), the
+        model's input limit among them (what claims cut inputs to)."""
+        update: dict[str, int] = {}
+        if self.max_input_tokens and (settings.max_input_tokens or self.max_input_tokens + 1) > self.max_input_tokens:
+            update["max_input_tokens"] = self.max_input_tokens
         if self.max_inputs and self.max_inputs < settings.max_inputs:
             update["max_inputs"] = self.max_inputs
         if self.max_request_tokens and self.max_request_tokens < settings.max_request_tokens:
@@ -223,6 +246,11 @@ class Negotiator:
             return "retry"
         if refusal.kind == "dimensions" and self.client.dimensions:
             raise self._dimensions_refused(exc)
+        limit = input_limit(str(exc)) if refusal.kind == "too_long" else None
+        if limit and (self.max_input_tokens is None or limit < self.max_input_tokens):
+            # the model's limit: inputs are cut to it from now on, in this run and the next
+            await self._learn(max_input_tokens=limit, evidence=_line(exc))
+            return "retry"
         if refusal.kind in ("too_long", "size") and (n > 1 or refusal.kind == "too_long"):
             return "bisect"  # an input's length, or the request's size: halves will tell
         if self.proven:
@@ -332,6 +360,7 @@ class Negotiator:
         max_inputs: int | None = None,
         max_request_tokens: int | None = None,
         encoding_format: str | None = None,
+        max_input_tokens: int | None = None,
         evidence: str,
     ) -> None:
         if max_inputs is not None:
@@ -343,13 +372,21 @@ class Negotiator:
         if encoding_format is not None:
             self.client.encoding_format = encoding_format
             self.learnt.append(f"encoding_format {encoding_format} ({evidence})")
+        if max_input_tokens is not None:
+            self.max_input_tokens = min(max_input_tokens, self.max_input_tokens or max_input_tokens)
+            self.learnt.append(f"at most {self.max_input_tokens} tokens per input ({evidence})")
         self.generation += 1
         self.proven = False
         log.warning("endpoint %s: learnt %s", self.client.base_url, self.learnt[-1])
         if self._remember is not None:
             try:
                 await self._remember(
-                    Caps(max_inputs=max_inputs, max_request_tokens=max_request_tokens, encoding_format=encoding_format),
+                    Caps(
+                        max_inputs=max_inputs,
+                        max_request_tokens=max_request_tokens,
+                        encoding_format=encoding_format,
+                        max_input_tokens=max_input_tokens,
+                    ),
                     evidence,
                 )
             except Exception as exc:  # remembering is an optimisation: the run goes on

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["KNOWN_MAX_INPUT_TOKENS", "ByteEstimate", "Cl100k", "HFTokenizer", "TokenCounter", "counter_for"]
+__all__ = [
+    "KNOWN_MAX_INPUT_TOKENS",
+    "ByteEstimate",
+    "Cl100k",
+    "HFTokenizer",
+    "TokenCounter",
+    "counter_for",
+    "fit_limit",
+]
 
 
 class TokenCounter(Protocol):
@@ -189,6 +197,14 @@ KNOWN_MAX_INPUT_TOKENS = {
     "fake-embed": 8191,
     "all-MiniLM-L6-v2": 256,
 }
+
+
+def fit_limit(counter: TokenCounter, limit: int) -> int:
+    """The count to cut inputs to for a model whose limit is ``limit``: the limit itself with
+    an exact counter; a little under it with an estimate, which may count fewer tokens than
+    the model's tokenizer does on some text (CJK in a BERT vocabulary is a token per
+    character, plus [CLS] and [SEP])."""
+    return limit if counter.exact else max(1, limit - max(2, limit // 32))
 
 
 def counter_for(model: str) -> TokenCounter:

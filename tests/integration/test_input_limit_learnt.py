@@ -1,0 +1,105 @@
+"""A model vectorfill knows no tokenizer for, behind a server that refuses inputs over its
+limit (LiteLLM's proxy in front of a 256-token model, its real error body, `param` dropped):
+the limit is learnt from the first refusal, remembered for the endpoint, and long inputs are
+cut to it from then on without another refusal; a stored chunk is the text its vector was
+made from."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from psycopg import sql
+
+from conftest import API_KEY, Env
+from vectorfill.provider.tokens import Cl100k
+
+LIMIT = 256
+MODEL = "acme/embed-small"  # no known tokenizer: counted by the bytes/3 estimate
+
+
+@pytest.fixture
+def limited(migrated_db, prefect_server, monkeypatch):
+    from fake_provider import FakeProvider
+
+    monkeypatch.setenv("VECTORFILL_DATABASE_URL", migrated_db)
+    monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with FakeProvider(dimensions=32, api_key=API_KEY, model=MODEL) as fake:
+        fake.behave_like("litellm", max_input_tokens=LIMIT)
+        yield Env(migrated_db, fake)
+
+
+def long_text(seed: int) -> str:
+    rng = random.Random(seed)
+    words = ["vector", "database", "embedding", "token", "server", "request", "postgres", "queue"]
+    return " ".join(rng.choice(words) for _ in range(1500))  # ~1,500 tokens
+
+
+def add_rows(env: Env, start: int, short: int, long: list[int]) -> None:
+    with env.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, body text)")
+        for i in range(start, start + short):
+            conn.execute("INSERT INTO notes VALUES (%s, %s)", (i, f"a short note number {i}"))
+        for i in long:
+            conn.execute("INSERT INTO notes VALUES (%s, %s)", (i, long_text(i)))
+
+
+def stored(env: Env) -> dict[int, tuple[str, np.ndarray]]:
+    with env.connect() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT id, chunk, embedding FROM {}").format(sql.Identifier("vectorfill", "notes"))
+        ).fetchall()
+    return {r[0]: (r[1], np.asarray(r[2].to_numpy())) for r in rows}
+
+
+def test_a_learnt_input_limit_cuts_long_inputs_after_one_refusal_and_is_remembered(limited):
+    env = limited
+    add_rows(env, 1, 60, [901, 902, 903])
+    env.create_job("notes", table="notes", template=None, text_columns=["body"], model=MODEL)
+    first = env.backfill("notes")
+    assert first.embedded == 63 and first.failed == 0
+    # one refusal taught the limit; the batch was sent again with its long inputs cut (no bisecting)
+    assert env.provider.refused == 1, env.provider.refused
+    assert first.truncated == 3
+    with env.connect() as conn:
+        (remembered,) = conn.execute("SELECT max_input_tokens FROM vectorfill.endpoint_caps").fetchone()
+    assert remembered == LIMIT
+
+    rows = stored(env)
+    counter = Cl100k()  # the fake model's own tokenizer
+    for i in (901, 902, 903):
+        chunk, vector = rows[i]
+        assert long_text(i).startswith(chunk) and len(chunk) < len(long_text(i))
+        # cut under the limit by the bytes/3 estimate (these words are ~8 bytes a token: 96 of 256)
+        assert 0.3 * LIMIT < counter.count([chunk])[0] <= LIMIT
+        # the stored text is exactly what the vector was made from
+        assert np.allclose(vector, env.provider.expected_vector(chunk), atol=1e-6)
+
+    # the next run (another process would do the same) knows the limit: no refusal at all
+    requests = env.provider.requests
+    add_rows(env, 100, 10, [904, 905])
+    second = env.backfill("notes")
+    assert second.embedded == 12 and second.truncated == 2
+    assert env.provider.refused == 1 and env.provider.requests > requests
+
+
+def test_without_truncation_a_row_over_the_learnt_limit_fails_with_the_servers_reason(limited):
+    from vectorfill.config import JobSettings
+
+    env = limited
+    add_rows(env, 1, 10, [901])
+    env.create_job(
+        "notes",
+        table="notes",
+        template=None,
+        text_columns=["body"],
+        model=MODEL,
+        settings=JobSettings(retries=1, on_too_long="fail"),
+    )
+    summary = env.backfill("notes")
+    assert summary.embedded == 10 and summary.failed == 1 and summary.truncated == 0
+    with env.connect() as conn:
+        (message,) = conn.execute("SELECT message FROM vectorfill.failures").fetchone()
+    assert "maximum context length is 256 tokens" in message
