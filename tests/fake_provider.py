@@ -364,16 +364,18 @@ def _vllm(**_: Any) -> Variant:
     )
 
 
-def _infinity(truncate_at: int | None = None, usage_chars: bool = False, **_: Any) -> Variant:
+def _infinity(truncate_at: int | None = None, usage_chars: bool = False, base64: bool = False, **_: Any) -> Variant:
     """Infinity (michaelfeil/infinity) before base64 support: FastAPI's 422 for a literal
     that does not match, ``{"detail": [{"type", "loc", "msg", "input", "ctx"}]}``. As 0.0.78
-    serves MiniLM: inputs over the model's 256 tokens cut silently (``truncate_at``) and
-    ``usage.prompt_tokens`` the inputs' characters (``usage_chars``)."""
+    serves MiniLM (``base64=True``): inputs over the model's 256 tokens cut silently
+    (``truncate_at``) and ``usage.prompt_tokens`` the inputs' characters (``usage_chars``)."""
     return Variant(
         "infinity",
         truncate_at=truncate_at,
         usage_chars=usage_chars,
-        refuse_base64=lambda body: JSONResponse(
+        refuse_base64=None
+        if base64
+        else lambda body: JSONResponse(
             {
                 "detail": [
                     {
@@ -810,6 +812,8 @@ class FakeProvider:
                         }
                     return _response(rule.status, body, headers)
         variant = self.variant
+        if variant is not None and variant.usage_chars:  # usage counts the inputs' characters
+            call.token_counts = [len(t) for t in call.texts]
         if variant is not None and variant.truncate_at is not None:  # cut silently, as Infinity does
             counts = self.encoder.count_tokens(call.texts)
             call.texts = [
@@ -829,16 +833,11 @@ class FakeProvider:
 
     def _variant_shape(self, result: EmbeddingResult) -> EmbeddingResult | Response:
         variant = self.variant
-        if variant is None or not (
-            variant.floats_only or variant.no_usage or variant.no_index or variant.extra_fields or variant.usage_chars
-        ):
+        if variant is None or not (variant.floats_only or variant.no_usage or variant.no_index or variant.extra_fields):
             return result
         payload = render_embeddings(result, encoding_format="float" if variant.floats_only else None)
         if variant.no_usage:
             payload.pop("usage", None)
-        if variant.usage_chars:
-            chars = sum(map(len, result.call.texts))
-            payload["usage"] = {"prompt_tokens": chars, "total_tokens": chars}
         for item in payload["data"]:
             if variant.no_index:
                 item.pop("index", None)

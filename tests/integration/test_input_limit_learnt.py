@@ -103,3 +103,53 @@ def test_without_truncation_a_row_over_the_learnt_limit_fails_with_the_servers_r
     with env.connect() as conn:
         (message,) = conn.execute("SELECT message FROM vectorfill.failures").fetchone()
     assert "maximum context length is 256 tokens" in message
+
+
+@pytest.fixture
+def silent(migrated_db, prefect_server, monkeypatch):
+    """Infinity as 0.0.78 serves MiniLM: long inputs cut silently at the model's limit, and
+    usage.prompt_tokens counting characters."""
+    from fake_provider import FakeProvider
+
+    monkeypatch.setenv("VECTORFILL_DATABASE_URL", migrated_db)
+    monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with FakeProvider(dimensions=32, api_key=API_KEY, model=MODEL) as fake:
+        fake.behave_like("infinity", truncate_at=LIMIT, usage_chars=True, base64=True)
+        yield Env(migrated_db, fake)
+
+
+def test_a_server_that_truncates_silently_is_reported_and_its_character_usage_not_believed(silent, caplog):
+    env = silent
+    add_rows(env, 1, 30, [901, 902])
+    env.create_job("notes", table="notes", template=None, text_columns=["body"], model=MODEL)
+    with caplog.at_level("WARNING", logger="vectorfill"):
+        summary = env.backfill("notes")
+    assert summary.embedded == 32 and env.provider.refused == 0
+    # vectorfill cannot know where the server cut: it says the two long rows may have been
+    assert summary.maybe_truncated == 2 and summary.truncated == 0
+    # usage counted characters: the run's tokens are counted here instead, and marked estimated
+    chars = sum(len(t) for t in env.provider.inputs)
+    assert summary.tokens_estimated == summary.tokens and 0 < summary.tokens < chars / 2
+    said = [r.getMessage() for r in caplog.records if "usage.prompt_tokens" in r.getMessage()]
+    assert len(said) == 1 and "not tokens" in said[0]  # told once
+
+
+def test_a_limit_set_on_the_job_cuts_long_inputs_before_a_silent_server_does(silent):
+    from vectorfill.config import JobSettings
+
+    env = silent
+    add_rows(env, 1, 5, [901])
+    env.create_job(
+        "notes",
+        table="notes",
+        template=None,
+        text_columns=["body"],
+        model=MODEL,
+        settings=JobSettings(retries=1, max_input_tokens=LIMIT),
+    )
+    summary = env.backfill("notes")
+    assert summary.embedded == 6 and summary.truncated == 1 and summary.maybe_truncated == 0
+    chunk, vector = stored(env)[901]
+    assert Cl100k().count([chunk])[0] <= LIMIT  # within the limit: the server embedded all of it
+    assert np.allclose(vector, env.provider.expected_vector(chunk), atol=1e-6)

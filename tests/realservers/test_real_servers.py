@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 
 import httpx
 import numpy as np
@@ -152,17 +153,27 @@ def run_scenario(name: str, env: dict, db_url: str, url: str, model: str, key: s
     sample = random.Random(7).sample(range(1, 61), 17) + list(LONG_ROWS)
     figures["min_cosine"] = assert_vectors_match(db_url, url, model, key, sample)
 
+    # edits, and two more long rows: what was learnt about the endpoint holds in the next run
+    before = len(server.statuses())
     with connect(db_url) as conn:
         conn.execute("UPDATE articles SET body = body || ' (edited)' WHERE id IN (2, 3, 5, 8, 13)")
         conn.execute("UPDATE articles SET body = 'now it has text' WHERE id = 61")
-    vf("backfill", "docs", env=env)
+        conn.execute("INSERT INTO articles VALUES (904, %s), (905, %s)", (long_text(904), long_text(905)))
+    second = vf("backfill", "docs", env=env, check=False)
+    assert second.returncode == 3, second.stdout + second.stderr  # rows 62 and 63 still have no text
+    statuses = server.statuses()[before:]
+    figures["second_requests"], figures["second_refused"] = len(statuses), sum(1 for s in statuses if s != 200)
     rows = stored(db_url)
     assert rows[61][0] == "now it has text" and rows[13][0].endswith("(edited)")
-    assert_vectors_match(db_url, url, model, key, [2, 3, 5, 8, 13, 61])
+    figures["long_stored_tokens"].update({i: len(tok.encode(rows[i][0]).ids) for i in (904, 905)})
+    assert_vectors_match(db_url, url, model, key, [2, 3, 5, 8, 13, 61, 904, 905])
 
     found = vf("search", "docs", "日本の首都は東京です", "-k", "3", env=env)
     assert "東京" in found.stdout, found.stdout  # the nearest rows are the Japanese ones
     record(name, {k: v for k, v in figures.items() if k not in ("create", "backfill")})
+    # every long row is cut to the model's 256 tokens by vectorfill (the stored text is what
+    # was embedded: checked above against the server's own vectors)
+    assert all(n <= 256 for n in figures["long_stored_tokens"].values()), figures["long_stored_tokens"]
     return figures
 
 
@@ -191,7 +202,13 @@ def infinity(tmp_path):
 def test_litellm_proxy_end_to_end(litellm, fresh_db, tmp_path, local_prefect_home):
     env = user_env(fresh_db, tmp_path, local_prefect_home) | {"VF_KEY": MASTER_KEY}
     figures = run_scenario("litellm", env, fresh_db, f"{litellm.url}/v1", LITELLM_MODEL, MASTER_KEY, litellm)
-    assert "endpoint" in figures["create"]
+    assert "endpoint check passed" in figures["create"], figures["create"]
+    # no tokenizer is known for the alias `minilm`: the first long input is refused, the limit
+    # it names (256) is learnt, and the long inputs are cut to it; none is refused after
+    assert figures["refused"] == 1, figures
+    assert figures["second_refused"] == 0, figures
+    with connect(fresh_db) as conn:
+        assert conn.execute("SELECT max_input_tokens FROM vectorfill.endpoint_caps").fetchone() == (256,)
 
 
 def test_litellm_proxy_wrong_key_and_model(litellm, fresh_db, tmp_path, local_prefect_home):
@@ -226,3 +243,10 @@ def test_infinity_end_to_end(infinity, fresh_db, tmp_path, local_prefect_home):
     figures = run_scenario("infinity", env, fresh_db, f"{infinity.url}/v1", INFINITY_MODEL, None, infinity)
     assert f"{infinity.url}/embeddings answers: {infinity.url} is used" in figures["create"], figures["create"]
     assert "base64 asked, floats answered" not in figures["create"]  # 0.0.78 answers base64 as asked
+    # its usage counts characters: not believed, tokens counted here and marked estimated
+    assert "not tokens" in figures["create"], figures["create"]
+    assert re.search(r"tokens estimated\s*│\s*[1-9]", figures["backfill"]), figures["backfill"]
+    # the model's tokenizer and limit are known here (the bundled MiniLM under its HF id): the
+    # long rows are cut to 256 tokens by vectorfill, none is left to the server to cut silently
+    assert re.search(r"truncated\s*│\s*3\b", figures["backfill"]), figures["backfill"]
+    assert figures["refused"] == 0 and figures["second_refused"] == 0

@@ -122,6 +122,6 @@ def check_before(
     details = {line.what: line.detail for line in report.lines}
     out.print(f"endpoint check passed: {details.get('dimensions')}, {details.get('encoding')}", highlight=False)
     for line in report.lines:
-        if line.what in ("negotiated", "base URL"):
+        if line.note:
             out.print(f"endpoint check: {line.detail}", highlight=False)
     return report.base_url

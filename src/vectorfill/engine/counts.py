@@ -56,6 +56,10 @@ class Counts:
     """Those tokens at the batch price (part of ``cost_usd``)."""
     batch_retried: int = 0
     """Rows a batch did not embed (expired, failed lines, refused batch), queued again."""
+    maybe_truncated: int = 0
+    """Inputs sent whole that may be over the model's limit, which is not known here (no
+    tokenizer, no limit learnt or set): a server that cuts long inputs silently (Infinity,
+    TEI with auto-truncate) may have embedded only their start."""
 
     def __add__(self, other: Counts) -> Counts:
         if not isinstance(other, Counts):
@@ -117,6 +121,8 @@ class RunSummary:
     batch_tokens: int = 0
     batch_cost_usd: float | None = 0.0
     batch_retried: int = 0
+    maybe_truncated: int = 0
+    """Inputs that the server may have cut silently (see :attr:`Counts.maybe_truncated`)."""
 
     @classmethod
     def of(

@@ -26,7 +26,7 @@ from vectorfill.errors import InputError, TerminalProviderError, stops_run
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import classify
 from vectorfill.provider.ratelimit import Throttle
-from vectorfill.provider.tokens import counter_for, fit_limit
+from vectorfill.provider.tokens import counter_for, fit_limit, max_input_tokens
 
 from .claim import Item, Request, pack
 from .work import Work
@@ -167,10 +167,13 @@ async def _embed(
             await negotiator.size_refused(max(mid, len(items) - mid))
         return _merge([left, right], client.model, requests=1)
     negotiator.succeeded(generation)
-    if result.prompt_tokens is not None:
+    counted = sum(i.tokens for i in items)
+    if result.prompt_tokens is not None and client.usage_believed(
+        result.prompt_tokens, [i.text for i in items], counted
+    ):
         tokens = result.prompt_tokens
-    else:  # no usage in the answer: the claim's counts, marked as estimated in the summary
-        tokens = sum(i.tokens for i in items)
+    else:  # no usage in the answer, or not tokens: the claim's counts, marked as estimated in the summary
+        tokens = counted
         client.tokens_estimated += tokens
     return Embedded(items, result.vectors, result.model, tokens, 1)
 
@@ -181,4 +184,24 @@ async def embed_request(
     """Embed one request's inputs with one request (more only when bisecting a rejected one), through
     the run's ``throttle`` for the endpoint when given: it waits for the rate budget and
     retries 429s itself, after a pause shared by every lane."""
-    return await _embed(client, request.items, work.settings.on_too_long == "truncate", throttle)
+    embedded = await _embed(client, request.items, work.settings.on_too_long == "truncate", throttle)
+    client.maybe_truncated += _maybe_truncated(work, client, embedded.items)
+    return embedded
+
+
+#: Tokens (by the estimate) over which an input may exceed an unknown model's limit: the
+#: smallest limit common among embedding models (MiniLM's 256).
+SMALLEST_COMMON_LIMIT = 256
+
+
+def _maybe_truncated(work: Work, client: EmbeddingsClient, items: tuple[Item, ...]) -> int:
+    """How many of ``items`` (sent and embedded) may have been cut by the server without a
+    word: the model's limit is not known here (no tokenizer, none set, learnt or well
+    known) and the estimate puts them over the smallest common limit."""
+    model = client.model
+    if work.settings.max_input_tokens or client.negotiator.max_input_tokens or max_input_tokens(model):
+        return 0
+    counter = counter_for(model)
+    if counter.exact:
+        return 0
+    return sum(1 for n in counter.estimate([i.text for i in items]) if n > SMALLEST_COMMON_LIMIT)

@@ -206,6 +206,7 @@ class Filler:
             if self._client is not None:
                 self.tally.counts = self.tally.counts + Counts(
                     tokens_estimated=self._client.tokens_estimated,
+                    maybe_truncated=self._client.maybe_truncated,
                     requests=self._client.negotiator.probes,  # the one-input probes sent, if any
                 )
                 self._client = None

@@ -29,6 +29,7 @@ from vectorfill.jobs.registry import load_job
 from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import Negotiator
+from vectorfill.provider.tokens import counter_for
 from vectorfill.records import Caps
 from vectorfill.storage import sql
 from vectorfill.storage.caps import load_caps, remembering
@@ -45,6 +46,9 @@ class CheckLine:
     what: str
     ok: bool
     detail: str
+    note: bool = False
+    """Worth saying even when the check passes (``job create`` prints it): something learnt
+    or found out about the endpoint."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ async def check_endpoint(
     given = base_url.rstrip("/")
     if adopt_base_url:
         line = CheckLine(
-            "base URL", True, f"{given}/embeddings answered 404 but {other}/embeddings answers: {other} is used"
+            "base URL", True, f"{given}/embeddings answered 404 but {other}/embeddings answers: {other} is used", True
         )
     else:
         line = CheckLine(
@@ -227,7 +231,8 @@ async def _check_one(
             CheckLine(
                 "encoding",
                 True,
-                "encoding_format base64 asked, floats answered: the server ignores it (vectorfill reads "
+                note=True,
+                detail="encoding_format base64 asked, floats answered: the server ignores it (vectorfill reads "
                 "floats too; the answers are about 2.5 times larger). --encoding-format float says so",
             )
         )
@@ -241,7 +246,7 @@ async def _check_one(
         note = f"; at most {cap} inputs per request here (learnt, remembered)" if cap else ""
         lines.append(CheckLine("inputs", True, f"two inputs in one request, two vectors{note}"))
     for learnt in negotiator.learnt:
-        lines.append(CheckLine("negotiated", True, learnt))
+        lines.append(CheckLine("negotiated", True, learnt, True))
     if result.prompt_tokens is None:
         lines.append(
             CheckLine(
@@ -249,7 +254,21 @@ async def _check_one(
             )
         )
     else:
-        lines.append(CheckLine("usage", True, f"usage reported ({result.prompt_tokens} tokens)"))
+        texts = list(CHECK_TEXTS)
+        counted = sum(counter_for(model).count(texts))
+        if client.usage_believed(result.prompt_tokens, texts, counted):
+            lines.append(CheckLine("usage", True, f"usage reported ({result.prompt_tokens} tokens)"))
+        else:
+            lines.append(
+                CheckLine(
+                    "usage",
+                    True,
+                    note=True,
+                    detail=f"usage reports {result.prompt_tokens} tokens for two inputs of {sum(map(len, texts))} characters "
+                    f"(about {counted} tokens counted here): not tokens, so runs count tokens here and mark them "
+                    "estimated (in summaries, `vectorfill runs` and costs)",
+                )
+            )
     return report(), False
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import logging
 import re
 import ssl
 import time
@@ -45,12 +46,15 @@ from vectorfill.errors import (
     TransientProviderError,
 )
 from vectorfill.provider.negotiate import Negotiator
+from vectorfill.provider.tokens import usage_plausible
 
 if TYPE_CHECKING:
     from vectorfill.config import JobSettings
     from vectorfill.records import Version
 
 __all__ = ["Embeddings", "EmbeddingsClient", "parse_retry_after"]
+
+log = logging.getLogger("vectorfill")
 
 
 class _B64Decode(Protocol):
@@ -131,7 +135,12 @@ class EmbeddingsClient:
         self._key_hint = key_hint
         self._negotiator: Negotiator | None = None
         self.tokens_estimated = 0
-        """Tokens counted locally because the endpoint's answers carried no ``usage``."""
+        """Tokens counted locally because the endpoint's answers carried no ``usage``, or one
+        that cannot be tokens (:meth:`usage_believed`)."""
+        self.maybe_truncated = 0
+        """Inputs sent that may be over the model's limit, unknown here (counted by the engine)."""
+        self.usage_doubted: str | None = None
+        """Why the endpoint's ``usage`` is not believed (said once, in the log), if it is not."""
         headers = {"Content-Type": "application/json", "User-Agent": "vectorfill"}
         if api_key is not None and api_key_header == "api-key":  # Azure OpenAI
             headers["api-key"] = api_key.get_secret_value()
@@ -227,6 +236,19 @@ class EmbeddingsClient:
             return self._parse(response, len(texts))
         finally:
             response.stream = _EMPTY_STREAM  # break the cycle: the body is freed at once
+
+    def usage_believed(self, reported: int, texts: list[str], counted: int) -> bool:
+        """Whether an answer's ``usage.prompt_tokens`` (``reported``) can be the tokens of
+        ``texts`` (``counted`` here); once it was found implausible, it is not believed for
+        the rest of the client's life, and the log says so once."""
+        if self.usage_doubted is None and not usage_plausible(reported, texts, counted):
+            self.usage_doubted = (
+                f"{self.base_url}/embeddings reports usage.prompt_tokens={reported:,} for {len(texts):,} inputs "
+                f"of {sum(map(len, texts)):,} characters (about {counted:,} tokens counted here): that is not "
+                "tokens (characters, most likely), so tokens are counted here and marked estimated"
+            )
+            log.warning("job %s: %s", self.job, self.usage_doubted)
+        return self.usage_doubted is None
 
     # ------------------------------------------------------------------ parsing
     def _parse(self, response: httpx.Response, n: int) -> Embeddings:

