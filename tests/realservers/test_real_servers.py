@@ -159,8 +159,8 @@ def run_scenario(name: str, env: dict, db_url: str, url: str, model: str, key: s
         conn.execute("UPDATE articles SET body = body || ' (edited)' WHERE id IN (2, 3, 5, 8, 13)")
         conn.execute("UPDATE articles SET body = 'now it has text' WHERE id = 61")
         conn.execute("INSERT INTO articles VALUES (904, %s), (905, %s)", (long_text(904), long_text(905)))
-    second = vf("backfill", "docs", env=env, check=False)
-    assert second.returncode == 3, second.stdout + second.stderr  # rows 62 and 63 still have no text
+    second = vf("backfill", "docs", env=env)  # rows 62 and 63 stay failed (not queued again): exit 0
+    figures["second_backfill"] = second.stdout + second.stderr
     statuses = server.statuses()[before:]
     figures["second_requests"], figures["second_refused"] = len(statuses), sum(1 for s in statuses if s != 200)
     rows = stored(db_url)
@@ -170,7 +170,7 @@ def run_scenario(name: str, env: dict, db_url: str, url: str, model: str, key: s
 
     found = vf("search", "docs", "日本の首都は東京です", "-k", "3", env=env)
     assert "東京" in found.stdout, found.stdout  # the nearest rows are the Japanese ones
-    record(name, {k: v for k, v in figures.items() if k not in ("create", "backfill")})
+    record(name, {k: v for k, v in figures.items() if k not in ("create", "backfill", "second_backfill")})
     # every long row is cut to the model's 256 tokens by vectorfill (the stored text is what
     # was embedded: checked above against the server's own vectors)
     assert all(n <= 256 for n in figures["long_stored_tokens"].values()), figures["long_stored_tokens"]
