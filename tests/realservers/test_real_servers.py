@@ -140,8 +140,12 @@ def run_scenario(name: str, env: dict, db_url: str, url: str, model: str, key: s
     assert first.returncode == 3, figures["backfill"]
     assert sorted(failed_rows(db_url)) == [61, 62, 63], failed_rows(db_url)
     statuses = server.statuses()[before:]
+    for figure in ("tokens", "tokens estimated", "truncated", "maybe truncated"):
+        found = re.search(rf"│ {figure}\s*│\s*([\d,]+)", figures["backfill"])
+        figures[figure.replace(" ", "_")] = int(found.group(1).replace(",", "")) if found else None
     figures["requests"] = len(statuses)
-    figures["refused"] = sum(1 for s in statuses if s != 200)
+    figures["not_found"] = statuses.count(404)  # a base URL's other form tried at create
+    figures["refused"] = sum(1 for s in statuses if s not in (200, 404))
     rows = stored(db_url)
     assert set(rows) == set(range(1, 61)) | set(LONG_ROWS), sorted(set(rows) ^ (set(range(1, 61)) | set(LONG_ROWS)))
     tok = minilm_tokenizer()
@@ -249,4 +253,4 @@ def test_infinity_end_to_end(infinity, fresh_db, tmp_path, local_prefect_home):
     # the model's tokenizer and limit are known here (the bundled MiniLM under its HF id): the
     # long rows are cut to 256 tokens by vectorfill, none is left to the server to cut silently
     assert re.search(r"truncated\s*│\s*3\b", figures["backfill"]), figures["backfill"]
-    assert figures["refused"] == 0 and figures["second_refused"] == 0
+    assert figures["refused"] == 0 and figures["second_refused"] == 0 and figures["not_found"] == 1
