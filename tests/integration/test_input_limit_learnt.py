@@ -134,6 +134,17 @@ def test_a_server_that_truncates_silently_is_reported_and_its_character_usage_no
     said = [r.getMessage() for r in caplog.records if "usage.prompt_tokens" in r.getMessage()]
     assert len(said) == 1 and "not tokens" in said[0]  # told once
 
+    # `vectorfill runs` reads both figures back from the run's summary (and marks the tokens)
+    import time
+
+    from vectorfill.orchestration.history import recent_runs
+
+    deadline = time.monotonic() + 60
+    while not (runs := recent_runs("notes", 5)) or runs[0].tokens is None:
+        assert time.monotonic() < deadline, "the run's summary was not recorded"
+        time.sleep(0.5)
+    assert runs[0].tokens_estimated == summary.tokens_estimated and runs[0].maybe_truncated == 2
+
 
 def test_a_limit_set_on_the_job_cuts_long_inputs_before_a_silent_server_does(silent):
     from vectorfill.config import JobSettings

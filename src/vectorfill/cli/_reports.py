@@ -87,12 +87,21 @@ def runs(
             r.state,
             "" if r.duration_s is None else f"{r.duration_s:,.1f}",
             "" if r.rows is None else f"{r.rows:,}",
-            "" if r.tokens is None else f"{r.tokens:,}",
-            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
+            "" if r.tokens is None else f"{r.tokens:,}" + (" (est.)" if r.tokens_estimated else ""),
+            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}" + (" (est.)" if r.tokens_estimated else ""),
             "" if r.failed is None else str(r.failed),
             _via_batches(r),
         )
     out.print(table if records else "no backfill runs recorded yet")
+    if any(r.tokens_estimated for r in records):
+        out.print(
+            "(est.): tokens counted here, not by the server (its answers had no usage, or one that was not tokens)"
+        )
+    if any(r.maybe_truncated for r in records):
+        out.print(
+            "some runs sent rows longer than their model may take, its limit unknown here: the server may have "
+            "truncated them (`vectorfill backfill` said how many)"
+        )
 
 
 def _via_batches(r) -> str:
