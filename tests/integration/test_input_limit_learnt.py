@@ -164,3 +164,25 @@ def test_a_limit_set_on_the_job_cuts_long_inputs_before_a_silent_server_does(sil
     chunk, vector = stored(env)[901]
     assert Cl100k().count([chunk])[0] <= LIMIT  # within the limit: the server embedded all of it
     assert np.allclose(vector, env.provider.expected_vector(chunk), atol=1e-6)
+
+
+def test_a_limit_announced_at_teis_info_is_taken_before_the_first_request(silent):
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    env = silent  # cuts silently at 256 tokens, as TEI with --auto-truncate does
+
+    async def info(request):
+        return JSONResponse({"model_id": MODEL, "max_input_length": LIMIT, "max_client_batch_size": 32})
+
+    env.provider.app.router.routes.insert(0, Route("/info", info, methods=["GET"]))
+    add_rows(env, 1, 5, [901, 902])
+    env.create_job("notes", table="notes", template=None, text_columns=["body"], model=MODEL)
+    summary = env.backfill("notes")
+    assert summary.embedded == 7 and summary.truncated == 2 and summary.maybe_truncated == 0
+    assert env.provider.refused == 0
+    with env.connect() as conn:
+        assert conn.execute("SELECT max_input_tokens, evidence FROM vectorfill.endpoint_caps").fetchone()[0] == LIMIT
+    chunk, vector = stored(env)[901]
+    assert Cl100k().count([chunk])[0] <= LIMIT  # the server had nothing left to cut
+    assert np.allclose(vector, env.provider.expected_vector(chunk), atol=1e-6)

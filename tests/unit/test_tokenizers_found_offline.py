@@ -60,3 +60,40 @@ def test_usage_that_counts_characters_is_not_believed():
     assert not usage_plausible(sum(map(len, long)), long, 26)
     cjk = ["日本語のテキスト"]  # a token per character in a BERT vocabulary: characters are plausible
     assert usage_plausible(10, cjk, 8)
+
+
+def _announced(routes: dict[str, object], model: str = "BAAI/bge-small-en-v1.5"):
+    """What a client of ``http://p/v1`` reads of the limit from a server answering ``routes``
+    (path -> JSON body; any other path 404)."""
+    import asyncio
+
+    import httpx
+
+    from vectorfill.provider.client import EmbeddingsClient
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        body = routes.get(request.url.path)
+        return httpx.Response(200, json=body) if body is not None else httpx.Response(404, json={"detail": "Not Found"})
+
+    async def go():
+        async with EmbeddingsClient(base_url="http://p/v1", model=model, transport=httpx.MockTransport(handler)) as c:
+            return await c.announced_input_limit()
+
+    return asyncio.run(go()), seen
+
+
+def test_the_input_limit_a_server_announces_is_read_from_vllms_models_and_teis_info():
+    vllm = {"object": "list", "data": [{"id": "BAAI/bge-small-en-v1.5", "object": "model", "max_model_len": 512}]}
+    assert _announced({"/v1/models": vllm})[0] == (512, "http://p/v1/models")
+    tei = {"model_id": "BAAI/bge-small-en-v1.5", "max_input_length": 512, "max_client_batch_size": 32}
+    assert _announced({"/info": tei}) == ((512, "http://p/info"), ["/v1/models", "/info"])
+    # Infinity's /models names no length (its real card), nor another model's card: nothing
+    infinity = {
+        "data": [{"id": "sentence-transformers/all-MiniLM-L6-v2", "object": "model", "backend": "torch"}],
+        "object": "list",
+    }
+    assert _announced({"/v1/models": infinity}, "sentence-transformers/all-MiniLM-L6-v2")[0] is None
+    assert _announced({"/v1/models": vllm}, "another/model")[0] is None

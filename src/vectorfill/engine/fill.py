@@ -43,6 +43,7 @@ from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import Negotiator
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
+from vectorfill.provider.tokens import max_input_tokens
 from vectorfill.storage import sql
 from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.caps import load_caps, remembering
@@ -184,6 +185,11 @@ class Filler:
         endpoint = endpoint_key(work.version.base_url, work.version.model)
         caps = await load_caps(self.url, endpoint)
         client.negotiator = Negotiator(client, caps=caps, remember=remembering(self.url, endpoint))
+        if not (caps.max_input_tokens or work.settings.max_input_tokens or max_input_tokens(work.version.model)):
+            # the model's limit is not known here: where the server announces it (vLLM, TEI), take it
+            announced = await client.announced_input_limit()
+            if announced is not None:
+                await client.negotiator.announced(*announced)
         self.work = _negotiated(work, client)
         self._dbs = [LaneConnection(self.url) for _ in range(work.settings.concurrency)]
         self._keeper = asyncio.create_task(keep_claims(work, self.token, self.url))  # leases outlive slow slices

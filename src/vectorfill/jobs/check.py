@@ -29,7 +29,7 @@ from vectorfill.jobs.registry import load_job
 from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import Negotiator
-from vectorfill.provider.tokens import counter_for
+from vectorfill.provider.tokens import counter_for, max_input_tokens
 from vectorfill.records import Caps
 from vectorfill.storage import sql
 from vectorfill.storage.caps import load_caps, remembering
@@ -198,6 +198,10 @@ async def _check_one(
         except VectorfillError as exc:
             lines.append(CheckLine("request", False, str(exc)))
             return report(), False
+        if not (negotiator.max_input_tokens or max_input_tokens(model)):
+            announced = await client.announced_input_limit()  # vLLM's /v1/models, TEI's /info
+            if announced is not None:
+                await negotiator.announced(*announced)
     lines.append(CheckLine("endpoint", True, f"{client.base_url}/embeddings answered 200"))
     lines.append(
         CheckLine("API key", True, f"the key in ${api_key_env} was accepted" if api_key_env else "no key needed")

@@ -25,7 +25,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
@@ -250,6 +250,27 @@ class EmbeddingsClient:
             log.warning("job %s: %s", self.job, self.usage_doubted)
         return self.usage_doubted is None
 
+    async def announced_input_limit(self) -> tuple[int, str] | None:
+        """The model's limit on one input where the server announces it, and where: vLLM's
+        ``GET /v1/models`` (``max_model_len`` of the model's card), TEI's ``GET /info``
+        (``max_input_length``, at the server's root). None when neither says (Infinity's
+        ``/models``, OpenAI's, LiteLLM's cards name no length); errors are ignored."""
+        root = self.base_url.removesuffix("/v1")
+        for url, pick in (
+            (f"{self.base_url}/models", _card_limit(self.model)),
+            (f"{root}/info", _info_limit),
+        ):
+            try:
+                response = await self._http.get(url, params=self._params, timeout=10.0)
+                if response.status_code != 200:
+                    continue
+                limit = pick(orjson.loads(response.content))
+            except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError, TypeError):
+                continue
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                return limit, url
+        return None
+
     # ------------------------------------------------------------------ parsing
     def _parse(self, response: httpx.Response, n: int) -> Embeddings:
         try:
@@ -448,6 +469,24 @@ class EmbeddingsClient:
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+def _card_limit(model: str) -> Callable[[object], object]:
+    """Reads ``max_model_len`` from ``model``'s card in a ``/v1/models`` list (vLLM)."""
+
+    def pick(body: object) -> object:
+        cards = body.get("data") if isinstance(body, dict) else None
+        for card in cards if isinstance(cards, list) else []:
+            if isinstance(card, dict) and card.get("id") == model:
+                return card.get("max_model_len")
+        return None
+
+    return pick
+
+
+def _info_limit(body: object) -> object:
+    """Reads ``max_input_length`` from TEI's ``/info``."""
+    return body.get("max_input_length") if isinstance(body, dict) else None
 
 
 _NO_DB = re.compile(r"no connected db", re.I)

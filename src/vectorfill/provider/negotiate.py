@@ -207,6 +207,12 @@ class Negotiator:
             update["max_request_tokens"] = self.max_request_tokens
         return settings.model_copy(update=update) if update else settings
 
+    async def announced(self, limit: int, where: str) -> None:
+        """The server announced the model's input limit (``where``): kept as if learnt."""
+        async with self._lock:
+            if self.max_input_tokens is None or limit < self.max_input_tokens:
+                await self._learn(max_input_tokens=limit, evidence=f"announced by {where}")
+
     def succeeded(self, generation: int) -> None:
         if generation == self.generation:
             self.proven = True
