@@ -64,16 +64,21 @@ def test_a_learnt_input_limit_cuts_long_inputs_after_one_refusal_and_is_remember
     assert env.provider.refused == 1, env.provider.refused
     assert first.truncated == 3
     with env.connect() as conn:
-        (remembered,) = conn.execute("SELECT max_input_tokens FROM vectorfill.endpoint_caps").fetchone()
+        remembered, ratio = conn.execute(
+            "SELECT max_input_tokens, input_token_ratio FROM vectorfill.endpoint_caps"
+        ).fetchone()
     assert remembered == LIMIT
+    # the refusal named the server's count of the long input: the estimate is calibrated by it
+    # (these words are ~8.6 bytes a cl100k token: ~0.35 of the server's tokens per bytes/3)
+    assert 0.3 < ratio < 0.4, ratio
 
     rows = stored(env)
     counter = Cl100k()  # the fake model's own tokenizer
     for i in (901, 902, 903):
         chunk, vector = rows[i]
         assert long_text(i).startswith(chunk) and len(chunk) < len(long_text(i))
-        # cut under the limit by the bytes/3 estimate (these words are ~8 bytes a token: 96 of 256)
-        assert 0.3 * LIMIT < counter.count([chunk])[0] <= LIMIT
+        # cut by the calibrated estimate: close under the limit (by bytes/3 alone: ~96 of 256)
+        assert 0.9 * LIMIT <= counter.count([chunk])[0] <= LIMIT, counter.count([chunk])
         # the stored text is exactly what the vector was made from
         assert np.allclose(vector, env.provider.expected_vector(chunk), atol=1e-6)
 
@@ -83,6 +88,9 @@ def test_a_learnt_input_limit_cuts_long_inputs_after_one_refusal_and_is_remember
     second = env.backfill("notes")
     assert second.embedded == 12 and second.truncated == 2
     assert env.provider.refused == 1 and env.provider.requests > requests
+    rows = stored(env)
+    for i in (904, 905):  # cut by the remembered calibration, as close to the limit
+        assert 0.9 * LIMIT <= counter.count([rows[i][0]])[0] <= LIMIT
 
 
 def test_without_truncation_a_row_over_the_learnt_limit_fails_with_the_servers_reason(limited):

@@ -27,7 +27,7 @@ import psycopg
 
 from vectorfill.errors import DatabaseError
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
-from vectorfill.provider.tokens import TokenCounter, counter_for, fit_limit, max_input_tokens
+from vectorfill.provider.tokens import TokenCounter, counter_for, max_input_tokens
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
 
@@ -365,9 +365,6 @@ def plan_rows(work: Work, rows: list[Leased]) -> Plan:
     items: list[Item] = []
     truncated = 0
     for (key, seq, text, digest), tok in zip(todo, tokens, strict=True):
-        if max_tokens and not counter.exact and s.on_too_long == "truncate" and tok > fit_limit(counter, max_tokens):
-            # the limit is known (learnt from the server, or set) but not the tokenizer: cut by the estimate
-            text, tok, truncated = counter.truncate(text, fit_limit(counter, max_tokens)), max_tokens, truncated + 1
         if max_tokens and counter.exact and tok > max_tokens:
             if s.on_too_long == "fail":
                 failed.append(

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 __all__ = [
     "KNOWN_MAX_INPUT_TOKENS",
     "ByteEstimate",
+    "Calibrated",
     "Cl100k",
     "HFTokenizer",
     "TokenCounter",
+    "calibrate",
     "counter_for",
     "fit_limit",
     "max_input_tokens",
@@ -130,6 +132,60 @@ class ByteEstimate:
     def estimate(self, texts: list[str], limit: int | None = None) -> list[int]:
         """The same as :meth:`count`: an estimate already, and cheap."""
         return self.count(texts)
+
+
+class Calibrated:
+    """The byte estimate scaled to what the server itself counted, for a model whose tokenizer
+    is not known here but whose server named the tokens of an input it refused ("maximum
+    context length is 256 tokens, however input[0] has 3667 tokens"): ``ratio`` is the
+    server's tokens per estimated token (bytes/3) of that input's ASCII text. Non-ASCII text
+    is still estimated at bytes/3 (CJK in a BERT vocabulary is a token per character: 3
+    bytes), so one English calibration does not shorten the budget of other scripts."""
+
+    exact = False
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
+        self.name = f"bytes/3 x {ratio:.3f} (calibrated by the server's count)"
+
+    def _cost(self, text: str) -> float:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        ascii_bytes = sum(1 for c in text if c < "\x80")
+        return (self.ratio * ascii_bytes + (size - ascii_bytes)) / 3
+
+    def count(self, texts: list[str]) -> list[int]:
+        return [max(1, math.ceil(self._cost(t))) for t in texts]
+
+    def estimate(self, texts: list[str], limit: int | None = None) -> list[int]:
+        return self.count(texts)
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix whose calibrated estimate is at most ``max_tokens``."""
+        budget = max_tokens * 3.0
+        ascii_cost = self.ratio
+        spent = 0.0
+        for i, c in enumerate(text):
+            spent += ascii_cost if c < "\x80" else len(c.encode("utf-8", "surrogatepass"))
+            if spent > budget:
+                return text[:i]
+        return text
+
+
+#: Bounds on a calibration: a ratio outside them says more about the message than the model.
+_RATIO_BOUNDS = (0.05, 3.0)
+
+
+def calibrate(text: str, server_tokens: int) -> float | None:
+    """The server's tokens per estimated token (:class:`Calibrated`) learnt from one input
+    ``text`` that the server counted as ``server_tokens``; None when the input is too short
+    or too little of it is ASCII to say (the cautious estimate stays)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    ascii_bytes = sum(1 for c in text if c < "\x80")
+    if ascii_bytes < 256 or ascii_bytes < 0.75 * size or server_tokens <= 0:
+        return None
+    ratio = (server_tokens - (size - ascii_bytes) / 3) / (ascii_bytes / 3)
+    low, high = _RATIO_BOUNDS
+    return min(high, max(low, ratio))
 
 
 class HFTokenizer:
@@ -267,11 +323,18 @@ def fit_limit(counter: TokenCounter, limit: int) -> int:
     an exact counter; a little under it with an estimate, which may count fewer tokens than
     the model's tokenizer does on some text (CJK in a BERT vocabulary is a token per
     character, plus [CLS] and [SEP])."""
-    return limit if counter.exact else max(1, limit - max(2, limit // 32))
+    if counter.exact:
+        return limit
+    if isinstance(counter, Calibrated):
+        # scaled to the server's own count of a long input: what is left is how much one text's
+        # tokens per byte differ from another's (a few percent in one language)
+        return max(1, limit - max(2, limit // 20))
+    return max(1, limit - max(2, limit // 32))
 
 
-def counter_for(model: str) -> TokenCounter:
-    """The counter that matches ``model``'s tokenizer, or a byte estimate."""
+def counter_for(model: str, ratio: float | None = None) -> TokenCounter:
+    """The counter that matches ``model``'s tokenizer, or a byte estimate (scaled by
+    ``ratio``, the server's tokens per estimated token, when one was learnt)."""
     if model.startswith(_CL100K_PREFIXES):
         return Cl100k()
-    return _hf_tokenizer(model) or ByteEstimate()
+    return _hf_tokenizer(model) or (Calibrated(ratio) if ratio else ByteEstimate())
