@@ -348,12 +348,25 @@ def _openai(**_: Any) -> Variant:
     )
 
 
-def _vllm(**_: Any) -> Variant:
+def _vllm(max_input_tokens: int | None = None, **_: Any) -> Variant:
     """vLLM's OpenAI server (entrypoints/openai): ``{"error": {"message", "type":
     "BadRequestError", "param", "code": 400}}``; a model without Matryoshka support refuses
-    ``dimensions``."""
+    ``dimensions``. With ``max_input_tokens`` (its ``max_model_len``) an input over it is
+    refused in vLLM's words, which name the count but not the input."""
+
+    def too_long(i: int, n: int, limit: int) -> Response:
+        return _openai_error(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, you requested {n} tokens in the "
+            "input for embedding generation. Please reduce the length of the input.",
+            "BadRequestError",
+            400,
+        )
+
     return Variant(
         "vllm",
+        refuse_too_long=too_long,
+        input_limit=max_input_tokens,
         refuse_dimensions=lambda body: _openai_error(
             400,
             f'Model "{body.get("model")}" does not support matryoshka representation, changing output '
@@ -511,6 +524,9 @@ class FakeProvider:
         self._rules: list[_Rule] = []
         self._released = threading.Event()  # ends the hangs under way (``release_hangs``)
         self.variant: Variant | None = None
+        self.tokenize: str | None = None
+        """Serve ``POST /tokenize`` as ``"vllm"`` or ``"tei"`` does (None: a 404, as most servers)."""
+        self.max_model_len = max_tokens
         self._api_key = api_key
         self._zero()
         # the Files and Batches endpoints (OpenAI's Batch API), in their own module
@@ -524,6 +540,7 @@ class FakeProvider:
             interceptor=self,
             routes=[
                 Route("/_fake/stats", self._stats_route, methods=["GET"]),
+                Route("/tokenize", self._tokenize_route, methods=["POST"]),
                 Route("/openai/deployments/{deployment}/embeddings", self._azure_route, methods=["POST"]),
                 *self.batch_api.routes(),
             ],
@@ -572,6 +589,7 @@ class FakeProvider:
         self._tokens_billed = 0
         self._rate_limited = 0
         self._answered = 0
+        self._tokenize_requests = 0
 
     @property
     def requests(self) -> int:
@@ -608,6 +626,12 @@ class FakeProvider:
         """Sum of ``usage.prompt_tokens`` over 200 responses."""
         with self._lock:
             return self._tokens_billed
+
+    @property
+    def tokenize_requests(self) -> int:
+        """Requests to ``/tokenize`` answered (with :attr:`tokenize` set)."""
+        with self._lock:
+            return self._tokenize_requests
 
     @property
     def rate_limited(self) -> int:
@@ -885,6 +909,42 @@ class FakeProvider:
             for item in data:
                 del item["index"]
         return JSONResponse(payload, headers=headers)
+
+    async def _tokenize_route(self, request: Request) -> Response:
+        """The model's own tokenizer (cl100k here), in vLLM's shape (``{"model", "prompt"}`` ->
+        ``{"count", "max_model_len", "tokens"}``) or TEI's (``{"inputs": str | [str]}`` -> one
+        list of ``{"id", "text", "special", "start", "stop"}`` per input)."""
+        if self.tokenize is None:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if not self._authorized(request):
+            return JSONResponse({"error": {"message": "Incorrect API key", "type": "invalid_request_error"}}, 401)
+        body = orjson.loads(await request.body())
+        from vectorfill.provider.tokens import Cl100k
+
+        encoding = Cl100k()._enc
+        if self.tokenize == "vllm":
+            if not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or "model" not in body:
+                return _openai_error(400, "prompt: field required", "BadRequestError", 400)
+            with self._lock:
+                self._tokenize_requests += 1
+            ids = encoding.encode_ordinary(body["prompt"])
+            return JSONResponse({"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list):
+            return JSONResponse({"error": "missing field `inputs`", "error_type": "Validation"}, status_code=422)
+        with self._lock:
+            self._tokenize_requests += 1
+        answer = []
+        for text in inputs:
+            tokens, at = [], 0
+            for token in encoding.encode_ordinary(text):
+                piece = encoding.decode([token])
+                tokens.append({"id": token, "text": piece, "special": False, "start": at, "stop": at + len(piece)})
+                at += len(piece)
+            answer.append(tokens)
+        return JSONResponse(answer)
 
     async def _stats_route(self, request: Request) -> Response:
         return JSONResponse(self.stats())

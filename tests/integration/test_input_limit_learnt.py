@@ -194,3 +194,43 @@ def test_a_limit_announced_at_teis_info_is_taken_before_the_first_request(silent
     chunk, vector = stored(env)[901]
     assert Cl100k().count([chunk])[0] <= LIMIT  # the server had nothing left to cut
     assert np.allclose(vector, env.provider.expected_vector(chunk), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", ["vllm", "tei"])
+def test_the_servers_own_tokenize_cuts_long_inputs_exactly_at_the_limit(
+    migrated_db, prefect_server, monkeypatch, shape
+):
+    """vLLM and TEI tokenize at /tokenize: with the model's tokenizer not on this machine, long
+    inputs are counted and cut by the server's own tokenizer, to the limit itself, and none is
+    refused (vLLM's /tokenize names the limit too; TEI's /info does)."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from fake_provider import FakeProvider
+
+    monkeypatch.setenv("VECTORFILL_DATABASE_URL", migrated_db)
+    monkeypatch.setenv("VF_TEST_API_KEY", API_KEY)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with FakeProvider(dimensions=32, api_key=API_KEY, model=MODEL, max_tokens=LIMIT) as fake:
+        fake.behave_like("vllm", max_input_tokens=LIMIT)  # refuses an input over the limit
+        fake.tokenize = shape
+        if shape == "tei":
+
+            async def info(request):
+                return JSONResponse({"model_id": MODEL, "max_input_length": LIMIT})
+
+            fake.app.router.routes.insert(0, Route("/info", info, methods=["GET"]))
+        env = Env(migrated_db, fake)
+        add_rows(env, 1, 20, [901, 902, 903])
+        env.create_job("notes", table="notes", template=None, text_columns=["body"], model=MODEL)
+        summary = env.backfill("notes")
+        assert summary.embedded == 23 and summary.failed == 0 and summary.truncated == 3
+        assert fake.refused == 0 and fake.tokenize_requests > 0
+        rows = stored(env)
+        for i in (901, 902, 903):
+            chunk, vector = rows[i]
+            assert long_text(i).startswith(chunk)
+            assert Cl100k().count([chunk])[0] == LIMIT  # the server's count: exactly at the limit
+            assert np.allclose(vector, fake.expected_vector(chunk), atol=1e-6)
+        short = rows[5][0]
+        assert short == "a short note number 5"  # short rows are sent as they are

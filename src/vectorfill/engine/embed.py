@@ -117,6 +117,31 @@ def _fit(model: str, items: tuple[Item, ...], limit: int, ratio: float | None) -
     return fitted, sum(1 for n in counts if n > budget)
 
 
+async def _fit_by_server(
+    client: EmbeddingsClient, items: tuple[Item, ...], limit: int
+) -> tuple[tuple[Item, ...], int] | None:
+    """:func:`_fit` by the server's own ``/tokenize`` (exact: inputs are cut to the limit
+    itself); None when it fails (the estimate is used instead). Only inputs that could be over
+    the limit are counted: a token stands for at least one UTF-8 byte, besides the few special
+    tokens a model adds."""
+    tokenizer = client.tokenizer
+    assert tokenizer is not None
+    maybe = [k for k, i in enumerate(items) if len(i.text.encode("utf-8", "surrogatepass")) + 8 > limit]
+    counts = await tokenizer.count([items[k].text for k in maybe])
+    if counts is None:
+        return None
+    fitted = list(items)
+    cut = 0
+    for k, n in zip(maybe, counts, strict=True):
+        if n > limit:
+            shorter = await tokenizer.truncate(items[k].text, limit, n)
+            if shorter is None:
+                return None
+            fitted[k] = dataclasses.replace(items[k], text=shorter[0], tokens=shorter[1])
+            cut += 1
+    return tuple(fitted), cut
+
+
 def _limit(client: EmbeddingsClient, set_limit: int | None) -> int | None:
     """The model's limit on one input: the one learnt from the server, or the job's (the lower;
     the job's only where the tokenizer is not known here: claims cut exactly to it otherwise)."""
@@ -136,7 +161,8 @@ async def _embed(
     negotiator = client.negotiator
     limit = _limit(client, set_limit) if truncate else None
     if limit:  # the model's limit, set or learnt: cut to it before sending
-        items, cut = _fit(client.model, items, limit, negotiator.input_token_ratio)
+        fitted = await _fit_by_server(client, items, limit) if client.tokenizer is not None else None
+        items, cut = fitted or _fit(client.model, items, limit, negotiator.input_token_ratio)
         if cut:
             sent = await _embed(client, items, truncate, throttle, set_limit)
             return dataclasses.replace(sent, truncated=sent.truncated + cut)

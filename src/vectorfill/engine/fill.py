@@ -43,7 +43,7 @@ from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import Negotiator
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
-from vectorfill.provider.tokens import max_input_tokens
+from vectorfill.provider.tokens import counter_for, max_input_tokens
 from vectorfill.storage import sql
 from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.caps import load_caps, remembering
@@ -185,7 +185,14 @@ class Filler:
         endpoint = endpoint_key(work.version.base_url, work.version.model)
         caps = await load_caps(self.url, endpoint)
         client.negotiator = Negotiator(client, caps=caps, remember=remembering(self.url, endpoint))
-        if not (caps.max_input_tokens or work.settings.max_input_tokens or max_input_tokens(work.version.model)):
+        if not counter_for(work.version.model).exact:
+            # the model's tokenizer is not here: the server's own /tokenize (vLLM, TEI) counts exactly
+            client.tokenizer = await client.find_tokenizer()
+            if client.tokenizer is not None and client.tokenizer.max_model_len and not caps.max_input_tokens:
+                await client.negotiator.announced(client.tokenizer.max_model_len, client.tokenizer.url)
+        if not (
+            client.negotiator.max_input_tokens or work.settings.max_input_tokens or max_input_tokens(work.version.model)
+        ):
             # the model's limit is not known here: where the server announces it (vLLM, TEI), take it
             announced = await client.announced_input_limit()
             if announced is not None:

@@ -18,6 +18,7 @@ httpx exception is translated here into :mod:`vectorfill.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import email.utils
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from vectorfill.config import JobSettings
     from vectorfill.records import Version
 
-__all__ = ["Embeddings", "EmbeddingsClient", "parse_retry_after"]
+__all__ = ["Embeddings", "EmbeddingsClient", "ServerTokenizer", "parse_retry_after"]
 
 log = logging.getLogger("vectorfill")
 
@@ -139,6 +140,9 @@ class EmbeddingsClient:
         that cannot be tokens (:meth:`usage_believed`)."""
         self.maybe_truncated = 0
         """Inputs sent that may be over the model's limit, unknown here (counted by the engine)."""
+        self.tokenizer: ServerTokenizer | None = None
+        """The server's own ``/tokenize`` (vLLM, TEI), when it has one and the model's
+        tokenizer is not on this machine (found by :meth:`find_tokenizer`)."""
         self.usage_doubted: str | None = None
         """Why the endpoint's ``usage`` is not believed (said once, in the log), if it is not."""
         headers = {"Content-Type": "application/json", "User-Agent": "vectorfill"}
@@ -269,6 +273,29 @@ class EmbeddingsClient:
                 continue
             if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
                 return limit, url
+        return None
+
+    async def find_tokenizer(self) -> ServerTokenizer | None:
+        """The server's ``POST /tokenize`` at its root, when it has one that answers for this
+        model: vLLM's (``{"model", "prompt"}`` -> ``{"count", "max_model_len", "tokens"}``),
+        else TEI's (``{"inputs": [...]}`` -> one list of tokens per input). None otherwise
+        (a 404 from OpenAI, LiteLLM's proxy, Infinity); errors are ignored."""
+        url = f"{self.base_url.removesuffix('/v1')}/tokenize"
+        for shape, body in (
+            ("vllm", {"model": self.model, "prompt": "hello"}),
+            ("tei", {"inputs": ["hello"], "add_special_tokens": True}),
+        ):
+            try:
+                response = await self._http.post(url, content=orjson.dumps(body), params=self._params, timeout=10.0)
+                if response.status_code != 200:
+                    continue
+                answer = orjson.loads(response.content)
+            except (httpx.HTTPError, orjson.JSONDecodeError):
+                continue
+            if _tokenized_count(shape, answer, 1) is not None:
+                limit = answer.get("max_model_len") if isinstance(answer, dict) else None
+                limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+                return ServerTokenizer(self, url, shape, limit)
         return None
 
     # ------------------------------------------------------------------ parsing
@@ -469,6 +496,76 @@ class EmbeddingsClient:
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+class ServerTokenizer:
+    """A server's own tokenizer at its ``/tokenize``: exact counts for a model whose
+    tokenizer is not on this machine, and cuts to its limit by those counts (the longest
+    prefix found in a few requests, so the stored text stays the original's). Any failure
+    answers None: the caller falls back to the estimate."""
+
+    def __init__(self, client: EmbeddingsClient, url: str, shape: str, max_model_len: int | None) -> None:
+        self._client = client
+        self.url = url
+        self.shape = shape
+        self.max_model_len = max_model_len
+        """The model's limit, where the tokenizer says it (vLLM's ``max_model_len``)."""
+        self.requests = 0
+
+    async def _post(self, body: dict[str, Any], n: int) -> list[int] | None:
+        client = self._client
+        self.requests += 1
+        try:
+            response = await client._http.post(self.url, content=orjson.dumps(body), params=client._params)
+            if response.status_code != 200:
+                return None
+            return _tokenized_count(self.shape, orjson.loads(response.content), n)
+        except (httpx.HTTPError, orjson.JSONDecodeError):
+            return None
+
+    async def count(self, texts: list[str]) -> list[int] | None:
+        """The server's count of each of ``texts`` (special tokens included), or None."""
+        if not texts:
+            return []
+        if self.shape == "tei":
+            return await self._post({"inputs": texts, "add_special_tokens": True}, len(texts))
+        counts = await asyncio.gather(*(self._post({"model": self._client.model, "prompt": t}, 1) for t in texts))
+        return None if any(c is None for c in counts) else [c[0] for c in counts if c is not None]
+
+    async def truncate(self, text: str, max_tokens: int, total: int) -> tuple[str, int] | None:
+        """The longest prefix of ``text`` (of ``total`` tokens) found with at most ``max_tokens``,
+        and its count: interpolated from the counts, halving when that does not close in."""
+        lo, hi, at_lo, at_hi = 0, len(text), 0, total
+        for step in range(24):
+            if hi - lo <= 1 or at_lo == max_tokens:
+                break
+            if step % 2 == 0:
+                guess = lo + (hi - lo) * (max_tokens - at_lo) // max(1, at_hi - at_lo)
+            else:
+                guess = (lo + hi) // 2
+            guess = min(hi - 1, max(lo + 1, guess))
+            counted = await self.count([text[:guess]])
+            if counted is None:
+                return None
+            if counted[0] <= max_tokens:
+                lo, at_lo = guess, counted[0]
+            else:
+                hi, at_hi = guess, counted[0]
+        return (text[:lo], at_lo) if lo else None
+
+
+def _tokenized_count(shape: str, answer: object, n: int) -> list[int] | None:
+    """The counts in a ``/tokenize`` answer for ``n`` inputs (vLLM's ``count``, or its
+    ``tokens``; TEI's list of token lists), or None when it is not that shape."""
+    if shape == "vllm" and isinstance(answer, dict) and n == 1:
+        count = answer.get("count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return [count]
+        tokens = answer.get("tokens")
+        return [len(tokens)] if isinstance(tokens, list) else None
+    if shape == "tei" and isinstance(answer, list) and len(answer) == n and all(isinstance(t, list) for t in answer):
+        return [len(t) for t in answer]
+    return None
 
 
 def _card_limit(model: str) -> Callable[[object], object]:
