@@ -153,6 +153,30 @@ def test_a_server_that_truncates_silently_is_reported_and_its_character_usage_no
         time.sleep(0.5)
     assert runs[0].tokens_estimated == summary.tokens_estimated and runs[0].maybe_truncated == 2
 
+    # `status` and `failures` say it too, from what is stored (both long rows, none of the short)
+    from typer.testing import CliRunner
+
+    from vectorfill.cli.app import app
+    from vectorfill.jobs.registry import job_status
+
+    with env.connect() as conn:
+        assert job_status(conn, "notes").maybe_truncated == 2
+    for command in (["status", "notes"], ["failures", "notes"]):
+        said = CliRunner().invoke(app, command)
+        assert said.exit_code == 0, said.output
+        text = " ".join(said.output.split())
+        assert "2 stored rows (or chunks) of notes may have been truncated by the server" in text, text
+    # once the model's limit is known for the endpoint (here: remembered as if learnt), nothing is said
+    from vectorfill.provider.budgets import endpoint_key
+
+    with env.connect() as conn:
+        conn.execute(
+            "INSERT INTO vectorfill.endpoint_caps (endpoint, max_input_tokens) VALUES (%s, %s)",
+            (endpoint_key(env.provider.base_url, MODEL), LIMIT),
+        )
+        assert job_status(conn, "notes").maybe_truncated == 0
+    assert "truncated" not in CliRunner().invoke(app, ["status", "notes"]).output
+
 
 def test_a_limit_set_on_the_job_cuts_long_inputs_before_a_silent_server_does(silent):
     from vectorfill.config import JobSettings

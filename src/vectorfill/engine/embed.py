@@ -26,7 +26,7 @@ from vectorfill.errors import InputError, TerminalProviderError, stops_run
 from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import classify
 from vectorfill.provider.ratelimit import Throttle
-from vectorfill.provider.tokens import counter_for, fit_limit, max_input_tokens
+from vectorfill.provider.tokens import SMALLEST_COMMON_LIMIT, counter_for, fit_limit, max_input_tokens
 
 from .claim import Item, Request, pack
 from .work import Work
@@ -232,11 +232,6 @@ async def embed_request(
     )
     client.maybe_truncated += _maybe_truncated(work, client, embedded.items)
     return embedded
-
-
-#: Tokens (by the estimate) over which an input may exceed an unknown model's limit: the
-#: smallest limit common among embedding models (MiniLM's 256).
-SMALLEST_COMMON_LIMIT = 256
 
 
 def _maybe_truncated(work: Work, client: EmbeddingsClient, items: tuple[Item, ...]) -> int:

@@ -17,7 +17,9 @@ from psycopg.types.json import Jsonb
 
 from vectorfill.config import STORAGE_TYPES, ChunkSettings, JobSettings, validate_job_name
 from vectorfill.errors import ConfigError, JobError, SourceError
-from vectorfill.records import Job
+from vectorfill.provider.budgets import endpoint_key
+from vectorfill.provider.tokens import SMALLEST_COMMON_LIMIT, counter_for, max_input_tokens
+from vectorfill.records import Job, Version
 from vectorfill.storage import sql
 from vectorfill.storage.db import one_row, scalar
 from vectorfill.storage.jobs import job_names, read_job, upgrade_triggers
@@ -294,6 +296,8 @@ class JobStatus:
     failed: int
     target: str
     source: str
+    maybe_truncated: int = 0
+    """Stored inputs that a server may have cut without a word (:func:`maybe_truncated`)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -318,7 +322,28 @@ def job_status(conn: psycopg.Connection, name: str, version: int | None = None) 
         failed=failed,
         target=f"vectorfill.{job.name}",
         source=job.source,
+        maybe_truncated=_maybe_truncated(conn, job, ver),
     )
+
+
+def maybe_truncated(conn: psycopg.Connection, name: str) -> int:
+    """How many of JOB's stored inputs (rows, or chunks) the server may have truncated where
+    vectorfill could not know: the model's input limit is unknown here (no tokenizer, none
+    set on the job, announced or learnt from the server) and the input is longer than the
+    smallest limit common among embedding models (256 tokens, by the bytes/3 estimate)."""
+    job = load_job(conn, name)
+    return _maybe_truncated(conn, job, job.active) if job.active is not None else 0
+
+
+def _maybe_truncated(conn: psycopg.Connection, job: Job, ver: Version) -> int:
+    model = ver.model
+    if job.settings.max_input_tokens or max_input_tokens(model) or counter_for(model).exact:
+        return 0
+    caps = conn.execute(sql.ENDPOINT_CAPS, {"endpoint": endpoint_key(ver.base_url, model)}).fetchone()
+    if caps is not None and caps[3]:
+        return 0
+    count = scalar(conn.execute(sql.JobSQL(job, ver).count_long_chunks(), {"bytes": 3 * SMALLEST_COMMON_LIMIT}))
+    return int(count or 0)
 
 
 def absorb(conn: psycopg.Connection, job: Job) -> int:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KNOWN_MAX_INPUT_TOKENS",
+    "SMALLEST_COMMON_LIMIT",
     "ByteEstimate",
     "Calibrated",
     "Cl100k",
@@ -305,6 +306,11 @@ KNOWN_MAX_INPUT_TOKENS = {
     "all-MiniLM-L6-v2": 256,
     "sentence-transformers/all-MiniLM-L6-v2": 256,
 }
+
+
+#: Tokens (by the bytes/3 estimate) over which an input may exceed an unknown model's limit:
+#: the smallest limit common among embedding models (MiniLM's 256).
+SMALLEST_COMMON_LIMIT = 256
 
 
 def usage_plausible(reported: int, texts: list[str], counted: int) -> bool:
