@@ -61,13 +61,14 @@ def _needs_prefect(item: pytest.Item) -> bool:
 #   integration  a real Postgres and the session's Prefect server, flows run in this process,
 #                fake providers on loopback
 #   e2e          `vectorfill` commands as subprocesses, servers, workers
+#   realservers  the same, against real servers installed from PyPI (tests/realservers/real_servers.py)
 # A test in tests/unit that asks for a fixture of the session's servers is refused at
 # collection, and one that starts a subprocess or opens a socket fails, naming the call: the
 # unit tier stays seconds long. Test modules are found by their base name (pytest's
 # "prepend" import mode; no __init__.py), so two modules of the tree cannot share one.
 
 TESTS_DIR = Path(__file__).resolve().parent
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "integration", "e2e", "realservers")
 
 # what a unit test may not ask for: fixtures that start (or wait for) the session's embedded
 # Postgres or Prefect server, and the fake provider's HTTP server

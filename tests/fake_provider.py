@@ -298,6 +298,13 @@ class Variant:
     extra_fields: bool = False
     azure_key: str | None = None
     """Azure OpenAI: the ``api-key`` header required, with ``api-version`` in the query."""
+    refuse_too_long: Callable[[int, int, int], Response] | None = None
+    """Given (input index, its tokens, the limit): the refusal of an input over ``input_limit``."""
+    input_limit: int | None = None
+    truncate_at: int | None = None
+    """Inputs cut silently to this many tokens before they are embedded (Infinity)."""
+    usage_chars: bool = False
+    """``usage.prompt_tokens`` counts characters, not tokens (Infinity)."""
 
 
 def _column(raw: bytes, field_name: str) -> int:
@@ -341,12 +348,25 @@ def _openai(**_: Any) -> Variant:
     )
 
 
-def _vllm(**_: Any) -> Variant:
+def _vllm(max_input_tokens: int | None = None, **_: Any) -> Variant:
     """vLLM's OpenAI server (entrypoints/openai): ``{"error": {"message", "type":
     "BadRequestError", "param", "code": 400}}``; a model without Matryoshka support refuses
-    ``dimensions``."""
+    ``dimensions``. With ``max_input_tokens`` (its ``max_model_len``) an input over it is
+    refused in vLLM's words, which name the count but not the input."""
+
+    def too_long(i: int, n: int, limit: int) -> Response:
+        return _openai_error(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, you requested {n} tokens in the "
+            "input for embedding generation. Please reduce the length of the input.",
+            "BadRequestError",
+            400,
+        )
+
     return Variant(
         "vllm",
+        refuse_too_long=too_long,
+        input_limit=max_input_tokens,
         refuse_dimensions=lambda body: _openai_error(
             400,
             f'Model "{body.get("model")}" does not support matryoshka representation, changing output '
@@ -357,12 +377,18 @@ def _vllm(**_: Any) -> Variant:
     )
 
 
-def _infinity(**_: Any) -> Variant:
+def _infinity(truncate_at: int | None = None, usage_chars: bool = False, base64: bool = False, **_: Any) -> Variant:
     """Infinity (michaelfeil/infinity) before base64 support: FastAPI's 422 for a literal
-    that does not match, ``{"detail": [{"type", "loc", "msg", "input", "ctx"}]}``."""
+    that does not match, ``{"detail": [{"type", "loc", "msg", "input", "ctx"}]}``. As 0.0.78
+    serves MiniLM (``base64=True``): inputs over the model's 256 tokens cut silently
+    (``truncate_at``) and ``usage.prompt_tokens`` the inputs' characters (``usage_chars``)."""
     return Variant(
         "infinity",
-        refuse_base64=lambda body: JSONResponse(
+        truncate_at=truncate_at,
+        usage_chars=usage_chars,
+        refuse_base64=None
+        if base64
+        else lambda body: JSONResponse(
             {
                 "detail": [
                     {
@@ -379,11 +405,27 @@ def _infinity(**_: Any) -> Variant:
     )
 
 
-def _litellm(**_: Any) -> Variant:
+def _litellm(max_input_tokens: int | None = None, **_: Any) -> Variant:
     """LiteLLM proxy in front of a model without ``dimensions``: the upstream message
-    wrapped, ``type`` null and ``code`` a string."""
+    wrapped, ``type`` null and ``code`` a string. With ``max_input_tokens``, in front of a
+    server that refuses longer inputs: 1.108.7's body, the upstream's words wrapped and its
+    ``param`` dropped (so the refused input is named only in the message)."""
+
+    def too_long(i: int, n: int, limit: int) -> Response:
+        message = (
+            "litellm.ContextWindowExceededError: litellm.BadRequestError: ContextWindowExceededError: "
+            f"OpenAIException - Error code: 400 - This model's maximum context length is {limit} tokens, however "
+            f"input[{i}] has {n} tokens. Shorten that input; this server never truncates.\nmodel=minilm. "
+            "context_window_fallbacks=None. fallbacks=None.\n\nSet 'context_window_fallback' - "
+            "https://docs.litellm.ai/docs/routing#fallbacks\n\nLiteLLM: model group 'minilm' failed with the "
+            "error above. No fallback was attempted."
+        )
+        return _openai_error(400, message, "invalid_request_error", "400")
+
     return Variant(
         "litellm",
+        refuse_too_long=too_long,
+        input_limit=max_input_tokens,
         refuse_dimensions=lambda body: _openai_error(
             400,
             "litellm.BadRequestError: OpenAIException - This model does not support specifying dimensions.",
@@ -482,6 +524,9 @@ class FakeProvider:
         self._rules: list[_Rule] = []
         self._released = threading.Event()  # ends the hangs under way (``release_hangs``)
         self.variant: Variant | None = None
+        self.tokenize: str | None = None
+        """Serve ``POST /tokenize`` as ``"vllm"`` or ``"tei"`` does (None: a 404, as most servers)."""
+        self.max_model_len = max_tokens
         self._api_key = api_key
         self._zero()
         # the Files and Batches endpoints (OpenAI's Batch API), in their own module
@@ -495,6 +540,7 @@ class FakeProvider:
             interceptor=self,
             routes=[
                 Route("/_fake/stats", self._stats_route, methods=["GET"]),
+                Route("/tokenize", self._tokenize_route, methods=["POST"]),
                 Route("/openai/deployments/{deployment}/embeddings", self._azure_route, methods=["POST"]),
                 *self.batch_api.routes(),
             ],
@@ -542,12 +588,20 @@ class FakeProvider:
         self._embedded: list[str] = []
         self._tokens_billed = 0
         self._rate_limited = 0
+        self._answered = 0
+        self._tokenize_requests = 0
 
     @property
     def requests(self) -> int:
         """Embeddings requests received, whatever they were answered with."""
         with self._lock:
             return self._requests
+
+    @property
+    def refused(self) -> int:
+        """Embeddings requests not answered with vectors (refused, rate-limited, failed)."""
+        with self._lock:
+            return self._requests - self._answered
 
     @property
     def request_inputs(self) -> list[list[str]]:
@@ -572,6 +626,12 @@ class FakeProvider:
         """Sum of ``usage.prompt_tokens`` over 200 responses."""
         with self._lock:
             return self._tokens_billed
+
+    @property
+    def tokenize_requests(self) -> int:
+        """Requests to ``/tokenize`` answered (with :attr:`tokenize` set)."""
+        with self._lock:
+            return self._tokenize_requests
 
     @property
     def rate_limited(self) -> int:
@@ -705,6 +765,12 @@ class FakeProvider:
             return variant.refuse_dimensions(body)
         if variant.max_batch is not None and variant.refuse_batch is not None and n > variant.max_batch:
             return variant.refuse_batch(n, variant.max_batch)
+        if variant.refuse_too_long is not None and variant.input_limit is not None:
+            texts = body.get("input")
+            texts = [texts] if isinstance(texts, str) else [t for t in texts or [] if isinstance(t, str)]
+            for i, count in enumerate(self.encoder.count_tokens(texts)):
+                if count > variant.input_limit:
+                    return variant.refuse_too_long(i, count, variant.input_limit)
         return None
 
     async def _azure_route(self, request: Request) -> Response:
@@ -769,9 +835,19 @@ class FakeProvider:
                             }
                         }
                     return _response(rule.status, body, headers)
+        variant = self.variant
+        if variant is not None and variant.usage_chars:  # usage counts the inputs' characters
+            call.token_counts = [len(t) for t in call.texts]
+        if variant is not None and variant.truncate_at is not None:  # cut silently, as Infinity does
+            counts = self.encoder.count_tokens(call.texts)
+            call.texts = [
+                _cl100k_truncate(t, variant.truncate_at) if n > variant.truncate_at else t
+                for t, n in zip(call.texts, counts, strict=True)
+            ]
         result: EmbeddingResult = await proceed(call)
         result.headers.update(headers)
         with self._lock:
+            self._answered += 1
             self._tokens_billed += call.prompt_tokens
             self._embedded.extend(call.texts)
             mode = self._corrupt.popleft() if self._corrupt else None
@@ -834,6 +910,42 @@ class FakeProvider:
                 del item["index"]
         return JSONResponse(payload, headers=headers)
 
+    async def _tokenize_route(self, request: Request) -> Response:
+        """The model's own tokenizer (cl100k here), in vLLM's shape (``{"model", "prompt"}`` ->
+        ``{"count", "max_model_len", "tokens"}``) or TEI's (``{"inputs": str | [str]}`` -> one
+        list of ``{"id", "text", "special", "start", "stop"}`` per input)."""
+        if self.tokenize is None:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if not self._authorized(request):
+            return JSONResponse({"error": {"message": "Incorrect API key", "type": "invalid_request_error"}}, 401)
+        body = orjson.loads(await request.body())
+        from vectorfill.provider.tokens import Cl100k
+
+        encoding = Cl100k()._enc
+        if self.tokenize == "vllm":
+            if not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or "model" not in body:
+                return _openai_error(400, "prompt: field required", "BadRequestError", 400)
+            with self._lock:
+                self._tokenize_requests += 1
+            ids = encoding.encode_ordinary(body["prompt"])
+            return JSONResponse({"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list):
+            return JSONResponse({"error": "missing field `inputs`", "error_type": "Validation"}, status_code=422)
+        with self._lock:
+            self._tokenize_requests += 1
+        answer = []
+        for text in inputs:
+            tokens, at = [], 0
+            for token in encoding.encode_ordinary(text):
+                piece = encoding.decode([token])
+                tokens.append({"id": token, "text": piece, "special": False, "start": at, "stop": at + len(piece)})
+                at += len(piece)
+            answer.append(tokens)
+        return JSONResponse(answer)
+
     async def _stats_route(self, request: Request) -> Response:
         return JSONResponse(self.stats())
 
@@ -873,3 +985,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _cl100k_truncate(text: str, tokens: int) -> str:
+    """The first ``tokens`` cl100k tokens of ``text`` (what the fake model counts in)."""
+    from vectorfill.provider.tokens import Cl100k
+
+    return Cl100k().truncate(text, tokens)

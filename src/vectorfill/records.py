@@ -113,6 +113,11 @@ class Caps:
     max_inputs: int | None = None
     max_request_tokens: int | None = None
     encoding_format: str | None = None
+    max_input_tokens: int | None = None
+    """The most tokens one input may have (the model's limit, as the server said it)."""
+    input_token_ratio: float | None = None
+    """The server's tokens per estimated token (bytes/3) of ASCII text, from the count it named
+    for an input it refused: what inputs are cut by when the model's tokenizer is unknown."""
 
 
 @dataclass(frozen=True)

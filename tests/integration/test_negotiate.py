@@ -239,7 +239,7 @@ def test_check_passes_and_says_what_works(env):
 
     assert env.provider.request_inputs[-1] == list(CHECK_TEXTS)
     assert "32-dimensional" in _line(report, "dimensions").detail
-    assert "base64 accepted" in _line(report, "encoding").detail
+    assert "base64 asked and answered" in _line(report, "encoding").detail
     assert "usage reported" in _line(report, "usage").detail
 
 
@@ -315,4 +315,30 @@ def test_check_forget_starts_over(env):
     env.provider.behave_like("tei", base64=True, max_client_batch_size=4096)  # the server was upgraded
     (report,) = check_job(env.url, "docs", forget=True)
     assert report.ok and caps(env) is None
-    assert "base64 accepted" in _line(report, "encoding").detail
+    assert "base64 asked and answered" in _line(report, "encoding").detail
+
+
+def test_check_says_floats_came_back_when_base64_was_asked(env):
+    env.provider.behave_like("ollama")  # answers float lists whatever encoding_format says
+    report = _check(env)
+    assert report.ok
+    detail = _line(report, "encoding").detail
+    assert "base64 asked, floats answered" in detail and "accepted" not in detail
+
+
+def test_check_finds_the_endpoint_without_v1_and_job_create_uses_it(env):
+    at_root = env.provider.base_url.removesuffix("/v1")  # /embeddings there answers 404
+    adopted = _check(env, base_url=at_root, adopt_base_url=True)
+    assert adopted.ok and adopted.base_url == env.provider.base_url
+    assert f"{at_root}/embeddings answered 404 but {env.provider.base_url}/embeddings answers" in (
+        _line(adopted, "base URL").detail
+    )
+    named = _check(env, base_url=at_root)  # an existing job's check names the URL, changes nothing
+    assert not named.ok and f"the base URL should be {env.provider.base_url}" in _line(named, "base URL").detail
+
+
+def test_check_names_no_other_url_when_neither_answers(env):
+    report = _check(env, base_url=env.provider.base_url + "/nowhere")
+    assert not report.ok and report.base_url.endswith("/nowhere")
+    assert "answered 404" in _line(report, "model").detail
+    assert all(line.what != "base URL" for line in report.lines)

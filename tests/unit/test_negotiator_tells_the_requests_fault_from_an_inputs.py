@@ -150,7 +150,29 @@ def test_a_probe_accepted_only_without_dimensions_blames_dimensions():
 )
 def test_a_too_long_input_or_a_too_large_request_is_bisected_without_a_probe(response, n):
     neg, endpoint, _ = negotiator(answer)
+    neg.max_input_tokens = 8192  # the limit the refusal names is known already: nothing to learn
     assert judge(neg, refusal(response), n) == "bisect" and endpoint.bodies == []
+
+
+def test_the_limit_a_too_long_refusal_names_is_learnt_and_the_request_sent_again_cut_to_it():
+    neg, endpoint, _ = negotiator(answer)
+    # LiteLLM's proxy wraps the upstream's words and drops `param`
+    wrapped = openai_error(
+        400,
+        "litellm.ContextWindowExceededError: litellm.BadRequestError: ContextWindowExceededError: OpenAIException - "
+        "Error code: 400 - This model's maximum context length is 256 tokens, however input[60] has 3667 tokens.",
+    )
+    generation = neg.generation
+    assert judge(neg, refusal(wrapped), 64) == "retry" and endpoint.bodies == []
+    assert neg.max_input_tokens == 256 and neg.generation == generation + 1
+    assert "at most 256 tokens per input" in neg.learnt[-1]
+    # an input still refused under the limit learnt is bisected, not learnt again
+    assert judge(neg, refusal(wrapped), 64) == "bisect"
+    # and a job's settings get the limit (lowered, never raised)
+    from vectorfill.config import JobSettings
+
+    assert neg.apply(JobSettings()).max_input_tokens == 256
+    assert neg.apply(JobSettings(max_input_tokens=100)).max_input_tokens == 100
 
 
 def test_errors_that_stop_the_run_are_raised_as_they_are():

@@ -11,7 +11,7 @@ from vectorfill.cli._search import check_before
 from vectorfill.config import JobSettings, unescape_template
 from vectorfill.errors import ConfigError
 from vectorfill.jobs.model_change import chunk_settings
-from vectorfill.jobs.registry import create_job, drop_job, job_status, list_jobs, set_job_settings
+from vectorfill.jobs.registry import create_job, drop_job, job_status, list_jobs, set_job_settings, use_base_url
 from vectorfill.storage.db import migrate as migrate_schema
 
 __all__ = ["job_create", "job_drop", "job_list", "job_set", "migrate"]
@@ -133,7 +133,7 @@ def job_create(
             ),
         )
         if not no_check:  # before the commit: a job that cannot work is not created
-            check_before(
+            answered = check_before(
                 name,
                 base_url=base_url,
                 model=model,
@@ -141,7 +141,10 @@ def job_create(
                 dimensions=dimensions,
                 settings=settings,
                 url=db_url,
+                adopt_base_url=True,
             )
+            if answered != base_url.rstrip("/"):  # the other form (with or without /v1) answered
+                use_base_url(c, name, answered)
         st = job_status(c, name)
     out.print(
         f"job {job.name}: {st.pending:,} rows of {job.source} queued for {model}; "

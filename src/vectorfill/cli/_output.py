@@ -74,6 +74,13 @@ def print_summary(s) -> None:
     out.print(table)
     if s.failed_total:
         out.print(failed_line(s.job, s.failed, s.failed_total))
+    if s.maybe_truncated:
+        out.print(
+            f"{s.maybe_truncated} rows may have been truncated by the server: they are longer than "
+            f"{s.job}'s model may take, and its input limit is not known here (the server refused none). "
+            f"If it cuts long inputs silently, their vectors cover only their start: set the limit "
+            f"(`vectorfill job create ... --max-input-tokens N`) or chunk them (--chunker recursive)"
+        )
     if s.batches_open:
         out.print(
             f"{s.batches_open} batch(es) still running at the provider: `vectorfill batches {s.job}` shows them; "

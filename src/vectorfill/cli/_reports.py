@@ -11,7 +11,7 @@ from rich.table import Table
 from vectorfill.cli._common import DbOpt, conn, url
 from vectorfill.cli._output import err, note, out
 from vectorfill.jobs.batches import cancel_batches, list_batches
-from vectorfill.jobs.registry import job_status, list_failures, load_job
+from vectorfill.jobs.registry import job_status, list_failures, load_job, maybe_truncated
 from vectorfill.jobs.versions import version_status
 
 __all__ = ["batches", "failures", "runs", "status"]
@@ -31,6 +31,8 @@ def status(job: str, json_out: bool = typer.Option(False, "--json"), db: str | N
         f"total {st.total:,}  embedded {st.embedded:,}  pending {st.pending:,}  failed {st.failed:,}  "
         f"-> {st.target}"
     )
+    if st.maybe_truncated:
+        out.print(_maybe_truncated_note(job, st.maybe_truncated))
     for v in building:
         out.print(
             f"  re-embed: v{v.version} ({v.model}) {v.state}, {v.embedded:,} of {v.total:,} done, "
@@ -42,6 +44,7 @@ def failures(job: str, limit: int = typer.Option(50), db: str | None = DbOpt) ->
     """List JOB's failed rows with the reason."""
     with conn(db) as c:
         rows = list_failures(c, job, limit)
+        cut = maybe_truncated(c, job)
     table = Table("row", "reason", "status", "attempts", "failed at", "message")
     for r in rows:
         table.add_row(
@@ -53,6 +56,18 @@ def failures(job: str, limit: int = typer.Option(50), db: str | None = DbOpt) ->
             r["message"],
         )
     out.print(table if rows else f"no failed rows in {job}")
+    if cut:
+        out.print(_maybe_truncated_note(job, cut))
+
+
+def _maybe_truncated_note(job: str, n: int) -> str:
+    return (
+        f"{n:,} stored rows (or chunks) of {job} may have been truncated by the server, where vectorfill "
+        "cannot know: they are longer than the smallest common model limit (256 tokens) and the model's "
+        "limit is not known here, so a server that cuts silently embedded only their start. Chunk them into "
+        f"inputs it takes whole (`vectorfill job set-model {job} --model <the same model> --chunker recursive "
+        "--chunk-size 200`: a new version), or give a new job `--max-input-tokens N`"
+    )
 
 
 def runs(
@@ -87,12 +102,21 @@ def runs(
             r.state,
             "" if r.duration_s is None else f"{r.duration_s:,.1f}",
             "" if r.rows is None else f"{r.rows:,}",
-            "" if r.tokens is None else f"{r.tokens:,}",
-            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}",
+            "" if r.tokens is None else f"{r.tokens:,}" + (" (est.)" if r.tokens_estimated else ""),
+            "" if r.cost_usd is None else f"{r.cost_usd:,.4f}" + (" (est.)" if r.tokens_estimated else ""),
             "" if r.failed is None else str(r.failed),
             _via_batches(r),
         )
     out.print(table if records else "no backfill runs recorded yet")
+    if any(r.tokens_estimated for r in records):
+        out.print(
+            "(est.): tokens counted here, not by the server (its answers had no usage, or one that was not tokens)"
+        )
+    if any(r.maybe_truncated for r in records):
+        out.print(
+            "some runs sent rows longer than their model may take, its limit unknown here: the server may have "
+            "truncated them (`vectorfill backfill` said how many)"
+        )
 
 
 def _via_batches(r) -> str:

@@ -188,6 +188,7 @@ SUMMARY_KEYS = (
     "sent",
     "reused",
     "derived",
+    "maybe_truncated",
     "rows_per_s",
 )
 

@@ -87,10 +87,13 @@ def check_before(
     dimensions: int | None,
     settings: JobSettings,
     version: int | None = None,
-) -> None:
+    adopt_base_url: bool = False,
+) -> str:
     """The check that `job create` and `job set-model` run unless --no-check; exits 1 (the
     job or version is then not created) when it fails. A key variable not set in this shell
-    (a job made on one machine for workers on another) skips it with a note."""
+    (a job made on one machine for workers on another) skips it with a note. Returns the base
+    URL that answered (with ``adopt_base_url``, the other form of ``base_url`` when only that
+    one did: with or without ``/v1``)."""
     from vectorfill.jobs.check import check_endpoint  # lazy: numpy and httpx, for the commands that embed
 
     if api_key_env and not os.environ.get(api_key_env):
@@ -98,7 +101,7 @@ def check_before(
             f"not checked: ${api_key_env} is not set in this shell; run `vectorfill check {name}` "
             "where it is, before a long backfill"
         )
-        return
+        return base_url
     report = asyncio.run(
         check_endpoint(
             job=name,
@@ -109,6 +112,7 @@ def check_before(
             api_key_env=api_key_env,
             dimensions=dimensions,
             settings=settings,
+            adopt_base_url=adopt_base_url,
         )
     )
     if not report.ok:
@@ -118,5 +122,6 @@ def check_before(
     details = {line.what: line.detail for line in report.lines}
     out.print(f"endpoint check passed: {details.get('dimensions')}, {details.get('encoding')}", highlight=False)
     for line in report.lines:
-        if line.what == "negotiated":
+        if line.note:
             out.print(f"endpoint check: {line.detail}", highlight=False)
+    return report.base_url

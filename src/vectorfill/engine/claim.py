@@ -27,7 +27,7 @@ import psycopg
 
 from vectorfill.errors import DatabaseError
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
-from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, counter_for
+from vectorfill.provider.tokens import TokenCounter, counter_for, max_input_tokens
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
 
@@ -322,7 +322,7 @@ def plan_rows(work: Work, rows: list[Leased]) -> Plan:
     failed: list[Failure] = []
     todo: list[tuple[tuple, int, str, bytes]] = []
     counter = counter_for(work.version.model)
-    max_tokens = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(work.version.model)
+    max_tokens = s.max_input_tokens or max_input_tokens(work.version.model)
     chunking = work.version.chunking
     fields = chunk_fields(chunking)
     chunked: list[Item] = []

@@ -65,6 +65,10 @@ class Counts:
     """Those tokens at the batch price (part of ``cost_usd``)."""
     batch_retried: int = 0
     """Rows a batch did not embed (expired, failed lines, refused batch), queued again."""
+    maybe_truncated: int = 0
+    """Inputs sent whole that may be over the model's limit, which is not known here (no
+    tokenizer, no limit learnt or set): a server that cuts long inputs silently (Infinity,
+    TEI with auto-truncate) may have embedded only their start."""
 
     def __add__(self, other: Counts) -> Counts:
         if not isinstance(other, Counts):
@@ -143,6 +147,8 @@ class RunSummary:
     """Inputs copied from a vector that existed, not sent."""
     derived: int = 0
     """Of those, inputs whose vector was derived from the active version's (shortened)."""
+    maybe_truncated: int = 0
+    """Inputs that the server may have cut silently (see :attr:`Counts.maybe_truncated`)."""
 
     @classmethod
     def of(

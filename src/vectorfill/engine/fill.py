@@ -43,6 +43,7 @@ from vectorfill.provider.client import EmbeddingsClient
 from vectorfill.provider.negotiate import Negotiator
 from vectorfill.provider.ratelimit import Throttle
 from vectorfill.provider.throttles import Throttles
+from vectorfill.provider.tokens import counter_for, max_input_tokens
 from vectorfill.storage import sql
 from vectorfill.storage.budgets import PostgresBudget
 from vectorfill.storage.caps import load_caps, remembering
@@ -187,6 +188,18 @@ class Filler:
         endpoint = endpoint_key(work.version.base_url, work.version.model)
         caps = await load_caps(self.url, endpoint)
         client.negotiator = Negotiator(client, caps=caps, remember=remembering(self.url, endpoint))
+        if not counter_for(work.version.model).exact:
+            # the model's tokenizer is not here: the server's own /tokenize (vLLM, TEI) counts exactly
+            client.tokenizer = await client.find_tokenizer()
+            if client.tokenizer is not None and client.tokenizer.max_model_len and not caps.max_input_tokens:
+                await client.negotiator.announced(client.tokenizer.max_model_len, client.tokenizer.url)
+        if not (
+            client.negotiator.max_input_tokens or work.settings.max_input_tokens or max_input_tokens(work.version.model)
+        ):
+            # the model's limit is not known here: where the server announces it (vLLM, TEI), take it
+            announced = await client.announced_input_limit()
+            if announced is not None:
+                await client.negotiator.announced(*announced)
         self.work = _negotiated(work, client)
         self._dbs = [LaneConnection(self.url) for _ in range(work.settings.concurrency)]
         self.spend = SpendCap.for_work(self.work, self.url)
@@ -210,6 +223,7 @@ class Filler:
             if self._client is not None:
                 self.tally.counts = self.tally.counts + Counts(
                     tokens_estimated=self._client.tokens_estimated,
+                    maybe_truncated=self._client.maybe_truncated,
                     requests=self._client.negotiator.probes,  # the one-input probes sent, if any
                 )
                 self._client = None

@@ -23,7 +23,7 @@ from vectorfill.jobs.registry import absorb, load_job
 from vectorfill.jobs.reuse import sources
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
 from vectorfill.provider.prices import batch_price_per_million, cost_usd, price_per_million
-from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, counter_for
+from vectorfill.provider.tokens import counter_for, max_input_tokens
 from vectorfill.records import Job, Version
 from vectorfill.storage import sql
 
@@ -110,7 +110,7 @@ def _count(
     js = sql.JobSQL(job, version)
     s = job.settings
     counter = counter_for(model)
-    limit = s.max_input_tokens or KNOWN_MAX_INPUT_TOKENS.get(model)
+    limit = s.max_input_tokens or max_input_tokens(model)
     chunking = chunking or version.chunking
     fields = chunk_fields(chunking)
     whole = not chunking.enabled

@@ -18,7 +18,9 @@ from pydantic import ValidationError
 
 from vectorfill.config import STORAGE_TYPES, ChunkSettings, JobSettings, validate_job_name
 from vectorfill.errors import ConfigError, JobError, SourceError
-from vectorfill.records import Job
+from vectorfill.provider.budgets import endpoint_key
+from vectorfill.provider.tokens import SMALLEST_COMMON_LIMIT, counter_for, max_input_tokens
+from vectorfill.records import Job, Version
 from vectorfill.storage import sql
 from vectorfill.storage.db import one_row, scalar
 from vectorfill.storage.jobs import job_names, read_job, upgrade_triggers
@@ -38,6 +40,7 @@ __all__ = [
     "parse_table",
     "retry_failures",
     "upgrade_triggers",  # moved to vectorfill.storage.jobs (run by migrate); kept here for callers
+    "use_base_url",
     "version_options",
     "work_left",
 ]
@@ -273,6 +276,13 @@ def set_job_settings(conn: psycopg.Connection, name: str, changes: dict[str, Any
     return settings
 
 
+def use_base_url(conn: psycopg.Connection, name: str, base_url: str) -> None:
+    """Point job ``name``'s active version at ``base_url`` (``job create``, when its check
+    found the endpoint at the other form of the URL given: with or without ``/v1``)."""
+    job = load_job(conn, name)
+    conn.execute(sql.SET_ACTIVE_BASE_URL, (base_url.rstrip("/"), job.id))
+
+
 def list_jobs(conn: psycopg.Connection) -> list[str]:
     _require_schema(conn)
     return job_names(conn)
@@ -364,6 +374,8 @@ class JobStatus:
     failed: int
     target: str
     source: str
+    maybe_truncated: int = 0
+    """Stored inputs that a server may have cut without a word (:func:`maybe_truncated`)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -388,7 +400,28 @@ def job_status(conn: psycopg.Connection, name: str, version: int | None = None) 
         failed=failed,
         target=f"vectorfill.{job.name}",
         source=job.source,
+        maybe_truncated=_maybe_truncated(conn, job, ver),
     )
+
+
+def maybe_truncated(conn: psycopg.Connection, name: str) -> int:
+    """How many of JOB's stored inputs (rows, or chunks) the server may have truncated where
+    vectorfill could not know: the model's input limit is unknown here (no tokenizer, none
+    set on the job, announced or learnt from the server) and the input is longer than the
+    smallest limit common among embedding models (256 tokens, by the bytes/3 estimate)."""
+    job = load_job(conn, name)
+    return _maybe_truncated(conn, job, job.active) if job.active is not None else 0
+
+
+def _maybe_truncated(conn: psycopg.Connection, job: Job, ver: Version) -> int:
+    model = ver.model
+    if job.settings.max_input_tokens or max_input_tokens(model) or counter_for(model).exact:
+        return 0
+    caps = conn.execute(sql.ENDPOINT_CAPS, {"endpoint": endpoint_key(ver.base_url, model)}).fetchone()
+    if caps is not None and caps[3]:
+        return 0
+    count = scalar(conn.execute(sql.JobSQL(job, ver).count_long_chunks(), {"bytes": 3 * SMALLEST_COMMON_LIMIT}))
+    return int(count or 0)
 
 
 def absorb(conn: psycopg.Connection, job: Job) -> int:

@@ -39,6 +39,10 @@ class RunRecord:
     batch_rows: int | None = None
     """Vectors this run stored from Batch API results."""
     batches_submitted: int | None = None
+    tokens_estimated: int | None = None
+    """Of ``tokens``, those counted here (no ``usage`` in the answers, or one that was not tokens)."""
+    maybe_truncated: int | None = None
+    """Rows that the server may have cut silently (their model's limit unknown here)."""
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -110,6 +114,8 @@ async def _read(job: str | None, limit: int) -> list[RunRecord]:
                 switched_to=s.get("switched_to"),
                 batch_rows=s.get("batch_rows"),
                 batches_submitted=s.get("batches_submitted"),
+                tokens_estimated=s.get("tokens_estimated"),
+                maybe_truncated=s.get("maybe_truncated"),
             )
         )
     return out

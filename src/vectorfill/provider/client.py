@@ -18,12 +18,15 @@ httpx exception is translated here into :mod:`vectorfill.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import email.utils
+import logging
+import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
@@ -44,12 +47,15 @@ from vectorfill.errors import (
     TransientProviderError,
 )
 from vectorfill.provider.negotiate import Negotiator
+from vectorfill.provider.tokens import usage_plausible
 
 if TYPE_CHECKING:
     from vectorfill.config import JobSettings
     from vectorfill.records import Version
 
-__all__ = ["Embeddings", "EmbeddingsClient", "parse_retry_after"]
+__all__ = ["Embeddings", "EmbeddingsClient", "ServerTokenizer", "parse_retry_after"]
+
+log = logging.getLogger("vectorfill")
 
 
 class _B64Decode(Protocol):
@@ -90,6 +96,9 @@ class Embeddings:
     model: str
     prompt_tokens: int | None
     headers: dict[str, str] = field(default_factory=dict)
+    encoding: str = "float"
+    """How the vectors came back: ``base64`` strings or ``float`` lists (servers that ignore
+    ``encoding_format`` answer floats whatever was asked)."""
 
 
 class EmbeddingsClient:
@@ -127,7 +136,15 @@ class EmbeddingsClient:
         self._key_hint = key_hint
         self._negotiator: Negotiator | None = None
         self.tokens_estimated = 0
-        """Tokens counted locally because the endpoint's answers carried no ``usage``."""
+        """Tokens counted locally because the endpoint's answers carried no ``usage``, or one
+        that cannot be tokens (:meth:`usage_believed`)."""
+        self.maybe_truncated = 0
+        """Inputs sent that may be over the model's limit, unknown here (counted by the engine)."""
+        self.tokenizer: ServerTokenizer | None = None
+        """The server's own ``/tokenize`` (vLLM, TEI), when it has one and the model's
+        tokenizer is not on this machine (found by :meth:`find_tokenizer`)."""
+        self.usage_doubted: str | None = None
+        """Why the endpoint's ``usage`` is not believed (said once, in the log), if it is not."""
         headers = {"Content-Type": "application/json", "User-Agent": "vectorfill"}
         if api_key is not None and api_key_header == "api-key":  # Azure OpenAI
             headers["api-key"] = api_key.get_secret_value()
@@ -224,6 +241,63 @@ class EmbeddingsClient:
         finally:
             response.stream = _EMPTY_STREAM  # break the cycle: the body is freed at once
 
+    def usage_believed(self, reported: int, texts: list[str], counted: int) -> bool:
+        """Whether an answer's ``usage.prompt_tokens`` (``reported``) can be the tokens of
+        ``texts`` (``counted`` here); once it was found implausible, it is not believed for
+        the rest of the client's life, and the log says so once."""
+        if self.usage_doubted is None and not usage_plausible(reported, texts, counted):
+            self.usage_doubted = (
+                f"{self.base_url}/embeddings reports usage.prompt_tokens={reported:,} for {len(texts):,} inputs "
+                f"of {sum(map(len, texts)):,} characters (about {counted:,} tokens counted here): that is not "
+                "tokens (characters, most likely), so tokens are counted here and marked estimated"
+            )
+            log.warning("job %s: %s", self.job, self.usage_doubted)
+        return self.usage_doubted is None
+
+    async def announced_input_limit(self) -> tuple[int, str] | None:
+        """The model's limit on one input where the server announces it, and where: vLLM's
+        ``GET /v1/models`` (``max_model_len`` of the model's card), TEI's ``GET /info``
+        (``max_input_length``, at the server's root). None when neither says (Infinity's
+        ``/models``, OpenAI's, LiteLLM's cards name no length); errors are ignored."""
+        root = self.base_url.removesuffix("/v1")
+        for url, pick in (
+            (f"{self.base_url}/models", _card_limit(self.model)),
+            (f"{root}/info", _info_limit),
+        ):
+            try:
+                response = await self._http.get(url, params=self._params, timeout=10.0)
+                if response.status_code != 200:
+                    continue
+                limit = pick(orjson.loads(response.content))
+            except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError, TypeError):
+                continue
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                return limit, url
+        return None
+
+    async def find_tokenizer(self) -> ServerTokenizer | None:
+        """The server's ``POST /tokenize`` at its root, when it has one that answers for this
+        model: vLLM's (``{"model", "prompt"}`` -> ``{"count", "max_model_len", "tokens"}``),
+        else TEI's (``{"inputs": [...]}`` -> one list of tokens per input). None otherwise
+        (a 404 from OpenAI, LiteLLM's proxy, Infinity); errors are ignored."""
+        url = f"{self.base_url.removesuffix('/v1')}/tokenize"
+        for shape, body in (
+            ("vllm", {"model": self.model, "prompt": "hello"}),
+            ("tei", {"inputs": ["hello"], "add_special_tokens": True}),
+        ):
+            try:
+                response = await self._http.post(url, content=orjson.dumps(body), params=self._params, timeout=10.0)
+                if response.status_code != 200:
+                    continue
+                answer = orjson.loads(response.content)
+            except (httpx.HTTPError, orjson.JSONDecodeError):
+                continue
+            if _tokenized_count(shape, answer, 1) is not None:
+                limit = answer.get("max_model_len") if isinstance(answer, dict) else None
+                limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+                return ServerTokenizer(self, url, shape, limit)
+        return None
+
     # ------------------------------------------------------------------ parsing
     def _parse(self, response: httpx.Response, n: int) -> Embeddings:
         try:
@@ -251,6 +325,7 @@ class EmbeddingsClient:
                 code="count_mismatch",
             )
         order = self._order(data, n)
+        first = data[0].get("embedding") if data and isinstance(data[0], dict) else None
         vectors = self._vectors([data[j].get("embedding") if isinstance(data[j], dict) else None for j in order], order)
         d = vectors.shape[1]
         if self.expected_dims and d != self.expected_dims:
@@ -281,6 +356,7 @@ class EmbeddingsClient:
             model=str(payload.get("model") or self.model),
             prompt_tokens=int(tokens) if isinstance(tokens, (int, float)) else None,
             headers={k: v for k, v in response.headers.items() if k.startswith(("x-ratelimit", "retry-after"))},
+            encoding="base64" if isinstance(first, str) else "float",
         )
 
     def _order(self, data: list[object], n: int) -> list[int]:
@@ -377,6 +453,21 @@ class EmbeddingsClient:
                 "the run stops here instead of retrying",
                 **kw,
             )
+        if status == 400 and (err_type == "no_db_connection" or _NO_DB.search(message)):
+            # LiteLLM's proxy without a database of virtual keys: a key that is not its master key
+            hint = f" in ${self._key_hint}" if self._key_hint else " (set --api-key-env)"
+            return AuthenticationError(
+                f"{where} refused the API key ({status}: {message}): LiteLLM's proxy answers so when the key "
+                f"is not its master key (LITELLM_MASTER_KEY) and it has no database of keys. Check the API key{hint}; "
+                "the run stops here instead of retrying",
+                **kw,
+            )
+        if status in (400, 422) and _UNKNOWN_MODEL.search(message):
+            return ModelNotFound(
+                f"{where} does not serve model {self.model!r} ({status}: {message}). Check --model "
+                "(the name the server or proxy lists at /v1/models)",
+                **kw,
+            )
         if status == 404:
             return ModelNotFound(
                 f"{where} answered 404 for model {self.model!r}: {message}. Check --model and "
@@ -390,6 +481,12 @@ class EmbeddingsClient:
                 **kw,
             )
         if status in (408, 409, 429) or status >= 500:
+            if self._key is None and status == 500:
+                # LiteLLM's proxy answers a request without a key with a bare 500
+                message += (
+                    "; no API key was sent (the job has no --api-key-env): if the server needs one, "
+                    "set the job's --api-key-env to the variable that holds it"
+                )
             return TransientProviderError(f"{where} answered {status}: {message}", **kw)
         return TerminalProviderError(f"{where} rejected the request ({status}): {message}", **kw)
 
@@ -399,6 +496,102 @@ class EmbeddingsClient:
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+class ServerTokenizer:
+    """A server's own tokenizer at its ``/tokenize``: exact counts for a model whose
+    tokenizer is not on this machine, and cuts to its limit by those counts (the longest
+    prefix found in a few requests, so the stored text stays the original's). Any failure
+    answers None: the caller falls back to the estimate."""
+
+    def __init__(self, client: EmbeddingsClient, url: str, shape: str, max_model_len: int | None) -> None:
+        self._client = client
+        self.url = url
+        self.shape = shape
+        self.max_model_len = max_model_len
+        """The model's limit, where the tokenizer says it (vLLM's ``max_model_len``)."""
+        self.requests = 0
+
+    async def _post(self, body: dict[str, Any], n: int) -> list[int] | None:
+        client = self._client
+        self.requests += 1
+        try:
+            response = await client._http.post(self.url, content=orjson.dumps(body), params=client._params)
+            if response.status_code != 200:
+                return None
+            return _tokenized_count(self.shape, orjson.loads(response.content), n)
+        except (httpx.HTTPError, orjson.JSONDecodeError):
+            return None
+
+    async def count(self, texts: list[str]) -> list[int] | None:
+        """The server's count of each of ``texts`` (special tokens included), or None."""
+        if not texts:
+            return []
+        if self.shape == "tei":
+            return await self._post({"inputs": texts, "add_special_tokens": True}, len(texts))
+        counts = await asyncio.gather(*(self._post({"model": self._client.model, "prompt": t}, 1) for t in texts))
+        return None if any(c is None for c in counts) else [c[0] for c in counts if c is not None]
+
+    async def truncate(self, text: str, max_tokens: int, total: int) -> tuple[str, int] | None:
+        """The longest prefix of ``text`` (of ``total`` tokens) found with at most ``max_tokens``,
+        and its count: interpolated from the counts, halving when that does not close in."""
+        lo, hi, at_lo, at_hi = 0, len(text), 0, total
+        for step in range(24):
+            if hi - lo <= 1 or at_lo == max_tokens:
+                break
+            if step % 2 == 0:
+                guess = lo + (hi - lo) * (max_tokens - at_lo) // max(1, at_hi - at_lo)
+            else:
+                guess = (lo + hi) // 2
+            guess = min(hi - 1, max(lo + 1, guess))
+            counted = await self.count([text[:guess]])
+            if counted is None:
+                return None
+            if counted[0] <= max_tokens:
+                lo, at_lo = guess, counted[0]
+            else:
+                hi, at_hi = guess, counted[0]
+        return (text[:lo], at_lo) if lo else None
+
+
+def _tokenized_count(shape: str, answer: object, n: int) -> list[int] | None:
+    """The counts in a ``/tokenize`` answer for ``n`` inputs (vLLM's ``count``, or its
+    ``tokens``; TEI's list of token lists), or None when it is not that shape."""
+    if shape == "vllm" and isinstance(answer, dict) and n == 1:
+        count = answer.get("count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return [count]
+        tokens = answer.get("tokens")
+        return [len(tokens)] if isinstance(tokens, list) else None
+    if shape == "tei" and isinstance(answer, list) and len(answer) == n and all(isinstance(t, list) for t in answer):
+        return [len(t) for t in answer]
+    return None
+
+
+def _card_limit(model: str) -> Callable[[object], object]:
+    """Reads ``max_model_len`` from ``model``'s card in a ``/v1/models`` list (vLLM)."""
+
+    def pick(body: object) -> object:
+        cards = body.get("data") if isinstance(body, dict) else None
+        for card in cards if isinstance(cards, list) else []:
+            if isinstance(card, dict) and card.get("id") == model:
+                return card.get("max_model_len")
+        return None
+
+    return pick
+
+
+def _info_limit(body: object) -> object:
+    """Reads ``max_input_length`` from TEI's ``/info``."""
+    return body.get("max_input_length") if isinstance(body, dict) else None
+
+
+_NO_DB = re.compile(r"no connected db", re.I)
+# "Invalid model name passed in model=nope" (LiteLLM), "The model `x` does not exist" (OpenAI,
+# vLLM), "model 'x' not found" (Ollama, TEI's router)
+_UNKNOWN_MODEL = re.compile(
+    r"invalid model name|model\b.{0,80}\b(?:does not exist|not found)|unknown model|no such model", re.I
+)
 
 
 def _tls_for(base_url: str) -> ssl.SSLContext | bool:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from vectorfill.errors import RequestRejected, TerminalProviderError, TransientProviderError, stops_run
+from vectorfill.provider.tokens import calibrate, counter_for
 from vectorfill.records import Caps
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ __all__ = [
     "Refusal",
     "Verdict",
     "classify",
+    "input_limit",
+    "refused_count",
 ]
 
 log = logging.getLogger("vectorfill")
@@ -87,6 +90,46 @@ _DIMENSIONS = re.compile(r"dimensions|matryoshka", re.I)
 _TOO_LONG = re.compile(
     r"context.length|too long|maximum.*tokens|tokens.*maximum|less than \d+ tokens|input.*exceeds", re.I
 )
+# the model's limit on one input, as servers name it: "This model's maximum context length is
+# 256 tokens, however input[0] has 3667 tokens" (OpenAI, vLLM, vectorfill's own, and LiteLLM
+# wrapping them), "`inputs` must have less than 512 tokens. Given: 600" (TEI)
+_INPUT_LIMIT = [
+    re.compile(r"maximum context length is (\d+) tokens", re.I),
+    re.compile(r"must have less than (\d+) tokens", re.I),
+]
+
+
+# the server's own count of the refused input: "input[3] has 3667 tokens" (vectorfill's own,
+# and LiteLLM wrapping it), vLLM's "However, you requested 600 tokens in the input for
+# embedding generation", OpenAI's "however you requested 9000 tokens (9000 in your prompt",
+# TEI's "must have less than 512 tokens. Given: 600" (the last three name no input: taken only
+# when the request held one)
+_NAMED_COUNT = re.compile(r"input\[(\d+)\] has (\d+) tokens", re.I)
+_COUNT = [
+    re.compile(r"you requested (\d+) tokens", re.I),
+    re.compile(r"less than \d+ tokens\.?\s*Given:? (\d+)", re.I),
+]
+
+
+def refused_count(message: str, n: int) -> tuple[int, int] | None:
+    """(input index, the server's count of its tokens) where a refusal of a request of ``n``
+    inputs says both, or says the count and the request held one input."""
+    if m := _NAMED_COUNT.search(message):
+        index = int(m.group(1))
+        return (index, int(m.group(2))) if index < n else None
+    if n == 1:
+        for pattern in _COUNT:
+            if m := pattern.search(message):
+                return 0, int(m.group(1))
+    return None
+
+
+def input_limit(message: str) -> int | None:
+    """The per-input token limit a refusal names, if it names one."""
+    for pattern in _INPUT_LIMIT:
+        if m := pattern.search(message):
+            return int(m.group(1))
+    return None
 
 
 @dataclass(frozen=True)
@@ -152,6 +195,12 @@ class Negotiator:
         self.client = client
         self.max_inputs: int | None = None
         self.max_request_tokens: int | None = None
+        self.max_input_tokens: int | None = None
+        """The model's limit on one input, as the server said it (learnt or remembered)."""
+        self.input_token_ratio: float | None = None
+        """The server's tokens per estimated token, from its count of a refused input
+        (:func:`vectorfill.provider.tokens.calibrate`): what long inputs are cut by when the
+        model's tokenizer is not known here."""
         self.proven = False
         """A request succeeded with the current settings in this run."""
         self.generation = 0
@@ -173,24 +222,40 @@ class Negotiator:
             self.max_request_tokens = caps.max_request_tokens
         if caps.encoding_format:
             self.client.encoding_format = caps.encoding_format
+        if caps.max_input_tokens:
+            self.max_input_tokens = caps.max_input_tokens
+        if caps.input_token_ratio:
+            self.input_token_ratio = caps.input_token_ratio
 
     # ------------------------------------------------------------------ settings
     def apply(self, settings: JobSettings) -> JobSettings:
-        """``settings`` with the endpoint's learnt caps (never raised above the job's)."""
-        update = {}
+        """``settings`` with the endpoint's learnt caps (never raised above the job's), the
+        model's input limit among them (what claims cut inputs to)."""
+        update: dict[str, int] = {}
+        if self.max_input_tokens and (settings.max_input_tokens or self.max_input_tokens + 1) > self.max_input_tokens:
+            update["max_input_tokens"] = self.max_input_tokens
         if self.max_inputs and self.max_inputs < settings.max_inputs:
             update["max_inputs"] = self.max_inputs
         if self.max_request_tokens and self.max_request_tokens < settings.max_request_tokens:
             update["max_request_tokens"] = self.max_request_tokens
         return settings.model_copy(update=update) if update else settings
 
+    async def announced(self, limit: int, where: str) -> None:
+        """The server announced the model's input limit (``where``): kept as if learnt."""
+        async with self._lock:
+            if self.max_input_tokens is None or limit < self.max_input_tokens:
+                await self._learn(max_input_tokens=limit, evidence=f"announced by {where}")
+
     def succeeded(self, generation: int) -> None:
         if generation == self.generation:
             self.proven = True
 
     # ------------------------------------------------------------------ evidence
-    async def judge(self, exc: TerminalProviderError, n: int, generation: int) -> Verdict:
-        """Decide what the refusal ``exc`` of a request of ``n`` inputs, sent under
+    async def judge(
+        self, exc: TerminalProviderError, n: int, generation: int, texts: list[str] | None = None
+    ) -> Verdict:
+        """Decide what the refusal ``exc`` of a request of ``n`` inputs (``texts``, when given:
+        a count the server names for one of them calibrates the estimate), sent under
         ``generation``, is about: ``retry`` (the settings changed: send it again, split to
         the caps), ``bisect`` (an input's fault); or raise :class:`RequestRejected`."""
         if stops_run(exc):
@@ -201,12 +266,12 @@ class Negotiator:
             if generation != self.generation:
                 return "retry"  # another lane changed the settings meanwhile
             try:
-                return await self._judge(exc, n)
+                return await self._judge(exc, n, texts)
             except RequestRejected as rejected:
                 self.rejected = rejected
                 raise
 
-    async def _judge(self, exc: TerminalProviderError, n: int) -> Verdict:
+    async def _judge(self, exc: TerminalProviderError, n: int, texts: list[str] | None = None) -> Verdict:
         refusal = classify(exc)
         if refusal.kind == "inputs_cap" and refusal.cap and n > refusal.cap:
             # (refused at or under the cap it names: the cap is not the problem)
@@ -223,11 +288,29 @@ class Negotiator:
             return "retry"
         if refusal.kind == "dimensions" and self.client.dimensions:
             raise self._dimensions_refused(exc)
+        limit = input_limit(str(exc)) if refusal.kind == "too_long" else None
+        ratio = self._calibration(str(exc), texts) if limit else None
+        if limit and (self.max_input_tokens is None or limit < self.max_input_tokens):
+            # the model's limit: inputs are cut to it from now on, in this run and the next
+            await self._learn(max_input_tokens=limit, input_token_ratio=ratio, evidence=_line(exc))
+            return "retry"
+        if ratio and ratio > (self.input_token_ratio or 0.0) * 1.01:
+            # cut by the estimate, still over by the server's count: the estimate is raised
+            await self._learn(input_token_ratio=ratio, evidence=_line(exc))
+            return "retry"
         if refusal.kind in ("too_long", "size") and (n > 1 or refusal.kind == "too_long"):
             return "bisect"  # an input's length, or the request's size: halves will tell
         if self.proven:
             return "bisect"
         return await self._probe(exc)
+
+    def _calibration(self, message: str, texts: list[str] | None) -> float | None:
+        """The tokens per estimated token of the input whose count the refusal names (None
+        when it names none, or the model's tokenizer is known here: no estimate to scale)."""
+        if not texts or counter_for(self.client.model).exact:
+            return None
+        counted = refused_count(message, len(texts))
+        return calibrate(texts[counted[0]], counted[1]) if counted else None
 
     async def single_refused(self, exc: TerminalProviderError, text: str, generation: int) -> None:
         """A single input was refused (bisecting ended on it). The same refusal for several
@@ -332,6 +415,8 @@ class Negotiator:
         max_inputs: int | None = None,
         max_request_tokens: int | None = None,
         encoding_format: str | None = None,
+        max_input_tokens: int | None = None,
+        input_token_ratio: float | None = None,
         evidence: str,
     ) -> None:
         if max_inputs is not None:
@@ -343,13 +428,25 @@ class Negotiator:
         if encoding_format is not None:
             self.client.encoding_format = encoding_format
             self.learnt.append(f"encoding_format {encoding_format} ({evidence})")
+        if max_input_tokens is not None:
+            self.max_input_tokens = min(max_input_tokens, self.max_input_tokens or max_input_tokens)
+            self.learnt.append(f"at most {self.max_input_tokens} tokens per input ({evidence})")
+        if input_token_ratio is not None:
+            self.input_token_ratio = max(input_token_ratio, self.input_token_ratio or input_token_ratio)
+            self.learnt.append(f"{self.input_token_ratio:.3f} of the server's tokens per estimated token ({evidence})")
         self.generation += 1
         self.proven = False
         log.warning("endpoint %s: learnt %s", self.client.base_url, self.learnt[-1])
         if self._remember is not None:
             try:
                 await self._remember(
-                    Caps(max_inputs=max_inputs, max_request_tokens=max_request_tokens, encoding_format=encoding_format),
+                    Caps(
+                        max_inputs=max_inputs,
+                        max_request_tokens=max_request_tokens,
+                        encoding_format=encoding_format,
+                        max_input_tokens=max_input_tokens,
+                        input_token_ratio=input_token_ratio,
+                    ),
                     evidence,
                 )
             except Exception as exc:  # remembering is an optimisation: the run goes on
@@ -364,10 +461,13 @@ class Negotiator:
         while True:
             generation = self.generation
             cap = self.max_inputs or len(texts)
+            parts, start = [], 0
             try:
-                parts = [await self.client.embed(texts[i : i + cap]) for i in range(0, len(texts), cap)]
+                for start in range(0, len(texts), cap):
+                    parts.append(await self.client.embed(texts[start : start + cap]))
             except TerminalProviderError as exc:
-                if await self.judge(exc, min(cap, len(texts)), generation) == "retry":
+                sent = texts[start : start + cap]
+                if await self.judge(exc, len(sent), generation, sent) == "retry":
                     continue
                 raise
             self.succeeded(generation)

@@ -29,7 +29,13 @@ async def load_caps(url: str, endpoint: str) -> Caps:
         raise
     if row is None:
         return Caps()
-    return Caps(max_inputs=row[0], max_request_tokens=row[1], encoding_format=row[2])
+    return Caps(
+        max_inputs=row[0],
+        max_request_tokens=row[1],
+        encoding_format=row[2],
+        max_input_tokens=row[3],
+        input_token_ratio=row[4],
+    )
 
 
 async def remember_caps(url: str, endpoint: str, caps: Caps, evidence: str) -> None:
@@ -42,6 +48,8 @@ async def remember_caps(url: str, endpoint: str, caps: Caps, evidence: str) -> N
                 "max_inputs": caps.max_inputs,
                 "max_request_tokens": caps.max_request_tokens,
                 "encoding_format": caps.encoding_format,
+                "max_input_tokens": caps.max_input_tokens,
+                "input_token_ratio": caps.input_token_ratio,
                 "evidence": evidence[:500],
             },
         )

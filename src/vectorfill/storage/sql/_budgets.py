@@ -136,21 +136,27 @@ BUDGET_PAUSE = sql.SQL(
 
 #: The endpoint's remembered limits: max_inputs, max_request_tokens, encoding_format.
 ENDPOINT_CAPS = sql.SQL(
-    """SELECT max_inputs, max_request_tokens, encoding_format
+    """SELECT max_inputs, max_request_tokens, encoding_format, max_input_tokens, input_token_ratio
          FROM vectorfill.endpoint_caps WHERE endpoint = %(endpoint)s"""
 )
 
 #: Remember what a refusal taught (limits lowered, never raised; the encoding replaced).
 REMEMBER_ENDPOINT_CAPS = sql.SQL(
     """INSERT INTO vectorfill.endpoint_caps AS c
-              (endpoint, max_inputs, max_request_tokens, encoding_format, evidence)
-       VALUES (%(endpoint)s, %(max_inputs)s, %(max_request_tokens)s, %(encoding_format)s, %(evidence)s)
+              (endpoint, max_inputs, max_request_tokens, encoding_format, max_input_tokens, input_token_ratio,
+               evidence)
+       VALUES (%(endpoint)s, %(max_inputs)s, %(max_request_tokens)s, %(encoding_format)s, %(max_input_tokens)s,
+               %(input_token_ratio)s, %(evidence)s)
        ON CONFLICT (endpoint) DO UPDATE
           SET max_inputs = CASE WHEN EXCLUDED.max_inputs IS NULL THEN c.max_inputs
                                 ELSE least(c.max_inputs, EXCLUDED.max_inputs) END,
               max_request_tokens = CASE WHEN EXCLUDED.max_request_tokens IS NULL THEN c.max_request_tokens
                                         ELSE least(c.max_request_tokens, EXCLUDED.max_request_tokens) END,
               encoding_format = coalesce(EXCLUDED.encoding_format, c.encoding_format),
+              max_input_tokens = CASE WHEN EXCLUDED.max_input_tokens IS NULL THEN c.max_input_tokens
+                                      ELSE least(c.max_input_tokens, EXCLUDED.max_input_tokens) END,
+              input_token_ratio = CASE WHEN EXCLUDED.input_token_ratio IS NULL THEN c.input_token_ratio
+                                       ELSE greatest(c.input_token_ratio, EXCLUDED.input_token_ratio) END,
               evidence = coalesce(EXCLUDED.evidence, c.evidence),
               learned_at = clock_timestamp()"""
 )

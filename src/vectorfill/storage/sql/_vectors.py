@@ -220,6 +220,11 @@ class VectorStatements(JobTables):
             idx=sql.Literal(f"{SCHEMA}.{self.index_name()}"), v=sql.Literal(f"{SCHEMA}.{self.version.vector_table}")
         )
 
+    def count_long_chunks(self) -> sql.Composed:
+        """Stored chunks longer than ``%(bytes)s`` UTF-8 bytes (those a server that cuts
+        silently may have cut, when the model's limit is not known)."""
+        return sql.SQL("SELECT count(*) FROM {} WHERE octet_length(chunk) > %(bytes)s").format(self.v)
+
     def count_vectors(self) -> sql.Composed:
         return sql.SQL("SELECT count(*) FROM {}").format(self.v)
 
