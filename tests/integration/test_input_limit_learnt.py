@@ -93,6 +93,31 @@ def test_a_learnt_input_limit_cuts_long_inputs_after_one_refusal_and_is_remember
         assert 0.9 * LIMIT <= counter.count([rows[i][0]])[0] <= LIMIT
 
 
+def test_a_copied_vector_of_a_cut_input_stores_the_text_it_was_made_from(limited):
+    """Reuse copies a vector by its planned input's hash; when that input was cut to the
+    learnt limit before it was sent, the copy stores the cut text, within a claim and
+    across runs, never the whole one."""
+    env = limited
+    add_rows(env, 1, 5, [901])
+    with env.connect() as conn:  # the same long text in another row of the same claim
+        conn.execute("INSERT INTO notes VALUES (911, %s)", (long_text(901),))
+    env.create_job("notes", table="notes", template=None, text_columns=["body"], model=MODEL)
+    first = env.backfill("notes")
+    assert first.embedded == 7 and first.reused == 1
+    with env.connect() as conn:  # and again in a later run: copied from the stored vector
+        conn.execute("INSERT INTO notes VALUES (912, %s)", (long_text(901),))
+    requests = env.provider.requests
+    second = env.backfill("notes")
+    assert second.embedded == 1 and second.reused == 1 and env.provider.requests == requests
+    rows = stored(env)
+    cut, vector = rows[901]
+    assert len(cut) < len(long_text(901))
+    for i in (911, 912):
+        chunk, copied = rows[i]
+        assert chunk == cut and np.array_equal(copied, vector)
+        assert np.allclose(copied, env.provider.expected_vector(chunk), atol=1e-6)
+
+
 def test_without_truncation_a_row_over_the_learnt_limit_fails_with_the_servers_reason(limited):
     from vectorfill.config import JobSettings
 

@@ -47,6 +47,9 @@ class Found:
     """Hashes whose vector was derived (shortened) from another version's."""
     derived_from: int | None = None
     """That version."""
+    texts: dict[bytes, str] = field(default_factory=dict)
+    """The exact text each vector was made from (the stored ``chunk``): the input itself,
+    or its start when it was cut to the model's limit before it was sent."""
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -61,6 +64,7 @@ async def find_vectors(conn: psycopg.AsyncConnection, job: Job, version: Version
     in turn (a hash found in one is not asked of the next): one query per source."""
     want = list(dict.fromkeys(hashes))
     vectors: dict[bytes, np.ndarray] = {}
+    texts: dict[bytes, str] = {}
     derived: set[bytes] = set()
     model = derived_from = None
     for source in sources(job, version):
@@ -77,14 +81,17 @@ async def find_vectors(conn: psycopg.AsyncConnection, job: Job, version: Version
             derived.update(got)
             derived_from = source.version.version
         vectors.update(zip(got, matrix, strict=True))
+        texts.update((h, r[3]) for h, r in zip(got, rows, strict=True))
         model = model or rows[0][2]
         want = [h for h in want if h not in vectors]
-    return Found(vectors, model, frozenset(derived), derived_from)
+    return Found(vectors, model, frozenset(derived), derived_from, texts)
 
 
 class _Input(Protocol):
     @property
     def input_hash(self) -> bytes: ...
+    @property
+    def text(self) -> str: ...
     @property
     def reuse(self) -> bool: ...
 
@@ -114,11 +121,16 @@ def fill_in(
     vectors: np.ndarray,
     known: Mapping[bytes, np.ndarray],
     refused: Mapping[bytes, R],
+    texts: Mapping[bytes, str] | None = None,
 ) -> tuple[list[T], np.ndarray, list[tuple[T, R]]] | None:
     """A request's inputs with their vectors: those sent as ``answered`` (with ``vectors``),
     the others (:attr:`reuse`) from ``known``; an input whose copy was refused (``refused``,
-    by hash) is refused too. Returns (items, their vectors, refused items), or None while
-    an input copied is neither known nor refused yet (its request is not answered)."""
+    by hash) is refused too. A copy takes the text its vector was made from (``texts``, by
+    hash: the stored or sent input, which was cut when it was over the model's limit), so
+    that the stored text is always the vector's. Returns (items, their vectors, refused
+    items), or None while an input copied is neither known nor refused yet (its request is
+    not answered)."""
+    texts = texts or {}
     if not any(i.reuse for i in items):
         return list(answered), vectors, []
     sent = {i.input_hash: n for n, i in enumerate(answered)}
@@ -133,7 +145,8 @@ def fill_in(
                 rows.append(vectors[sent[h]])
             continue
         if h in known:
-            out.append(item)
+            made_from = texts.get(h, item.text)
+            out.append(item if made_from == item.text else dataclasses.replace(item, text=made_from))  # type: ignore[type-var]
             rows.append(known[h])
         elif h in refused:
             rejected.append((item, refused[h]))

@@ -111,12 +111,16 @@ class Attempts:
     stored, then those its requests are answered with."""
     refused: dict[bytes, tuple[int | None, str]] = field(default_factory=dict)
     """Inputs the provider refused (status, message), by hash: their copies fail alike."""
+    texts: dict[bytes, str] = field(default_factory=dict)
+    """The text each known vector was made from (an input cut to the model's limit before
+    it was sent differs from the planned one), by hash: a copy stores it."""
 
     def answered(self, embedded: Embedded) -> None:
         """Note an answer's vectors and refusals, for the inputs that copy them."""
         if not self.claim or not self.claim.reused:
             return
         self.known.update(zip((i.input_hash for i in embedded.items), embedded.vectors, strict=True))
+        self.texts.update((i.input_hash, i.text) for i in embedded.items)
         self.refused.update((i.input_hash, (status, message)) for i, status, message in embedded.rejected)
 
     @property
@@ -261,6 +265,7 @@ async def fill_slice(
                     if attempts.claim.claimed < limit:
                         lanes.drained.set()
             attempts.known.update(attempts.claim.found.vectors)
+            attempts.texts.update(attempts.claim.found.texts)
         await _embed_and_store(attempts, client, throttle, db, lanes.unstored, lanes.spend)
     except Exception as exc:
         if attempts.failed(exc):
@@ -408,7 +413,7 @@ async def _store(attempts: Attempts, i: int, client: EmbeddingsClient, db: LaneC
 def _with_copies(attempts: Attempts, request: Request, answer: Embedded) -> Embedded | None:
     """``answer`` with the vectors of the inputs ``request`` copies (:func:`.reuse.fill_in`);
     None while one of them is not answered yet."""
-    filled = fill_in(request.items, answer.items, answer.vectors, attempts.known, attempts.refused)
+    filled = fill_in(request.items, answer.items, answer.vectors, attempts.known, attempts.refused, attempts.texts)
     if filled is None:
         return None
     items, vectors, refused = filled

@@ -33,13 +33,14 @@ class ReuseStatements(JobTables):
     """The content-addressed family of :class:`~vectorfill.storage.sql.JobSQL`."""
 
     def find_vectors(self) -> sql.Composed:
-        """One stored vector (with the model the provider named) for each input hash given
-        that this version has, in one index probe per hash. Parameter ``hashes``: the
+        """One stored vector (with the model the provider named, and the exact text it was
+        made from: a long input may have been cut to the model's limit before it was sent)
+        for each input hash given that this version has, in one index probe per hash. Parameter ``hashes``: the
         sha256 digests concatenated in one ``bytea`` (cut into 32-byte digests here: a
         ``bytea[]`` of thousands of elements costs the client and the server more than the
         look-up itself)."""
         return sql.SQL(
-            """SELECT DISTINCT ON (input_hash) input_hash, embedding, model FROM {v}
+            """SELECT DISTINCT ON (input_hash) input_hash, embedding, model, chunk FROM {v}
                 WHERE input_hash = ANY({digests}) AND chunk_seq >= 0
                 ORDER BY input_hash"""
         ).format(v=self.v, digests=_DIGESTS)
