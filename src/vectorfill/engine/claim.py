@@ -31,6 +31,7 @@ from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, cou
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
 
+from .documents import read_documents
 from .work import Work, database_url
 
 __all__ = [
@@ -231,7 +232,9 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         claimed, leased = await lease_rows(conn, js, work, limit, token)
     if not claimed:
         return Claim(requests=())
+    leased, unreadable = await read_documents(work, leased, token, db)  # a document job's URIs → texts
     plan = plan_rows(work, leased)
+    plan.failed.extend(Failure(u.key, u.seq, u.reason, None, u.message) for u in unreadable)
     if plan.settles:
         # (failing, the claims stay leased; their leases expire or the run gives them back)
         async with db.translating("settling claimed rows", job=work.job.name) as conn:

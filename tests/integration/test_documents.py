@@ -1,0 +1,157 @@
+"""Document jobs end to end: files of every format named in a column, parsed, chunked,
+embedded through the fake provider; bad documents failed with the reason; edits, renames
+and deletes kept in step."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+import document_helpers as make
+from vectorfill.config import ChunkSettings, DocumentSettings, JobSettings
+from vectorfill.documents import parse_document
+
+CHUNK = ChunkSettings(chunker="recursive", size=60)
+
+
+def _table(env, rows: dict[int, str | None], table: str = "files") -> None:
+    with env.connect() as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, uri text)").format(sql.Identifier(table)))
+        for i, uri in rows.items():
+            conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(sql.Identifier(table)), (i, uri))
+
+
+def _doc_job(env, table: str = "files", **documents):
+    settings = JobSettings(retries=1, documents=DocumentSettings(uri="uri", **documents))
+    return env.create_job(table=table, template=None, text_columns=None, settings=settings, chunking=CHUNK)
+
+
+def _chunks(env, job: str = "docs") -> dict[int, list[str]]:
+    with env.connect() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT id, chunk FROM {} ORDER BY id, chunk_seq").format(sql.Identifier("vectorfill", job))
+        ).fetchall()
+    out: dict[int, list[str]] = {}
+    for i, chunk in rows:
+        out.setdefault(i, []).append(chunk)
+    return out
+
+
+def _failures(env, job: str = "docs") -> dict[int, tuple[str, str]]:
+    from vectorfill.jobs.registry import list_failures
+
+    with env.connect() as conn:
+        return {int(f["row_key"][0]): (f["reason"], f["message"]) for f in list_failures(conn, job)}
+
+
+def _write(folder: Path, name: str, data: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> dict[str, tuple[Path, str, bytes]]:
+    """One document of each format: (path, format, bytes)."""
+    ps = make.paragraphs(16, seed=3)
+    docs = {
+        "report.pdf": ("pdf", make.pdf(ps[:8])),
+        "memo.docx": ("docx", make.docx(ps[8:12], table=[["name", "value"], ["alpha", "1"]])),
+        "figures.xlsx": (
+            "xlsx",
+            make.xlsx({"Q1": [["item", "count"], ["alpha", 3], ["beta", 4.5]], "Q2": [["gamma", 7]]}),
+        ),
+        "book.epub": ("epub", make.epub([("One", ps[:3]), ("Two", ps[3:6])])),
+        "page.html": ("html", make.html("A page", ps[12:16])),
+        "notes.md": ("markdown", ("# Notes\n\n" + "\n\n".join(f"- {p}" for p in ps[:5])).encode()),
+        "plain.txt": ("text", "\n\n".join(ps[5:10]).encode() + " — café, naïve, ½".encode()),
+        "latin1.txt": ("text", "Déjà vu: a café in Zürich, señor. ".encode("latin-1") * 20),
+    }
+    return {name: (_write(tmp_path, name, data), fmt, data) for name, (fmt, data) in docs.items()}
+
+
+def test_a_document_job_embeds_every_format_as_the_parsers_text_chunked(env, library):
+    names = sorted(library)
+    rows = {}
+    for i, name in enumerate(names, 1):
+        path = library[name][0]
+        rows[i] = f"file://{path}" if i % 2 else str(path)  # plain paths and file:// URIs
+    _table(env, rows)
+    _doc_job(env)
+    summary = env.backfill()
+    assert summary.failed == 0
+    chunks = _chunks(env)
+    for i, name in enumerate(names, 1):
+        _path, fmt, data = library[name]
+        text = parse_document(rows[i], fmt, data)
+        assert "".join(chunks[i]) == text, name  # the chunks are exactly the parser's text
+        assert all(c in env.provider.inputs for c in chunks[i])
+    html = "".join(chunks[names.index("page.html") + 1])
+    assert not any(b in html for b in make.BOILERPLATE)
+    assert "Déjà vu: a café in Zürich, señor." in "".join(chunks[names.index("latin1.txt") + 1])
+    assert "café, naïve, ½" in "".join(chunks[names.index("plain.txt") + 1])
+    assert "alpha\t3" in "".join(chunks[names.index("figures.xlsx") + 1])
+
+
+def test_bad_documents_fail_with_the_uri_and_the_reason_and_the_batch_goes_on(env, tmp_path):
+    good = _write(tmp_path, "good.txt", b"A perfectly good document about embeddings.")
+    cases = {
+        2: (str(tmp_path / "missing.pdf"), "not_found", "no such file"),
+        3: (str(_write(tmp_path, "secret.pdf", make.pdf(make.paragraphs(3), password="pw"))), "encrypted", "encrypted"),
+        4: (str(_write(tmp_path, "scan.pdf", make.scanned_pdf())), "no_text_layer", "OCR is not supported"),
+        5: (str(_write(tmp_path, "empty.txt", b"")), "empty_document", "empty"),
+        6: (str(_write(tmp_path, "blob.bin", os.urandom(4096))), "unknown_format", "unknown format"),
+        7: (str(_write(tmp_path, "broken.pdf", b"%PDF-1.7\n" + os.urandom(2000))), "corrupt", "not a readable PDF"),
+        8: (str(_write(tmp_path, "broken.docx", b"PK\x03\x04 not really a zip")), "corrupt", "DOCX"),
+        9: (str(_write(tmp_path, "big.txt", b"x" * 300_000)), "too_large", "max_document_bytes"),
+        10: ("https://example.com/a.pdf", "bad_uri", "not supported"),
+        11: (
+            str(_write(tmp_path, "blank.html", b"<html><body><nav>only a menu</nav></body></html>")),
+            "empty_document",
+            "no text",
+        ),
+    }
+    _table(env, {1: str(good)} | {i: c[0] for i, c in cases.items()})
+    _doc_job(env, max_document_bytes=200_000)
+    summary = env.backfill()
+    assert summary.failed == len(cases)
+    assert _chunks(env) == {1: ["A perfectly good document about embeddings."]}
+    failures = _failures(env)
+    for i, (uri, reason, words) in cases.items():
+        got_reason, message = failures[i]
+        assert got_reason == reason, (i, failures[i])
+        assert uri in message and words in message, (i, message)
+
+
+def test_an_edited_document_resends_only_its_changed_chunks_and_a_rename_or_touch_sends_nothing(env, tmp_path):
+    ps = make.paragraphs(12, seed=5)
+    a = _write(tmp_path, "a.docx", make.docx(ps))
+    b = _write(tmp_path, "b.md", "\n\n".join(ps).encode())
+    _table(env, {1: str(a), 2: str(b)})
+    _doc_job(env)
+    env.backfill()
+    before = _chunks(env)
+    assert len(before[1]) > 3
+
+    env.provider.reset()
+    edited = [*ps]
+    edited[6] = "An entirely new paragraph about something else."
+    a.write_bytes(make.docx(edited))
+    renamed = b.rename(tmp_path / "renamed.md")
+    with env.connect() as conn:  # the row's URI column changes (a rename), and a re-queue of row 1
+        conn.execute("UPDATE files SET uri = %s WHERE id = 2", (str(renamed),))
+        conn.execute("UPDATE files SET uri = uri || '' WHERE id = 1")
+        conn.execute("UPDATE files SET uri = %s WHERE id = 1", (f"file://{a}",))
+    env.backfill()
+    after = _chunks(env)
+    assert after[2] == before[2]  # renamed: nothing sent for it
+    changed = [c for c in after[1] if c not in before[1]]
+    assert changed and all("entirely new paragraph" in c for c in changed)
+    assert sorted(env.provider.inputs) == sorted(changed)  # only the changed chunk(s) were paid for
+
+    with env.connect() as conn:
+        conn.execute("DELETE FROM files WHERE id = 1")
+    assert set(_chunks(env)) == {2}
