@@ -103,7 +103,7 @@ async def _read_retrying(work: Work, loader: Loader, uri: str) -> Document:
 async def _give_back(work: Work, rows: list[Row], token: uuid.UUID, db: LaneConnection, why: str) -> None:
     js = sql.JobSQL(work.job, work.version)
     keys = [list(col) for col in zip(*(r.key for r in rows), strict=True)]
-    params = keys + [[r.seq for r in rows], why[:2000], token]
+    params = [why[:2000], *keys, [r.seq for r in rows], token]
     async with db.translating("giving back claimed rows", job=work.job.name) as conn:
         await conn.execute(js.give_back(), params)
 

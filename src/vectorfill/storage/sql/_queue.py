@@ -97,7 +97,7 @@ class QueueStatements(JobTables):
         """Give back claimed rows (still at their claimed seq and held by the run) to the
         queue at once, their attempt not counted, the reason noted: rows a claim took but
         did not read (a document job's claim over its byte bound, or one its store failed).
-        Parameters: keys, seqs, error, run token."""
+        Parameters: error, keys, seqs, run token."""
         return sql.SQL(
             """UPDATE {q} q SET lease_until = NULL, claimed_by = NULL,
                       attempts = greatest(q.attempts - 1, 0), last_error = %s
