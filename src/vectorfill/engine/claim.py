@@ -108,6 +108,9 @@ class Claim:
     failed: int = 0
     truncated: int = 0
     failures: tuple[str, ...] = field(default_factory=tuple)
+    given_back: int = 0
+    """Rows leased and given back at once, unread (a document job's claim over its byte
+    bound): the queue is not drained, however few rows the claim kept."""
 
 
 def key_arrays(work: Work, keys: list[tuple]) -> list[list]:
@@ -232,16 +235,17 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         claimed, leased = await lease_rows(conn, js, work, limit, token)
     if not claimed:
         return Claim(requests=())
-    leased, unreadable = await read_documents(work, leased, token, db)  # a document job's URIs → texts
-    plan = plan_rows(work, leased)
-    plan.failed.extend(Failure(u.key, u.seq, u.reason, None, u.message) for u in unreadable)
+    read = await read_documents(work, leased, token, db)  # a document job's URIs → their texts
+    plan = plan_rows(work, read.rows)
+    plan.failed.extend(Failure(u.key, u.seq, u.reason, None, u.message) for u in read.unreadable)
     if plan.settles:
         # (failing, the claims stay leased; their leases expire or the run gives them back)
         async with db.translating("settling claimed rows", job=work.job.name) as conn:
             await settle_claim(conn, js, work, plan)
     return Claim(
         requests=tuple(pack(plan.items, s.max_inputs, _request_tokens(s), plan.rows)),
-        claimed=claimed,
+        claimed=claimed - read.given_back,
+        given_back=read.given_back,
         unchanged=len(plan.unchanged) + len(plan.moved),
         deleted=len(plan.gone),
         failed=len(plan.failed),

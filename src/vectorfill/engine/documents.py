@@ -31,7 +31,7 @@ from vectorfill.storage.db import LaneConnection
 
 from .work import Work
 
-__all__ = ["STORE_BACKOFF_S", "Unreadable", "read_documents"]
+__all__ = ["STORE_BACKOFF_S", "Read", "Unreadable", "read_documents"]
 
 #: A claimed row as :func:`~vectorfill.engine.claim.lease_rows` read it (its ``Leased``).
 Row = TypeVar("Row", bound=Any)
@@ -47,30 +47,39 @@ class Unreadable(NamedTuple):
     message: str
 
 
+class Read(NamedTuple):
+    """What :func:`read_documents` made of a claim: the rows to plan (a document job's with
+    their documents' text), the rows whose document cannot be used, and how many rows it
+    gave back to the queue (over the claim's byte bound)."""
+
+    rows: list
+    unreadable: list[Unreadable]
+    given_back: int = 0
+
+
 #: Seconds before retry n of a transient store failure: 0.5, 1, 2, 4 ... (at most 10).
 STORE_BACKOFF_S = 0.5
 MAX_STORE_DELAY_S = 10.0
 
 
-async def read_documents(
-    work: Work, leased: list[Row], token: uuid.UUID, db: LaneConnection
-) -> tuple[list[Row], list[Unreadable]]:
+async def read_documents(work: Work, leased: list[Row], token: uuid.UUID, db: LaneConnection) -> Read:
     """For a document job, ``leased`` with each row's text replaced by its document's text,
-    and the rows whose document cannot be used as failures; rows over the claim's byte bound
-    are given back to the queue and left out. Any other job's rows are returned as read."""
+    and the rows whose document cannot be used; rows over the claim's byte bound are given
+    back to the queue and left out. Any other job's rows are returned as read."""
     docs = work.job.settings.documents
     if docs is None:
-        return leased, []
+        return Read(leased, [])
     loader = Loader(max_bytes=docs.max_document_bytes, timeout_s=work.settings.timeout_s)
     out: list[Row] = []
     failed: list[Unreadable] = []
-    held = 0
+    held = given_back = 0
     for n, row in enumerate(leased):
         if not row.present or row.text is None or not row.text.strip():
             out.append(row)  # deleted, or no URI: the plan settles it as for a text job
             continue
         if held >= docs.max_batch_bytes:  # the batch is full: the rest wait for the next claim
             await _give_back(work, leased[n:], token, db, "left for the next claim (the batch's bytes are bounded)")
+            given_back = len(leased) - n
             break
         try:
             doc = await _read_retrying(work, loader, row.text)
@@ -84,7 +93,7 @@ async def read_documents(
             ) from None
         held += max(doc.size, len(doc.text))
         out.append(row._replace(text=doc.text))
-    return out, failed
+    return Read(out, failed, given_back)
 
 
 async def _read_retrying(work: Work, loader: Loader, uri: str) -> Document:

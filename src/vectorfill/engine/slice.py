@@ -238,7 +238,7 @@ async def fill_slice(
                     attempts.claim = Claim(requests=())
                 else:
                     attempts.claim = await claim_rows(attempts.work, limit, token, db)
-                    if attempts.claim.claimed < limit:
+                    if attempts.claim.claimed < limit and not attempts.claim.given_back:
                         lanes.drained.set()
         await _embed_and_store(attempts, client, throttle, db, lanes.unstored)
     except Exception as exc:
