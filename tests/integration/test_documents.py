@@ -155,3 +155,18 @@ def test_an_edited_document_resends_only_its_changed_chunks_and_a_rename_or_touc
     with env.connect() as conn:
         conn.execute("DELETE FROM files WHERE id = 1")
     assert set(_chunks(env)) == {2}
+
+
+def test_an_estimate_of_a_document_job_reads_the_documents_and_counts_what_the_backfill_sends(env, library, tmp_path):
+    from vectorfill.jobs.estimate import estimate
+
+    rows = {i: str(library[name][0]) for i, name in enumerate(sorted(library), 1)}
+    rows[len(rows) + 1] = str(tmp_path / "missing.pdf")
+    _table(env, rows)
+    _doc_job(env)
+    with env.connect() as conn:
+        (before,) = estimate(conn, "docs")
+    env.backfill()
+    assert before.failing == 1  # the missing file, as the run fails it
+    assert before.chunks == len(env.provider.inputs) == sum(len(c) for c in _chunks(env).values())
+    assert before.rows == len(library)
