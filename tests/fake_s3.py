@@ -65,7 +65,15 @@ class FakeS3:
         self._server = make_server("127.0.0.1", 0, self._wsgi(app), True, request_handler=Quiet)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+        self.reset()
         return self
+
+    def reset(self) -> None:
+        """Forget every bucket: moto's backends live in the process, not in the server, so
+        a second server in the same process would see the first one's objects."""
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"), timeout=10)
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
