@@ -220,3 +220,13 @@ def test_a_listing_of_100000_objects_is_streamed_page_by_page_and_a_second_sync_
         xmins = conn.execute("SELECT sum(xmin::text::bigint), count(*) FROM big").fetchone()
         assert sync_listing(conn, Listing("s3://big/k/", pages()), "big").written == 0
         assert conn.execute("SELECT sum(xmin::text::bigint), count(*) FROM big").fetchone() == xmins
+
+
+def test_a_sync_into_a_table_that_is_not_a_document_table_is_refused_with_what_it_needs(env, tmp_path):
+    from vectorfill.errors import SourceError
+
+    (tmp_path / "a.txt").write_text("text")
+    with env.connect() as conn:
+        conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, uri text UNIQUE, body text)")
+    with pytest.raises(SourceError, match="needs the columns id, uri text, etag text, size bigint"):
+        _sync(env, str(tmp_path), "notes")

@@ -76,10 +76,10 @@ def _document_table(conn: psycopg.Connection, table: str) -> pgsql.Identifier:
     assert found is not None
     columns = {c: t for c, t, _ in conn.execute(sql.LOOKUP_COLUMNS, {"oid": found[0]})}
     wrong = {c: t for c, t in sql.DOCUMENT_COLUMNS.items() if columns.get(c) != t}
-    if wrong:
+    if wrong or "id" not in columns:
         want = ", ".join(f"{c} {t}" for c, t in sql.DOCUMENT_COLUMNS.items())
         raise SourceError(
-            f"{schema}.{name} is not a document table: it needs the columns {want} "
-            f"(and uri unique); name a new table and sync creates it"
+            f"{schema}.{name} is not a document table: it needs the columns id, {want} "
+            f"(id its key, uri unique); name a new table and sync creates it"
         )
     return ident
