@@ -36,7 +36,17 @@ DATABASE_URL_ENV = "VECTORFILL_DATABASE_URL"
 
 #: Relations in the vectorfill schema that a job's view must never shadow.
 RESERVED_JOB_NAMES = frozenset(
-    {"jobs", "versions", "failures", "budgets", "endpoint_caps", "alembic_version", "batches", "batch_items"}
+    {
+        "jobs",
+        "versions",
+        "failures",
+        "budgets",
+        "endpoint_caps",
+        "alembic_version",
+        "batches",
+        "batch_items",
+        "document_hashes",
+    }
 )
 
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

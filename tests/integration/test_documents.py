@@ -170,3 +170,107 @@ def test_an_estimate_of_a_document_job_reads_the_documents_and_counts_what_the_b
     assert before.failing == 1  # the missing file, as the run fails it
     assert before.chunks == len(env.provider.inputs) == sum(len(c) for c in _chunks(env).values())
     assert before.rows == len(library)
+
+
+def _count_parses(monkeypatch) -> list[str]:
+    """The URIs parsed from now on (every parse of the engine goes through this function)."""
+    import vectorfill.documents as documents
+
+    parsed: list[str] = []
+    real = documents.parse_document
+
+    def counting(uri, fmt, data):
+        parsed.append(uri)
+        return real(uri, fmt, data)
+
+    monkeypatch.setattr(documents, "parse_document", counting)
+    return parsed
+
+
+def _records(env) -> dict[int, bytes]:
+    with env.connect() as conn:
+        rows = conn.execute("SELECT row_key, sha256 FROM vectorfill.document_hashes").fetchall()
+    return {int(k[0]): bytes(h) for k, h in rows}
+
+
+def test_a_document_queued_again_with_the_same_bytes_is_neither_parsed_nor_sent(env, tmp_path, monkeypatch):
+    import hashlib
+
+    ps = make.paragraphs(12, seed=7)
+    data_a, data_b = make.docx(ps), "\n\n".join(ps[:6]).encode()
+    a = _write(tmp_path, "a.docx", data_a)
+    b = _write(tmp_path, "b.md", data_b)
+    _table(env, {1: str(a), 2: str(b)})
+    _doc_job(env)
+    parsed = _count_parses(monkeypatch)
+    env.backfill()
+    before = _chunks(env)
+    assert len(parsed) == 2 and len(before[1]) > 3
+    assert _records(env) == {1: hashlib.sha256(data_a).digest(), 2: hashlib.sha256(data_b).digest()}
+
+    # re-uploaded unchanged (the same bytes written again, the row queued by a new URI
+    # spelling), and renamed (moved, the row's URI changed): both queued, neither parsed
+    parsed.clear()
+    env.provider.reset()
+    a.write_bytes(data_a)
+    renamed = b.rename(tmp_path / "renamed.md")
+    with env.connect() as conn:
+        conn.execute("UPDATE files SET uri = %s WHERE id = 1", (f"file://{a}",))
+        conn.execute("UPDATE files SET uri = %s WHERE id = 2", (str(renamed),))
+    summary = env.backfill()
+    assert (summary.unchanged, summary.failed) == (2, 0)
+    assert parsed == [] and env.provider.requests == 0
+    assert _chunks(env) == before and env.status().pending == 0
+
+    # changed bytes: parsed again, and only the changed chunks sent
+    edited = [*ps]
+    edited[4] = "A wholly different fourth paragraph about tides."
+    data_a2 = make.docx(edited)
+    a.write_bytes(data_a2)
+    with env.connect() as conn:
+        conn.execute("UPDATE files SET uri = %s WHERE id = 1", (str(a),))
+    env.backfill()
+    after = _chunks(env)
+    changed = [c for c in after[1] if c not in before[1]]
+    assert parsed == [str(a)]
+    assert changed and sorted(env.provider.inputs) == sorted(changed)
+    assert "".join(after[1]) == parse_document(str(a), "docx", data_a2)
+    assert _records(env)[1] == hashlib.sha256(data_a2).digest()
+
+    # a row deleted, then made again with the same document: its old record is not trusted
+    # (the row has no stored chunks), so it is parsed and embedded as a new row
+    with env.connect() as conn:
+        conn.execute("DELETE FROM files WHERE id = 1")
+    env.backfill()
+    parsed.clear()
+    env.provider.reset()
+    with env.connect() as conn:
+        conn.execute("INSERT INTO files VALUES (1, %s)", (str(a),))
+    env.backfill()
+    assert parsed == [str(a)] and sorted(env.provider.inputs) == sorted(after[1])
+    assert _chunks(env) == {1: after[1], 2: before[2]}
+
+
+def test_a_record_whose_chunks_are_not_stored_is_not_trusted(env, tmp_path, monkeypatch):
+    """The record is written at the claim, before the request: if the chunks never reach
+    the store (a run killed, a row failed, vectors dropped), the same bytes are parsed and
+    embedded again, never settled as up to date."""
+    ps = make.paragraphs(6, seed=9)
+    a = _write(tmp_path, "a.md", "\n\n".join(ps).encode())
+    _table(env, {1: str(a)})
+    _doc_job(env)
+    parsed = _count_parses(monkeypatch)
+    env.backfill()
+    before = _chunks(env)
+    with env.connect() as conn:  # the chunks are gone, the record stays (as after a lost store)
+        (table,) = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'vectorfill' AND tablename LIKE '\\_v\\_%'"
+        ).fetchone()
+        conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("vectorfill", table)))
+        conn.execute("UPDATE files SET uri = %s WHERE id = 1", (f"file://{a}",))
+    assert _records(env)
+    parsed.clear()
+    env.provider.reset()
+    env.backfill()
+    assert parsed == [f"file://{a}"]
+    assert _chunks(env) == before and sorted(env.provider.inputs) == sorted(before[1])

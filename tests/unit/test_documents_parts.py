@@ -31,15 +31,31 @@ def test_the_public_face_is_said_out_loud():
         [
             "FORMATS",
             "Document",
+            "Fetched",
             "Loaded",
             "Loader",
             "Location",
             "detect_format",
+            "fetch_document",
             "parse_document",
+            "parse_fetched",
             "parse_uri",
             "read_document",
         ]
     )
+
+
+def test_a_fetched_document_is_hashed_and_typed_before_it_is_parsed(tmp_path):
+    import hashlib
+
+    from vectorfill.documents import Loader, fetch_document, parse_fetched
+
+    data = b"# Title\n\nA paragraph about tides."
+    path = tmp_path / "notes.md"
+    path.write_bytes(data)
+    fetched = fetch_document(Loader(max_bytes=4096), str(path))
+    assert (fetched.sha256, fetched.format, fetched.data) == (hashlib.sha256(data).digest(), "markdown", data)
+    assert parse_fetched(fetched).text == "# Title\n\nA paragraph about tides."
 
 
 @pytest.mark.parametrize(

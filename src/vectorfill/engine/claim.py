@@ -31,7 +31,7 @@ from vectorfill.provider.tokens import KNOWN_MAX_INPUT_TOKENS, TokenCounter, cou
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
 
-from .documents import read_documents
+from .documents import read_documents, record_documents
 from .work import Work, database_url
 
 __all__ = [
@@ -238,6 +238,8 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
     read = await read_documents(work, leased, token, db)  # a document job's URIs → their texts
     plan = plan_rows(work, read.rows)
     plan.failed.extend(Failure(u.key, u.seq, u.reason, None, u.message) for u in read.unreadable)
+    plan.unchanged.extend(read.unchanged)  # documents whose bytes their stored chunks were made from
+    await record_documents(work, read, plan, db)
     if plan.settles:
         # (failing, the claims stay leased; their leases expire or the run gives them back)
         async with db.translating("settling claimed rows", job=work.job.name) as conn:

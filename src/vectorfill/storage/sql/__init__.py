@@ -23,7 +23,7 @@ module              tables and statements
 ``_budgets``        shared rate budgets and learnt endpoint caps
 ``_batches``        Batch API submissions and their inputs
 ``_progress``       a new version's catch-up (``behind``) and the sync loop's poll
-``_documents``      a document table kept in step with a bucket's or directory's listing
+``_documents``      a document table kept in step with a listing; ``document_hashes``
 ==================  ==========================================================================
 
 Per job version there are two tables in the ``vectorfill`` schema:
@@ -114,6 +114,8 @@ from vectorfill.storage.sql._documents import (
     create_listing,
     index_listing,
     merge_statements,
+    read_document_hashes,
+    write_document_hashes,
 )
 from vectorfill.storage.sql._jobs import (
     DELETE_JOB,
@@ -221,12 +223,14 @@ __all__ = [
     "log_table",
     "merge_statements",
     "parse_template",
+    "read_document_hashes",
     "refund_attempts",
     "sync_poll",
     "text_expression",
     "trigger_function_name",
     "trigger_names",
     "view_name",
+    "write_document_hashes",
 ]
 
 

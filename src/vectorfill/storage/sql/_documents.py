@@ -20,11 +20,21 @@ Each statement writes only rows that differ, so a second sync with nothing chang
 nothing (the job's triggers see no statement touching a row). The table's row locks are
 taken by those statements in the order Postgres meets them; the merge holds them only for
 its own short transaction.
+
+``vectorfill.document_hashes`` (migration 0010) records, per job version and source row,
+what a document job row's chunks were made from: the sha256 of the document's bytes, its
+format, ``context`` (what else decides the chunks) and ``inputs`` (the chunks' input
+hashes, concatenated in order). :func:`read_document_hashes` reads a claim's records,
+:func:`write_document_hashes` writes them (one autocommit statement after the claim's
+transaction: a record is trusted only while the row's stored chunks have its ``inputs``,
+so it needs no transaction with the chunks).
 """
 
 from __future__ import annotations
 
 from psycopg import sql
+
+from vectorfill.storage.sql._compose import JobTables
 
 __all__ = [
     "DOCUMENT_COLUMNS",
@@ -33,6 +43,8 @@ __all__ = [
     "create_listing",
     "index_listing",
     "merge_statements",
+    "read_document_hashes",
+    "write_document_hashes",
 ]
 
 #: The columns a document table must have, with their types.
@@ -108,3 +120,36 @@ def merge_statements(table: sql.Identifier) -> dict[str, sql.Composed]:
                 WHERE {in_prefix} AND NOT EXISTS (SELECT 1 FROM {l} l WHERE l.uri = t.uri)"""
         ).format(t=table, l=LISTING, in_prefix=in_prefix),
     }
+
+
+def read_document_hashes(js: JobTables) -> sql.Composed:
+    """The records of claimed rows: ``k1..kn, sha256, format, context, inputs``.
+    Parameters: keys, job id, version."""
+    return sql.SQL(
+        """SELECT {ck}, d.sha256, d.format, d.context, d.inputs
+             FROM {unnest}
+             JOIN vectorfill.document_hashes d
+               ON d.job_id = %s AND d.version = %s AND d.row_key = {ckey}"""
+    ).format(ck=js._cols("c"), unnest=js._unnest([]), ckey=js._failure_key("c"))
+
+
+def write_document_hashes(js: JobTables) -> sql.Composed:
+    """Forget the records of some rows (deleted, failed) and write others' (upserted).
+    Parameters: forgotten keys, job id, version; job id, version, recorded keys, sha256s,
+    formats, contexts, inputs."""
+    return sql.SQL(
+        """WITH forgotten AS (
+               DELETE FROM vectorfill.document_hashes d USING {unnest_g}
+                WHERE d.job_id = %s AND d.version = %s AND d.row_key = {gkey})
+           INSERT INTO vectorfill.document_hashes AS d
+                  (job_id, version, row_key, sha256, format, context, inputs, read_at)
+           SELECT %s, %s, {ckey}, c.sha256, c.format, c.context, c.inputs, now() FROM {unnest}
+           ON CONFLICT (job_id, version, row_key) DO UPDATE
+              SET sha256 = EXCLUDED.sha256, format = EXCLUDED.format, context = EXCLUDED.context,
+                  inputs = EXCLUDED.inputs, read_at = EXCLUDED.read_at"""
+    ).format(
+        unnest_g=js._unnest([], alias="g"),
+        gkey=js._failure_key("g"),
+        ckey=js._failure_key("c"),
+        unnest=js._unnest([("sha256", "bytea"), ("format", "text"), ("context", "bytea"), ("inputs", "bytea")]),
+    )
