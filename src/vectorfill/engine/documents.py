@@ -34,11 +34,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 from vectorfill.documents import Fetched, Loader, fetch_document, parse_fetched
-from vectorfill.errors import DocumentError, DocumentStoreUnavailable
+from vectorfill.errors import DatabaseUnavailable, DocumentError, DocumentStoreUnavailable
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection
 
@@ -88,6 +90,11 @@ class Read(NamedTuple):
 #: Seconds before retry n of a transient store failure: 0.5, 1, 2, 4 ... (at most 10).
 STORE_BACKOFF_S = 0.5
 MAX_STORE_DELAY_S = 10.0
+
+#: Seconds before the records' statements are tried again after the database was lost.
+RECORD_RETRY_S = (0.5, 2.0)
+
+T = TypeVar("T")
 
 
 async def read_documents(work: Work, leased: list[Row], token: uuid.UUID, db: LaneConnection) -> Read:
@@ -184,8 +191,12 @@ async def record_documents(work: Work, read: Read, plan: Any, db: LaneConnection
         [parsed[k].context for k in keys],
         [chunks[k] for k in keys],
     ]
-    async with db.translating("recording documents' hashes", job=work.job.name) as conn:
-        await conn.execute(sql.write_document_hashes(js), params)
+
+    async def write() -> None:
+        async with db.translating("recording documents' hashes", job=work.job.name) as conn:
+            await conn.execute(sql.write_document_hashes(js), params)
+
+    await _leniently(work, "recording documents' hashes", write, None)
 
 
 async def _records(work: Work, keys: list[tuple], db: LaneConnection) -> dict[tuple, tuple]:
@@ -194,12 +205,33 @@ async def _records(work: Work, keys: list[tuple], db: LaneConnection) -> dict[tu
         return {}
     js = sql.JobSQL(work.job, work.version)
     n = len(work.job.key_columns)
-    async with db.translating("reading documents' hashes", job=work.job.name) as conn:
-        cur = await conn.execute(
-            sql.read_document_hashes(js), [*_columns(work, keys), work.job.id, work.version.version]
-        )
-        rows = await cur.fetchall()
+
+    async def read() -> list[Any]:
+        async with db.translating("reading documents' hashes", job=work.job.name) as conn:
+            cur = await conn.execute(
+                sql.read_document_hashes(js), [*_columns(work, keys), work.job.id, work.version.version]
+            )
+            return await cur.fetchall()
+
+    rows: list[Any] = await _leniently(work, "reading documents' hashes", read, [])
     return {tuple(r[:n]): (bytes(r[n]), r[n + 1], bytes(r[n + 2]), bytes(r[n + 3])) for r in rows}
+
+
+async def _leniently(work: Work, doing: str, statement: Callable[[], Awaitable[T]], otherwise: T) -> T:
+    """Run a statement of the records, which only save parses: the claim's rows are leased
+    by then, so a lost database must not fail the claim (its rows would stay leased, out of
+    this run's reach, until their leases end). Tried again after a lost connection (the lane
+    reconnects), then given up with a warning: ``otherwise`` (no records: the documents are
+    parsed; none written: they are parsed next time)."""
+    for wait in (*RECORD_RETRY_S, None):
+        try:
+            return await statement()
+        except DatabaseUnavailable as exc:
+            if wait is None:
+                logging.getLogger("vectorfill").warning("%s of %s failed: %s; going on without", doing, work.label, exc)
+                return otherwise
+            await asyncio.sleep(wait)
+    return otherwise  # (not reached)
 
 
 def _context(work: Work, fmt: str, fields: tuple) -> bytes:
