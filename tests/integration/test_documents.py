@@ -274,3 +274,31 @@ def test_a_record_whose_chunks_are_not_stored_is_not_trusted(env, tmp_path, monk
     env.backfill()
     assert parsed == [f"file://{a}"]
     assert _chunks(env) == before and sorted(env.provider.inputs) == sorted(before[1])
+
+
+def test_the_served_documents_sync_flow_keeps_a_folder_in_step_on_a_schedule(env, tmp_path):
+    import datetime
+
+    from vectorfill.flows.documents import documents_sync
+    from vectorfill.orchestration.serve import build_deployments
+
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    _write(folder, "a.md", b"# A\n\nFirst document.")
+    _write(folder, "b.txt", b"Second document.")
+    [served] = build_deployments([], cron=None, reembed=False, documents=[(str(folder), "kb")])
+    assert served.name == "documents-sync-kb"
+    assert served.parameters == {"source": str(folder), "table": "kb"}
+    assert [s.schedule.interval for s in served.schedules] == [datetime.timedelta(seconds=600)]
+    assert not [d for d in build_deployments(["docs"], cron=None) if d.name.startswith("documents-sync")]  # asked only
+
+    first = documents_sync(**served.parameters)  # what `vectorfill serve --documents` runs
+    assert (first["listed"], first["added"]) == (2, 2)
+    with env.connect() as conn:
+        uris = sorted(r[0] for r in conn.execute("SELECT uri FROM kb"))
+    assert [u.rsplit("/", 1)[1] for u in uris] == ["a.md", "b.txt"]
+    (folder / "b.txt").unlink()
+    second = documents_sync(**served.parameters)
+    assert (second["listed"], second["deleted"], second["added"]) == (1, 1, 0)
+    nothing = {"listed": 1, "added": 0, "changed": 0, "renamed": 0, "deleted": 0}
+    assert documents_sync(**served.parameters) == nothing  # a third sync, nothing changed: nothing written
