@@ -2,7 +2,7 @@
 and ``vectorfill.spend``, the daily spend ledger behind ``max_usd_per_day``.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-07
 
 A claim looks the inputs it is about to send up by their sha256 in the version's vectors
@@ -18,7 +18,7 @@ sent.
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

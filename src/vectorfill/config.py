@@ -25,6 +25,7 @@ __all__ = [
     "RESERVED_JOB_NAMES",
     "STORAGE_TYPES",
     "ChunkSettings",
+    "DocumentSettings",
     "JobSettings",
     "database_url_from_env",
     "read_api_key",
@@ -35,10 +36,39 @@ DATABASE_URL_ENV = "VECTORFILL_DATABASE_URL"
 
 #: Relations in the vectorfill schema that a job's view must never shadow.
 RESERVED_JOB_NAMES = frozenset(
-    {"jobs", "versions", "failures", "budgets", "endpoint_caps", "alembic_version", "batches", "batch_items"}
+    {
+        "jobs",
+        "versions",
+        "failures",
+        "budgets",
+        "endpoint_caps",
+        "alembic_version",
+        "batches",
+        "batch_items",
+        "document_hashes",
+    }
 )
 
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class DocumentSettings(BaseModel):
+    """A document job's input: the object that a column names (a path, ``file://`` or
+    ``s3://`` URI), loaded and parsed to text in the claim (:mod:`vectorfill.documents`)::
+
+        DocumentSettings(uri="uri", max_document_bytes=64 * 2**20)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str = Field(min_length=1, max_length=63)
+    """The column holding each row's document URI."""
+    max_document_bytes: int = Field(64 * 2**20, ge=1024, le=2**34)
+    """A larger document is not read: its row fails with the reason (``too_large``)."""
+    max_batch_bytes: int = Field(256 * 2**20, ge=1024, le=2**36)
+    """Most bytes of documents one claim reads; the rest of its rows are given back to the
+    queue (their attempt not counted) for the next claim. One document is read at a time, so
+    a batch holds at most one document's bytes and the text parsed from this many bytes."""
 
 
 class JobSettings(BaseModel):
@@ -117,6 +147,9 @@ class JobSettings(BaseModel):
     batch_prices: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     """USD per million input tokens sent through the Batch API, by model, over the table
     (half the online price for OpenAI's embedding models)."""
+    documents: DocumentSettings | None = None
+    """A document job (``job create --uri COL``): each row's input is the document its URI
+    column names, parsed and chunked; None for a job that embeds the text in its columns."""
 
 
 #: How a version stores its vectors: ``auto`` is ``halfvec`` when the dimensions exceed

@@ -24,6 +24,16 @@ The tree::
     ├── SpendCapReached              the next request would pass max_usd_per_day; stops the run
     │                                with every row still queued (.resets_at: when it resets)
     ├── InputError                   one row's text cannot be embedded (NULL, empty, too long)
+    ├── DocumentError                one row's document cannot be read or parsed (.reason, .uri);
+    │   │                            the row is recorded as failed, the run goes on
+    │   ├── DocumentMissing          no object or file at the URI
+    │   ├── DocumentDenied           the store refused access (403, file permissions)
+    │   ├── DocumentTooLarge         larger than the job's max_document_bytes
+    │   ├── DocumentFormatError      unknown format, or bytes that do not parse as their format
+    │   ├── DocumentEncrypted        a password-protected PDF
+    │   ├── DocumentNoText           a PDF with no text layer (scanned); OCR is not supported
+    │   └── DocumentEmpty            parsed to no text at all
+    ├── DocumentStoreUnavailable     transient: S3 503/throttling, a timeout, a dropped connection
     └── RowsFailed                   a run finished, but some of its rows failed (.summary)
 
 Each message names the job, the row or setting at fault, and what to do next. Foreign
@@ -50,6 +60,15 @@ __all__ = [
     "DatabaseError",
     "DatabaseRefused",
     "DatabaseUnavailable",
+    "DocumentDenied",
+    "DocumentEmpty",
+    "DocumentEncrypted",
+    "DocumentError",
+    "DocumentFormatError",
+    "DocumentMissing",
+    "DocumentNoText",
+    "DocumentStoreUnavailable",
+    "DocumentTooLarge",
     "InputError",
     "JobError",
     "ModelNotFound",
@@ -283,6 +302,74 @@ class InputError(VectorfillError):
     def __init__(self, message: str, *, job: str | None = None, row: object = None, **kw) -> None:
         self.row = row
         super().__init__(message, job=job, **kw)
+
+
+class DocumentError(VectorfillError):
+    """One row's document cannot be used: the row is recorded as failed with ``reason`` (the
+    ``vectorfill failures`` column) and the message naming ``uri``; the run goes on. A
+    change of the row (a new object, a sync that sees a new ETag) queues it again."""
+
+    reason = "document"
+    what_to_do = "fix the document, then `vectorfill retry JOB`"
+
+    def __init__(self, uri: str, problem: str, *, job: str | None = None) -> None:
+        self.uri = uri
+        self.problem = problem
+        super().__init__(f"{uri}: {problem}", job=job)
+
+
+class DocumentMissing(DocumentError):
+    """No object or file at the URI (S3 NoSuchKey/NoSuchBucket, a missing path)."""
+
+    reason = "not_found"
+
+
+class DocumentDenied(DocumentError):
+    """The store refused to hand the object over (S3 AccessDenied/403, file permissions)."""
+
+    reason = "access_denied"
+
+
+class DocumentTooLarge(DocumentError):
+    """Larger than the job's ``max_document_bytes``: never read whole (a batch's memory stays bounded)."""
+
+    reason = "too_large"
+
+
+class DocumentFormatError(DocumentError):
+    """The format is unknown, or the bytes do not parse as their format (corrupt)."""
+
+    reason = "unknown_format"
+
+    def __init__(self, uri: str, problem: str, *, reason: str = "unknown_format", job: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(uri, problem, job=job)
+
+
+class DocumentEncrypted(DocumentError):
+    """A password-protected PDF (or an encrypted office file): its text cannot be read."""
+
+    reason = "encrypted"
+
+
+class DocumentNoText(DocumentError):
+    """A PDF whose pages have no text layer: a scan. OCR is not supported."""
+
+    reason = "no_text_layer"
+
+
+class DocumentEmpty(DocumentError):
+    """The document parsed to no text at all (an empty file, a workbook of empty sheets)."""
+
+    reason = "empty_document"
+
+
+class DocumentStoreUnavailable(VectorfillError):
+    """Transient: the document store failed for a reason that may pass (S3 503 SlowDown or
+    InternalError, a timeout, a dropped connection). Retried like a provider's transient
+    error; never recorded as the row's failure."""
+
+    transient = True
 
 
 class RowsFailed(VectorfillError):

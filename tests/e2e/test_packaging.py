@@ -29,7 +29,7 @@ for name in names:
         continue
     module = importlib.import_module(name)
     assert module.__file__.startswith(site), (name, module.__file__)
-for sub in ("cli", "provider", "storage", "jobs", "orchestration", "local", "local.embeddings_server",
+for sub in ("cli", "provider", "storage", "jobs", "orchestration", "local", "local.embeddings_server", "documents",
             "flows", "tasks", "migrations", "migrations.versions"):
     assert "vectorfill." + sub in names, sub
 # what Prefect's runner does for a served deployment's flow run, from the clone directory:

@@ -144,6 +144,7 @@ def test_prefect_yaml_declares_what_serve_serves():
     from prefect.utilities.importtools import import_object
 
     from vectorfill.flows.backfill import backfill
+    from vectorfill.flows.documents import documents_sync
     from vectorfill.orchestration.events import MODEL_CHANGED
     from vectorfill.orchestration.serve import build_deployments
 
@@ -151,11 +152,17 @@ def test_prefect_yaml_declares_what_serve_serves():
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert {"backfill-docs", "reembed"} <= set(deployments)
     for d in deployments.values():
-        assert import_object(d["entrypoint"]) is backfill
+        assert import_object(d["entrypoint"]) is (documents_sync if "documents" in d["tags"] else backfill)
     assert deployments["backfill-docs"]["schedules"][0]["cron"] == "0 2 * * *"
     (trigger,) = deployments["reembed"]["triggers"]
     parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
-    served = {d.name: d for d in build_deployments(["docs"], batch_jobs=["docs"])}
+    declared_sync = deployments["documents-sync-documents"]["parameters"]
+    served = {
+        d.name: d
+        for d in build_deployments(
+            ["docs"], batch_jobs=["docs"], documents=[(declared_sync["source"], declared_sync["table"])]
+        )
+    }
     assert set(served) == set(deployments)  # one declaration: serve makes exactly what the file declares
     for name, declared in deployments.items():
         assert served[name].parameters == declared.get("parameters", {})

@@ -31,7 +31,13 @@ from vectorfill.errors import (
     stops_run,
 )
 
-TRANSIENT = [TransientProviderError, DatabaseError, DatabaseUnavailable, BudgetUnavailable]
+TRANSIENT = [
+    TransientProviderError,
+    DatabaseError,
+    DatabaseUnavailable,
+    BudgetUnavailable,
+    errors.DocumentStoreUnavailable,
+]
 STOPS_THE_RUN = [AuthenticationError, ModelNotFound, QuotaExceeded, RequestRejected, ConfigError, SecretMissing]
 NEITHER = [TerminalProviderError, InputError, JobError, SourceError, DatabaseRefused]
 
@@ -54,6 +60,27 @@ def test_an_inputs_or_a_requests_terminal_error_neither_retries_nor_stops(cls):
     assert not stops_run(exc) and not is_transient(exc)
 
 
+#: One row's document: the row fails with the reason, the run goes on (built from a URI and a problem).
+DOCUMENT_ERRORS = [
+    errors.DocumentError,
+    errors.DocumentMissing,
+    errors.DocumentDenied,
+    errors.DocumentTooLarge,
+    errors.DocumentFormatError,
+    errors.DocumentEncrypted,
+    errors.DocumentNoText,
+    errors.DocumentEmpty,
+]
+
+
+@pytest.mark.parametrize("cls", DOCUMENT_ERRORS)
+def test_a_bad_document_fails_its_row_with_a_reason_and_neither_retries_nor_stops(cls):
+    exc = cls("s3://bucket/a.pdf", "the problem", job="docs")
+    assert not stops_run(exc) and not is_transient(exc)
+    assert str(exc) == "job 'docs': s3://bucket/a.pdf: the problem" and exc.uri == "s3://bucket/a.pdf"
+    assert exc.reason and exc.reason.replace("_", "").isalpha()
+
+
 @pytest.mark.parametrize("exc", [OSError("disk"), TimeoutError(), ValueError("x")])
 def test_foreign_errors_are_never_taken_for_transient(exc):
     assert not is_transient(exc) and not stops_run(exc)
@@ -61,7 +88,7 @@ def test_foreign_errors_are_never_taken_for_transient(exc):
 
 def test_every_exported_error_is_classified_above():
     exported = {getattr(errors, n) for n in errors.__all__ if isinstance(getattr(errors, n), type)}
-    classified = set(TRANSIENT + STOPS_THE_RUN + NEITHER) | {
+    classified = set(TRANSIENT + STOPS_THE_RUN + NEITHER + DOCUMENT_ERRORS) | {
         errors.VectorfillError,
         errors.ProviderError,
         RowsFailed,

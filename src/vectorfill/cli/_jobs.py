@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from vectorfill.cli._common import DbOpt, chunk_options, conn, url
 from vectorfill.cli._output import out
 from vectorfill.cli._search import check_before
-from vectorfill.config import JobSettings, unescape_template
+from vectorfill.config import ChunkSettings, DocumentSettings, JobSettings, unescape_template
 from vectorfill.errors import ConfigError
 from vectorfill.jobs.model_change import chunk_settings
 from vectorfill.jobs.registry import create_job, drop_job, job_status, list_jobs, set_job_settings, use_base_url
@@ -30,6 +30,15 @@ def job_create(
     name: str = typer.Argument(..., help="Job name: lowercase letters, digits, underscores"),
     table: str = typer.Option(..., help="Source table, TABLE or SCHEMA.TABLE"),
     text: list[str] | None = typer.Option(None, help="Column(s) to embed; several are joined by a blank line"),
+    uri: str | None = typer.Option(
+        None, help="A document job: the column holding each row's document (a path, file:// or s3:// URI)"
+    ),
+    watch: list[str] | None = typer.Option(
+        None, help="Document jobs: column(s) whose change re-reads the document (default: etag, if the table has it)"
+    ),
+    max_document_mb: float | None = typer.Option(
+        None, help="Document jobs: a larger document fails as too large, unread (default 64)"
+    ),
     template: str | None = typer.Option(None, help='Text template, e.g. "{title}\\n\\n{body}"'),
     id: list[str] | None = typer.Option(None, "--id", help="Key column(s); default: the primary key"),
     model: str = typer.Option(..., help="Embedding model name"),
@@ -87,6 +96,8 @@ def job_create(
     the job is created only if a backfill would work."""
     if template and text:
         raise ConfigError("give --text or --template, not both", job=name)
+    if uri is None and (watch or max_document_mb is not None):
+        raise ConfigError("--watch and --max-document-mb are for document jobs (--uri COLUMN)", job=name)
     template = unescape_template(template) if template else template
     try:
         settings = JobSettings(
@@ -109,6 +120,7 @@ def job_create(
             batch=batch,
             batch_prices=_prices(batch_price or [], name),
             update_trigger=update_trigger,
+            documents=_document_settings(uri, max_document_mb),
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -129,8 +141,11 @@ def job_create(
             settings=settings,
             storage=storage or "auto",
             chunking=chunk_settings(
-                chunk_options(chunker, chunk_size, chunk_overlap, chunk_template, max_chunks), job=name
+                chunk_options(chunker, chunk_size, chunk_overlap, chunk_template, max_chunks),
+                base=ChunkSettings(chunker="recursive") if uri else None,  # documents: chunked by default
+                job=name,
             ),
+            watch=watch or None,
         )
         if not no_check:  # before the commit: a job that cannot work is not created
             answered = check_before(
@@ -150,6 +165,14 @@ def job_create(
         f"job {job.name}: {st.pending:,} rows of {job.source} queued for {model}; "
         f"vectors will be readable in {st.target}. Next: `vectorfill backfill {job.name}`"
     )
+
+
+def _document_settings(uri: str | None, max_document_mb: float | None) -> DocumentSettings | None:
+    if uri is None:
+        return None
+    if max_document_mb is None:
+        return DocumentSettings(uri=uri)
+    return DocumentSettings(uri=uri, max_document_bytes=int(max_document_mb * 2**20))
 
 
 def _prices(items: list[str], job: str) -> dict[str, float]:

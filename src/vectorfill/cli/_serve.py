@@ -6,6 +6,7 @@ import typer
 
 from vectorfill.cli._common import DbOpt, conn, url
 from vectorfill.cli._output import note
+from vectorfill.errors import ConfigError
 from vectorfill.jobs.registry import list_jobs
 
 __all__ = ["serve"]
@@ -21,6 +22,11 @@ def serve(
         False, "--sync", help="Also embed rows as they are written (a sync run per job and hour)"
     ),
     sync_window: float = typer.Option(3600.0, "--sync-window", help="Seconds each sync run covers", hidden=True),
+    documents: list[str] | None = typer.Option(
+        None,
+        "--documents",
+        help="SOURCE=TABLE: also list SOURCE (s3://BUCKET/PREFIX or a directory) into TABLE every 10 minutes",
+    ),
     db: str | None = DbOpt,
 ) -> None:
     """Serve vectorfill's deployments from this machine: a scheduled backfill per job and a
@@ -31,8 +37,23 @@ def serve(
     from vectorfill.orchestration.runtime import prefect_defaults
     from vectorfill.orchestration.serve import serve as run
 
+    pairs = []
+    for spec in documents or []:
+        source, sep, table = spec.rpartition("=")
+        if not sep or not source or not table:
+            raise ConfigError(f"--documents {spec!r}: give SOURCE=TABLE, e.g. s3://my-bucket/docs/=documents")
+        pairs.append((source, table))
     db_url = url(db)
     with conn(db_url) as c:
         names = jobs or list_jobs(c)
     prefect_defaults(use_served=False)
-    run(db_url, jobs=names, cron=cron or None, port=port, announce=note, sync=sync, sync_window_s=sync_window)
+    run(
+        db_url,
+        jobs=names,
+        cron=cron or None,
+        port=port,
+        announce=note,
+        sync=sync,
+        sync_window_s=sync_window,
+        documents=pairs,
+    )

@@ -26,11 +26,21 @@ import threading
 
 import typer
 
-from vectorfill.cli import _jobs, _local, _reports, _runs, _search, _serve, _versions
+from vectorfill.cli import _documents, _jobs, _local, _reports, _runs, _search, _serve, _versions
 from vectorfill.cli._output import err, print_error
 from vectorfill.errors import RowsFailed, SpendCapReached, VectorfillError
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_ROWS_FAILED", "EXIT_USAGE", "app", "db_app", "job_app", "main"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_ROWS_FAILED",
+    "EXIT_USAGE",
+    "app",
+    "db_app",
+    "documents_app",
+    "job_app",
+    "main",
+]
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -45,8 +55,14 @@ job_app = typer.Typer(
 db_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="The embedded Postgres, for users without their own."
 )
+documents_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Document tables: keep one in step with an S3 prefix or a directory.",
+)
 app.add_typer(job_app, name="job")
 app.add_typer(db_app, name="db")
+app.add_typer(documents_app, name="documents")
 
 # the order of `vectorfill --help`
 app.command()(_jobs.migrate)
@@ -74,6 +90,7 @@ app.command()(_reports.runs)
 app.command("serve-embeddings")(_local.serve_embeddings)
 app.command()(_local.demo)
 app.command()(_reports.batches)
+documents_app.command("sync")(_documents.documents_sync)
 db_app.command("start")(_local.db_start)
 db_app.command("stop")(_local.db_stop)
 db_app.command("status")(_local.db_status)

@@ -31,6 +31,7 @@ from vectorfill.provider.tokens import TokenCounter, counter_for, max_input_toke
 from vectorfill.storage import sql
 from vectorfill.storage.db import LaneConnection, aconnect
 
+from .documents import read_documents, record_documents
 from .reuse import Found, find_vectors, mark_reused
 from .work import Work, database_url
 
@@ -120,6 +121,9 @@ class Claim:
     found: Found = field(default_factory=Found)
     """The vectors stored already for some of its inputs (their items are marked
     :attr:`Item.reuse`)."""
+    given_back: int = 0
+    """Rows leased and given back at once, unread (a document job's claim over its byte
+    bound): the queue is not drained, however few rows the claim kept."""
 
     @property
     def reused(self) -> int:
@@ -260,7 +264,11 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
         claimed, leased = await lease_rows(conn, js, work, limit, token)
     if not claimed:
         return Claim(requests=())
-    plan = plan_rows(work, leased)
+    read = await read_documents(work, leased, token, db)  # a document job's URIs → their texts
+    plan = plan_rows(work, read.rows)
+    plan.failed.extend(Failure(u.key, u.seq, u.reason, None, u.message) for u in read.unreadable)
+    plan.unchanged.extend(read.unchanged)  # documents whose bytes their stored chunks were made from
+    await record_documents(work, read, plan, db)
     found = Found()
     items = plan.items
     if plan.settles or (reuse and items):
@@ -273,7 +281,8 @@ async def claim_rows(work: Work, limit: int, token: uuid.UUID, db: LaneConnectio
                 items = mark_reused(items, found.vectors)
     return Claim(
         requests=tuple(pack(items, s.max_inputs, _request_tokens(s), plan.rows)),
-        claimed=claimed,
+        claimed=claimed - read.given_back,
+        given_back=read.given_back,
         unchanged=len(plan.unchanged) + len(plan.moved),
         deleted=len(plan.gone),
         failed=len(plan.failed),

@@ -262,7 +262,7 @@ async def fill_slice(
                     attempts.claim = Claim(requests=())
                 else:
                     attempts.claim = await claim_rows(attempts.work, limit, token, db)
-                    if attempts.claim.claimed < limit:
+                    if attempts.claim.claimed < limit and not attempts.claim.given_back:
                         lanes.drained.set()
             attempts.known.update(attempts.claim.found.vectors)
             attempts.texts.update(attempts.claim.found.texts)

@@ -8,6 +8,7 @@ whose vector exists (in the version, or in the active version it may reuse:
 copied), and an input over the model's limit is counted at the limit
 (``on_too_long=truncate``) or not at all (``fail``). Tokens are counted with the run's counter (:func:`vectorfill.provider.tokens.counter_for`):
 exact for OpenAI's models, a byte-based over-estimate for tokenizers not known here.
+A document job's pending documents are read and parsed, as the claim will read them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import asdict, dataclass
 
 import psycopg
 
-from vectorfill.errors import JobError
+from vectorfill.documents import Loader, read_document
+from vectorfill.errors import DocumentError, JobError
 from vectorfill.jobs.registry import absorb, load_job
 from vectorfill.jobs.reuse import sources
 from vectorfill.provider.chunking import TooManyChunks, chunk_fields, chunk_text, render_template
@@ -53,7 +55,8 @@ class Estimate:
     """Inputs that would be sent: one per row without a chunker; for a chunked job the
     chunks whose input the row has no vector for (unchanged chunks keep theirs)."""
     failing: int = 0
-    """Rows that would fail before any request (more chunks than ``max_chunks``)."""
+    """Rows that would fail before any request (more chunks than ``max_chunks``; a document
+    job's documents that cannot be used)."""
     batch_price_per_million: float | None = None
     """Through the Batch API (half the online price for OpenAI's models); None: unknown."""
     batch_cost_usd: float | None = None
@@ -116,6 +119,8 @@ def _count(
     whole = not chunking.enabled
     rows = unchanged = empty = too_long = tokens = chunks = failing = 0
     reuse = _Reuse(conn, job, version if pending else None)
+    docs = s.documents  # a document job's rows are read and parsed as the claim reads them
+    loader = Loader(max_bytes=docs.max_document_bytes, timeout_s=s.timeout_s) if docs is not None else None
     with conn.cursor(name="vectorfill_estimate") as cur:  # server-side: any table size
         cur.itersize = _CHUNK
         cur.execute(js.pending_texts(fields) if pending else js.all_texts(fields))
@@ -124,6 +129,12 @@ def _count(
             pieces_of: list[tuple[list, list[bytes]]] = []
             for text, stored, *values in page:
                 stored_hashes = [bytes(h) for h in stored] if stored else []
+                if loader is not None and text is not None and text.strip():  # a document job: its text
+                    try:
+                        text = read_document(loader, text).text
+                    except DocumentError:
+                        failing += 1  # as the claim will fail it
+                        continue
                 if text is None or not text.strip():
                     empty += 1
                 elif whole:

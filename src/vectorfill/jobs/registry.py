@@ -26,6 +26,7 @@ from vectorfill.storage.db import one_row, scalar
 from vectorfill.storage.jobs import job_names, read_job, upgrade_triggers
 
 __all__ = [
+    "DEFAULT_WATCH",
     "KNOWN_DIMENSIONS",
     "JobStatus",
     "WorkLeft",
@@ -44,6 +45,10 @@ __all__ = [
     "version_options",
     "work_left",
 ]
+
+#: The columns of a document table whose change queues its row again (``--watch`` overrides):
+#: those ``vectorfill documents sync`` keeps.
+DEFAULT_WATCH = ("etag",)
 
 #: Native sizes of well-known models, so their vector column is typed from the start.
 KNOWN_DIMENSIONS = {
@@ -95,10 +100,23 @@ def create_job(
     settings: JobSettings | None = None,
     storage: str = "auto",
     chunking: ChunkSettings | None = None,
+    watch: list[str] | None = None,
 ) -> Job:
-    """Register a job, install its triggers and queue every existing row, atomically."""
+    """Register a job, install its triggers and queue every existing row, atomically.
+
+    A document job (``settings.documents``, ``--uri COLUMN``) embeds the document each row's
+    URI names; a change of the URI or of a ``watch`` column (default: ``etag`` when the table
+    has one, as tables kept by ``vectorfill documents sync`` do) queues the row again. Its
+    chunker defaults to ``recursive``."""
     validate_job_name(name)
     settings = settings or JobSettings()
+    docs = settings.documents
+    if docs is not None:
+        if text_columns or template is not None:
+            raise ConfigError("a document job takes --uri COLUMN, not --text or --template", job=name)
+        chunking = chunking or ChunkSettings(chunker="recursive")
+    elif watch:
+        raise ConfigError("--watch is for document jobs (--uri COLUMN)", job=name)
     check_endpoint_options(dimensions, api_key_env, job=name)
     _require_schema(conn)
     if conn.execute(sql.JOB_ROWS, {"name": name}).fetchone():
@@ -118,6 +136,9 @@ def create_job(
         raise SourceError(f"{schema}.{tname} is not a table (views cannot carry triggers)", job=name)
     columns = {c: (t, notnull) for c, t, notnull in conn.execute(sql.LOOKUP_COLUMNS, {"oid": oid})}
 
+    if docs is not None:
+        watched = list(watch) if watch is not None else [c for c in DEFAULT_WATCH if c in columns]
+        text_columns = list(dict.fromkeys([docs.uri, *watched]))
     if template is not None:
         try:
             spec = sql.parse_template(template)

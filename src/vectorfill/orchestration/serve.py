@@ -13,6 +13,9 @@ It then serves, from this process (a Prefect runner; no work pool needed):
 
 ``backfill-<job>``
     for every job: a scheduled backfill (``--cron``, nightly by default);
+``documents-sync-<table>``
+    for each ``--documents SOURCE=TABLE``: the listing of SOURCE synced into TABLE every
+    10 minutes (:mod:`vectorfill.flows.documents`);
 ``reembed``
     triggered by the event ``vectorfill.model.changed`` that ``vectorfill job set-model``
     emits: it runs the backfill flow for the job named in the event, which fills the new
@@ -66,7 +69,12 @@ def declared_deployments() -> list[dict[str, Any]]:
 
 
 def build_deployments(
-    jobs: list[str], *, cron: str | None = DEFAULT_CRON, batch_jobs: Sequence[str] = (), reembed: bool = True
+    jobs: list[str],
+    *,
+    cron: str | None = DEFAULT_CRON,
+    batch_jobs: Sequence[str] = (),
+    reembed: bool = True,
+    documents: Sequence[tuple[str, str]] = (),
 ) -> list:
     """The served deployments, as ``deployments/prefect.yaml`` declares them: each
     deployment declared for the job :data:`DECLARED_JOB` is made for every job in ``jobs``
@@ -74,10 +82,14 @@ def build_deployments(
     for every job of ``batch_jobs`` (jobs whose default is the Batch API: their batches
     collected on the declared interval); a deployment declared with triggers (the re-embed
     on ``vectorfill.model.changed``) is made once, unless ``reembed`` is False
-    (``serve --sync``, whose sync runs fill new versions themselves)."""
+    (``serve --sync``, whose sync runs fill new versions themselves); the deployment tagged
+    ``documents`` is made for each (source, table) of ``documents``, named after the table."""
     deployments = []
     for spec in declared_deployments():
-        if spec.get("parameters", {}).get("job") == DECLARED_JOB:
+        if "documents" in spec.get("tags", ()):
+            for source, table in documents:
+                deployments.append(_documents_deployment(spec, source, table))
+        elif spec.get("parameters", {}).get("job") == DECLARED_JOB:
             for job in batch_jobs if "batches" in spec.get("tags", ()) else jobs:
                 deployments.append(_deployment(spec, job, cron))
         elif spec.get("triggers"):
@@ -86,6 +98,20 @@ def build_deployments(
         else:
             raise ConfigError(f"deployments/prefect.yaml: {spec.get('name')!r} is neither per job nor triggered")
     return deployments
+
+
+def _documents_deployment(spec: dict[str, Any], source: str, table: str):
+    """The declared documents sync for ``source`` and ``table``."""
+    declared = spec["parameters"]
+    spec = {
+        **spec,
+        "name": spec["name"].removesuffix(f"-{declared['table']}") + f"-{table}",
+        "description": (spec.get("description") or "")
+        .replace(f"`{declared['table']}`", f"`{table}`")
+        .replace(f"`{declared['source']}`", f"`{source}`"),
+        "parameters": {"source": source, "table": table},
+    }
+    return _deployment(spec, None, None)
 
 
 def _deployment(spec: dict[str, Any], job: str | None, cron: str | None):
@@ -135,6 +161,7 @@ def serve(
     announce=print,
     sync: bool = False,
     sync_window_s: float | None = None,
+    documents: Sequence[tuple[str, str]] = (),
 ) -> None:
     """Serve the deployments until interrupted, on ``PREFECT_API_URL`` or the local Prefect
     server (started on ``port`` if it is not running yet; it keeps running afterwards); with
@@ -153,7 +180,9 @@ def serve(
     try:
         from prefect import serve as prefect_serve
 
-        deployments = build_deployments(jobs, cron=cron, batch_jobs=_batch_jobs(url, jobs), reembed=not sync)
+        deployments = build_deployments(
+            jobs, cron=cron, batch_jobs=_batch_jobs(url, jobs), reembed=not sync, documents=documents
+        )
         ui = api_url.removesuffix("/api")
         announce(f"Serving {', '.join(d.name for d in deployments)} from this machine; Prefect UI: {ui} (Ctrl-C stops)")
         if sync and jobs:

@@ -25,6 +25,7 @@ module              tables and statements
 ``_budgets``        shared rate budgets and learnt endpoint caps
 ``_batches``        Batch API submissions and their inputs
 ``_progress``       a new version's catch-up (``behind``) and the sync loop's poll
+``_documents``      a document table kept in step with a listing; ``document_hashes``
 ==================  ==========================================================================
 
 Per job version there are two tables in the ``vectorfill`` schema:
@@ -108,6 +109,16 @@ from vectorfill.storage.sql._changelog import (
     trigger_function_name,
 )
 from vectorfill.storage.sql._compose import SCHEMA, JobTables, TextSpec, parse_template, text_expression
+from vectorfill.storage.sql._documents import (
+    DOCUMENT_COLUMNS,
+    copy_listing,
+    create_document_table,
+    create_listing,
+    index_listing,
+    merge_statements,
+    read_document_hashes,
+    write_document_hashes,
+)
 from vectorfill.storage.sql._jobs import (
     DELETE_JOB,
     DELETE_VERSION,
@@ -166,6 +177,7 @@ __all__ = [
     "BUDGET_PAUSE",
     "DELETE_JOB",
     "DELETE_VERSION",
+    "DOCUMENT_COLUMNS",
     "ENDPOINT_CAPS",
     "FAILURE_ROWS",
     "FORGET_ENDPOINT_CAPS",
@@ -206,7 +218,10 @@ __all__ = [
     "batch_items_insert",
     "batch_items_read",
     "behind",
+    "copy_listing",
     "create_absorb_function",
+    "create_document_table",
+    "create_listing",
     "create_log_table",
     "create_trigger_function",
     "create_triggers",
@@ -214,9 +229,12 @@ __all__ = [
     "digests",
     "drop_log",
     "drop_triggers",
+    "index_listing",
     "lock_source",
     "log_table",
+    "merge_statements",
     "parse_template",
+    "read_document_hashes",
     "refund_attempts",
     "sync_poll",
     "text_expression",
@@ -224,6 +242,7 @@ __all__ = [
     "trigger_names",
     "view_name",
     "work_left",
+    "write_document_hashes",
 ]
 
 

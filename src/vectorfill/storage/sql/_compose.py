@@ -47,8 +47,11 @@ def parse_template(template: str) -> TextSpec:
 
 
 def text_expression(job: Job, alias: str = "s") -> sql.Composed:
-    """The SQL expression that renders a source row's text (NULL when every field is NULL)."""
+    """The SQL expression that renders a source row's text (NULL when every field is NULL);
+    a document job's row's document URI."""
     a = sql.Identifier(alias)
+    if job.settings.documents is not None:  # a document job: the URI (its other columns are watched only)
+        return sql.SQL("{}.{}::text").format(a, sql.Identifier(job.settings.documents.uri))
     if job.template is None:
         cols = [sql.SQL("{}.{}::text").format(a, sql.Identifier(c)) for c in job.text_columns]
         if len(cols) == 1:

@@ -93,6 +93,18 @@ class QueueStatements(JobTables):
             q=self.q, unnest=self._unnest([("seq", "bigint")]), match=self._match("q", "c")
         )
 
+    def give_back(self) -> sql.Composed:
+        """Give back claimed rows (still at their claimed seq and held by the run) to the
+        queue at once, their attempt not counted, the reason noted: rows a claim took but
+        did not read (a document job's claim over its byte bound, or one its store failed).
+        Parameters: error, keys, seqs, run token."""
+        return sql.SQL(
+            """UPDATE {q} q SET lease_until = NULL, claimed_by = NULL,
+                      attempts = greatest(q.attempts - 1, 0), last_error = %s
+                 FROM {unnest}
+                WHERE {match} AND q.seq = c.seq AND q.claimed_by = %s"""
+        ).format(q=self.q, unnest=self._unnest([("seq", "bigint")]), match=self._match("q", "c"))
+
     def fail(self) -> sql.Composed:
         """Move rows (still at their claimed seq) from the queue to the failures table and
         drop their now-stale vectors. Parameters: keys, seqs, reasons, statuses, messages."""
