@@ -135,8 +135,8 @@ class VectorfillError(Exception):
     """Base of all vectorfill errors. ``transient`` is True when retrying can help.
 
     What the command line prints as one error block (``vectorfill.cli._output.print_error``),
-    for this class and every subclass, including ones added later: ``reason`` (the message
-    without the job), ``job``, ``setting`` (the job setting or option at fault, when known)
+    for this class and every subclass, including ones added later: the message (naming
+    ``job``), ``setting`` (the job setting or option at fault, when known)
     and ``fix`` (what to do, when the message does not already say it; a class may set a
     default)."""
 
@@ -148,7 +148,6 @@ class VectorfillError(Exception):
         self, message: str, *, job: str | None = None, setting: str | None = None, fix: str | None = None
     ) -> None:
         self.job = job
-        self.reason = message
         if setting is not None:
             self.setting = setting
         if fix is not None:
@@ -310,12 +309,12 @@ class DocumentError(VectorfillError):
     change of the row (a new object, a sync that sees a new ETag) queues it again."""
 
     reason = "document"
-    what_to_do = "fix the document, then `vectorfill retry JOB`"
+    fix = "fix the document, then `vectorfill retry JOB`"
 
-    def __init__(self, uri: str, problem: str, *, job: str | None = None) -> None:
+    def __init__(self, uri: str, problem: str, *, job: str | None = None, **kw) -> None:
         self.uri = uri
         self.problem = problem
-        super().__init__(f"{uri}: {problem}", job=job)
+        super().__init__(f"{uri}: {problem}", job=job, **kw)
 
 
 class DocumentMissing(DocumentError):
@@ -341,9 +340,9 @@ class DocumentFormatError(DocumentError):
 
     reason = "unknown_format"
 
-    def __init__(self, uri: str, problem: str, *, reason: str = "unknown_format", job: str | None = None) -> None:
+    def __init__(self, uri: str, problem: str, *, reason: str = "unknown_format", job: str | None = None, **kw) -> None:
         self.reason = reason
-        super().__init__(uri, problem, job=job)
+        super().__init__(uri, problem, job=job, **kw)
 
 
 class DocumentEncrypted(DocumentError):

@@ -74,6 +74,9 @@ def test_every_error_prints_its_brackets_as_written(cls):
     if cls is errors.RowsFailed:
         exc = cls(None, 3, "docs")
         wanted = ["vectorfill failures docs"]
+    elif issubclass(cls, errors.DocumentError):
+        exc = cls("s3://b/[k].pdf", "needs the [documents] extra", job="docs", setting="[x]", fix="see [y]")
+        wanted = ["s3://b/[k].pdf: needs the [documents] extra", "job 'docs'", "[x]", "see [y]"]
     elif cls is errors.SpendCapReached:
         when = datetime(2026, 12, 8, tzinfo=UTC)
         exc = cls(job="docs", setting="[x]", cap=1.0, spent=0.99, cost=0.02, resets_at=when, fix="see [y]")
