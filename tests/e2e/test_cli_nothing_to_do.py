@@ -63,10 +63,10 @@ def test_an_edit_is_work_and_is_embedded(cli_env, provider):
 
 
 def test_failed_rows_of_earlier_runs_are_named_as_such(cli_env, provider):
-    provider.fail_when(lambda text: text == "B7", status=400)
+    # a text never embedded here (a stored vector of it would be copied, not sent)
+    provider.fail_when(lambda text: text == "refused", status=400)
     with connect(cli_env["VECTORFILL_DATABASE_URL"]) as conn:
-        conn.execute("UPDATE articles SET body = 'B7' || '' WHERE id = 7")
-        conn.execute("UPDATE articles SET body = 'B7' WHERE id = 8")
+        conn.execute("UPDATE articles SET body = 'refused' WHERE id IN (7, 8)")
     failed = vf("backfill", "docs", env=cli_env, check=False)
     assert failed.returncode == 3, failed.stdout + failed.stderr
     proc = vf("backfill", "docs", env=cli_env)

@@ -98,6 +98,9 @@ def test_pool_runs_get_the_flows_options_as_parameters(env, served_on_session_se
 
     with temporary_settings(updates={PREFECT_API_URL: served_on_session_server}):
         parameters = asyncio.run(main())
+    # each run also carries its part, which names it (docs-<start>-w1, -w2)
+    parts = sorted(p.pop("run_part") for p in parameters)
+    assert parts == ["w1", "w2"]
     assert parameters == [{"job": "docs", "max_rows": 5, **flow_kw}] * 2
 
 

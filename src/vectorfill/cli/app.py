@@ -195,6 +195,14 @@ def _exit_now(code: object) -> None:
         os._exit(status)
 
 
+def _prefect_termination(exc: BaseException) -> bool:
+    """Whether ``exc`` is Prefect's ``TerminationSignal`` for a SIGTERM (checked without
+    importing Prefect, which a command may not have loaded)."""
+    exceptions = sys.modules.get("prefect.exceptions")
+    kind = getattr(exceptions, "TerminationSignal", None)
+    return kind is not None and isinstance(exc, kind) and getattr(exc, "signal", None) == signal.SIGTERM
+
+
 def _verbose(argv: list[str] | None) -> bool:
     """Whether the command line asks for everything (``--verbose``/``-v``, wherever it is)."""
     args = sys.argv[1:] if argv is None else argv
@@ -234,6 +242,14 @@ def _main(argv: list[str] | None) -> None:
             exc.show()  # type: ignore[attr-defined]
             sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
         raise
+    except BaseException as exc:
+        if not _prefect_termination(exc):
+            raise
+        # SIGTERM landed while a flow run held Prefect's own handler, which raises this
+        # through the run (whose claims are given back on the way) and passes the signal
+        # on to ours: the same stop as any SIGTERM
+        terminated.set()
+        _interrupted(terminated, "were given back")
     if code == 130 or terminated.is_set():
         _interrupted(terminated, "were given back")
     if isinstance(code, int) and code:
