@@ -24,7 +24,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_IDLE_HOURS", "IDLE_HOURS_ENV", "idle_hours", "main", "should_stop"]
+__all__ = [
+    "DEFAULT_IDLE_HOURS",
+    "IDLE_HOURS_ENV",
+    "idle_hours",
+    "main",
+    "pubsub_queue_get",
+    "quiet_background_worker",
+    "quiet_web_server",
+    "should_stop",
+    "web_server_main_loop",
+]
 
 IDLE_HOURS_ENV = "VECTORFILL_PREFECT_IDLE_HOURS"
 DEFAULT_IDLE_HOURS = 4.0
@@ -85,6 +95,12 @@ def _serving() -> bool:
         return True
 
 
+QUIET_ENV = "VECTORFILL_PREFECT_QUIET"
+"""``0`` runs the server with its libraries' own polling intervals (to compare)."""
+WEB_SERVER_TICK_S = 1.0
+"""uvicorn's main loop wakes every 0.1 s to refresh its Date header (once a second) and see
+whether it should exit; here every second."""
+
 DOCKET_POLL = timedelta(seconds=2)
 """How often the server's background-task worker polls its in-memory queue (Prefect leaves
 pydocket's 0.25 s) and how often it moves due tasks: the services vectorfill keeps run every
@@ -123,9 +139,7 @@ def _quiet_memory_pubsub() -> None:
     second, most of an idle server's wakeups. Here a blocking read looks at the queue on the
     event loop every :data:`DOCKET_POLL` instead (a read with a shorter timeout waits that
     long). Only docket's cancellations travel there, which Prefect's server does not send."""
-    import asyncio
     import importlib
-    import queue
 
     try:
         pubsub = importlib.import_module("burner_redis.pubsub")
@@ -133,23 +147,48 @@ def _quiet_memory_pubsub() -> None:
         return
     if not hasattr(pubsub.PubSub, "_queue_get"):
         return  # another burner_redis: leave it as it is
-    poll = DOCKET_POLL.total_seconds()
+    pubsub.PubSub._queue_get = pubsub_queue_get
 
-    async def queue_get(self: Any, timeout: float | None) -> object:  # noqa: ASYNC109 (its signature)
-        while True:
+
+async def pubsub_queue_get(self: Any, timeout: float | None) -> object:  # noqa: ASYNC109 (the method's signature)
+    """burner_redis's ``PubSub._queue_get`` without a thread: the next message of
+    ``self._queue`` (a :class:`queue.Queue`) or None; 0 looks once, None waits for one, any
+    other timeout waits ``max(timeout, DOCKET_POLL)`` once."""
+    import asyncio
+    import queue
+
+    while True:
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            if timeout == 0.0:
+                return None
+        await asyncio.sleep(DOCKET_POLL.total_seconds())
+        if timeout is not None:
             try:
                 return self._queue.get_nowait()
             except queue.Empty:
-                if timeout == 0.0:
-                    return None
-            await asyncio.sleep(poll)
-            if timeout is not None:
-                try:
-                    return self._queue.get_nowait()
-                except queue.Empty:
-                    return None
+                return None
 
-    pubsub.PubSub._queue_get = queue_get
+
+def quiet_web_server() -> None:
+    """uvicorn's main loop: one tick a second instead of ten (its work happens once a second
+    anyway; a stop is noticed within a second instead of 0.1 s)."""
+    from uvicorn.server import Server
+
+    Server.main_loop = web_server_main_loop  # type: ignore[method-assign]
+
+
+async def web_server_main_loop(self: Any) -> None:
+    """uvicorn's ``Server.main_loop``, ticking every :data:`WEB_SERVER_TICK_S`."""
+    import asyncio
+
+    counter = 0
+    should_exit = await self.on_tick(counter)
+    while not should_exit:
+        counter = (counter + 10) % 864000  # on_tick's once-a-second work (counter % 10 == 0) runs at each tick
+        await asyncio.sleep(WEB_SERVER_TICK_S)
+        should_exit = await self.on_tick(counter)
 
 
 def main(argv: list[str]) -> None:
@@ -163,8 +202,9 @@ def main(argv: list[str]) -> None:
             target=_watch, args=(used_path(), hours * 3600, _serving, time.time(), port), daemon=True, name="idle-stop"
         )
         watcher.start()
-    if os.environ.get("VECTORFILL_PREFECT_DOCKET_DEFAULTS") != "1":
+    if os.environ.get(QUIET_ENV) != "0":
         quiet_background_worker()
+        quiet_web_server()
     sys.argv = argv
     runpy.run_module("prefect", run_name="__main__", alter_sys=True)
 
