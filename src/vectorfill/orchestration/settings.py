@@ -31,6 +31,11 @@ LOCAL_SERVER_SERVICES = {
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",  # relabels overdue scheduled runs "Late"
     "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",  # marks silent workers and pools offline
     "PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED": "false",  # global concurrency-limit leases (none used)
+    # slower, not off: proactive automations ("no event within...": vectorfill's trigger is
+    # reactive) are evaluated every minute instead of 5 s, and the triggers service checks
+    # its Postgres LISTEN connection every minute instead of 5 s (a query each time)
+    "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT60S",
+    "PREFECT_SERVER_SERVICES_TRIGGERS_PG_NOTIFY_HEARTBEAT_INTERVAL_SECONDS": "60",
 }
 """Prefect server services the local server (:mod:`vectorfill.orchestration.local_server`)
 runs without: Prefect's own settings, each overridable from the environment."""
