@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,15 @@ from vectorfill.orchestration.api import use_running_api
 from vectorfill.orchestration.settings import PREFECT_DEFAULTS
 from vectorfill.storage.db import connect
 
-__all__ = ["Progress", "RunErrorsOffConsole", "prefect_defaults", "prepare_run", "quiet_run_errors", "run_backfill"]
+__all__ = [
+    "Progress",
+    "RunErrorsOffConsole",
+    "keep_sigterm_handler",
+    "prefect_defaults",
+    "prepare_run",
+    "quiet_run_errors",
+    "run_backfill",
+]
 
 
 def prefect_defaults(*, verbose: bool = False, use_served: bool = True) -> None:
@@ -209,6 +218,27 @@ def _poll_progress(url: str, job: str, stop: threading.Event, console, max_rows:
         return
 
 
+def keep_sigterm_handler() -> None:
+    """Keep this process's own SIGTERM handler (the command line's: a run stops as on
+    Ctrl-C and gives its claims back) in force while a flow runs here.
+
+    Prefect's flow engine swaps SIGTERM, for the length of a flow run, for a handler that
+    raises ``TerminationSignal`` in whatever frame is running. Out of the event loop's
+    ``select`` it ends the process with a traceback; inside one of the run's tasks (a lane
+    busy with a request's vectors) it only ends that task, and the run goes on as if no
+    signal had come. Prefect installs the handler it names ``_prefect_sigterm_handler`` at
+    the start of each flow run: naming ours so keeps ours. Flow runs that Prefect's own
+    workers start (``--pool``) are not run here and keep Prefect's handling."""
+    import prefect.utilities.engine as engine
+
+    try:
+        ours = signal.getsignal(signal.SIGTERM)
+    except ValueError:  # not the main thread: signals are the main thread's
+        return
+    if callable(ours) and ours is not engine._prefect_sigterm_handler:
+        engine._prefect_sigterm_handler = ours  # type: ignore[assignment]
+
+
 def run_backfill(
     url: str,
     job: str,
@@ -229,6 +259,7 @@ def run_backfill(
     from vectorfill.flows.backfill import backfill
 
     quiet_run_errors(verbose)
+    keep_sigterm_handler()
     stop = threading.Event()
     poller = None
     if progress:
