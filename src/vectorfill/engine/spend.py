@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from vectorfill.errors import SpendCapReached
+from vectorfill.errors import ConfigError, SpendCapReached
 from vectorfill.provider.budgets import endpoint_key
 from vectorfill.provider.prices import batch_price_per_million, price_per_million
 from vectorfill.provider.tokens import counter_for
@@ -91,8 +91,6 @@ class SpendCap:
         model = work.version.model
         price = batch_price_per_million(model, s) if batch else price_per_million(model, s)
         if price is None:
-            from vectorfill.errors import ConfigError
-
             raise ConfigError(
                 f"{scopes[0][1]} is set but the price of {model} is not known; "
                 f"give it with --price {model}=USD_PER_1M_TOKENS",

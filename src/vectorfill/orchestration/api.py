@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from vectorfill.errors import ConfigError
 from vectorfill.orchestration import local_server
 from vectorfill.orchestration.local_server import healthy, home
 
@@ -122,8 +123,6 @@ def use_api_while(
         raise failure[0]
     api = local_server.use(result[0])
     if address and api != address[0]:
-        from vectorfill.errors import ConfigError
-
         raise ConfigError(f"the local Prefect server started on {api}, not {address[0]}: run the command again")
     if not address:
         prepare()

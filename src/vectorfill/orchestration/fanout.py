@@ -142,7 +142,7 @@ async def arun_on_pool(
 
     # lazy: Prefect reads its settings when imported; the caller sets them first (prefect_defaults, use_api)
     from vectorfill.flows.backfill import backfill
-    from vectorfill.tasks.report import run_label
+    from vectorfill.tasks.report import run_label  # (tasks import Prefect too)
 
     def state_name(state: State | None) -> str:
         return (state.name or state.type.value) if state is not None else "?"

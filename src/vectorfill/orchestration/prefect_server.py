@@ -87,6 +87,7 @@ def _watch(used: Path, idle_s: float, serving: Callable[[], bool], started: floa
 
 
 def _serving() -> bool:
+    # lazy: the server's own process imports only what its idle watch needs, when it runs
     from vectorfill.orchestration.api import served_api_url
 
     try:
@@ -193,6 +194,7 @@ async def web_server_main_loop(self: Any) -> None:
 
 def main(argv: list[str]) -> None:
     """Run ``prefect ARGV...`` (``argv[0]`` is ``prefect``) in this process, with the idle stop."""
+    # lazy: the server's own process imports only what its idle watch needs, when it runs
     from vectorfill.orchestration.local_server import used_path
 
     hours = idle_hours()
